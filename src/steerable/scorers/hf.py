@@ -1,0 +1,112 @@
+"""`hf:` scorers: any Hugging Face sequence-classification reward model, batched.
+
+Options (in the spec's ``?opt=value`` part):
+    input       pair (default: tokenizer(prompt, response)), response (response only), or
+                chat (the model's chat template over a user/assistant exchange)
+    index       which logit is the reward (default 0)
+    batch_size  pairs per forward pass (default 16)
+    max_length  truncation length in tokens (default 512)
+    device      cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)
+    dtype       float32 (default), bfloat16 or float16
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from steerable.errors import SteerableError
+
+INPUTS = ("pair", "response", "chat")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_INTS = ("index", "batch_size", "max_length")
+
+
+def check_hf_options(options: dict[str, str], origin: object) -> None:
+    unknown = sorted(set(options) - {"input", "device", "dtype", *_INTS})
+    if unknown:
+        raise SteerableError(
+            f"objective spec {origin!r}: hf scorers have no option(s) {unknown}; they accept "
+            "input, index, batch_size, max_length, device, dtype"
+        )
+    if options.get("input", "pair") not in INPUTS:
+        raise SteerableError(f"objective spec {origin!r}: input must be one of {list(INPUTS)}")
+    if options.get("dtype", "float32") not in DTYPES:
+        raise SteerableError(f"objective spec {origin!r}: dtype must be one of {list(DTYPES)}")
+    for key in _INTS:
+        if key in options and not options[key].isdigit():
+            raise SteerableError(f"objective spec {origin!r}: {key} must be a non-negative integer")
+
+
+@dataclass
+class HFRewardModel:
+    """A sequence-classification model used as a reward: one logit per (prompt, response)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    input: str = "pair"
+    index: int = 0
+    batch_size: int = 16
+    max_length: int = 512
+
+    @classmethod
+    def from_options(cls, model_id: str, options: dict[str, str]) -> HFRewardModel:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        check_hf_options(options, model_id)
+        device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_id)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_id, dtype=DTYPES[options.get("dtype", "float32")]
+            )
+        except OSError as err:
+            raise SteerableError(
+                f"hf scorer {model_id!r} could not be loaded ({err}); give a local directory or a "
+                "hub id that is in the local cache"
+            )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+        index = int(options.get("index", 0))
+        if index >= model.config.num_labels:
+            raise SteerableError(
+                f"hf scorer {model_id!r}: index {index} but the model has {model.config.num_labels} logit(s)"
+            )
+        return cls(
+            model=model.to(device).eval(),
+            tokenizer=tokenizer,
+            input=options.get("input", "pair"),
+            index=index,
+            batch_size=int(options.get("batch_size", 16)),
+            max_length=int(options.get("max_length", 512)),
+        )
+
+    def _encode(self, prompts: list[str], responses: list[str]) -> dict:
+        common = dict(padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        if self.input == "pair":
+            return self.tokenizer(prompts, responses, **common)
+        if self.input == "response":
+            return self.tokenizer(responses, **common)
+        texts = [
+            self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+            )
+            for p, r in zip(prompts, responses, strict=True)
+        ]
+        return self.tokenizer(texts, add_special_tokens=False, **common)
+
+    @torch.inference_mode()
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        # Sort by length so each batch pads to similar lengths, then restore the order.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
+        scores = [0.0] * len(prompts)
+        device = self.model.device
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = self._encode([prompts[i] for i in idx], [responses[i] for i in idx])
+            logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits
+            for i, value in zip(idx, logits[:, self.index].float().tolist(), strict=True):
+                scores[i] = value
+        return scores

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+
+from steerable import RewardSet, SteerableError
+from steerable.scorers import ScorerSpec, build_scorer
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("brief=builtin:brevity", ScorerSpec("brief", "builtin", "brevity")),
+        ("builtin:sentiment", ScorerSpec("sentiment", "builtin", "sentiment")),
+        (
+            "helpful=hf:org/model-name?input=chat&index=1",
+            ScorerSpec("helpful", "hf", "org/model-name", {"input": "chat", "index": "1"}),
+        ),
+        ("h=hf:/abs/path/rm?batch_size=8", ScorerSpec("h", "hf", "/abs/path/rm", {"batch_size": "8"})),
+        ("mine=py:pkg.mod:func", ScorerSpec("mine", "py", "pkg.mod:func")),
+        (
+            {"name": "rel", "kind": "builtin", "target": "relevance", "options": {"batch_size": 4}},
+            ScorerSpec("rel", "builtin", "relevance", {"batch_size": "4"}),
+        ),
+    ],
+)
+def test_spec_parser(text, expected):
+    assert ScorerSpec.parse(text) == expected
+
+
+def test_spec_string_round_trips():
+    for text in ["helpful=hf:org/m?input=pair&index=1", "b=builtin:brevity", "m=py:a.b:c"]:
+        assert str(ScorerSpec.parse(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("brief", "no KIND:TARGET"),
+        ("brief=nonsense:thing", "unknown scorer kind 'nonsense'"),
+        ("brief=builtin:shortness", "unknown built-in scorer 'shortness'"),
+        ("brief=builtin:brevity?foo=1", "no option"),
+        ("h=hf:org/m?input=sideways", "input must be one of"),
+        ("h=hf:org/m?index=minus", "index must be"),
+        ("h=hf:org/m?colour=red", "no option"),
+        ("hf:org/m", "needs a name"),
+        ("m=py:justamodule", "MODULE:FUNCTION"),
+        ("1bad=builtin:length", "not valid"),
+        ({"name": "x", "target": "length"}, "needs keys kind and target"),
+    ],
+)
+def test_bad_specs(text, message):
+    with pytest.raises(SteerableError, match=message):
+        ScorerSpec.parse(text)
+
+
+def _score(spec, prompts, responses):
+    return np.asarray(build_scorer(ScorerSpec.parse(spec))(prompts, responses), dtype=float)
+
+
+def test_sentiment_orders_positive_above_negative():
+    s = _score("builtin:sentiment", ["q", "q"], ["I love this, it is wonderful!", "This is awful and sad."])
+    assert s[0] > 0.5 > -0.5 > s[1]
+
+
+def test_readability_prefers_plain_words():
+    s = _score(
+        "builtin:readability",
+        ["q", "q"],
+        [
+            "The cat sat on the mat. It was warm.",
+            "Institutional heterogeneity complicates multidimensional organisational characterisation.",
+        ],
+    )
+    assert s[0] > s[1]
+
+
+def test_relevance_prefers_on_topic_answer():
+    s = _score(
+        "builtin:relevance",
+        ["How do I water a cactus?"] * 2,
+        ["Water a cactus sparingly, about once every two weeks.", "The stock market fell today."],
+    )
+    assert s[0] > s[1] and s.min() >= -1 and s.max() <= 1
+
+
+def test_toxicity_and_harmless_are_complements():
+    responses = ["Have a lovely day.", "You are a stupid idiot, shut up."]
+    tox = _score("builtin:toxicity", ["q", "q"], responses)
+    harmless = _score("builtin:harmless", ["q", "q"], responses)
+    assert tox[1] > 0.5 > tox[0]
+    np.testing.assert_allclose(tox + harmless, 1.0)
+
+
+def test_python_callable_by_module(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "def exclaim(prompts, responses):\n    return [r.count('!') for r in responses]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = _score("e=py:my_rewards:exclaim", ["a", "b"], ["hi!!", "hi"])
+    assert s.tolist() == [2, 0]
+
+
+def test_python_callable_errors(tmp_path):
+    with pytest.raises(SteerableError, match="cannot import"):
+        build_scorer(ScorerSpec.parse("e=py:no_such_module_xyz:f"))
+    with pytest.raises(SteerableError, match="does not exist"):
+        build_scorer(ScorerSpec.parse(f"e=py:{tmp_path}/missing.py:f"))
+    (tmp_path / "m.py").write_text("x = 1\n")
+    with pytest.raises(SteerableError, match="no function 'f'"):
+        build_scorer(ScorerSpec.parse(f"e=py:{tmp_path}/m.py:f"))
+
+
+@pytest.mark.parametrize("mode", ["pair", "response", "chat"])
+def test_hf_reward_model_batched_matches_one_at_a_time(tiny_reward_model, mode):
+    prompts = ["Short?", "A much longer question about gardening in the spring time?", "Hi"]
+    responses = ["Yes.", "Plant early, water often, and mulch the beds well.", "Hello there, friend!"]
+    batched = _score(f"rm=hf:{tiny_reward_model}?input={mode}&batch_size=3&index=1", prompts, responses)
+    single = [
+        _score(f"rm=hf:{tiny_reward_model}?input={mode}&batch_size=1&index=1", [p], [r])[0]
+        for p, r in zip(prompts, responses, strict=True)
+    ]
+    np.testing.assert_allclose(batched, single, atol=1e-4)
+    other_logit = _score(f"rm=hf:{tiny_reward_model}?input={mode}&index=0", prompts, responses)
+    assert not np.allclose(batched, other_logit)
+
+
+def test_hf_reward_model_errors(tiny_reward_model, tmp_path):
+    with pytest.raises(SteerableError, match="index 5 but the model has 2"):
+        build_scorer(ScorerSpec.parse(f"rm=hf:{tiny_reward_model}?index=5"))
+    with pytest.raises(SteerableError, match="could not be loaded"):
+        build_scorer(ScorerSpec.parse(f"rm=hf:{tmp_path}/nothing-here"))
+
+
+def test_reward_set_mixes_scorer_kinds(tiny_reward_model, tmp_path):
+    (tmp_path / "r.py").write_text("def f(p, r):\n    return [len(x) for x in r]\n")
+    rewards = RewardSet.from_specs(
+        ["builtin:length", f"rm=hf:{tiny_reward_model}", f"chars=py:{tmp_path}/r.py:f"]
+    )
+    raw = rewards.score(["q1", "q2"], ["one two", "three"])
+    assert raw.shape == (2, 3)
+    assert raw[:, 0].tolist() == [2, 1] and raw[:, 2].tolist() == [7, 5]
