@@ -29,5 +29,5 @@ def test_sample_and_score_the_default(tmp_path):
     result = runner.invoke(app, ["score", str(samples), "--out", str(scored)])
     assert result.exit_code == 0, result.output
     out = load_pairs(scored)
-    assert {"score_brief", "score_relevant", "z_brief", "z_relevant"} <= set(out[0])
-    assert all(-1 <= r["score_relevant"] <= 1 and r["score_brief"] < 0 for r in out)
+    assert {"score_relevant", "score_readable", "z_relevant", "z_readable"} <= set(out[0])
+    assert all(-1 <= r["score_relevant"] <= 1 for r in out)

@@ -224,5 +224,89 @@ def summary_table(names: list[str], raw: np.ndarray) -> Table:
     return table
 
 
+train_app = typer.Typer(help="Train a steerable model.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def run_config_command(ctx: typer.Context, config_cls, run) -> None:
+    """Parse a method's config dataclass from the remaining arguments with transformers'
+    HfArgumentParser (as TRL's scripts do) -- every field is an option, `--help` lists them
+    with their docs -- or from YAML with `--config FILE.yaml`; then run the recipe."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(config_cls, prog=ctx.command_path)
+    args = list(ctx.args)
+    try:
+        if len(args) == 2 and args[0] == "--config":
+            (config,) = parser.parse_yaml_file(args[1])
+        else:
+            (config,) = parser.parse_args_into_dataclasses(args)
+        console.print(f"steerable model directory: {run(config)}")
+    except SteerableError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+@train_app.command("ric", context_settings=TRAIN_CONTEXT)
+def train_ric_command(ctx: typer.Context) -> None:
+    """Rewards-in-Context: reward-conditioned SFT + online rejection sampling (all options: --help)."""
+    from steerable.methods.ric import RiCConfig, train_ric
+
+    run_config_command(ctx, RiCConfig, train_ric)
+
+
+@command
+def generate(
+    prompts: Annotated[list[str], typer.Argument(help="Prompt(s) to answer.")],
+    model: Annotated[Path, typer.Option(help="Steerable model directory (has steerable.json).")],
+    prefer: Annotated[
+        str | None, typer.Option(help="Preference, e.g. brief=0.7,relevant=0.3 (or 0.7,0.3).")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Explicit normalised targets, e.g. brief=1.0,relevant=-0.5.")
+    ] = None,
+    mapping: Annotated[str | None, typer.Option(help="linf, l2 or linear (default: the model's).")] = None,
+    system: Annotated[str | None, typer.Option(help="System text placed before the tags.")] = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> None:
+    """Generate steered responses from a trained model directory."""
+    from steerable.generation import SamplingConfig
+    from steerable.policy import SteerablePolicy
+
+    if not [p for p in prompts if p.strip()]:
+        raise SteerableError("no prompts given")
+    policy = SteerablePolicy.from_pretrained(model)
+    targets = None
+    if target is not None:
+        targets = {}
+        for part in target.split(","):
+            name, sep, value = part.partition("=")
+            try:
+                targets[name.strip()] = float(value)
+            except ValueError:
+                raise SteerableError(f"--target {part!r}: write NAME=NUMBER,... ") from None
+            if not sep:
+                raise SteerableError(f"--target {part!r}: write NAME=NUMBER,...")
+        targets = policy.check_targets(targets)
+    else:
+        targets = policy.targets_for(prefer or [1.0] * len(policy.names), mapping)
+    console.print("targets: " + ", ".join(f"{n}={v:+.2f}" for n, v in targets.items()))
+    responses = policy.generate(
+        prompts,
+        targets=targets,
+        system=system,
+        sampling=SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed),
+    )
+    for prompt, response in zip(prompts, responses, strict=True):
+        Console().print(f"[bold]> {prompt}[/]\n{response}\n", highlight=False)
+
+
 if __name__ == "__main__":
     app()

@@ -28,20 +28,25 @@ class SamplingConfig:
     seed: int | None = 0
 
 
+def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
+    """Messages through the model's chat template, ready for generation. A tokenizer without a
+    chat template gets the message texts joined by blank lines."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
 def format_chat(tokenizer, prompts: Sequence[str], system: str | Sequence[str] | None = None) -> list[str]:
-    """Prompts as the model's chat template renders them, ready for generation. A tokenizer
-    without a chat template gets the prompt text as is (with the system text before it)."""
+    """Plain prompts (optionally with a system text, one for all or one per prompt) rendered."""
     systems = [system] * len(prompts) if system is None or isinstance(system, str) else list(system)
-    texts = []
-    for prompt, sys_text in zip(prompts, systems, strict=True):
-        if getattr(tokenizer, "chat_template", None):
-            messages = ([{"role": "system", "content": sys_text}] if sys_text else []) + [
-                {"role": "user", "content": prompt}
-            ]
-            texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        else:
-            texts.append(f"{sys_text}\n\n{prompt}" if sys_text else prompt)
-    return texts
+    return [
+        render_chat(
+            tokenizer,
+            ([{"role": "system", "content": sys_text}] if sys_text else [])
+            + [{"role": "user", "content": prompt}],
+        )
+        for prompt, sys_text in zip(prompts, systems, strict=True)
+    ]
 
 
 @torch.inference_mode()

@@ -1,0 +1,458 @@
+"""Rewards-in-Context (Yang et al., ICML 2024), as a recipe you can read top to bottom.
+
+1. Offline data: prompts with responses (given, or sampled from the base model under varied
+   system prompts so the data spans the objective space), scored by every objective;
+   normalisation statistics fitted and kept.
+2. Reward-conditioned SFT: each example's normalised scores, rounded, become tags in the
+   prompt (`steerable.conditioning`); TRL's SFTTrainer trains on the response tokens only
+   (the chat template closes the response with its end-of-turn token). LoRA by default.
+3. Online multi-objective rejection sampling (MORS), N times: sample target tags, generate,
+   score, relabel every sample with the scores it obtained, keep samples where any objective
+   reaches its q-quantile, merge with a filtered sample of the offline data, and continue
+   training at a lower constant learning rate. Online data accumulates across iterations.
+4. The result is a `SteerablePolicy` directory: at inference a preference is mapped to tags.
+
+Every stage writes its outputs under OUTPUT_DIR/stages/ and a `done.json` marker; a re-run
+skips finished stages and an interrupted SFT resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from steerable.conditioning import PLACEMENTS, TagFormat, format_tags, preference_to_targets, tagged_messages
+from steerable.data import load_pairs, load_prompts, read_table, write_table
+from steerable.defaults import DEFAULT_MODEL, DEFAULT_OBJECTIVES, load_causal_lm, resolve_model
+from steerable.errors import SteerableError
+from steerable.generation import SamplingConfig, format_chat, generate_texts
+from steerable.io import atomic_write_text
+from steerable.objectives import RewardSet
+from steerable.policy import MappingConfig, PolicyManifest, SteerablePolicy
+from steerable.preferences import Preference
+
+# System prompts used (round-robin) when sampling offline data from the base model: they push
+# responses towards different corners of the objective space. The tags, not these texts, are
+# what the model is trained on.
+OFFLINE_SYSTEM_PROMPTS = (
+    None,
+    "Explain it simply, in short sentences, as if to a ten-year-old.",
+    "Answer with precise technical vocabulary and long, complex sentences.",
+    "Stay strictly on the topic of the question.",
+    "Reply with a loosely related thought, then drift to a different topic.",
+    "Answer in one short sentence.",
+)
+
+
+@dataclass
+class RiCConfig:
+    """Configuration of a Rewards-in-Context run.
+
+    Model and objectives:
+        model: base policy (`smollm2`, `tiny`, a hub id or a local directory).
+        output_dir: the steerable model directory to write (stages go to output_dir/stages).
+        objectives: objective specs, NAME=KIND:TARGET[?opt=v] (any number K >= 2).
+
+    Offline data:
+        data: a prompt/response table to train on (e.g. `steerable score` output); if unset,
+            responses are sampled from the base model for the embedded prompts.
+        prompt_split / prompt_limit: which embedded prompts to sample for (when data is unset).
+        samples_per_prompt: responses sampled per prompt, each under a different system prompt.
+        max_new_tokens / temperature / top_p / generation_batch_size: sampling settings, used
+            for offline and online sampling alike.
+
+    Conditioning and inference mapping:
+        tag_placement: where the tags go: `system` (the system message) or `user_end`.
+        tag_decimals: decimals of the tag values (the paper rounds to one).
+        mapping: default preference-to-target mapping stored with the model (linf, l2, linear).
+        lo_quantile / hi_quantile: stats quantiles used as each objective's lo and hi target.
+
+    Offline SFT:
+        use_lora: train a LoRA adapter (True) or the full model (False).
+        lora_r / lora_alpha / lora_dropout: LoRA shape (reference: 64 / 128 / 0.05).
+        learning_rate / lr_scheduler: offline learning rate and its schedule (linear decay).
+        num_epochs / batch_size / gradient_accumulation_steps / max_length: the usual.
+        gradient_checkpointing: recompute activations to save memory (TRL's default is on;
+            we default to off, which is faster when memory is not the limit).
+
+    Online MORS:
+        online_iterations: how many MORS rounds after the offline stage (0 = none).
+        online_samples: generations per round.
+        online_scheme: `reference` (one objective uniform in [lo, hi], the others at hi) or
+            `simplex` (a random preference from the simplex through the linf mapping).
+        online_quantile: keep a sample when any objective reaches this quantile of the
+            offline data (the paper's 0.7).
+        online_learning_rate: constant learning rate of the online rounds (reference 1e-5).
+        online_epochs: epochs over each round's merged data.
+        original_ratio: offline rows (passing the same filter) merged per kept online row.
+
+    seed: seeds sampling, target draws and training.
+    """
+
+    model: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "Base policy: smollm2, tiny, hub id or directory."}
+    )
+    output_dir: str = field(default="runs/ric", metadata={"help": "Steerable model directory to write."})
+    objectives: list[str] = field(
+        default_factory=lambda: list(DEFAULT_OBJECTIVES),
+        metadata={"help": "Objective specs NAME=KIND:TARGET[?opt=v] (K >= 2)."},
+    )
+    data: str | None = field(
+        default=None, metadata={"help": "Prompt/response table; unset = sample the base model."}
+    )
+    prompt_split: str = field(default="train", metadata={"help": "Embedded prompt split to sample for."})
+    prompt_limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    samples_per_prompt: int = field(default=2, metadata={"help": "Offline responses per prompt."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Generated tokens per response."})
+    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling p."})
+    generation_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call."})
+    tag_placement: str = field(default="system", metadata={"help": f"Where tags go: {PLACEMENTS}."})
+    tag_decimals: int = field(default=1, metadata={"help": "Decimals of tag values."})
+    mapping: str = field(default="linf", metadata={"help": "Default preference mapping: linf, l2, linear."})
+    lo_quantile: float = field(default=0.05, metadata={"help": "Stats quantile used as lo target."})
+    hi_quantile: float = field(default=0.95, metadata={"help": "Stats quantile used as hi target."})
+    use_lora: bool = field(default=True, metadata={"help": "LoRA adapter (True) or full fine-tune."})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    learning_rate: float = field(default=1.4e-4, metadata={"help": "Offline SFT learning rate."})
+    lr_scheduler: str = field(default="linear", metadata={"help": "Offline SFT schedule."})
+    num_epochs: float = field(default=2.0, metadata={"help": "Offline SFT epochs."})
+    batch_size: int = field(default=8, metadata={"help": "Training batch size."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Gradient accumulation."})
+    max_length: int = field(
+        default=384, metadata={"help": "Truncate training sequences to this many tokens."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Trade compute for memory (off: faster for small models)."}
+    )
+    online_iterations: int = field(default=0, metadata={"help": "MORS rounds after offline SFT."})
+    online_samples: int = field(default=128, metadata={"help": "Generations per MORS round."})
+    online_scheme: str = field(
+        default="reference", metadata={"help": "Target sampling: reference or simplex."}
+    )
+    online_quantile: float = field(default=0.7, metadata={"help": "Keep if any objective >= this quantile."})
+    online_learning_rate: float = field(default=1e-5, metadata={"help": "Constant lr of MORS rounds."})
+    online_epochs: float = field(default=1.0, metadata={"help": "Epochs per MORS round."})
+    original_ratio: float = field(default=1.0, metadata={"help": "Offline rows merged per kept online row."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+
+    def __post_init__(self):
+        if len(self.objectives) < 2:
+            raise SteerableError("RiC needs at least two objectives (--objectives a=... b=...)")
+        if self.online_scheme not in ("reference", "simplex"):
+            raise SteerableError("online_scheme must be 'reference' or 'simplex'")
+        if not 0 < self.online_quantile < 1:
+            raise SteerableError("online_quantile must be in (0, 1)")
+        if self.samples_per_prompt < 1 or self.online_samples < 1:
+            raise SteerableError("samples_per_prompt and online_samples must be >= 1")
+        TagFormat(self.tag_placement, self.tag_decimals)
+        MappingConfig(self.mapping, self.lo_quantile, self.hi_quantile)
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(
+            self.max_new_tokens, self.temperature, self.top_p, self.generation_batch_size, self.seed
+        )
+
+
+# --- pure pieces (tested directly) -------------------------------------------------------------
+def sample_targets(
+    n: int, lo: np.ndarray, hi: np.ndarray, scheme: str, rng: np.random.Generator
+) -> np.ndarray:
+    """[n, K] target tags. `reference`: one objective uniform in [lo, hi], the others at hi.
+    `simplex`: a uniform random preference mapped with linf."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    k = lo.size
+    if scheme == "reference":
+        targets = np.tile(hi, (n, 1))
+        which = rng.integers(k, size=n)
+        targets[np.arange(n), which] = rng.uniform(lo[which], hi[which])
+        return targets
+    names = [str(i) for i in range(k)]
+    rows = []
+    for weights in rng.dirichlet(np.ones(k), size=n):
+        pref = Preference(tuple(names), tuple(float(w) for w in weights))
+        rows.append(list(preference_to_targets(pref, lo, hi, "linf").values()))
+    return np.asarray(rows)
+
+
+def mors_keep(z: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Rejection-sampling filter: rows where any objective reaches its threshold."""
+    return np.any(np.asarray(z) >= np.asarray(thresholds)[None, :], axis=1)
+
+
+def sft_example(prompt: str, response: str, tags: dict[str, float], fmt: TagFormat, system=None) -> dict:
+    """One conversational prompt-completion example for TRL, with the tags in the prompt."""
+    return {
+        "prompt": tagged_messages(prompt, format_tags(tags, fmt.decimals), fmt, system),
+        "completion": [{"role": "assistant", "content": response}],
+    }
+
+
+# --- the recipe ----------------------------------------------------------------------------------
+class Stages:
+    """OUTPUT_DIR/stages/NAME/ folders with a done.json marker each."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        return self.root / "stages" / name
+
+    def done(self, name: str) -> dict | None:
+        marker = self.path(name) / "done.json"
+        return json.loads(marker.read_text()) if marker.is_file() else None
+
+    def finish(self, name: str, info: dict) -> None:
+        atomic_write_text(self.path(name) / "done.json", json.dumps(info, indent=2) + "\n")
+
+
+def train_ric(config: RiCConfig) -> Path:
+    """Run (or resume) the whole recipe; returns the steerable model directory."""
+    out = Path(config.output_dir)
+    stages = Stages(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "stages" / "config.json", json.dumps(asdict(config), indent=2) + "\n")
+    torch.manual_seed(config.seed)
+    fmt = TagFormat(config.tag_placement, config.tag_decimals)
+    compute = {"generated_tokens": 0, "trained_tokens": 0, "seconds": {}}
+
+    # 1. offline data ---------------------------------------------------------------------------
+    started = time.perf_counter()
+    rewards, offline = offline_data(config, stages, compute)
+    compute["seconds"]["offline_data"] = time.perf_counter() - started
+
+    model, tokenizer = load_causal_lm(config.model)
+    names = rewards.names
+    z_offline = np.array([[row[f"z_{n}"] for n in names] for row in offline])
+
+    # 2. reward-conditioned SFT -------------------------------------------------------------------
+    started = time.perf_counter()
+    examples = [
+        sft_example(r["prompt"], r["response"], dict(zip(names, z, strict=True)), fmt)
+        for r, z in zip(offline, z_offline, strict=True)
+    ]
+    model = run_sft(model, tokenizer, examples, config, stages, "sft", offline=True, compute=compute)
+    compute["seconds"]["sft"] = time.perf_counter() - started
+    policy = SteerablePolicy(model, tokenizer, manifest(config, rewards, compute))
+    policy.save_pretrained(out)
+
+    # 3. online MORS ----------------------------------------------------------------------------
+    rng = np.random.default_rng(config.seed)
+    thresholds = np.array(
+        [
+            o.stats.normalise(np.array([o.stats.quantile(config.online_quantile)]))[0]
+            for o in rewards.objectives
+        ]
+    )
+    online_rows: list[dict] = []
+    train_prompts = sorted({r["prompt"] for r in offline})
+    for iteration in range(1, config.online_iterations + 1):
+        name = f"online_{iteration}"
+        started = time.perf_counter()
+        if stages.done(name) is None:
+            generated = mors_generate(policy, rewards, train_prompts, config, rng, compute)
+            write_table(stages.path(name) / "generated.jsonl", generated)
+        generated = read_table(stages.path(name) / "generated.jsonl")
+        z_new = np.array([[g[f"z_{n}"] for n in names] for g in generated])
+        kept = [g for g, keep in zip(generated, mors_keep(z_new, thresholds), strict=True) if keep]
+        online_rows += kept
+        eligible = [r for r, keep in zip(offline, mors_keep(z_offline, thresholds), strict=True) if keep]
+        n_original = min(len(eligible), int(round(config.original_ratio * len(online_rows))))
+        merged = online_rows + [eligible[i] for i in rng.choice(len(eligible), n_original, replace=False)]
+        examples = [
+            sft_example(r["prompt"], r["response"], {n: r[f"z_{n}"] for n in names}, fmt) for r in merged
+        ]
+        policy.model = run_sft(
+            policy.model,
+            tokenizer,
+            examples,
+            config,
+            stages,
+            name,
+            offline=False,
+            compute=compute,
+            info={"generated": len(generated), "kept": len(kept), "merged_original": n_original},
+        )
+        compute["seconds"][name] = time.perf_counter() - started
+        policy.manifest = manifest(config, rewards, compute)
+        policy.save_pretrained(out)
+    return out
+
+
+def offline_data(config: RiCConfig, stages: Stages, compute: dict) -> tuple[RewardSet, list[dict]]:
+    """Scored offline rows (with z_<name> columns) and the fitted RewardSet; cached."""
+    stage = stages.path("offline")
+    if stages.done("offline") is None:
+        rewards = RewardSet.from_specs(config.objectives)
+        if config.data is not None:
+            rows = load_pairs(config.data)
+        else:
+            prompts = load_prompts(config.prompt_split, config.prompt_limit)
+            model, tokenizer = load_causal_lm(config.model)
+            repeated = [p for p in prompts for _ in range(config.samples_per_prompt)]
+            systems = [OFFLINE_SYSTEM_PROMPTS[i % len(OFFLINE_SYSTEM_PROMPTS)] for i in range(len(repeated))]
+            responses = generate_texts(
+                model, tokenizer, format_chat(tokenizer, repeated, systems), config.sampling
+            )
+            compute["generated_tokens"] += count_tokens(tokenizer, responses)
+            rows = [
+                {"prompt": p, "response": r, "system": s or ""}
+                for p, r, s in zip(repeated, responses, systems, strict=True)
+                if r.strip()
+            ]
+            del model
+        raw = rewards.score([r["prompt"] for r in rows], [r["response"] for r in rows], progress=True)
+        rewards.fit_stats(raw)
+        z = rewards.normalise(raw)
+        for row, raw_row, z_row in zip(rows, raw, z, strict=True):
+            for k, name in enumerate(rewards.names):
+                row[f"score_{name}"], row[f"z_{name}"] = float(raw_row[k]), float(z_row[k])
+        rewards.save(stage / "stats.json")
+        write_table(stage / "scored.jsonl", rows)
+        stages.finish("offline", {"rows": len(rows), "generated_tokens": compute["generated_tokens"]})
+    else:
+        compute["generated_tokens"] += stages.done("offline")["generated_tokens"]
+    rewards = RewardSet.load(stage / "stats.json")
+    return rewards, read_table(stage / "scored.jsonl")
+
+
+def mors_generate(policy, rewards, prompts, config, rng, compute) -> list[dict]:
+    """One MORS round's generations: sampled targets, responses, and the scores they obtained."""
+    names = rewards.names
+    lo, hi = policy.target_range()
+    chosen = [prompts[i] for i in rng.integers(len(prompts), size=config.online_samples)]
+    targets = sample_targets(config.online_samples, np.array(lo), np.array(hi), config.online_scheme, rng)
+    texts = [
+        policy.prompts_with_tags([p], dict(zip(names, t, strict=True)))[0]
+        for p, t in zip(chosen, targets, strict=True)
+    ]
+    policy.model.eval()
+    responses = generate_texts(policy.model, policy.tokenizer, texts, config.sampling)
+    compute["generated_tokens"] += count_tokens(policy.tokenizer, responses)
+    rows = [
+        {"prompt": p, "response": r, **{f"target_{n}": float(v) for n, v in zip(names, t, strict=True)}}
+        for p, r, t in zip(chosen, responses, targets, strict=True)
+        if r.strip()
+    ]
+    raw = rewards.score([r["prompt"] for r in rows], [r["response"] for r in rows], progress=True)
+    # Relabel: each sample is trained on with the scores it actually obtained.
+    z = rewards.normalise(raw)
+    for row, raw_row, z_row in zip(rows, raw, z, strict=True):
+        for k, name in enumerate(names):
+            row[f"score_{name}"], row[f"z_{name}"] = float(raw_row[k]), float(z_row[k])
+    return rows
+
+
+def count_tokens(tokenizer, texts: list[str]) -> int:
+    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids)
+
+
+def run_sft(
+    model,
+    tokenizer,
+    examples,
+    config: RiCConfig,
+    stages: Stages,
+    name: str,
+    offline: bool,
+    compute: dict,
+    info: dict | None = None,
+):
+    """Train with TRL's SFTTrainer (completion-only loss) unless the stage is done; resumable."""
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    stage = stages.path(name)
+    done = stages.done(name)
+    if done is not None:
+        compute["trained_tokens"] += done["trained_tokens"]
+        return load_stage_weights(model, stage, config)
+    if not examples:
+        raise SteerableError(f"stage {name}: no training examples")
+    args = SFTConfig(
+        output_dir=str(stage / "checkpoints"),
+        learning_rate=config.learning_rate if offline else config.online_learning_rate,
+        lr_scheduler_type=config.lr_scheduler if offline else "constant",
+        num_train_epochs=config.num_epochs if offline else config.online_epochs,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        completion_only_loss=True,
+        logging_steps=5,
+        save_strategy="steps",
+        save_steps=20,
+        save_total_limit=1,
+        report_to=[],
+        seed=config.seed,
+        include_num_input_tokens_seen=True,
+        gradient_checkpointing=config.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    peft_config = None
+    if config.use_lora and not isinstance(model, PeftModel):
+        peft_config = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    model.train()
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trained = int(trainer.state.num_input_tokens_seen)
+    compute["trained_tokens"] += trained
+    trainer.model.save_pretrained(stage / "weights")
+    stages.finish(
+        name,
+        {
+            "examples": len(examples),
+            "trained_tokens": trained,
+            "steps": trainer.state.global_step,
+            **(info or {}),
+        },
+    )
+    return trainer.model
+
+
+def load_stage_weights(model, stage: Path, config: RiCConfig):
+    """Weights of a finished stage onto `model` (a base model or an existing PEFT model)."""
+    from peft import PeftModel, set_peft_model_state_dict
+    from peft.utils import load_peft_weights
+    from transformers import AutoModelForCausalLM
+
+    if not config.use_lora:
+        return AutoModelForCausalLM.from_pretrained(stage / "weights")
+    if isinstance(model, PeftModel):
+        set_peft_model_state_dict(model, load_peft_weights(str(stage / "weights")))
+        return model
+    return PeftModel.from_pretrained(model, stage / "weights", is_trainable=True)
+
+
+def manifest(config: RiCConfig, rewards: RewardSet, compute: dict) -> PolicyManifest:
+    return PolicyManifest(
+        method="ric",
+        base_model=config.model if config.model in (DEFAULT_MODEL, "tiny") else resolve_model(config.model),
+        rewards=rewards.to_dict(),
+        tags=TagFormat(config.tag_placement, config.tag_decimals).to_dict(),
+        mapping=asdict(MappingConfig(config.mapping, config.lo_quantile, config.hi_quantile)),
+        weights="adapter" if config.use_lora else "model",
+        training={"config": asdict(config), "compute": dict(compute)},
+    )

@@ -1,0 +1,206 @@
+"""`SteerablePolicy`: a base model + adapter + tokenizer + conditioning + reward statistics,
+loaded from one self-describing directory.
+
+Directory layout (written by the trainers, read by `SteerablePolicy.from_pretrained`):
+
+    steerable.json     method, base model, objectives with their statistics, tag format,
+                       default preference mapping and its quantiles
+    adapter/           PEFT adapter (LoRA training), or
+    model/             full weights (full fine-tune)
+    tokenizer files    the tokenizer used in training
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from steerable.conditioning import (
+    MAPPINGS,
+    TagFormat,
+    format_tags,
+    preference_to_targets,
+    tagged_messages,
+)
+from steerable.errors import SteerableError
+from steerable.generation import SamplingConfig, generate_texts, render_chat
+from steerable.io import atomic_write_text
+from steerable.objectives import RewardSet
+from steerable.preferences import Preference
+
+MANIFEST = "steerable.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class MappingConfig:
+    """How a preference becomes target tags: the mapping and the stats quantiles used as lo/hi."""
+
+    default: str = "linf"
+    lo_quantile: float = 0.05
+    hi_quantile: float = 0.95
+
+    def __post_init__(self):
+        if self.default not in MAPPINGS:
+            raise SteerableError(f"mapping {self.default!r} unknown; choose from {MAPPINGS}")
+        if not 0 <= self.lo_quantile < self.hi_quantile <= 1:
+            raise SteerableError("need 0 <= lo_quantile < hi_quantile <= 1")
+
+
+@dataclass
+class PolicyManifest:
+    """The contents of steerable.json."""
+
+    method: str
+    base_model: str
+    rewards: dict
+    tags: dict = field(default_factory=lambda: TagFormat().to_dict())
+    mapping: dict = field(default_factory=lambda: asdict(MappingConfig()))
+    weights: str = "adapter"  # "adapter" or "model"
+    system: str | None = None
+    format_version: int = FORMAT_VERSION
+    training: dict = field(default_factory=dict)
+
+
+class SteerablePolicy:
+    """Generate responses steered by a preference over the objectives, or by explicit targets."""
+
+    def __init__(self, model, tokenizer, manifest: PolicyManifest):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.manifest = manifest
+        self.rewards = RewardSet.from_dict(manifest.rewards, where=MANIFEST)
+        missing = [o.name for o in self.rewards.objectives if o.stats is None]
+        if missing:
+            raise SteerableError(f"{MANIFEST}: objective(s) {missing} have no statistics")
+        self.tag_format = TagFormat(**manifest.tags)
+        self.mapping = MappingConfig(**manifest.mapping)
+
+    @property
+    def names(self) -> list[str]:
+        return self.rewards.names
+
+    # --- loading and saving -------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | None = None) -> SteerablePolicy:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from steerable.defaults import resolve_model
+
+        directory = Path(directory)
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise SteerableError(
+                f"{directory} has no {MANIFEST}; it is not a steerable model directory "
+                "(train one with `steerable train ric`)"
+            )
+        try:
+            manifest = PolicyManifest(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise SteerableError(f"{path} is malformed ({err})")
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        if manifest.weights == "model":
+            model = AutoModelForCausalLM.from_pretrained(directory / "model")
+        else:
+            from peft import PeftModel
+
+            base = AutoModelForCausalLM.from_pretrained(resolve_model(manifest.base_model))
+            model = PeftModel.from_pretrained(base, directory / "adapter")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model.to(device).eval(), tokenizer, manifest)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory / self.manifest.weights)
+        self.tokenizer.save_pretrained(directory)
+        # The manifest goes last: a directory with steerable.json is complete.
+        atomic_write_text(directory / MANIFEST, json.dumps(asdict(self.manifest), indent=2) + "\n")
+
+    # --- steering ---------------------------------------------------------------------
+    def target_range(self, lo_q: float | None = None, hi_q: float | None = None):
+        """Per-objective (lo, hi) in normalised units, from the stored quantiles."""
+        lo_q = self.mapping.lo_quantile if lo_q is None else lo_q
+        hi_q = self.mapping.hi_quantile if hi_q is None else hi_q
+        lo, hi = [], []
+        for objective in self.rewards.objectives:
+            stats = objective.stats
+            lo.append(float(stats.normalise(np.array([stats.quantile(lo_q)]))[0]))
+            hi.append(float(stats.normalise(np.array([stats.quantile(hi_q)]))[0]))
+        return lo, hi
+
+    def targets_for(
+        self, preference: Preference | Mapping | Sequence | str, mapping: str | None = None
+    ) -> dict[str, float]:
+        pref = preference if isinstance(preference, Preference) else Preference.parse(preference, self.names)
+        if pref.names != tuple(self.names):
+            raise SteerableError(f"preference is over {pref.names}; this model steers {self.names}")
+        lo, hi = self.target_range()
+        return preference_to_targets(pref, lo, hi, mapping or self.mapping.default)
+
+    def check_targets(self, targets: Mapping[str, float]) -> dict[str, float]:
+        """Validate explicit targets; clip those outside the trained range, with a warning."""
+        unknown = [n for n in targets if n not in self.names]
+        missing = [n for n in self.names if n not in targets]
+        if unknown or missing:
+            raise SteerableError(
+                f"targets must name exactly the objectives {self.names}; "
+                f"unknown: {unknown}, missing: {missing}"
+            )
+        out = {}
+        for objective in self.rewards.objectives:
+            stats, value = objective.stats, float(targets[objective.name])
+            if not np.isfinite(value):
+                raise SteerableError(f"target for {objective.name!r} is {value}; use a finite number")
+            lo, hi = stats.normalise(np.array([stats.min, stats.max]))
+            if not lo <= value <= hi:
+                clipped = float(np.clip(value, lo, hi))
+                warnings.warn(
+                    f"target {objective.name}={value:g} is outside the trained range "
+                    f"[{lo:.2f}, {hi:.2f}]; clipped to {clipped:.2f}",
+                    stacklevel=2,
+                )
+                value = clipped
+            out[objective.name] = value
+        return out
+
+    def prompts_with_tags(
+        self, prompts: Sequence[str], targets: Mapping[str, float], system: str | None = None
+    ) -> list[str]:
+        """Render prompts with target tags through the chat template, ready to generate."""
+        tags = format_tags({n: targets[n] for n in self.names}, self.tag_format.decimals)
+        system = system if system is not None else self.manifest.system
+        return [
+            render_chat(self.tokenizer, tagged_messages(p, tags, self.tag_format, system)) for p in prompts
+        ]
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        preference: Preference | Mapping | Sequence | str | None = None,
+        targets: Mapping[str, float] | None = None,
+        mapping: str | None = None,
+        sampling: SamplingConfig | None = None,
+        system: str | None = None,
+        progress: bool = False,
+    ) -> list[str]:
+        """Responses for `prompts` steered by `preference` (weights over the objectives, mapped
+        to tags with `mapping`) or by explicit normalised `targets`; with neither, equal weights."""
+        prompts = list(prompts)
+        if not prompts:
+            raise SteerableError("no prompts given")
+        if preference is not None and targets is not None:
+            raise SteerableError("give a preference or targets, not both")
+        if targets is None:
+            targets = self.targets_for(
+                preference if preference is not None else [1] * len(self.names), mapping
+            )
+        targets = self.check_targets(targets)
+        texts = self.prompts_with_tags(prompts, targets, system)
+        return generate_texts(self.model, self.tokenizer, texts, sampling or SamplingConfig(), progress)

@@ -1,0 +1,166 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from steerable import SteerableError
+from steerable.cli import app
+from steerable.conditioning import parse_tags
+from steerable.methods.ric import RiCConfig, mors_keep, sample_targets, sft_example, train_ric
+from steerable.policy import SteerablePolicy
+
+LO, HI = np.array([-1.0, -2.0, 0.0]), np.array([1.0, 2.0, 3.0])
+
+
+def test_reference_targets_put_all_but_one_objective_at_hi():
+    targets = sample_targets(200, LO, HI, "reference", np.random.default_rng(0))
+    at_hi = np.isclose(targets, HI[None, :])
+    assert targets.shape == (200, 3)
+    assert (at_hi.sum(axis=1) >= 2).all()
+    assert ((targets >= LO) & (targets <= HI)).all()
+    free = np.argmin(at_hi, axis=1)[at_hi.sum(axis=1) == 2]
+    assert set(free.tolist()) == {0, 1, 2}  # every objective gets its turn
+
+
+def test_simplex_targets_stay_in_range_and_vary():
+    targets = sample_targets(100, LO, HI, "simplex", np.random.default_rng(1))
+    assert ((targets >= LO - 1e-9) & (targets <= HI + 1e-9)).all()
+    assert targets.std(axis=0).min() > 0.1
+
+
+def test_mors_keeps_rows_where_any_objective_reaches_its_quantile():
+    z = np.array([[0.0, 0.0], [1.0, -3.0], [-3.0, 0.5], [0.69, 0.49]])
+    assert mors_keep(z, np.array([0.7, 0.5])).tolist() == [False, True, True, False]
+
+
+def test_sft_example_carries_the_obtained_scores_as_tags():
+    from steerable.conditioning import TagFormat
+
+    example = sft_example("Hi?", "Hello!", {"brief": 1.26, "relevant": -0.31}, TagFormat())
+    assert example["completion"] == [{"role": "assistant", "content": "Hello!"}]
+    system, user = example["prompt"]
+    assert parse_tags(system["content"]) == {"brief": 1.3, "relevant": -0.3}
+    assert user == {"role": "user", "content": "Hi?"}
+
+
+def test_config_validation():
+    with pytest.raises(SteerableError, match="at least two objectives"):
+        RiCConfig(objectives=["builtin:brevity"])
+    with pytest.raises(SteerableError, match="online_scheme"):
+        RiCConfig(online_scheme="grid")
+    with pytest.raises(SteerableError, match="placement"):
+        RiCConfig(tag_placement="footer")
+
+
+@pytest.fixture(scope="module")
+def tiny_ric(tmp_path_factory, tiny_path):
+    out = tmp_path_factory.mktemp("ric") / "model"
+    config = RiCConfig(
+        model=tiny_path,
+        output_dir=str(out),
+        prompt_limit=8,
+        samples_per_prompt=2,
+        max_new_tokens=8,
+        num_epochs=1,
+        batch_size=4,
+        lora_r=4,
+        lora_alpha=8,
+        online_iterations=1,
+        online_samples=8,
+        online_quantile=0.5,
+        objectives=["brief=builtin:brevity", "positive=builtin:sentiment"],
+    )
+    train_ric(config)
+    return config, out
+
+
+def test_end_to_end_on_tiny_writes_a_self_describing_directory(tiny_ric):
+    config, out = tiny_ric
+    manifest = json.loads((out / "steerable.json").read_text())
+    assert manifest["method"] == "ric"
+    assert [o["name"] for o in manifest["rewards"]["objectives"]] == ["brief", "positive"]
+    assert all(o["stats"]["std"] >= 0 for o in manifest["rewards"]["objectives"])
+    assert manifest["tags"] == {"placement": "system", "decimals": 1}
+    assert manifest["training"]["compute"]["trained_tokens"] > 0
+    # each online iteration's generated data is saved, relabelled with obtained scores
+    generated = [json.loads(x) for x in (out / "stages/online_1/generated.jsonl").read_text().splitlines()]
+    assert len(generated) == 8
+    assert {"target_brief", "score_brief", "z_brief"} <= set(generated[0])
+    assert all(g["score_brief"] == -len(g["response"].split()) for g in generated)
+    done = json.loads((out / "stages/online_1/done.json").read_text())
+    assert done["kept"] <= done["generated"] == 8
+
+
+def test_policy_round_trip_and_steering(tiny_ric):
+    _, out = tiny_ric
+    policy = SteerablePolicy.from_pretrained(out, device="cpu")
+    assert policy.names == ["brief", "positive"]
+    lo, hi = policy.target_range()
+    only_brief = policy.targets_for({"brief": 1.0})
+    assert only_brief == pytest.approx({"brief": hi[0], "positive": lo[1]})
+    balanced = policy.targets_for("0.5,0.5")
+    assert balanced == pytest.approx({"brief": hi[0], "positive": hi[1]})  # linf: min(K w, 1) = 1
+    texts = policy.prompts_with_tags(["Hi"], only_brief)
+    assert parse_tags(texts[0]) == pytest.approx({k: round(v, 1) for k, v in only_brief.items()}, abs=0.051)
+    from steerable.generation import SamplingConfig
+
+    greedy = SamplingConfig(max_new_tokens=4, temperature=0)
+    out_a = policy.generate(["Hi", "Name a tree"], preference={"brief": 1}, sampling=greedy)
+    assert len(out_a) == 2
+    assert out_a == policy.generate(["Hi", "Name a tree"], targets=only_brief, sampling=greedy)
+
+
+def test_policy_bad_inputs(tiny_ric, tmp_path):
+    _, out = tiny_ric
+    policy = SteerablePolicy.from_pretrained(out, device="cpu")
+    with pytest.raises(SteerableError, match="unknown objective"):
+        policy.generate(["Hi"], preference={"helpful": 1})
+    with pytest.raises(SteerableError, match="2 objectives"):
+        policy.generate(["Hi"], preference=[0.2, 0.3, 0.5])
+    with pytest.raises(SteerableError, match="negative"):
+        policy.generate(["Hi"], preference=[-1, 2])
+    with pytest.raises(SteerableError, match="missing"):
+        policy.generate(["Hi"], targets={"brief": 0.0})
+    with pytest.raises(SteerableError, match="no prompts"):
+        policy.generate([], preference=[1, 1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clipped = policy.check_targets({"brief": 99.0, "positive": 0.0})
+    assert "outside the trained range" in str(caught[0].message)
+    assert clipped["brief"] < 99
+    with pytest.raises(SteerableError, match="no steerable.json"):
+        SteerablePolicy.from_pretrained(tmp_path)
+
+
+def test_rerun_skips_finished_stages(tiny_ric):
+    config, out = tiny_ric
+    before = (out / "stages/sft/done.json").stat().st_mtime
+    train_ric(config)  # everything is done: nothing retrains
+    assert (out / "stages/sft/done.json").stat().st_mtime == before
+
+
+def test_generate_cli(tiny_ric):
+    _, out = tiny_ric
+    runner = CliRunner()
+    ok = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(out),
+            "--prefer",
+            "brief=0.7,positive=0.3",
+            "--max-new-tokens",
+            "3",
+            "Hello",
+            "Name a fruit",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "> Hello" in ok.output and "> Name a fruit" in ok.output
+    bad = runner.invoke(app, ["generate", "--model", str(out), "--prefer", "brief=0.7,tone=0.3", "Hi"])
+    assert bad.exit_code == 2 and "unknown objective" in bad.output
+    bad = runner.invoke(app, ["train", "ric", "--objectives", "builtin:brevity"])
+    assert bad.exit_code == 2 and "at least two objectives" in bad.output
