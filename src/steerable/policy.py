@@ -88,7 +88,11 @@ class SteerablePolicy:
 
     # --- loading and saving -------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | None = None) -> SteerablePolicy:
+    def from_pretrained(
+        cls, directory: str | Path, device: str | None = None, adapter: str | Path | None = None
+    ) -> SteerablePolicy:
+        """Load a steerable model directory. `adapter` swaps in another adapter trained for the
+        same manifest (e.g. an intermediate stage: DIR/stages/sft/weights)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from steerable.defaults import resolve_model
@@ -111,7 +115,7 @@ class SteerablePolicy:
             from peft import PeftModel
 
             base = AutoModelForCausalLM.from_pretrained(resolve_model(manifest.base_model))
-            model = PeftModel.from_pretrained(base, directory / "adapter")
+            model = PeftModel.from_pretrained(base, adapter or directory / "adapter")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model.to(device).eval(), tokenizer, manifest)
 

@@ -1,0 +1,108 @@
+"""SFT tokens/s: our RiC training stage vs. a plain TRL SFTTrainer run (TRL defaults, same LoRA
+shape, batch size, data and model), measured in one run.
+
+    python benchmarks/sft_throughput.py runs/ric [--examples 64]
+
+The data is the first N tagged examples of a finished RiC run's offline stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from steerable.conditioning import TagFormat  # noqa: E402
+from steerable.data import read_table  # noqa: E402
+from steerable.defaults import load_causal_lm  # noqa: E402
+from steerable.methods.ric import RiCConfig, Stages, run_sft, sft_example  # noqa: E402
+from steerable.objectives import RewardSet  # noqa: E402
+
+
+def plain_trl(model, tokenizer, examples, config: RiCConfig, output_dir: str) -> int:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=1,
+        learning_rate=config.learning_rate,
+        report_to=[],
+        save_strategy="no",
+        include_num_input_tokens_seen=True,
+        use_cpu=not torch.cuda.is_available(),
+        max_length=config.max_length,
+    )
+    peft = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+        peft_config=peft,
+    )
+    trainer.train()
+    return int(trainer.state.num_input_tokens_seen)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a RiC output directory with a finished offline stage")
+    parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--model", default="smollm2")
+    args = parser.parse_args()
+    stage = Path(args.run) / "stages" / "offline"
+    names = RewardSet.load(stage / "stats.json").names
+    rows = read_table(stage / "scored.jsonl")[: args.examples]
+    examples = [
+        sft_example(r["prompt"], r["response"], {n: r[f"z_{n}"] for n in names}, TagFormat()) for r in rows
+    ]
+    config = RiCConfig(model=args.model, num_epochs=1)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in ("plain TRL SFTTrainer (defaults)", "steerable RiC SFT stage"):
+            model, tokenizer = load_causal_lm(args.model)
+            started = time.perf_counter()
+            if label.startswith("plain"):
+                tokens = plain_trl(model, tokenizer, examples, config, f"{tmp}/plain")
+            else:
+                compute = {"trained_tokens": 0}
+                run_sft(
+                    model,
+                    tokenizer,
+                    examples,
+                    replace(config, output_dir=f"{tmp}/ours"),
+                    Stages(Path(tmp) / "ours"),
+                    "sft",
+                    offline=True,
+                    compute=compute,
+                )
+                tokens = compute["trained_tokens"]
+            seconds = time.perf_counter() - started
+            results[label] = tokens / seconds
+            print(
+                f"{label}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s", flush=True
+            )
+    plain, ours = results.values()
+    print("\n| examples | plain TRL tokens/s | steerable tokens/s | ratio |")
+    print("|---|---|---|---|")
+    print(f"| {len(examples)} | {plain:.1f} | {ours:.1f} | {ours / plain:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation shared by every method: preference grids, sweeps, Pareto fronts, hypervolume."""

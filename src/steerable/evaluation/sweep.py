@@ -1,0 +1,98 @@
+"""Preference sweeps: generate on held-out prompts at each point of a preference grid, score,
+and summarise each point by the mean raw score of every objective with its standard error."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from steerable.errors import SteerableError
+from steerable.objectives import RewardSet
+
+
+def preference_grid(k: int, resolution: int = 10) -> np.ndarray:
+    """All weight vectors on the simplex with coordinates in {0, 1/resolution, ..., 1}.
+    For K = 2 and resolution 10: w1 in {0, 0.1, ..., 1}, w2 = 1 - w1 (11 points)."""
+    if k < 2:
+        raise SteerableError(f"a preference grid needs at least 2 objectives, got {k}")
+    if resolution < 1:
+        raise SteerableError(f"grid resolution must be >= 1, got {resolution}")
+    rows = [c for c in itertools.product(range(resolution + 1), repeat=k - 1) if sum(c) <= resolution]
+    grid = np.array([[*c, resolution - sum(c)] for c in rows], dtype=float) / resolution
+    order = np.lexsort(grid.T[::-1])  # w1 ascending, then w2, ...
+    return grid[order]
+
+
+@dataclass
+class SweepPoint:
+    """One grid point: the weights asked for and what the responses achieved."""
+
+    weights: list[float]
+    mean: list[float]
+    stderr: list[float]
+    n: int
+    seconds: float
+    generated_tokens: int
+
+
+def sweep(
+    generate: Callable[[list[str], np.ndarray], list[str]],
+    rewards: RewardSet,
+    prompts: Sequence[str],
+    grid: np.ndarray,
+    count_tokens: Callable[[list[str]], int] = lambda texts: sum(len(t.split()) for t in texts),
+    progress: Callable[[int, int], None] | None = None,
+) -> list[SweepPoint]:
+    """Evaluate `generate(prompts, weights) -> responses` at every grid point."""
+    grid = np.asarray(grid, dtype=float)
+    if grid.ndim != 2 or grid.shape[1] != len(rewards):
+        raise SteerableError(
+            f"grid has shape {grid.shape}; expected [points, {len(rewards)}] for {rewards.names}"
+        )
+    prompts = list(prompts)
+    points = []
+    for i, weights in enumerate(grid):
+        started = time.perf_counter()
+        responses = generate(prompts, weights)
+        seconds = time.perf_counter() - started
+        raw = rewards.score(prompts, responses)
+        points.append(
+            SweepPoint(
+                weights=weights.tolist(),
+                mean=raw.mean(axis=0).tolist(),
+                stderr=(raw.std(axis=0, ddof=1) / np.sqrt(len(prompts))).tolist()
+                if len(prompts) > 1
+                else [0.0] * len(rewards),
+                n=len(prompts),
+                seconds=seconds,
+                generated_tokens=count_tokens(responses),
+            )
+        )
+        if progress:
+            progress(i + 1, len(grid))
+    return points
+
+
+def controllability(points: Sequence[SweepPoint], names: Sequence[str]) -> dict[str, float]:
+    """Spearman correlation, per objective, between its requested weight and its achieved mean."""
+    weights = np.array([p.weights for p in points])
+    means = np.array([p.mean for p in points])
+    return {name: float(spearmanr(weights[:, k], means[:, k]).statistic) for k, name in enumerate(names)}
+
+
+def points_to_rows(points: Sequence[SweepPoint], names: Sequence[str]) -> list[dict]:
+    """Flat rows (one per point) for CSV/Markdown."""
+    rows = []
+    for point in points:
+        row = {f"w_{n}": w for n, w in zip(names, point.weights, strict=True)}
+        for k, n in enumerate(names):
+            row[f"mean_{n}"], row[f"stderr_{n}"] = point.mean[k], point.stderr[k]
+        rows.append(
+            {**row, **{k: v for k, v in asdict(point).items() if k in ("n", "seconds", "generated_tokens")}}
+        )
+    return rows
