@@ -5,6 +5,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
+from steerable.methods.ric import RiCConfig, train_ric  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def tiny_path() -> str:
@@ -28,3 +30,25 @@ def tiny_reward_model(tiny_path, tmp_path_factory) -> str:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_ric(tmp_path_factory, tiny_path):
+    out = tmp_path_factory.mktemp("ric") / "model"
+    config = RiCConfig(
+        model=tiny_path,
+        output_dir=str(out),
+        prompt_limit=8,
+        samples_per_prompt=2,
+        max_new_tokens=8,
+        num_epochs=1,
+        batch_size=4,
+        lora_r=4,
+        lora_alpha=8,
+        online_iterations=1,
+        online_samples=8,
+        online_quantile=0.5,
+        objectives=["brief=builtin:brevity", "positive=builtin:sentiment"],
+    )
+    train_ric(config)
+    return config, out

@@ -60,3 +60,121 @@ def test_sweep_and_controllability_with_a_fake_generator():
     assert ctrl["long"] == pytest.approx(1.0) and ctrl["brief"] == pytest.approx(1.0)
     with pytest.raises(SteerableError, match="grid has shape"):
         sweep(generate, rewards, ["a"], preference_grid(3))
+
+
+def _result(method, means, rewards, weights=None, seconds=10.0):
+    from steerable.evaluation.report import EvaluationResult
+    from steerable.evaluation.sweep import SweepPoint
+
+    weights = weights or [[i / (len(means) - 1), 1 - i / (len(means) - 1)] for i in range(len(means))]
+    points = [SweepPoint(w, m, [0.1, 0.1], 5, 1.0, 50) for w, m in zip(weights, means, strict=True)]
+    from steerable.evaluation.sweep import controllability
+
+    return EvaluationResult(
+        method,
+        "m",
+        rewards.names,
+        rewards.to_dict(),
+        points,
+        controllability(points, rewards.names),
+        {"train_seconds": seconds},
+    )
+
+
+@pytest.fixture
+def fitted_rewards():
+    rewards = RewardSet.from_specs(["a=builtin:length", "b=builtin:brevity"])
+    rewards.fit_stats(np.array([[float(i), float(-i)] for i in range(21)]))  # q05 = (1, -19)
+    return rewards
+
+
+def test_report_from_a_fixed_result_set(tmp_path, fitted_rewards):
+    from steerable.evaluation.report import EvaluationResult, summary, write_report
+
+    ric = _result("ric", [[2, -10], [5, -15], [8, -18]], fitted_rewards)
+    floor = _result("prompting", [[2, -18], [3, -17], [3, -18]], fitted_rewards, seconds=0)
+    rows = summary([ric, floor])
+    # reference (1, -19): ric staircase 1*9 + 3*4 + 3*1 = 24; prompting: (3,-17) dominates
+    # both other points, so its hypervolume is (3-1)*(-17+19) = 4
+    assert rows[0]["hypervolume"] == pytest.approx(24)
+    assert rows[1]["hypervolume"] == pytest.approx(4)
+    assert rows[0]["front"] == 3 and rows[1]["front"] == 1
+    assert rows[0]["hypervolume_per_train_hour"] == pytest.approx(24 / (10 / 3600))
+    assert rows[1]["hypervolume_per_train_hour"] is None
+    write_report([ric, floor], tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| ric | 3 | 3 | 24 |" in text and "| prompting | 3 | 1 | 4 |" in text
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "points.csv").read_text().splitlines()) == 7
+    ric.save(tmp_path / "ric")
+    assert EvaluationResult.load(tmp_path / "ric").means.tolist() == ric.means.tolist()
+
+
+def test_results_on_different_stats_or_objectives_are_not_compared(fitted_rewards):
+    from steerable.evaluation.report import summary
+
+    other = RewardSet.from_specs(["a=builtin:length", "b=builtin:brevity"])
+    other.fit_stats(np.array([[float(i), float(-2 * i)] for i in range(21)]))
+    renamed = RewardSet.from_specs(["a=builtin:length", "c=builtin:brevity"])
+    renamed.fit_stats(np.array([[float(i), float(-i)] for i in range(21)]))
+    base = _result("ric", [[1, 1], [2, 2]], fitted_rewards)
+    with pytest.raises(SteerableError, match="statistics differ"):
+        summary([base, _result("x", [[1, 1], [2, 2]], other)])
+    with pytest.raises(SteerableError, match="objectives"):
+        summary([base, _result("x", [[1, 1], [2, 2]], renamed)])
+
+
+def test_corrupt_result_file(tmp_path):
+    from steerable.evaluation.report import EvaluationResult
+
+    (tmp_path / "result.json").write_text('{"method": "ric"')
+    with pytest.raises(SteerableError, match="corrupt"):
+        EvaluationResult.load(tmp_path)
+    with pytest.raises(SteerableError, match="does not exist"):
+        EvaluationResult.load(tmp_path / "missing")
+
+
+def test_evaluate_ric_and_prompting_end_to_end_on_tiny(tiny_ric, tiny_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+
+    _, model_dir = tiny_ric
+    runner = CliRunner()
+    common = ["--limit", "2", "--resolution", "2", "--max-new-tokens", "4"]
+    ric = runner.invoke(
+        app,
+        ["evaluate", "--method", "ric", "--model", str(model_dir), "--out", str(tmp_path / "ric"), *common],
+    )
+    assert ric.exit_code == 0, ric.output
+    floor = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--method",
+            "prompting",
+            "--model",
+            tiny_path,
+            "--stats",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "floor"),
+            *common,
+        ],
+    )
+    assert floor.exit_code == 0, floor.output
+    both = runner.invoke(
+        app, ["report", str(tmp_path / "ric"), str(tmp_path / "floor"), "--out", str(tmp_path / "both")]
+    )
+    assert both.exit_code == 0, both.output
+    text = (tmp_path / "both" / "report.md").read_text()
+    assert "| ric | 3 |" in text and "| prompting | 3 |" in text
+    assert (tmp_path / "both" / "front.png").is_file()
+    missing = runner.invoke(
+        app,
+        ["evaluate", "--method", "prompting", "--model", tiny_path, "--out", str(tmp_path / "x"), *common],
+    )
+    assert missing.exit_code == 2 and "needs --stats" in missing.output
+    unknown = runner.invoke(app, ["evaluate", "--method", "dpo", "--out", str(tmp_path / "y"), *common])
+    assert unknown.exit_code == 2 and "unknown method" in unknown.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -54,28 +54,6 @@ def test_config_validation():
         RiCConfig(tag_placement="footer")
 
 
-@pytest.fixture(scope="module")
-def tiny_ric(tmp_path_factory, tiny_path):
-    out = tmp_path_factory.mktemp("ric") / "model"
-    config = RiCConfig(
-        model=tiny_path,
-        output_dir=str(out),
-        prompt_limit=8,
-        samples_per_prompt=2,
-        max_new_tokens=8,
-        num_epochs=1,
-        batch_size=4,
-        lora_r=4,
-        lora_alpha=8,
-        online_iterations=1,
-        online_samples=8,
-        online_quantile=0.5,
-        objectives=["brief=builtin:brevity", "positive=builtin:sentiment"],
-    )
-    train_ric(config)
-    return config, out
-
-
 def test_end_to_end_on_tiny_writes_a_self_describing_directory(tiny_ric):
     config, out = tiny_ric
     manifest = json.loads((out / "steerable.json").read_text())

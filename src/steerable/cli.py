@@ -308,5 +308,61 @@ def generate(
         Console().print(f"[bold]> {prompt}[/]\n{response}\n", highlight=False)
 
 
+@command
+def evaluate(
+    out: Annotated[Path, typer.Option(help="Directory for result.json, report.md, front.png, CSVs.")],
+    method: Annotated[str, typer.Option(help="ric or prompting.")] = "ric",
+    model: Annotated[
+        str, typer.Option(help="RiC: the model directory. prompting: the base model.")
+    ] = "runs/ric",
+    stats: Annotated[
+        str | None,
+        typer.Option(
+            help="Objectives + statistics shared by the comparison: a stats JSON or a steerable model directory (prompting needs it)."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Embedded prompt split.")] = "heldout",
+    limit: Annotated[int | None, typer.Option(help="Use the first N prompts.")] = None,
+    resolution: Annotated[int, typer.Option(help="Grid resolution: K=2 gives resolution+1 points.")] = 10,
+    max_new_tokens: int = 64,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> None:
+    """Sweep a preference grid on held-out prompts: mean score per objective per point, Pareto
+    front, hypervolume, controllability, compute; JSON, CSV, PNG and Markdown."""
+    from steerable.data import load_prompts
+    from steerable.evaluation.evaluate import evaluate as run_evaluation
+    from steerable.evaluation.report import write_report
+    from steerable.generation import SamplingConfig
+
+    result = run_evaluation(
+        method,
+        model,
+        load_prompts(split, limit),
+        resolution,
+        SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed),
+        stats,
+    )
+    result.save(out)
+    report = write_report([result], out)
+    Console().print(report.read_text(), highlight=False)
+
+
+@command
+def report(
+    results: Annotated[
+        list[Path], typer.Argument(help="Evaluation directories (or result.json files) to overlay.")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for the combined report.")],
+) -> None:
+    """Overlay several evaluations (same objectives and statistics) in one report and plot."""
+    from steerable.evaluation.report import EvaluationResult, write_report
+
+    loaded = [EvaluationResult.load(path) for path in results]
+    Console().print(write_report(loaded, out).read_text(), highlight=False)
+
+
 if __name__ == "__main__":
     app()

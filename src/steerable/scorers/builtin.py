@@ -84,6 +84,18 @@ BUILTINS: dict[str, tuple[Callable[..., ScoreFn], tuple[str, ...], str]] = {
 }
 
 
+# How each built-in reads as an instruction, for baselines that state a preference in words.
+INSTRUCTIONS = {
+    "sentiment": "use a warm, positive tone",
+    "readability": "use plain words and short sentences",
+    "brevity": "keep the answer short",
+    "length": "give a long, detailed answer",
+    "relevance": "stay close to the topic of the question",
+    "toxicity": "use crude, offensive language",
+    "harmless": "avoid any offensive language",
+}
+
+
 def check_builtin(name: str, options: dict[str, str], origin: object) -> None:
     if name not in BUILTINS:
         raise SteerableError(

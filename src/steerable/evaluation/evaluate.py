@@ -1,0 +1,139 @@
+"""Evaluate any method over a preference grid with the same prompts, objectives and statistics.
+
+A method is turned into a function ``generate(prompts, weights) -> responses``:
+
+    ric        a RiC model directory: weights -> tags through the model's stored mapping
+    prompting  the base model, with the preference written into the system prompt (the floor
+               every trained method must beat); needs the statistics of the comparison
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from steerable.errors import SteerableError
+from steerable.evaluation.report import EvaluationResult
+from steerable.evaluation.sweep import controllability, preference_grid, sweep
+from steerable.generation import SamplingConfig, format_chat, generate_texts
+from steerable.objectives import RewardSet
+
+METHODS = ("ric", "prompting")
+
+Generate = Callable[[list[str], np.ndarray], list[str]]
+
+
+def preference_instruction(rewards: RewardSet, weights: Sequence[float]) -> str:
+    """The system prompt of the prompting baseline: the preference in words."""
+    from steerable.scorers.builtin import INSTRUCTIONS
+
+    parts = []
+    for objective, weight in zip(rewards.objectives, weights, strict=True):
+        spec = objective.spec
+        what = INSTRUCTIONS.get(spec.target) if spec.kind == "builtin" else None
+        parts.append(f"{objective.name} {round(100 * weight)}%" + (f" ({what})" if what else ""))
+    return "Balance these goals in your answer, in proportion to their weights: " + "; ".join(parts) + "."
+
+
+def load_rewards(stats: str | Path) -> RewardSet:
+    """Objectives + statistics from a stats JSON or a steerable model directory."""
+    import json
+
+    path = Path(stats)
+    if path.is_dir():
+        manifest = path / "steerable.json"
+        if not manifest.is_file():
+            raise SteerableError(f"{path} has no steerable.json; pass a model directory or a stats JSON")
+        return RewardSet.from_dict(json.loads(manifest.read_text())["rewards"], where=str(manifest))
+    return RewardSet.load(path)
+
+
+def method_generator(method: str, model: str, sampling: SamplingConfig, stats: str | None):
+    """(generate, rewards, compute) for one method."""
+    if method == "ric":
+        from steerable.policy import SteerablePolicy
+
+        policy = SteerablePolicy.from_pretrained(model)
+        compute = policy.manifest.training.get("compute", {})
+
+        def generate(prompts, weights):
+            return policy.generate(prompts, preference=list(weights), sampling=sampling)
+
+        return (
+            generate,
+            policy.rewards,
+            policy.tokenizer,
+            {
+                "train_seconds": float(sum(compute.get("seconds", {}).values())),
+                "trained_tokens": compute.get("trained_tokens", 0),
+                "generated_tokens": compute.get("generated_tokens", 0),
+            },
+        )
+    if method == "prompting":
+        from steerable.defaults import load_causal_lm
+
+        if stats is None:
+            raise SteerableError(
+                "the prompting baseline needs --stats (a stats JSON or the model directory of the "
+                "method it is compared with) so every method shares objectives and statistics"
+            )
+        rewards = load_rewards(stats)
+        lm, tokenizer = load_causal_lm(model)
+
+        def generate(prompts, weights):
+            system = preference_instruction(rewards, weights)
+            return generate_texts(
+                lm, tokenizer, format_chat(tokenizer, prompts, system), sampling, progress=False
+            )
+
+        return (
+            generate,
+            rewards,
+            tokenizer,
+            {"train_seconds": 0.0, "trained_tokens": 0, "generated_tokens": 0},
+        )
+    raise SteerableError(f"unknown method {method!r}; choose from {list(METHODS)}")
+
+
+def evaluate(
+    method: str,
+    model: str,
+    prompts: Sequence[str],
+    resolution: int = 10,
+    sampling: SamplingConfig | None = None,
+    stats: str | None = None,
+    grid: np.ndarray | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Sweep the grid, score with the shared objectives, and summarise."""
+    from tqdm.auto import tqdm
+
+    from steerable.methods.ric import count_tokens
+
+    sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
+    generate, rewards, tokenizer, compute = method_generator(method, model, sampling, stats)
+    grid = preference_grid(len(rewards), resolution) if grid is None else np.asarray(grid, float)
+    bar = tqdm(total=len(grid), desc=f"evaluating {method}", unit="point", disable=not progress)
+    started = time.perf_counter()
+    points = sweep(
+        generate,
+        rewards,
+        prompts,
+        grid,
+        count_tokens=lambda texts: count_tokens(tokenizer, texts),
+        progress=lambda i, n: bar.update(1),
+    )
+    bar.close()
+    compute["eval_seconds"] = time.perf_counter() - started
+    return EvaluationResult(
+        method=method,
+        model=str(model),
+        names=rewards.names,
+        rewards=rewards.to_dict(),
+        points=points,
+        controllability=controllability(points, rewards.names),
+        compute=compute,
+    )
