@@ -258,6 +258,22 @@ def train_ric_command(ctx: typer.Context) -> None:
     run_config_command(ctx, RiCConfig, train_ric)
 
 
+@train_app.command("morlhf", context_settings=TRAIN_CONTEXT)
+def train_morlhf_command(ctx: typer.Context) -> None:
+    """MORLHF baseline: GRPO on a weighted sum of normalised rewards, one policy per weight vector (all options: --help)."""
+    from steerable.methods.morlhf import MORLHFConfig, train_morlhf
+
+    run_config_command(ctx, MORLHFConfig, train_morlhf)
+
+
+@train_app.command("soups", context_settings=TRAIN_CONTEXT)
+def train_soups_command(ctx: typer.Context) -> None:
+    """Rewarded Soups baseline: one GRPO LoRA policy per objective, interpolated at inference (all options: --help)."""
+    from steerable.methods.soups import SoupsConfig, train_soups
+
+    run_config_command(ctx, SoupsConfig, train_soups)
+
+
 @command
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="Prompt(s) to answer.")],
@@ -362,6 +378,67 @@ def report(
 
     loaded = [EvaluationResult.load(path) for path in results]
     Console().print(write_report(loaded, out).read_text(), highlight=False)
+
+
+def _print_comparison(results, out: Path) -> None:
+    from steerable.evaluation.report import summary
+
+    table = Table(
+        "method",
+        "points",
+        "on front",
+        "hypervolume",
+        *[f"controllability {n}" for n in results[0].names],
+        "train s",
+        "eval s",
+        title="comparison (hypervolume reference: 5% quantile of the training scores)",
+    )
+    for row in summary(results):
+        table.add_row(
+            row["method"],
+            str(row["points"]),
+            str(row["front"]),
+            f"{row['hypervolume']:.4g}",
+            *[f"{row[f'controllability_{n}']:+.3f}" for n in results[0].names],
+            f"{row['train_seconds']:.0f}",
+            f"{row['eval_seconds']:.0f}",
+        )
+    Console().print(table)
+    Console().print(f"report: {out / 'report.md'}   plot: {out / 'front.png'}")
+
+
+@command
+def compare(
+    out: Annotated[Path, typer.Option(help="Output directory (stages are cached here).")],
+    config: Annotated[
+        Path | None, typer.Option(help="YAML configuration (see steerable.evaluation.compare).")
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods: ric, soups, morlhf, prompting.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Base model for every method.")] = None,
+) -> None:
+    """Train and evaluate several methods on one configuration; one report with overlaid fronts,
+    hypervolume, controllability and compute per method. Re-runs skip finished stages."""
+    from steerable.evaluation.compare import CompareConfig, run_compare
+
+    overrides = {"model": model, "methods": methods.split(",") if methods else None}
+    results = run_compare(CompareConfig.from_yaml(config, overrides), out)
+    _print_comparison(results, out)
+
+
+@command
+def demo(
+    out: Annotated[Path, typer.Option(help="Output directory (re-runs resume finished stages).")] = Path(
+        "runs/demo"
+    ),
+) -> None:
+    """RiC end to end on the embedded SmolLM2 (data, offline SFT, one online iteration), evaluated
+    against the prompting floor: table, front plot and report."""
+    from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig, run_compare
+
+    results = run_compare(CompareConfig(**DEMO_CONFIG), out)
+    _print_comparison(results, out)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ class PolicyManifest:
     tags: dict = field(default_factory=lambda: TagFormat().to_dict())
     mapping: dict = field(default_factory=lambda: asdict(MappingConfig()))
     weights: str = "adapter"  # "adapter" or "model"
+    policies: list[dict] | None = None  # baselines: [{"weights": [...], "adapter": "policies/0/adapter"}]
     system: str | None = None
     format_version: int = FORMAT_VERSION
     training: dict = field(default_factory=dict)
@@ -163,7 +164,9 @@ class SteerablePolicy:
             if not np.isfinite(value):
                 raise SteerableError(f"target for {objective.name!r} is {value}; use a finite number")
             lo, hi = stats.normalise(np.array([stats.min, stats.max]))
-            if not lo <= value <= hi:
+            # A small tolerance: preference-mapped targets at a 0/1 quantile equal min/max up to
+            # floating-point error, and those are not worth a warning.
+            if not lo - 1e-6 <= value <= hi + 1e-6:
                 clipped = float(np.clip(value, lo, hi))
                 warnings.warn(
                     f"target {objective.name}={value:g} is outside the trained range "

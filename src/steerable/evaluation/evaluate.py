@@ -5,6 +5,9 @@ A method is turned into a function ``generate(prompts, weights) -> responses``:
     ric        a RiC model directory: weights -> tags through the model's stored mapping
     prompting  the base model, with the preference written into the system prompt (the floor
                every trained method must beat); needs the statistics of the comparison
+    soups      a Rewarded Soups directory: per-objective adapters interpolated with the weights
+    morlhf     a MORLHF directory: one policy per weight vector, so it is evaluated at its own
+               vectors only (the grid does not apply)
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from steerable.errors import SteerableError
 from steerable.evaluation.report import EvaluationResult
 from steerable.evaluation.sweep import controllability, preference_grid, sweep
 from steerable.generation import SamplingConfig, format_chat, generate_texts
+from steerable.methods.rl import load_rewards
 from steerable.objectives import RewardSet
 
-METHODS = ("ric", "prompting")
+METHODS = ("ric", "prompting", "soups", "morlhf")
 
 Generate = Callable[[list[str], np.ndarray], list[str]]
 
@@ -36,19 +40,6 @@ def preference_instruction(rewards: RewardSet, weights: Sequence[float]) -> str:
         what = INSTRUCTIONS.get(spec.target) if spec.kind == "builtin" else None
         parts.append(f"{objective.name} {round(100 * weight)}%" + (f" ({what})" if what else ""))
     return "Balance these goals in your answer, in proportion to their weights: " + "; ".join(parts) + "."
-
-
-def load_rewards(stats: str | Path) -> RewardSet:
-    """Objectives + statistics from a stats JSON or a steerable model directory."""
-    import json
-
-    path = Path(stats)
-    if path.is_dir():
-        manifest = path / "steerable.json"
-        if not manifest.is_file():
-            raise SteerableError(f"{path} has no steerable.json; pass a model directory or a stats JSON")
-        return RewardSet.from_dict(json.loads(manifest.read_text())["rewards"], where=str(manifest))
-    return RewardSet.load(path)
 
 
 def method_generator(method: str, model: str, sampling: SamplingConfig, stats: str | None):
@@ -95,7 +86,62 @@ def method_generator(method: str, model: str, sampling: SamplingConfig, stats: s
             tokenizer,
             {"train_seconds": 0.0, "trained_tokens": 0, "generated_tokens": 0},
         )
+    if method in ("soups", "morlhf"):
+        return baseline_generator(method, model, sampling)
     raise SteerableError(f"unknown method {method!r}; choose from {list(METHODS)}")
+
+
+def baseline_generator(method: str, directory: str, sampling: SamplingConfig):
+    """Generators for the RL baselines' directories (written by `steerable train soups|morlhf`)."""
+    import json
+
+    from steerable.defaults import load_causal_lm
+
+    path = Path(directory) / "steerable.json"
+    if not path.is_file():
+        raise SteerableError(f"{directory} has no steerable.json; train it with `steerable train {method}`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("method") != method or not manifest.get("policies"):
+        raise SteerableError(f"{path} describes a {manifest.get('method')!r} model, not {method!r}")
+    rewards = RewardSet.from_dict(manifest["rewards"], where=str(path))
+    base, tokenizer = load_causal_lm(manifest["base_model"])
+    adapters = [Path(directory) / p["adapter"] for p in manifest["policies"]]
+    vectors = [p["weights"] for p in manifest["policies"]]
+    if method == "soups":
+        from steerable.methods.soups import set_soup, soup_model
+
+        model = soup_model(base, adapters)
+
+        def generate(prompts, weights):
+            set_soup(model, list(weights))
+            return generate_texts(model, tokenizer, format_chat(tokenizer, prompts), sampling, progress=False)
+
+    else:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(base, adapters[0], adapter_name="0")
+        for i, adapter in enumerate(adapters[1:], start=1):
+            model.load_adapter(adapter, adapter_name=str(i))
+
+        def generate(prompts, weights):
+            matches = [i for i, v in enumerate(vectors) if np.allclose(v, weights)]
+            if not matches:
+                raise SteerableError(f"MORLHF has no policy for weights {list(weights)}; it has {vectors}")
+            model.set_adapter(str(matches[0]))
+            return generate_texts(model, tokenizer, format_chat(tokenizer, prompts), sampling, progress=False)
+
+        generate.grid = np.array(vectors)
+    compute = manifest["training"]["compute"]
+    return (
+        generate,
+        rewards,
+        tokenizer,
+        {
+            "train_seconds": float(sum(compute["seconds"].values())),
+            "trained_tokens": compute["trained_tokens"],
+            "generated_tokens": compute["generated_tokens"],
+        },
+    )
 
 
 def evaluate(
@@ -115,6 +161,9 @@ def evaluate(
 
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
     generate, rewards, tokenizer, compute = method_generator(method, model, sampling, stats)
+    if grid is None:
+        # MORLHF can only be asked for the vectors it was trained at.
+        grid = getattr(generate, "grid", None)
     grid = preference_grid(len(rewards), resolution) if grid is None else np.asarray(grid, float)
     bar = tqdm(total=len(grid), desc=f"evaluating {method}", unit="point", disable=not progress)
     started = time.perf_counter()

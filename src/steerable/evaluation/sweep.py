@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -82,7 +83,9 @@ def controllability(points: Sequence[SweepPoint], names: Sequence[str]) -> dict[
     """Spearman correlation, per objective, between its requested weight and its achieved mean."""
     weights = np.array([p.weights for p in points])
     means = np.array([p.mean for p in points])
-    return {name: float(spearmanr(weights[:, k], means[:, k]).statistic) for k, name in enumerate(names)}
+    with warnings.catch_warnings():  # a constant column gives nan, which is the honest answer
+        warnings.simplefilter("ignore")
+        return {name: float(spearmanr(weights[:, k], means[:, k]).statistic) for k, name in enumerate(names)}
 
 
 def points_to_rows(points: Sequence[SweepPoint], names: Sequence[str]) -> list[dict]:
