@@ -142,3 +142,11 @@ def test_generate_cli(tiny_ric):
     assert bad.exit_code == 2 and "unknown objective" in bad.output
     bad = runner.invoke(app, ["train", "ric", "--objectives", "builtin:brevity"])
     assert bad.exit_code == 2 and "at least two objectives" in bad.output
+
+
+def test_rerun_with_a_different_configuration_is_refused(tiny_ric):
+    from dataclasses import replace
+
+    config, _ = tiny_ric
+    with pytest.raises(SteerableError, match="different configuration.*num_epochs"):
+        train_ric(replace(config, num_epochs=3))
