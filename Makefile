@@ -20,8 +20,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/steerable sample --split heldout --max-new-tokens 96 --out $(RUN)/samples.jsonl
-	$(BIN)/steerable score $(RUN)/samples.jsonl --out $(RUN)/scored.jsonl
+	$(BIN)/steerable demo --out $(RUN)
 
 test: install
 	$(BIN)/pytest -q

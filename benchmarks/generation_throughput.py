@@ -14,8 +14,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from steerable.data import load_prompts  # noqa: E402
 from steerable.defaults import load_causal_lm  # noqa: E402
-from steerable.generation import SamplingConfig, format_chat, generate_texts  # noqa: E402
-from steerable.methods.ric import count_tokens  # noqa: E402
+from steerable.generation import (  # noqa: E402
+    SamplingConfig,
+    count_tokens,  # noqa: E402
+    format_chat,
+    generate_texts,
+)
 
 
 def main() -> None:

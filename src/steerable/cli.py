@@ -340,6 +340,12 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Embedded prompt split.")] = "heldout",
     limit: Annotated[int | None, typer.Option(help="Use the first N prompts.")] = None,
     resolution: Annotated[int, typer.Option(help="Grid resolution: K=2 gives resolution+1 points.")] = 10,
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            help="RiC only: evaluate this adapter instead (e.g. MODEL/stages/sft/weights, before online MORS)."
+        ),
+    ] = None,
     max_new_tokens: int = 64,
     temperature: float = 0.7,
     top_p: float = 0.95,
@@ -360,6 +366,7 @@ def evaluate(
         resolution,
         SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed),
         stats,
+        adapter=adapter,
     )
     result.save(out)
     report = write_report([result], out)

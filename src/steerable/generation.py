@@ -82,3 +82,8 @@ def generate_texts(
         bar.update(len(idx))
     bar.close()
     return outputs
+
+
+def count_tokens(tokenizer, texts: Sequence[str]) -> int:
+    """Tokens in `texts` (no special tokens): the unit of the compute accounting."""
+    return sum(len(ids) for ids in tokenizer(list(texts), add_special_tokens=False).input_ids)

@@ -158,12 +158,12 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
 DEMO_CONFIG = {
     "model": "smollm2",
     "methods": ["ric", "prompting"],
-    "eval": {"split": "heldout", "limit": 24, "resolution": 10, "max_new_tokens": 48},
+    "eval": {"split": "heldout", "limit": 22, "resolution": 10, "max_new_tokens": 48},
     "ric": {
-        "prompt_limit": 160,
+        "prompt_limit": 128,
         "samples_per_prompt": 2,
         "max_new_tokens": 48,
-        "num_epochs": 2,
+        "num_epochs": 1,
         "online_iterations": 1,
         "online_samples": 64,
     },

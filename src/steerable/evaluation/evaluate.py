@@ -21,7 +21,7 @@ import numpy as np
 from steerable.errors import SteerableError
 from steerable.evaluation.report import EvaluationResult
 from steerable.evaluation.sweep import controllability, preference_grid, sweep
-from steerable.generation import SamplingConfig, format_chat, generate_texts
+from steerable.generation import SamplingConfig, count_tokens, format_chat, generate_texts
 from steerable.methods.rl import load_rewards
 from steerable.objectives import RewardSet
 
@@ -42,12 +42,15 @@ def preference_instruction(rewards: RewardSet, weights: Sequence[float]) -> str:
     return "Balance these goals in your answer, in proportion to their weights: " + "; ".join(parts) + "."
 
 
-def method_generator(method: str, model: str, sampling: SamplingConfig, stats: str | None):
-    """(generate, rewards, compute) for one method."""
+def method_generator(method: str, model: str, sampling: SamplingConfig, stats: str | None, adapter=None):
+    """(generate, rewards, tokenizer, compute) for one method. `adapter` (RiC only) evaluates
+    another stage's adapter, e.g. DIR/stages/sft/weights for the model before online MORS."""
+    if adapter is not None and method != "ric":
+        raise SteerableError("--adapter applies to RiC models only")
     if method == "ric":
         from steerable.policy import SteerablePolicy
 
-        policy = SteerablePolicy.from_pretrained(model)
+        policy = SteerablePolicy.from_pretrained(model, adapter=adapter)
         compute = policy.manifest.training.get("compute", {})
 
         def generate(prompts, weights):
@@ -153,14 +156,13 @@ def evaluate(
     stats: str | None = None,
     grid: np.ndarray | None = None,
     progress: bool = True,
+    adapter: str | None = None,
 ) -> EvaluationResult:
     """Sweep the grid, score with the shared objectives, and summarise."""
     from tqdm.auto import tqdm
 
-    from steerable.methods.ric import count_tokens
-
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
-    generate, rewards, tokenizer, compute = method_generator(method, model, sampling, stats)
+    generate, rewards, tokenizer, compute = method_generator(method, model, sampling, stats, adapter)
     if grid is None:
         # MORLHF can only be asked for the vectors it was trained at.
         grid = getattr(generate, "grid", None)

@@ -30,7 +30,7 @@ from steerable.conditioning import PLACEMENTS, TagFormat, format_tags, preferenc
 from steerable.data import load_pairs, load_prompts, read_table, write_table
 from steerable.defaults import DEFAULT_MODEL, DEFAULT_OBJECTIVES, load_causal_lm, resolve_model
 from steerable.errors import SteerableError
-from steerable.generation import SamplingConfig, format_chat, generate_texts
+from steerable.generation import SamplingConfig, count_tokens, format_chat, generate_texts
 from steerable.io import atomic_write_text
 from steerable.objectives import RewardSet
 from steerable.policy import MappingConfig, PolicyManifest, SteerablePolicy
@@ -358,10 +358,6 @@ def mors_generate(policy, rewards, prompts, config, rng, compute) -> list[dict]:
         for k, name in enumerate(names):
             row[f"score_{name}"], row[f"z_{name}"] = float(raw_row[k]), float(z_row[k])
     return rows
-
-
-def count_tokens(tokenizer, texts: list[str]) -> int:
-    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids)
 
 
 def run_sft(
