@@ -140,6 +140,13 @@ def test_generate_cli(tiny_ric):
     assert "> Hello" in ok.output and "> Name a fruit" in ok.output
     bad = runner.invoke(app, ["generate", "--model", str(out), "--prefer", "brief=0.7,tone=0.3", "Hi"])
     assert bad.exit_code == 2 and "unknown objective" in bad.output
+    bad = runner.invoke(app, ["generate", "--model", str(out), "--target", "brief=abc,positive=0", "Hi"])
+    assert bad.exit_code == 2 and "not NAME=NUMBER" in bad.output
+    clipped = runner.invoke(
+        app,
+        ["generate", "--model", str(out), "--target", "brief=99,positive=0", "--max-new-tokens", "2", "Hi"],
+    )
+    assert clipped.exit_code == 0 and "outside the trained range" in clipped.output
     bad = runner.invoke(app, ["train", "ric", "--objectives", "builtin:brevity"])
     assert bad.exit_code == 2 and "at least two objectives" in bad.output
 

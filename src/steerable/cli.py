@@ -24,6 +24,25 @@ app = typer.Typer(
 )
 
 
+def _fail(err: SteerableError):
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None):
+    """Our own warnings (e.g. a clipped target) as one line; other libraries' as usual."""
+    if "steerable" in str(filename):
+        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _showwarning
+
+
 def command(fn):
     """Register a subcommand whose user errors print as one line and exit with status 2."""
 
@@ -32,8 +51,7 @@ def command(fn):
         try:
             return fn(*args, **kwargs)
         except SteerableError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
+            raise _fail(err)
 
     return app.command()(run)
 
@@ -246,8 +264,7 @@ def run_config_command(ctx: typer.Context, config_cls, run) -> None:
             (config,) = parser.parse_args_into_dataclasses(args)
         console.print(f"steerable model directory: {run(config)}")
     except SteerableError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        raise _fail(err)
 
 
 @train_app.command("ric", context_settings=TRAIN_CONTEXT)
@@ -299,17 +316,16 @@ def generate(
     if not [p for p in prompts if p.strip()]:
         raise SteerableError("no prompts given")
     policy = SteerablePolicy.from_pretrained(model)
-    targets = None
     if target is not None:
         targets = {}
         for part in target.split(","):
-            name, sep, value = part.partition("=")
+            name, _, value = part.partition("=")
             try:
                 targets[name.strip()] = float(value)
             except ValueError:
-                raise SteerableError(f"--target {part!r}: write NAME=NUMBER,... ") from None
-            if not sep:
-                raise SteerableError(f"--target {part!r}: write NAME=NUMBER,...")
+                raise SteerableError(
+                    f"--target {part!r} is not NAME=NUMBER; write e.g. {policy.names[0]}=0.5,..."
+                )
         targets = policy.check_targets(targets)
     else:
         targets = policy.targets_for(prefer or [1.0] * len(policy.names), mapping)
