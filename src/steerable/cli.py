@@ -29,20 +29,6 @@ def _fail(err: SteerableError):
     return typer.Exit(2)
 
 
-_default_showwarning = warnings.showwarning
-
-
-def _showwarning(message, category, filename, lineno, file=None, line=None):
-    """Our own warnings (e.g. a clipped target) as one line; other libraries' as usual."""
-    if "steerable" in str(filename):
-        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
-
-
-warnings.showwarning = _showwarning
-
-
 def command(fn):
     """Register a subcommand whose user errors print as one line and exit with status 2."""
 
@@ -326,7 +312,11 @@ def generate(
                 raise SteerableError(
                     f"--target {part!r} is not NAME=NUMBER; write e.g. {policy.names[0]}=0.5,..."
                 )
-        targets = policy.check_targets(targets)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            targets = policy.check_targets(targets)
+        for warning in caught:  # e.g. a target clipped to the trained range
+            console.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)
     else:
         targets = policy.targets_for(prefer or [1.0] * len(policy.names), mapping)
     console.print("targets: " + ", ".join(f"{n}={v:+.2f}" for n, v in targets.items()))
