@@ -402,7 +402,8 @@ def run_sft(
         include_num_input_tokens_seen=True,
         gradient_checkpointing=config.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
-        # TRL turns bf16 on by default; on a CPU without bf16 matrix units it is ~15x slower.
+        # TRL's defaults (bf16 on, gradient checkpointing on) train ~10x slower on a 2-core CPU
+        # (benchmarks/sft_throughput.py); bf16 only where the GPU supports it.
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     )
     peft_config = None

@@ -171,7 +171,8 @@ def train_rl_policy(config: RLConfig, rewards: RewardSet, weights: list[float], 
         include_num_input_tokens_seen=True,
         gradient_checkpointing=False,
         use_cpu=not torch.cuda.is_available(),
-        # TRL turns bf16 on by default; on a CPU without bf16 matrix units it is ~15x slower.
+        # TRL's defaults (bf16 on, gradient checkpointing on) train ~10x slower on a 2-core CPU
+        # (benchmarks/sft_throughput.py); bf16 only where the GPU supports it.
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     )
     counter = {"completions": 0, "tokens": 0}
