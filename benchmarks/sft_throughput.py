@@ -25,12 +25,12 @@ from steerable.conditioning import TagFormat  # noqa: E402
 from steerable.data import read_table  # noqa: E402
 from steerable.defaults import load_causal_lm  # noqa: E402
 from steerable.methods.ric import RiCConfig, Stages, run_sft, sft_example  # noqa: E402
+from steerable.methods.training import lora_config  # noqa: E402
 from steerable.objectives import RewardSet  # noqa: E402
 
 
 def plain_trl(model, tokenizer, examples, config: RiCConfig, output_dir: str, bf16: bool | None) -> int:
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -44,13 +44,7 @@ def plain_trl(model, tokenizer, examples, config: RiCConfig, output_dir: str, bf
         use_cpu=not torch.cuda.is_available(),
         max_length=config.max_length,
     )
-    peft = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
+    peft = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout)
     trainer = SFTTrainer(
         model=model,
         args=args,

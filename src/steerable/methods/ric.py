@@ -32,6 +32,7 @@ from steerable.defaults import DEFAULT_MODEL, DEFAULT_OBJECTIVES, load_causal_lm
 from steerable.errors import SteerableError
 from steerable.generation import SamplingConfig, count_tokens, format_chat, generate_texts
 from steerable.io import atomic_write_text
+from steerable.methods.training import device_args, lora_config
 from steerable.objectives import RewardSet
 from steerable.policy import MappingConfig, PolicyManifest, SteerablePolicy
 from steerable.preferences import Preference
@@ -373,7 +374,7 @@ def run_sft(
 ):
     """Train with TRL's SFTTrainer (completion-only loss) unless the stage is done; resumable."""
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel
+    from peft import PeftModel
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
@@ -397,24 +398,13 @@ def run_sft(
         save_strategy="steps",
         save_steps=20,
         save_total_limit=1,
-        report_to=[],
         seed=config.seed,
-        include_num_input_tokens_seen=True,
         gradient_checkpointing=config.gradient_checkpointing,
-        use_cpu=not torch.cuda.is_available(),
-        # TRL's defaults (bf16 on, gradient checkpointing on) train ~10x slower on a 2-core CPU
-        # (benchmarks/sft_throughput.py); bf16 only where the GPU supports it.
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        **device_args(),
     )
     peft_config = None
     if config.use_lora and not isinstance(model, PeftModel):
-        peft_config = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
+        peft_config = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout)
     model.train()
     trainer = SFTTrainer(
         model=model,

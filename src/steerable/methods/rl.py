@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from steerable.data import load_prompts
 from steerable.defaults import DEFAULT_MODEL, load_causal_lm
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
+from steerable.methods.training import device_args, lora_config
 from steerable.objectives import RewardSet
 
 
@@ -141,7 +141,6 @@ def train_rl_policy(config: RLConfig, rewards: RewardSet, weights: list[float], 
     """Train one LoRA policy on sum_k w_k z_k; save its adapter to `directory`. Skips a finished
     policy (directory/done.json) and resumes an interrupted one from its last checkpoint."""
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOConfig, GRPOTrainer
 
@@ -166,14 +165,9 @@ def train_rl_policy(config: RLConfig, rewards: RewardSet, weights: list[float], 
         save_strategy="steps",
         save_steps=10,
         save_total_limit=1,
-        report_to=[],
         seed=config.seed,
-        include_num_input_tokens_seen=True,
         gradient_checkpointing=False,
-        use_cpu=not torch.cuda.is_available(),
-        # TRL's defaults (bf16 on, gradient checkpointing on) train ~10x slower on a 2-core CPU
-        # (benchmarks/sft_throughput.py); bf16 only where the GPU supports it.
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        **device_args(),
     )
     counter = {"completions": 0, "tokens": 0}
     trainer = GRPOTrainer(
@@ -182,13 +176,7 @@ def train_rl_policy(config: RLConfig, rewards: RewardSet, weights: list[float], 
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        ),
+        peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout),
     )
     started = time.perf_counter()
     checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
