@@ -29,5 +29,6 @@ def test_sample_and_score_the_default(tmp_path):
     result = runner.invoke(app, ["score", str(samples), "--out", str(scored)])
     assert result.exit_code == 0, result.output
     out = load_pairs(scored)
-    assert {"score_relevant", "score_readable", "z_relevant", "z_readable"} <= set(out[0])
-    assert all(-1 <= r["score_relevant"] <= 1 for r in out)
+    assert {"score_brief", "score_positive", "z_brief", "z_positive"} <= set(out[0])
+    assert all(-1 <= r["score_positive"] <= 1 for r in out)
+    assert all(r["score_brief"] == -len(r["response"].split()) for r in out)

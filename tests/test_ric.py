@@ -8,7 +8,14 @@ from typer.testing import CliRunner
 from steerable import SteerableError
 from steerable.cli import app
 from steerable.conditioning import parse_tags
-from steerable.methods.ric import RiCConfig, mors_keep, sample_targets, sft_example, train_ric
+from steerable.methods.ric import (
+    RiCConfig,
+    mors_keep,
+    sentence_cuts,
+    sample_targets,
+    sft_example,
+    train_ric,
+)
 from steerable.policy import SteerablePolicy
 
 LO, HI = np.array([-1.0, -2.0, 0.0]), np.array([1.0, 2.0, 3.0])
@@ -45,9 +52,30 @@ def test_sft_example_carries_the_obtained_scores_as_tags():
     assert user == {"role": "user", "content": "Hi?"}
 
 
+def test_sentence_cuts_keep_whole_sentences_and_span_lengths():
+    text = "Sure! Here are tips:\n\n1. Drink water. It helps a lot.\n2. Sleep well! Then you feel"
+    whole = [
+        "Sure!",
+        "Sure! Here are tips:\n\n1. Drink water.",
+        "Sure! Here are tips:\n\n1. Drink water. It helps a lot.",
+        "Sure! Here are tips:\n\n1. Drink water. It helps a lot.\n2. Sleep well!",
+    ]
+    rng = np.random.default_rng(0)
+    # Every whole sentence is a possible end; the cut-off fragment "Then you feel" never
+    # survives, and a list number ("1.") is not a sentence end.
+    assert {cut for _ in range(200) for cut in sentence_cuts(text, 1, rng)} == set(whole)
+    two = sentence_cuts(text, 2, rng)
+    assert len(two) == 2 and len(two[0]) < len(two[1]) and set(two) <= set(whole)
+    assert sentence_cuts(text, 9, rng) == whole
+    assert sentence_cuts("  no sentence end here ", 3, rng) == ["no sentence end here"]
+    assert sentence_cuts("Complete.", 3, rng) == ["Complete."]
+
+
 def test_config_validation():
     with pytest.raises(SteerableError, match="at least two objectives"):
         RiCConfig(objectives=["builtin:brevity"])
+    with pytest.raises(SteerableError, match="cuts_per_sample"):
+        RiCConfig(cuts_per_sample=-1)
     with pytest.raises(SteerableError, match="online_scheme"):
         RiCConfig(online_scheme="grid")
     with pytest.raises(SteerableError, match="placement"):
@@ -157,3 +185,16 @@ def test_rerun_with_a_different_configuration_is_refused(tiny_ric):
     config, _ = tiny_ric
     with pytest.raises(SteerableError, match="different configuration.*num_epochs"):
         train_ric(replace(config, num_epochs=3))
+
+
+def test_a_moved_run_resumes_without_retraining(tiny_ric, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    config, out = tiny_ric
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    before = (moved / "stages" / "sft" / "done.json").read_text()
+    assert train_ric(replace(config, output_dir=str(moved))) == moved
+    assert (moved / "stages" / "sft" / "done.json").read_text() == before
+    assert SteerablePolicy.from_pretrained(moved).names == ["brief", "positive"]

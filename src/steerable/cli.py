@@ -282,10 +282,10 @@ def generate(
     prompts: Annotated[list[str], typer.Argument(help="Prompt(s) to answer.")],
     model: Annotated[Path, typer.Option(help="Steerable model directory (has steerable.json).")],
     prefer: Annotated[
-        str | None, typer.Option(help="Preference, e.g. brief=0.7,relevant=0.3 (or 0.7,0.3).")
+        str | None, typer.Option(help="Preference, e.g. brief=0.7,positive=0.3 (or 0.7,0.3).")
     ] = None,
     target: Annotated[
-        str | None, typer.Option(help="Explicit normalised targets, e.g. brief=1.0,relevant=-0.5.")
+        str | None, typer.Option(help="Explicit normalised targets, e.g. brief=1.0,positive=-0.5.")
     ] = None,
     mapping: Annotated[str | None, typer.Option(help="linf, l2 or linear (default: the model's).")] = None,
     system: Annotated[str | None, typer.Option(help="System text placed before the tags.")] = None,
@@ -333,9 +333,9 @@ def generate(
 @command
 def evaluate(
     out: Annotated[Path, typer.Option(help="Directory for result.json, report.md, front.png, CSVs.")],
-    method: Annotated[str, typer.Option(help="ric or prompting.")] = "ric",
+    method: Annotated[str, typer.Option(help="ric, prompting, soups or morlhf.")] = "ric",
     model: Annotated[
-        str, typer.Option(help="RiC: the model directory. prompting: the base model.")
+        str, typer.Option(help="ric/soups/morlhf: the trained directory. prompting: the base model.")
     ] = "runs/ric",
     stats: Annotated[
         str | None,

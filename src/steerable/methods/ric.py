@@ -19,6 +19,7 @@ skips finished stages and an interrupted SFT resumes from its last checkpoint.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,16 +39,41 @@ from steerable.policy import MappingConfig, PolicyManifest, SteerablePolicy
 from steerable.preferences import Preference
 
 # System prompts used (round-robin) when sampling offline data from the base model: they push
-# responses towards different corners of the objective space. The tags, not these texts, are
-# what the model is trained on.
+# responses towards different corners of the objective space (tone, length, register, focus).
+# The tags, not these texts, are what the model is trained on. "" means no system prompt.
 OFFLINE_SYSTEM_PROMPTS = (
-    None,
+    "",
+    "Answer warmly and enthusiastically, in a positive, upbeat tone.",
+    "Answer bluntly and critically, pointing out problems, risks and downsides.",
     "Explain it simply, in short sentences, as if to a ten-year-old.",
     "Answer with precise technical vocabulary and long, complex sentences.",
     "Stay strictly on the topic of the question.",
     "Reply with a loosely related thought, then drift to a different topic.",
     "Answer in one short sentence.",
 )
+
+# A sentence ends at . ! or ? followed by whitespace, unless the mark closes a list number ("1.").
+_SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?])\s+")
+_COMPLETE = re.compile(r"[^\d\s][.!?][\"')\]*]*$")
+
+
+def sentence_cuts(text: str, n: int, rng: np.random.Generator) -> list[str]:
+    """Up to `n` different prefixes of `text` that end at a whole sentence, shortest first.
+
+    The cut points are drawn without replacement from the sentence ends; a final fragment cut
+    off by the token limit is never kept, and text without a whole sentence comes back whole.
+    Several cuts of one response share their beginning and differ only in where they stop, so
+    the tags are the only clue the model has for when to stop: this is what lets a small model
+    learn length-sensitive objectives (brevity, length) from little data.
+    """
+    text = text.strip()
+    ends = [m.start() for m in _SENTENCE_END.finditer(text)]
+    if _COMPLETE.search(text):
+        ends.append(len(text))
+    if not ends:
+        return [text]
+    chosen = rng.choice(len(ends), size=min(n, len(ends)), replace=False)
+    return [text[: ends[i]] for i in sorted(chosen)]
 
 
 @dataclass
@@ -64,6 +90,10 @@ class RiCConfig:
             responses are sampled from the base model for the embedded prompts.
         prompt_split / prompt_limit: which embedded prompts to sample for (when data is unset).
         samples_per_prompt: responses sampled per prompt, each under a different system prompt.
+        offline_system_prompts: the system prompts cycled through when sampling ("" = none).
+        cuts_per_sample: turn each sampled response into up to this many examples, each cut
+            after a different random number of whole sentences (0 = keep responses whole), so
+            that length-sensitive objectives span their range and are learnable.
         max_new_tokens / temperature / top_p / generation_batch_size: sampling settings, used
             for offline and online sampling alike.
 
@@ -109,6 +139,13 @@ class RiCConfig:
     prompt_split: str = field(default="train", metadata={"help": "Embedded prompt split to sample for."})
     prompt_limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     samples_per_prompt: int = field(default=2, metadata={"help": "Offline responses per prompt."})
+    offline_system_prompts: list[str] = field(
+        default_factory=lambda: list(OFFLINE_SYSTEM_PROMPTS),
+        metadata={"help": "System prompts cycled through when sampling offline data ('' = none)."},
+    )
+    cuts_per_sample: int = field(
+        default=2, metadata={"help": "Examples per sampled response, cut at sentence ends (0 = whole)."}
+    )
     max_new_tokens: int = field(default=64, metadata={"help": "Generated tokens per response."})
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling p."})
@@ -151,6 +188,8 @@ class RiCConfig:
             raise SteerableError("online_scheme must be 'reference' or 'simplex'")
         if not 0 < self.online_quantile < 1:
             raise SteerableError("online_quantile must be in (0, 1)")
+        if self.cuts_per_sample < 0:
+            raise SteerableError("cuts_per_sample must be >= 0 (0 keeps responses whole)")
         if self.samples_per_prompt < 1 or self.online_samples < 1:
             raise SteerableError("samples_per_prompt and online_samples must be >= 1")
         TagFormat(self.tag_placement, self.tag_decimals)
@@ -223,7 +262,10 @@ def train_ric(config: RiCConfig) -> Path:
     record = out / "stages" / "config.json"
     if record.is_file():
         previous = json.loads(record.read_text())
-        changed = sorted(k for k, v in asdict(config).items() if previous.get(k) != v)
+        # output_dir is not compared, so a finished run can be moved or copied and resumed.
+        changed = sorted(
+            k for k, v in asdict(config).items() if k != "output_dir" and previous.get(k) != v
+        )
         if changed:
             raise SteerableError(
                 f"{out} holds a run with a different configuration ({', '.join(changed)} changed); "
@@ -308,15 +350,21 @@ def offline_data(config: RiCConfig, stages: Stages, compute: dict) -> tuple[Rewa
             prompts = load_prompts(config.prompt_split, config.prompt_limit)
             model, tokenizer = load_causal_lm(config.model)
             repeated = [p for p in prompts for _ in range(config.samples_per_prompt)]
-            systems = [OFFLINE_SYSTEM_PROMPTS[i % len(OFFLINE_SYSTEM_PROMPTS)] for i in range(len(repeated))]
+            cycle = config.offline_system_prompts or [""]
+            systems = [cycle[i % len(cycle)] for i in range(len(repeated))]
             responses = generate_texts(
-                model, tokenizer, format_chat(tokenizer, repeated, systems), config.sampling
+                model,
+                tokenizer,
+                format_chat(tokenizer, repeated, [s or None for s in systems]),
+                config.sampling,
             )
             compute["generated_tokens"] += count_tokens(tokenizer, responses)
+            rng = np.random.default_rng(config.seed)
             rows = [
-                {"prompt": p, "response": r, "system": s or ""}
+                {"prompt": p, "response": cut, "system": s}
                 for p, r, s in zip(repeated, responses, systems, strict=True)
-                if r.strip()
+                for cut in (sentence_cuts(r, config.cuts_per_sample, rng) if config.cuts_per_sample else [r])
+                if cut.strip()
             ]
             del model
         raw = rewards.score([r["prompt"] for r in rows], [r["response"] for r in rows], progress=True)
