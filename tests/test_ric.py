@@ -11,8 +11,8 @@ from steerable.conditioning import parse_tags
 from steerable.methods.ric import (
     RiCConfig,
     mors_keep,
-    sentence_cuts,
     sample_targets,
+    sentence_cuts,
     sft_example,
     train_ric,
 )

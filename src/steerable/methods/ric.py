@@ -263,9 +263,7 @@ def train_ric(config: RiCConfig) -> Path:
     if record.is_file():
         previous = json.loads(record.read_text())
         # output_dir is not compared, so a finished run can be moved or copied and resumed.
-        changed = sorted(
-            k for k, v in asdict(config).items() if k != "output_dir" and previous.get(k) != v
-        )
+        changed = sorted(k for k, v in asdict(config).items() if k != "output_dir" and previous.get(k) != v)
         if changed:
             raise SteerableError(
                 f"{out} holds a run with a different configuration ({', '.join(changed)} changed); "
