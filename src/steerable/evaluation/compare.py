@@ -161,7 +161,7 @@ DEMO_CONFIG = {
     "eval": {"split": "heldout", "limit": 22, "resolution": 10, "max_new_tokens": 48},
     "ric": {
         "prompt_limit": 128,
-        "samples_per_prompt": 2,
+        "samples_per_prompt": 1,
         "max_new_tokens": 48,
         "num_epochs": 1,
         "online_iterations": 1,
