@@ -143,8 +143,13 @@ def test_policy_bad_inputs(tiny_ric, tmp_path):
 def test_rerun_skips_finished_stages(tiny_ric):
     config, out = tiny_ric
     before = (out / "stages/sft/done.json").stat().st_mtime
+    recorded = json.loads((out / "steerable.json").read_text())["training"]["compute"]
     train_ric(config)  # everything is done: nothing retrains
     assert (out / "stages/sft/done.json").stat().st_mtime == before
+    # The compute record keeps the stages' first measured times, not the time taken to skip them.
+    again = json.loads((out / "steerable.json").read_text())["training"]["compute"]
+    assert again == recorded
+    assert set(recorded["seconds"]) == {"offline_data", "sft", "online_1"}
 
 
 def test_generate_cli(tiny_ric):

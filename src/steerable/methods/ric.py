@@ -253,6 +253,15 @@ class Stages:
     def finish(self, name: str, info: dict) -> None:
         atomic_write_text(self.path(name) / "done.json", json.dumps(info, indent=2) + "\n")
 
+    def seconds(self, name: str, started: float) -> float:
+        """Wall seconds of a finished stage: measured from `started` when it ran in this call
+        and recorded in its done.json; the recorded value when a re-run skipped it."""
+        info = self.done(name)
+        if "seconds" not in info:
+            info["seconds"] = time.perf_counter() - started
+            self.finish(name, info)
+        return info["seconds"]
+
 
 def train_ric(config: RiCConfig) -> Path:
     """Run (or resume) the whole recipe; returns the steerable model directory."""
@@ -277,7 +286,7 @@ def train_ric(config: RiCConfig) -> Path:
     # 1. offline data ---------------------------------------------------------------------------
     started = time.perf_counter()
     rewards, offline = offline_data(config, stages, compute)
-    compute["seconds"]["offline_data"] = time.perf_counter() - started
+    compute["seconds"]["offline_data"] = stages.seconds("offline", started)
 
     model, tokenizer = load_causal_lm(config.model)
     names = rewards.names
@@ -290,7 +299,7 @@ def train_ric(config: RiCConfig) -> Path:
         for r, z in zip(offline, z_offline, strict=True)
     ]
     model = run_sft(model, tokenizer, examples, config, stages, "sft", offline=True, compute=compute)
-    compute["seconds"]["sft"] = time.perf_counter() - started
+    compute["seconds"]["sft"] = stages.seconds("sft", started)
     policy = SteerablePolicy(model, tokenizer, manifest(config, rewards, compute))
     policy.save_pretrained(out)
 
@@ -308,9 +317,10 @@ def train_ric(config: RiCConfig) -> Path:
         name = f"online_{iteration}"
         started = time.perf_counter()
         if stages.done(name) is None:
-            generated = mors_generate(policy, rewards, train_prompts, config, rng, compute)
+            generated = mors_generate(policy, rewards, train_prompts, config, rng)
             write_table(stages.path(name) / "generated.jsonl", generated)
         generated = read_table(stages.path(name) / "generated.jsonl")
+        compute["generated_tokens"] += count_tokens(tokenizer, [g["response"] for g in generated])
         z_new = np.array([[g[f"z_{n}"] for n in names] for g in generated])
         kept = [g for g, keep in zip(generated, mors_keep(z_new, thresholds), strict=True) if keep]
         online_rows += kept
@@ -331,7 +341,7 @@ def train_ric(config: RiCConfig) -> Path:
             compute=compute,
             info={"generated": len(generated), "kept": len(kept), "merged_original": n_original},
         )
-        compute["seconds"][name] = time.perf_counter() - started
+        compute["seconds"][name] = stages.seconds(name, started)
         policy.manifest = manifest(config, rewards, compute)
         policy.save_pretrained(out)
     return out
@@ -380,7 +390,7 @@ def offline_data(config: RiCConfig, stages: Stages, compute: dict) -> tuple[Rewa
     return rewards, read_table(stage / "scored.jsonl")
 
 
-def mors_generate(policy, rewards, prompts, config, rng, compute) -> list[dict]:
+def mors_generate(policy, rewards, prompts, config, rng) -> list[dict]:
     """One MORS round's generations: sampled targets, responses, and the scores they obtained."""
     names = rewards.names
     lo, hi = policy.target_range()
@@ -392,7 +402,6 @@ def mors_generate(policy, rewards, prompts, config, rng, compute) -> list[dict]:
     ]
     policy.model.eval()
     responses = generate_texts(policy.model, policy.tokenizer, texts, config.sampling)
-    compute["generated_tokens"] += count_tokens(policy.tokenizer, responses)
     rows = [
         {"prompt": p, "response": r, **{f"target_{n}": float(v) for n, v in zip(names, t, strict=True)}}
         for p, r, t in zip(chosen, responses, targets, strict=True)
