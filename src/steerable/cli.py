@@ -399,12 +399,14 @@ def _print_comparison(results, out: Path) -> None:
     table = Table(
         "method",
         "points",
-        "on front",
-        "hypervolume",
-        *[f"controllability {n}" for n in results[0].names],
+        "front",
+        "HV",
+        *[f"ctrl {n}" for n in results[0].names],
         "train s",
         "eval s",
-        title="comparison (hypervolume reference: 5% quantile of the training scores)",
+        title="comparison",
+        caption="HV: hypervolume (reference: 5% quantile of the training scores); "
+        "ctrl: controllability (Spearman of weight vs. achieved score); front: points on the front",
     )
     for row in summary(results):
         table.add_row(
