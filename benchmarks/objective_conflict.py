@@ -22,6 +22,7 @@ from steerable.data import load_pairs  # noqa: E402
 from steerable.defaults import DEFAULT_OBJECTIVES  # noqa: E402
 from steerable.methods.ric import sentence_cuts  # noqa: E402
 from steerable.objectives import RewardSet  # noqa: E402
+from steerable.scorers import ScorerSpec  # noqa: E402
 
 CANDIDATES = [
     "builtin:brevity",
@@ -51,7 +52,7 @@ def main() -> None:
     print("|---|" + "---|" * len(names))
     for i, name in enumerate(names):
         print(f"| {name} | " + " | ".join(f"{rho[i, j]:+.3f}" for j in range(len(names))) + " |")
-    a, b = (names.index(spec.split(":")[-1]) for spec in DEFAULT_OBJECTIVES)
+    a, b = (names.index(ScorerSpec.parse(spec).target) for spec in DEFAULT_OBJECTIVES)
     test = spearmanr(raw[:, a], raw[:, b])
     print(f"\ndefault pair {names[a]} vs {names[b]}: rho = {test.statistic:+.3f} (p = {test.pvalue:.2g})")
     print(
