@@ -40,7 +40,7 @@ def plain_trl(model, tokenizer, examples, config: RiCConfig, output_dir: str, bf
         learning_rate=config.learning_rate,
         report_to=[],
         save_strategy="no",
-        include_num_input_tokens_seen=True,
+        include_num_input_tokens_seen="non_padding",
         use_cpu=not torch.cuda.is_available(),
         max_length=config.max_length,
     )

@@ -4,6 +4,7 @@ import pytest
 from steerable import RewardSet, SteerableError
 from steerable.evaluation.pareto import hypervolume, non_dominated
 from steerable.evaluation.sweep import controllability, preference_grid, sweep
+from steerable.generation import SamplingConfig
 
 
 def test_grid_k2_is_eleven_points_from_0_to_1():
@@ -178,3 +179,16 @@ def test_evaluate_ric_and_prompting_end_to_end_on_tiny(tiny_ric, tiny_path, tmp_
     unknown = runner.invoke(app, ["evaluate", "--method", "dpo", "--out", str(tmp_path / "y"), *common])
     assert unknown.exit_code == 2 and "unknown method" in unknown.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_evaluate_overrides_the_ric_mapping_and_labels_it(tiny_ric, tmp_path):
+    from steerable.evaluation.evaluate import evaluate
+
+    _, model_dir = tiny_ric
+    sampling = SamplingConfig(max_new_tokens=2, temperature=0.7)
+    result = evaluate("ric", str(model_dir), ["Hi", "Why?"], 2, sampling, mapping="linear", progress=False)
+    assert result.method == "ric-linear" and len(result.points) == 3
+    with pytest.raises(SteerableError, match="mapping 'cosine' unknown"):
+        evaluate("ric", str(model_dir), ["Hi"], 2, sampling, mapping="cosine", progress=False)
+    with pytest.raises(SteerableError, match="--mapping applies to RiC models only"):
+        evaluate("prompting", str(model_dir), ["Hi"], 2, sampling, mapping="l2", progress=False)

@@ -352,6 +352,10 @@ def evaluate(
             help="RiC only: evaluate this adapter instead (e.g. MODEL/stages/sft/weights, before online MORS)."
         ),
     ] = None,
+    mapping: Annotated[
+        str | None,
+        typer.Option(help="RiC only: linf, l2 or linear instead of the model's stored mapping."),
+    ] = None,
     max_new_tokens: int = 64,
     temperature: float = 0.7,
     top_p: float = 0.95,
@@ -373,6 +377,7 @@ def evaluate(
         SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed),
         stats,
         adapter=adapter,
+        mapping=mapping,
     )
     result.save(out)
     report = write_report([result], out)

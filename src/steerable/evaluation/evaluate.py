@@ -13,6 +13,7 @@ A method is turned into a function ``generate(prompts, weights) -> responses``:
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,15 +43,27 @@ def preference_instruction(rewards: RewardSet, weights: Sequence[float]) -> str:
     return "Balance these goals in your answer, in proportion to their weights: " + "; ".join(parts) + "."
 
 
-def method_generator(method: str, model: str, sampling: SamplingConfig, stats: str | None, adapter=None):
-    """(generate, rewards, tokenizer, compute) for one method. `adapter` (RiC only) evaluates
-    another stage's adapter, e.g. DIR/stages/sft/weights for the model before online MORS."""
-    if adapter is not None and method != "ric":
-        raise SteerableError("--adapter applies to RiC models only")
+def method_generator(
+    method: str,
+    model: str,
+    sampling: SamplingConfig,
+    stats: str | None,
+    adapter: str | None = None,
+    mapping: str | None = None,
+):
+    """(generate, rewards, tokenizer, compute) for one method. RiC only: `adapter` evaluates
+    another stage's adapter, e.g. DIR/stages/sft/weights for the model before online MORS;
+    `mapping` (linf, l2, linear) overrides the model's stored preference-to-tag mapping."""
+    if method != "ric":
+        for option, value in (("--adapter", adapter), ("--mapping", mapping)):
+            if value is not None:
+                raise SteerableError(f"{option} applies to RiC models only")
     if method == "ric":
         from steerable.policy import SteerablePolicy
 
         policy = SteerablePolicy.from_pretrained(model, adapter=adapter)
+        if mapping is not None:
+            policy.mapping = replace(policy.mapping, default=mapping)  # validates the name
         compute = policy.manifest.training.get("compute", {})
 
         def generate(prompts, weights):
@@ -157,12 +170,15 @@ def evaluate(
     grid: np.ndarray | None = None,
     progress: bool = True,
     adapter: str | None = None,
+    mapping: str | None = None,
 ) -> EvaluationResult:
     """Sweep the grid, score with the shared objectives, and summarise."""
     from tqdm.auto import tqdm
 
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
-    generate, rewards, tokenizer, compute = method_generator(method, model, sampling, stats, adapter)
+    generate, rewards, tokenizer, compute = method_generator(
+        method, model, sampling, stats, adapter, mapping
+    )
     if grid is None:
         # MORLHF can only be asked for the vectors it was trained at.
         grid = getattr(generate, "grid", None)
@@ -180,8 +196,8 @@ def evaluate(
     bar.close()
     compute["eval_seconds"] = time.perf_counter() - started
     return EvaluationResult(
-        method=method,
-        model=str(model),
+        method=method if mapping is None else f"{method}-{mapping}",
+        model=str(model) if adapter is None else f"{model}, adapter {adapter}",
         names=rewards.names,
         rewards=rewards.to_dict(),
         points=points,

@@ -38,18 +38,16 @@ from steerable.objectives import RewardSet
 from steerable.policy import MappingConfig, PolicyManifest, SteerablePolicy
 from steerable.preferences import Preference
 
-# System prompts used (round-robin) when sampling offline data from the base model: they push
-# responses towards different corners of the objective space (tone, length, register, focus).
-# The tags, not these texts, are what the model is trained on. "" means no system prompt.
+# System prompts used when sampling offline data from the base model. A prompt's samples take
+# consecutive entries, so with the default two samples per prompt every prompt is answered once
+# cheerfully and once gloomily: the pair differs in positivity while the sentence cuts span
+# brevity, and the tags are what tells the two apart. The tags, not these texts, are what the
+# model is trained on. Mild tone requests ("answer warmly" / "bluntly") moved SmolLM2-135M's
+# sentiment by 0.02; these moved it by 0.12 (benchmarks/RESULTS.md). For other objectives pass
+# prompts that push them apart. "" means no system prompt.
 OFFLINE_SYSTEM_PROMPTS = (
-    "",
-    "Answer warmly and enthusiastically, in a positive, upbeat tone.",
-    "Answer bluntly and critically, pointing out problems, risks and downsides.",
-    "Explain it simply, in short sentences, as if to a ten-year-old.",
-    "Answer with precise technical vocabulary and long, complex sentences.",
-    "Stay strictly on the topic of the question.",
-    "Reply with a loosely related thought, then drift to a different topic.",
-    "Answer in one short sentence.",
+    "You are cheerful and delighted. Use many happy words: wonderful, great, love, amazing, enjoy.",
+    "You are gloomy and pessimistic. Use many negative words: bad, sad, terrible, awful, wrong, fail.",
 )
 
 # A sentence ends at . ! or ? followed by whitespace, unless the mark closes a list number ("1.").
@@ -108,8 +106,13 @@ class RiCConfig:
         lora_r / lora_alpha / lora_dropout: LoRA shape (reference: 64 / 128 / 0.05).
         learning_rate / lr_scheduler: offline learning rate and its schedule (linear decay).
         num_epochs / batch_size / gradient_accumulation_steps / max_length: the usual.
+        The defaults (lr 1e-3, 4 epochs, batches of 4 accumulated twice) are what made
+        SmolLM2-135M follow the tags on a 2-core budget: the reference's lr 1.4e-4 for one epoch
+        taught it nothing measurable, and batches of 4 pad less and peak lower than 8.
         gradient_checkpointing: recompute activations to save memory (TRL's default is on;
             we default to off, which is faster when memory is not the limit).
+        train_sampling_strategy: batch order; `group_by_length` (default) batches examples of
+            similar length, so fewer tokens are padding (17% of them with random batches).
 
     Online MORS:
         online_iterations: how many MORS rounds after the offline stage (0 = none).
@@ -118,7 +121,8 @@ class RiCConfig:
             `simplex` (a random preference from the simplex through the linf mapping).
         online_quantile: keep a sample when any objective reaches this quantile of the
             offline data (the paper's 0.7).
-        online_learning_rate: constant learning rate of the online rounds (reference 1e-5).
+        online_learning_rate: constant learning rate of the online rounds (the reference uses
+            1e-5 after 1.4e-4 offline; ours is a tenth of the offline rate).
         online_epochs: epochs over each round's merged data.
         original_ratio: offline rows (passing the same filter) merged per kept online row.
 
@@ -144,9 +148,9 @@ class RiCConfig:
         metadata={"help": "System prompts cycled through when sampling offline data ('' = none)."},
     )
     cuts_per_sample: int = field(
-        default=2, metadata={"help": "Examples per sampled response, cut at sentence ends (0 = whole)."}
+        default=3, metadata={"help": "Examples per sampled response, cut at sentence ends (0 = whole)."}
     )
-    max_new_tokens: int = field(default=64, metadata={"help": "Generated tokens per response."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Generated tokens per response."})
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling p."})
     generation_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call."})
@@ -159,24 +163,28 @@ class RiCConfig:
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    learning_rate: float = field(default=1.4e-4, metadata={"help": "Offline SFT learning rate."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Offline SFT learning rate."})
     lr_scheduler: str = field(default="linear", metadata={"help": "Offline SFT schedule."})
-    num_epochs: float = field(default=1.0, metadata={"help": "Offline SFT epochs."})
-    batch_size: int = field(default=8, metadata={"help": "Training batch size."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Gradient accumulation."})
+    num_epochs: float = field(default=4.0, metadata={"help": "Offline SFT epochs."})
+    batch_size: int = field(default=4, metadata={"help": "Training batch size."})
+    gradient_accumulation_steps: int = field(default=2, metadata={"help": "Gradient accumulation."})
     max_length: int = field(
         default=384, metadata={"help": "Truncate training sequences to this many tokens."}
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Trade compute for memory (off: faster for small models)."}
     )
-    online_iterations: int = field(default=0, metadata={"help": "MORS rounds after offline SFT."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "Batch order (transformers): group_by_length pads less than random."},
+    )
+    online_iterations: int = field(default=1, metadata={"help": "MORS rounds after offline SFT."})
     online_samples: int = field(default=128, metadata={"help": "Generations per MORS round."})
     online_scheme: str = field(
         default="reference", metadata={"help": "Target sampling: reference or simplex."}
     )
     online_quantile: float = field(default=0.7, metadata={"help": "Keep if any objective >= this quantile."})
-    online_learning_rate: float = field(default=1e-5, metadata={"help": "Constant lr of MORS rounds."})
+    online_learning_rate: float = field(default=1e-4, metadata={"help": "Constant lr of MORS rounds."})
     online_epochs: float = field(default=1.0, metadata={"help": "Epochs per MORS round."})
     original_ratio: float = field(default=1.0, metadata={"help": "Offline rows merged per kept online row."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
@@ -455,6 +463,7 @@ def run_sft(
         save_total_limit=1,
         seed=config.seed,
         gradient_checkpointing=config.gradient_checkpointing,
+        train_sampling_strategy=config.train_sampling_strategy,
         **device_args(),
     )
     peft_config = None

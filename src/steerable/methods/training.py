@@ -23,5 +23,5 @@ def device_args() -> dict:
         "use_cpu": not torch.cuda.is_available(),
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "report_to": [],
-        "include_num_input_tokens_seen": True,
+        "include_num_input_tokens_seen": "non_padding",  # trained tokens = real tokens
     }
