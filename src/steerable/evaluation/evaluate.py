@@ -13,8 +13,8 @@ A method is turned into a function ``generate(prompts, weights) -> responses``:
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -176,9 +176,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
-    generate, rewards, tokenizer, compute = method_generator(
-        method, model, sampling, stats, adapter, mapping
-    )
+    generate, rewards, tokenizer, compute = method_generator(method, model, sampling, stats, adapter, mapping)
     if grid is None:
         # MORLHF can only be asked for the vectors it was trained at.
         grid = getattr(generate, "grid", None)
