@@ -155,11 +155,12 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
 
 # The one-command demo: RiC end to end on the embedded default against the prompting floor,
 # sized for 2 CPU cores (see README for the measured wall time): RiC's default recipe on the
-# first 48 train prompts (the recipe's own measurements use 96), online rounds of 64 samples
-# (the default is 128).
+# first 48 train prompts (the recipe's own measurements use 96) and one online round of 64
+# samples (the default is two of 128; a second round made the demo 16 min before install and
+# did not steer better at this size: benchmarks/RESULTS.md).
 DEMO_CONFIG = {
     "model": "smollm2",
     "methods": ["ric", "prompting"],
     "eval": {"split": "heldout", "limit": 22, "resolution": 10, "max_new_tokens": 48},
-    "ric": {"prompt_limit": 48, "online_samples": 64},
+    "ric": {"prompt_limit": 48, "online_iterations": 1, "online_samples": 64},
 }
