@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +61,10 @@ def method_generator(
         from steerable.policy import SteerablePolicy
 
         policy = SteerablePolicy.from_pretrained(model, adapter=adapter)
-        if mapping is not None:
-            policy.mapping = replace(policy.mapping, default=mapping)  # validates the name
         compute = policy.manifest.training.get("compute", {})
 
         def generate(prompts, weights):
-            return policy.generate(prompts, preference=list(weights), sampling=sampling)
+            return policy.generate(prompts, preference=list(weights), mapping=mapping, sampling=sampling)
 
         return (
             generate,

@@ -106,9 +106,10 @@ class RiCConfig:
         lora_r / lora_alpha / lora_dropout: LoRA shape (reference: 64 / 128 / 0.05).
         learning_rate / lr_scheduler: offline learning rate and its schedule (linear decay).
         num_epochs / batch_size / gradient_accumulation_steps / max_length: the usual.
-        The defaults (lr 1e-3, 4 epochs, batches of 4 accumulated twice) are what made
-        SmolLM2-135M follow the tags on a 2-core budget: the reference's lr 1.4e-4 for one epoch
-        taught it nothing measurable, and batches of 4 pad less and peak lower than 8.
+        The defaults (lr 1e-3, 4 epochs, batches of 4 accumulated twice) are what let
+        SmolLM2-135M follow the tags on a 2-core budget, in some runs (benchmarks/RESULTS.md):
+        the reference's lr 1.4e-4 for one epoch taught it nothing measurable, and batches of 4
+        pad less and peak lower than 8.
         gradient_checkpointing: recompute activations to save memory (TRL's default is on;
             we default to off, which is faster when memory is not the limit).
         train_sampling_strategy: batch order; `group_by_length` (default) batches examples of
