@@ -31,23 +31,25 @@ from steerable.conditioning import PLACEMENTS, TagFormat, format_tags, preferenc
 from steerable.data import load_pairs, load_prompts, read_table, write_table
 from steerable.defaults import DEFAULT_MODEL, DEFAULT_OBJECTIVES, load_causal_lm, resolve_model
 from steerable.errors import SteerableError
-from steerable.generation import SamplingConfig, count_tokens, format_chat, generate_texts
+from steerable.generation import SamplingConfig, count_tokens, generate_texts, render_chat
 from steerable.io import atomic_write_text
 from steerable.methods.training import device_args, lora_config
 from steerable.objectives import RewardSet
 from steerable.policy import MappingConfig, PolicyManifest, SteerablePolicy
 from steerable.preferences import Preference
 
-# System prompts used when sampling offline data from the base model. A prompt's samples take
-# consecutive entries, so with the default two samples per prompt every prompt is answered once
-# cheerfully and once gloomily: the pair differs in positivity while the sentence cuts span
+# Tone instructions used when sampling offline data from the base model, placed where
+# `offline_instruction_placement` says (default: appended to the user turn). A prompt's samples
+# take consecutive entries, so with the default two samples per prompt every prompt is answered
+# once joyfully and once gloomily: the pair differs in positivity while the sentence cuts span
 # brevity, and the tags are what tells the two apart. The tags, not these texts, are what the
-# model is trained on. Mild tone requests ("answer warmly" / "bluntly") moved SmolLM2-135M's
-# sentiment by 0.02; these moved it by 0.12 (benchmarks/RESULTS.md). For other objectives pass
-# prompts that push them apart. "" means no system prompt.
-OFFLINE_SYSTEM_PROMPTS = (
-    "You are cheerful and delighted. Use many happy words: wonderful, great, love, amazing, enjoy.",
-    "You are gloomy and pessimistic. Use many negative words: bad, sad, terrible, awful, wrong, fail.",
+# model is trained on. SmolLM2-135M follows an instruction at the end of the user turn far more
+# than a system prompt: on 48 train prompts these moved mean VADER compound from 0.05 to 0.68,
+# the cheerful / gloomy system prompts used before only from 0.29 to 0.42 (benchmarks/RESULTS.md).
+# For other objectives pass instructions that push them apart. "" means no instruction.
+OFFLINE_INSTRUCTIONS = (
+    "Answer with joy and enthusiasm: say what is wonderful, great and fun about it.",
+    "Answer with gloom: say what is bad, sad, wrong and dangerous about it.",
 )
 
 # A sentence ends at . ! or ? followed by whitespace, unless the mark closes a list number ("1.").
@@ -88,7 +90,9 @@ class RiCConfig:
             responses are sampled from the base model for the embedded prompts.
         prompt_split / prompt_limit: which embedded prompts to sample for (when data is unset).
         samples_per_prompt: responses sampled per prompt, each under a different system prompt.
-        offline_system_prompts: the system prompts cycled through when sampling ("" = none).
+        offline_instructions: instructions cycled through when sampling ("" = none).
+        offline_instruction_placement: where they go: `user_end` (after the user's prompt, a
+            blank line between) or `system` (as the system message).
         cuts_per_sample: turn each sampled response into up to this many examples, each cut
             after a different random number of whole sentences (0 = keep responses whole), so
             that length-sensitive objectives span their range and are learnable.
@@ -146,9 +150,12 @@ class RiCConfig:
     prompt_split: str = field(default="train", metadata={"help": "Embedded prompt split to sample for."})
     prompt_limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     samples_per_prompt: int = field(default=2, metadata={"help": "Offline responses per prompt."})
-    offline_system_prompts: list[str] = field(
-        default_factory=lambda: list(OFFLINE_SYSTEM_PROMPTS),
-        metadata={"help": "System prompts cycled through when sampling offline data ('' = none)."},
+    offline_instructions: list[str] = field(
+        default_factory=lambda: list(OFFLINE_INSTRUCTIONS),
+        metadata={"help": "Instructions cycled through when sampling offline data ('' = none)."},
+    )
+    offline_instruction_placement: str = field(
+        default="user_end", metadata={"help": f"Where offline instructions go: {PLACEMENTS}."}
     )
     cuts_per_sample: int = field(
         default=3, metadata={"help": "Examples per sampled response, cut at sentence ends (0 = whole)."}
@@ -204,6 +211,7 @@ class RiCConfig:
         if self.samples_per_prompt < 1 or self.online_samples < 1:
             raise SteerableError("samples_per_prompt and online_samples must be >= 1")
         TagFormat(self.tag_placement, self.tag_decimals)
+        TagFormat(self.offline_instruction_placement)
         MappingConfig(self.mapping, self.lo_quantile, self.hi_quantile)
 
     @property
@@ -232,6 +240,13 @@ def sample_targets(
         pref = Preference(tuple(names), tuple(float(w) for w in weights))
         rows.append(list(preference_to_targets(pref, lo, hi, "linf").values()))
     return np.asarray(rows)
+
+
+def instructed_messages(prompt: str, instruction: str, placement: TagFormat) -> list[dict[str, str]]:
+    """The chat used to sample an offline response: `instruction` placed as tags would be."""
+    if not instruction:
+        return [{"role": "user", "content": prompt}]
+    return tagged_messages(prompt, instruction, placement)
 
 
 def mors_keep(z: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -369,19 +384,23 @@ def offline_data(config: RiCConfig, stages: Stages, compute: dict) -> tuple[Rewa
             prompts = load_prompts(config.prompt_split, config.prompt_limit)
             model, tokenizer = load_causal_lm(config.model)
             repeated = [p for p in prompts for _ in range(config.samples_per_prompt)]
-            cycle = config.offline_system_prompts or [""]
-            systems = [cycle[i % len(cycle)] for i in range(len(repeated))]
+            cycle = config.offline_instructions or [""]
+            instructions = [cycle[i % len(cycle)] for i in range(len(repeated))]
+            placement = TagFormat(config.offline_instruction_placement)
             responses = generate_texts(
                 model,
                 tokenizer,
-                format_chat(tokenizer, repeated, [s or None for s in systems]),
+                [
+                    render_chat(tokenizer, instructed_messages(p, text, placement))
+                    for p, text in zip(repeated, instructions, strict=True)
+                ],
                 config.sampling,
             )
             compute["generated_tokens"] += count_tokens(tokenizer, responses)
             rng = np.random.default_rng(config.seed)
             rows = [
-                {"prompt": p, "response": cut, "system": s}
-                for p, r, s in zip(repeated, responses, systems, strict=True)
+                {"prompt": p, "response": cut, "instruction": text}
+                for p, r, text in zip(repeated, responses, instructions, strict=True)
                 for cut in (sentence_cuts(r, config.cuts_per_sample, rng) if config.cuts_per_sample else [r])
                 if cut.strip()
             ]
