@@ -7,9 +7,11 @@ from typer.testing import CliRunner
 
 from steerable import SteerableError
 from steerable.cli import app
-from steerable.conditioning import parse_tags
+from steerable.conditioning import TagFormat, parse_tags
 from steerable.methods.ric import (
+    OFFLINE_INSTRUCTIONS,
     RiCConfig,
+    instructed_messages,
     mors_keep,
     sample_targets,
     sentence_cuts,
@@ -80,6 +82,20 @@ def test_config_validation():
         RiCConfig(online_scheme="grid")
     with pytest.raises(SteerableError, match="placement"):
         RiCConfig(tag_placement="footer")
+    with pytest.raises(SteerableError, match="placement"):
+        RiCConfig(offline_instruction_placement="footer")
+
+
+def test_offline_instructions_go_where_the_placement_says():
+    joy = OFFLINE_INSTRUCTIONS[0]
+    assert instructed_messages("Why is the sky blue?", joy, TagFormat("user_end")) == [
+        {"role": "user", "content": f"Why is the sky blue?\n\n{joy}"}
+    ]
+    assert instructed_messages("Why?", joy, TagFormat("system")) == [
+        {"role": "system", "content": joy},
+        {"role": "user", "content": "Why?"},
+    ]
+    assert instructed_messages("Why?", "", TagFormat("user_end")) == [{"role": "user", "content": "Why?"}]
 
 
 def test_end_to_end_on_tiny_writes_a_self_describing_directory(tiny_ric):
@@ -90,6 +106,9 @@ def test_end_to_end_on_tiny_writes_a_self_describing_directory(tiny_ric):
     assert all(o["stats"]["std"] >= 0 for o in manifest["rewards"]["objectives"])
     assert manifest["tags"] == {"placement": "system", "decimals": 1}
     assert manifest["training"]["compute"]["trained_tokens"] > 0
+    # offline samples of one prompt alternate between the tone instructions
+    offline = [json.loads(x) for x in (out / "stages/offline/scored.jsonl").read_text().splitlines()]
+    assert {row["instruction"] for row in offline} == set(OFFLINE_INSTRUCTIONS)
     # each online iteration's generated data is saved, relabelled with obtained scores
     generated = [json.loads(x) for x in (out / "stages/online_1/generated.jsonl").read_text().splitlines()]
     assert len(generated) == 8
