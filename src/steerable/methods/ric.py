@@ -121,8 +121,8 @@ class RiCConfig:
 
     Online MORS:
         online_iterations: how many MORS rounds after the offline stage (0 = none). Two rounds
-            lifted positivity's controllability on SmolLM2-135M from -0.22 (offline SFT only) to
-            +0.82 in runs/ric9 (not in every run: benchmarks/RESULTS.md).
+            lifted positivity's controllability on SmolLM2-135M from +0.66 (offline SFT only) to
+            +0.93 in runs/ric11 (benchmarks/RESULTS.md).
         online_samples: generations per round.
         online_scheme: `reference` (one objective uniform in [lo, hi], the others at hi) or
             `simplex` (a random preference from the simplex through the linf mapping).
