@@ -137,6 +137,24 @@ def test_policy_round_trip_and_steering(tiny_ric):
     assert out_a == policy.generate(["Hi", "Name a tree"], targets=only_brief, sampling=greedy)
 
 
+def test_merged_policy_generates_like_the_adapter_and_refuses_to_save_as_one(tiny_ric, tmp_path):
+    from steerable.generation import SamplingConfig
+
+    _, out = tiny_ric
+    merged = SteerablePolicy.from_pretrained(out, device="cpu")
+    unmerged = SteerablePolicy.from_pretrained(out, device="cpu", merge=False)
+    greedy = SamplingConfig(max_new_tokens=6, temperature=0)
+    prompts = ["Hi", "Name a tree", "Why is the sea salty?"]
+    assert merged.generate(prompts, preference=[0.3, 0.7], sampling=greedy) == unmerged.generate(
+        prompts, preference=[0.3, 0.7], sampling=greedy
+    )
+    with pytest.raises(SteerableError, match="merge=False"):
+        merged.save_pretrained(tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+    unmerged.save_pretrained(tmp_path / "copy")
+    assert SteerablePolicy.from_pretrained(tmp_path / "copy", device="cpu").names == ["brief", "positive"]
+
+
 def test_policy_bad_inputs(tiny_ric, tmp_path):
     _, out = tiny_ric
     policy = SteerablePolicy.from_pretrained(out, device="cpu")

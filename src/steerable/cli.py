@@ -116,6 +116,7 @@ def sample(
     max_new_tokens: int = 96,
     temperature: float = 0.8,
     top_p: float = 0.95,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")] = 50,
     batch_size: int = 32,
     seed: int = 0,
 ) -> None:
@@ -139,7 +140,7 @@ def sample(
         raise SteerableError("--n-per-prompt must be at least 1")
     lm, tokenizer = load_causal_lm(model)
     repeated = [p for p in prompt_list for _ in range(n_per_prompt)]
-    config = SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed)
+    config = SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed, top_k)
     responses = generate_texts(lm, tokenizer, format_chat(tokenizer, repeated, system), config)
     rows = [{"prompt": p, "response": r, "model": model} for p, r in zip(repeated, responses, strict=True)]
     write_table(out, rows)
@@ -292,6 +293,7 @@ def generate(
     max_new_tokens: int = 64,
     temperature: float = 0.7,
     top_p: float = 0.95,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")] = 50,
     batch_size: int = 32,
     seed: int = 0,
 ) -> None:
@@ -324,7 +326,7 @@ def generate(
         prompts,
         targets=targets,
         system=system,
-        sampling=SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed),
+        sampling=SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed, top_k),
     )
     for prompt, response in zip(prompts, responses, strict=True):
         Console().print(f"[bold]> {prompt}[/]\n{response}\n", highlight=False)
@@ -359,6 +361,7 @@ def evaluate(
     max_new_tokens: int = 64,
     temperature: float = 0.7,
     top_p: float = 0.95,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")] = 50,
     batch_size: int = 64,
     seed: int = 0,
 ) -> None:
@@ -374,7 +377,7 @@ def evaluate(
         model,
         load_prompts(split, limit),
         resolution,
-        SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed),
+        SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed, top_k),
         stats,
         adapter=adapter,
         mapping=mapping,

@@ -90,10 +90,16 @@ class SteerablePolicy:
     # --- loading and saving -------------------------------------------------------------
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: str | None = None, adapter: str | Path | None = None
+        cls,
+        directory: str | Path,
+        device: str | None = None,
+        adapter: str | Path | None = None,
+        merge: bool = True,
     ) -> SteerablePolicy:
         """Load a steerable model directory. `adapter` swaps in another adapter trained for the
-        same manifest (e.g. an intermediate stage: DIR/stages/sft/weights)."""
+        same manifest (e.g. an intermediate stage: DIR/stages/sft/weights). `merge` folds a LoRA
+        adapter into the base weights: generation is ~25% faster (RiC's r=64 adapter on
+        SmolLM2-135M), but the policy can then not be saved or trained further as an adapter."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from steerable.defaults import resolve_model
@@ -117,10 +123,17 @@ class SteerablePolicy:
 
             base = AutoModelForCausalLM.from_pretrained(resolve_model(manifest.base_model))
             model = PeftModel.from_pretrained(base, adapter or directory / "adapter")
+            if merge:
+                model = model.merge_and_unload()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model.to(device).eval(), tokenizer, manifest)
 
     def save_pretrained(self, directory: str | Path) -> None:
+        if self.manifest.weights == "adapter" and not hasattr(self.model, "peft_config"):
+            raise SteerableError(
+                "this policy's adapter was merged into the base weights when it was loaded; "
+                "load it with SteerablePolicy.from_pretrained(..., merge=False) to save it"
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory / self.manifest.weights)

@@ -96,8 +96,8 @@ class RiCConfig:
         cuts_per_sample: turn each sampled response into up to this many examples, each cut
             after a different random number of whole sentences (0 = keep responses whole), so
             that length-sensitive objectives span their range and are learnable.
-        max_new_tokens / temperature / top_p / generation_batch_size: sampling settings, used
-            for offline and online sampling alike.
+        max_new_tokens / temperature / top_p / top_k / generation_batch_size: sampling
+            settings, used for offline and online sampling alike.
 
     Conditioning and inference mapping:
         tag_placement: where the tags go: `system` (the system message) or `user_end`.
@@ -163,6 +163,7 @@ class RiCConfig:
     max_new_tokens: int = field(default=48, metadata={"help": "Generated tokens per response."})
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling p."})
+    top_k: int = field(default=50, metadata={"help": "Sample among the k most likely tokens (0 = all)."})
     generation_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call."})
     tag_placement: str = field(default="system", metadata={"help": f"Where tags go: {PLACEMENTS}."})
     tag_decimals: int = field(default=1, metadata={"help": "Decimals of tag values."})
@@ -217,7 +218,12 @@ class RiCConfig:
     @property
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
-            self.max_new_tokens, self.temperature, self.top_p, self.generation_batch_size, self.seed
+            self.max_new_tokens,
+            self.temperature,
+            self.top_p,
+            self.generation_batch_size,
+            self.seed,
+            self.top_k,
         )
 
 
