@@ -240,3 +240,91 @@ def test_a_moved_run_resumes_without_retraining(tiny_ric, tmp_path):
     assert train_ric(replace(config, output_dir=str(moved))) == moved
     assert (moved / "stages" / "sft" / "done.json").read_text() == before
     assert SteerablePolicy.from_pretrained(moved).names == ["brief", "positive"]
+
+
+def _tiny_config(tiny_path, out, **overrides) -> RiCConfig:
+    settings = dict(
+        model=tiny_path,
+        output_dir=str(out),
+        prompt_limit=8,
+        samples_per_prompt=2,
+        max_new_tokens=8,
+        num_epochs=1,
+        batch_size=4,
+        lora_r=4,
+        lora_alpha=8,
+        online_iterations=0,
+        objectives=["brief=builtin:brevity", "positive=builtin:sentiment"],
+    )
+    return RiCConfig(**{**settings, **overrides})
+
+
+def test_an_interrupted_sft_resumes_from_its_last_checkpoint(tiny_path, tmp_path, monkeypatch):
+    from trl import SFTTrainer
+
+    out = tmp_path / "run"
+    config = _tiny_config(
+        tiny_path, out, num_epochs=2, batch_size=2, gradient_accumulation_steps=1, save_steps=2
+    )
+    original = SFTTrainer.training_step
+    steps_run = []
+
+    def interrupted(self, *args, **kwargs):
+        steps_run.append(self.state.global_step)
+        if len(steps_run) == 5:  # after the checkpoints at steps 2 and 4
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_ric(config)
+    assert not (out / "stages/sft/done.json").exists()
+    assert (out / "stages/sft/checkpoints/checkpoint-4").is_dir()
+    assert not (out / "steerable.json").exists()  # no half-made model directory
+
+    steps_run.clear()
+    monkeypatch.setattr(
+        SFTTrainer, "training_step", lambda self, *a, **k: steps_run.append(1) or original(self, *a, **k)
+    )
+    train_ric(config)
+    total = json.loads((out / "stages/sft/done.json").read_text())["steps"]
+    assert total > 4 and len(steps_run) == total - 4  # resumed at step 4, not from scratch
+    assert SteerablePolicy.from_pretrained(out, device="cpu").names == ["brief", "positive"]
+
+
+def test_three_objectives_from_a_given_table_through_the_cli(tiny_path, tmp_path):
+    """K = 3 with no code edits: train from a prompt/response file, steer with three weights."""
+    rows = [
+        {"prompt": f"Question {i}: what is a good hobby?", "response": response}
+        for i, response in enumerate(
+            [
+                "Reading. It is wonderful and calm.",
+                "Gardening is lovely, fun and healthy for you.",
+                "Nothing. Every hobby is boring, bad and a waste.",
+                "Chess.",
+                "Running is great! It makes you happy and strong, and it costs little.",
+                "Painting is hard and frustrating at first, but rewarding later.",
+            ]
+        )
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "k3"
+    result = CliRunner().invoke(
+        app,
+        [
+            "train", "ric", "--model", tiny_path, "--output_dir", str(out), "--data", str(data),
+            "--objectives", "brief=builtin:brevity", "positive=builtin:sentiment", "easy=builtin:readability",
+            "--num_epochs", "1", "--batch_size", "2", "--lora_r", "4", "--lora_alpha", "8",
+            "--online_iterations", "1", "--online_samples", "4", "--online_quantile", "0.5",
+            "--max_new_tokens", "6",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    policy = SteerablePolicy.from_pretrained(out, device="cpu")
+    assert policy.names == ["brief", "positive", "easy"]
+    targets = policy.targets_for("brief=0.2,positive=0.3,easy=0.5")
+    assert parse_tags(policy.prompts_with_tags(["Hi"], targets)[0]).keys() == {"brief", "positive", "easy"}
+    assert len(policy.generate(["Hi", "Why?"], preference=[1, 1, 1])) == 2
+    with pytest.raises(SteerableError, match="3 objectives"):
+        policy.generate(["Hi"], preference=[0.5, 0.5])

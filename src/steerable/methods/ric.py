@@ -118,6 +118,8 @@ class RiCConfig:
             we default to off, which is faster when memory is not the limit).
         train_sampling_strategy: batch order; `group_by_length` (default) batches examples of
             similar length, so fewer tokens are padding (17% of them with random batches).
+        save_steps: checkpoint every N optimiser steps; an interrupted stage resumes from its
+            last checkpoint when the same command is run again.
 
     Online MORS:
         online_iterations: how many MORS rounds after the offline stage (0 = none). Two rounds
@@ -189,6 +191,7 @@ class RiCConfig:
         default="group_by_length",
         metadata={"help": "Batch order (transformers): group_by_length pads less than random."},
     )
+    save_steps: int = field(default=20, metadata={"help": "Checkpoint every N steps (resume point)."})
     online_iterations: int = field(default=2, metadata={"help": "MORS rounds after offline SFT."})
     online_samples: int = field(default=128, metadata={"help": "Generations per MORS round."})
     online_scheme: str = field(
@@ -209,8 +212,8 @@ class RiCConfig:
             raise SteerableError("online_quantile must be in (0, 1)")
         if self.cuts_per_sample < 0:
             raise SteerableError("cuts_per_sample must be >= 0 (0 keeps responses whole)")
-        if self.samples_per_prompt < 1 or self.online_samples < 1:
-            raise SteerableError("samples_per_prompt and online_samples must be >= 1")
+        if min(self.samples_per_prompt, self.online_samples, self.save_steps) < 1:
+            raise SteerableError("samples_per_prompt, online_samples and save_steps must be >= 1")
         TagFormat(self.tag_placement, self.tag_decimals)
         TagFormat(self.offline_instruction_placement)
         MappingConfig(self.mapping, self.lo_quantile, self.hi_quantile)
@@ -487,7 +490,7 @@ def run_sft(
         completion_only_loss=True,
         logging_steps=5,
         save_strategy="steps",
-        save_steps=20,
+        save_steps=config.save_steps,
         save_total_limit=1,
         seed=config.seed,
         gradient_checkpointing=config.gradient_checkpointing,
