@@ -43,6 +43,7 @@ def plain_trl(model, tokenizer, examples, config: RiCConfig, output_dir: str, bf
         include_num_input_tokens_seen="non_padding",
         use_cpu=not torch.cuda.is_available(),
         max_length=config.max_length,
+        **({} if bf16 is None else {"bf16": bf16}),
     )
     peft = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout)
     trainer = SFTTrainer(
