@@ -32,10 +32,9 @@ def tiny_reward_model(tiny_path, tmp_path_factory) -> str:
     return str(out)
 
 
-@pytest.fixture(scope="session")
-def tiny_ric(tmp_path_factory, tiny_path):
-    out = tmp_path_factory.mktemp("ric") / "model"
-    config = RiCConfig(
+def tiny_ric_config(tiny_path: str, out, **overrides) -> RiCConfig:
+    """A RiC configuration small enough for the tiny model to run in seconds."""
+    settings = dict(
         model=tiny_path,
         output_dir=str(out),
         prompt_limit=8,
@@ -45,10 +44,20 @@ def tiny_ric(tmp_path_factory, tiny_path):
         batch_size=4,
         lora_r=4,
         lora_alpha=8,
-        online_iterations=1,
-        online_samples=8,
-        online_quantile=0.5,
+        online_iterations=0,
         objectives=["brief=builtin:brevity", "positive=builtin:sentiment"],
     )
+    return RiCConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="session")
+def make_tiny_ric_config(tiny_path):
+    return lambda out, **overrides: tiny_ric_config(tiny_path, out, **overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_ric(tmp_path_factory, tiny_path):
+    out = tmp_path_factory.mktemp("ric") / "model"
+    config = tiny_ric_config(tiny_path, out, online_iterations=1, online_samples=8, online_quantile=0.5)
     train_ric(config)
     return config, out

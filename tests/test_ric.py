@@ -242,29 +242,12 @@ def test_a_moved_run_resumes_without_retraining(tiny_ric, tmp_path):
     assert SteerablePolicy.from_pretrained(moved).names == ["brief", "positive"]
 
 
-def _tiny_config(tiny_path, out, **overrides) -> RiCConfig:
-    settings = dict(
-        model=tiny_path,
-        output_dir=str(out),
-        prompt_limit=8,
-        samples_per_prompt=2,
-        max_new_tokens=8,
-        num_epochs=1,
-        batch_size=4,
-        lora_r=4,
-        lora_alpha=8,
-        online_iterations=0,
-        objectives=["brief=builtin:brevity", "positive=builtin:sentiment"],
-    )
-    return RiCConfig(**{**settings, **overrides})
-
-
-def test_an_interrupted_sft_resumes_from_its_last_checkpoint(tiny_path, tmp_path, monkeypatch):
+def test_an_interrupted_sft_resumes_from_its_last_checkpoint(make_tiny_ric_config, tmp_path, monkeypatch):
     from trl import SFTTrainer
 
     out = tmp_path / "run"
-    config = _tiny_config(
-        tiny_path, out, num_epochs=2, batch_size=2, gradient_accumulation_steps=1, save_steps=2
+    config = make_tiny_ric_config(
+        out, num_epochs=2, batch_size=2, gradient_accumulation_steps=1, save_steps=2
     )
     original = SFTTrainer.training_step
     steps_run = []
