@@ -116,6 +116,9 @@ class RiCConfig:
         pad less and peak lower than 8.
         gradient_checkpointing: recompute activations to save memory (TRL's default is on;
             we default to off, which is faster when memory is not the limit).
+        bf16: mixed precision. Unset: on where a GPU supports it, off on a CPU. True: also on a
+            CPU with oneDNN bf16 kernels (AVX-512): 16% faster SFT on 2 cores in runs/ric15, but
+            peak RSS 5.7 GB instead of 3.4 GB (benchmarks/RESULTS.md).
         train_sampling_strategy: batch order; `group_by_length` (default) batches examples of
             similar length, so fewer tokens are padding (17% of them with random batches).
         save_steps: checkpoint every N optimiser steps; an interrupted stage resumes from its
@@ -186,6 +189,9 @@ class RiCConfig:
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Trade compute for memory (off: faster for small models)."}
+    )
+    bf16: bool | None = field(
+        default=None, metadata={"help": "Mixed precision (unset: bf16 GPUs only; true: bf16 CPUs too)."}
     )
     train_sampling_strategy: str = field(
         default="group_by_length",
@@ -495,7 +501,7 @@ def run_sft(
         seed=config.seed,
         gradient_checkpointing=config.gradient_checkpointing,
         train_sampling_strategy=config.train_sampling_strategy,
-        **device_args(),
+        **device_args(config.bf16),
     )
     peft_config = None
     if config.use_lora and not isinstance(model, PeftModel):

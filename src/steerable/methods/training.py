@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from steerable.errors import SteerableError
+
 
 def lora_config(r: int, alpha: int, dropout: float):
     """LoRA on every linear layer of a causal LM."""
@@ -17,20 +19,29 @@ def lora_config(r: int, alpha: int, dropout: float):
 
 def bf16_supported() -> bool:
     """Whether this machine computes in bf16 natively: a GPU that supports it, or a CPU with
-    oneDNN's bf16 kernels (AVX-512 or Arm bf16). Elsewhere bf16 autocast is emulated, and on a
-    2-core CPU without AVX-512 it trained ~10x slower than fp32 (benchmarks/RESULTS.md)."""
+    oneDNN's bf16 kernels (AVX-512 or Arm bf16)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def device_args() -> dict:
-    """TRL config fields set by the hardware: bf16 mixed precision where it is native (on this
-    project's AVX-512 CPU it trains ~1.5x faster than fp32, benchmarks/sft_throughput.py); each
-    recipe sets gradient checkpointing itself."""
+def device_args(bf16: bool | None = None) -> dict:
+    """TRL config fields set by the hardware. `bf16` (mixed precision): None = on where a GPU
+    supports it, off on a CPU; True = on wherever it is native, a CPU with oneDNN bf16 kernels
+    too; False = off. On this project's 2-core AVX-512 CPU, bf16 made RiC's SFT 16% faster (1.5x
+    in the 32-example benchmark) but raised the run's peak RSS from 3.4 to 5.7 GB, past the 4 GiB
+    budget, so a CPU does not get it unasked (benchmarks/RESULTS.md). Each recipe sets gradient
+    checkpointing itself."""
+    if bf16 is None:
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    elif bf16 and not bf16_supported():
+        raise SteerableError(
+            "bf16 was asked for, but this machine has no native bf16 (a GPU that supports it, or a "
+            "CPU with oneDNN bf16 kernels); leave bf16 unset"
+        )
     return {
         "use_cpu": not torch.cuda.is_available(),
-        "bf16": bf16_supported(),
+        "bf16": bf16,
         "report_to": [],
         "include_num_input_tokens_seen": "non_padding",  # trained tokens = real tokens
     }
