@@ -99,6 +99,9 @@ def prepare(
     console.print(f"{model}: {resolve_model(model)}")
 
 
+TopK = Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")]
+
+
 @command
 def sample(
     out: Annotated[Path, typer.Option(help="Output table (.jsonl, .parquet, .csv).")],
@@ -116,7 +119,7 @@ def sample(
     max_new_tokens: int = 96,
     temperature: float = 0.8,
     top_p: float = 0.95,
-    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")] = 50,
+    top_k: TopK = 50,
     batch_size: int = 32,
     seed: int = 0,
 ) -> None:
@@ -293,7 +296,7 @@ def generate(
     max_new_tokens: int = 64,
     temperature: float = 0.7,
     top_p: float = 0.95,
-    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")] = 50,
+    top_k: TopK = 50,
     batch_size: int = 32,
     seed: int = 0,
 ) -> None:
@@ -361,7 +364,7 @@ def evaluate(
     max_new_tokens: int = 64,
     temperature: float = 0.7,
     top_p: float = 0.95,
-    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")] = 50,
+    top_k: TopK = 50,
     batch_size: int = 64,
     seed: int = 0,
 ) -> None:

@@ -223,6 +223,7 @@ class RiCConfig:
         TagFormat(self.tag_placement, self.tag_decimals)
         TagFormat(self.offline_instruction_placement)
         MappingConfig(self.mapping, self.lo_quantile, self.hi_quantile)
+        self.sampling  # noqa: B018 -- validates the sampling settings before any stage runs
 
     @property
     def sampling(self) -> SamplingConfig:
