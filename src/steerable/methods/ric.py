@@ -53,7 +53,7 @@ OFFLINE_INSTRUCTIONS = (
 )
 
 # A sentence ends at . ! or ? followed by whitespace, unless the mark closes a list number ("1.").
-_SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?])\s+")
+SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?])\s+")
 _COMPLETE = re.compile(r"[^\d\s][.!?][\"')\]*]*$")
 
 
@@ -67,7 +67,7 @@ def sentence_cuts(text: str, n: int, rng: np.random.Generator) -> list[str]:
     learn length-sensitive objectives (brevity, length) from little data.
     """
     text = text.strip()
-    ends = [m.start() for m in _SENTENCE_END.finditer(text)]
+    ends = [m.start() for m in SENTENCE_END.finditer(text)]
     if _COMPLETE.search(text):
         ends.append(len(text))
     if not ends:
