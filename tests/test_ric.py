@@ -49,8 +49,11 @@ def test_sft_example_carries_the_obtained_scores_as_tags():
 
     example = sft_example("Hi?", "Hello!", {"brief": 1.26, "relevant": -0.31}, TagFormat())
     assert example["completion"] == [{"role": "assistant", "content": "Hello!"}]
-    system, user = example["prompt"]
-    assert parse_tags(system["content"]) == {"brief": 1.3, "relevant": -0.3}
+    (user,) = example["prompt"]  # by default the tags end the user turn
+    assert user["role"] == "user" and user["content"].startswith("Hi?\n\n")
+    assert parse_tags(user["content"]) == {"brief": 1.3, "relevant": -0.3}
+    system, user = sft_example("Hi?", "Hello!", {"brief": 1.26}, TagFormat("system"))["prompt"]
+    assert parse_tags(system["content"]) == {"brief": 1.3}
     assert user == {"role": "user", "content": "Hi?"}
 
 
@@ -104,7 +107,7 @@ def test_end_to_end_on_tiny_writes_a_self_describing_directory(tiny_ric):
     assert manifest["method"] == "ric"
     assert [o["name"] for o in manifest["rewards"]["objectives"]] == ["brief", "positive"]
     assert all(o["stats"]["std"] >= 0 for o in manifest["rewards"]["objectives"])
-    assert manifest["tags"] == {"placement": "system", "decimals": 1}
+    assert manifest["tags"] == {"placement": "user_end", "decimals": 1}
     assert manifest["training"]["compute"]["trained_tokens"] > 0
     # offline samples of one prompt alternate between the tone instructions
     offline = [json.loads(x) for x in (out / "stages/offline/scored.jsonl").read_text().splitlines()]

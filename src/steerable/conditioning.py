@@ -3,9 +3,15 @@
 RiC conditions on numeric reward tags, e.g. ``<brief> 0.7 <relevant> -1.2``: each objective's
 normalised score, rounded to `decimals`. `TagFormat.placement` says where the tags go in a chat:
 
-    system    the system message is the tags (after the user's own system text, if any);
-              default, because it leaves the user's words untouched
-    user_end  appended to the end of the user turn, after a blank line
+    user_end  appended to the end of the user turn, after a blank line (default)
+    system    the system message is the tags (after the user's own system text, if any)
+
+`user_end` is the default because a small chat model attends to its user turn far more than to
+its system message: SmolLM2-135M trained with the tags in the system message hardly moved its
+answers' length with the brief tag (stopping after the first sentence with probability
+0.77-0.83 at any tag), and trained the same way on the same data with them at the end of the
+user turn, 0.33 (brief -1.6) to 0.98 (brief +1.5) (benchmarks/RESULTS.md, runs/ric14 vs.
+runs/ric18).
 
 `preference_to_targets` maps a `Preference` to target tags (DESIGN.md §2.4):
 
@@ -33,7 +39,7 @@ _TAG = re.compile(r"<([A-Za-z][A-Za-z0-9_]*)>\s*(-?\d+(?:\.\d+)?)")
 class TagFormat:
     """Where and how precisely reward tags are written."""
 
-    placement: str = "system"
+    placement: str = "user_end"
     decimals: int = 1
 
     def __post_init__(self):

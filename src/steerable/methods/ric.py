@@ -100,7 +100,9 @@ class RiCConfig:
             settings, used for offline and online sampling alike.
 
     Conditioning and inference mapping:
-        tag_placement: where the tags go: `system` (the system message) or `user_end`.
+        tag_placement: where the tags go: `user_end` (default: the end of the user turn) or
+            `system` (the system message), see steerable.conditioning. Moving them from the
+            system message to the user turn is what made SmolLM2-135M follow the brief tag.
         tag_decimals: decimals of the tag values (the paper rounds to one).
         mapping: default preference-to-target mapping stored with the model (linf, l2, linear).
         lo_quantile / hi_quantile: stats quantiles used as each objective's lo and hi target.
@@ -111,9 +113,10 @@ class RiCConfig:
         learning_rate / lr_scheduler: offline learning rate and its schedule (linear decay).
         num_epochs / batch_size / gradient_accumulation_steps / max_length: the usual.
         The defaults (lr 1e-3, 4 epochs, batches of 4 accumulated twice) are what let
-        SmolLM2-135M follow the tags on a 2-core budget, in some runs (benchmarks/RESULTS.md):
-        the reference's lr 1.4e-4 for one epoch taught it nothing measurable, and batches of 4
-        pad less and peak lower than 8.
+        SmolLM2-135M follow the tags on a 2-core budget (benchmarks/RESULTS.md): the
+        reference's lr 1.4e-4 for one epoch taught it nothing measurable, 2 or 3 epochs
+        lost control of one objective (runs/ric16, runs/ric19), and batches of 4 pad less and
+        peak lower than 8.
         gradient_checkpointing: recompute activations to save memory (TRL's default is on;
             we default to off, which is faster when memory is not the limit).
         bf16: mixed precision. Unset: on where a GPU supports it, off on a CPU. True: also on a
@@ -170,7 +173,7 @@ class RiCConfig:
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling p."})
     top_k: int = field(default=50, metadata={"help": "Sample among the k most likely tokens (0 = all)."})
     generation_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call."})
-    tag_placement: str = field(default="system", metadata={"help": f"Where tags go: {PLACEMENTS}."})
+    tag_placement: str = field(default="user_end", metadata={"help": f"Where tags go: {PLACEMENTS}."})
     tag_decimals: int = field(default=1, metadata={"help": "Decimals of tag values."})
     mapping: str = field(default="linf", metadata={"help": "Default preference mapping: linf, l2, linear."})
     lo_quantile: float = field(default=0.05, metadata={"help": "Stats quantile used as lo target."})
