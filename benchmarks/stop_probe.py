@@ -81,7 +81,7 @@ def main() -> None:
         print(f"| {t:+.1f} | {words:.1f} | {sentences:.2f} | {stop:.3f} |")
 
     offline = Path(args.model) / "stages" / "offline" / "scored.jsonl"
-    if offline.is_file():
+    if offline.is_file() and args.train_rows > 0:
         stops, goes = [], []
         for row in read_table(offline)[: args.train_rows]:
             own = {name: row[f"z_{name}"] for name in policy.names}
