@@ -26,17 +26,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from steerable.conditioning import format_tags, tagged_messages  # noqa: E402
 from steerable.data import load_prompts, read_table  # noqa: E402
-from steerable.generation import SamplingConfig, render_chat  # noqa: E402
+from steerable.generation import SamplingConfig  # noqa: E402
 from steerable.methods.ric import SENTENCE_END  # noqa: E402
 from steerable.policy import SteerablePolicy  # noqa: E402
 
 
 def stop_probability(policy: SteerablePolicy, prompt: str, tags: dict[str, float], answer: str) -> float:
     """P(end of turn right after `answer`) under `tags`."""
-    messages = tagged_messages(prompt, format_tags(tags, policy.tag_format.decimals), policy.tag_format)
-    ids = policy.tokenizer(render_chat(policy.tokenizer, messages) + answer, return_tensors="pt").input_ids
+    text = policy.prompts_with_tags([prompt], tags)[0] + answer
+    ids = policy.tokenizer(text, return_tensors="pt").input_ids
     with torch.no_grad():
         logits = policy.model(ids.to(policy.model.device)).logits[0, -1].float()
     return torch.softmax(logits, -1)[policy.tokenizer.eos_token_id].item()
