@@ -18,12 +18,19 @@ prints, for measured sweeps (`steerable evaluate` directories, each with the map
 each objective's Spearman against its weight (what `steerable evaluate` reports) and against
 the level it requested (its target tag; tied where linf saturates, which a tie-aware Spearman
 does not penalise).
+
+    python benchmarks/mapping_controllability.py --sweeps runs/eval/ric21-66+runs/eval/ric21-66-seed1:linf
+
+pools sweeps joined by `+` (the same model and grid evaluated with different `--seed`s, each
+on the same prompts) by averaging their per-point means, as one sweep of all their samples.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -66,19 +73,28 @@ def target_scale(w: float, mapping: str) -> float:
     return preference_to_targets(Preference(("a", "b"), (w, 1 - w)), [0, 0], [1, 1], mapping)["a"]
 
 
+def read_points(directory: str) -> list[dict]:
+    with open(f"{directory}/points.csv") as f:
+        return list(csv.DictReader(f))
+
+
 def measured(sweeps: list[str]) -> None:
     print("| sweep | mapping | objective | Spearman vs weight | Spearman vs requested level |")
     print("|---|---|---|---|---|")
     for item in sweeps:
         directory, _, mapping = item.rpartition(":")
-        with open(f"{directory}/points.csv") as f:
-            rows = list(csv.DictReader(f))
+        pooled = [read_points(d) for d in directory.split("+")]
+        rows = pooled[0]
         names = [key[len("mean_") :] for key in rows[0] if key.startswith("mean_")]
         if len(names) != 2:
             raise SystemExit(f"{directory}: --sweeps handles two objectives, found {names}")
+        grids = [[r[f"w_{n}"] for r in p for n in names] for p in pooled]
+        models = [json.loads(Path(d, "result.json").read_text())["model"] for d in directory.split("+")]
+        if any(g != grids[0] for g in grids) or len(set(models)) > 1:
+            raise SystemExit(f"{directory}: pooled sweeps must share one model and grid, got {models}")
         for name in names:
             w = np.array([float(r[f"w_{name}"]) for r in rows])
-            achieved = np.array([float(r[f"mean_{name}"]) for r in rows])
+            achieved = np.mean([[float(r[f"mean_{name}"]) for r in p] for p in pooled], axis=0)
             level = np.array([target_scale(x, mapping) for x in w])
             print(
                 f"| {directory} | {mapping} | {name} | {spearmanr(w, achieved)[0]:+.3f} "
