@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -61,6 +63,29 @@ def test_sweep_and_controllability_with_a_fake_generator():
     assert ctrl["long"] == pytest.approx(1.0) and ctrl["brief"] == pytest.approx(1.0)
     with pytest.raises(SteerableError, match="grid has shape"):
         sweep(generate, rewards, ["a"], preference_grid(3))
+
+
+def test_sweep_with_several_samples_per_prompt_averages_each_prompt_first():
+    rewards = RewardSet.from_specs(["long=builtin:length", "brief=builtin:brevity"])
+    calls = []
+
+    def generate(prompts, weights):  # the k-th answer to a prompt has len(prompt) + k words
+        calls.append(list(prompts))
+        seen: dict[str, int] = {}
+        answers = []
+        for p in prompts:
+            seen[p] = seen.get(p, 0) + 1
+            answers.append(" ".join(["word"] * (len(p) + seen[p])))
+        return answers
+
+    points = sweep(generate, rewards, ["a", "bbb"], preference_grid(2, 1), samples=3)
+    assert calls[0] == ["a", "a", "a", "bbb", "bbb", "bbb"]  # one call, each prompt repeated
+    point = points[0]
+    # per-prompt means 3 and 5 words: mean 4, standard error over the two prompts 1
+    assert point.mean[0] == pytest.approx(4.0) and point.stderr[0] == pytest.approx(1.0)
+    assert (point.n, point.samples) == (6, 3)
+    with pytest.raises(SteerableError, match="samples per prompt must be >= 1"):
+        sweep(generate, rewards, ["a"], preference_grid(2), samples=0)
 
 
 def _result(method, means, rewards, weights=None, seconds=10.0):
@@ -160,10 +185,14 @@ def test_evaluate_ric_and_prompting_end_to_end_on_tiny(tiny_ric, tiny_path, tmp_
             str(model_dir),
             "--out",
             str(tmp_path / "floor"),
+            "--samples",
+            "2",
             *common,
         ],
     )
     assert floor.exit_code == 0, floor.output
+    floor_points = json.loads((tmp_path / "floor" / "result.json").read_text())["points"]
+    assert [(p["n"], p["samples"]) for p in floor_points] == [(4, 2)] * 3
     both = runner.invoke(
         app, ["report", str(tmp_path / "ric"), str(tmp_path / "floor"), "--out", str(tmp_path / "both")]
     )

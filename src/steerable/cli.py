@@ -367,6 +367,13 @@ def evaluate(
     top_k: TopK = 50,
     batch_size: int = 64,
     seed: int = 0,
+    samples: Annotated[
+        int,
+        typer.Option(
+            help="Responses per prompt at each point: their mean is the prompt's score; more "
+            "samples make the means and the controllability less noisy (and cost as much more)."
+        ),
+    ] = 1,
 ) -> None:
     """Sweep a preference grid on held-out prompts: mean score per objective per point, Pareto
     front, hypervolume, controllability, compute; JSON, CSV, PNG and Markdown."""
@@ -384,6 +391,7 @@ def evaluate(
         stats,
         adapter=adapter,
         mapping=mapping,
+        samples=samples,
     )
     result.save(out)
     report = write_report([result], out)

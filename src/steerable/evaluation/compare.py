@@ -15,7 +15,8 @@ The configuration (YAML, every key optional):
     model: smollm2
     methods: [ric, soups, morlhf, prompting]
     stats: null
-    eval: {split: heldout, limit: null, resolution: 10, max_new_tokens: 64, temperature: 0.7}
+    eval: {split: heldout, limit: null, resolution: 10, max_new_tokens: 64, temperature: 0.7,
+           seed: 0, samples: 1}   samples: responses per prompt at each grid point
     ric: {...}      RiCConfig fields
     rl: {...}       RLConfig fields shared by soups and morlhf
     morlhf: {weight_vectors: ["1,0", "0.5,0.5", "0,1"]}
@@ -42,6 +43,7 @@ class EvalSettings:
     max_new_tokens: int = 64
     temperature: float = 0.7
     seed: int = 0
+    samples: int = 1
 
 
 @dataclass
@@ -146,7 +148,9 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
             results.append(EvaluationResult.load(directory))
             continue
         model = config.model if method == "prompting" else str(trained[method])
-        result = evaluate(method, model, prompts, settings.resolution, sampling, stats)
+        result = evaluate(
+            method, model, prompts, settings.resolution, sampling, stats, samples=settings.samples
+        )
         result.save(directory)
         results.append(result)
     write_report(results, out)

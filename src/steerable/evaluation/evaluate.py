@@ -168,8 +168,10 @@ def evaluate(
     progress: bool = True,
     adapter: str | None = None,
     mapping: str | None = None,
+    samples: int = 1,
 ) -> EvaluationResult:
-    """Sweep the grid, score with the shared objectives, and summarise."""
+    """Sweep the grid, score with the shared objectives, and summarise; `samples` responses
+    per prompt at each point."""
     from tqdm.auto import tqdm
 
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
@@ -187,6 +189,7 @@ def evaluate(
         grid,
         count_tokens=lambda texts: count_tokens(tokenizer, texts),
         progress=lambda i, n: bar.update(1),
+        samples=samples,
     )
     bar.close()
     compute["eval_seconds"] = time.perf_counter() - started

@@ -31,7 +31,8 @@ def preference_grid(k: int, resolution: int = 10) -> np.ndarray:
 
 @dataclass
 class SweepPoint:
-    """One grid point: the weights asked for and what the responses achieved."""
+    """One grid point: the weights asked for and what the responses achieved. `n` responses,
+    `samples` per prompt; `stderr` is over prompts (of each prompt's mean over its samples)."""
 
     weights: list[float]
     mean: list[float]
@@ -39,6 +40,7 @@ class SweepPoint:
     n: int
     seconds: float
     generated_tokens: int
+    samples: int = 1
 
 
 def sweep(
@@ -48,30 +50,37 @@ def sweep(
     grid: np.ndarray,
     count_tokens: Callable[[list[str]], int] = lambda texts: sum(len(t.split()) for t in texts),
     progress: Callable[[int, int], None] | None = None,
+    samples: int = 1,
 ) -> list[SweepPoint]:
-    """Evaluate `generate(prompts, weights) -> responses` at every grid point."""
+    """Evaluate `generate(prompts, weights) -> responses` at every grid point, with `samples`
+    responses per prompt (each prompt repeated in one call): a point's mean is over all of
+    them, and more samples make the means, and the controllability, less noisy."""
     grid = np.asarray(grid, dtype=float)
     if grid.ndim != 2 or grid.shape[1] != len(rewards):
         raise SteerableError(
             f"grid has shape {grid.shape}; expected [points, {len(rewards)}] for {rewards.names}"
         )
-    prompts = list(prompts)
+    if samples < 1:
+        raise SteerableError(f"samples per prompt must be >= 1, got {samples}")
+    prompts = [p for p in prompts for _ in range(samples)]
+    n_prompts = len(prompts) // samples
     points = []
     for i, weights in enumerate(grid):
         started = time.perf_counter()
         responses = generate(prompts, weights)
         seconds = time.perf_counter() - started
-        raw = rewards.score(prompts, responses)
+        per_prompt = rewards.score(prompts, responses).reshape(n_prompts, samples, -1).mean(axis=1)
         points.append(
             SweepPoint(
                 weights=weights.tolist(),
-                mean=raw.mean(axis=0).tolist(),
-                stderr=(raw.std(axis=0, ddof=1) / np.sqrt(len(prompts))).tolist()
-                if len(prompts) > 1
+                mean=per_prompt.mean(axis=0).tolist(),
+                stderr=(per_prompt.std(axis=0, ddof=1) / np.sqrt(n_prompts)).tolist()
+                if n_prompts > 1
                 else [0.0] * len(rewards),
                 n=len(prompts),
                 seconds=seconds,
                 generated_tokens=count_tokens(responses),
+                samples=samples,
             )
         )
         if progress:
@@ -95,7 +104,6 @@ def points_to_rows(points: Sequence[SweepPoint], names: Sequence[str]) -> list[d
         row = {f"w_{n}": w for n, w in zip(names, point.weights, strict=True)}
         for k, n in enumerate(names):
             row[f"mean_{n}"], row[f"stderr_{n}"] = point.mean[k], point.stderr[k]
-        rows.append(
-            {**row, **{k: v for k, v in asdict(point).items() if k in ("n", "seconds", "generated_tokens")}}
-        )
+        counts = ("n", "samples", "seconds", "generated_tokens")
+        rows.append({**row, **{k: v for k, v in asdict(point).items() if k in counts}})
     return rows
