@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from steerable import RewardSet, SteerableError
+from steerable.evaluation.evaluate import evaluate
 from steerable.evaluation.pareto import hypervolume, non_dominated
 from steerable.evaluation.sweep import controllability, preference_grid, sweep
 from steerable.generation import SamplingConfig
@@ -86,6 +87,8 @@ def test_sweep_with_several_samples_per_prompt_averages_each_prompt_first():
     assert (point.n, point.samples) == (6, 3)
     with pytest.raises(SteerableError, match="samples per prompt must be >= 1"):
         sweep(generate, rewards, ["a"], preference_grid(2), samples=0)
+    with pytest.raises(SteerableError, match="samples per prompt must be >= 1, got -1"):
+        evaluate("prompting", "no-such-model", ["a"], samples=-1, progress=False)
 
 
 def _result(method, means, rewards, weights=None, seconds=10.0):
@@ -211,8 +214,6 @@ def test_evaluate_ric_and_prompting_end_to_end_on_tiny(tiny_ric, tiny_path, tmp_
 
 
 def test_evaluate_overrides_the_ric_mapping_and_labels_it(tiny_ric, tmp_path):
-    from steerable.evaluation.evaluate import evaluate
-
     _, model_dir = tiny_ric
     sampling = SamplingConfig(max_new_tokens=2, temperature=0.7)
     result = evaluate("ric", str(model_dir), ["Hi", "Why?"], 2, sampling, mapping="linear", progress=False)

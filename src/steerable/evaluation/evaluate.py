@@ -20,7 +20,7 @@ import numpy as np
 
 from steerable.errors import SteerableError
 from steerable.evaluation.report import EvaluationResult
-from steerable.evaluation.sweep import controllability, preference_grid, sweep
+from steerable.evaluation.sweep import check_samples, controllability, preference_grid, sweep
 from steerable.generation import SamplingConfig, count_tokens, format_chat, generate_texts
 from steerable.methods.rl import load_rewards
 from steerable.objectives import RewardSet
@@ -174,6 +174,7 @@ def evaluate(
     per prompt at each point."""
     from tqdm.auto import tqdm
 
+    check_samples(samples)  # before any model is loaded
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
     generate, rewards, tokenizer, compute = method_generator(method, model, sampling, stats, adapter, mapping)
     if grid is None:

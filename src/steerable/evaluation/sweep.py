@@ -43,6 +43,11 @@ class SweepPoint:
     samples: int = 1
 
 
+def check_samples(samples: int) -> None:
+    if samples < 1:
+        raise SteerableError(f"samples per prompt must be >= 1, got {samples}")
+
+
 def sweep(
     generate: Callable[[list[str], np.ndarray], list[str]],
     rewards: RewardSet,
@@ -60,8 +65,7 @@ def sweep(
         raise SteerableError(
             f"grid has shape {grid.shape}; expected [points, {len(rewards)}] for {rewards.names}"
         )
-    if samples < 1:
-        raise SteerableError(f"samples per prompt must be >= 1, got {samples}")
+    check_samples(samples)
     prompts = [p for p in prompts for _ in range(samples)]
     n_prompts = len(prompts) // samples
     points = []
