@@ -28,14 +28,12 @@ on the same prompts) by averaging their per-point means, as one sweep of all the
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from steerable.conditioning import MAPPINGS, preference_to_targets
+from steerable.evaluation.report import EvaluationResult
 from steerable.preferences import Preference
 
 
@@ -73,32 +71,29 @@ def target_scale(w: float, mapping: str) -> float:
     return preference_to_targets(Preference(("a", "b"), (w, 1 - w)), [0, 0], [1, 1], mapping)["a"]
 
 
-def read_points(directory: str) -> list[dict]:
-    with open(f"{directory}/points.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def measured(sweeps: list[str]) -> None:
     print("| sweep | mapping | objective | Spearman vs weight | Spearman vs requested level |")
     print("|---|---|---|---|---|")
     for item in sweeps:
         directory, _, mapping = item.rpartition(":")
-        pooled = [read_points(d) for d in directory.split("+")]
-        rows = pooled[0]
-        names = [key[len("mean_") :] for key in rows[0] if key.startswith("mean_")]
-        if len(names) != 2:
-            raise SystemExit(f"{directory}: --sweeps handles two objectives, found {names}")
-        grids = [[r[f"w_{n}"] for r in p for n in names] for p in pooled]
-        models = [json.loads(Path(d, "result.json").read_text())["model"] for d in directory.split("+")]
-        if any(g != grids[0] for g in grids) or len(set(models)) > 1:
-            raise SystemExit(f"{directory}: pooled sweeps must share one model and grid, got {models}")
-        for name in names:
-            w = np.array([float(r[f"w_{name}"]) for r in rows])
-            achieved = np.mean([[float(r[f"mean_{name}"]) for r in p] for p in pooled], axis=0)
-            level = np.array([target_scale(x, mapping) for x in w])
+        pooled = [EvaluationResult.load(d) for d in directory.split("+")]
+        first = pooled[0]
+        if len(first.names) != 2:
+            raise SystemExit(f"{directory}: --sweeps handles two objectives, found {first.names}")
+        models = {r.model for r in pooled}
+        if len(models) > 1 or any(
+            [p.weights for p in r.points] != [p.weights for p in first.points] for r in pooled
+        ):
+            raise SystemExit(
+                f"{directory}: pooled sweeps must share one model and grid, got {sorted(models)}"
+            )
+        weights = np.array([p.weights for p in first.points])
+        achieved = np.mean([[p.mean for p in r.points] for r in pooled], axis=0)  # [points, K]
+        for k, name in enumerate(first.names):
+            level = np.array([target_scale(x, mapping) for x in weights[:, k]])
             print(
-                f"| {directory} | {mapping} | {name} | {spearmanr(w, achieved)[0]:+.3f} "
-                f"| {spearmanr(level, achieved)[0]:+.3f} |"
+                f"| {directory} | {mapping} | {name} | {spearmanr(weights[:, k], achieved[:, k])[0]:+.3f} "
+                f"| {spearmanr(level, achieved[:, k])[0]:+.3f} |"
             )
 
 

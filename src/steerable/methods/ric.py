@@ -101,9 +101,7 @@ class RiCConfig:
 
     Conditioning and inference mapping:
         tag_placement: where the tags go: `user_end` (default: the end of the user turn) or
-            `system` (the system message), see steerable.conditioning. Moving them from the
-            system message to the user turn made the brief tag move where SmolLM2-135M stops
-            (runs/ric18), though not enough in every run (runs/ric20).
+            `system` (the system message); steerable.conditioning says why the user turn.
         tag_decimals: decimals of the tag values (the paper rounds to one).
         mapping: default preference-to-target mapping stored with the model (linf, l2, linear).
         lo_quantile / hi_quantile: stats quantiles used as each objective's lo and hi target.
