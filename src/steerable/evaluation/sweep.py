@@ -66,14 +66,15 @@ def sweep(
             f"grid has shape {grid.shape}; expected [points, {len(rewards)}] for {rewards.names}"
         )
     check_samples(samples)
-    prompts = [p for p in prompts for _ in range(samples)]
-    n_prompts = len(prompts) // samples
+    prompts = list(prompts)
+    n_prompts = len(prompts)
+    repeated = [p for p in prompts for _ in range(samples)]
     points = []
     for i, weights in enumerate(grid):
         started = time.perf_counter()
-        responses = generate(prompts, weights)
+        responses = generate(repeated, weights)
         seconds = time.perf_counter() - started
-        per_prompt = rewards.score(prompts, responses).reshape(n_prompts, samples, -1).mean(axis=1)
+        per_prompt = rewards.score(repeated, responses).reshape(n_prompts, samples, -1).mean(axis=1)
         points.append(
             SweepPoint(
                 weights=weights.tolist(),
@@ -81,7 +82,7 @@ def sweep(
                 stderr=(per_prompt.std(axis=0, ddof=1) / np.sqrt(n_prompts)).tolist()
                 if n_prompts > 1
                 else [0.0] * len(rewards),
-                n=len(prompts),
+                n=len(repeated),
                 seconds=seconds,
                 generated_tokens=count_tokens(responses),
                 samples=samples,
