@@ -35,8 +35,10 @@ def main() -> None:
     texts = format_chat(tokenizer, load_prompts("heldout"))[: args.prompts]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     n = batch["input_ids"].shape[0]
-    print(f"attention: {model.config._attn_implementation}, threads: {torch.get_num_threads()}, "
-          f"batch: {tuple(batch['input_ids'].shape)}")
+    print(
+        f"attention: {model.config._attn_implementation}, threads: {torch.get_num_threads()}, "
+        f"batch: {tuple(batch['input_ids'].shape)}"
+    )
     settings = dict(
         max_new_tokens=args.max_new_tokens,
         do_sample=True,
