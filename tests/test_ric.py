@@ -11,6 +11,7 @@ from steerable.conditioning import TagFormat, parse_tags
 from steerable.methods.ric import (
     OFFLINE_INSTRUCTIONS,
     RiCConfig,
+    first_clause,
     instructed_messages,
     mors_keep,
     sample_targets,
@@ -74,6 +75,27 @@ def test_sentence_cuts_keep_whole_sentences_and_span_lengths():
     assert sentence_cuts(text, 9, rng) == whole
     assert sentence_cuts("  no sentence end here ", 3, rng) == ["no sentence end here"]
     assert sentence_cuts("Complete.", 3, rng) == ["Complete."]
+
+
+def test_first_clause_closes_the_first_sentence_early_with_its_own_mark():
+    assert first_clause("Sure, here it is! More text.") == "Sure!"
+    assert first_clause("What, you ask? Yes.") == "What?"
+    assert first_clause("I love it: truly. Then, more.") == "I love it."
+    assert first_clause("Well - maybe not.") == "Well."
+    # one clause only, or a first sentence cut off by the token limit: nothing shorter to offer
+    assert first_clause("No clause here. Then, yes.") is None
+    assert first_clause("Cut off, by the") is None
+
+
+def test_clause_cuts_add_an_answer_shorter_than_a_sentence():
+    text = "Sure, happy to help. Drink water. Sleep well."
+    rng = np.random.default_rng(0)
+    everything = sentence_cuts(text, 9, rng, clause=True)
+    assert everything == ["Sure.", "Sure, happy to help.", "Sure, happy to help. Drink water.", text]
+    assert sentence_cuts(text, 9, rng) == everything[1:]
+    drawn = [sentence_cuts(text, 2, rng, clause=True) for _ in range(200)]
+    assert all(len(d) == 2 and len(d[0]) < len(d[1]) and set(d) <= set(everything) for d in drawn)
+    assert {cut for d in drawn for cut in d} == set(everything)
 
 
 def test_config_validation():

@@ -55,16 +55,33 @@ OFFLINE_INSTRUCTIONS = (
 # A sentence ends at . ! or ? followed by whitespace, unless the mark closes a list number ("1.").
 SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?])\s+")
 _COMPLETE = re.compile(r"[^\d\s][.!?][\"')\]*]*$")
+# A clause ends at , ; : or a spaced dash after a word ("Sure, here" -> "Sure").
+CLAUSE_END = re.compile(r"(?<=\w)(?:[,;:]|\s[-\u2013\u2014])\s")
 
 
-def sentence_cuts(text: str, n: int, rng: np.random.Generator) -> list[str]:
+def first_clause(text: str) -> str | None:
+    """The first sentence's first clause, closed with that sentence's mark ("Sure, here it is!"
+    -> "Sure!"; "." unless the sentence ends with "!" or "?"), or None when it has only one."""
+    text = text.strip()
+    end = SENTENCE_END.search(text)
+    sentence = text[: end.start()] if end else text
+    clause = CLAUSE_END.search(sentence)
+    if clause is None or not _COMPLETE.search(sentence):
+        return None
+    mark = sentence.rstrip("\"')]*")[-1]
+    return sentence[: clause.start()].rstrip() + mark
+
+
+def sentence_cuts(text: str, n: int, rng: np.random.Generator, clause: bool = False) -> list[str]:
     """Up to `n` different prefixes of `text` that end at a whole sentence, shortest first.
 
     The cut points are drawn without replacement from the sentence ends; a final fragment cut
     off by the token limit is never kept, and text without a whole sentence comes back whole.
     Several cuts of one response share their beginning and differ only in where they stop, so
     the tags are the only clue the model has for when to stop: this is what lets a small model
-    learn length-sensitive objectives (brevity, length) from little data.
+    learn length-sensitive objectives (brevity, length) from little data. With `clause`, the
+    first sentence's first clause (`first_clause`) is one more candidate: answers shorter than
+    a sentence, without which a model's shortest answer is its shortest first sentence.
     """
     text = text.strip()
     ends = [m.start() for m in SENTENCE_END.finditer(text)]
@@ -72,8 +89,12 @@ def sentence_cuts(text: str, n: int, rng: np.random.Generator) -> list[str]:
         ends.append(len(text))
     if not ends:
         return [text]
-    chosen = rng.choice(len(ends), size=min(n, len(ends)), replace=False)
-    return [text[: ends[i]] for i in sorted(chosen)]
+    candidates = [text[:i] for i in ends]
+    short = first_clause(text) if clause else None
+    if short is not None:
+        candidates.insert(0, short)
+    chosen = rng.choice(len(candidates), size=min(n, len(candidates)), replace=False)
+    return [candidates[i] for i in sorted(chosen)]
 
 
 @dataclass
@@ -96,6 +117,8 @@ class RiCConfig:
         cuts_per_sample: turn each sampled response into up to this many examples, each cut
             after a different random number of whole sentences (0 = keep responses whole), so
             that length-sensitive objectives span their range and are learnable.
+        clause_cuts: also let a cut stop after the first clause of the first sentence ("Sure,
+            here it is!" -> "Sure!"), so the data holds answers shorter than a sentence.
         max_new_tokens / temperature / top_p / top_k / generation_batch_size: sampling
             settings, used for offline and online sampling alike.
 
@@ -169,6 +192,9 @@ class RiCConfig:
     )
     cuts_per_sample: int = field(
         default=3, metadata={"help": "Examples per sampled response, cut at sentence ends (0 = whole)."}
+    )
+    clause_cuts: bool = field(
+        default=True, metadata={"help": "A cut may stop after the first sentence's first clause."}
     )
     max_new_tokens: int = field(default=48, metadata={"help": "Generated tokens per response."})
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
@@ -422,7 +448,11 @@ def offline_data(config: RiCConfig, stages: Stages, compute: dict) -> tuple[Rewa
             rows = [
                 {"prompt": p, "response": cut, "instruction": text}
                 for p, r, text in zip(repeated, responses, instructions, strict=True)
-                for cut in (sentence_cuts(r, config.cuts_per_sample, rng) if config.cuts_per_sample else [r])
+                for cut in (
+                    sentence_cuts(r, config.cuts_per_sample, rng, config.clause_cuts)
+                    if config.cuts_per_sample
+                    else [r]
+                )
                 if cut.strip()
             ]
             del model
