@@ -80,8 +80,9 @@ def sentence_cuts(text: str, n: int, rng: np.random.Generator, clause: bool = Fa
     Several cuts of one response share their beginning and differ only in where they stop, so
     the tags are the only clue the model has for when to stop: this is what lets a small model
     learn length-sensitive objectives (brevity, length) from little data. With `clause`, the
-    first sentence's first clause (`first_clause`) is one more candidate: answers shorter than
-    a sentence, without which a model's shortest answer is its shortest first sentence.
+    first sentence's first clause (`first_clause`, a prefix but for its closing mark) is one
+    more candidate: an answer shorter than a sentence, without which a model's shortest answer
+    is its shortest first sentence.
     """
     text = text.strip()
     ends = [m.start() for m in SENTENCE_END.finditer(text)]
