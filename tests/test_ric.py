@@ -1,13 +1,16 @@
 import json
+import shutil
 import warnings
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from steerable import SteerableError
 from steerable.cli import app
 from steerable.conditioning import TagFormat, parse_tags
+from steerable.data import read_table
 from steerable.methods.ric import (
     OFFLINE_INSTRUCTIONS,
     RiCConfig,
@@ -134,13 +137,33 @@ def test_end_to_end_on_tiny_writes_a_self_describing_directory(tiny_ric):
     # offline samples of one prompt alternate between the tone instructions
     offline = [json.loads(x) for x in (out / "stages/offline/scored.jsonl").read_text().splitlines()]
     assert {row["instruction"] for row in offline} == set(OFFLINE_INSTRUCTIONS)
-    # each online iteration's generated data is saved, relabelled with obtained scores
-    generated = [json.loads(x) for x in (out / "stages/online_1/generated.jsonl").read_text().splitlines()]
+    # each online iteration's generated data is saved, relabelled with obtained scores, and
+    # so is the training set merged from it
+    generated = read_table(out / "stages/online_1_data/generated.jsonl")
     assert len(generated) == 8
-    assert {"target_brief", "score_brief", "z_brief"} <= set(generated[0])
+    assert {"target_brief", "score_brief", "z_brief", "kept"} <= set(generated[0])
     assert all(g["score_brief"] == -len(g["response"].split()) for g in generated)
-    done = json.loads((out / "stages/online_1/done.json").read_text())
-    assert done["kept"] <= done["generated"] == 8
+    info = json.loads((out / "stages/online_1_data/done.json").read_text())["info"]
+    assert info["kept"] == sum(g["kept"] for g in generated) and info["generated"] == 8
+    merged = read_table(out / "stages/online_1_data/merged.jsonl")
+    assert len(merged) == info["kept"] + info["merged_original"]
+    assert manifest["dtype"] == "float32" and set(manifest["training"]["stages"]) == {
+        "offline",
+        "sft",
+        "online_1_data",
+        "online_1",
+    }
+
+
+def test_training_changes_the_weights_of_every_stage(tiny_ric):
+    from safetensors.torch import load_file
+
+    _, out = tiny_ric
+    sft = load_file(out / "stages/sft/weights/adapter_model.safetensors")
+    online = load_file(out / "stages/online_1/weights/adapter_model.safetensors")
+    # LoRA starts with B = 0: a trained adapter has B != 0, and the online round moved it again
+    assert all(t.abs().sum() > 0 for k, t in sft.items() if "lora_B" in k)
+    assert any(not torch.equal(sft[k], online[k]) for k in sft)
 
 
 def test_policy_round_trip_and_steering(tiny_ric):
@@ -211,7 +234,7 @@ def test_rerun_skips_finished_stages(tiny_ric):
     # The compute record keeps the stages' first measured times, not the time taken to skip them.
     again = json.loads((out / "steerable.json").read_text())["training"]["compute"]
     assert again == recorded
-    assert set(recorded["seconds"]) == {"offline_data", "sft", "online_1"}
+    assert set(recorded["seconds"]) == {"offline", "sft", "online_1_data", "online_1"}
 
 
 def test_generate_cli(tiny_ric):
@@ -236,7 +259,9 @@ def test_generate_cli(tiny_ric):
     bad = runner.invoke(app, ["generate", "--model", str(out), "--prefer", "brief=0.7,tone=0.3", "Hi"])
     assert bad.exit_code == 2 and "unknown objective" in bad.output
     bad = runner.invoke(app, ["generate", "--model", str(out), "--target", "brief=abc,positive=0", "Hi"])
-    assert bad.exit_code == 2 and "not NAME=NUMBER" in bad.output
+    assert bad.exit_code == 2 and "brief='abc' is not a number" in bad.output
+    twice = runner.invoke(app, ["generate", "--model", str(out), "--target", "brief=1,brief=0", "Hi"])
+    assert twice.exit_code == 2 and "names an objective twice" in twice.output
     clipped = runner.invoke(
         app,
         ["generate", "--model", str(out), "--target", "brief=99,positive=0", "--max-new-tokens", "2", "Hi"],
@@ -249,13 +274,18 @@ def test_generate_cli(tiny_ric):
 def test_rerun_with_a_different_configuration_is_refused(tiny_ric):
     from dataclasses import replace
 
-    config, _ = tiny_ric
-    with pytest.raises(SteerableError, match="different configuration.*num_epochs"):
+    config, out = tiny_ric
+    with pytest.raises(SteerableError, match=r"stages/sft was made with other inputs \(num_epochs differ"):
         train_ric(replace(config, num_epochs=3))
+    with pytest.raises(SteerableError, match=r"stages/offline was made with other inputs \(objectives"):
+        train_ric(replace(config, objectives=["brief=builtin:brevity", "easy=builtin:readability"]))
+    # a setting only the online round depends on leaves the earlier stages valid
+    with pytest.raises(SteerableError, match=r"stages/online_1_data was made with .*online_samples"):
+        train_ric(replace(config, online_samples=4))
+    assert (out / "steerable.json").is_file()  # refused before anything was touched
 
 
 def test_a_moved_run_resumes_without_retraining(tiny_ric, tmp_path):
-    import shutil
     from dataclasses import replace
 
     config, out = tiny_ric
@@ -267,37 +297,67 @@ def test_a_moved_run_resumes_without_retraining(tiny_ric, tmp_path):
     assert SteerablePolicy.from_pretrained(moved).names == ["brief", "positive"]
 
 
-def test_an_interrupted_sft_resumes_from_its_last_checkpoint(make_tiny_ric_config, tmp_path, monkeypatch):
+def interrupt_training_at(monkeypatch, step_calls: int, stage: str = "") -> list:
+    """Make the SFT trainer of the stage whose folder name ends with `stage` raise
+    KeyboardInterrupt on its `step_calls`-th training step; returns the list of steps run
+    (cleared to count the steps of a later run)."""
     from trl import SFTTrainer
 
-    out = tmp_path / "run"
-    config = make_tiny_ric_config(
-        out, num_epochs=2, batch_size=2, gradient_accumulation_steps=1, save_steps=2
-    )
     original = SFTTrainer.training_step
     steps_run = []
 
     def interrupted(self, *args, **kwargs):
+        if not self.args.output_dir.endswith(f"{stage}/checkpoints"):
+            return original(self, *args, **kwargs)
         steps_run.append(self.state.global_step)
-        if len(steps_run) == 5:  # after the checkpoints at steps 2 and 4
+        if len(steps_run) == step_calls:
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(SFTTrainer, "training_step", interrupted)
+    return steps_run
+
+
+def adapter_weights(directory) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(directory / "adapter" / "adapter_model.safetensors")
+
+
+def test_an_interrupted_sft_resumes_from_its_last_complete_checkpoint(
+    make_tiny_ric_config, tmp_path, monkeypatch
+):
+    settings = dict(num_epochs=2, batch_size=2, gradient_accumulation_steps=1, save_steps=2, lora_dropout=0.0)
+    whole = make_tiny_ric_config(tmp_path / "whole", **settings)
+    train_ric(whole)
+
+    out = tmp_path / "run"
+    config = make_tiny_ric_config(out, **settings)
+    steps_run = interrupt_training_at(monkeypatch, 5)  # after the checkpoints at steps 2 and 4
     with pytest.raises(KeyboardInterrupt):
         train_ric(config)
     assert not (out / "stages/sft/done.json").exists()
-    assert (out / "stages/sft/checkpoints/checkpoint-4").is_dir()
     assert not (out / "steerable.json").exists()  # no half-made model directory
+    # A kill while checkpoint-6 was being saved: its folder exists without trainer_state.json
+    # (written last), and checkpoint-4 is still there (rotation happens after a save).
+    checkpoints = out / "stages/sft/checkpoints"
+    shutil.copytree(checkpoints / "checkpoint-4", checkpoints / "checkpoint-6")
+    (checkpoints / "checkpoint-6/trainer_state.json").unlink()
+    monkeypatch.undo()
+    from trl import SFTTrainer
 
     steps_run.clear()
+    original = SFTTrainer.training_step
     monkeypatch.setattr(
         SFTTrainer, "training_step", lambda self, *a, **k: steps_run.append(1) or original(self, *a, **k)
     )
     train_ric(config)
-    total = json.loads((out / "stages/sft/done.json").read_text())["steps"]
-    assert total > 4 and len(steps_run) == total - 4  # resumed at step 4, not from scratch
-    assert SteerablePolicy.from_pretrained(out, device="cpu").names == ["brief", "positive"]
+    total = json.loads((out / "stages/sft/done.json").read_text())["info"]["steps"]
+    assert total > 6 and len(steps_run) == total - 4  # resumed at step 4, the last complete one
+    assert (out / "steerable.json").is_file()
+    resumed, uninterrupted = adapter_weights(out), adapter_weights(tmp_path / "whole")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.allclose(resumed[k], uninterrupted[k], atol=1e-5) for k in resumed)
 
 
 def test_three_objectives_from_a_given_table_through_the_cli(tiny_path, tmp_path):
@@ -336,3 +396,130 @@ def test_three_objectives_from_a_given_table_through_the_cli(tiny_path, tmp_path
     assert len(policy.generate(["Hi", "Why?"], preference=[1, 1, 1])) == 2
     with pytest.raises(SteerableError, match="3 objectives"):
         policy.generate(["Hi"], preference=[0.5, 0.5])
+
+
+def test_every_config_field_belongs_to_a_stage():
+    """A new RiCConfig field must say which stage depends on it, or a changed value would be
+    silently reused."""
+    from dataclasses import fields
+
+    from steerable.methods import ric
+
+    grouped = {
+        *ric.OFFLINE_FIELDS,
+        *ric.SFT_FIELDS,
+        *ric.ONLINE_DATA_FIELDS,
+        *ric.ONLINE_TRAIN_FIELDS,
+        *ric.UNSTAGED_FIELDS,
+        *ric.CONTENT_FIELDS,
+    }
+    assert {f.name for f in fields(RiCConfig)} == grouped
+
+
+def test_an_interrupted_online_round_resumes_on_the_same_data(make_tiny_ric_config, tmp_path, monkeypatch):
+    settings = dict(online_iterations=1, online_samples=8, online_quantile=0.3, lora_dropout=0.0)
+    whole = make_tiny_ric_config(tmp_path / "whole", **settings)
+    train_ric(whole)
+
+    out = tmp_path / "run"
+    config = make_tiny_ric_config(out, **settings)
+    interrupt_training_at(monkeypatch, 1, "online_1")  # the online round's first step
+    with pytest.raises(KeyboardInterrupt):
+        train_ric(config)
+    assert (out / "stages/online_1_data/done.json").is_file()
+    assert not (out / "stages/online_1/done.json").exists()
+    assert not (out / "steerable.json").exists()  # an interrupted run does not load as finished
+    with pytest.raises(SteerableError, match="not a finished steerable model directory"):
+        SteerablePolicy.from_pretrained(out)
+    generated = (out / "stages/online_1_data/generated.jsonl").read_text()
+    monkeypatch.undo()
+    train_ric(config)
+    # the round's data was reused, not regenerated, and equals the uninterrupted run's
+    assert (out / "stages/online_1_data/generated.jsonl").read_text() == generated
+    for name in ("generated.jsonl", "merged.jsonl"):
+        assert (out / "stages/online_1_data" / name).read_text() == (
+            tmp_path / "whole/stages/online_1_data" / name
+        ).read_text()
+    resumed, uninterrupted = adapter_weights(out), adapter_weights(tmp_path / "whole")
+    assert all(torch.allclose(resumed[k], uninterrupted[k], atol=1e-5) for k in resumed)
+
+
+def test_a_longer_rerun_removes_the_finished_manifest_until_it_is_done(tiny_ric, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    config, out = tiny_ric
+    longer = tmp_path / "longer"
+    shutil.copytree(out, longer)
+    interrupt_training_at(monkeypatch, 1, "online_2")  # the second round's first step
+    with pytest.raises(KeyboardInterrupt):
+        train_ric(replace(config, output_dir=str(longer), online_iterations=2))
+    assert (longer / "stages/online_2_data/done.json").is_file()
+    assert not (longer / "steerable.json").exists()
+
+
+def test_editing_the_data_file_in_place_is_noticed(make_tiny_ric_config, tmp_path):
+    rows = [
+        {"prompt": f"Question {i}?", "response": r}
+        for i, r in enumerate(["Yes, great.", "No. It is bad and sad.", "Maybe.", "A wonderful idea!"])
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = make_tiny_ric_config(tmp_path / "run", data=str(data))
+    train_ric(config)
+    rows[0]["response"] = "Yes, truly great and lovely."
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SteerableError, match=r"stages/offline was made with other inputs \(data differ"):
+        train_ric(config)
+
+
+def test_a_typo_is_refused_before_anything_is_recorded(tiny_path, tmp_path):
+    out = tmp_path / "run"
+    runner = CliRunner()
+    common = ["train", "ric", "--model", tiny_path, "--output_dir", str(out), "--prompt_limit", "4"]
+    for extra, message in [
+        (["--objectives", "brief=builtin:brevty", "positive=builtin:sentiment"], "unknown built-in scorer"),
+        (["--data", str(tmp_path / "missing.jsonl")], "does not exist"),
+        (["--num_epoch", "2"], "num_epoch"),
+        (["--num_epochs", "abc"], "invalid float value"),
+        (["--tag_placement", "footer"], "invalid choice"),
+    ]:
+        result = runner.invoke(app, [*common, *extra])
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+        assert not (out / "stages").exists()
+    bad_model = runner.invoke(app, ["train", "ric", "--model", str(tmp_path), "--output_dir", str(out)])
+    assert bad_model.exit_code == 2 and "could not be loaded" in bad_model.output
+    yaml_config = tmp_path / "ric.yaml"
+    for text, message in [
+        (f"model: {tiny_path}\nnum_epochs: abc\n", "invalid float value"),
+        (f"model: {tiny_path}\nnum_epoch: 2\n", "num_epoch"),
+        ("- not a mapping\n", "mapping"),
+        ("model: [unclosed\n", "not valid YAML"),
+        (f"model: {tiny_path}\nobjectives: brief=builtin:brevity\n", "objectives must be list[str]"),
+    ]:
+        yaml_config.write_text(text)
+        result = runner.invoke(app, ["train", "ric", "--config", str(yaml_config), "--output_dir", str(out)])
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+        assert not (out / "stages").exists()
+    missing = runner.invoke(app, ["train", "ric", "--config", str(tmp_path / "none.yaml")])
+    assert missing.exit_code == 2 and "existing YAML file" in missing.output
+
+
+def test_config_file_and_flags_combine(tiny_path, tmp_path):
+    from steerable.configs import parse_config
+
+    yaml_config = tmp_path / "ric.yaml"
+    yaml_config.write_text(f"model: {tiny_path}\nnum_epochs: 2\nlora_r: 8\n")
+    config = parse_config(RiCConfig, ["--config", str(yaml_config), "--lora_r", "4"], prog="test")
+    assert (config.num_epochs, config.lora_r, config.model) == (2.0, 4, tiny_path)
+
+
+def test_local_paths_are_stored_absolute(tiny_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scorer.py").write_text("def f(p, r):\n    return [1.0] * len(r)\n")
+    shutil.copytree(tiny_path, tmp_path / "ckpt")
+    config = RiCConfig(model="./ckpt", data="data.jsonl", objectives=["a=py:scorer.py:f", "brief=builtin:brevity"])
+    assert config.model == str(tmp_path / "ckpt") and config.data == str(tmp_path / "data.jsonl")
+    assert config.objectives == [f"a=py:{tmp_path / 'scorer.py'}:f", "brief=builtin:brevity"]
+    assert RiCConfig(model="HuggingFaceTB/SmolLM2-135M-Instruct").model == "HuggingFaceTB/SmolLM2-135M-Instruct"

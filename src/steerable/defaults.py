@@ -140,21 +140,74 @@ def _ensure_tiny() -> Path:
     return _build_into(cache_dir() / "tiny-llama", build)
 
 
-def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """(model, tokenizer) for generation: left padding, a pad token, eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = tuple(DTYPES)
 
-    path = resolve_model(name_or_path)
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a `dtype` option value."""
+    if name not in DTYPES:
+        raise SteerableError(f"dtype {name!r} unknown; choose from {list(DTYPES)}")
+    return DTYPES[name]
+
+
+def absolute_if_local(name_or_path: str) -> str:
+    """An existing local path made absolute (so a moved run or another working directory still
+    finds it); aliases and hub ids unchanged."""
+    if name_or_path in (DEFAULT_MODEL, TINY_MODEL) or not Path(name_or_path).exists():
+        return name_or_path
+    return str(Path(name_or_path).resolve())
+
+
+def _not_loadable(name_or_path: str, err: Exception) -> SteerableError:
+    return SteerableError(
+        f"model {name_or_path!r} could not be loaded ({err}); use 'smollm2', 'tiny', a local model "
+        "directory or a hub id that is in the local cache"
+    )
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, chat_template: str | None = None):
+    """The model's tokenizer with a pad token (a new one only where it has none: eos would be
+    read as padding) and a chat template (`chat_template`: a Jinja file or a tokenizer directory
+    to take it from, for a model without one); a model with no chat template is refused."""
+    from transformers import AutoTokenizer
+
+    from steerable.generation import require_chat_template
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as err:
-        raise SteerableError(
-            f"model {name_or_path!r} could not be loaded ({err}); use 'smollm2', 'tiny', a local "
-            "directory or a hub id that is in the local cache"
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolve_model(name_or_path), trust_remote_code=trust_remote_code
         )
+    except (OSError, ValueError) as err:
+        raise _not_loadable(name_or_path, err)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    require_chat_template(tokenizer, name_or_path, chat_template)
+    return tokenizer
+
+
+def load_causal_lm(
+    name_or_path: str,
+    dtype: str = "float32",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    chat_template: str | None = None,
+):
+    """(model, tokenizer) for generation and training: weights in `dtype`, left padding, a pad
+    token, eval mode, on `device` (default: the GPU when there is one)."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code, chat_template)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model(name_or_path), dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise _not_loadable(name_or_path, err)
+    device = device or default_device()
     return model.to(device).eval(), tokenizer
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from steerable.conditioning import (
     MAPPINGS,
@@ -63,20 +62,61 @@ class PolicyManifest:
     tags: dict = field(default_factory=lambda: TagFormat().to_dict())
     mapping: dict = field(default_factory=lambda: asdict(MappingConfig()))
     weights: str = "adapter"  # "adapter" or "model"
-    policies: list[dict] | None = None  # baselines: [{"weights": [...], "adapter": "policies/0/adapter"}]
+    policies: list[dict] | None = (
+        None  # baselines: [{"weights": [...], "adapter": "stages/policy_0/weights"}]
+    )
     system: str | None = None
+    dtype: str = "float32"  # the dtype the weights are loaded in (training and inference alike)
     format_version: int = FORMAT_VERSION
     training: dict = field(default_factory=dict)
+
+
+METHODS = ("ric", "soups", "morlhf")
+
+
+def load_manifest(directory: str | Path, method: str | None = None) -> PolicyManifest:
+    """The one reader of a model directory's steerable.json, checked: well-formed, a known
+    method (`method`, when given), parseable objectives with statistics, and the policies a
+    baseline needs. Every command that opens a model directory goes through it."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise SteerableError(
+            f"{directory} has no {MANIFEST}: it is not a finished steerable model directory "
+            "(train one with `steerable train ric|soups|morlhf`, or finish the interrupted run "
+            "by running its command again)"
+        )
+    try:
+        data = json.loads(path.read_text())
+        manifest = PolicyManifest(**data)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise SteerableError(f"{path} is malformed ({err}); re-run the training that wrote it")
+    if manifest.method not in METHODS:
+        raise SteerableError(f"{path}: unknown method {manifest.method!r}; known: {list(METHODS)}")
+    if method is not None and manifest.method != method:
+        raise SteerableError(
+            f"{directory} holds a {manifest.method!r} model, not a {method!r} one "
+            f"(use --method {manifest.method})"
+        )
+    if manifest.method != "ric" and not manifest.policies:
+        raise SteerableError(f"{path}: a {manifest.method} model needs its 'policies' list")
+    from steerable.defaults import torch_dtype
+
+    torch_dtype(manifest.dtype)
+    RewardSet.from_dict(manifest.rewards, where=str(path))
+    return manifest
 
 
 class SteerablePolicy:
     """Generate responses steered by a preference over the objectives, or by explicit targets."""
 
-    def __init__(self, model, tokenizer, manifest: PolicyManifest):
+    def __init__(self, model, tokenizer, manifest: PolicyManifest, trust_remote_code: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.manifest = manifest
-        self.rewards = RewardSet.from_dict(manifest.rewards, where=MANIFEST)
+        self.rewards = RewardSet.from_dict(
+            manifest.rewards, where=MANIFEST, trust_remote_code=trust_remote_code
+        )
         missing = [o.name for o in self.rewards.objectives if o.stats is None]
         if missing:
             raise SteerableError(f"{MANIFEST}: objective(s) {missing} have no statistics")
@@ -95,38 +135,41 @@ class SteerablePolicy:
         device: str | None = None,
         adapter: str | Path | None = None,
         merge: bool = True,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
     ) -> SteerablePolicy:
-        """Load a steerable model directory. `adapter` swaps in another adapter trained for the
-        same manifest (e.g. an intermediate stage: DIR/stages/sft/weights). `merge` folds a LoRA
-        adapter into the base weights: generation is ~25% faster (RiC's r=64 adapter on
-        SmolLM2-135M), but the policy can then not be saved or trained further as an adapter."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Load a RiC model directory. `adapter` swaps in another adapter trained for the same
+        manifest (e.g. an intermediate stage: DIR/stages/sft/weights). `merge` folds a LoRA
+        adapter into the base weights (faster generation), but the policy can then not be saved
+        or trained further as an adapter. `dtype` overrides the dtype recorded in steerable.json
+        (the one the model was trained in). `trust_remote_code` lets the base model run its own
+        code and the objectives' `py:` scorers run (both off: a directory someone else made
+        should not run their code unasked)."""
+        from transformers import AutoModelForCausalLM
 
-        from steerable.defaults import resolve_model
+        from steerable.defaults import default_device, load_tokenizer, resolve_model, torch_dtype
 
         directory = Path(directory)
-        path = directory / MANIFEST
-        if not path.is_file():
-            raise SteerableError(
-                f"{directory} has no {MANIFEST}; it is not a steerable model directory "
-                "(train one with `steerable train ric`)"
-            )
-        try:
-            manifest = PolicyManifest(**json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as err:
-            raise SteerableError(f"{path} is malformed ({err})")
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        manifest = load_manifest(directory, "ric")
+        if dtype is not None:
+            torch_dtype(dtype)
+            manifest.dtype = dtype
+        load = dict(dtype=torch_dtype(manifest.dtype), trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(str(directory), trust_remote_code)
         if manifest.weights == "model":
-            model = AutoModelForCausalLM.from_pretrained(directory / "model")
+            model = AutoModelForCausalLM.from_pretrained(directory / "model", **load)
         else:
             from peft import PeftModel
 
-            base = AutoModelForCausalLM.from_pretrained(resolve_model(manifest.base_model))
-            model = PeftModel.from_pretrained(base, adapter or directory / "adapter")
+            adapter = Path(adapter or directory / "adapter")
+            if not (adapter / "adapter_config.json").is_file():
+                raise SteerableError(f"adapter {adapter} does not exist (no adapter_config.json in it)")
+            base = AutoModelForCausalLM.from_pretrained(resolve_model(manifest.base_model), **load)
+            model = PeftModel.from_pretrained(base, adapter)
             if merge:
                 model = model.merge_and_unload()
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device).eval(), tokenizer, manifest)
+        policy = cls(model.to(device or default_device()).eval(), tokenizer, manifest, trust_remote_code)
+        return policy
 
     def save_pretrained(self, directory: str | Path) -> None:
         if self.manifest.weights == "adapter" and not hasattr(self.model, "peft_config"):

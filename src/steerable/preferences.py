@@ -66,17 +66,32 @@ class Preference:
         return ",".join(f"{n}={w:.3g}" for n, w in zip(self.names, self.weights, strict=True))
 
 
-def _parse_text(text: str) -> dict[str, str] | list[str]:
+def parse_targets(text: str) -> dict[str, float]:
+    """Explicit targets from the CLI form ``"brief=1.0,positive=-0.5"`` (any finite numbers,
+    negative ones included; which names are allowed is the model's to check)."""
+    values = _parse_text(text, "targets")
+    if not isinstance(values, dict):
+        raise SteerableError(f"targets {text!r} must name each objective: name=value,...")
+    targets = {}
+    for name, value in values.items():
+        try:
+            targets[name] = float(value)
+        except ValueError:
+            raise SteerableError(f"target {name}={value!r} is not a number; write e.g. {name}=0.5")
+    return targets
+
+
+def _parse_text(text: str, what: str = "preference") -> dict[str, str] | list[str]:
     """Parse ``"a=0.7,b=0.3"`` into a mapping or ``"0.7,0.3"`` into a list (values unchecked)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
-        raise SteerableError("preference is empty; write it as name=weight,... or w1,w2,...")
+        raise SteerableError(f"{what} is empty; write it as name=value,... or v1,v2,...")
     if all("=" in p for p in parts):
         pairs = [p.split("=", 1) for p in parts]
         names = [k.strip() for k, _ in pairs]
         if len(set(names)) != len(names):
-            raise SteerableError(f"preference {text!r} names an objective twice")
+            raise SteerableError(f"{what} {text!r} names an objective twice")
         return {k.strip(): v.strip() for k, v in pairs}
     if any("=" in p for p in parts):
-        raise SteerableError(f"preference {text!r} mixes name=weight and bare weights; use one form")
+        raise SteerableError(f"{what} {text!r} mixes name=value and bare values; use one form")
     return parts

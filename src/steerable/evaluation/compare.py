@@ -1,14 +1,17 @@
 """`steerable compare` and `steerable demo`: train the chosen methods on one benchmark
 configuration, evaluate them on the same held-out prompts, grid, objectives and statistics,
-and write one report. Every stage is cached under the output directory:
+and write one report. Every section of the configuration is checked before anything trains.
+Every stage is cached under the output directory and records what produced it
+(`steerable.stages`):
 
-    OUT/ric/          RiC model directory (its own stages inside)
-    OUT/soups/        Rewarded Soups directory        OUT/morlhf/   MORLHF directory
-    OUT/eval/METHOD/  result.json of each evaluated method
-    OUT/report.md, front.png, summary.csv, points.csv
+    OUT/ric/                       RiC model directory (its own stages inside)
+    OUT/soups/  OUT/morlhf/        the RL baselines' directories (their own stages inside)
+    OUT/stages/eval_METHOD/        result.json of each evaluated method
+    OUT/report.md, front.png, summary.csv, points.csv, compare.json (the configuration)
 
-A re-run skips finished stages. RiC's statistics are the comparison's statistics; without
-RiC, `stats:` must name a stats JSON or model directory.
+A re-run skips finished stages and trains or evaluates only what is missing (another list of
+methods is fine); a stage whose settings changed is refused with the fix. RiC's statistics are
+the comparison's statistics; without RiC, `stats:` must name a stats JSON or model directory.
 
 The configuration (YAML, every key optional):
 
@@ -16,7 +19,8 @@ The configuration (YAML, every key optional):
     methods: [ric, soups, morlhf, prompting]
     stats: null
     eval: {split: heldout, limit: null, resolution: 10, max_new_tokens: 64, temperature: 0.7,
-           seed: 0, samples: 1}   samples: responses per prompt at each grid point
+           top_p: 0.95, top_k: 50, seed: 0, samples: 1, dtype: float32}
+           samples: responses per prompt at each grid point
     ric: {...}      RiCConfig fields
     rl: {...}       RLConfig fields shared by soups and morlhf
     morlhf: {weight_vectors: ["1,0", "0.5,0.5", "0,1"]}
@@ -24,9 +28,11 @@ The configuration (YAML, every key optional):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from steerable.configs import check_field_types, config_from_dict
 from steerable.errors import SteerableError
 from steerable.evaluation.report import EvaluationResult, write_report
 
@@ -42,8 +48,37 @@ class EvalSettings:
     resolution: int = 10
     max_new_tokens: int = 64
     temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 50
     seed: int = 0
     samples: int = 1
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        from steerable.data.prompts import SPLITS
+        from steerable.defaults import torch_dtype
+        from steerable.evaluation.sweep import check_samples
+
+        check_field_types(self)
+        if self.split not in SPLITS:
+            raise SteerableError(f"split {self.split!r} unknown; choose from {list(SPLITS)}")
+        if self.resolution < 1:
+            raise SteerableError("resolution must be >= 1")
+        check_samples(self.samples)
+        torch_dtype(self.dtype)
+        self.sampling  # noqa: B018 -- validates the sampling settings
+
+    @property
+    def sampling(self):
+        from steerable.generation import SamplingConfig
+
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+        )
 
 
 @dataclass
@@ -55,6 +90,14 @@ class CompareConfig:
     ric: dict = field(default_factory=dict)
     rl: dict = field(default_factory=dict)
     morlhf: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_field_types(self)
+        bad = [m for m in self.methods if m not in METHOD_ORDER]
+        if bad or not self.methods:
+            raise SteerableError(f"unknown method(s) {bad}; choose from {list(METHOD_ORDER)}")
+        if self.stats is not None:
+            self.stats = str(Path(self.stats).resolve())
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, overrides: dict | None = None) -> CompareConfig:
@@ -69,99 +112,122 @@ class CompareConfig:
             if not isinstance(data, dict):
                 raise SteerableError(f"config {path}: expected a mapping")
         data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SteerableError(f"config: unknown key(s) {unknown}; known: {sorted(known)}")
-        config = cls(**data)
-        bad = [m for m in config.methods if m not in METHOD_ORDER]
-        if bad or not config.methods:
-            raise SteerableError(f"unknown method(s) {bad}; choose from {list(METHOD_ORDER)}")
-        return config
+        return config_from_dict(cls, data, str(path or "command line"))
 
 
-def _dataclass(cls, values: dict, where: str, **fixed):
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise SteerableError(f"config {where}: unknown key(s) {unknown}")
-    return cls(**{**values, **fixed})
+@dataclass
+class ComparePlan:
+    """Every stage's configuration, built (and so checked) before anything trains."""
+
+    methods: list[str]
+    settings: EvalSettings
+    stats: str
+    ric: object | None = None
+    soups: object | None = None
+    morlhf: object | None = None
 
 
-def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
-    """Train (cached), evaluate (cached) and report every method of `config`."""
-    import json
-    from dataclasses import asdict
-
-    from steerable.data import load_prompts
-    from steerable.evaluation.evaluate import evaluate
-    from steerable.generation import SamplingConfig
-    from steerable.io import atomic_write_text
-
-    out = Path(out)
-    record = out / "compare.json"
-    if record.is_file() and json.loads(record.read_text()) != asdict(config):
-        raise SteerableError(
-            f"{out} holds a comparison made with a different configuration (see {record}); "
-            "use another --out, or delete the directory to start over"
-        )
-    atomic_write_text(record, json.dumps(asdict(config), indent=2) + "\n")
-    settings = _dataclass(EvalSettings, config.eval, "eval")
-    prompts = load_prompts(settings.split, settings.limit)
-    sampling = SamplingConfig(settings.max_new_tokens, settings.temperature, 0.95, 64, settings.seed)
+def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
+    """Check every section of `config` and build the configurations of its stages."""
     methods = [m for m in METHOD_ORDER if m in config.methods]
-    stats = config.stats
-    trained: dict[str, Path] = {}
-    if "ric" in methods:
-        from steerable.methods.ric import RiCConfig, train_ric
-
-        ric = _dataclass(RiCConfig, config.ric, "ric", model=config.model, output_dir=str(out / "ric"))
-        trained["ric"] = train_ric(ric)
-        stats = stats or str(trained["ric"])
+    settings = config_from_dict(EvalSettings, config.eval, "eval")
+    stats = config.stats or (str((out / "ric").resolve()) if "ric" in methods else None)
     if stats is None:
         raise SteerableError(
             "without ric in the methods, the config needs stats: (a stats JSON or model dir)"
         )
+    plan = ComparePlan(methods, settings, stats)
+    if "ric" in methods:
+        from steerable.methods.ric import RiCConfig
+
+        plan.ric = config_from_dict(
+            RiCConfig, {**config.ric, "model": config.model, "output_dir": str(out / "ric")}, "ric"
+        )
+    rl = {**config.rl, "model": config.model, "stats": stats}
     if "soups" in methods:
-        from steerable.methods.soups import SoupsConfig, train_soups
+        from steerable.methods.soups import SoupsConfig
 
-        soups = _dataclass(
-            SoupsConfig, config.rl, "rl", model=config.model, stats=stats, output_dir=str(out / "soups")
-        )
-        trained["soups"] = train_soups(soups)
+        plan.soups = config_from_dict(SoupsConfig, {**rl, "output_dir": str(out / "soups")}, "rl")
     if "morlhf" in methods:
-        from steerable.methods.morlhf import MORLHFConfig, train_morlhf
+        from steerable.methods.morlhf import MORLHFConfig
 
-        morlhf = _dataclass(
-            MORLHFConfig,
-            {**config.rl, **config.morlhf},
-            "rl/morlhf",
-            model=config.model,
-            stats=stats,
-            output_dir=str(out / "morlhf"),
+        plan.morlhf = config_from_dict(
+            MORLHFConfig, {**rl, **config.morlhf, "output_dir": str(out / "morlhf")}, "rl/morlhf"
         )
-        trained["morlhf"] = train_morlhf(morlhf)
+    return plan
+
+
+def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
+    """Train (cached), evaluate (cached) and report every method of `config`."""
+    from steerable.data import load_prompts
+    from steerable.io import atomic_write_text
+    from steerable.methods.rl import load_rewards
+    from steerable.stages import Stages, fingerprint
+
+    out = Path(out)
+    plan = plan_compare(config, out)
+    prompts = load_prompts(plan.settings.split, plan.settings.limit)
+    trained: dict[str, Path] = {}
+    if plan.ric is not None:
+        from steerable.methods.ric import check_inputs, train_ric
+
+        check_inputs(plan.ric)
+        trained["ric"] = train_ric(plan.ric)
+    if plan.soups is not None:
+        from steerable.methods.soups import train_soups
+
+        trained["soups"] = train_soups(plan.soups)
+    if plan.morlhf is not None:
+        from steerable.methods.morlhf import train_morlhf
+
+        trained["morlhf"] = train_morlhf(plan.morlhf)
+    stages = Stages(out)
+    statistics = fingerprint(load_rewards(plan.stats).to_dict())
     results = []
-    for method in methods:
-        directory = out / "eval" / method
-        if (directory / "result.json").is_file():
-            results.append(EvaluationResult.load(directory))
-            continue
+    for method in plan.methods:
         model = config.model if method == "prompting" else str(trained[method])
-        result = evaluate(
-            method, model, prompts, settings.resolution, sampling, stats, samples=settings.samples
-        )
-        result.save(directory)
-        results.append(result)
+        inputs = {
+            "method": method,
+            "model": model if method == "prompting" else model_key(Path(model)),
+            "eval": asdict(plan.settings),
+            "statistics": statistics,
+        }
+
+        def work(folder, method=method, model=model):
+            from steerable.evaluation.evaluate import evaluate
+
+            result = evaluate(
+                method,
+                model,
+                prompts,
+                plan.settings.resolution,
+                plan.settings.sampling,
+                plan.stats,
+                samples=plan.settings.samples,
+                dtype=plan.settings.dtype,
+            )
+            result.save(folder)
+            return {"seconds": result.compute["eval_seconds"]}
+
+        stages.run(f"eval_{method}", inputs, work)
+        results.append(EvaluationResult.load(stages.path(f"eval_{method}")))
     write_report(results, out)
+    atomic_write_text(out / "compare.json", json.dumps(asdict(config), indent=2) + "\n")
     return results
+
+
+def model_key(directory: Path) -> str:
+    """What a trained model directory is, for the stages built on it: its stages' keys."""
+    from steerable.policy import load_manifest
+    from steerable.stages import fingerprint
+
+    return fingerprint(load_manifest(directory).training.get("stages"))
 
 
 # The one-command demo: RiC end to end on the embedded default against the prompting floor,
 # sized for 2 CPU cores (see README for the measured wall time): RiC's default recipe on the
 # first 48 train prompts (the recipe's own measurements use 96) and one online round of 64
-# samples (the default is two of 128; a second round made the demo 16 min before install and
-# did not steer better at this size: benchmarks/RESULTS.md).
+# samples instead of 128.
 DEMO_CONFIG = {
     "model": "smollm2",
     "methods": ["ric", "prompting"],

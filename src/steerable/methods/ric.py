@@ -12,8 +12,9 @@
    training at a lower constant learning rate. Online data accumulates across iterations.
 4. The result is a `SteerablePolicy` directory: at inference a preference is mapped to tags.
 
-Every stage writes its outputs under OUTPUT_DIR/stages/ and a `done.json` marker; a re-run
-skips finished stages and an interrupted SFT resumes from its last checkpoint.
+Every stage writes its outputs under OUTPUT_DIR/stages/ with a record of what produced it
+(`steerable.stages`): a re-run skips finished stages, refuses stages made by other settings,
+and an interrupted training stage resumes from its last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -21,22 +22,38 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from steerable.conditioning import PLACEMENTS, TagFormat, format_tags, preference_to_targets, tagged_messages
+from steerable.conditioning import (
+    MAPPINGS,
+    PLACEMENTS,
+    TagFormat,
+    format_tags,
+    preference_to_targets,
+    tagged_messages,
+)
+from steerable.configs import check_field_types
 from steerable.data import load_pairs, load_prompts, read_table, write_table
-from steerable.defaults import DEFAULT_MODEL, DEFAULT_OBJECTIVES, load_causal_lm, resolve_model
+from steerable.defaults import (
+    DEFAULT_MODEL,
+    DEFAULT_OBJECTIVES,
+    DTYPE_NAMES,
+    absolute_if_local,
+    load_causal_lm,
+    load_tokenizer,
+    torch_dtype,
+)
 from steerable.errors import SteerableError
 from steerable.generation import SamplingConfig, count_tokens, generate_texts, render_chat
-from steerable.io import atomic_write_text
-from steerable.methods.training import device_args, lora_config
+from steerable.methods.training import device_args, last_complete_checkpoint, lora_config
 from steerable.objectives import RewardSet
-from steerable.policy import MappingConfig, PolicyManifest, SteerablePolicy
+from steerable.policy import MANIFEST, MappingConfig, PolicyManifest, SteerablePolicy
 from steerable.preferences import Preference
+from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 
 # Tone instructions used when sampling offline data from the base model, placed where
 # `offline_instruction_placement` says (default: appended to the user turn). A prompt's samples
@@ -51,6 +68,8 @@ OFFLINE_INSTRUCTIONS = (
     "Answer with joy and enthusiasm: say what is wonderful, great and fun about it.",
     "Answer with gloom: say what is bad, sad, wrong and dangerous about it.",
 )
+
+ONLINE_SCHEMES = ("reference", "simplex")
 
 # A sentence ends at . ! or ? followed by whitespace, unless the mark closes a list number ("1.").
 SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?])\s+")
@@ -103,7 +122,14 @@ class RiCConfig:
     """Configuration of a Rewards-in-Context run.
 
     Model and objectives:
-        model: base policy (`smollm2`, `tiny`, a hub id or a local directory).
+        model: base policy (`smollm2`, `tiny`, a hub id or a local directory; a local path is
+            stored absolute, so the run can be resumed from another working directory).
+        dtype: the dtype the model's weights are loaded in, for training and in the saved
+            model's steerable.json (float32; bfloat16 or float16 halve the memory).
+        trust_remote_code: let a hub model run its own modelling code (off, as it should stay
+            unless you trust the model's author).
+        chat_template_path: a Jinja chat template file (or a tokenizer directory to take it
+            from) for a model without one; RiC refuses a model with no chat template.
         output_dir: the steerable model directory to write (stages go to output_dir/stages).
         objectives: objective specs, NAME=KIND:TARGET[?opt=v] (any number K >= 2).
 
@@ -140,7 +166,7 @@ class RiCConfig:
         reference's lr 1.4e-4 for one epoch taught it nothing measurable, 2 or 3 epochs
         lost control of one objective (runs/ric16, runs/ric19), and batches of 4 pad less and
         peak lower than 8.
-        gradient_checkpointing: recompute activations to save memory (TRL's default is on;
+        activation_checkpointing: recompute activations to save memory (TRL's default is on;
             we default to off, which is faster when memory is not the limit).
         bf16: mixed precision. Unset: on where a GPU supports it, off on a CPU. True: also on a
             CPU with oneDNN bf16 kernels (AVX-512): 16% faster SFT on 2 cores in runs/ric15, but
@@ -173,6 +199,16 @@ class RiCConfig:
     model: str = field(
         default=DEFAULT_MODEL, metadata={"help": "Base policy: smollm2, tiny, hub id or directory."}
     )
+    dtype: str = field(
+        default="float32", metadata={"help": "Dtype of the model weights.", "choices": DTYPE_NAMES}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Let a hub model run its own code (off unless you trust it)."}
+    )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={"help": "Chat template (.jinja file or tokenizer dir) for a model without one."},
+    )
     output_dir: str = field(default="runs/ric", metadata={"help": "Steerable model directory to write."})
     objectives: list[str] = field(
         default_factory=lambda: list(DEFAULT_OBJECTIVES),
@@ -189,7 +225,7 @@ class RiCConfig:
         metadata={"help": "Instructions cycled through when sampling offline data ('' = none)."},
     )
     offline_instruction_placement: str = field(
-        default="user_end", metadata={"help": f"Where offline instructions go: {PLACEMENTS}."}
+        default="user_end", metadata={"help": "Where offline instructions go.", "choices": PLACEMENTS}
     )
     cuts_per_sample: int = field(
         default=3, metadata={"help": "Examples per sampled response, cut at sentence ends (0 = whole)."}
@@ -202,9 +238,11 @@ class RiCConfig:
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling p."})
     top_k: int = field(default=50, metadata={"help": "Sample among the k most likely tokens (0 = all)."})
     generation_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call."})
-    tag_placement: str = field(default="user_end", metadata={"help": f"Where tags go: {PLACEMENTS}."})
+    tag_placement: str = field(default="user_end", metadata={"help": "Where tags go.", "choices": PLACEMENTS})
     tag_decimals: int = field(default=1, metadata={"help": "Decimals of tag values."})
-    mapping: str = field(default="linf", metadata={"help": "Default preference mapping: linf, l2, linear."})
+    mapping: str = field(
+        default="linf", metadata={"help": "Default preference mapping.", "choices": MAPPINGS}
+    )
     lo_quantile: float = field(default=0.05, metadata={"help": "Stats quantile used as lo target."})
     hi_quantile: float = field(default=0.95, metadata={"help": "Stats quantile used as hi target."})
     use_lora: bool = field(default=True, metadata={"help": "LoRA adapter (True) or full fine-tune."})
@@ -219,7 +257,7 @@ class RiCConfig:
     max_length: int = field(
         default=384, metadata={"help": "Truncate training sequences to this many tokens."}
     )
-    gradient_checkpointing: bool = field(
+    activation_checkpointing: bool = field(
         default=False, metadata={"help": "Trade compute for memory (off: faster for small models)."}
     )
     bf16: bool | None = field(
@@ -227,13 +265,16 @@ class RiCConfig:
     )
     train_sampling_strategy: str = field(
         default="group_by_length",
-        metadata={"help": "Batch order (transformers): group_by_length pads less than random."},
+        metadata={
+            "help": "Batch order (transformers): group_by_length pads less than random.",
+            "choices": ["random", "sequential", "group_by_length"],
+        },
     )
     save_steps: int = field(default=20, metadata={"help": "Checkpoint every N steps (resume point)."})
     online_iterations: int = field(default=1, metadata={"help": "MORS rounds after offline SFT."})
     online_samples: int = field(default=128, metadata={"help": "Generations per MORS round."})
     online_scheme: str = field(
-        default="reference", metadata={"help": "Target sampling: reference or simplex."}
+        default="reference", metadata={"help": "Target sampling.", "choices": ONLINE_SCHEMES}
     )
     online_quantile: float = field(default=0.7, metadata={"help": "Keep if any objective >= this quantile."})
     online_learning_rate: float = field(default=1e-4, metadata={"help": "Constant lr of MORS rounds."})
@@ -242,10 +283,20 @@ class RiCConfig:
     seed: int = field(default=0, metadata={"help": "Random seed."})
 
     def __post_init__(self):
+        check_field_types(self)
         if len(self.objectives) < 2:
             raise SteerableError("RiC needs at least two objectives (--objectives a=... b=...)")
-        if self.online_scheme not in ("reference", "simplex"):
-            raise SteerableError("online_scheme must be 'reference' or 'simplex'")
+        # Local paths are resolved once, here, so a moved run or another working directory
+        # still finds them; the specs are parsed (and checked) now, before any stage runs.
+        self.model = absolute_if_local(self.model)
+        self.data = None if self.data is None else str(Path(self.data).resolve())
+        if self.chat_template_path is not None:
+            self.chat_template_path = str(Path(self.chat_template_path).resolve())
+        self.objectives = [
+            str(o.spec.with_absolute_paths()) for o in RewardSet.from_specs(self.objectives).objectives
+        ]
+        if self.online_scheme not in ONLINE_SCHEMES:
+            raise SteerableError(f"online_scheme must be one of {ONLINE_SCHEMES}")
         if not 0 < self.online_quantile < 1:
             raise SteerableError("online_quantile must be in (0, 1)")
         if self.cuts_per_sample < 0:
@@ -260,12 +311,12 @@ class RiCConfig:
     @property
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
-            self.max_new_tokens,
-            self.temperature,
-            self.top_p,
-            self.generation_batch_size,
-            self.seed,
-            self.top_k,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            batch_size=self.generation_batch_size,
+            seed=self.seed,
+            top_k=self.top_k,
         )
 
 
@@ -311,170 +362,241 @@ def sft_example(prompt: str, response: str, tags: dict[str, float], fmt: TagForm
 
 
 # --- the recipe ----------------------------------------------------------------------------------
-class Stages:
-    """OUTPUT_DIR/stages/NAME/ folders with a done.json marker each."""
+# The configuration fields each stage depends on (with the keys of the stages before it, so a
+# change upstream reaches every later stage). `tests/test_ric.py` checks that every field is
+# listed here. No stage depends on where outputs go, the checkpoint cadence, how many rounds
+# follow (each round is a stage of its own) or the mapping stored for inference.
+SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "generation_batch_size")
+OFFLINE_FIELDS = (
+    "model",
+    "dtype",
+    "trust_remote_code",
+    "objectives",
+    "prompt_split",
+    "prompt_limit",
+    "samples_per_prompt",
+    "offline_instructions",
+    "offline_instruction_placement",
+    "cuts_per_sample",
+    "clause_cuts",
+    *SAMPLING_FIELDS,
+    "seed",
+)
+SFT_FIELDS = (
+    "tag_placement",
+    "tag_decimals",
+    "use_lora",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "learning_rate",
+    "lr_scheduler",
+    "num_epochs",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "activation_checkpointing",
+    "bf16",
+    "train_sampling_strategy",
+)
+ONLINE_DATA_FIELDS = (
+    "online_samples",
+    "online_scheme",
+    "online_quantile",
+    "original_ratio",
+    "lo_quantile",
+    "hi_quantile",
+    *SAMPLING_FIELDS,
+)
+ONLINE_TRAIN_FIELDS = ("online_learning_rate", "online_epochs")
+UNSTAGED_FIELDS = ("output_dir", "save_steps", "online_iterations", "mapping")
+# Files, recorded by content: the --data table (offline) and the chat template (SFT).
+CONTENT_FIELDS = {"data": "offline", "chat_template_path": "sft"}
 
-    def __init__(self, root: Path):
-        self.root = root
 
-    def path(self, name: str) -> Path:
-        return self.root / "stages" / name
+def stage_plan(config: RiCConfig) -> dict[str, dict]:
+    """Every stage's inputs, in the order they run: `offline`, `sft`, then per MORS round i
+    `online_i_data` (generations, scores, the merged training set) and `online_i` (training).
+    Input files count by content, so a --data file edited in place is noticed."""
+    values = asdict(config)
 
-    def done(self, name: str) -> dict | None:
-        marker = self.path(name) / "done.json"
-        return json.loads(marker.read_text()) if marker.is_file() else None
+    def pick(names):
+        return {name: values[name] for name in names}
 
-    def finish(self, name: str, info: dict) -> None:
-        atomic_write_text(self.path(name) / "done.json", json.dumps(info, indent=2) + "\n")
-
-    def seconds(self, name: str, started: float) -> float:
-        """Wall seconds of a finished stage: measured from `started` when it ran in this call
-        and recorded in its done.json; the recorded value when a re-run skipped it."""
-        info = self.done(name)
-        if "seconds" not in info:
-            info["seconds"] = time.perf_counter() - started
-            self.finish(name, info)
-        return info["seconds"]
+    plan = {"offline": pick(OFFLINE_FIELDS), "sft": pick(SFT_FIELDS)}
+    for name, stage in CONTENT_FIELDS.items():
+        plan[stage][name] = file_digest(values[name]) if values[name] else None
+    plan["sft"]["after"] = fingerprint(plan["offline"])
+    previous = "sft"
+    for i in range(1, config.online_iterations + 1):
+        data = {**pick(ONLINE_DATA_FIELDS), "round": i, "after": fingerprint(plan[previous])}
+        plan[f"online_{i}_data"] = data
+        plan[f"online_{i}"] = {**pick(ONLINE_TRAIN_FIELDS), "after": fingerprint(data)}
+        previous = f"online_{i}"
+    return plan
 
 
 def train_ric(config: RiCConfig) -> Path:
-    """Run (or resume) the whole recipe; returns the steerable model directory."""
+    """Run (or resume) the whole recipe; returns the steerable model directory.
+
+    Everything that can be checked is checked before any stage runs (the config, the data, the
+    model and its chat template). steerable.json is written once, after the last stage: a
+    directory without it is an unfinished run, and a re-run with other settings removes the
+    old one before it trains anything."""
+    tokenizer = check_inputs(config)
     out = Path(config.output_dir)
     stages = Stages(out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = out / "stages" / "config.json"
-    if record.is_file():
-        previous = json.loads(record.read_text())
-        # output_dir is not compared, so a finished run can be moved or copied and resumed.
-        changed = sorted(k for k, v in asdict(config).items() if k != "output_dir" and previous.get(k) != v)
-        if changed:
-            raise SteerableError(
-                f"{out} holds a run with a different configuration ({', '.join(changed)} changed); "
-                "its finished stages would not match. Use another --output_dir or delete this one."
-            )
-    atomic_write_text(record, json.dumps(asdict(config), indent=2) + "\n")
+    plan = stage_plan(config)
+    keys = {name: fingerprint(inputs) for name, inputs in plan.items()}
+    for name, inputs in plan.items():
+        stages.done(name, inputs)  # refuse a stale stage now, before any work
+    discard_stale_manifest(out, keys)
     torch.manual_seed(config.seed)
     fmt = TagFormat(config.tag_placement, config.tag_decimals)
-    compute = {"generated_tokens": 0, "trained_tokens": 0, "seconds": {}}
 
     # 1. offline data ---------------------------------------------------------------------------
-    started = time.perf_counter()
-    rewards, offline = offline_data(config, stages, compute)
-    compute["seconds"]["offline_data"] = stages.seconds("offline", started)
-
-    model, tokenizer = load_causal_lm(config.model)
+    infos = {"offline": stages.run("offline", plan["offline"], lambda folder: offline_data(config, folder))}
+    rewards = RewardSet.load(stages.path("offline") / "stats.json")
+    offline = read_table(stages.path("offline") / "scored.jsonl")
     names = rewards.names
-    z_offline = np.array([[row[f"z_{n}"] for n in names] for row in offline])
 
     # 2. reward-conditioned SFT -------------------------------------------------------------------
-    started = time.perf_counter()
+    model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
     examples = [
-        sft_example(r["prompt"], r["response"], dict(zip(names, z, strict=True)), fmt)
-        for r, z in zip(offline, z_offline, strict=True)
+        sft_example(r["prompt"], r["response"], {n: r[f"z_{n}"] for n in names}, fmt) for r in offline
     ]
-    model = run_sft(model, tokenizer, examples, config, stages, "sft", offline=True, compute=compute)
-    compute["seconds"]["sft"] = stages.seconds("sft", started)
-    policy = SteerablePolicy(model, tokenizer, manifest(config, rewards, compute))
-    policy.save_pretrained(out)
+    model, infos["sft"] = run_sft(model, tokenizer, examples, config, stages, "sft", plan["sft"], True)
+    policy = SteerablePolicy(model, tokenizer, manifest(config, rewards, infos, keys))
 
     # 3. online MORS ----------------------------------------------------------------------------
-    rng = np.random.default_rng(config.seed)
-    thresholds = np.array(
-        [
-            o.stats.normalise(np.array([o.stats.quantile(config.online_quantile)]))[0]
-            for o in rewards.objectives
-        ]
-    )
-    online_rows: list[dict] = []
-    train_prompts = sorted({r["prompt"] for r in offline})
-    for iteration in range(1, config.online_iterations + 1):
-        name = f"online_{iteration}"
-        started = time.perf_counter()
-        if stages.done(name) is None:
-            generated = mors_generate(policy, rewards, train_prompts, config, rng)
-            write_table(stages.path(name) / "generated.jsonl", generated)
-        generated = read_table(stages.path(name) / "generated.jsonl")
-        compute["generated_tokens"] += count_tokens(tokenizer, [g["response"] for g in generated])
-        z_new = np.array([[g[f"z_{n}"] for n in names] for g in generated])
-        kept = [g for g, keep in zip(generated, mors_keep(z_new, thresholds), strict=True) if keep]
-        online_rows += kept
-        eligible = [r for r, keep in zip(offline, mors_keep(z_offline, thresholds), strict=True) if keep]
-        n_original = min(len(eligible), int(round(config.original_ratio * len(online_rows))))
-        merged = online_rows + [eligible[i] for i in rng.choice(len(eligible), n_original, replace=False)]
+    for i in range(1, config.online_iterations + 1):
+        data, train = f"online_{i}_data", f"online_{i}"
+        infos[data] = stages.run(
+            data,
+            plan[data],
+            lambda folder, i=i: mors_round(policy, rewards, offline, config, i, stages, folder),
+        )
+        merged = read_table(stages.path(data) / "merged.jsonl")
         examples = [
             sft_example(r["prompt"], r["response"], {n: r[f"z_{n}"] for n in names}, fmt) for r in merged
         ]
-        policy.model = run_sft(
-            policy.model,
-            tokenizer,
-            examples,
-            config,
-            stages,
-            name,
-            offline=False,
-            compute=compute,
-            info={"generated": len(generated), "kept": len(kept), "merged_original": n_original},
+        policy.model, infos[train] = run_sft(
+            policy.model, tokenizer, examples, config, stages, train, plan[train], False
         )
-        compute["seconds"][name] = stages.seconds(name, started)
-        policy.manifest = manifest(config, rewards, compute)
+    policy.manifest = manifest(config, rewards, infos, keys)
+    if is_main_process():
         policy.save_pretrained(out)
+    wait_for_everyone()
     return out
 
 
-def offline_data(config: RiCConfig, stages: Stages, compute: dict) -> tuple[RewardSet, list[dict]]:
-    """Scored offline rows (with z_<name> columns) and the fitted RewardSet; cached."""
-    stage = stages.path("offline")
-    if stages.done("offline") is None:
-        rewards = RewardSet.from_specs(config.objectives)
-        if config.data is not None:
-            rows = load_pairs(config.data)
-        else:
-            prompts = load_prompts(config.prompt_split, config.prompt_limit)
-            model, tokenizer = load_causal_lm(config.model)
-            repeated = [p for p in prompts for _ in range(config.samples_per_prompt)]
-            cycle = config.offline_instructions or [""]
-            instructions = [cycle[i % len(cycle)] for i in range(len(repeated))]
-            placement = TagFormat(config.offline_instruction_placement)
-            responses = generate_texts(
-                model,
-                tokenizer,
-                [
-                    render_chat(tokenizer, instructed_messages(p, text, placement))
-                    for p, text in zip(repeated, instructions, strict=True)
-                ],
-                config.sampling,
-            )
-            compute["generated_tokens"] += count_tokens(tokenizer, responses)
-            rng = np.random.default_rng(config.seed)
-            rows = [
-                {"prompt": p, "response": cut, "instruction": text}
-                for p, r, text in zip(repeated, responses, instructions, strict=True)
-                for cut in (
-                    sentence_cuts(r, config.cuts_per_sample, rng, config.clause_cuts)
-                    if config.cuts_per_sample
-                    else [r]
-                )
-                if cut.strip()
-            ]
-            del model
-        raw = rewards.score([r["prompt"] for r in rows], [r["response"] for r in rows], progress=True)
+def check_inputs(config: RiCConfig):
+    """What RiCConfig cannot check without reading files: the data, the model, its chat
+    template. Returns the tokenizer that training will use."""
+    if config.data is not None:
+        load_pairs(config.data)
+    return load_tokenizer(config.model, config.trust_remote_code, config.chat_template_path)
+
+
+def discard_stale_manifest(out: Path, keys: dict[str, str]) -> None:
+    """Remove a steerable.json that does not describe the stages this run will produce, so an
+    interrupted re-run never loads as finished."""
+    path = out / MANIFEST
+    if is_main_process() and path.is_file():
+        try:
+            recorded = json.loads(path.read_text()).get("training", {}).get("stages")
+        except json.JSONDecodeError:
+            recorded = None
+        if recorded != keys:
+            path.unlink()
+    wait_for_everyone()
+
+
+def annotate(rewards: RewardSet, rows: list[dict], fit: bool = False) -> None:
+    """Score rows in place (score_<name>, z_<name>); `fit` fits the statistics first."""
+    raw = rewards.score([r["prompt"] for r in rows], [r["response"] for r in rows], progress=True)
+    if fit:
         rewards.fit_stats(raw)
-        z = rewards.normalise(raw)
-        for row, raw_row, z_row in zip(rows, raw, z, strict=True):
-            for k, name in enumerate(rewards.names):
-                row[f"score_{name}"], row[f"z_{name}"] = float(raw_row[k]), float(z_row[k])
-        rewards.save(stage / "stats.json")
-        write_table(stage / "scored.jsonl", rows)
-        stages.finish("offline", {"rows": len(rows), "generated_tokens": compute["generated_tokens"]})
+    z = rewards.normalise(raw)
+    for row, raw_row, z_row in zip(rows, raw, z, strict=True):
+        for k, name in enumerate(rewards.names):
+            row[f"score_{name}"], row[f"z_{name}"] = float(raw_row[k]), float(z_row[k])
+
+
+def offline_data(config: RiCConfig, folder: Path) -> dict:
+    """The offline stage: rows (given, or sampled from the base model and cut), scored by every
+    objective, statistics fitted; writes scored.jsonl and stats.json."""
+    started = time.perf_counter()
+    rewards = RewardSet.from_specs(config.objectives)
+    generated_tokens = 0
+    if config.data is not None:
+        rows = load_pairs(config.data)
     else:
-        compute["generated_tokens"] += stages.done("offline")["generated_tokens"]
-    rewards = RewardSet.load(stage / "stats.json")
-    return rewards, read_table(stage / "scored.jsonl")
+        prompts = load_prompts(config.prompt_split, config.prompt_limit)
+        model, tokenizer = load_causal_lm(
+            config.model, config.dtype, trust_remote_code=config.trust_remote_code
+        )
+        repeated = [p for p in prompts for _ in range(config.samples_per_prompt)]
+        cycle = config.offline_instructions or [""]
+        instructions = [cycle[i % len(cycle)] for i in range(len(repeated))]
+        placement = TagFormat(config.offline_instruction_placement)
+        responses = generate_texts(
+            model,
+            tokenizer,
+            [
+                render_chat(tokenizer, instructed_messages(p, text, placement))
+                for p, text in zip(repeated, instructions, strict=True)
+            ],
+            config.sampling,
+        )
+        generated_tokens = count_tokens(tokenizer, responses)
+        rng = np.random.default_rng(config.seed)
+        rows = [
+            {"prompt": p, "response": cut, "instruction": text}
+            for p, r, text in zip(repeated, responses, instructions, strict=True)
+            for cut in (
+                sentence_cuts(r, config.cuts_per_sample, rng, config.clause_cuts)
+                if config.cuts_per_sample
+                else [r]
+            )
+            if cut.strip()
+        ]
+        del model
+    if not rows:
+        raise SteerableError("the offline stage produced no rows to train on (every response was empty)")
+    annotate(rewards, rows, fit=True)
+    flat = [o.name for o in rewards.objectives if o.stats.std == 0]
+    if flat:
+        raise SteerableError(
+            f"objective(s) {flat} score the same on all {len(rows)} offline rows, so every preference "
+            "would map to the same tag; give data (or sampling settings) on which they vary"
+        )
+    rewards.save(folder / "stats.json")
+    write_table(folder / "scored.jsonl", rows)
+    return {"rows": len(rows), "generated_tokens": generated_tokens, "seconds": time.perf_counter() - started}
 
 
-def mors_generate(policy, rewards, prompts, config, rng) -> list[dict]:
-    """One MORS round's generations: sampled targets, responses, and the scores they obtained."""
+def mors_round(
+    policy: SteerablePolicy,
+    rewards: RewardSet,
+    offline: list[dict],
+    config: RiCConfig,
+    iteration: int,
+    stages: Stages,
+    folder: Path,
+) -> dict:
+    """One MORS round's data: sampled targets, responses relabelled with the scores they
+    obtained and marked `kept` by the filter (generated.jsonl), and the round's training set,
+    every kept online row so far plus a filtered sample of the offline data (merged.jsonl).
+    The round draws from a generator of its own, seeded by (seed, round), so it is the same
+    whether or not the run was interrupted before it."""
+    started = time.perf_counter()
     names = rewards.names
+    rng = np.random.default_rng([config.seed, iteration])
+    sampling = replace(
+        config.sampling, seed=int(np.random.SeedSequence([config.seed, iteration]).generate_state(1)[0])
+    )
+    prompts = sorted({r["prompt"] for r in offline})
     lo, hi = policy.target_range()
     chosen = [prompts[i] for i in rng.integers(len(prompts), size=config.online_samples)]
     targets = sample_targets(config.online_samples, np.array(lo), np.array(hi), config.online_scheme, rng)
@@ -483,45 +605,75 @@ def mors_generate(policy, rewards, prompts, config, rng) -> list[dict]:
         for p, t in zip(chosen, targets, strict=True)
     ]
     policy.model.eval()
-    responses = generate_texts(policy.model, policy.tokenizer, texts, config.sampling)
-    rows = [
+    responses = generate_texts(policy.model, policy.tokenizer, texts, sampling)
+    generated = [
         {"prompt": p, "response": r, **{f"target_{n}": float(v) for n, v in zip(names, t, strict=True)}}
         for p, r, t in zip(chosen, responses, targets, strict=True)
         if r.strip()
     ]
-    raw = rewards.score([r["prompt"] for r in rows], [r["response"] for r in rows], progress=True)
-    # Relabel: each sample is trained on with the scores it actually obtained.
-    z = rewards.normalise(raw)
-    for row, raw_row, z_row in zip(rows, raw, z, strict=True):
-        for k, name in enumerate(names):
-            row[f"score_{name}"], row[f"z_{name}"] = float(raw_row[k]), float(z_row[k])
-    return rows
+    if generated:
+        annotate(rewards, generated)  # relabel: trained on with the scores each sample obtained
+    thresholds = np.array(
+        [
+            o.stats.normalise(np.array([o.stats.quantile(config.online_quantile)]))[0]
+            for o in rewards.objectives
+        ]
+    )
+
+    def kept(rows: list[dict]) -> np.ndarray:
+        z = np.array([[r[f"z_{n}"] for n in names] for r in rows]).reshape(len(rows), len(names))
+        return mors_keep(z, thresholds)
+
+    for row, keep in zip(generated, kept(generated), strict=True):
+        row["kept"] = bool(keep)
+    online = [
+        r
+        for j in range(1, iteration)
+        for r in read_table(stages.path(f"online_{j}_data") / "generated.jsonl")
+    ]
+    online = [r for r in online + generated if r["kept"]]  # online data accumulates over rounds
+    eligible = [r for r, keep in zip(offline, kept(offline), strict=True) if keep]
+    n_original = min(len(eligible), int(round(config.original_ratio * len(online))))
+    merged = online + [eligible[i] for i in rng.choice(len(eligible), n_original, replace=False)]
+    if not merged:
+        raise SteerableError(
+            f"MORS round {iteration} kept no sample; lower --online_quantile or raise --online_samples"
+        )
+    write_table(folder / "generated.jsonl", generated)
+    write_table(folder / "merged.jsonl", merged)
+    return {
+        "generated": len(generated),
+        "kept": int(sum(r["kept"] for r in generated)),
+        "merged_original": n_original,
+        "generated_tokens": count_tokens(policy.tokenizer, responses),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def run_sft(
     model,
     tokenizer,
-    examples,
+    examples: list[dict],
     config: RiCConfig,
     stages: Stages,
     name: str,
+    inputs: dict,
     offline: bool,
-    compute: dict,
-    info: dict | None = None,
 ):
-    """Train with TRL's SFTTrainer (completion-only loss) unless the stage is done; resumable."""
+    """(model, info): train with TRL's SFTTrainer (completion-only loss) unless the stage is
+    done, resuming from the stage's last complete checkpoint. Every process trains (under
+    `accelerate launch`); the main one saves."""
     from datasets import Dataset
     from peft import PeftModel
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
-    stage = stages.path(name)
-    done = stages.done(name)
+    done = stages.done(name, inputs)
     if done is not None:
-        compute["trained_tokens"] += done["trained_tokens"]
-        return load_stage_weights(model, stage, config)
+        return load_stage_weights(model, stages.path(name), config), done
     if not examples:
         raise SteerableError(f"stage {name}: no training examples")
+    started = time.perf_counter()
+    stage = stages.start(name, inputs)
     args = SFTConfig(
         output_dir=str(stage / "checkpoints"),
         learning_rate=config.learning_rate if offline else config.online_learning_rate,
@@ -536,7 +688,7 @@ def run_sft(
         save_steps=config.save_steps,
         save_total_limit=1,
         seed=config.seed,
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.activation_checkpointing,
         train_sampling_strategy=config.train_sampling_strategy,
         **device_args(config.bf16),
     )
@@ -551,44 +703,49 @@ def run_sft(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trained = int(trainer.state.num_input_tokens_seen)
-    compute["trained_tokens"] += trained
-    trainer.model.save_pretrained(stage / "weights")
-    stages.finish(
-        name,
-        {
-            "examples": len(examples),
-            "trained_tokens": trained,
-            "steps": trainer.state.global_step,
-            **(info or {}),
-        },
-    )
-    return trainer.model
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    trainer.save_model(str(stage / "weights"))
+    info = {
+        "examples": len(examples),
+        "trained_tokens": int(trainer.state.num_input_tokens_seen),
+        "steps": trainer.state.global_step,
+        "seconds": time.perf_counter() - started,
+    }
+    return trainer.model, stages.finish(name, inputs, info)
 
 
 def load_stage_weights(model, stage: Path, config: RiCConfig):
-    """Weights of a finished stage onto `model` (a base model or an existing PEFT model)."""
+    """Weights of a finished stage onto `model` (a base model or an existing PEFT model), on
+    the model's device."""
     from peft import PeftModel, set_peft_model_state_dict
     from peft.utils import load_peft_weights
     from transformers import AutoModelForCausalLM
 
     if not config.use_lora:
-        return AutoModelForCausalLM.from_pretrained(stage / "weights")
+        full = AutoModelForCausalLM.from_pretrained(
+            stage / "weights", dtype=torch_dtype(config.dtype), trust_remote_code=config.trust_remote_code
+        )
+        return full.to(model.device)
     if isinstance(model, PeftModel):
-        set_peft_model_state_dict(model, load_peft_weights(str(stage / "weights")))
+        set_peft_model_state_dict(model, load_peft_weights(str(stage / "weights"), device=str(model.device)))
         return model
     return PeftModel.from_pretrained(model, stage / "weights", is_trainable=True)
 
 
-def manifest(config: RiCConfig, rewards: RewardSet, compute: dict) -> PolicyManifest:
+def manifest(config: RiCConfig, rewards: RewardSet, infos: dict[str, dict], keys: dict[str, str]):
+    """steerable.json's contents: the compute is summed from the stages' records."""
+    compute = {
+        "seconds": {name: info["seconds"] for name, info in infos.items()},
+        "generated_tokens": sum(info.get("generated_tokens", 0) for info in infos.values()),
+        "trained_tokens": sum(info.get("trained_tokens", 0) for info in infos.values()),
+    }
     return PolicyManifest(
         method="ric",
-        base_model=config.model if config.model in (DEFAULT_MODEL, "tiny") else resolve_model(config.model),
+        base_model=config.model,
         rewards=rewards.to_dict(),
         tags=TagFormat(config.tag_placement, config.tag_decimals).to_dict(),
         mapping=asdict(MappingConfig(config.mapping, config.lo_quantile, config.hi_quantile)),
         weights="adapter" if config.use_lora else "model",
-        training={"config": asdict(config), "compute": dict(compute)},
+        dtype=config.dtype,
+        training={"config": asdict(config), "stages": keys, "compute": compute},
     )

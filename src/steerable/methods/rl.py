@@ -10,24 +10,40 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from steerable.configs import check_field_types
 from steerable.data import load_prompts
-from steerable.defaults import DEFAULT_MODEL, load_causal_lm
+from steerable.defaults import (
+    DEFAULT_MODEL,
+    DTYPE_NAMES,
+    absolute_if_local,
+    load_causal_lm,
+    load_tokenizer,
+)
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
-from steerable.methods.training import device_args, lora_config
+from steerable.methods.training import device_args, last_complete_checkpoint, lora_config
 from steerable.objectives import RewardSet
+from steerable.stages import Stages, fingerprint, is_main_process, wait_for_everyone
+
+# GRPO settings the baselines rely on, pinned (TRL's defaults have changed between releases)
+# and recorded with every policy: the DAPO token-level loss, and rewards scaled by the group's
+# standard deviation (GRPO as published).
+GRPO_LOSS_TYPE = "dapo"
+GRPO_SCALE_REWARDS = "group"
 
 
 @dataclass
 class RLConfig:
     """Configuration shared by the RL baselines (MORLHF, Rewarded Soups).
 
-    model: base policy (`smollm2`, `tiny`, a hub id or a local directory).
+    model: base policy (`smollm2`, `tiny`, a hub id or a local directory; stored absolute).
+    dtype: the dtype the model's weights are loaded in.
+    trust_remote_code: let a hub model run its own code (off unless you trust it).
     output_dir: where the policies (LoRA adapters) and steerable.json are written.
     stats: objectives + normalisation statistics to optimise and to be compared under: a stats
         JSON (`steerable score`) or a steerable model directory (e.g. the RiC model).
@@ -42,6 +58,12 @@ class RLConfig:
     """
 
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Base policy."})
+    dtype: str = field(
+        default="float32", metadata={"help": "Dtype of the model weights.", "choices": DTYPE_NAMES}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Let a hub model run its own code (off unless you trust it)."}
+    )
     output_dir: str = field(default="runs/rl", metadata={"help": "Output directory."})
     stats: str | None = field(
         default=None, metadata={"help": "Stats JSON or steerable model dir (required)."}
@@ -61,13 +83,18 @@ class RLConfig:
     seed: int = field(default=0, metadata={"help": "Random seed."})
 
     def __post_init__(self):
+        check_field_types(self)
         if self.stats is None:
             raise SteerableError(
                 "--stats is required: the objectives and statistics to optimise, shared with the "
                 "methods this baseline is compared with (a stats JSON or a steerable model directory)"
             )
-        if self.batch_size % self.num_generations:
-            raise SteerableError("batch_size must be a multiple of num_generations")
+        if self.num_generations < 2 or self.batch_size % self.num_generations:
+            raise SteerableError("num_generations must be >= 2 and batch_size a multiple of it")
+        if min(self.max_steps, self.max_completion_length) < 1:
+            raise SteerableError("max_steps and max_completion_length must be >= 1")
+        self.model = absolute_if_local(self.model)
+        self.stats = str(Path(self.stats).resolve())
 
 
 def reward_functions(rewards: RewardSet, counter: dict, tokenizer) -> list:
@@ -92,67 +119,102 @@ def reward_functions(rewards: RewardSet, counter: dict, tokenizer) -> list:
     return [make(k, o) for k, o in enumerate(rewards.objectives)]
 
 
-def load_rewards(stats: str | Path) -> RewardSet:
+def load_rewards(stats: str | Path, trust_remote_code: bool = False) -> RewardSet:
     """Objectives + statistics from a stats JSON or a steerable model directory."""
+    from steerable.policy import load_manifest
+
     path = Path(stats)
     if path.is_dir():
-        manifest = path / "steerable.json"
-        if not manifest.is_file():
-            raise SteerableError(f"{path} has no steerable.json; pass a model directory or a stats JSON")
-        return RewardSet.from_dict(json.loads(manifest.read_text())["rewards"], where=str(manifest))
-    return RewardSet.load(path)
+        manifest = load_manifest(path)
+        return RewardSet.from_dict(manifest.rewards, where=str(path), trust_remote_code=trust_remote_code)
+    return RewardSet.load(path, trust_remote_code=trust_remote_code)
 
 
 def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) -> Path:
-    """Train one policy per weight vector and write the method's steerable.json."""
-    from dataclasses import asdict
-
-    from steerable.policy import PolicyManifest
+    """Train one policy per weight vector (a stage each: OUT/stages/policy_I) and write the
+    method's steerable.json once every policy is trained."""
+    from steerable.policy import MANIFEST, PolicyManifest
 
     rewards = load_rewards(config.stats)
-    out = Path(config.output_dir)
-    policies, infos = [], []
-    for i, weights in enumerate(vectors):
+    for weights in vectors:
         if len(weights) != len(rewards):
             raise SteerableError(
                 f"weight vector {weights} has {len(weights)} values; objectives are {rewards.names}"
             )
-        infos.append(train_rl_policy(config, rewards, weights, out / "policies" / str(i)))
-        policies.append({"weights": list(weights), "adapter": f"policies/{i}/adapter"})
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    out = Path(config.output_dir)
+    stages = Stages(out)
+    plan = {f"policy_{i}": policy_inputs(config, rewards, weights) for i, weights in enumerate(vectors)}
+    for name, inputs in plan.items():
+        stages.done(name, inputs)  # refuse a stale policy before training any
+    if is_main_process():
+        (out / MANIFEST).unlink(missing_ok=True)  # written again once every policy is trained
+    infos = {
+        name: train_rl_policy(config, rewards, weights, stages, name, inputs, tokenizer)
+        for (name, inputs), weights in zip(plan.items(), vectors, strict=True)
+    }
     manifest = PolicyManifest(
         method=method,
         base_model=config.model,
         rewards=rewards.to_dict(),
-        policies=policies,
+        policies=[
+            {"weights": list(weights), "adapter": f"stages/{name}/weights"}
+            for name, weights in zip(plan, vectors, strict=True)
+        ],
+        dtype=config.dtype,
         training={
             "config": asdict(config),
+            "grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": GRPO_SCALE_REWARDS},
+            "stages": {name: fingerprint(inputs) for name, inputs in plan.items()},
             "compute": {
-                "seconds": {f"policy_{i}": info["seconds"] for i, info in enumerate(infos)},
-                "trained_tokens": sum(info["trained_tokens"] for info in infos),
-                "generated_tokens": sum(info["generated_tokens"] for info in infos),
+                "seconds": {name: info["seconds"] for name, info in infos.items()},
+                "trained_tokens": sum(info["trained_tokens"] for info in infos.values()),
+                "generated_tokens": sum(info["generated_tokens"] for info in infos.values()),
             },
         },
     )
-    atomic_write_text(out / "steerable.json", json.dumps(asdict(manifest), indent=2) + "\n")
+    if is_main_process():
+        atomic_write_text(out / MANIFEST, json.dumps(asdict(manifest), indent=2) + "\n")
+    wait_for_everyone()
     return out
 
 
-def train_rl_policy(config: RLConfig, rewards: RewardSet, weights: list[float], directory: Path) -> dict:
-    """Train one LoRA policy on sum_k w_k z_k; save its adapter to `directory`. Skips a finished
-    policy (directory/done.json) and resumes an interrupted one from its last checkpoint."""
+def policy_inputs(config: RLConfig, rewards: RewardSet, weights: list[float]) -> dict:
+    """What one policy depends on: every setting but where it goes, the objectives with their
+    statistics (by content), its weights and the pinned GRPO settings."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "stats", "weight_vectors")}
+    return {
+        **settings,
+        "rewards": fingerprint(rewards.to_dict()),
+        "weights": list(weights),
+        "grpo": [GRPO_LOSS_TYPE, GRPO_SCALE_REWARDS],
+    }
+
+
+def train_rl_policy(
+    config: RLConfig,
+    rewards: RewardSet,
+    weights: list[float],
+    stages: Stages,
+    name: str,
+    inputs: dict,
+    tokenizer,
+) -> dict:
+    """Train one LoRA policy on sum_k w_k z_k into stages/NAME/weights, unless that stage is
+    done; an interrupted one resumes from its last complete checkpoint."""
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOConfig, GRPOTrainer
 
-    marker = directory / "done.json"
-    if marker.is_file():
-        return json.loads(marker.read_text())
-    model, tokenizer = load_causal_lm(config.model)
-    tokenizer.padding_side = "left"
+    done = stages.done(name, inputs)
+    if done is not None:
+        return done
+    started = time.perf_counter()
+    stage = stages.start(name, inputs)
+    model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
     prompts = load_prompts(config.prompt_split, config.prompt_limit)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
     args = GRPOConfig(
-        output_dir=str(directory / "checkpoints"),
+        output_dir=str(stage / "checkpoints"),
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
         num_generations=config.num_generations,
@@ -160,13 +222,15 @@ def train_rl_policy(config: RLConfig, rewards: RewardSet, weights: list[float], 
         temperature=config.temperature,
         learning_rate=config.learning_rate,
         beta=config.beta,
+        loss_type=GRPO_LOSS_TYPE,
+        scale_rewards=GRPO_SCALE_REWARDS,
         reward_weights=list(weights),
         logging_steps=5,
         save_strategy="steps",
         save_steps=10,
         save_total_limit=1,
         seed=config.seed,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         **device_args(),
     )
     counter = {"completions": 0, "tokens": 0}
@@ -178,10 +242,8 @@ def train_rl_policy(config: RLConfig, rewards: RewardSet, weights: list[float], 
         processing_class=tokenizer,
         peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout),
     )
-    started = time.perf_counter()
-    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.model.save_pretrained(directory / "adapter")
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    trainer.save_model(str(stage / "weights"))
     info = {
         "weights": list(weights),
         "seconds": time.perf_counter() - started,
@@ -190,5 +252,4 @@ def train_rl_policy(config: RLConfig, rewards: RewardSet, weights: list[float], 
         "generated_completions": counter["completions"],
         "generated_tokens": counter["tokens"],
     }
-    atomic_write_text(marker, json.dumps(info, indent=2) + "\n")
-    return info
+    return stages.finish(name, inputs, info)

@@ -3,6 +3,8 @@ device rather than on the method."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from steerable.errors import SteerableError
@@ -45,3 +47,22 @@ def device_args(bf16: bool | None = None) -> dict:
         "report_to": [],
         "include_num_input_tokens_seen": "non_padding",  # trained tokens = real tokens
     }
+
+
+def last_complete_checkpoint(folder: str | Path) -> str | None:
+    """The newest `checkpoint-N` in `folder` that was saved whole. transformers writes
+    trainer_state.json last, so a run killed while saving leaves a folder without it; resuming
+    from that one would fail, and the one before it is still there (the rotation deletes old
+    checkpoints only after a new one is saved)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    numbered = [
+        (int(path.name.split("-", 1)[1]), path)
+        for path in folder.glob("checkpoint-*")
+        if path.is_dir() and path.name.split("-", 1)[1].isdigit()
+    ]
+    for _, path in sorted(numbered, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+    return None

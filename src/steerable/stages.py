@@ -1,0 +1,147 @@
+"""Resumable stages that record what produced them: one helper for every method.
+
+A stage is a folder ROOT/stages/NAME/ holding its outputs and, once finished, `done.json`.
+What produced a stage is its *inputs*: a JSON-able dict of the configuration fields it depends
+on (never output paths, so a run can be moved), content digests of the files it reads (so an
+input edited in place is noticed), the statistics it uses, and the keys of the stages it builds
+on. The stage's key is the hash of its inputs, so a key changes whenever anything upstream does.
+
+    done.json     {"key", "inputs", "info"}: the stage finished with these inputs
+    started.json  {"key", "inputs"}: written before the work, so partial work (checkpoints)
+                  is resumed only by the same inputs
+
+A finished stage whose inputs differ is refused with the fix (another output directory, or
+delete the stage to redo it): silently reusing it would give results that do not match the
+configuration recorded beside them. Partial work of other inputs is discarded and redone.
+
+Under `accelerate launch` every process calls the same stages: `Stages.run` does a stage's work
+on the main process while the others wait, then every process reads its outputs, so no file is
+written twice. Training stages (`start` ... `finish`) run on every process, and only the main
+one saves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from steerable.errors import SteerableError
+from steerable.io import atomic_write_text
+
+DONE, STARTED = "done.json", "started.json"
+
+
+def fingerprint(inputs: object) -> str:
+    """A short hash of a JSON-able value (key order does not matter)."""
+    text = json.dumps(inputs, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, or of a directory's files (relative names and bytes, in order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def changed_fields(old: dict, new: dict) -> list[str]:
+    """Top-level keys whose values differ between two input records."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _process_state():
+    """accelerate's view of the processes (a single process when not launched by accelerate)."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def is_main_process() -> bool:
+    return _process_state().is_main_process
+
+
+def wait_for_everyone() -> None:
+    _process_state().wait_for_everyone()
+
+
+class Stages:
+    """The stages of one run, under ROOT/stages/."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, name: str) -> Path:
+        return self.root / "stages" / name
+
+    def done(self, name: str, inputs: dict) -> dict | None:
+        """The finished stage's info, None when it has not finished; refuses a stage that
+        finished with other inputs."""
+        marker = self.path(name) / DONE
+        if not marker.is_file():
+            return None
+        try:
+            record = json.loads(marker.read_text())
+            key, old = record["key"], record["inputs"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SteerableError(f"{marker} is corrupt or from an older steerable; delete {self.path(name)}")
+        if key != fingerprint(inputs):
+            raise SteerableError(
+                f"{self.path(name)} was made with other inputs ({', '.join(changed_fields(old, inputs))} "
+                "differ), so its results do not match this run; use another output directory, or "
+                f"delete {self.path(name)} (and the stages after it) to redo it"
+            )
+        return record["info"]
+
+    def start(self, name: str, inputs: dict) -> Path:
+        """Prepare the stage's folder for work: keep partial work of the same inputs (to resume
+        from), discard partial work of other inputs. Returns the folder."""
+        folder = self.path(name)
+        marker = folder / STARTED
+        key = fingerprint(inputs)
+        if is_main_process():
+            if folder.is_dir():
+                try:
+                    previous = json.loads(marker.read_text())["key"] if marker.is_file() else None
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    previous = None
+                if previous != key:
+                    if any(p.name != STARTED for p in folder.iterdir()):
+                        warnings.warn(
+                            f"{folder} holds partial work of other inputs; starting it again", stacklevel=2
+                        )
+                    shutil.rmtree(folder)
+            atomic_write_text(marker, json.dumps({"key": key, "inputs": inputs}, indent=2) + "\n")
+        wait_for_everyone()
+        return folder
+
+    def finish(self, name: str, inputs: dict, info: dict) -> dict:
+        """Mark the stage finished (main process only) with `info` (JSON-able)."""
+        if is_main_process():
+            record = {"key": fingerprint(inputs), "inputs": inputs, "info": info}
+            atomic_write_text(self.path(name) / DONE, json.dumps(record, indent=2) + "\n")
+        wait_for_everyone()
+        return info
+
+    def run(self, name: str, inputs: dict, work: Callable[[Path], dict]) -> dict:
+        """The stage's info: recorded if it finished, else `work(folder)` on the main process
+        (the others wait, then read what it recorded)."""
+        info = self.done(name, inputs)
+        if info is not None:
+            return info
+        folder = self.start(name, inputs)
+        if is_main_process():
+            self.finish(name, inputs, work(folder))
+        else:
+            wait_for_everyone()
+        return self.done(name, inputs)

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from steerable import SteerableError
+from steerable.stages import Stages, file_digest, fingerprint
+
+
+def test_fingerprint_ignores_key_order_and_sees_values():
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_file_digest_is_by_content(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("one\n")
+    before = file_digest(path)
+    path.write_text("two\n")
+    assert file_digest(path) != before
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    (folder / "x").write_text("1")
+    first = file_digest(folder)
+    (folder / "x").write_text("2")
+    assert file_digest(folder) != first
+
+
+def test_a_finished_stage_is_reused_and_a_stale_one_refused(tmp_path):
+    stages = Stages(tmp_path)
+    calls = []
+
+    def work(folder):
+        calls.append(1)
+        (folder / "out.txt").write_text("result")
+        return {"rows": 3}
+
+    assert stages.run("offline", {"lr": 1, "data": "abc"}, work) == {"rows": 3}
+    assert stages.run("offline", {"data": "abc", "lr": 1}, work) == {"rows": 3}
+    assert len(calls) == 1
+    with pytest.raises(SteerableError, match=r"other inputs \(lr differ.*delete .*stages/offline"):
+        stages.run("offline", {"lr": 2, "data": "abc"}, work)
+    assert len(calls) == 1
+
+
+def test_partial_work_is_kept_for_the_same_inputs_and_discarded_for_others(tmp_path):
+    stages = Stages(tmp_path)
+    folder = stages.start("sft", {"lr": 1})
+    (folder / "checkpoint-2").mkdir()
+    assert (stages.start("sft", {"lr": 1}) / "checkpoint-2").is_dir()  # same inputs: resume from it
+    with pytest.warns(UserWarning, match="partial work of other inputs"):
+        folder = stages.start("sft", {"lr": 2})
+    assert not (folder / "checkpoint-2").exists()
+    assert json.loads((folder / "started.json").read_text())["inputs"] == {"lr": 2}
+    stages.finish("sft", {"lr": 2}, {"steps": 4})
+    assert stages.done("sft", {"lr": 2}) == {"steps": 4}
+
+
+def test_a_corrupt_record_is_one_clear_error(tmp_path):
+    stages = Stages(tmp_path)
+    stages.path("x").mkdir(parents=True)
+    (stages.path("x") / "done.json").write_text("{oops")
+    with pytest.raises(SteerableError, match="corrupt"):
+        stages.done("x", {})
