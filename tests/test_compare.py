@@ -19,6 +19,8 @@ ric:
   batch_size: 4
   lora_r: 4
   lora_alpha: 8
+  online_samples: 8
+  online_quantile: 0.5
   objectives: [brief=builtin:brevity, positive=builtin:sentiment]
 rl: {{max_steps: 1, batch_size: 4, num_generations: 2, max_completion_length: 4, prompt_limit: 4, lora_r: 4}}
 """
@@ -40,10 +42,10 @@ def test_compare_writes_one_report_for_every_method(compared):
     report = (out / "report.md").read_text()
     for method in ("ric", "soups", "morlhf", "prompting"):
         assert f"| {method} |" in report
-        assert (out / "eval" / method / "result.json").is_file()
-    morlhf = json.loads((out / "eval" / "morlhf" / "result.json").read_text())
+        assert (out / "stages" / f"eval_{method}" / "result.json").is_file()
+    morlhf = json.loads((out / "stages/eval_morlhf/result.json").read_text())
     assert [p["weights"] for p in morlhf["points"]] == [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]
-    soups = json.loads((out / "eval" / "soups" / "result.json").read_text())
+    soups = json.loads((out / "stages/eval_soups/result.json").read_text())
     assert len(soups["points"]) == 3 and soups["compute"]["trained_tokens"] > 0
     assert (out / "front.png").is_file() and "hypervolume" in result.output
 
@@ -51,19 +53,26 @@ def test_compare_writes_one_report_for_every_method(compared):
 def test_compare_rerun_skips_finished_stages(compared):
     root, config, _ = compared
     out = root / "out"
-    stamps = {p: p.stat().st_mtime for p in out.glob("eval/*/result.json")}
+    stamps = {p: p.stat().st_mtime for p in out.glob("stages/eval_*/result.json")}
+    assert len(stamps) == 4
     rerun = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(out)])
     assert rerun.exit_code == 0, rerun.output
-    assert {p: p.stat().st_mtime for p in out.glob("eval/*/result.json")} == stamps
+    # fewer methods: the finished stages are reused, not refused
+    fewer = CliRunner().invoke(
+        app, ["compare", "--config", str(config), "--out", str(out), "--methods", "ric,prompting"]
+    )
+    assert fewer.exit_code == 0, fewer.output
+    assert {p: p.stat().st_mtime for p in out.glob("stages/eval_*/result.json")} == stamps
 
 
 def test_compare_bad_configurations(compared, tmp_path):
     root, config, _ = compared
     runner = CliRunner()
-    changed = runner.invoke(
-        app, ["compare", "--config", str(config), "--out", str(root / "out"), "--methods", "ric,prompting"]
-    )
-    assert changed.exit_code == 2 and "different configuration" in changed.output
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(config.read_text().replace("max_new_tokens: 4}", "max_new_tokens: 5}"))
+    refused = runner.invoke(app, ["compare", "--config", str(changed), "--out", str(root / "out")])
+    assert refused.exit_code == 2
+    assert "stages/eval_ric was made with other inputs (eval differ" in " ".join(refused.output.split())
     unknown = runner.invoke(app, ["compare", "--out", str(tmp_path / "x"), "--methods", "ric,dpo"])
     assert unknown.exit_code == 2 and "unknown method" in unknown.output
     bad_key = tmp_path / "bad.yaml"
@@ -72,3 +81,61 @@ def test_compare_bad_configurations(compared, tmp_path):
     assert typo.exit_code == 2 and "unknown key" in typo.output
     no_stats = runner.invoke(app, ["compare", "--out", str(tmp_path / "z"), "--methods", "prompting"])
     assert no_stats.exit_code == 2 and "stats" in no_stats.output
+    # a typo in a later section is found before the first method trains
+    for section, message in [("rl: {max_step: 1}", "config rl: unknown key(s) ['max_step']"),
+                             ("eval: {samples: 0}", "samples per prompt must be >= 1"),
+                             ("ric: {num_epochs: abc}", "num_epochs must be float"),
+                             ("morlhf: {weight_vectors: ['1,-1']}", "negative")]:  # fmt: skip
+        bad = tmp_path / "late.yaml"
+        bad.write_text(config.read_text().split("eval:")[0] + section + "\n")
+        late = runner.invoke(app, ["compare", "--config", str(bad), "--out", str(tmp_path / "late")])
+        assert late.exit_code == 2 and message in " ".join(late.output.split()), late.output
+        assert not (tmp_path / "late" / "ric").exists()
+
+
+def test_rl_baselines_refuse_a_stale_policy_and_change_weights(compared):
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from steerable import SteerableError
+    from steerable.methods.soups import SoupsConfig, train_soups
+
+    root, _, _ = compared
+    out = root / "out"
+    manifest = json.loads((out / "soups/steerable.json").read_text())
+    assert manifest["training"]["grpo"] == {"loss_type": "dapo", "scale_rewards": "group"}
+    config = SoupsConfig(**manifest["training"]["config"])
+    assert train_soups(config) == out / "soups"  # the same settings: nothing retrains
+    with pytest.raises(SteerableError, match=r"stages/policy_0 was made with other inputs \(max_steps"):
+        train_soups(replace(config, max_steps=2))
+    other_stats = root / "other.stats.json"
+    rewards = json.loads((out / "ric/steerable.json").read_text())["rewards"]
+    rewards["objectives"][0]["stats"]["std"] *= 2
+    other_stats.write_text(json.dumps(rewards))
+    with pytest.raises(SteerableError, match=r"other inputs \(rewards differ"):
+        train_soups(replace(config, stats=str(other_stats)))
+    assert (out / "soups/steerable.json").is_file()
+    # GRPO moved the brevity policy (its rewards vary within a group): LoRA B left zero
+    adapter = load_file(out / "soups" / manifest["policies"][0]["adapter"] / "adapter_model.safetensors")
+    assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)
+
+
+def test_generate_steers_every_method(compared):
+    root, _, _ = compared
+    out = root / "out"
+    runner = CliRunner()
+    soups = runner.invoke(
+        app, ["generate", "--model", str(out / "soups"), "--prefer", "0.3,0.7", "--max-new-tokens", "3", "Hi"]
+    )
+    assert soups.exit_code == 0 and "> Hi" in soups.output, soups.output
+    morlhf = runner.invoke(
+        app, ["generate", "--model", str(out / "morlhf"), "--prefer", "1,1", "--max-new-tokens", "3", "Hi"]
+    )
+    assert morlhf.exit_code == 0 and "> Hi" in morlhf.output, morlhf.output
+    missing = runner.invoke(app, ["generate", "--model", str(out / "morlhf"), "--prefer", "0.3,0.7", "Hi"])
+    assert missing.exit_code == 2 and "no policy for weights" in missing.output
+    target = runner.invoke(
+        app, ["generate", "--model", str(out / "soups"), "--target", "brief=1,positive=0", "Hi"]
+    )
+    assert target.exit_code == 2 and "--target applies to RiC models" in target.output

@@ -519,7 +519,11 @@ def test_local_paths_are_stored_absolute(tiny_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "scorer.py").write_text("def f(p, r):\n    return [1.0] * len(r)\n")
     shutil.copytree(tiny_path, tmp_path / "ckpt")
-    config = RiCConfig(model="./ckpt", data="data.jsonl", objectives=["a=py:scorer.py:f", "brief=builtin:brevity"])
+    config = RiCConfig(
+        model="./ckpt", data="data.jsonl", objectives=["a=py:scorer.py:f", "brief=builtin:brevity"]
+    )
     assert config.model == str(tmp_path / "ckpt") and config.data == str(tmp_path / "data.jsonl")
     assert config.objectives == [f"a=py:{tmp_path / 'scorer.py'}:f", "brief=builtin:brevity"]
-    assert RiCConfig(model="HuggingFaceTB/SmolLM2-135M-Instruct").model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (
+        RiCConfig(model="HuggingFaceTB/SmolLM2-135M-Instruct").model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )

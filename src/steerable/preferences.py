@@ -66,6 +66,13 @@ class Preference:
         return ",".join(f"{n}={w:.3g}" for n, w in zip(self.names, self.weights, strict=True))
 
 
+def check_weights_text(text: str) -> None:
+    """Check a preference's numbers before its objective names are known (e.g. a config)."""
+    values = _parse_text(text)
+    names = list(values) if isinstance(values, dict) else [f"weight {i + 1}" for i in range(len(values))]
+    Preference.parse(values, names)
+
+
 def parse_targets(text: str) -> dict[str, float]:
     """Explicit targets from the CLI form ``"brief=1.0,positive=-0.5"`` (any finite numbers,
     negative ones included; which names are allowed is the model's to check)."""

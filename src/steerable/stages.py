@@ -61,10 +61,12 @@ def changed_fields(old: dict, new: dict) -> list[str]:
 
 
 def _process_state():
-    """accelerate's view of the processes (a single process when not launched by accelerate)."""
+    """accelerate's view of the processes (a single process unless launched by `accelerate
+    launch` or torchrun). Without a GPU it is the CPU state (gloo), as the trainers' own."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def is_main_process() -> bool:

@@ -23,6 +23,16 @@ class MORLHFConfig(RLConfig):
     )
     output_dir: str = field(default="runs/morlhf", metadata={"help": "Output directory."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        from steerable.preferences import check_weights_text
+
+        for text in self.weight_vectors:  # the numbers now; the names once the stats are read
+            try:
+                check_weights_text(text)
+            except SteerableError as err:
+                raise SteerableError(f"--weight_vectors: {err}")
+
 
 def default_vectors(k: int) -> list[list[float]]:
     return [[1.0 if j == i else 0.0 for j in range(k)] for i in range(k)] + [[1.0 / k] * k]

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from steerable.configs import check_field_types
 from steerable.data import load_prompts
@@ -244,12 +245,16 @@ def train_rl_policy(
     )
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     trainer.save_model(str(stage / "weights"))
+    # each process scored its own completions: sum the counts over processes
+    completions, tokens = trainer.accelerator.reduce(
+        torch.tensor([counter["completions"], counter["tokens"]]), reduction="sum"
+    ).tolist()
     info = {
         "weights": list(weights),
         "seconds": time.perf_counter() - started,
         "steps": trainer.state.global_step,
         "trained_tokens": int(trainer.state.num_input_tokens_seen),
-        "generated_completions": counter["completions"],
-        "generated_tokens": counter["tokens"],
+        "generated_completions": completions,
+        "generated_tokens": tokens,
     }
     return stages.finish(name, inputs, info)
