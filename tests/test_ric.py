@@ -1,6 +1,7 @@
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -527,3 +528,42 @@ def test_local_paths_are_stored_absolute(tiny_path, tmp_path, monkeypatch):
     assert (
         RiCConfig(model="HuggingFaceTB/SmolLM2-135M-Instruct").model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     )
+
+
+def test_models_load_in_the_recorded_dtype_not_the_checkpoints(tiny_ric, tiny_path, tmp_path):
+    """transformers 5 loads a checkpoint's own dtype (bf16 for most hub models); steerable
+    loads the dtype the run recorded (float32 unless asked), for training and inference alike."""
+    from transformers import AutoModelForCausalLM
+
+    from steerable.defaults import load_causal_lm
+
+    bf16 = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.bfloat16).save_pretrained(bf16)
+    shutil.copy(Path(tiny_path) / "tokenizer.json", bf16)
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (Path(tiny_path) / name).is_file():
+            shutil.copy(Path(tiny_path) / name, bf16)
+    assert load_causal_lm(str(bf16))[0].dtype == torch.float32
+    assert load_causal_lm(str(bf16), "bfloat16")[0].dtype == torch.bfloat16
+    _, out = tiny_ric
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    manifest = json.loads((run / "steerable.json").read_text())
+    (run / "steerable.json").write_text(json.dumps({**manifest, "base_model": str(bf16)}))
+    assert SteerablePolicy.from_pretrained(run, device="cpu").model.dtype == torch.float32
+    assert SteerablePolicy.from_pretrained(run, device="cpu", dtype="bfloat16").model.dtype == torch.bfloat16
+    with pytest.raises(SteerableError, match="dtype 'float8' unknown"):
+        SteerablePolicy.from_pretrained(run, dtype="float8")
+
+
+def test_a_full_fine_tune_trains_resumes_and_loads(make_tiny_ric_config, tmp_path):
+    from dataclasses import replace
+
+    config = make_tiny_ric_config(tmp_path / "full", use_lora=False, online_iterations=1, online_samples=4)
+    config = replace(config, online_quantile=0.3)
+    train_ric(config)
+    assert (tmp_path / "full/model/model.safetensors").is_file()
+    policy = SteerablePolicy.from_pretrained(tmp_path / "full", device="cpu")
+    # a re-run loads the finished stages' full weights instead of retraining
+    assert train_ric(config) == tmp_path / "full"
+    assert len(policy.generate(["Hi"], preference=[1, 1])) == 1

@@ -512,17 +512,6 @@ def discard_stale_manifest(out: Path, keys: dict[str, str]) -> None:
     wait_for_everyone()
 
 
-def annotate(rewards: RewardSet, rows: list[dict], fit: bool = False) -> None:
-    """Score rows in place (score_<name>, z_<name>); `fit` fits the statistics first."""
-    raw = rewards.score([r["prompt"] for r in rows], [r["response"] for r in rows], progress=True)
-    if fit:
-        rewards.fit_stats(raw)
-    z = rewards.normalise(raw)
-    for row, raw_row, z_row in zip(rows, raw, z, strict=True):
-        for k, name in enumerate(rewards.names):
-            row[f"score_{name}"], row[f"z_{name}"] = float(raw_row[k]), float(z_row[k])
-
-
 def offline_data(config: RiCConfig, folder: Path) -> dict:
     """The offline stage: rows (given, or sampled from the base model and cut), scored by every
     objective, statistics fitted; writes scored.jsonl and stats.json."""
@@ -564,7 +553,7 @@ def offline_data(config: RiCConfig, folder: Path) -> dict:
         del model
     if not rows:
         raise SteerableError("the offline stage produced no rows to train on (every response was empty)")
-    annotate(rewards, rows, fit=True)
+    rewards.annotate(rows, fit=True, progress=True)
     flat = [o.name for o in rewards.objectives if o.stats.std == 0]
     if flat:
         raise SteerableError(
@@ -612,7 +601,7 @@ def mors_round(
         if r.strip()
     ]
     if generated:
-        annotate(rewards, generated)  # relabel: trained on with the scores each sample obtained
+        rewards.annotate(generated, progress=True)  # relabel: trained on with the scores each sample obtained
     thresholds = np.array(
         [
             o.stats.normalise(np.array([o.stats.quantile(config.online_quantile)]))[0]
@@ -665,7 +654,7 @@ def run_sft(
     `accelerate launch`); the main one saves."""
     from datasets import Dataset
     from peft import PeftModel
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     done = stages.done(name, inputs)
     if done is not None:
@@ -674,24 +663,7 @@ def run_sft(
         raise SteerableError(f"stage {name}: no training examples")
     started = time.perf_counter()
     stage = stages.start(name, inputs)
-    args = SFTConfig(
-        output_dir=str(stage / "checkpoints"),
-        learning_rate=config.learning_rate if offline else config.online_learning_rate,
-        lr_scheduler_type=config.lr_scheduler if offline else "constant",
-        num_train_epochs=config.num_epochs if offline else config.online_epochs,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_length=config.max_length,
-        completion_only_loss=True,
-        logging_steps=5,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=1,
-        seed=config.seed,
-        activation_checkpointing=config.activation_checkpointing,
-        train_sampling_strategy=config.train_sampling_strategy,
-        **device_args(config.bf16),
-    )
+    args = sft_args(config, stage / "checkpoints", offline)
     peft_config = None
     if config.use_lora and not isinstance(model, PeftModel):
         peft_config = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout)
@@ -712,6 +684,30 @@ def run_sft(
         "seconds": time.perf_counter() - started,
     }
     return trainer.model, stages.finish(name, inputs, info)
+
+
+def sft_args(config: RiCConfig, output_dir: Path, offline: bool):
+    """TRL's SFTConfig for the offline stage (`offline`) or an online round."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=config.learning_rate if offline else config.online_learning_rate,
+        lr_scheduler_type=config.lr_scheduler if offline else "constant",
+        num_train_epochs=config.num_epochs if offline else config.online_epochs,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        completion_only_loss=True,
+        logging_steps=5,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        seed=config.seed,
+        activation_checkpointing=config.activation_checkpointing,
+        train_sampling_strategy=config.train_sampling_strategy,
+        **device_args(config.bf16),
+    )
 
 
 def load_stage_weights(model, stage: Path, config: RiCConfig):

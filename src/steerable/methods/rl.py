@@ -204,7 +204,7 @@ def train_rl_policy(
     """Train one LoRA policy on sum_k w_k z_k into stages/NAME/weights, unless that stage is
     done; an interrupted one resumes from its last complete checkpoint."""
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     done = stages.done(name, inputs)
     if done is not None:
@@ -214,26 +214,7 @@ def train_rl_policy(
     model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
     prompts = load_prompts(config.prompt_split, config.prompt_limit)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
-    args = GRPOConfig(
-        output_dir=str(stage / "checkpoints"),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        num_generations=config.num_generations,
-        max_completion_length=config.max_completion_length,
-        temperature=config.temperature,
-        learning_rate=config.learning_rate,
-        beta=config.beta,
-        loss_type=GRPO_LOSS_TYPE,
-        scale_rewards=GRPO_SCALE_REWARDS,
-        reward_weights=list(weights),
-        logging_steps=5,
-        save_strategy="steps",
-        save_steps=10,
-        save_total_limit=1,
-        seed=config.seed,
-        activation_checkpointing=False,
-        **device_args(),
-    )
+    args = grpo_args(config, weights, stage / "checkpoints")
     counter = {"completions": 0, "tokens": 0}
     trainer = GRPOTrainer(
         model=model,
@@ -258,3 +239,29 @@ def train_rl_policy(
         "generated_tokens": tokens,
     }
     return stages.finish(name, inputs, info)
+
+
+def grpo_args(config: RLConfig, weights: list[float], output_dir: Path):
+    """TRL's GRPOConfig for one policy: reward = sum_k w_k z_k, the pinned GRPO settings."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        learning_rate=config.learning_rate,
+        beta=config.beta,
+        loss_type=GRPO_LOSS_TYPE,
+        scale_rewards=GRPO_SCALE_REWARDS,
+        reward_weights=list(weights),
+        logging_steps=5,
+        save_strategy="steps",
+        save_steps=10,
+        save_total_limit=1,
+        seed=config.seed,
+        activation_checkpointing=False,
+        **device_args(),
+    )
