@@ -57,7 +57,14 @@ def main() -> None:
     texts = format_chat(tokenizer, load_prompts("heldout") + load_prompts("train"))[: args.prompts]
 
     def config(batch_size: int) -> SamplingConfig:
-        return SamplingConfig(args.max_new_tokens, 0.8, 0.95, batch_size, 0, top_k=50)
+        return SamplingConfig(
+            max_new_tokens=args.max_new_tokens,
+            temperature=0.8,
+            top_p=0.95,
+            batch_size=batch_size,
+            seed=0,
+            top_k=50,
+        )
 
     runs = {
         "reference (transformers sampler, batch 1 loop)": lambda: reference_loop(

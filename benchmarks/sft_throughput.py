@@ -24,9 +24,10 @@ import torch  # noqa: E402
 from steerable.conditioning import TagFormat  # noqa: E402
 from steerable.data import read_table  # noqa: E402
 from steerable.defaults import load_causal_lm  # noqa: E402
-from steerable.methods.ric import RiCConfig, Stages, run_sft, sft_example  # noqa: E402
+from steerable.methods.ric import RiCConfig, run_sft, sft_example  # noqa: E402
 from steerable.methods.training import lora_config  # noqa: E402
 from steerable.objectives import RewardSet  # noqa: E402
+from steerable.stages import Stages  # noqa: E402
 
 
 def plain_trl(model, tokenizer, examples, config: RiCConfig, output_dir: str, bf16: bool | None) -> int:
@@ -84,18 +85,11 @@ def main() -> None:
             if plain:
                 tokens = plain_trl(model, tokenizer, examples, config, f"{tmp}/{len(results)}", bf16)
             else:
-                compute = {"trained_tokens": 0}
-                run_sft(
-                    model,
-                    tokenizer,
-                    examples,
-                    replace(config, output_dir=f"{tmp}/{len(results)}", bf16=bf16),
-                    Stages(Path(tmp) / str(len(results))),
-                    "sft",
-                    offline=True,
-                    compute=compute,
+                run_config = replace(config, output_dir=f"{tmp}/{len(results)}", bf16=bf16)
+                _, info = run_sft(
+                    model, tokenizer, examples, run_config, Stages(run_config.output_dir), "sft", {}, True
                 )
-                tokens = compute["trained_tokens"]
+                tokens = info["trained_tokens"]
             seconds = time.perf_counter() - started
             results[label] = tokens / seconds
             print(

@@ -61,3 +61,61 @@ def tiny_ric(tmp_path_factory, tiny_path):
     config = tiny_ric_config(tiny_path, out, online_iterations=1, online_samples=8, online_quantile=0.5)
     train_ric(config)
     return config, out
+
+
+# A Gemma-like chat template: no system role (a system message raises, as Gemma's does) and
+# turns that end with <end_of_turn>, which is not the eos_token.
+NOSYS_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_nosys_path(tiny_path, tmp_path_factory) -> str:
+    """The tiny model as another family ships it: a chat template without a system role whose
+    end of turn (<end_of_turn>, a special token of its own) is not eos_token (<|endoftext|>),
+    and a tokenizer without a pad token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_path)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tokenizer.eos_token = "<|endoftext|>"
+    tokenizer.pad_token = None
+    tokenizer.chat_template = NOSYS_CHAT_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    torch.manual_seed(2)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    for config in (model.config, model.generation_config):
+        config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, None
+    out = tmp_path_factory.mktemp("tiny_nosys")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_no_pad(tiny_reward_model, tmp_path_factory) -> str:
+    """The tiny reward model with a tokenizer that has no pad token and a chat template whose
+    turns end with eos_token and nothing after it (as Llama 3's end with <|eot_id|>), so the
+    last real token of a chat input is EOS."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model)
+    tokenizer.pad_token = None
+    tokenizer.chat_template = (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + eos_token }}"
+        "{% endfor %}"
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model)
+    model.config.pad_token_id = None
+    out = tmp_path_factory.mktemp("tiny_rm_no_pad")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)

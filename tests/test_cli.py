@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from steerable import RewardSet
@@ -23,10 +24,29 @@ def invoke(args):
     return result
 
 
-def test_every_subcommand_has_help():
-    for command in ["objectives", "prepare", "sample", "score"]:
+def test_every_subcommand_has_help(capsys):
+    import click
+
+    from steerable.cli import train_app
+
+    commands = sorted(click.Group.list_commands(typer.main.get_command(app), None))
+    assert {"generate", "evaluate", "report", "compare", "demo", "score", "sample"} <= set(commands)
+    for command in commands:
         result = invoke([command, "--help"])
-        assert result.exit_code == 0 and "Usage" in result.output
+        assert result.exit_code == 0 and "Usage" in result.output, command
+    # the train subcommands' options are their config dataclass's fields (argparse prints them)
+    for method in sorted(c.name for c in train_app.registered_commands):
+        result = invoke(["train", method, "--help"])
+        shown = result.output + capsys.readouterr().out
+        assert result.exit_code == 0 and "--output_dir" in shown and "--seed" in shown, method
+
+
+def test_model_directories_that_are_not_usable_are_one_line(tmp_path, tiny_path):
+    not_a_run = invoke(["generate", "--model", tmp_path, "Hi"])
+    assert not_a_run.exit_code == 2 and "not a finished steerable model directory" in not_a_run.output
+    (tmp_path / "steerable.json").write_text("{oops")
+    corrupt = invoke(["evaluate", "--model", tmp_path, "--out", tmp_path / "e"])
+    assert corrupt.exit_code == 2 and "malformed" in corrupt.output
 
 
 def test_score_writes_scores_and_stats(tmp_path):
@@ -36,7 +56,7 @@ def test_score_writes_scores_and_stats(tmp_path):
     scored = load_pairs(tmp_path / "out.jsonl")
     assert [r["score_brief"] for r in scored] == [-9, -1, -7]
     assert {"z_brief", "score_positive", "z_positive"} <= set(scored[0])
-    stats = RewardSet.load(tmp_path / "out.stats.json")
+    stats = RewardSet.load(tmp_path / "out.jsonl.stats.json")
     assert stats.names == ["brief", "positive"]
     assert stats["brief"].stats.mean == pytest.approx(-17 / 3)
     assert "3 scored pairs" in result.output and "+1.000" in result.output  # summary table
@@ -129,3 +149,108 @@ def test_sample_with_tiny_model(tmp_path, tiny_path):
         ["sample", "--model", tmp_path / "no-model", "--prompts", prompts, "--out", tmp_path / "x.jsonl"]
     )
     assert bad.exit_code == 2 and "could not be loaded" in bad.output
+
+
+def test_score_default_stats_path_is_out_with_stats_json_appended(tmp_path):
+    data = write_table(tmp_path / "in.jsonl", ROWS)
+    for out, rows in (("data.train.jsonl", ROWS), ("data.heldout.jsonl", ROWS[:2])):
+        held = write_table(tmp_path / f"{out}.in.jsonl", rows)
+        assert invoke(["score", held, "--out", tmp_path / out, *FAST]).exit_code == 0
+    assert RewardSet.load(tmp_path / "data.train.jsonl.stats.json")["brief"].stats.count == 3
+    assert RewardSet.load(tmp_path / "data.heldout.jsonl.stats.json")["brief"].stats.count == 2
+    assert not (tmp_path / "data.stats.json").exists() and data.exists()
+
+
+def test_score_refuses_to_replace_statistics_fitted_on_other_rows(tmp_path):
+    data, fewer = write_table(tmp_path / "in.jsonl", ROWS), write_table(tmp_path / "few.jsonl", ROWS[:2])
+    stats = tmp_path / "s.json"
+    assert invoke(["score", data, "--out", tmp_path / "a.jsonl", "--stats", stats, *FAST]).exit_code == 0
+    before = stats.read_text()
+    again = invoke(["score", data, "--out", tmp_path / "a.jsonl", "--stats", stats, *FAST])
+    assert again.exit_code == 0, again.output  # the same rows and objectives: the same statistics
+    for extra in (FAST, ["-o", "brief=builtin:brevity"]):  # other rows, other objectives
+        args = ["score", fewer if extra is FAST else data, "--out", tmp_path / "b.jsonl", "--stats", stats]
+        refused = invoke([*args, *extra])
+        assert refused.exit_code == 2 and "Traceback" not in refused.output
+        assert "fitted on other rows or objectives; pass --force" in " ".join(refused.output.split())
+        assert stats.read_text() == before and not (tmp_path / "b.jsonl").exists()
+    forced = invoke(["score", fewer, "--out", tmp_path / "b.jsonl", "--stats", stats, "--force", *FAST])
+    assert forced.exit_code == 0 and RewardSet.load(stats)["brief"].stats.count == 2
+
+
+@pytest.mark.parametrize("target", ["in.jsonl", "out.jsonl", "notes.json", "notes.txt"])
+def test_score_stats_never_overwrites_the_input_the_output_or_other_files(tmp_path, target):
+    data = write_table(tmp_path / "in.jsonl", ROWS)
+    (tmp_path / "notes.json").write_text('{"mine": 1}\n')
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = invoke(["score", data, "--out", tmp_path / "out.jsonl", "--stats", tmp_path / target, *FAST])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "choose another path" in " ".join(result.output.split())
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_failed_score_leaves_no_statistics(tmp_path):
+    data = write_table(tmp_path / "in.jsonl", ROWS)
+    (tmp_path / "file").write_text("")
+    bad_outs = {tmp_path / "out.xlsx": "unknown format", tmp_path / "file" / "o.jsonl": "cannot write"}
+    for out, message in bad_outs.items():
+        result = invoke(["score", data, "--out", out, *FAST])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "in.jsonl"]
+
+
+def test_score_stats_from_runs_code_only_with_trust_remote_code(tmp_path):
+    marker = tmp_path / "imported"
+    module = tmp_path / "chars_reward.py"
+    module.write_text(f"open({str(marker)!r}, 'w').close()\ndef f(p, r):\n    return [len(x) for x in r]\n")
+    data = write_table(tmp_path / "in.jsonl", ROWS)
+    stats = tmp_path / "s.json"
+    fitted = invoke(
+        ["score", data, "--out", tmp_path / "a.jsonl", "--stats", stats, "-o", f"c=py:{module}:f"]
+    )
+    assert fitted.exit_code == 0, fitted.output
+    marker.unlink()
+    args = ["score", data, "--out", tmp_path / "b.jsonl", "--stats-from", stats]
+    refused = invoke(args)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert "--trust-remote-code" in refused.output and not marker.exists()
+    assert not (tmp_path / "b.jsonl").exists()
+    trusted = invoke([*args, "--trust-remote-code"])
+    assert trusted.exit_code == 0, trusted.output
+    assert marker.exists() and [r["score_c"] for r in load_pairs(tmp_path / "b.jsonl")] == [51, 3, 41]
+
+
+@pytest.mark.parametrize(
+    ("spec", "source", "message"),
+    [
+        ("py:{module}:f", "def f(p, r):\n    raise ValueError('no')\n", "raised ValueError: no"),
+        ("py:{module}:f", "def f(p, r):\n    return ['good'] * len(r)\n", "not a number ('good')"),
+        ("py:{module}:f", "def f(p, r):\n    return None\n", "returned None, not a list of 3"),
+        ("py:{module}:f", "def f(p, r):\n    return 0.5\n", "returned 0.5, not a list of 3"),
+        ("py:{module}:f", "def f(p, r)\n", "SyntaxError"),
+        ("py:{module}:f", "import not_installed_xyz\n", "No module named 'not_installed_xyz'"),
+        ("py:{dir}/missing.py:f", "", "missing.py does not exist"),
+        ("hf:{dir}/rm?batch_size=0", "", "batch_size must be a positive integer"),
+        ("hf:{dir}/rm?max_length=0", "", "max_length must be a positive integer"),
+        ("hf:{dir}", "", "not a Hugging Face model"),
+    ],
+)
+def test_score_scorer_errors_are_one_line(tmp_path, spec, source, message):
+    module = tmp_path / "user_reward.py"
+    module.write_text(source)
+    data = write_table(tmp_path / "in.jsonl", ROWS)
+    spec = "x=" + spec.format(module=module, dir=tmp_path)
+    result = invoke(["score", data, "--out", tmp_path / "out.jsonl", "-o", spec])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert message in text and ("'x'" in text or spec.startswith("x=hf"))
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_score_one_row_warns_that_every_preference_gives_the_same_tags(tmp_path):
+    data = write_table(tmp_path / "in.jsonl", ROWS[:1])
+    result = invoke(["score", data, "--out", tmp_path / "out.jsonl", *FAST])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning" in text and "std 0" in text and "same tags" in text

@@ -21,6 +21,14 @@ def test_format_tags_rounds_to_one_decimal():
     assert format_tags({"brief": 0.74, "relevant": -1.25, "x": -0.01}) == (
         "<brief> 0.7 <relevant> -1.2 <x> 0.0"
     )
+    # rounding, not truncation: up when the dropped digits are past the half, as round() does
+    assert format_tags({"a": 0.76, "b": -1.26, "c": 0.05, "d": 1.96}) == "<a> 0.8 <b> -1.3 <c> 0.1 <d> 2.0"
+
+
+@given(values, st.integers(0, 3))
+def test_a_tag_is_the_nearest_value_at_its_precision(value, decimals):
+    written = parse_tags(format_tags({"t": value}, decimals))["t"]
+    assert abs(written - value) <= 0.5 * 10**-decimals + 1e-9
 
 
 @given(st.dictionaries(names, values, min_size=1, max_size=5), st.integers(0, 3))
@@ -51,6 +59,19 @@ def test_tag_placement():
     assert user == [{"role": "user", "content": "Hi?\n\n<a> 1.0"}]
     with pytest.raises(SteerableError, match="placement"):
         TagFormat("prefix")
+
+
+def test_both_placements_render_on_a_template_without_a_system_role(tiny_nosys_path):
+    from transformers import AutoTokenizer
+
+    from steerable.generation import render_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_nosys_path)
+    system = render_chat(tokenizer, tagged_messages("Hi?", "<a> 1.0", TagFormat("system"), system="Be kind."))
+    assert system == "<start_of_turn>user\nBe kind.\n<a> 1.0\n\nHi?<end_of_turn>\n<start_of_turn>model\n"
+    user = render_chat(tokenizer, tagged_messages("Hi?", "<a> 1.0", TagFormat("user_end"), system="Be kind."))
+    assert user == "<start_of_turn>user\nBe kind.\n\nHi?\n\n<a> 1.0<end_of_turn>\n<start_of_turn>model\n"
+    assert parse_tags(system) == parse_tags(user) == {"a": 1.0}
 
 
 LO, HI = [-2.0, -1.0], [2.0, 3.0]

@@ -1,10 +1,14 @@
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
 from steerable import SteerableError
 from steerable.data import load_pairs, load_prompts, write_table
 from steerable.data.loading import split_transcript
+from steerable.io import atomic_write_text
 
 ROWS = [{"prompt": "Hi?", "response": "Hello."}, {"prompt": "Why?", "response": "Because."}]
 
@@ -87,3 +91,51 @@ def test_embedded_prompt_set():
     with pytest.raises(SteerableError, match="unknown prompt split"):
         load_prompts("validation")
     assert all(json.dumps(p).isascii() for p in train)
+
+
+def test_csv_answers_that_look_like_numbers_stay_text(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("prompt,response,score\n1e3,42,3\n2,7,4\n")
+    rows = load_pairs(path)
+    assert [(r["prompt"], r["response"]) for r in rows] == [("1e3", "42"), ("2", "7")]
+    path.write_text("prompt,response\nIs it?,True\nNA,False\n")
+    assert [(r["prompt"], r["response"]) for r in load_pairs(path)] == [("Is it?", "True"), ("NA", "False")]
+    assert [r["score"] for r in rows] == [3, 4]  # other columns keep their types
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_write_respects_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = atomic_write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_atomic_write_syncs_the_file_before_renaming_it(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write_text(tmp_path / "f.txt", "x")
+    (synced, tmp), (renamed, target), (synced_dir, folder) = events
+    assert (synced, renamed, synced_dir) == ("fsync", "replace", "fsync")
+    assert Path(tmp).parent == tmp_path and Path(tmp).name.endswith(".tmp")
+    assert target == str(tmp_path / "f.txt") and folder == str(tmp_path)
+    assert (tmp_path / "f.txt").read_text() == "x"
+
+
+def test_unwritable_destination_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SteerableError, match="cannot write .*file/out.jsonl"):
+        write_table(tmp_path / "file" / "out.jsonl", ROWS)

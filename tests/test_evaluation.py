@@ -91,22 +91,34 @@ def test_sweep_with_several_samples_per_prompt_averages_each_prompt_first():
         evaluate("prompting", "no-such-model", ["a"], samples=-1, progress=False)
 
 
-def _result(method, means, rewards, weights=None, seconds=10.0):
-    from steerable.evaluation.report import EvaluationResult
-    from steerable.evaluation.sweep import SweepPoint
+SAMPLING = {"max_new_tokens": 8, "temperature": 0.7, "top_p": 0.95, "batch_size": 4, "seed": 0, "top_k": 50}
 
+
+def _result(method, means, rewards, weights=None, seconds=10.0, **settings):
+    from steerable.evaluation.report import EvaluationResult, prompts_digest
+    from steerable.evaluation.sweep import SweepPoint, controllability
+
+    k = len(rewards)
     weights = weights or [[i / (len(means) - 1), 1 - i / (len(means) - 1)] for i in range(len(means))]
-    points = [SweepPoint(w, m, [0.1, 0.1], 5, 1.0, 50) for w, m in zip(weights, means, strict=True)]
-    from steerable.evaluation.sweep import controllability
-
+    points = [SweepPoint(w, m, [0.1] * k, 5, 1.0, 50) for w, m in zip(weights, means, strict=True)]
+    measured = dict(
+        prompts_sha256=prompts_digest(["a", "b", "c", "d", "e"]),
+        num_prompts=5,
+        sampling=SAMPLING,
+        samples=1,
+        resolution=len(means) - 1,
+        prompt_split="heldout",
+        prompt_limit=5,
+    )
     return EvaluationResult(
-        method,
-        "m",
-        rewards.names,
-        rewards.to_dict(),
-        points,
-        controllability(points, rewards.names),
-        {"train_seconds": seconds},
+        method=method,
+        model="m",
+        names=rewards.names,
+        rewards=rewards.to_dict(),
+        points=points,
+        controllability=controllability(points, rewards.names),
+        compute={"train_seconds": seconds},
+        **{**measured, **settings},
     )
 
 
@@ -153,6 +165,58 @@ def test_results_on_different_stats_or_objectives_are_not_compared(fitted_reward
         summary([base, _result("x", [[1, 1], [2, 2]], renamed)])
 
 
+def test_results_measured_on_other_prompts_or_sampling_are_not_compared(fitted_rewards):
+    from steerable.evaluation.report import prompts_digest, summary
+
+    base = _result("ric", [[1, 1], [2, 2]], fitted_rewards)
+    cases = [
+        ({"prompts_sha256": prompts_digest(["e", "d", "c", "b", "a"])}, "other prompts"),
+        ({"sampling": {**SAMPLING, "max_new_tokens": 32}}, r"max_new_tokens differs \(8 vs 32\)"),
+        ({"sampling": {**SAMPLING, "temperature": 1.0}}, r"temperature differs \(0.7 vs 1.0\)"),
+        ({"sampling": {**SAMPLING, "top_p": 0.9}}, r"top_p differs \(0.95 vs 0.9\)"),
+        ({"sampling": {**SAMPLING, "top_k": 0}}, r"top_k differs \(50 vs 0\)"),
+        ({"samples": 4}, r"samples per prompt differs \(1 vs 4\)"),
+    ]
+    for settings, message in cases:
+        with pytest.raises(SteerableError, match=message):
+            summary([base, _result("x", [[1, 1], [2, 2]], fitted_rewards, **settings)])
+    # batch size, seed and dtype do not change what is measured
+    same = {"sampling": {**SAMPLING, "batch_size": 64, "seed": 3}, "dtype": "bfloat16", "resolution": 4}
+    assert len(summary([base, _result("x", [[1, 1], [2, 2]], fitted_rewards, **same)])) == 2
+
+
+def test_a_result_from_before_settings_were_recorded_asks_for_a_re_run(tmp_path, fitted_rewards):
+    from dataclasses import asdict
+
+    from steerable.evaluation.report import EvaluationResult
+
+    old = asdict(_result("ric", [[1, 1], [2, 2]], fitted_rewards))
+    for key in ("prompts_sha256", "num_prompts", "sampling", "samples", "resolution", "prompt_split"):
+        del old[key]
+    del old["prompt_limit"], old["dtype"]
+    (tmp_path / "result.json").write_text(json.dumps(old))
+    with pytest.raises(SteerableError, match="does not record prompts_sha256.*re-run the evaluation"):
+        EvaluationResult.load(tmp_path)
+
+
+def test_the_front_plot_joins_a_front_only_in_two_dimensions(fitted_rewards):
+    from steerable.evaluation.report import front_figure
+
+    def joined(ax):  # lines through more than one point
+        return [line for line in ax.lines if line.get_linestyle() not in ("None", "none", " ", "")]
+
+    two = front_figure([_result("ric", [[2, -10], [5, -15], [8, -18]], fitted_rewards)])
+    (ax,) = two.axes
+    assert [len(line.get_xdata()) for line in joined(ax)] == [3]
+    three_rewards = RewardSet.from_specs(["a=builtin:length", "b=builtin:brevity", "c=builtin:sentiment"])
+    three_rewards.fit_stats(np.array([[float(i), float(-i), i / 20] for i in range(21)]))
+    grid = preference_grid(3, 1).tolist()
+    three = front_figure([_result("ric", [[2, -10, 0.1], [5, -15, 0.5], [8, -18, 0.2]], three_rewards, grid)])
+    labels = [(ax.get_xlabel().split()[0], ax.get_ylabel().split()[0]) for ax in three.axes]
+    assert labels == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert all(not joined(ax) for ax in three.axes)
+
+
 def test_corrupt_result_file(tmp_path):
     from steerable.evaluation.report import EvaluationResult
 
@@ -170,7 +234,7 @@ def test_evaluate_ric_and_prompting_end_to_end_on_tiny(tiny_ric, tiny_path, tmp_
 
     _, model_dir = tiny_ric
     runner = CliRunner()
-    common = ["--limit", "2", "--resolution", "2", "--max-new-tokens", "4"]
+    common = ["--limit", "2", "--resolution", "2", "--max-new-tokens", "4", "--samples", "2"]
     ric = runner.invoke(
         app,
         ["evaluate", "--method", "ric", "--model", str(model_dir), "--out", str(tmp_path / "ric"), *common],
@@ -188,8 +252,6 @@ def test_evaluate_ric_and_prompting_end_to_end_on_tiny(tiny_ric, tiny_path, tmp_
             str(model_dir),
             "--out",
             str(tmp_path / "floor"),
-            "--samples",
-            "2",
             *common,
         ],
     )
@@ -203,6 +265,15 @@ def test_evaluate_ric_and_prompting_end_to_end_on_tiny(tiny_ric, tiny_path, tmp_
     text = (tmp_path / "both" / "report.md").read_text()
     assert "| ric | 3 |" in text and "| prompting | 3 |" in text
     assert (tmp_path / "both" / "front.png").is_file()
+    # a sweep sampled with another token limit is refused, not overlaid
+    longer = json.loads((tmp_path / "floor" / "result.json").read_text())
+    longer["sampling"]["max_new_tokens"] = 32
+    (tmp_path / "longer").mkdir()
+    (tmp_path / "longer" / "result.json").write_text(json.dumps(longer))
+    refused = runner.invoke(
+        app, ["report", str(tmp_path / "ric"), str(tmp_path / "longer"), "--out", str(tmp_path / "no")]
+    )
+    assert refused.exit_code == 2 and "max_new_tokens differs (4 vs 32)" in refused.output
     missing = runner.invoke(
         app,
         ["evaluate", "--method", "prompting", "--model", tiny_path, "--out", str(tmp_path / "x"), *common],
@@ -222,3 +293,46 @@ def test_evaluate_overrides_the_ric_mapping_and_labels_it(tiny_ric, tmp_path):
         evaluate("ric", str(model_dir), ["Hi"], 2, sampling, mapping="cosine", progress=False)
     with pytest.raises(SteerableError, match="--mapping applies to RiC models only"):
         evaluate("prompting", str(model_dir), ["Hi"], 2, sampling, mapping="l2", progress=False)
+
+
+def test_three_objectives_evaluated_and_reported_on_a_template_without_a_system_role(
+    tiny_nosys_path, tmp_path
+):
+    """K = 3 end to end: the prompting floor (its preference is a system text, which this
+    template cannot take) on three builtin objectives, then `steerable report`."""
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+    from steerable.evaluation.report import prompts_digest
+
+    rewards = RewardSet.from_specs(
+        ["brief=builtin:brevity", "positive=builtin:sentiment", "easy=builtin:readability"]
+    )
+    answers = ["Yes.", "What a lovely, happy day it is.", "Photosynthesis converts light into energy.", "No"]
+    rewards.fit_stats(rewards.score(["Hi?"] * len(answers), answers))
+    rewards.save(tmp_path / "stats.json")
+    prompts = ["Hi", "Why is the sky blue?"]
+    sampling = SamplingConfig(max_new_tokens=4, temperature=0.7)
+    result = evaluate(
+        "prompting",
+        tiny_nosys_path,
+        prompts,
+        resolution=1,
+        sampling=sampling,
+        stats=str(tmp_path / "stats.json"),
+        progress=False,
+        prompt_split="heldout",
+        prompt_limit=2,
+    )
+    result.save(tmp_path / "floor")
+    recorded = json.loads((tmp_path / "floor" / "result.json").read_text())
+    assert recorded["prompts_sha256"] == prompts_digest(prompts) and recorded["num_prompts"] == 2
+    assert (recorded["prompt_split"], recorded["prompt_limit"]) == ("heldout", 2)
+    assert recorded["sampling"]["max_new_tokens"] == 4 and recorded["sampling"]["temperature"] == 0.7
+    assert (recorded["samples"], recorded["resolution"]) == (1, 1)
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "floor"), "--out", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| controllability brief | controllability positive | controllability easy |" in text
+    assert "| prompting | 3 |" in text and "2 prompts (heldout, first 2)" in text
+    assert (tmp_path / "report" / "front.png").read_bytes()[:4] == b"\x89PNG"

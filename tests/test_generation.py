@@ -10,7 +10,13 @@ def test_batched_greedy_generation_matches_one_at_a_time(tiny_path):
     greedy = SamplingConfig(max_new_tokens=8, temperature=0, batch_size=3)
     batched = generate_texts(model, tokenizer, texts, greedy, progress=False)
     single = [
-        generate_texts(model, tokenizer, [t], SamplingConfig(8, 0, batch_size=1), progress=False)[0]
+        generate_texts(
+            model,
+            tokenizer,
+            [t],
+            SamplingConfig(max_new_tokens=8, temperature=0, batch_size=1),
+            progress=False,
+        )[0]
         for t in texts
     ]
     assert batched == single
@@ -70,3 +76,91 @@ def test_sampled_generation_with_and_without_top_k(tiny_path):
         config = SamplingConfig(max_new_tokens=6, temperature=1.0, seed=1, top_k=top_k, batch_size=2)
         out = generate_texts(model, tokenizer, texts, config, False)
         assert len(out) == 3 and out == generate_texts(model, tokenizer, texts, config, False)
+
+
+def test_a_template_without_a_system_role_gets_the_system_text_in_the_user_turn(tiny_path, tiny_nosys_path):
+    from transformers import AutoTokenizer
+
+    from steerable.generation import render_chat
+
+    nosys = AutoTokenizer.from_pretrained(tiny_nosys_path)
+    assert format_chat(nosys, ["Hi", "Why?"], system=["Be brief.", None]) == [
+        "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n",
+        "<start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n",
+    ]
+    chat = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Hi?"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye?"},
+    ]
+    assert render_chat(nosys, chat).startswith("<start_of_turn>user\nBe kind.\n\nHi?<end_of_turn>\n")
+    # a template with a system role keeps it
+    chatml = AutoTokenizer.from_pretrained(tiny_path)
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in format_chat(chatml, ["Hi"], system="Be brief.")[0]
+    # a system message with no user turn after it becomes one
+    from steerable.generation import fold_system
+
+    assert fold_system([{"role": "system", "content": "S"}]) == [{"role": "user", "content": "S"}]
+
+
+def _answer_then_end_of_turn(model, word: int, end: int):
+    """Make the model answer `word` and then `end`, whatever came before: only a stop at `end`
+    keeps the answer to the one word (generation without it repeats word, end, word, ...)."""
+    import torch
+
+    def hook(module, args, kwargs, output):
+        last = kwargs["input_ids"][:, -1]  # (B,)
+        forced = torch.where(last == word, end, word)
+        output.logits[:, -1] = -1e4
+        output.logits[torch.arange(len(last)), -1, forced] = 0.0
+
+    return model.register_forward_hook(hook, with_kwargs=True)
+
+
+def test_generation_stops_at_the_templates_end_of_turn_where_it_is_not_eos(tiny_nosys_path):
+    model, tokenizer = load_causal_lm(tiny_nosys_path, device="cpu")
+    end = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert end != tokenizer.eos_token_id and model.generation_config.eos_token_id == tokenizer.eos_token_id
+    (word,) = tokenizer("Yes", add_special_tokens=False).input_ids
+    texts = format_chat(tokenizer, ["Hi", "Tell me about tea."])
+    handle = _answer_then_end_of_turn(model, word, end)
+    try:
+        for sampling in (
+            SamplingConfig(max_new_tokens=6, temperature=0, batch_size=2),
+            SamplingConfig(max_new_tokens=6, temperature=1.0, batch_size=2),
+        ):
+            assert generate_texts(model, tokenizer, texts, sampling, progress=False) == ["Yes", "Yes"]
+    finally:
+        handle.remove()
+    from steerable.generation import stop_token_ids
+
+    assert set(stop_token_ids(model, tokenizer)) == {tokenizer.eos_token_id, end}
+
+
+def test_training_needs_a_chat_template_or_a_file_that_gives_one(tiny_path, tiny_nosys_path, tmp_path):
+    import pytest
+    from transformers import AutoTokenizer
+
+    from steerable.errors import SteerableError
+    from steerable.generation import render_chat, require_chat_template
+
+    base = AutoTokenizer.from_pretrained(tiny_path)
+    base.chat_template = None
+    with pytest.raises(SteerableError, match="model 'my-base' has no chat template.*chat_template_path"):
+        require_chat_template(base, "my-base")
+    with pytest.raises(SteerableError, match="has no chat template"):  # not the texts joined
+        render_chat(base, [{"role": "user", "content": "Hi"}])
+    template = tmp_path / "turns.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    assert require_chat_template(base, "my-base", template) is base
+    assert render_chat(base, [{"role": "user", "content": "Hi"}]) == "[user] Hi\n"
+    require_chat_template(base, "my-base", tiny_nosys_path)  # a model directory's template is copied
+    assert base.chat_template == AutoTokenizer.from_pretrained(tiny_nosys_path).chat_template
+    with pytest.raises(SteerableError, match="cannot read chat template"):
+        require_chat_template(base, "my-base", tmp_path / "missing.jinja")
+    with pytest.raises(SteerableError, match="neither a .jinja file nor a loadable tokenizer"):
+        require_chat_template(base, "my-base", tmp_path)
+    template.write_text("{{ raise_exception('no') }}")
+    with pytest.raises(SteerableError, match="cannot render a user turn"):
+        require_chat_template(base, "my-base", template)

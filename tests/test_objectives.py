@@ -109,3 +109,98 @@ def test_stats_json_is_self_describing(tmp_path):
     assert entry["spec"] == {"kind": "builtin", "target": "brevity", "options": {}}
     assert set(entry["stats"]) == {"count", "mean", "std", "min", "max", "quantiles"}
     assert entry["stats"]["quantiles"]["0.7"] == pytest.approx(np.quantile([-9, -2, -1], 0.7))
+
+
+def test_annotate_writes_raw_and_normalised_columns():
+    rows = [
+        {"prompt": p, "response": r, "id": i} for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES, strict=True))
+    ]
+    rewards = RewardSet.from_specs(["brief=builtin:brevity", "builtin:length"])
+    raw = rewards.annotate(rows, fit=True)
+    assert raw.tolist() == [[-9, 9], [-2, 2], [-1, 1]]
+    assert [r["score_length"] for r in rows] == [9, 2, 1] and [r["id"] for r in rows] == [0, 1, 2]
+    z = np.array([[r["z_brief"], r["z_length"]] for r in rows])
+    np.testing.assert_allclose(z, rewards.normalise(raw))
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-12)
+    held = [{"prompt": "q", "response": "one two"}]
+    rewards.annotate(held)  # normalised with the statistics fitted above
+    assert held[0]["z_length"] == pytest.approx((2 - 4) / rewards["length"].stats.std)
+
+
+def test_annotate_without_statistics_leaves_rows_untouched():
+    rows = [{"prompt": "q", "response": "a b"}]
+    with pytest.raises(SteerableError, match="no statistics"):
+        RewardSet.from_specs(["builtin:length"]).annotate(rows)
+    assert rows == [{"prompt": "q", "response": "a b"}]
+
+
+def test_fitting_on_one_row_warns_that_every_preference_maps_to_the_same_tags():
+    rewards = RewardSet.from_specs(["brief=builtin:brevity", "builtin:length"])
+    with pytest.warns(UserWarning, match=r"\['brief', 'length'\].*1 row.*same tags"):
+        rewards.fit_stats(rewards.score(PROMPTS[:1], RESPONSES[:1]))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("return ['high'] * len(r)", r"not a number \('high'\)"),
+        ("return [str(len(x)) for x in r]", r"not a number \('54'\)"),  # not even numeric strings
+        ("return [None] * len(r)", r"not a number \(None\)"),
+        ("return None", "returned None, not a list of 3 scores"),
+        ("return 1.0", "returned 1.0, not a list of 3 scores"),
+        ("return [[1.0]] * len(r)", "not a list of 3 scores"),
+        ("raise ValueError('boom')", "raised ValueError: boom"),
+    ],
+)
+def test_scorer_returning_something_else_names_the_objective(tmp_path, body, message):
+    module = tmp_path / "rewards_odd.py"
+    module.write_text(f"def f(p, r):\n    {body}\n")
+    rewards = RewardSet.from_specs([f"odd=py:{module}:f"])
+    with pytest.raises(SteerableError, match=f"'odd'.*{message}"):
+        rewards.score(PROMPTS, RESPONSES)
+
+
+def test_scorer_may_return_any_sequence_of_numbers(tmp_path):
+    module = tmp_path / "rewards_gen.py"
+    module.write_text("import numpy as np\ndef f(p, r):\n    return (n for n in np.arange(len(r)))\n")
+    assert RewardSet.from_specs([f"g=py:{module}:f"]).score(PROMPTS, RESPONSES)[:, 0].tolist() == [0, 1, 2]
+
+
+def _saved_with_code(tmp_path) -> tuple:
+    """A stats JSON naming a py: scorer whose module leaves a marker file when imported."""
+    marker = tmp_path / "imported"
+    module = tmp_path / "rewards_marker.py"
+    module.write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef f(p, r):\n    return [float(len(x)) for x in r]\n"
+    )
+    rewards = RewardSet.from_specs([f"chars=py:{module}:f", "builtin:length"])
+    rewards.fit_stats(rewards.score(PROMPTS, RESPONSES))
+    marker.unlink()
+    rewards.save(tmp_path / "stats.json")
+    return tmp_path / "stats.json", marker, module
+
+
+def test_code_named_in_a_stats_file_runs_only_when_trusted(tmp_path):
+    path, marker, module = _saved_with_code(tmp_path)
+    loaded = RewardSet.load(path)  # loading alone is fine: a model directory must still load
+    assert loaded.names == ["chars", "length"] and loaded["chars"].stats is not None
+    assert loaded["length"].score(PROMPTS, RESPONSES).tolist() == [9, 2, 1]  # builtins still run
+    with pytest.raises(SteerableError) as refused:
+        loaded.score(PROMPTS, RESPONSES)
+    for part in ("'chars'", str(path), f"py:{module}:f", "--trust-remote-code", "trust_remote_code=True"):
+        assert part in str(refused.value)
+    assert not marker.exists()
+    data = json.loads(path.read_text())
+    with pytest.raises(SteerableError, match="--trust-remote-code"):
+        RewardSet.from_dict(data).score(PROMPTS, RESPONSES)
+    assert not marker.exists()
+    trusted = RewardSet.load(path, trust_remote_code=True).score(PROMPTS, RESPONSES)
+    assert trusted[:, 0].tolist() == [float(len(r)) for r in RESPONSES] and marker.exists()
+    assert RewardSet.from_dict(data, trust_remote_code=True).score(PROMPTS, RESPONSES).shape == (3, 2)
+
+
+def test_hf_remote_code_named_in_a_file_is_refused_before_loading_anything():
+    rewards = RewardSet.from_specs(["builtin:length", "rm=hf:someone/their-model?trust_remote_code=true"])
+    rewards.fit_stats(np.array([[1.0, 0.0], [2.0, 1.0]]))
+    with pytest.raises(SteerableError, match="'rm' from stats.json would run code from hf:someone/"):
+        RewardSet.from_dict(rewards.to_dict(), where="stats.json").score(["q"], ["a"])

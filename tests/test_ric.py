@@ -224,6 +224,8 @@ def test_policy_bad_inputs(tiny_ric, tmp_path):
     assert clipped["brief"] < 99
     with pytest.raises(SteerableError, match="no steerable.json"):
         SteerablePolicy.from_pretrained(tmp_path)
+    with pytest.raises(SteerableError, match="adapter .*none does not exist"):
+        SteerablePolicy.from_pretrained(out, adapter=tmp_path / "none")
 
 
 def test_rerun_skips_finished_stages(tiny_ric):

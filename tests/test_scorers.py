@@ -15,6 +15,7 @@ from steerable.scorers import ScorerSpec, build_scorer
             ScorerSpec("helpful", "hf", "org/model-name", {"input": "chat", "index": "1"}),
         ),
         ("h=hf:/abs/path/rm?batch_size=8", ScorerSpec("h", "hf", "/abs/path/rm", {"batch_size": "8"})),
+        ("h=hf:o/m?trust_remote_code=true", ScorerSpec("h", "hf", "o/m", {"trust_remote_code": "true"})),
         ("mine=py:pkg.mod:func", ScorerSpec("mine", "py", "pkg.mod:func")),
         (
             {"name": "rel", "kind": "builtin", "target": "relevance", "options": {"batch_size": 4}},
@@ -42,6 +43,10 @@ def test_spec_string_round_trips():
         ("h=hf:org/m?input=sideways", "input must be one of"),
         ("h=hf:org/m?index=minus", "index must be"),
         ("h=hf:org/m?colour=red", "no option"),
+        ("h=hf:org/m?batch_size=0", "batch_size must be a positive integer"),
+        ("h=hf:org/m?max_length=0", "max_length must be a positive integer"),
+        ("h=hf:org/m?trust_remote_code=yes", "trust_remote_code must be one of"),
+        ("r=builtin:relevance?batch_size=0", "batch_size must be a positive integer"),
         ("hf:org/m", "needs a name"),
         ("m=py:justamodule", "MODULE:FUNCTION"),
         ("1bad=builtin:length", "not valid"),
@@ -110,6 +115,29 @@ def test_python_callable_errors(tmp_path):
         build_scorer(ScorerSpec.parse(f"e=py:{tmp_path}/m.py:f"))
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def f(p, r)\n    return r\n", "SyntaxError"),
+        ("import no_such_dependency_xyz\n", "ModuleNotFoundError: No module named 'no_such_dependency_xyz'"),
+        ("raise RuntimeError('needs a GPU')\n", "RuntimeError: needs a GPU"),
+    ],
+)
+def test_python_module_that_fails_to_import_names_the_objective(tmp_path, monkeypatch, source, message):
+    (tmp_path / "broken_rewards.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for target in (f"{tmp_path}/broken_rewards.py:f", "broken_rewards:f"):
+        with pytest.raises(SteerableError, match=f"objective 'mine'.*{message}"):
+            build_scorer(ScorerSpec.parse(f"mine=py:{target}"))
+
+
+def test_python_scorer_that_raises_names_the_objective(tmp_path):
+    (tmp_path / "r.py").write_text("def f(p, r):\n    raise KeyError('label')\n")
+    scorer = build_scorer(ScorerSpec.parse(f"mine=py:{tmp_path}/r.py:f"))
+    with pytest.raises(SteerableError, match="objective 'mine'.* raised KeyError: 'label'"):
+        scorer(["q"], ["a"])
+
+
 @pytest.mark.parametrize("mode", ["pair", "response", "chat"])
 def test_hf_reward_model_batched_matches_one_at_a_time(tiny_reward_model, mode):
     prompts = ["Short?", "A much longer question about gardening in the spring time?", "Hi"]
@@ -129,6 +157,56 @@ def test_hf_reward_model_errors(tiny_reward_model, tmp_path):
         build_scorer(ScorerSpec.parse(f"rm=hf:{tiny_reward_model}?index=5"))
     with pytest.raises(SteerableError, match="could not be loaded"):
         build_scorer(ScorerSpec.parse(f"rm=hf:{tmp_path}/nothing-here"))
+
+
+def test_hf_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a model")
+    with pytest.raises(SteerableError, match="folder without config.json, so not a Hugging Face model"):
+        build_scorer(ScorerSpec.parse(f"rm=hf:{tmp_path}/notes"))
+    (tmp_path / "notes" / "config.json").write_text('{"colour": "red"}')
+    with pytest.raises(SteerableError, match="could not be loaded as a sequence-classification model"):
+        build_scorer(ScorerSpec.parse(f"rm=hf:{tmp_path}/notes"))
+
+
+@pytest.mark.parametrize("trust", [None, "true", "false"])
+def test_hf_trust_remote_code_reaches_from_pretrained(tiny_reward_model, monkeypatch, trust):
+    import transformers
+
+    seen = []
+    for cls in (transformers.AutoTokenizer, transformers.AutoModelForSequenceClassification):
+        load = cls.from_pretrained
+
+        def recording(*args, _load=load, **kwargs):
+            seen.append(kwargs.get("trust_remote_code"))
+            return _load(*args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", recording)
+    query = f"?trust_remote_code={trust}" if trust else ""
+    build_scorer(ScorerSpec.parse(f"rm=hf:{tiny_reward_model}{query}"))
+    assert seen == [trust == "true"] * 2
+
+
+def test_hf_reward_model_without_pad_token_reads_the_last_real_token(tiny_reward_model_no_pad):
+    """The chat input ends with EOS; padding with EOS would read the logit one token early."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    prompts = ["Hi", "A much longer question about gardening in the spring?"]
+    responses = ["Hello there!", "Plant early."]
+    scorer = build_scorer(ScorerSpec.parse(f"rm=hf:{tiny_reward_model_no_pad}?input=chat&index=1"))
+    batched = scorer(prompts, responses)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model_no_pad)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model_no_pad).eval()
+    expected = []
+    for p, r in zip(prompts, responses, strict=True):
+        chat = [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+        ids = tokenizer(tokenizer.apply_chat_template(chat, tokenize=False), add_special_tokens=False)
+        assert ids["input_ids"][-1] == tokenizer.eos_token_id
+        with torch.no_grad():  # one unpadded sequence and no pad id: read at its very last token
+            expected.append(model(torch.tensor([ids["input_ids"]])).logits[0, 1].item())
+    np.testing.assert_allclose(batched, expected, atol=1e-4)
+    assert scorer.tokenizer.pad_token not in (None, scorer.tokenizer.eos_token)
 
 
 def test_reward_set_mixes_scorer_kinds(tiny_reward_model, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from steerable.errors import SteerableError
+from steerable.generation import SamplingConfig
 
 console = Console(stderr=True)
 
@@ -24,8 +26,17 @@ app = typer.Typer(
 )
 
 
+def _warn(message) -> None:
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def _fail(err: SteerableError):
-    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message naming e.g. list[str] must not be read as console markup
+    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -34,12 +45,22 @@ def command(fn):
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        try:
+        with user_errors():
             return fn(*args, **kwargs)
-        except SteerableError as err:
-            raise _fail(err)
 
     return app.command()(run)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """SteerableError, and the OSError of a file that cannot be read or written, as one line
+    and exit status 2."""
+    try:
+        yield
+    except SteerableError as err:
+        raise _fail(err)
+    except OSError as err:  # an unwritable --out, a full disk, a file that vanished
+        raise _fail(SteerableError(str(err)))
 
 
 ObjectiveOpt = Annotated[
@@ -66,7 +87,7 @@ def _reward_set(objectives: list[str] | None, config: Path | None):
 
         try:
             data = yaml.safe_load(config.read_text())
-        except (OSError, yaml.YAMLError) as err:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise SteerableError(f"config {config}: cannot read it as YAML ({err})")
         if not isinstance(data, dict) or not isinstance(data.get("objectives"), list):
             raise SteerableError(f"config {config}: expected a mapping with an 'objectives:' list")
@@ -99,7 +120,39 @@ def prepare(
     console.print(f"{model}: {resolve_model(model)}")
 
 
+# The sampling options of `sample`, `generate` and `evaluate`: defined once, with the defaults
+# of SamplingConfig.
+SAMPLING = SamplingConfig()
+MaxNewTokens = Annotated[int, typer.Option(help="Cap on generated tokens per response.")]
+Temperature = Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")]
+TopP = Annotated[float, typer.Option(help="Nucleus sampling: keep the most likely tokens up to this mass.")]
 TopK = Annotated[int, typer.Option(help="Sample among the k most likely tokens (0 = all).")]
+BatchSize = Annotated[int, typer.Option(help="Sequences per generate call.")]
+Seed = Annotated[int, typer.Option(help="Random seed of the sampling.")]
+Dtype = Annotated[
+    str | None,
+    typer.Option(
+        help="Dtype of the model weights: float32, bfloat16 or float16 (default: the one a model directory records, else float32)."
+    ),
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Let models run their own code and objectives' py: scorers from files you did not write run (off).",
+    ),
+]
+
+
+def sampling_config(max_new_tokens, temperature, top_p, top_k, batch_size, seed) -> SamplingConfig:
+    return SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        batch_size=batch_size,
+        seed=seed,
+    )
 
 
 @command
@@ -116,17 +169,21 @@ def sample(
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
     n_per_prompt: Annotated[int, typer.Option(help="Responses sampled per prompt.")] = 1,
     system: Annotated[str | None, typer.Option(help="System prompt for every request.")] = None,
-    max_new_tokens: int = 96,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
-    top_k: TopK = 50,
-    batch_size: int = 32,
-    seed: int = 0,
+    max_new_tokens: MaxNewTokens = SAMPLING.max_new_tokens,
+    temperature: Temperature = SAMPLING.temperature,
+    top_p: TopP = SAMPLING.top_p,
+    top_k: TopK = SAMPLING.top_k,
+    batch_size: BatchSize = SAMPLING.batch_size,
+    seed: Seed = SAMPLING.seed,
+    dtype: Dtype = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Sample responses from a model for a set of prompts (batched, left-padded)."""
     from steerable.data import load_prompts, read_table, write_table
     from steerable.defaults import load_causal_lm
-    from steerable.generation import SamplingConfig, format_chat, generate_texts
+    from steerable.generation import format_chat, generate_texts
+
+    config = sampling_config(max_new_tokens, temperature, top_p, top_k, batch_size, seed)
 
     if prompts is None:
         prompt_list = load_prompts(split, limit)
@@ -141,9 +198,8 @@ def sample(
         raise SteerableError("no prompts to sample from")
     if n_per_prompt < 1:
         raise SteerableError("--n-per-prompt must be at least 1")
-    lm, tokenizer = load_causal_lm(model)
+    lm, tokenizer = load_causal_lm(model, dtype or "float32", trust_remote_code=trust_remote_code)
     repeated = [p for p in prompt_list for _ in range(n_per_prompt)]
-    config = SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed, top_k)
     responses = generate_texts(lm, tokenizer, format_chat(tokenizer, repeated, system), config)
     rows = [{"prompt": p, "response": r, "model": model} for p, r in zip(repeated, responses, strict=True)]
     write_table(out, rows)
@@ -166,7 +222,9 @@ def score(
     ],
     stats: Annotated[
         Path | None,
-        typer.Option(help="Where to write the fitted statistics JSON (default: OUT with .stats.json)."),
+        typer.Option(
+            help="Where to write the fitted statistics JSON (default: OUT with .stats.json appended, e.g. scored.jsonl.stats.json). Never the input or OUT; an existing file must hold the same statistics (or pass --force)."
+        ),
     ] = None,
     stats_from: Annotated[
         Path | None,
@@ -175,33 +233,56 @@ def score(
     objective: ObjectiveOpt = None,
     config: ConfigOpt = None,
     split: Annotated[str | None, typer.Option(help="Split of a saved DatasetDict.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace a statistics file fitted on other rows or objectives.")
+    ] = False,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            help="Let py: scorers (and hf: ones with trust_remote_code) named in --stats-from run their code; only for files you trust."
+        ),
+    ] = False,
 ) -> None:
     """Score every (prompt, response) with each objective; write raw and normalised scores and
-    the normalisation statistics (mean, std, min, max, quantiles)."""
+    the normalisation statistics (mean, std, min, max, quantiles). Nothing is written unless
+    every row scored."""
     from steerable.data import load_pairs, write_table
     from steerable.objectives import RewardSet
 
+    previous = None  # what the statistics file holds now
     if stats_from is not None:
-        if objective or config:
-            raise SteerableError("--stats-from fixes the objectives; drop --objective/--config")
-        rewards = RewardSet.load(stats_from)
+        if objective or config or stats:
+            raise SteerableError(
+                "--stats-from fixes the objectives and statistics; drop --objective/--config/--stats"
+            )
+        rewards = RewardSet.load(stats_from, trust_remote_code=trust_remote_code)
     else:
         rewards = _reward_set(objective, config)
+        stats = stats or out.with_name(out.name + ".stats.json")
+        if stats.resolve() in (data.resolve(), out.resolve()):
+            raise SteerableError(f"--stats {stats} is the input or the --out table; choose another path")
+        try:
+            previous = RewardSet.load(stats).to_dict() if stats.exists() else None
+        except SteerableError as err:
+            raise SteerableError(
+                f"--stats {stats} exists and is not a steerable statistics file ({err}); "
+                "delete it or choose another path"
+            )
     rows = load_pairs(data, split)
-    raw = rewards.score([r["prompt"] for r in rows], [r["response"] for r in rows], progress=True)
-    if stats_from is None:
-        rewards.fit_stats(raw)
-    z = rewards.normalise(raw)
-    for row, raw_row, z_row in zip(rows, raw, z, strict=True):
-        for k, name in enumerate(rewards.names):
-            row[f"score_{name}"] = float(raw_row[k])
-            row[f"z_{name}"] = float(z_row[k])
-    if stats_from is None:
-        stats = stats or out.with_name(out.name.split(".")[0] + ".stats.json")
-        rewards.save(stats)
-        console.print(f"wrote statistics to {stats}")
+    with warnings.catch_warnings(record=True) as caught:
+        raw = rewards.annotate(rows, fit=stats_from is None, progress=True)
+    for warning in caught:  # e.g. zero spread on a single row
+        _warn(warning.message)
+    if previous is not None and previous != rewards.to_dict() and not force:
+        raise SteerableError(
+            f"{stats} holds statistics fitted on other rows or objectives; pass --force to replace "
+            "them, or choose another --stats path"
+        )
     write_table(out, rows)
     console.print(f"wrote {len(rows)} scored rows to {out}")
+    if stats_from is None:
+        rewards.save(stats)
+        console.print(f"wrote statistics to {stats}")
     Console().print(summary_table(rewards.names, raw))
 
 
@@ -240,21 +321,14 @@ TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help
 
 
 def run_config_command(ctx: typer.Context, config_cls, run) -> None:
-    """Parse a method's config dataclass from the remaining arguments with transformers'
-    HfArgumentParser (as TRL's scripts do) -- every field is an option, `--help` lists them
-    with their docs -- or from YAML with `--config FILE.yaml`; then run the recipe."""
-    from transformers import HfArgumentParser
+    """Parse a method's config dataclass from the remaining arguments with TRL's TrlParser --
+    every field is an option and `--help` lists them with their docs; `--config FILE.yaml` sets
+    fields that flags then override -- then run the recipe. Every user error is one line."""
+    from steerable.configs import parse_config
 
-    parser = HfArgumentParser(config_cls, prog=ctx.command_path)
-    args = list(ctx.args)
-    try:
-        if len(args) == 2 and args[0] == "--config":
-            (config,) = parser.parse_yaml_file(args[1])
-        else:
-            (config,) = parser.parse_args_into_dataclasses(args)
+    with user_errors():
+        config = parse_config(config_cls, ctx.args, prog=ctx.command_path)
         console.print(f"steerable model directory: {run(config)}")
-    except SteerableError as err:
-        raise _fail(err)
 
 
 @train_app.command("ric", context_settings=TRAIN_CONTEXT)
@@ -284,53 +358,64 @@ def train_soups_command(ctx: typer.Context) -> None:
 @command
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="Prompt(s) to answer.")],
-    model: Annotated[Path, typer.Option(help="Steerable model directory (has steerable.json).")],
+    model: Annotated[
+        Path, typer.Option(help="Steerable model directory (RiC, soups or MORLHF; has steerable.json).")
+    ],
     prefer: Annotated[
         str | None, typer.Option(help="Preference, e.g. brief=0.7,positive=0.3 (or 0.7,0.3).")
     ] = None,
     target: Annotated[
-        str | None, typer.Option(help="Explicit normalised targets, e.g. brief=1.0,positive=-0.5.")
+        str | None, typer.Option(help="RiC only: explicit normalised targets, e.g. brief=1.0,positive=-0.5.")
     ] = None,
-    mapping: Annotated[str | None, typer.Option(help="linf, l2 or linear (default: the model's).")] = None,
-    system: Annotated[str | None, typer.Option(help="System text placed before the tags.")] = None,
-    max_new_tokens: int = 64,
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    top_k: TopK = 50,
-    batch_size: int = 32,
-    seed: int = 0,
+    mapping: Annotated[
+        str | None, typer.Option(help="RiC only: linf, l2 or linear (default: the model's).")
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="RiC only: system text placed before the tags.")] = None,
+    max_new_tokens: MaxNewTokens = SAMPLING.max_new_tokens,
+    temperature: Temperature = SAMPLING.temperature,
+    top_p: TopP = SAMPLING.top_p,
+    top_k: TopK = SAMPLING.top_k,
+    batch_size: BatchSize = SAMPLING.batch_size,
+    seed: Seed = SAMPLING.seed,
+    dtype: Dtype = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
-    """Generate steered responses from a trained model directory."""
-    from steerable.generation import SamplingConfig
-    from steerable.policy import SteerablePolicy
+    """Generate steered responses from a trained model directory: a RiC model maps the
+    preference to tags; Rewarded Soups interpolates its adapters; MORLHF answers at the weight
+    vectors it was trained for."""
+    from steerable.policy import SteerablePolicy, load_manifest
+    from steerable.preferences import Preference, parse_targets
 
     if not [p for p in prompts if p.strip()]:
         raise SteerableError("no prompts given")
-    policy = SteerablePolicy.from_pretrained(model)
-    if target is not None:
-        targets = {}
-        for part in target.split(","):
-            name, _, value = part.partition("=")
-            try:
-                targets[name.strip()] = float(value)
-            except ValueError:
+    sampling = sampling_config(max_new_tokens, temperature, top_p, top_k, batch_size, seed)
+    manifest = load_manifest(model)
+    if manifest.method != "ric":
+        from steerable.evaluation.evaluate import method_generator
+
+        for option, value in (("--target", target), ("--mapping", mapping), ("--system", system)):
+            if value is not None:
                 raise SteerableError(
-                    f"--target {part!r} is not NAME=NUMBER; write e.g. {policy.names[0]}=0.5,..."
+                    f"{option} applies to RiC models; {model} is a {manifest.method} model (steer it with --prefer)"
                 )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            targets = policy.check_targets(targets)
-        for warning in caught:  # e.g. a target clipped to the trained range
-            console.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)
+        steer, rewards, *_ = method_generator(
+            manifest.method, str(model), sampling, None, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        preference = Preference.parse(prefer or [1.0] * len(rewards), rewards.names)
+        console.print(f"preference: {preference}")
+        responses = steer(list(prompts), np.array(preference.weights))
     else:
-        targets = policy.targets_for(prefer or [1.0] * len(policy.names), mapping)
-    console.print("targets: " + ", ".join(f"{n}={v:+.2f}" for n, v in targets.items()))
-    responses = policy.generate(
-        prompts,
-        targets=targets,
-        system=system,
-        sampling=SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed, top_k),
-    )
+        policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
+        if target is not None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                targets = policy.check_targets(parse_targets(target))
+            for warning in caught:  # e.g. a target clipped to the trained range
+                _warn(warning.message)
+        else:
+            targets = policy.targets_for(prefer or [1.0] * len(policy.names), mapping)
+        console.print("targets: " + ", ".join(f"{n}={v:+.2f}" for n, v in targets.items()))
+        responses = policy.generate(prompts, targets=targets, system=system, sampling=sampling)
     for prompt, response in zip(prompts, responses, strict=True):
         Console().print(f"[bold]> {prompt}[/]\n{response}\n", highlight=False)
 
@@ -361,12 +446,12 @@ def evaluate(
         str | None,
         typer.Option(help="RiC only: linf, l2 or linear instead of the model's stored mapping."),
     ] = None,
-    max_new_tokens: int = 64,
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    top_k: TopK = 50,
-    batch_size: int = 64,
-    seed: int = 0,
+    max_new_tokens: MaxNewTokens = SAMPLING.max_new_tokens,
+    temperature: Temperature = SAMPLING.temperature,
+    top_p: TopP = SAMPLING.top_p,
+    top_k: TopK = SAMPLING.top_k,
+    batch_size: BatchSize = SAMPLING.batch_size,
+    seed: Seed = SAMPLING.seed,
     samples: Annotated[
         int,
         typer.Option(
@@ -374,24 +459,29 @@ def evaluate(
             "samples make the means and the controllability less noisy (and cost as much more)."
         ),
     ] = 1,
+    dtype: Dtype = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Sweep a preference grid on held-out prompts: mean score per objective per point, Pareto
     front, hypervolume, controllability, compute; JSON, CSV, PNG and Markdown."""
     from steerable.data import load_prompts
     from steerable.evaluation.evaluate import evaluate as run_evaluation
     from steerable.evaluation.report import write_report
-    from steerable.generation import SamplingConfig
 
     result = run_evaluation(
         method,
         model,
         load_prompts(split, limit),
         resolution,
-        SamplingConfig(max_new_tokens, temperature, top_p, batch_size, seed, top_k),
+        sampling_config(max_new_tokens, temperature, top_p, top_k, batch_size, seed),
         stats,
         adapter=adapter,
         mapping=mapping,
         samples=samples,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        prompt_split=split,
+        prompt_limit=limit,
     )
     result.save(out)
     report = write_report([result], out)

@@ -80,7 +80,7 @@ def check_field_types(config) -> None:
             )
             wrong = not all(isinstance(v, item_type) for v in value)
         if wrong:
-            expected = str(annotation).replace("typing.", "")
+            expected = annotation.__name__ if isinstance(annotation, type) else str(annotation)
             raise SteerableError(f"{item.name} must be {expected}, got {value!r}")
 
 

@@ -1,34 +1,44 @@
 """Batched sampling from a causal LM: chat formatting, left padding, length-sorted batches, and a
-top-k sampler that draws among the k candidates instead of the whole vocabulary."""
+top-k sampler that draws among the k candidates instead of the whole vocabulary.
+
+Chat templates differ by family, and everything here works with any of them: a template without
+a system role (Gemma's) gets the system text folded into the user turn (`template_messages`),
+generation stops at the template's end of turn where it is not eos_token (`stop_token_ids`), and
+a tokenizer without a template is refused with the fix, or given one (`require_chat_template`)."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from steerable.errors import SteerableError
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SamplingConfig:
-    """How responses are sampled.
+    """How responses are sampled: the one set of sampling settings and defaults, shared by
+    `steerable sample`, `generate`, `evaluate` and the trainers. Keyword-only, so a call site
+    never confuses two numbers.
 
     max_new_tokens: cap on generated tokens per response.
     temperature / top_p: sampling settings; temperature 0 means greedy decoding.
     batch_size: sequences per `generate` call (sequences are sorted by length first).
-    seed: torch seed set before sampling, for reproducible runs.
+    seed: torch seed set before sampling, for reproducible runs (None: not reseeded).
     top_k: sample among the k most likely tokens (transformers' default, 50); 0 = the whole
         vocabulary, through transformers' own sampler.
     """
 
-    max_new_tokens: int = 96
-    temperature: float = 0.8
+    max_new_tokens: int = 64
+    temperature: float = 0.7
     top_p: float = 0.95
-    batch_size: int = 32
+    batch_size: int = 64
     seed: int | None = 0
     top_k: int = 50
 
@@ -63,12 +73,145 @@ class TopKSampler(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
 
+def require_chat_template(tokenizer, model: str, chat_template: str | Path | None = None):
+    """Make sure `tokenizer` has a chat template before anything trains on or samples chats
+    (TRL's SFT fails deep inside with a traceback without one). `chat_template`, as TRL's
+    `chat_template_path`, replaces the tokenizer's own: a .jinja (or .j2) file, or a tokenizer
+    directory or cached hub id whose template is copied. Special tokens the template names must
+    already be in the tokenizer: they are not added, so the embeddings need no resizing.
+    Without any template, a SteerableError names the model and the fix. Returns the
+    tokenizer."""
+    if chat_template is not None:
+        tokenizer.chat_template = _read_chat_template(str(chat_template))
+    if not getattr(tokenizer, "chat_template", None):
+        raise _no_chat_template(model)
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
+    except TemplateError as err:
+        raise SteerableError(
+            f"the chat template of {model!r} cannot render a user turn ({err}); fix or replace it"
+        )
+    return tokenizer
+
+
+def _no_chat_template(model: str) -> SteerableError:
+    return SteerableError(
+        f"model {model!r} has no chat template, and steerable speaks to models in chats; set "
+        "chat_template_path to a .jinja file or to a model whose template fits this tokenizer, or "
+        "use an instruct model"
+    )
+
+
+def _read_chat_template(source: str) -> str:
+    if source.endswith((".jinja", ".j2")):
+        try:
+            return Path(source).read_text()
+        except OSError as err:
+            raise SteerableError(f"cannot read chat template {source}: {err.strerror or err}")
+    from transformers import AutoTokenizer
+
+    try:
+        template = AutoTokenizer.from_pretrained(source).chat_template
+    except (OSError, ValueError) as err:
+        raise SteerableError(
+            f"chat template source {source!r} is neither a .jinja file nor a loadable tokenizer ({err})"
+        )
+    if not template:
+        raise SteerableError(f"{source} has no chat template to copy; choose a chat (instruct) model")
+    return template
+
+
+# Whether a tokenizer's template takes a system message, per tokenizer and template text (a
+# template can be replaced after loading). Weak keys, so a cached tokenizer can still be freed.
+_SYSTEM_ROLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SYSTEM_PROBE = "steerable system probe"
+
+
+def accepts_system_role(tokenizer) -> bool:
+    """True when the chat template renders a system message. Gemma's raises on one, and some
+    templates drop it silently; both count as no."""
+    template = tokenizer.chat_template
+    cached = _SYSTEM_ROLE.get(tokenizer)
+    if cached is None or cached[0] != template:
+        probe = [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": "Hi"}]
+        try:
+            accepts = _SYSTEM_PROBE in tokenizer.apply_chat_template(probe, tokenize=False)
+        except TemplateError:
+            accepts = False
+        cached = _SYSTEM_ROLE[tokenizer] = (template, accepts)
+    return cached[1]
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The chat without system messages: their text opens the next user turn (system text, blank
+    line, user text), which is where templates without a system role put it themselves."""
+    folded, pending = [], []
+    for message in messages:
+        if message["role"] == "system":
+            pending.append(message["content"])
+            continue
+        if pending:
+            if message["role"] == "user":
+                message = {**message, "content": "\n\n".join([*pending, message["content"]])}
+            else:
+                folded.append({"role": "user", "content": "\n\n".join(pending)})
+            pending = []
+        folded.append(message)
+    if pending:
+        folded.append({"role": "user", "content": "\n\n".join(pending)})
+    return folded
+
+
+def template_messages(tokenizer, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """`messages` as the tokenizer's chat template can take them: system messages folded into
+    the user turn when the template has no system role. Whatever renders chats, here or in a
+    trainer, goes through this, so a model sees its prompts the same way in training and use."""
+    if any(m["role"] == "system" for m in messages) and not accepts_system_role(tokenizer):
+        return fold_system(messages)
+    return messages
+
+
 def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
-    """Messages through the model's chat template, ready for generation. A tokenizer without a
-    chat template gets the message texts joined by blank lines."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n\n".join(m["content"] for m in messages) + "\n\n"
+    """Messages through the model's chat template (see `template_messages`), ready for
+    generation. A tokenizer without a template is refused rather than given the texts joined:
+    a model trained or sampled in one format and used in another is silently worse (models are
+    loaded through `require_chat_template`, so this only guards other tokenizers)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise _no_chat_template(tokenizer.name_or_path)
+    return tokenizer.apply_chat_template(
+        template_messages(tokenizer, messages), tokenize=False, add_generation_prompt=True
+    )
+
+
+_ANSWER_PROBE = "steerable answer probe"
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The special token the chat template closes an assistant turn with (Gemma's
+    <end_of_turn>, Llama 3's <|eot_id|>, ChatML's <|im_end|>), None when there is none."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _ANSWER_PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(chat, tokenize=False)
+    except TemplateError:
+        return None
+    _, found, after = text.rpartition(_ANSWER_PROBE)
+    ids = tokenizer(after.lstrip(), add_special_tokens=False).input_ids if found else []
+    if not ids:
+        return None
+    added = tokenizer.added_tokens_decoder.get(ids[0])
+    return ids[0] if (added is not None and added.special) or ids[0] in tokenizer.all_special_ids else None
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a response: the model's configured eos ids, the tokenizer's eos and
+    the template's end of turn. Many families end a turn with a token that is not eos_token;
+    stopping at eos alone would run each answer on to max_new_tokens past its end."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    ids = [*ids, tokenizer.eos_token_id, end_of_turn_id(tokenizer)]
+    return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 def format_chat(tokenizer, prompts: Sequence[str], system: str | Sequence[str] | None = None) -> list[str]:
@@ -97,7 +240,11 @@ def generate_texts(
     lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     outputs = [""] * len(texts)
-    kwargs = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    kwargs = dict(
+        max_new_tokens=sampling.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stop_token_ids(model, tokenizer),
+    )
     if sampling.temperature <= 0:
         kwargs.update(do_sample=False)
     elif sampling.top_k:

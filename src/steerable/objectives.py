@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -86,27 +88,60 @@ class ObjectiveStats:
 
 @dataclass
 class Objective:
-    """A named reward: a scorer spec (built lazily) and, once fitted, its statistics."""
+    """A named reward: a scorer spec (built lazily) and, once fitted, its statistics.
+
+    `untrusted_source` is the file the objective was read from when the reader did not opt in
+    to running code from it: a stats JSON or model directory may come from anyone, so its
+    code-running scorers (py:, hf: with trust_remote_code) refuse to build. The objective still
+    loads, so a model directory can generate without ever building its scorers.
+    """
 
     name: str
     spec: ScorerSpec
     stats: ObjectiveStats | None = None
+    untrusted_source: str | None = None
     _scorer: Scorer | None = field(default=None, repr=False, compare=False)
 
     @property
     def scorer(self) -> Scorer:
         if self._scorer is None:
+            if self.untrusted_source is not None and self.spec.runs_code:
+                raise SteerableError(
+                    f"objective {self.name!r} from {self.untrusted_source} would run code from "
+                    f"{self.spec.kind}:{self.spec.target}; if you trust that file, pass "
+                    "--trust-remote-code at the CLI or trust_remote_code=True in Python"
+                )
             self._scorer = build_scorer(self.spec)
         return self._scorer
 
     def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        values = np.asarray(list(self.scorer(prompts, responses)), dtype=float)
-        if values.shape != (len(prompts),):
+        return self._checked(self.scorer(prompts, responses), len(prompts))
+
+    def _checked(self, values: object, n: int) -> np.ndarray:
+        """The scorer's output as floats; anything but one number per pair is its error."""
+        fix = "a scorer must return one float per pair"
+        if isinstance(values, Iterable) and not isinstance(values, str | bytes):
+            values = list(values)  # generators, tensors, tuples
+        try:
+            array = np.asarray(values)
+        except (TypeError, ValueError):  # e.g. ragged nested lists
+            array = np.asarray(None)
+        if array.ndim != 1:
             raise SteerableError(
-                f"objective {self.name!r} ({self.spec}) returned {values.size} scores "
-                f"for {len(prompts)} pairs; a scorer must return one float per pair"
+                f"objective {self.name!r} ({self.spec}) returned {repr(values)[:60]}, not a list of "
+                f"{n} scores; {fix}"
             )
-        return values
+        if array.size != n:
+            raise SteerableError(
+                f"objective {self.name!r} ({self.spec}) returned {array.size} scores for {n} pairs; {fix}"
+            )
+        bad = [] if array.dtype.kind in "biuf" else [v for v in array.tolist() if not isinstance(v, Real)]
+        if bad:
+            raise SteerableError(
+                f"objective {self.name!r} ({self.spec}) returned a score that is not a number "
+                f"({bad[0]!r:.40}); {fix}"
+            )
+        return array.astype(float)
 
 
 class RewardSet:
@@ -169,11 +204,34 @@ class RewardSet:
         bar.close()
         return out
 
+    def annotate(self, rows: list[dict], *, fit: bool = False, progress: bool = False) -> np.ndarray:
+        """Score each row's ``prompt``/``response`` and write ``score_<name>`` (raw) and
+        ``z_<name>`` (normalised) into the row; with `fit`, fit the statistics on these rows
+        first. Returns the raw scores [n, K]. Rows are left untouched if scoring fails."""
+        raw = self.score([r["prompt"] for r in rows], [r["response"] for r in rows], progress=progress)
+        if fit:
+            self.fit_stats(raw)
+        z = self.normalise(raw)
+        for row, raw_row, z_row in zip(rows, raw, z, strict=True):
+            for k, name in enumerate(self.names):
+                row[f"score_{name}"], row[f"z_{name}"] = float(raw_row[k]), float(z_row[k])
+        return raw
+
     # --- statistics -----------------------------------------------------------------------
     def fit_stats(self, raw: np.ndarray) -> None:
+        """Fit each objective's statistics; warns about objectives with zero spread, whose
+        normalised score is then 0 for every row, so every preference maps to the same tag."""
         raw = self._check_shape(raw)
         for k, objective in enumerate(self.objectives):
             objective.stats = ObjectiveStats.fit(raw[:, k])
+        flat = [o.name for o in self.objectives if o.stats.std == 0]
+        if flat:
+            warnings.warn(
+                f"objective(s) {flat} score the same on all {raw.shape[0]} row(s) (std 0): every "
+                "preference will map to the same tags for them; fit the statistics on more varied data",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         raw = self._check_shape(raw)
@@ -203,7 +261,14 @@ class RewardSet:
         }
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "statistics") -> RewardSet:
+    def from_dict(
+        cls, data: dict, where: str = "statistics", *, trust_remote_code: bool = False
+    ) -> RewardSet:
+        """Objectives and statistics as written by `to_dict` (a stats JSON, a manifest's rewards).
+
+        Such data may come from anyone, so unless `trust_remote_code` its py: scorers (and hf:
+        ones with trust_remote_code) refuse to build; see `Objective`.
+        """
         if not isinstance(data, dict) or not isinstance(data.get("objectives"), list):
             raise SteerableError(f"{where}: expected a JSON object with an 'objectives' list")
         objectives = []
@@ -217,6 +282,7 @@ class RewardSet:
                     entry["name"],
                     spec,
                     None if stats is None else ObjectiveStats.from_dict(stats, f"{where}: {entry['name']}"),
+                    untrusted_source=None if trust_remote_code else where,
                 )
             )
         return cls(objectives)
@@ -225,12 +291,15 @@ class RewardSet:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> RewardSet:
+    def load(cls, path: str | Path, *, trust_remote_code: bool = False) -> RewardSet:
+        """Read a statistics JSON written by `save` (see `from_dict` for `trust_remote_code`)."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise SteerableError(f"statistics file {path} does not exist; create it with `steerable score`")
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise SteerableError(f"statistics file {path} is not valid JSON ({err})")
-        return cls.from_dict(data, where=str(path))
+        except OSError as err:
+            raise SteerableError(f"statistics file {path} cannot be read ({err.strerror or err})")
+        return cls.from_dict(data, where=str(path), trust_remote_code=trust_remote_code)

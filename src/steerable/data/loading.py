@@ -19,6 +19,8 @@ from steerable.io import atomic_write
 
 ASSISTANT = "\n\nAssistant:"
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+# Read as text from CSV even when they look like numbers or booleans (an answer "42" is text).
+TEXT_COLUMNS = ("prompt", "response", "chosen", "rejected")
 
 
 def read_table(path: str | Path, split: str | None = None) -> list[dict]:
@@ -33,7 +35,8 @@ def read_table(path: str | Path, split: str | None = None) -> list[dict]:
         if suffix == ".jsonl" or suffix == ".json":
             return _read_json_lines(path)
         if suffix == ".csv":
-            return pd.read_csv(path, keep_default_na=False).to_dict("records")
+            text = dict.fromkeys(TEXT_COLUMNS, str)
+            return pd.read_csv(path, keep_default_na=False, dtype=text).to_dict("records")
         if suffix == ".parquet":
             return pd.read_parquet(path).to_dict("records")
     except (OSError, ValueError) as err:

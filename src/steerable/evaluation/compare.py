@@ -24,6 +24,7 @@ The configuration (YAML, every key optional):
     ric: {...}      RiCConfig fields
     rl: {...}       RLConfig fields shared by soups and morlhf
     morlhf: {weight_vectors: ["1,0", "0.5,0.5", "0,1"]}
+    trust_remote_code: false   let hub models and py: objectives run their own code
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class CompareConfig:
     ric: dict = field(default_factory=dict)
     rl: dict = field(default_factory=dict)
     morlhf: dict = field(default_factory=dict)
+    trust_remote_code: bool = False
 
     def __post_init__(self):
         check_field_types(self)
@@ -140,10 +142,13 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
     if "ric" in methods:
         from steerable.methods.ric import RiCConfig
 
-        plan.ric = config_from_dict(
-            RiCConfig, {**config.ric, "model": config.model, "output_dir": str(out / "ric")}, "ric"
-        )
-    rl = {**config.rl, "model": config.model, "stats": stats}
+        fixed = {
+            "model": config.model,
+            "output_dir": str(out / "ric"),
+            "trust_remote_code": config.trust_remote_code,
+        }
+        plan.ric = config_from_dict(RiCConfig, {**config.ric, **fixed}, "ric")
+    rl = {**config.rl, "model": config.model, "stats": stats, "trust_remote_code": config.trust_remote_code}
     if "soups" in methods:
         from steerable.methods.soups import SoupsConfig
 
@@ -205,6 +210,9 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
                 plan.stats,
                 samples=plan.settings.samples,
                 dtype=plan.settings.dtype,
+                trust_remote_code=config.trust_remote_code,
+                prompt_split=plan.settings.split,
+                prompt_limit=plan.settings.limit,
             )
             result.save(folder)
             return {"seconds": result.compute["eval_seconds"]}

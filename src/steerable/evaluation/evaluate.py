@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from steerable.errors import SteerableError
-from steerable.evaluation.report import EvaluationResult
+from steerable.evaluation.report import EvaluationResult, prompts_digest
 from steerable.evaluation.sweep import check_samples, controllability, preference_grid, sweep
 from steerable.generation import SamplingConfig, count_tokens, format_chat, generate_texts
 from steerable.methods.rl import load_rewards
@@ -42,6 +42,16 @@ def preference_instruction(rewards: RewardSet, weights: Sequence[float]) -> str:
     return "Balance these goals in your answer, in proportion to their weights: " + "; ".join(parts) + "."
 
 
+def compute_record(manifest) -> dict:
+    """Training compute of a model directory, summed over its stages (zero for no training)."""
+    compute = manifest.training.get("compute", {}) if manifest is not None else {}
+    return {
+        "train_seconds": float(sum(compute.get("seconds", {}).values())),
+        "trained_tokens": compute.get("trained_tokens", 0),
+        "generated_tokens": compute.get("generated_tokens", 0),
+    }
+
+
 def method_generator(
     method: str,
     model: str,
@@ -49,10 +59,16 @@ def method_generator(
     stats: str | None,
     adapter: str | None = None,
     mapping: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
 ):
-    """(generate, rewards, tokenizer, compute) for one method. RiC only: `adapter` evaluates
-    another stage's adapter, e.g. DIR/stages/sft/weights for the model before online MORS;
-    `mapping` (linf, l2, linear) overrides the model's stored preference-to-tag mapping."""
+    """(generate, rewards, tokenizer, compute, dtype) for one method. RiC only: `adapter`
+    evaluates another stage's adapter, e.g. DIR/stages/sft/weights for the model before online
+    MORS; `mapping` (linf, l2, linear) overrides the model's stored mapping. `dtype` overrides
+    the dtype a model directory records (float32 for the prompting floor); `trust_remote_code`
+    lets models and the objectives' py: scorers run their own code."""
+    if method not in METHODS:
+        raise SteerableError(f"unknown method {method!r}; choose from {list(METHODS)}")
     if method != "ric":
         for option, value in (("--adapter", adapter), ("--mapping", mapping)):
             if value is not None:
@@ -60,8 +76,9 @@ def method_generator(
     if method == "ric":
         from steerable.policy import SteerablePolicy
 
-        policy = SteerablePolicy.from_pretrained(model, adapter=adapter)
-        compute = policy.manifest.training.get("compute", {})
+        policy = SteerablePolicy.from_pretrained(
+            model, adapter=adapter, dtype=dtype, trust_remote_code=trust_remote_code
+        )
 
         def generate(prompts, weights):
             return policy.generate(prompts, preference=list(weights), mapping=mapping, sampling=sampling)
@@ -70,11 +87,8 @@ def method_generator(
             generate,
             policy.rewards,
             policy.tokenizer,
-            {
-                "train_seconds": float(sum(compute.get("seconds", {}).values())),
-                "trained_tokens": compute.get("trained_tokens", 0),
-                "generated_tokens": compute.get("generated_tokens", 0),
-            },
+            compute_record(policy.manifest),
+            policy.manifest.dtype,
         )
     if method == "prompting":
         from steerable.defaults import load_causal_lm
@@ -84,8 +98,9 @@ def method_generator(
                 "the prompting baseline needs --stats (a stats JSON or the model directory of the "
                 "method it is compared with) so every method shares objectives and statistics"
             )
-        rewards = load_rewards(stats)
-        lm, tokenizer = load_causal_lm(model)
+        rewards = load_rewards(stats, trust_remote_code)
+        dtype = dtype or "float32"
+        lm, tokenizer = load_causal_lm(model, dtype, trust_remote_code=trust_remote_code)
 
         def generate(prompts, weights):
             system = preference_instruction(rewards, weights)
@@ -93,33 +108,25 @@ def method_generator(
                 lm, tokenizer, format_chat(tokenizer, prompts, system), sampling, progress=False
             )
 
-        return (
-            generate,
-            rewards,
-            tokenizer,
-            {"train_seconds": 0.0, "trained_tokens": 0, "generated_tokens": 0},
-        )
-    if method in ("soups", "morlhf"):
-        return baseline_generator(method, model, sampling)
-    raise SteerableError(f"unknown method {method!r}; choose from {list(METHODS)}")
+        return generate, rewards, tokenizer, compute_record(None), dtype
+    return baseline_generator(method, model, sampling, dtype, trust_remote_code)
 
 
-def baseline_generator(method: str, directory: str, sampling: SamplingConfig):
-    """Generators for the RL baselines' directories (written by `steerable train soups|morlhf`)."""
-    import json
-
+def baseline_generator(
+    method: str, directory: str, sampling: SamplingConfig, dtype: str | None, trust_remote_code: bool
+):
+    """Generators for the RL baselines' directories (written by `steerable train soups|morlhf`):
+    soups interpolates its per-objective adapters with the weights; MORLHF answers only at the
+    weight vectors it was trained for (`generate.grid`)."""
     from steerable.defaults import load_causal_lm
+    from steerable.policy import load_manifest
 
-    path = Path(directory) / "steerable.json"
-    if not path.is_file():
-        raise SteerableError(f"{directory} has no steerable.json; train it with `steerable train {method}`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("method") != method or not manifest.get("policies"):
-        raise SteerableError(f"{path} describes a {manifest.get('method')!r} model, not {method!r}")
-    rewards = RewardSet.from_dict(manifest["rewards"], where=str(path))
-    base, tokenizer = load_causal_lm(manifest["base_model"])
-    adapters = [Path(directory) / p["adapter"] for p in manifest["policies"]]
-    vectors = [p["weights"] for p in manifest["policies"]]
+    manifest = load_manifest(directory, method)
+    rewards = RewardSet.from_dict(manifest.rewards, where=str(directory), trust_remote_code=trust_remote_code)
+    dtype = dtype or manifest.dtype
+    base, tokenizer = load_causal_lm(manifest.base_model, dtype, trust_remote_code=trust_remote_code)
+    adapters = [Path(directory) / p["adapter"] for p in manifest.policies]
+    vectors = [p["weights"] for p in manifest.policies]
     if method == "soups":
         from steerable.methods.soups import set_soup, soup_model
 
@@ -144,17 +151,7 @@ def baseline_generator(method: str, directory: str, sampling: SamplingConfig):
             return generate_texts(model, tokenizer, format_chat(tokenizer, prompts), sampling, progress=False)
 
         generate.grid = np.array(vectors)
-    compute = manifest["training"]["compute"]
-    return (
-        generate,
-        rewards,
-        tokenizer,
-        {
-            "train_seconds": float(sum(compute["seconds"].values())),
-            "trained_tokens": compute["trained_tokens"],
-            "generated_tokens": compute["generated_tokens"],
-        },
-    )
+    return generate, rewards, tokenizer, compute_record(manifest), dtype
 
 
 def evaluate(
@@ -169,18 +166,32 @@ def evaluate(
     adapter: str | None = None,
     mapping: str | None = None,
     samples: int = 1,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    prompt_split: str | None = None,
+    prompt_limit: int | None = None,
 ) -> EvaluationResult:
     """Sweep the grid, score with the shared objectives, and summarise; `samples` responses
-    per prompt at each point."""
+    per prompt at each point. `dtype` / `trust_remote_code`: see `method_generator`. The result
+    records the prompts (a hash; `prompt_split` and `prompt_limit` say where they came from) and
+    the sampling, so that `steerable report` compares only results measured the same way."""
+    from dataclasses import asdict
+
     from tqdm.auto import tqdm
 
     check_samples(samples)  # before any model is loaded
+    prompts = list(prompts)
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
-    generate, rewards, tokenizer, compute = method_generator(method, model, sampling, stats, adapter, mapping)
+    generate, rewards, tokenizer, compute, dtype = method_generator(
+        method, model, sampling, stats, adapter, mapping, dtype, trust_remote_code
+    )
     if grid is None:
         # MORLHF can only be asked for the vectors it was trained at.
         grid = getattr(generate, "grid", None)
-    grid = preference_grid(len(rewards), resolution) if grid is None else np.asarray(grid, float)
+    if grid is None:
+        grid = preference_grid(len(rewards), resolution)
+    else:
+        grid, resolution = np.asarray(grid, float), None  # a given grid has no resolution
     bar = tqdm(total=len(grid), desc=f"evaluating {method}", unit="point", disable=not progress)
     started = time.perf_counter()
     points = sweep(
@@ -201,5 +212,13 @@ def evaluate(
         rewards=rewards.to_dict(),
         points=points,
         controllability=controllability(points, rewards.names),
+        prompts_sha256=prompts_digest(prompts),
+        num_prompts=len(prompts),
+        sampling=asdict(sampling),
+        samples=samples,
+        resolution=resolution,
+        prompt_split=prompt_split,
+        prompt_limit=prompt_limit,
+        dtype=dtype,
         compute=compute,
     )

@@ -1,11 +1,19 @@
 """Evaluation results on disk: JSON (the record), CSV (one row per grid point), a PNG of the
-fronts, and a Markdown report. One result per method; `compare` overlays several."""
+fronts, and a Markdown report. One result per method; `compare` overlays several.
+
+A result records what it was measured on (a hash of the prompts in order, the sampling settings,
+samples per prompt), so results measured differently are refused rather than overlaid: a front
+sampled with 32 tokens is not comparable with one sampled with 96.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +24,26 @@ from steerable.evaluation.sweep import SweepPoint, points_to_rows
 from steerable.io import atomic_write, atomic_write_text
 
 RESULT_FILE = "result.json"
+# SamplingConfig fields that change what is sampled; batch size and seed do not change the
+# distribution, so results that differ only in them stay comparable.
+COMPARED_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k")
+
+
+def prompts_digest(prompts: Sequence[str]) -> str:
+    """sha256 of the prompts in order: the same prompts in another order are other results."""
+    return hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
 
 
 @dataclass
 class EvaluationResult:
-    """What one method achieved over a preference grid."""
+    """What one method achieved over a preference grid, and what it was measured on.
+
+    prompts_sha256 / num_prompts: the prompts (`prompts_digest`); prompt_split / prompt_limit:
+        where they came from, when known (embedded split, first N).
+    sampling: the SamplingConfig as a dict; samples: responses per prompt at each point.
+    resolution: the grid's resolution; None when the grid was given (MORLHF's own vectors).
+    dtype: the dtype the model ran in.
+    """
 
     method: str
     model: str
@@ -28,6 +51,14 @@ class EvaluationResult:
     rewards: dict  # RewardSet.to_dict(): specs and statistics, checked equal across a comparison
     points: list[SweepPoint]
     controllability: dict[str, float]
+    prompts_sha256: str
+    num_prompts: int
+    sampling: dict
+    samples: int
+    resolution: int | None
+    prompt_split: str | None = None
+    prompt_limit: int | None = None
+    dtype: str = "float32"
     compute: dict = field(default_factory=dict)  # train/eval seconds and tokens
 
     @property
@@ -50,6 +81,12 @@ class EvaluationResult:
             path = path / RESULT_FILE
         try:
             data = json.loads(path.read_text())
+            missing = [f.name for f in fields(cls) if f.name not in data]
+            if "points" in data and missing:
+                raise SteerableError(
+                    f"{path} does not record {', '.join(missing)}: it was written before results "
+                    "recorded their prompts and sampling, so it cannot be compared; re-run the evaluation"
+                )
             data["points"] = [SweepPoint(**p) for p in data["points"]]
             result = cls(**data)
         except FileNotFoundError:
@@ -71,7 +108,18 @@ def reference_point(rewards: dict, quantile: float = 0.05) -> list[float]:
     return [o.stats.quantile(quantile) for o in reward_set.objectives]
 
 
+def describe_prompts(result: EvaluationResult) -> str:
+    """``48 prompts (heldout, first 48), sha256 3f2a...``: for reports and refusals."""
+    source = [result.prompt_split] if result.prompt_split is not None else []
+    if result.prompt_limit is not None:
+        source.append(f"first {result.prompt_limit}")
+    where = f" ({', '.join(source)})" if source else ""
+    return f"{result.num_prompts} prompts{where}, sha256 {result.prompts_sha256[:12]}"
+
+
 def check_comparable(results: list[EvaluationResult]) -> None:
+    """Refuse to compare results on other objectives, statistics, prompts or sampling: their
+    fronts would differ for reasons that are not the methods."""
     first = results[0]
     for other in results[1:]:
         if other.names != first.names:
@@ -84,6 +132,23 @@ def check_comparable(results: list[EvaluationResult]) -> None:
                 f"cannot compare {first.method} and {other.method}: their objective specs or "
                 "normalisation statistics differ; evaluate every method with the same statistics"
             )
+        if other.prompts_sha256 != first.prompts_sha256:
+            raise SteerableError(
+                f"cannot compare {first.method} and {other.method}: they were evaluated on other prompts "
+                f"({describe_prompts(first)} vs {describe_prompts(other)}); evaluate every method on the "
+                "same prompts"
+            )
+        settings = [(name, first.sampling.get(name), other.sampling.get(name)) for name in COMPARED_SAMPLING]
+        for name, mine, theirs in [*settings, ("samples per prompt", first.samples, other.samples)]:
+            if mine != theirs:
+                raise SteerableError(
+                    f"cannot compare {first.method} and {other.method}: {name} differs ({mine} vs "
+                    f"{theirs}); evaluate every method with the same sampling settings"
+                )
+
+
+def _pairs(a: dict, b: dict):
+    return ((name, (a[name], b[name])) for name in a)
 
 
 def summary(results: list[EvaluationResult]) -> list[dict]:
@@ -112,7 +177,19 @@ def summary(results: list[EvaluationResult]) -> list[dict]:
 
 
 def plot_fronts(results: list[EvaluationResult], path: str | Path) -> None:
-    """Achieved means of every method (first two objectives), fronts joined, ref marked."""
+    """`front_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = front_figure(results)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def front_figure(results: list[EvaluationResult]):
+    """Achieved means of every method with their standard errors, and the HV reference. K = 2:
+    one plane, each method's front joined. K >= 3: one panel per pair of objectives, points only:
+    the projection of a K-dimensional front is not a front (a point on it can be dominated in the
+    plane), so a line joining it would mislead."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,44 +197,56 @@ def plot_fronts(results: list[EvaluationResult], path: str | Path) -> None:
 
     check_comparable(results)
     names = results[0].names
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    for r in results:
-        means = r.means
-        err = np.array([p.stderr for p in r.points])
-        ax.errorbar(
-            means[:, 0],
-            means[:, 1],
-            xerr=err[:, 0],
-            yerr=err[:, 1],
-            fmt="o",
-            ms=4,
-            alpha=0.8,
-            label=r.method,
-            capsize=2,
-        )
-        front = means[non_dominated(means)]
-        front = front[np.argsort(front[:, 0])]
-        ax.plot(front[:, 0], front[:, 1], "-", alpha=0.6, color=ax.lines[-1].get_color())
     ref = reference_point(results[0].rewards)
-    ax.plot(*ref[:2], "kx", label="HV reference")
-    ax.set_xlabel(f"{names[0]} (mean raw score)")
-    ax.set_ylabel(f"{names[1]} (mean raw score)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    pairs = list(itertools.combinations(range(len(names)), 2))
+    cols = min(3, len(pairs))
+    rows = math.ceil(len(pairs) / cols)
+    size = (6, 4.5) if len(pairs) == 1 else (4 * cols, 3.6 * rows)
+    fig, axes = plt.subplots(rows, cols, figsize=size, dpi=120, squeeze=False)
+    for ax, (i, j) in zip(axes.flat[: len(pairs)], pairs, strict=True):
+        for r in results:
+            means = r.means
+            err = np.array([p.stderr for p in r.points])
+            drawn = ax.errorbar(
+                means[:, i],
+                means[:, j],
+                xerr=err[:, i],
+                yerr=err[:, j],
+                fmt="o",
+                ms=4,
+                alpha=0.8,
+                label=r.method,
+                capsize=2,
+            )
+            if len(names) == 2:
+                front = means[non_dominated(means)]
+                front = front[np.argsort(front[:, 0])]
+                ax.plot(front[:, 0], front[:, 1], "-", alpha=0.6, color=drawn.lines[0].get_color())
+        ax.plot(ref[i], ref[j], "kx", label="HV reference")
+        ax.set_xlabel(f"{names[i]} (mean raw score)")
+        ax.set_ylabel(f"{names[j]} (mean raw score)")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(pairs) :]:
+        ax.remove()
+    axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    return fig
 
 
 def markdown(results: list[EvaluationResult]) -> str:
     rows = summary(results)
-    names = results[0].names
-    ref = reference_point(results[0].rewards)
+    first = results[0]
+    names = first.names
+    ref = reference_point(first.rewards)
     lines = [
         "# Evaluation report",
         "",
         f"Objectives: {', '.join(names)}. Hypervolume reference point (5% quantile of the raw "
         f"training scores): {', '.join(f'{n}={v:.4g}' for n, v in zip(names, ref, strict=True))}.",
+        "",
+        f"Measured on {describe_prompts(first)}, {first.samples} sample(s) per prompt, sampling "
+        + ", ".join(f"{name} {first.sampling.get(name)}" for name in COMPARED_SAMPLING)
+        + ".",
         "",
         "| method | points | on front | hypervolume | "
         + " | ".join(f"controllability {n}" for n in names)
@@ -171,7 +260,7 @@ def markdown(results: list[EvaluationResult]) -> str:
             + f" | {row['train_seconds']:.0f} | {row['trained_tokens']} | {row['eval_seconds']:.0f} |"
         )
     for r in results:
-        lines += ["", f"## {r.method} ({r.model})", ""]
+        lines += ["", f"## {r.method} ({r.model}, {r.dtype})", ""]
         table = points_to_rows(r.points, names)
         lines.append(
             "| "

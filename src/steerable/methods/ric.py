@@ -48,7 +48,7 @@ from steerable.defaults import (
     torch_dtype,
 )
 from steerable.errors import SteerableError
-from steerable.generation import SamplingConfig, count_tokens, generate_texts, render_chat
+from steerable.generation import SamplingConfig, count_tokens, generate_texts, render_chat, template_messages
 from steerable.methods.training import device_args, last_complete_checkpoint, lora_config
 from steerable.objectives import RewardSet
 from steerable.policy import MANIFEST, MappingConfig, PolicyManifest, SteerablePolicy
@@ -291,7 +291,7 @@ class RiCConfig:
         self.model = absolute_if_local(self.model)
         self.data = None if self.data is None else str(Path(self.data).resolve())
         if self.chat_template_path is not None:
-            self.chat_template_path = str(Path(self.chat_template_path).resolve())
+            self.chat_template_path = absolute_if_local(self.chat_template_path)
         self.objectives = [
             str(o.spec.with_absolute_paths()) for o in RewardSet.from_specs(self.objectives).objectives
         ]
@@ -425,7 +425,8 @@ def stage_plan(config: RiCConfig) -> dict[str, dict]:
 
     plan = {"offline": pick(OFFLINE_FIELDS), "sft": pick(SFT_FIELDS)}
     for name, stage in CONTENT_FIELDS.items():
-        plan[stage][name] = file_digest(values[name]) if values[name] else None
+        value = values[name]  # a file by content; a hub id (a chat template's source) as it is
+        plan[stage][name] = file_digest(value) if value and Path(value).exists() else value
     plan["sft"]["after"] = fingerprint(plan["offline"])
     previous = "sft"
     for i in range(1, config.online_iterations + 1):
@@ -456,15 +457,22 @@ def train_ric(config: RiCConfig) -> Path:
 
     # 1. offline data ---------------------------------------------------------------------------
     infos = {"offline": stages.run("offline", plan["offline"], lambda folder: offline_data(config, folder))}
-    rewards = RewardSet.load(stages.path("offline") / "stats.json")
+    # the objectives are this run's own (config.objectives), so their code may run
+    rewards = RewardSet.load(stages.path("offline") / "stats.json", trust_remote_code=True)
     offline = read_table(stages.path("offline") / "scored.jsonl")
     names = rewards.names
 
     # 2. reward-conditioned SFT -------------------------------------------------------------------
     model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
-    examples = [
-        sft_example(r["prompt"], r["response"], {n: r[f"z_{n}"] for n in names}, fmt) for r in offline
-    ]
+
+    def examples_for(rows: list[dict]) -> list[dict]:
+        """SFT examples tagged with each row's normalised scores, in a chat the template accepts."""
+        examples = [
+            sft_example(r["prompt"], r["response"], {n: r[f"z_{n}"] for n in names}, fmt) for r in rows
+        ]
+        return [{**e, "prompt": template_messages(tokenizer, e["prompt"])} for e in examples]
+
+    examples = examples_for(offline)
     model, infos["sft"] = run_sft(model, tokenizer, examples, config, stages, "sft", plan["sft"], True)
     policy = SteerablePolicy(model, tokenizer, manifest(config, rewards, infos, keys))
 
@@ -476,10 +484,7 @@ def train_ric(config: RiCConfig) -> Path:
             plan[data],
             lambda folder, i=i: mors_round(policy, rewards, offline, config, i, stages, folder),
         )
-        merged = read_table(stages.path(data) / "merged.jsonl")
-        examples = [
-            sft_example(r["prompt"], r["response"], {n: r[f"z_{n}"] for n in names}, fmt) for r in merged
-        ]
+        examples = examples_for(read_table(stages.path(data) / "merged.jsonl"))
         policy.model, infos[train] = run_sft(
             policy.model, tokenizer, examples, config, stages, train, plan[train], False
         )

@@ -44,7 +44,8 @@ class RLConfig:
 
     model: base policy (`smollm2`, `tiny`, a hub id or a local directory; stored absolute).
     dtype: the dtype the model's weights are loaded in.
-    trust_remote_code: let a hub model run its own code (off unless you trust it).
+    trust_remote_code: let a hub model run its own code, and the py: scorers named in `stats`
+        run (off unless you trust their author).
     output_dir: where the policies (LoRA adapters) and steerable.json are written.
     stats: objectives + normalisation statistics to optimise and to be compared under: a stats
         JSON (`steerable score`) or a steerable model directory (e.g. the RiC model).
@@ -136,7 +137,7 @@ def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) ->
     method's steerable.json once every policy is trained."""
     from steerable.policy import MANIFEST, PolicyManifest
 
-    rewards = load_rewards(config.stats)
+    rewards = load_rewards(config.stats, config.trust_remote_code)
     for weights in vectors:
         if len(weights) != len(rewards):
             raise SteerableError(

@@ -109,12 +109,30 @@ class ScorerSpec:
             )
         return cls(name, kind, target, dict(options))
 
+    @property
+    def runs_code(self) -> bool:
+        """Whether building this scorer runs code that comes with it (a py: module, or an hf:
+        model's own modelling code), which a spec read from someone else's file must not do
+        unless the user trusts it."""
+        return self.kind == "py" or (self.kind == "hf" and self.options.get("trust_remote_code") == "true")
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "target": self.target, "options": dict(self.options)}
 
     def __str__(self) -> str:
         query = "&".join(f"{k}={v}" for k, v in self.options.items())
         return f"{self.name}={self.kind}:{self.target}" + (f"?{query}" if query else "")
+
+    def with_absolute_paths(self) -> ScorerSpec:
+        """The spec with a local target (an hf: model directory, a py: file) made absolute, so
+        it still resolves from another working directory; hub ids and modules are unchanged."""
+        from dataclasses import replace
+        from pathlib import Path
+
+        where, sep, function = self.target.rpartition(":") if self.kind == "py" else (self.target, "", "")
+        if not Path(where).exists():
+            return self
+        return replace(self, target=str(Path(where).resolve()) + sep + function)
 
 
 def build_scorer(spec: ScorerSpec) -> Callable[[list[str], list[str]], Sequence[float]]:
@@ -129,4 +147,4 @@ def build_scorer(spec: ScorerSpec) -> Callable[[list[str], list[str]], Sequence[
         return HFRewardModel.from_options(spec.target, spec.options)
     from steerable.scorers.python_callable import load_callable
 
-    return load_callable(spec.target)
+    return load_callable(spec.name, spec.target)

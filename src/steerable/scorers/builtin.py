@@ -108,7 +108,7 @@ def check_builtin(name: str, options: dict[str, str], origin: object) -> None:
             f"objective spec {origin!r}: built-in {name!r} has no option(s) {unknown}"
             + (f"; it accepts {list(allowed)}" if allowed else "; it takes none")
         )
-    if "batch_size" in options and not options["batch_size"].isdigit():
+    if "batch_size" in options and not (options["batch_size"].isdigit() and int(options["batch_size"]) > 0):
         raise SteerableError(f"objective spec {origin!r}: batch_size must be a positive integer")
 
 

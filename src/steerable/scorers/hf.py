@@ -8,11 +8,18 @@ Options (in the spec's ``?opt=value`` part):
     max_length  truncation length in tokens (default 512)
     device      cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)
     dtype       float32 (default), bfloat16 or float16
+    trust_remote_code
+                true runs modelling code that comes with the model (default false, as in
+                transformers)
+
+A tokenizer without a pad token gets a dedicated one: padding with EOS instead would make the
+model read its reward before a real trailing EOS (where templates end a turn with it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -20,23 +27,27 @@ from steerable.errors import SteerableError
 
 INPUTS = ("pair", "response", "chat")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_INTS = ("index", "batch_size", "max_length")
+# integer option -> its smallest valid value
+_INTS = {"index": 0, "batch_size": 1, "max_length": 1}
+_CHOICES = {"input": INPUTS, "dtype": tuple(DTYPES), "trust_remote_code": ("true", "false")}
+PAD_TOKEN = "<|steerable_pad|>"
 
 
 def check_hf_options(options: dict[str, str], origin: object) -> None:
-    unknown = sorted(set(options) - {"input", "device", "dtype", *_INTS})
+    allowed = ["device", *_CHOICES, *_INTS]
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise SteerableError(
             f"objective spec {origin!r}: hf scorers have no option(s) {unknown}; they accept "
-            "input, index, batch_size, max_length, device, dtype"
+            + ", ".join(allowed)
         )
-    if options.get("input", "pair") not in INPUTS:
-        raise SteerableError(f"objective spec {origin!r}: input must be one of {list(INPUTS)}")
-    if options.get("dtype", "float32") not in DTYPES:
-        raise SteerableError(f"objective spec {origin!r}: dtype must be one of {list(DTYPES)}")
-    for key in _INTS:
-        if key in options and not options[key].isdigit():
-            raise SteerableError(f"objective spec {origin!r}: {key} must be a non-negative integer")
+    for key, choices in _CHOICES.items():
+        if key in options and options[key] not in choices:
+            raise SteerableError(f"objective spec {origin!r}: {key} must be one of {list(choices)}")
+    for key, least in _INTS.items():
+        if key in options and not (options[key].isdigit() and int(options[key]) >= least):
+            kind = "a non-negative" if least == 0 else "a positive"
+            raise SteerableError(f"objective spec {origin!r}: {key} must be {kind} integer")
 
 
 @dataclass
@@ -55,19 +66,29 @@ class HFRewardModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         check_hf_options(options, model_id)
-        device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model_id)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_id, dtype=DTYPES[options.get("dtype", "float32")]
-            )
-        except OSError as err:
+        if Path(model_id).is_dir() and not (Path(model_id) / "config.json").is_file():
             raise SteerableError(
-                f"hf scorer {model_id!r} could not be loaded ({err}); give a local directory or a "
-                "hub id that is in the local cache"
+                f"hf scorer {model_id!r} is a folder without config.json, so not a Hugging Face "
+                "model; give the directory a model was saved to with save_pretrained"
+            )
+        device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        trust = options.get("trust_remote_code") == "true"
+        try:
+            # The model first: its errors say more about a folder that is not a model.
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_id, dtype=DTYPES[options.get("dtype", "float32")], trust_remote_code=trust
+            )
+            tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust)
+        except (OSError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SteerableError(
+                f"hf scorer {model_id!r} could not be loaded as a sequence-classification model "
+                f"({reason}); give a model directory (with config.json and weights) or a hub id "
+                "that is in the local cache"
             )
         if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         model.config.pad_token_id = tokenizer.pad_token_id
         index = int(options.get("index", 0))
         if index >= model.config.num_labels:

@@ -1,7 +1,13 @@
-"""`py:` scorers: any Python function ``f(prompts, responses) -> list[float]``."""
+"""`py:` scorers: any Python function ``f(prompts, responses) -> list[float]``.
+
+The function is the user's code: whatever goes wrong while importing or calling it (a syntax
+error, a failing import inside the module, an exception) is reported as one line naming the
+objective, not as a traceback from inside steerable.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from collections.abc import Callable, Sequence
@@ -10,22 +16,35 @@ from pathlib import Path
 from steerable.errors import SteerableError
 
 
-def load_callable(target: str) -> Callable[[list[str], list[str]], Sequence[float]]:
-    """Import ``module.path:function`` or ``path/to/file.py:function``."""
+def load_callable(name: str, target: str) -> Callable[[list[str], list[str]], Sequence[float]]:
+    """Import objective `name`'s ``module.path:function`` or ``path/to/file.py:function``."""
     where, _, attr = target.rpartition(":")
-    if where.endswith(".py"):
-        path = Path(where)
-        if not path.is_file():
-            raise SteerableError(f"py scorer {target!r}: file {path} does not exist")
-        module_spec = importlib.util.spec_from_file_location(f"steerable_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as err:
-            raise SteerableError(f"py scorer {target!r}: cannot import {where!r} ({err})")
+    origin = f"objective {name!r} (py:{target})"
+    if where.endswith(".py") and not Path(where).is_file():
+        raise SteerableError(f"{origin}: file {where} does not exist")
+    try:
+        module = _import(where)
+    except Exception as err:
+        raise SteerableError(f"{origin}: cannot import {where!r} ({type(err).__name__}: {err})")
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise SteerableError(f"py scorer {target!r}: {where} has no function {attr!r}")
-    return fn
+        raise SteerableError(f"{origin}: {where} has no function {attr!r}")
+
+    @functools.wraps(fn)
+    def call(prompts: list[str], responses: list[str]) -> Sequence[float]:
+        try:
+            return fn(prompts, responses)
+        except Exception as err:
+            raise SteerableError(f"{origin} raised {type(err).__name__}: {err}; fix the function")
+
+    return call
+
+
+def _import(where: str):
+    if not where.endswith(".py"):
+        return importlib.import_module(where)
+    path = Path(where)
+    module_spec = importlib.util.spec_from_file_location(f"steerable_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
