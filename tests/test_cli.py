@@ -254,3 +254,20 @@ def test_score_one_row_warns_that_every_preference_gives_the_same_tags(tmp_path)
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "warning" in text and "std 0" in text and "same tags" in text
+
+
+def test_local_scorer_paths_are_recorded_absolute(tmp_path, tiny_reward_model, monkeypatch):
+    import shutil
+
+    shutil.copytree(tiny_reward_model, tmp_path / "my-rm")
+    data = write_table(tmp_path / "in.jsonl", ROWS)
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["score", data, "--out", tmp_path / "out.jsonl", "-o", "rm=hf:./my-rm", *FAST])
+    assert result.exit_code == 0, result.output
+    spec = json.loads((tmp_path / "out.jsonl.stats.json").read_text())["objectives"][0]["spec"]
+    assert spec["target"] == str(tmp_path / "my-rm")
+    monkeypatch.chdir(tmp_path.parent)  # another working directory still finds the model
+    again = invoke(
+        ["score", data, "--out", tmp_path / "b.jsonl", "--stats-from", tmp_path / "out.jsonl.stats.json"]
+    )
+    assert again.exit_code == 0, again.output

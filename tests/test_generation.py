@@ -1,3 +1,5 @@
+import pytest
+
 from steerable.defaults import load_causal_lm
 from steerable.generation import SamplingConfig, format_chat, generate_texts
 
@@ -164,3 +166,8 @@ def test_training_needs_a_chat_template_or_a_file_that_gives_one(tiny_path, tiny
     template.write_text("{{ raise_exception('no') }}")
     with pytest.raises(SteerableError, match="cannot render a user turn"):
         require_chat_template(base, "my-base", template)
+
+
+def test_sampling_settings_are_keyword_only():
+    with pytest.raises(TypeError):
+        SamplingConfig(64, 0.7)  # which number is which? say it

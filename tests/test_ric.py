@@ -569,3 +569,44 @@ def test_a_full_fine_tune_trains_resumes_and_loads(make_tiny_ric_config, tmp_pat
     # a re-run loads the finished stages' full weights instead of retraining
     assert train_ric(config) == tmp_path / "full"
     assert len(policy.generate(["Hi"], preference=[1, 1])) == 1
+
+
+def test_ric_on_a_model_without_system_role_or_pad_token(tiny_nosys_path, make_tiny_ric_config, tmp_path):
+    """Every system placement on a Gemma-like template: the system text is folded into the user
+    turn in training and in use, and answers stop at its end-of-turn token."""
+    config = make_tiny_ric_config(
+        tmp_path / "run",
+        model=tiny_nosys_path,
+        tag_placement="system",
+        offline_instruction_placement="system",
+        online_iterations=1,
+        online_samples=4,
+        online_quantile=0.3,
+    )
+    train_ric(config)
+    policy = SteerablePolicy.from_pretrained(tmp_path / "run", device="cpu")
+    (text,) = policy.prompts_with_tags(["Hi"], policy.targets_for([1, 1]), system="Be kind.")
+    assert "Be kind." in text and "<brief>" in text
+    assert len(policy.generate(["Hi"], preference=[1, 1])) == 1
+
+
+def test_a_model_without_a_chat_template_is_refused_or_given_one(tiny_path, tmp_path):
+    import shutil as sh
+
+    bare = tmp_path / "bare"
+    sh.copytree(tiny_path, bare)
+    for name in ("chat_template.jinja",):
+        (bare / name).unlink(missing_ok=True)
+    config_file = bare / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_file.read_text())
+    tokenizer_config.pop("chat_template", None)
+    config_file.write_text(json.dumps(tokenizer_config))
+    result = CliRunner().invoke(
+        app, ["train", "ric", "--model", str(bare), "--output_dir", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "chat template" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+    from steerable.methods.ric import check_inputs
+
+    given = RiCConfig(model=str(bare), chat_template_path=tiny_path)  # a tokenizer dir to take it from
+    assert check_inputs(given).chat_template

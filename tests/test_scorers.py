@@ -88,6 +88,15 @@ def test_relevance_prefers_on_topic_answer():
     assert s[0] > s[1] and s.min() >= -1 and s.max() <= 1
 
 
+def test_relevance_runs_on_the_device_asked_for():
+    from steerable.scorers.builtin import build_builtin, minilm_encoder
+
+    build_builtin("relevance", {"device": "cpu"})(["Hi"], ["Hello"])
+    assert str(minilm_encoder("cpu").device) == "cpu"
+    with pytest.raises(SteerableError, match="has no option"):
+        build_builtin("relevance", {"gpu": "1"})
+
+
 def test_toxicity_and_harmless_are_complements():
     responses = ["Have a lovely day.", "You are a stupid idiot, shut up."]
     tox = _score("builtin:toxicity", ["q", "q"], responses)

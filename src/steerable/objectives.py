@@ -158,8 +158,10 @@ class RewardSet:
 
     @classmethod
     def from_specs(cls, specs: Sequence[str | dict]) -> RewardSet:
-        """Build from CLI specs (``"brief=builtin:brevity"``) or YAML dicts."""
-        parsed = [ScorerSpec.parse(s) for s in specs]
+        """Build from CLI specs (``"brief=builtin:brevity"``) or YAML dicts. Local targets
+        (``hf:./my-rm``, ``py:scorer.py:f``) are made absolute, so the statistics and model
+        directories that record them work from any working directory."""
+        parsed = [ScorerSpec.parse(s).with_absolute_paths() for s in specs]
         return cls([Objective(spec.name, spec) for spec in parsed])
 
     @property

@@ -292,9 +292,7 @@ class RiCConfig:
         self.data = None if self.data is None else str(Path(self.data).resolve())
         if self.chat_template_path is not None:
             self.chat_template_path = absolute_if_local(self.chat_template_path)
-        self.objectives = [
-            str(o.spec.with_absolute_paths()) for o in RewardSet.from_specs(self.objectives).objectives
-        ]
+        self.objectives = [str(o.spec) for o in RewardSet.from_specs(self.objectives).objectives]
         if self.online_scheme not in ONLINE_SCHEMES:
             raise SteerableError(f"online_scheme must be one of {ONLINE_SCHEMES}")
         if not 0 < self.online_quantile < 1:

