@@ -566,9 +566,14 @@ def test_a_full_fine_tune_trains_resumes_and_loads(make_tiny_ric_config, tmp_pat
     train_ric(config)
     assert (tmp_path / "full/model/model.safetensors").is_file()
     policy = SteerablePolicy.from_pretrained(tmp_path / "full", device="cpu")
-    # a re-run loads the finished stages' full weights instead of retraining
-    assert train_ric(config) == tmp_path / "full"
     assert len(policy.generate(["Hi"], preference=[1, 1])) == 1
+    # a re-run loads the finished stages' full weights instead of retraining, onto the device
+    # the run's model is on (here the meta device stands in for a GPU)
+    assert train_ric(config) == tmp_path / "full"
+    from steerable.methods.ric import load_stage_weights
+
+    elsewhere = policy.model.to("meta")
+    assert load_stage_weights(elsewhere, tmp_path / "full/stages/sft", config).device.type == "meta"
 
 
 def test_ric_on_a_model_without_system_role_or_pad_token(tiny_nosys_path, make_tiny_ric_config, tmp_path):
