@@ -144,17 +144,6 @@ TrustRemoteCode = Annotated[
 ]
 
 
-def sampling_config(max_new_tokens, temperature, top_p, top_k, batch_size, seed) -> SamplingConfig:
-    return SamplingConfig(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        batch_size=batch_size,
-        seed=seed,
-    )
-
-
 @command
 def sample(
     out: Annotated[Path, typer.Option(help="Output table (.jsonl, .parquet, .csv).")],
@@ -183,7 +172,14 @@ def sample(
     from steerable.defaults import load_causal_lm
     from steerable.generation import format_chat, generate_texts
 
-    config = sampling_config(max_new_tokens, temperature, top_p, top_k, batch_size, seed)
+    config = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        batch_size=batch_size,
+        seed=seed,
+    )
 
     if prompts is None:
         prompt_list = load_prompts(split, limit)
@@ -388,7 +384,14 @@ def generate(
 
     if not [p for p in prompts if p.strip()]:
         raise SteerableError("no prompts given")
-    sampling = sampling_config(max_new_tokens, temperature, top_p, top_k, batch_size, seed)
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        batch_size=batch_size,
+        seed=seed,
+    )
     manifest = load_manifest(model)
     if manifest.method != "ric":
         from steerable.evaluation.evaluate import method_generator
@@ -473,7 +476,14 @@ def evaluate(
         model,
         load_prompts(split, limit),
         resolution,
-        sampling_config(max_new_tokens, temperature, top_p, top_k, batch_size, seed),
+        SamplingConfig(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            batch_size=batch_size,
+            seed=seed,
+        ),
         stats,
         adapter=adapter,
         mapping=mapping,
