@@ -19,6 +19,12 @@ trained with: it is stored in their steerable.json.
     linf    R_i = lo_i + min(K * w_i, 1) * (hi_i - lo_i)     (default, the paper's closed form)
     l2      R_i = lo_i + (w_i / ||w||_2) * (hi_i - lo_i)
     linear  R_i = lo_i + w_i * (hi_i - lo_i)
+
+MOSLIM conditions on intensity tags, e.g. ``<brief 4> <positive 2>``: a level in 1..L for any
+non-empty subset of the objectives (those not named are masked out), in the same places as
+RiC's tags. `preference_to_levels` maps a preference to levels with the same mappings, between
+level 1 and level L, rounded to the nearest level: with linf and K = 2, weights (1, 0) ask for
+(L, 1) and (0.5, 0.5) for (L, L).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from steerable.preferences import Preference
 PLACEMENTS = ("system", "user_end")
 MAPPINGS = ("linf", "l2", "linear")
 _TAG = re.compile(r"<([A-Za-z][A-Za-z0-9_]*)>\s*(-?\d+(?:\.\d+)?)")
+_LEVEL_TAG = re.compile(r"<([A-Za-z][A-Za-z0-9_]*) (\d+)>")
 
 
 @dataclass(frozen=True)
@@ -103,3 +110,60 @@ def preference_to_targets(
         name: lo_i + s * (hi_i - lo_i)
         for name, lo_i, hi_i, s in zip(preference.names, lo, hi, scale, strict=True)
     }
+
+
+def check_levels(levels: Mapping[str, object], names: Sequence[str], count: int) -> dict[str, int]:
+    """Validate requested intensity levels: a non-empty subset of `names`, each an integer in
+    1..count. Returns them in the objectives' order."""
+    if not isinstance(levels, Mapping) or not levels:
+        raise SteerableError(f"levels must name at least one of the objectives {list(names)}")
+    unknown = [n for n in levels if n not in names]
+    if unknown:
+        raise SteerableError(f"levels name unknown objective(s) {unknown}; the objectives are {list(names)}")
+    out = {}
+    for name in names:
+        if name not in levels:
+            continue
+        value = levels[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise SteerableError(f"level for {name!r} is {value!r}; levels are integers 1..{count}")
+        if not 1 <= int(value) <= count:
+            raise SteerableError(f"level for {name!r} is {int(value)}; levels are 1..{count}")
+        out[name] = int(value)
+    return out
+
+
+def format_levels(levels: Mapping[str, int]) -> str:
+    """``{"brief": 4, "positive": 2}`` -> ``"<brief 4> <positive 2>"`` (in the given order)."""
+    if not levels:
+        raise SteerableError("intensity tags need at least one objective")
+    return " ".join(f"<{name} {int(level)}>" for name, level in levels.items())
+
+
+def parse_levels(text: str) -> dict[str, int]:
+    """Inverse of `format_levels`: every ``<name n>`` tag found in `text`."""
+    return {name: int(value) for name, value in _LEVEL_TAG.findall(text)}
+
+
+def parse_levels_text(text: str) -> dict[str, int]:
+    """Levels typed by a user, ``brief=4,positive=2``; the names and range are checked by
+    `check_levels` against the model."""
+    levels = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit():
+            raise SteerableError(f"levels {text!r}: write them as NAME=LEVEL,NAME=LEVEL (e.g. brief=4)")
+        if name.strip() in levels:
+            raise SteerableError(f"levels {text!r} name {name.strip()!r} twice")
+        levels[name.strip()] = int(value)
+    if not levels:
+        raise SteerableError("levels are empty; write them as NAME=LEVEL,NAME=LEVEL (e.g. brief=4)")
+    return levels
+
+
+def preference_to_levels(preference: Preference, count: int, mapping: str = "linf") -> dict[str, int]:
+    """Map simplex weights to a level 1..count for every objective: the RiC mapping between
+    level 1 and level `count`, rounded to the nearest level (halves up)."""
+    k = len(preference.weights)
+    targets = preference_to_targets(preference, [1.0] * k, [float(count)] * k, mapping)
+    return {name: min(count, max(1, int(math.floor(v + 0.5 + 1e-9)))) for name, v in targets.items()}

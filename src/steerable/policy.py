@@ -23,7 +23,10 @@ import numpy as np
 from steerable.conditioning import (
     MAPPINGS,
     TagFormat,
+    check_levels,
+    format_levels,
     format_tags,
+    preference_to_levels,
     preference_to_targets,
     tagged_messages,
 )
@@ -67,11 +70,15 @@ class PolicyManifest:
     )
     system: str | None = None
     dtype: str = "float32"  # the dtype the weights are loaded in (training and inference alike)
+    # MOSLIM: {"levels": L, "reward", "reward_model", "reward_stats"} (methods/moslim.py)
+    moslim: dict | None = None
     format_version: int = FORMAT_VERSION
     training: dict = field(default_factory=dict)
 
 
-METHODS = ("ric", "soups", "morlhf")
+METHODS = ("ric", "moslim", "soups", "morlhf")
+# Methods steered through the prompt (tags), loaded as one SteerablePolicy.
+TAGGED_METHODS = ("ric", "moslim")
 
 
 def load_manifest(directory: str | Path, method: str | None = None) -> PolicyManifest:
@@ -83,7 +90,7 @@ def load_manifest(directory: str | Path, method: str | None = None) -> PolicyMan
     if not path.is_file():
         raise SteerableError(
             f"{directory} has no {MANIFEST}: it is not a finished steerable model directory "
-            "(train one with `steerable train ric|soups|morlhf`, or finish the interrupted run "
+            "(train one with `steerable train ric|moslim|soups|morlhf`, or finish the interrupted run "
             "by running its command again)"
         )
     try:
@@ -100,6 +107,10 @@ def load_manifest(directory: str | Path, method: str | None = None) -> PolicyMan
         )
     if manifest.method != "ric" and not manifest.policies:
         raise SteerableError(f"{path}: a {manifest.method} model needs its 'policies' list")
+    if manifest.method == "moslim":
+        levels = (manifest.moslim or {}).get("levels")
+        if not isinstance(levels, int) or levels < 2:
+            raise SteerableError(f"{path}: a moslim model needs 'moslim': {{'levels': L}} with L >= 2")
     from steerable.defaults import torch_dtype
 
     torch_dtype(manifest.dtype)
@@ -127,6 +138,11 @@ class SteerablePolicy:
     def names(self) -> list[str]:
         return self.rewards.names
 
+    @property
+    def levels(self) -> int | None:
+        """L, the number of intensity levels of a MOSLIM policy (None for RiC)."""
+        return self.manifest.moslim["levels"] if self.manifest.method == "moslim" else None
+
     # --- loading and saving -------------------------------------------------------------
     @classmethod
     def from_pretrained(
@@ -138,8 +154,8 @@ class SteerablePolicy:
         dtype: str | None = None,
         trust_remote_code: bool = False,
     ) -> SteerablePolicy:
-        """Load a RiC model directory. `adapter` swaps in another adapter trained for the same
-        manifest (e.g. an intermediate stage: DIR/stages/sft/weights). `merge` folds a LoRA
+        """Load a RiC or MOSLIM model directory. `adapter` swaps in another adapter trained for
+        the same manifest (e.g. an intermediate stage: DIR/stages/sft/weights). `merge` folds a LoRA
         adapter into the base weights (faster generation), but the policy can then not be saved
         or trained further as an adapter. `dtype` overrides the dtype recorded in steerable.json
         (the one the model was trained in). `trust_remote_code` lets the base model run its own
@@ -150,7 +166,12 @@ class SteerablePolicy:
         from steerable.defaults import default_device, load_tokenizer, resolve_model, torch_dtype
 
         directory = Path(directory)
-        manifest = load_manifest(directory, "ric")
+        manifest = load_manifest(directory)
+        if manifest.method not in TAGGED_METHODS:
+            raise SteerableError(
+                f"{directory} holds a {manifest.method!r} model; SteerablePolicy loads "
+                f"{' and '.join(TAGGED_METHODS)} models (evaluate the others with --method {manifest.method})"
+            )
         if dtype is not None:
             torch_dtype(dtype)
             manifest.dtype = dtype
@@ -161,7 +182,8 @@ class SteerablePolicy:
         else:
             from peft import PeftModel
 
-            adapter = Path(adapter or directory / "adapter")
+            default = manifest.policies[0]["adapter"] if manifest.method == "moslim" else "adapter"
+            adapter = Path(adapter or directory / default)
             if not (adapter / "adapter_config.json").is_file():
                 raise SteerableError(f"adapter {adapter} does not exist (no adapter_config.json in it)")
             base = AutoModelForCausalLM.from_pretrained(resolve_model(manifest.base_model), **load)
@@ -233,15 +255,56 @@ class SteerablePolicy:
             out[objective.name] = value
         return out
 
+    def levels_for(
+        self, preference: Preference | Mapping | Sequence | str, mapping: str | None = None
+    ) -> dict[str, int]:
+        """MOSLIM: a preference as levels 1..L (`conditioning.preference_to_levels`)."""
+        pref = preference if isinstance(preference, Preference) else Preference.parse(preference, self.names)
+        if pref.names != tuple(self.names):
+            raise SteerableError(f"preference is over {pref.names}; this model steers {self.names}")
+        return preference_to_levels(pref, self.levels, mapping or self.mapping.default)
+
     def prompts_with_tags(
         self, prompts: Sequence[str], targets: Mapping[str, float], system: str | None = None
     ) -> list[str]:
-        """Render prompts with target tags through the chat template, ready to generate."""
-        tags = format_tags({n: targets[n] for n in self.names}, self.tag_format.decimals)
+        """Render prompts with their tags through the chat template, ready to generate: RiC's
+        target tags (`targets`: every objective's normalised target) or MOSLIM's intensity
+        tags (`targets`: levels of a subset of the objectives)."""
+        if self.manifest.method == "moslim":
+            tags = format_levels(check_levels(targets, self.names, self.levels))
+        else:
+            tags = format_tags({n: targets[n] for n in self.names}, self.tag_format.decimals)
         system = system if system is not None else self.manifest.system
         return [
             render_chat(self.tokenizer, tagged_messages(p, tags, self.tag_format, system)) for p in prompts
         ]
+
+    def steering_for(
+        self,
+        preference: Preference | Mapping | Sequence | str | None = None,
+        targets: Mapping[str, float] | None = None,
+        levels: Mapping[str, int] | None = None,
+        mapping: str | None = None,
+    ) -> dict:
+        """The tags a request asks for, checked: RiC targets (explicit, or mapped from the
+        preference) or MOSLIM levels (explicit, or mapped from the preference); with neither,
+        equal weights."""
+        if sum(x is not None for x in (preference, targets, levels)) > 1:
+            raise SteerableError("give one of a preference, targets or levels")
+        equal = [1] * len(self.names)
+        if self.manifest.method == "moslim":
+            if targets is not None:
+                raise SteerableError(
+                    "targets steer RiC models; steer a MOSLIM model with levels or a preference"
+                )
+            if levels is not None:
+                return check_levels(levels, self.names, self.levels)
+            return self.levels_for(preference if preference is not None else equal, mapping)
+        if levels is not None:
+            raise SteerableError("levels steer MOSLIM models; steer a RiC model with targets or a preference")
+        if targets is None:
+            targets = self.targets_for(preference if preference is not None else equal, mapping)
+        return self.check_targets(targets)
 
     def generate(
         self,
@@ -252,18 +315,15 @@ class SteerablePolicy:
         sampling: SamplingConfig | None = None,
         system: str | None = None,
         progress: bool = False,
+        levels: Mapping[str, int] | None = None,
     ) -> list[str]:
         """Responses for `prompts` steered by `preference` (weights over the objectives, mapped
-        to tags with `mapping`) or by explicit normalised `targets`; with neither, equal weights."""
+        to tags with `mapping`), by explicit normalised `targets` (RiC) or by intensity
+        `levels` for any subset of the objectives (MOSLIM, e.g. ``{"brief": 4}``); with none of
+        them, equal weights."""
         prompts = list(prompts)
         if not prompts:
             raise SteerableError("no prompts given")
-        if preference is not None and targets is not None:
-            raise SteerableError("give a preference or targets, not both")
-        if targets is None:
-            targets = self.targets_for(
-                preference if preference is not None else [1] * len(self.names), mapping
-            )
-        targets = self.check_targets(targets)
-        texts = self.prompts_with_tags(prompts, targets, system)
+        steering = self.steering_for(preference, targets, levels, mapping)
+        texts = self.prompts_with_tags(prompts, steering, system)
         return generate_texts(self.model, self.tokenizer, texts, sampling or SamplingConfig(), progress)

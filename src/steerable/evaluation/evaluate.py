@@ -3,6 +3,10 @@
 A method is turned into a function ``generate(prompts, weights) -> responses``:
 
     ric        a RiC model directory: weights -> tags through the model's stored mapping
+    moslim     a MOSLIM model directory: weights -> intensity levels through the same mappings;
+               also swept level by level (`evaluation.levels`)
+    tags       the base model of a MOSLIM directory given the same intensity tags, untrained
+               (MOSLIM's floor)
     prompting  the base model, with the preference written into the system prompt (the floor
                every trained method must beat); needs the statistics of the comparison
     soups      a Rewarded Soups directory: per-objective adapters interpolated with the weights
@@ -25,7 +29,7 @@ from steerable.generation import SamplingConfig, count_tokens, format_chat, gene
 from steerable.methods.rl import load_rewards
 from steerable.objectives import RewardSet
 
-METHODS = ("ric", "prompting", "soups", "morlhf")
+METHODS = ("ric", "moslim", "tags", "prompting", "soups", "morlhf")
 
 Generate = Callable[[list[str], np.ndarray], list[str]]
 
@@ -69,25 +73,23 @@ def method_generator(
     lets models and the objectives' py: scorers run their own code."""
     if method not in METHODS:
         raise SteerableError(f"unknown method {method!r}; choose from {list(METHODS)}")
-    if method != "ric":
+    if method not in ("ric", "moslim", "tags"):
         for option, value in (("--adapter", adapter), ("--mapping", mapping)):
             if value is not None:
-                raise SteerableError(f"{option} applies to RiC models only")
-    if method == "ric":
-        from steerable.policy import SteerablePolicy
-
-        policy = SteerablePolicy.from_pretrained(
-            model, adapter=adapter, dtype=dtype, trust_remote_code=trust_remote_code
-        )
+                raise SteerableError(f"{option} applies to RiC and MOSLIM models only")
+    if method in ("ric", "moslim", "tags"):
+        policy = tagged_policy(method, model, adapter, dtype, trust_remote_code)
 
         def generate(prompts, weights):
             return policy.generate(prompts, preference=list(weights), mapping=mapping, sampling=sampling)
 
+        if policy.levels is not None:
+            generate.levels = level_steering(policy, sampling)
         return (
             generate,
             policy.rewards,
             policy.tokenizer,
-            compute_record(policy.manifest),
+            compute_record(None if method == "tags" else policy.manifest),
             policy.manifest.dtype,
         )
     if method == "prompting":
@@ -110,6 +112,50 @@ def method_generator(
 
         return generate, rewards, tokenizer, compute_record(None), dtype
     return baseline_generator(method, model, sampling, dtype, trust_remote_code)
+
+
+def tagged_policy(method: str, model: str, adapter: str | None, dtype: str | None, trust_remote_code: bool):
+    """The SteerablePolicy of a RiC or MOSLIM directory; for `tags`, the MOSLIM directory's
+    base model, untrained, with its tags."""
+    from steerable.policy import SteerablePolicy, load_manifest
+
+    if method != "tags":
+        policy = SteerablePolicy.from_pretrained(
+            model, adapter=adapter, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        if policy.manifest.method != method:
+            raise SteerableError(
+                f"{model} holds a {policy.manifest.method!r} model (use --method {policy.manifest.method})"
+            )
+        return policy
+    from steerable.defaults import load_causal_lm, load_tokenizer
+
+    if adapter is not None:
+        raise SteerableError("--adapter does not apply to the tags floor (it is the base model)")
+    manifest = load_manifest(model, "moslim")
+    manifest.dtype = dtype or manifest.dtype
+    lm, _ = load_causal_lm(manifest.base_model, manifest.dtype, trust_remote_code=trust_remote_code)
+    return SteerablePolicy(lm, load_tokenizer(str(model), trust_remote_code), manifest, trust_remote_code)
+
+
+def level_steering(policy, sampling: SamplingConfig) -> dict:
+    """What a level sweep needs of a MOSLIM policy: L, a level-steered generator and, when its
+    reward model is at hand, the RM's expected level per head."""
+    from pathlib import Path
+
+    path = policy.manifest.moslim.get("reward_model")
+    classify = None
+    if path is not None and Path(path).is_dir():
+        from steerable.reward_models.multihead import MultiHeadRM
+
+        rm = MultiHeadRM.load(path)
+        if list(rm.names) == policy.names:
+            classify = rm.expected_levels
+    return {
+        "count": policy.levels,
+        "generate": lambda prompts, levels: policy.generate(prompts, levels=levels, sampling=sampling),
+        "classify": classify,
+    }
 
 
 def baseline_generator(
@@ -170,9 +216,12 @@ def evaluate(
     trust_remote_code: bool = False,
     prompt_split: str | None = None,
     prompt_limit: int | None = None,
+    levels: bool = True,
 ) -> EvaluationResult:
     """Sweep the grid, score with the shared objectives, and summarise; `samples` responses
-    per prompt at each point. `dtype` / `trust_remote_code`: see `method_generator`. The result
+    per prompt at each point. MOSLIM models (and their tags floor) are also swept level by level
+    with the same samples, unless `levels` is False. `dtype` / `trust_remote_code`: see
+    `method_generator`. The result
     records the prompts (a hash; `prompt_split` and `prompt_limit` say where they came from) and
     the sampling, so that `steerable report` compares only results measured the same way."""
     from dataclasses import asdict
@@ -204,6 +253,25 @@ def evaluate(
         samples=samples,
     )
     bar.close()
+    steering = getattr(generate, "levels", None)
+    level_result = None
+    if steering is not None and levels:
+        from steerable.evaluation.levels import level_record, level_sweep
+
+        count = steering["count"]
+        bar = tqdm(total=len(rewards) * count, desc=f"{method} by level", unit="level", disable=not progress)
+        level_points = level_sweep(
+            steering["generate"],
+            rewards,
+            prompts,
+            count,
+            samples,
+            classify=steering["classify"],
+            count_tokens=lambda texts: count_tokens(tokenizer, texts),
+            progress=lambda: bar.update(1),
+        )
+        bar.close()
+        level_result = level_record(level_points, rewards.names, count)
     compute["eval_seconds"] = time.perf_counter() - started
     return EvaluationResult(
         method=method if mapping is None else f"{method}-{mapping}",
@@ -221,4 +289,5 @@ def evaluate(
         prompt_limit=prompt_limit,
         dtype=dtype,
         compute=compute,
+        levels=level_result,
     )

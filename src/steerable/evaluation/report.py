@@ -27,6 +27,8 @@ RESULT_FILE = "result.json"
 # SamplingConfig fields that change what is sampled; batch size and seed do not change the
 # distribution, so results that differ only in them stay comparable.
 COMPARED_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k")
+# Fields a result may lack and still be compared (added after results recorded their prompts).
+OPTIONAL = ("levels",)
 
 
 def prompts_digest(prompts: Sequence[str]) -> str:
@@ -43,6 +45,7 @@ class EvaluationResult:
     sampling: the SamplingConfig as a dict; samples: responses per prompt at each point.
     resolution: the grid's resolution; None when the grid was given (MORLHF's own vectors).
     dtype: the dtype the model ran in.
+    levels: the level sweep of a MOSLIM model or its tags floor (None for other methods).
     """
 
     method: str
@@ -60,6 +63,7 @@ class EvaluationResult:
     prompt_limit: int | None = None
     dtype: str = "float32"
     compute: dict = field(default_factory=dict)  # train/eval seconds and tokens
+    levels: dict | None = None  # MOSLIM's level sweep (evaluation.levels.level_record)
 
     @property
     def means(self) -> np.ndarray:
@@ -81,7 +85,7 @@ class EvaluationResult:
             path = path / RESULT_FILE
         try:
             data = json.loads(path.read_text())
-            missing = [f.name for f in fields(cls) if f.name not in data]
+            missing = [f.name for f in fields(cls) if f.name not in data and f.name not in OPTIONAL]
             if "points" in data and missing:
                 raise SteerableError(
                     f"{path} does not record {', '.join(missing)}: it was written before results "
@@ -259,6 +263,13 @@ def markdown(results: list[EvaluationResult]) -> str:
             + " | ".join(f"{row[f'controllability_{n}']:+.3f}" for n in names)
             + f" | {row['train_seconds']:.0f} | {row['trained_tokens']} | {row['eval_seconds']:.0f} |"
         )
+    levelled = [r for r in results if r.levels is not None]
+    if levelled:
+        from steerable.evaluation.levels import level_markdown
+
+        lines += ["", "## Controllability by requested level", ""]
+        for r in levelled:
+            lines += [*level_markdown(r.method, r.levels), ""]
     for r in results:
         lines += ["", f"## {r.method} ({r.model}, {r.dtype})", ""]
         table = points_to_rows(r.points, names)

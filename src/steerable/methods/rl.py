@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -99,19 +100,29 @@ class RLConfig:
         self.stats = str(Path(self.stats).resolve())
 
 
+def count_completions(counter: dict, tokenizer, texts: list[str]) -> None:
+    """Add a batch of completions to the run's generated counts (one reward function per run
+    calls it, so every completion is counted once)."""
+    counter["completions"] += len(texts)
+    counter["tokens"] += sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids)
+
+
+def completion_texts(prompts: list, completions: list) -> tuple[list[str], list[str]]:
+    """(user prompts, completion texts) from TRL's conversational or plain reward inputs."""
+    users = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return users, texts
+
+
 def reward_functions(rewards: RewardSet, counter: dict, tokenizer) -> list:
     """One TRL reward function per objective, returning normalised scores (the first one also
     counts the generated tokens)."""
 
     def make(k: int, objective):
         def reward(prompts, completions, **_):
-            users = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
-            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            users, texts = completion_texts(prompts, completions)
             if k == 0:
-                counter["completions"] += len(texts)
-                counter["tokens"] += sum(
-                    len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids
-                )
+                count_completions(counter, tokenizer, texts)
             raw = objective.score(users, texts)
             return objective.stats.normalise(np.nan_to_num(raw, nan=objective.stats.mean)).tolist()
 
@@ -204,26 +215,58 @@ def train_rl_policy(
 ) -> dict:
     """Train one LoRA policy on sum_k w_k z_k into stages/NAME/weights, unless that stage is
     done; an interrupted one resumes from its last complete checkpoint."""
-    from datasets import Dataset
-    from trl import GRPOTrainer
-
     done = stages.done(name, inputs)
     if done is not None:
         return done
+    prompts = load_prompts(config.prompt_split, config.prompt_limit)
+    rows = [{"prompt": [{"role": "user", "content": p}]} for p in prompts]
+    counter = {"completions": 0, "tokens": 0}
+    info = train_grpo(
+        config,
+        stages,
+        name,
+        inputs,
+        tokenizer,
+        rows,
+        reward_functions(rewards, counter, tokenizer),
+        weights,
+        counter,
+    )
+    return stages.finish(name, inputs, {"weights": list(weights), **info})
+
+
+def train_grpo(
+    config: RLConfig,
+    stages: Stages,
+    name: str,
+    inputs: dict,
+    tokenizer,
+    rows: list[dict],
+    reward_funcs: list,
+    reward_weights: list[float],
+    counter: dict,
+    callbacks: Sequence = (),
+) -> dict:
+    """The GRPO run every RL recipe shares: a LoRA policy on `config.model` trained on `rows`
+    (TRL dataset rows: a `prompt` and any columns the reward functions read) with
+    `reward_funcs` weighted by `reward_weights`, into stages/NAME/weights, resumed from the
+    stage's last complete checkpoint. Returns the compute record; the caller finishes the stage
+    (`counter` is the one its reward functions fill through `count_completions`)."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
     started = time.perf_counter()
     stage = stages.start(name, inputs)
     model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
-    prompts = load_prompts(config.prompt_split, config.prompt_limit)
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
-    args = grpo_args(config, weights, stage / "checkpoints")
-    counter = {"completions": 0, "tokens": 0}
+    args = grpo_args(config, reward_weights, stage / "checkpoints")
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=reward_functions(rewards, counter, tokenizer),
+        reward_funcs=reward_funcs,
         args=args,
-        train_dataset=dataset,
+        train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout),
+        callbacks=list(callbacks),
     )
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     trainer.save_model(str(stage / "weights"))
@@ -231,19 +274,18 @@ def train_rl_policy(
     completions, tokens = trainer.accelerator.reduce(
         torch.tensor([counter["completions"], counter["tokens"]]), reduction="sum"
     ).tolist()
-    info = {
-        "weights": list(weights),
+    return {
         "seconds": time.perf_counter() - started,
         "steps": trainer.state.global_step,
         "trained_tokens": int(trainer.state.num_input_tokens_seen),
         "generated_completions": completions,
         "generated_tokens": tokens,
     }
-    return stages.finish(name, inputs, info)
 
 
 def grpo_args(config: RLConfig, weights: list[float], output_dir: Path):
-    """TRL's GRPOConfig for one policy: reward = sum_k w_k z_k, the pinned GRPO settings."""
+    """TRL's GRPOConfig for one policy: reward = sum_k w_k r_k over its reward functions, the
+    pinned GRPO settings."""
     from trl import GRPOConfig
 
     return GRPOConfig(

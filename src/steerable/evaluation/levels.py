@@ -1,0 +1,145 @@
+"""Level sweeps: MOSLIM's controllability. For every objective and every level 1..L, the
+held-out prompts are answered with that objective's tag alone (``<brief 4>``; the others
+masked), scored by every objective, and, when the policy has a multi-head RM, classified by it.
+
+Controllability per objective is the Spearman correlation between the requested level and the
+achieved mean raw score over the L levels (as the preference sweep's is over the grid points),
+and, stricter, over every (level, prompt mean) pair.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from steerable.evaluation.sweep import check_samples
+from steerable.objectives import RewardSet
+
+GenerateLevels = Callable[[list[str], dict[str, int]], list[str]]
+Classify = Callable[[list[str], list[str]], np.ndarray]  # expected levels [n, K]
+
+
+@dataclass
+class LevelPoint:
+    """One requested (objective, level): mean raw score of every objective with its standard
+    error over prompts, and the RM's mean expected level per head (None without an RM)."""
+
+    objective: str
+    level: int
+    mean: list[float]
+    stderr: list[float]
+    rm_level: list[float] | None
+    n: int
+    samples: int
+    seconds: float
+    generated_tokens: int
+    prompt_means: list[float]  # the requested objective's mean per prompt
+
+
+def level_sweep(
+    generate: GenerateLevels,
+    rewards: RewardSet,
+    prompts: Sequence[str],
+    count: int,
+    samples: int = 2,
+    classify: Classify | None = None,
+    count_tokens: Callable[[list[str]], int] = lambda texts: sum(len(t.split()) for t in texts),
+    progress: Callable[[], None] | None = None,
+) -> list[LevelPoint]:
+    """Answer `prompts` (`samples` responses each) at every objective's levels 1..count."""
+    check_samples(samples)
+    prompts = list(prompts)
+    repeated = [p for p in prompts for _ in range(samples)]
+    points = []
+    for k, name in enumerate(rewards.names):
+        for level in range(1, count + 1):
+            started = time.perf_counter()
+            responses = generate(repeated, {name: level})
+            seconds = time.perf_counter() - started
+            per_prompt = rewards.score(repeated, responses).reshape(len(prompts), samples, -1).mean(axis=1)
+            rm = None if classify is None else classify(repeated, responses).mean(axis=0).tolist()
+            points.append(
+                LevelPoint(
+                    objective=name,
+                    level=level,
+                    mean=per_prompt.mean(axis=0).tolist(),
+                    stderr=(per_prompt.std(axis=0, ddof=1) / np.sqrt(len(prompts))).tolist()
+                    if len(prompts) > 1
+                    else [0.0] * len(rewards),
+                    rm_level=rm,
+                    n=len(repeated),
+                    samples=samples,
+                    seconds=seconds,
+                    generated_tokens=count_tokens(responses),
+                    prompt_means=per_prompt[:, k].tolist(),
+                )
+            )
+            if progress:
+                progress()
+    return points
+
+
+def _spearman(x, y) -> float:
+    with warnings.catch_warnings():  # a constant column gives nan, which is the honest answer
+        warnings.simplefilter("ignore")
+        return float(spearmanr(x, y).statistic)
+
+
+def level_controllability(points: Sequence[LevelPoint], names: Sequence[str]) -> dict[str, dict]:
+    """Per objective: Spearman of level vs. achieved mean (over levels) and vs. every prompt's
+    mean (over levels x prompts), and the achieved means and RM levels by level."""
+    out = {}
+    for k, name in enumerate(names):
+        mine = sorted((p for p in points if p.objective == name), key=lambda p: p.level)
+        if not mine:
+            continue
+        levels = [p.level for p in mine]
+        out[name] = {
+            "spearman": _spearman(levels, [p.mean[k] for p in mine]),
+            "spearman_prompts": _spearman(
+                [p.level for p in mine for _ in p.prompt_means], [m for p in mine for m in p.prompt_means]
+            ),
+            "levels": levels,
+            "means": [p.mean[k] for p in mine],
+            "stderrs": [p.stderr[k] for p in mine],
+            "rm_levels": None if mine[0].rm_level is None else [p.rm_level[k] for p in mine],
+        }
+    return out
+
+
+def level_record(points: Sequence[LevelPoint], names: Sequence[str], count: int) -> dict:
+    """What an EvaluationResult stores of a level sweep."""
+    return {
+        "count": count,
+        "points": [asdict(p) for p in points],
+        "controllability": level_controllability(points, names),
+    }
+
+
+def level_markdown(method: str, record: dict) -> list[str]:
+    """Report lines: per objective, Spearman and the achieved mean (and RM level) at each level."""
+    count = record["count"]
+    lines = [
+        f"### {method}: controllability by requested level (1..{count}, that objective's tag alone)",
+        "",
+        "| objective | Spearman (levels) | Spearman (prompts) | "
+        + " | ".join(f"level {level}" for level in range(1, count + 1))
+        + " |",
+        "|---|---|---|" + "---|" * count,
+    ]
+    for name, row in record["controllability"].items():
+        cells = []
+        for i, mean in enumerate(row["means"]):
+            rm = f" (RM {row['rm_levels'][i]:.2f})" if row["rm_levels"] is not None else ""
+            cells.append(f"{mean:.4g} ± {row['stderrs'][i]:.2g}{rm}")
+        lines.append(
+            f"| {name} | {row['spearman']:+.3f} | {row['spearman_prompts']:+.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines

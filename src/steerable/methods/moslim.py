@@ -1,0 +1,407 @@
+"""MOSLIM (DESIGN.md §3): one off-the-shelf instruct policy steered by intensity tags, trained
+with GRPO on one scalar reward mapped from a multi-head classification reward model.
+
+Recipe (`steerable train moslim`):
+1. Each training prompt gets a random non-empty subset of the objectives, each with a level
+   drawn uniformly from 1..L, written as tags (``<brief 4> <positive 2>``) where RiC's go.
+2. GRPO (TRL, LoRA, reference = the starting policy, no preference SFT first) samples a group
+   of completions per tagged prompt; the multi-head RM (`steerable train moslim-rm`) gives
+   head i's probability of every level for each (untagged prompt, completion).
+3. The reward is r = (1/k) sum_i mask_i (p_i - avg_i) / std_i: p_i the probability of the
+   requested level, avg_i / std_i running statistics of p_i for that head and level, mask_i
+   whether objective i was tagged. The statistics are saved with the policy.
+
+The paper leaves the choices below open; ours are the defaults, each switchable:
+
+    target_probability  level: P(requested level) (default) | expected: 1 - |E[level] - n| /
+                        (L - 1) | at_least: P(level >= n)
+    normalisation       ema: running mean/std per head and level (default, decay `ema_decay`)
+                        | batch: this batch's | none: avg 0, std 1
+    k                   active: the number of tagged objectives (default) | all: K, the formula
+                        read literally (an objective not asked for still divides the reward)
+    tag_sampling        subset: a random non-empty subset (default) | all: every objective
+    reward              mapped: the RM reward above (default) | zscore: the reviewers'
+                        weighted sum, (1/k) sum_i mask_i w(n_i) z_i with w(n) = 2(n-1)/(L-1) - 1
+                        (-1 at level 1, +1 at level L) and z_i the objective's normalised score
+
+Why avg_i matters less than it looks: GRPO standardises rewards within each group, and a group
+shares its tags, so avg_i only shifts a group's rewards by a constant; std_i is what weighs the
+objectives against each other. A preference given to a MOSLIM policy becomes levels through
+`conditioning.preference_to_levels`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from steerable.conditioning import PLACEMENTS, TagFormat, format_levels, tagged_messages
+from steerable.errors import SteerableError
+from steerable.io import atomic_write_text
+from steerable.methods.rl import (
+    GRPO_LOSS_TYPE,
+    GRPO_SCALE_REWARDS,
+    RLConfig,
+    completion_texts,
+    count_completions,
+    load_rewards,
+    train_grpo,
+)
+from steerable.objectives import RewardSet
+from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
+
+REWARDS = ("mapped", "zscore")
+TARGET_PROBABILITIES = ("level", "expected", "at_least")
+NORMALISATIONS = ("ema", "batch", "none")
+K_READINGS = ("active", "all")
+TAG_SAMPLINGS = ("subset", "all")
+DEFAULT_LEVELS = 5
+# A head whose probability of a level hardly varies would otherwise get a huge weight.
+MIN_STD = 0.05
+STATS_FILE = "moslim_reward_stats.json"
+
+
+# --- the reward, as pure functions ------------------------------------------------------
+def level_matrix(requests: list[dict[str, int]], names: list[str]) -> np.ndarray:
+    """Requested levels as an int array [n, K]; 0 where an objective is not tagged."""
+    return np.array([[r.get(name, 0) for name in names] for r in requests], dtype=int)
+
+
+def target_probability(probs: np.ndarray, levels: np.ndarray, how: str = "level") -> np.ndarray:
+    """p_i for each (row, head): how well the RM thinks the response meets the requested level.
+    probs: [n, K, L] level probabilities; levels: [n, K] in 1..L (0 = masked, value 0)."""
+    n, k, count = probs.shape
+    requested = np.clip(levels, 1, count) - 1  # (n, K) 0-based
+    if how == "level":
+        p = np.take_along_axis(probs, requested[..., None], axis=2)[..., 0]  # (n, K)
+    elif how == "expected":
+        expected = probs @ np.arange(1, count + 1)  # (n, K)
+        p = 1.0 - np.abs(expected - (requested + 1)) / max(count - 1, 1)
+    elif how == "at_least":
+        tail = np.cumsum(probs[..., ::-1], axis=2)[..., ::-1]  # (n, K, L): P(level >= l)
+        p = np.take_along_axis(tail, requested[..., None], axis=2)[..., 0]
+    else:
+        raise SteerableError(f"target_probability {how!r} unknown; choose from {TARGET_PROBABILITIES}")
+    return np.where(levels > 0, p, 0.0)
+
+
+def mapped_reward(
+    p: np.ndarray, mask: np.ndarray, avg: np.ndarray, std: np.ndarray, k: str = "active"
+) -> np.ndarray:
+    """r = (1/k) sum_i mask_i (p_i - avg_i) / std_i per row. p, mask, avg, std: [n, K];
+    k = the row's number of active objectives, or all K."""
+    mask = np.asarray(mask, dtype=float)
+    terms = mask * (p - avg) / np.maximum(std, 1e-12)  # (n, K)
+    if k == "active":
+        divisor = np.maximum(mask.sum(axis=1), 1.0)
+    elif k == "all":
+        divisor = np.full(len(p), float(p.shape[1]))
+    else:
+        raise SteerableError(f"k {k!r} unknown; choose from {K_READINGS}")
+    return terms.sum(axis=1) / divisor
+
+
+def level_weight(levels: np.ndarray, count: int) -> np.ndarray:
+    """The weighted-sum reading of a level: -1 at level 1, 0 in the middle, +1 at level L."""
+    return 2.0 * (np.asarray(levels, dtype=float) - 1.0) / max(count - 1, 1) - 1.0
+
+
+def zscore_reward(z: np.ndarray, levels: np.ndarray, count: int, k: str = "active") -> np.ndarray:
+    """The reviewers' baseline: (1/k) sum_i mask_i w(n_i) z_i, same tags, no classifier."""
+    mask = levels > 0
+    return mapped_reward(np.where(mask, level_weight(levels, count) * z, 0.0), mask, 0.0, 1.0, k)
+
+
+@dataclass
+class RewardStats:
+    """Running mean and variance of p_i per head and level: `mean`, `var` [K, L]; `seen`
+    marks the (head, level) pairs that have had data. decay = 0 keeps only the last batch."""
+
+    names: list[str]
+    levels: int
+    decay: float = 0.9
+    mean: np.ndarray = None
+    var: np.ndarray = None
+    seen: np.ndarray = None
+
+    def __post_init__(self):
+        shape = (len(self.names), self.levels)
+        self.mean = np.zeros(shape) if self.mean is None else np.asarray(self.mean, dtype=float)
+        self.var = np.ones(shape) if self.var is None else np.asarray(self.var, dtype=float)
+        self.seen = np.zeros(shape, bool) if self.seen is None else np.asarray(self.seen, dtype=bool)
+
+    def update(self, p: np.ndarray, levels: np.ndarray) -> None:
+        """Fold a batch in: for each (head, level) requested in it, the batch's mean and
+        variance of p (the first batch of a pair sets them)."""
+        for i in range(len(self.names)):
+            for level in np.unique(levels[:, i]):
+                if level == 0:
+                    continue
+                values = p[levels[:, i] == level, i]
+                m, v, j = values.mean(), values.var(), level - 1
+                d = self.decay if self.seen[i, j] else 0.0
+                self.mean[i, j] = d * self.mean[i, j] + (1 - d) * m
+                self.var[i, j] = d * self.var[i, j] + (1 - d) * v
+                self.seen[i, j] = True
+
+    def lookup(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(avg, std) [n, K] for requested levels [n, K] (masked entries: 0 and 1)."""
+        heads = np.arange(len(self.names))[None, :]
+        index = np.clip(levels, 1, self.levels) - 1
+        avg = np.where(levels > 0, self.mean[heads, index], 0.0)
+        std = np.where(levels > 0, np.maximum(np.sqrt(self.var[heads, index]), MIN_STD), 1.0)
+        return avg, std
+
+    def to_dict(self) -> dict:
+        return {
+            "names": list(self.names),
+            "levels": self.levels,
+            "decay": self.decay,
+            "mean": self.mean.tolist(),
+            "var": self.var.tolist(),
+            "seen": self.seen.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RewardStats:
+        return cls(**data)
+
+
+def sample_levels(rng: np.random.Generator, names: list[str], count: int, how: str = "subset") -> dict:
+    """One request's tags: a uniformly random non-empty subset of the objectives (or all of
+    them), each with a uniform level in 1..count."""
+    if how == "all":
+        chosen = list(names)
+    else:
+        size = int(rng.integers(1, len(names) + 1))
+        picked = set(rng.choice(len(names), size=size, replace=False).tolist())
+        chosen = [n for i, n in enumerate(names) if i in picked]
+    return {name: int(rng.integers(1, count + 1)) for name in chosen}
+
+
+# --- the recipe ---------------------------------------------------------------------------
+@dataclass
+class MOSLIMConfig(RLConfig):
+    """RLConfig (the GRPO and LoRA settings) plus MOSLIM's own choices (module docstring).
+
+    reward_model: a multi-head classification RM directory (`steerable train moslim-rm`)
+        whose heads are the objectives of `stats` (required for reward=mapped).
+    levels: L, the number of levels per objective (default: the RM's; 5 without one).
+    reward: mapped (the RM reward) or zscore (the weighted z-score baseline, same tags).
+    target_probability / normalisation / ema_decay / k / tag_sampling: see the module docstring.
+    placement: where the tags go (conditioning.PLACEMENTS).
+    """
+
+    output_dir: str = field(default="runs/moslim", metadata={"help": "Output directory."})
+    reward_model: str | None = field(default=None, metadata={"help": "Multi-head RM directory."})
+    levels: int | None = field(default=None, metadata={"help": "Levels per objective (default: the RM's)."})
+    reward: str = field(default="mapped", metadata={"help": "Reward.", "choices": REWARDS})
+    target_probability: str = field(
+        default="level", metadata={"help": "p_i read from the RM.", "choices": TARGET_PROBABILITIES}
+    )
+    normalisation: str = field(default="ema", metadata={"help": "avg/std of p_i.", "choices": NORMALISATIONS})
+    ema_decay: float = field(default=0.9, metadata={"help": "Decay of the running statistics."})
+    k: str = field(
+        default="active", metadata={"help": "Divide by active or all objectives.", "choices": K_READINGS}
+    )
+    tag_sampling: str = field(
+        default="subset", metadata={"help": "Tagged objectives per prompt.", "choices": TAG_SAMPLINGS}
+    )
+    placement: str = field(default="user_end", metadata={"help": "Tag placement.", "choices": PLACEMENTS})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, choices in (
+            ("reward", REWARDS),
+            ("target_probability", TARGET_PROBABILITIES),
+            ("normalisation", NORMALISATIONS),
+            ("k", K_READINGS),
+            ("tag_sampling", TAG_SAMPLINGS),
+            ("placement", PLACEMENTS),
+        ):
+            if getattr(self, name) not in choices:
+                raise SteerableError(f"--{name} {getattr(self, name)!r} unknown; choose from {list(choices)}")
+        if not 0 <= self.ema_decay < 1:
+            raise SteerableError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.levels is not None and self.levels < 2:
+            raise SteerableError(f"--levels must be >= 2, got {self.levels}")
+        if self.reward == "mapped" and self.reward_model is None:
+            raise SteerableError(
+                "--reward_model is required for reward=mapped: a multi-head RM directory "
+                "(train one with `steerable train moslim-rm`)"
+            )
+        if self.reward_model is not None:
+            self.reward_model = str(Path(self.reward_model).resolve())
+
+
+def load_reward_model(config: MOSLIMConfig, rewards: RewardSet):
+    """The RM, checked against the objectives and levels of the run (None for zscore)."""
+    if config.reward != "mapped":
+        return None
+    from steerable.reward_models.multihead import MultiHeadRM
+
+    rm = MultiHeadRM.load(config.reward_model)
+    if list(rm.names) != rewards.names:
+        raise SteerableError(
+            f"--reward_model {config.reward_model} has heads {list(rm.names)}, but the objectives of "
+            f"--stats are {rewards.names}; train the RM on the same objectives, in the same order"
+        )
+    if config.levels is not None and config.levels != rm.levels:
+        raise SteerableError(
+            f"--levels {config.levels} but --reward_model {config.reward_model} has {rm.levels} "
+            "levels per head; drop --levels or train the RM with as many"
+        )
+    return rm
+
+
+def training_rows(config: MOSLIMConfig, names: list[str], count: int) -> list[dict]:
+    """One row per prompt the run will see (steps x prompts per step), each with fresh tags:
+    `prompt` (the tagged chat), `question` (the untagged prompt, what the reward scores) and
+    `levels` (JSON)."""
+    from steerable.data import load_prompts
+
+    prompts = load_prompts(config.prompt_split, config.prompt_limit)
+    rng = np.random.default_rng(config.seed)
+    fmt = TagFormat(config.placement)
+    per_step = config.batch_size // config.num_generations
+    rows = []
+    for i in range(config.max_steps * per_step):
+        prompt = prompts[i % len(prompts)]
+        levels = sample_levels(rng, names, count, config.tag_sampling)
+        rows.append(
+            {
+                "prompt": tagged_messages(prompt, format_levels(levels), fmt),
+                "question": prompt,
+                "levels": json.dumps(levels),
+            }
+        )
+    return rows
+
+
+def moslim_reward_function(
+    config: MOSLIMConfig, rewards: RewardSet, rm, stats: RewardStats, counter, tokenizer
+):
+    """The one TRL reward function of a MOSLIM run (`config.reward`)."""
+    names, count = rewards.names, stats.levels
+
+    def moslim_reward(prompts, completions, question, levels, log_metric=None, **_):
+        _, texts = completion_texts(prompts, completions)
+        count_completions(counter, tokenizer, texts)
+        requested = level_matrix([json.loads(x) for x in levels], names)  # (n, K)
+        if config.reward == "zscore":
+            z = rewards.normalise(rewards.score(list(question), texts))
+            return zscore_reward(z, requested, count, config.k).tolist()
+        probs = rm.probabilities(list(question), texts)  # (n, K, L)
+        p = target_probability(probs, requested, config.target_probability)
+        if config.normalisation == "none":
+            avg, std = np.zeros_like(p), np.ones_like(p)
+        else:
+            stats.update(p, requested)
+            avg, std = stats.lookup(requested)
+        if log_metric is not None:
+            for i, name in enumerate(names):
+                active = requested[:, i] > 0
+                if active.any():
+                    log_metric(f"moslim/p_{name}", float(p[active, i].mean()))
+        return mapped_reward(p, requested > 0, avg, std, config.k).tolist()
+
+    return moslim_reward
+
+
+def stats_callback(stats: RewardStats):
+    """Save the running statistics into every checkpoint, so a resumed run continues them."""
+    from transformers import TrainerCallback
+
+    class SaveRewardStats(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                atomic_write_text(folder / STATS_FILE, json.dumps(stats.to_dict()) + "\n")
+
+    return SaveRewardStats()
+
+
+def resumed_stats(stage: Path, stats: RewardStats) -> RewardStats:
+    from steerable.methods.training import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(stage / "checkpoints")
+    path = Path(checkpoint) / STATS_FILE if checkpoint else None
+    if path is not None and path.is_file():
+        return RewardStats.from_dict(json.loads(path.read_text()))
+    return stats
+
+
+def train_moslim(config: MOSLIMConfig) -> Path:
+    """Train the MOSLIM policy (one stage, `policy`) and write steerable.json."""
+    from steerable.defaults import load_tokenizer
+    from steerable.policy import MANIFEST, PolicyManifest
+
+    rewards = load_rewards(config.stats, config.trust_remote_code)
+    rm = load_reward_model(config, rewards)
+    count = rm.levels if rm is not None else (config.levels or DEFAULT_LEVELS)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    out = Path(config.output_dir)
+    stages = Stages(out)
+    settings = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "stats", "reward_model")}
+    inputs = {
+        **settings,
+        "levels": count,
+        "rewards": fingerprint(rewards.to_dict()),
+        "reward_model": None if rm is None else file_digest(rm.directory),
+        "grpo": [GRPO_LOSS_TYPE, GRPO_SCALE_REWARDS],
+    }
+    info = stages.done("policy", inputs)
+    stats = RewardStats(
+        rewards.names, count, decay=0.0 if config.normalisation == "batch" else config.ema_decay
+    )
+    if info is None:
+        if is_main_process():
+            (out / MANIFEST).unlink(missing_ok=True)  # written again once the policy is trained
+        stage = stages.start("policy", inputs)
+        stats = resumed_stats(stage, stats)
+        counter = {"completions": 0, "tokens": 0}
+        info = train_grpo(
+            config,
+            stages,
+            "policy",
+            inputs,
+            tokenizer,
+            training_rows(config, rewards.names, count),
+            [moslim_reward_function(config, rewards, rm, stats, counter, tokenizer)],
+            [1.0],
+            counter,
+            callbacks=[stats_callback(stats)],
+        )
+        info = stages.finish("policy", inputs, {**info, "reward_stats": stats.to_dict()})
+    if is_main_process():
+        tokenizer.save_pretrained(out)
+        manifest = PolicyManifest(
+            method="moslim",
+            base_model=config.model,
+            rewards=rewards.to_dict(),
+            tags=TagFormat(config.placement).to_dict(),
+            policies=[{"adapter": "stages/policy/weights"}],
+            dtype=config.dtype,
+            moslim={
+                "levels": count,
+                "reward": config.reward,
+                "reward_model": config.reward_model,
+                "reward_stats": info["reward_stats"],
+            },
+            training={
+                "config": asdict(config),
+                "grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": GRPO_SCALE_REWARDS},
+                "stages": {"policy": fingerprint(inputs)},
+                "compute": {
+                    "seconds": {"policy": info["seconds"]},
+                    "trained_tokens": info["trained_tokens"],
+                    "generated_tokens": info["generated_tokens"],
+                },
+            },
+        )
+        atomic_write_text(out / MANIFEST, json.dumps(asdict(manifest), indent=2) + "\n")
+    wait_for_everyone()
+    return out

@@ -1,0 +1,254 @@
+"""MOSLIM: intensity tags, the mapped reward and its statistics, the recipe end to end."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from steerable.conditioning import (
+    check_levels,
+    format_levels,
+    parse_levels,
+    parse_levels_text,
+    preference_to_levels,
+)
+from steerable.errors import SteerableError
+from steerable.methods.moslim import (
+    MIN_STD,
+    RewardStats,
+    level_matrix,
+    level_weight,
+    mapped_reward,
+    sample_levels,
+    target_probability,
+    zscore_reward,
+)
+from steerable.preferences import Preference
+
+NAMES = ["brief", "positive", "relevant"]
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(NAMES), st.integers(min_value=1, max_value=9), min_size=1, max_size=len(NAMES)
+    ),
+    st.text(alphabet="abc ?.", max_size=20),
+)
+def test_level_tags_round_trip(levels, prompt):
+    text = format_levels(levels)
+    assert parse_levels(f"{prompt}\n\n{text}") == levels
+    assert check_levels(levels, NAMES, 9) == {n: levels[n] for n in NAMES if n in levels}
+
+
+def test_level_tags_look_like_the_paper_and_refuse_bad_levels():
+    assert format_levels({"brief": 4, "positive": 2}) == "<brief 4> <positive 2>"
+    assert parse_levels_text("brief=4, positive=2") == {"brief": 4, "positive": 2}
+    for bad, field in [
+        ({"brief": 0}, "'brief'"),
+        ({"brief": 6}, "1..5"),
+        ({"brief": 2.5}, "integers"),
+        ({"brief": True}, "integers"),
+        ({"helpful": 3}, "helpful"),
+        ({}, "at least one"),
+    ]:
+        with pytest.raises(SteerableError, match=field):
+            check_levels(bad, NAMES, 5)
+    for text in ("brief", "brief=x", "", "brief=1,brief=2"):
+        with pytest.raises(SteerableError):
+            parse_levels_text(text)
+
+
+def test_preference_maps_to_levels_like_ric_maps_to_targets():
+    def levels(w, mapping="linf"):
+        return preference_to_levels(Preference.parse(w, NAMES[:2]), 5, mapping)
+
+    assert levels([1, 0]) == {"brief": 5, "positive": 1}
+    assert levels([0.5, 0.5]) == {"brief": 5, "positive": 5}
+    assert levels([0.3, 0.7]) == {"brief": 3, "positive": 5}  # 1 + 0.6 * 4 = 3.4
+    assert levels([0.3, 0.7], "linear") == {"brief": 2, "positive": 4}  # 2.2 and 3.8
+
+
+# Two heads, three levels; row 0 asks brief 3 and positive 1, row 1 asks brief 2 only.
+PROBS = np.array(
+    [
+        [[0.1, 0.2, 0.7], [0.5, 0.3, 0.2]],
+        [[0.2, 0.6, 0.2], [0.1, 0.1, 0.8]],
+    ]
+)
+LEVELS = np.array([[3, 1], [2, 0]])
+
+
+def test_target_probability_reads_the_requested_level():
+    assert target_probability(PROBS, LEVELS, "level") == pytest.approx(np.array([[0.7, 0.5], [0.6, 0.0]]))
+    # expected levels: row 0 = 2.6 and 1.7, row 1 = 2.0; distance to the request over L - 1 = 2
+    expected = np.array([[1 - 0.4 / 2, 1 - 0.7 / 2], [1.0, 0.0]])
+    assert target_probability(PROBS, LEVELS, "expected") == pytest.approx(expected)
+    assert target_probability(PROBS, LEVELS, "at_least") == pytest.approx(np.array([[0.7, 1.0], [0.8, 0.0]]))
+
+
+def test_mapped_reward_on_hand_computed_probabilities_with_a_masked_objective():
+    p = np.array([[0.7, 0.5], [0.6, 0.0]])
+    mask = LEVELS > 0
+    avg = np.array([[0.5, 0.3], [0.4, 0.0]])
+    std = np.array([[0.1, 0.2], [0.4, 1.0]])
+    # row 0: ((0.7-0.5)/0.1 + (0.5-0.3)/0.2) = 2 + 1 = 3; row 1: (0.6-0.4)/0.4 = 0.5, brief only
+    assert mapped_reward(p, mask, avg, std, "active") == pytest.approx([3 / 2, 0.5 / 1])
+    assert mapped_reward(p, mask, avg, std, "all") == pytest.approx([3 / 2, 0.5 / 2])
+    # a masked objective adds nothing, whatever its probability
+    assert mapped_reward(p + [[0, 0], [0, 9]], mask, avg, std, "active") == pytest.approx([1.5, 0.5])
+
+
+def test_zscore_reward_is_a_weighted_sum_with_weights_from_the_levels():
+    assert level_weight(np.array([1, 2, 3]), 3) == pytest.approx([-1, 0, 1])
+    z = np.array([[2.0, -1.0], [0.5, 7.0]])
+    # row 0: brief 3 -> +1 * 2, positive 1 -> -1 * -1: (2 + 1) / 2; row 1: brief 2 -> 0
+    assert zscore_reward(z, LEVELS, 3, "active") == pytest.approx([1.5, 0.0])
+    assert zscore_reward(z, LEVELS, 3, "all") == pytest.approx([1.5, 0.0])
+
+
+def test_running_statistics_per_head_and_level():
+    stats = RewardStats(["brief", "positive"], 3, decay=0.5)
+    p = np.array([[0.7, 0.5], [0.3, 0.0], [0.5, 0.1]])
+    levels = np.array([[3, 1], [3, 0], [2, 1]])
+    stats.update(p, levels)  # first batch sets: brief 3 -> mean 0.5, var 0.04
+    assert stats.mean[0, 2] == pytest.approx(0.5) and stats.var[0, 2] == pytest.approx(0.04)
+    assert stats.mean[1, 0] == pytest.approx(0.3) and stats.var[1, 0] == pytest.approx(0.04)
+    assert not stats.seen[1, 1] and not stats.seen[1, 2]
+    stats.update(np.array([[0.9, 0.0]]), np.array([[3, 0]]))  # EMA: 0.5 * 0.5 + 0.5 * 0.9
+    assert stats.mean[0, 2] == pytest.approx(0.7) and stats.var[0, 2] == pytest.approx(0.02)
+    avg, std = stats.lookup(np.array([[3, 0], [2, 1]]))
+    assert avg == pytest.approx(np.array([[0.7, 0.0], [0.5, 0.3]]))
+    assert std == pytest.approx(np.array([[np.sqrt(0.02), 1.0], [MIN_STD, 0.2]]))  # one value: var 0
+    assert RewardStats.from_dict(json.loads(json.dumps(stats.to_dict()))).to_dict() == stats.to_dict()
+
+
+def test_tag_sampling_covers_every_non_empty_subset_and_level():
+    rng = np.random.default_rng(0)
+    draws = [sample_levels(rng, NAMES, 5) for _ in range(400)]
+    assert all(d and set(d) <= set(NAMES) for d in draws)
+    assert {tuple(sorted(d)) for d in draws} == {
+        tuple(sorted(s))
+        for s in ([0], [1], [2], [0, 1], [0, 2], [1, 2], [0, 1, 2])
+        for s in [[NAMES[i] for i in s]]
+    }
+    assert {v for d in draws for v in d.values()} == {1, 2, 3, 4, 5}
+    assert all(len(sample_levels(rng, NAMES, 5, "all")) == 3 for _ in range(10))
+    assert level_matrix([{"positive": 2}], NAMES).tolist() == [[0, 2, 0]]
+
+
+TINY_RL = [
+    "--max_steps", "2", "--batch_size", "4", "--num_generations", "2", "--max_completion_length", "6",
+    "--prompt_limit", "4", "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "0.01",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def zscore_policy(tiny_ric, tiny_path, tmp_path_factory):
+    """A MOSLIM policy trained through the CLI on the weighted z-score reward (no RM needed)."""
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+
+    _, ric = tiny_ric
+    out = tmp_path_factory.mktemp("moslim") / "zscore"
+    args = ["train", "moslim", "--model", tiny_path, "--stats", str(ric), "--reward", "zscore"]
+    result = CliRunner().invoke(app, [*args, *TINY_RL, "--output_dir", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_zscore_policy_is_a_self_describing_directory_whose_weights_changed(zscore_policy, tiny_ric):
+    from safetensors.torch import load_file
+
+    manifest = json.loads((zscore_policy / "steerable.json").read_text())
+    assert manifest["method"] == "moslim" and manifest["moslim"]["levels"] == 5
+    assert manifest["moslim"]["reward"] == "zscore"
+    assert manifest["rewards"] == json.loads((tiny_ric[1] / "steerable.json").read_text())["rewards"]
+    adapter = load_file(zscore_policy / manifest["policies"][0]["adapter"] / "adapter_model.safetensors")
+    # LoRA's B matrices start at zero: any non-zero one is a step the RL took
+    assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)
+    done = json.loads((zscore_policy / "stages/policy/done.json").read_text())
+    assert done["info"]["steps"] == 2 and done["info"]["generated_completions"] == 8
+
+
+def test_training_rows_carry_tags_in_the_prompt_and_the_untagged_question(tiny_path, tiny_ric):
+    from steerable.methods.moslim import MOSLIMConfig, training_rows
+
+    config = MOSLIMConfig(
+        model=tiny_path, stats=str(tiny_ric[1]), reward="zscore", max_steps=3, batch_size=4, num_generations=2
+    )
+    rows = training_rows(config, ["brief", "positive"], 5)
+    assert len(rows) == 3 * 2
+    for row in rows:
+        levels = json.loads(row["levels"])
+        assert row["prompt"][-1]["content"] == f"{row['question']}\n\n{format_levels(levels)}"
+        assert parse_levels(row["question"]) == {}
+
+
+def test_generate_cli_steers_a_moslim_policy_by_levels_or_preference(zscore_policy):
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+
+    runner = CliRunner()
+    base = ["generate", "--model", str(zscore_policy), "--max-new-tokens", "3"]
+    result = runner.invoke(app, [*base, "--levels", "brief=4", "Hi"])
+    assert result.exit_code == 0 and "levels: brief=4" in result.output and "> Hi" in result.output, (
+        result.output
+    )
+    result = runner.invoke(app, [*base, "--prefer", "1,0", "Hi"])
+    assert result.exit_code == 0 and "levels: brief=5, positive=1" in result.output, result.output
+    for args, message in [
+        (["--levels", "brief=6"], "1..5"),
+        (["--levels", "helpful=2"], "helpful"),
+        (["--levels", "brief=2", "--prefer", "1,0"], "one of"),
+        (["--target", "brief=1,positive=0"], "--target steers ric"),
+    ]:
+        result = runner.invoke(app, [*base, *args, "Hi"])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
+def test_moslim_config_refuses_bad_settings(tiny_ric, tiny_path):
+    from steerable.methods.moslim import MOSLIMConfig
+
+    stats = str(tiny_ric[1])
+    for overrides, message in [
+        ({}, "--reward_model is required"),
+        ({"reward": "zscore", "levels": 1}, "--levels"),
+        ({"reward": "zscore", "ema_decay": 1.0}, "--ema_decay"),
+        ({"reward": "zscore", "k": "some"}, "--k"),
+    ]:
+        with pytest.raises(SteerableError, match=message):
+            MOSLIMConfig(model=tiny_path, stats=stats, **overrides)
+
+
+def test_evaluate_sweeps_levels_beside_the_tags_floor(zscore_policy, tmp_path):
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+    from steerable.evaluation.report import EvaluationResult
+
+    runner = CliRunner()
+    base = ["evaluate", "--model", str(zscore_policy), "--limit", "2", "--resolution", "2"]
+    base += ["--max-new-tokens", "4", "--samples", "2"]
+    for method in ("moslim", "tags"):
+        result = runner.invoke(app, [*base, "--method", method, "--out", str(tmp_path / method)])
+        assert result.exit_code == 0, result.output
+        assert "Controllability by requested level" in result.output
+    trained, floor = (EvaluationResult.load(tmp_path / m) for m in ("moslim", "tags"))
+    assert len(trained.points) == 3 and trained.levels["count"] == 5
+    points = trained.levels["points"]
+    assert [(p["objective"], p["level"]) for p in points] == [
+        (n, lv) for n in ("brief", "positive") for lv in range(1, 6)
+    ]
+    assert all(p["n"] == 4 and len(p["prompt_means"]) == 2 for p in points)
+    assert set(trained.levels["controllability"]) == {"brief", "positive"}
+    assert trained.compute["train_seconds"] > 0 and floor.compute["train_seconds"] == 0
+    report = runner.invoke(
+        app, ["report", str(tmp_path / "moslim"), str(tmp_path / "tags"), "--out", str(tmp_path / "both")]
+    )
+    assert report.exit_code == 0 and "### tags: controllability" in report.output, report.output
+    wrong = runner.invoke(app, [*base, "--method", "ric", "--out", str(tmp_path / "ric")])
+    assert wrong.exit_code == 2 and "--method moslim" in wrong.output, wrong.output
