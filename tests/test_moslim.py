@@ -174,12 +174,13 @@ def test_zscore_policy_is_a_self_describing_directory_whose_weights_changed(zsco
 
 
 def test_training_rows_carry_tags_in_the_prompt_and_the_untagged_question(tiny_path, tiny_ric):
+    from steerable.defaults import load_tokenizer
     from steerable.methods.moslim import MOSLIMConfig, training_rows
 
     config = MOSLIMConfig(
         model=tiny_path, stats=str(tiny_ric[1]), reward="zscore", max_steps=3, batch_size=4, num_generations=2
     )
-    rows = training_rows(config, ["brief", "positive"], 5)
+    rows = training_rows(config, ["brief", "positive"], 5, load_tokenizer(tiny_path))
     assert len(rows) == 3 * 2
     for row in rows:
         levels = json.loads(row["levels"])
@@ -252,3 +253,20 @@ def test_evaluate_sweeps_levels_beside_the_tags_floor(zscore_policy, tmp_path):
     assert report.exit_code == 0 and "### tags: controllability" in report.output, report.output
     wrong = runner.invoke(app, [*base, "--method", "ric", "--out", str(tmp_path / "ric")])
     assert wrong.exit_code == 2 and "--method moslim" in wrong.output, wrong.output
+
+
+def test_running_statistics_travel_with_checkpoints(tmp_path):
+    from types import SimpleNamespace
+
+    from steerable.methods.moslim import resumed_stats, stats_callback
+
+    stats = RewardStats(["brief"], 3)
+    stats.update(np.array([[0.4], [0.6]]), np.array([[2], [2]]))
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-10"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")  # a complete checkpoint
+    args, state = SimpleNamespace(output_dir=str(tmp_path / "checkpoints")), SimpleNamespace(global_step=10, is_world_process_zero=True)
+    stats_callback(stats).on_save(args, state, None)
+    fresh = RewardStats(["brief"], 3)
+    assert resumed_stats(tmp_path, fresh).to_dict() == stats.to_dict()
+    assert resumed_stats(tmp_path / "elsewhere", fresh) is fresh

@@ -5,6 +5,7 @@ Every stage is cached under the output directory and records what produced it
 (`steerable.stages`):
 
     OUT/ric/                       RiC model directory (its own stages inside)
+    OUT/moslim_rm/  OUT/moslim/    MOSLIM's multi-head RM and policy directories
     OUT/soups/  OUT/morlhf/        the RL baselines' directories (their own stages inside)
     OUT/stages/eval_METHOD/        result.json of each evaluated method
     OUT/report.md, front.png, summary.csv, points.csv, compare.json (the configuration)
@@ -16,14 +17,17 @@ the comparison's statistics; without RiC, `stats:` must name a stats JSON or mod
 The configuration (YAML, every key optional):
 
     model: smollm2
-    methods: [ric, soups, morlhf, prompting]
+    methods: [ric, moslim, soups, morlhf, prompting]
     stats: null
     eval: {split: heldout, limit: null, resolution: 10, max_new_tokens: 64, temperature: 0.7,
            top_p: 0.95, top_k: 50, seed: 0, samples: 1, dtype: float32}
            samples: responses per prompt at each grid point
     ric: {...}      RiCConfig fields
-    rl: {...}       RLConfig fields shared by soups and morlhf
+    rl: {...}       RLConfig fields shared by soups, morlhf and moslim (the same RL budget)
     morlhf: {weight_vectors: ["1,0", "0.5,0.5", "0,1"]}
+    moslim: {...}   MOSLIMConfig fields over rl's; without reward_model, the RM is trained:
+    moslim_rm: {...} MOSLIMRMConfig fields; data defaults to RiC's scored offline data
+           (OUT/ric/stages/offline/scored.jsonl), labels to its score_* columns
     trust_remote_code: false   let hub models and py: objectives run their own code
 """
 
@@ -37,7 +41,7 @@ from steerable.configs import check_field_types, config_from_dict
 from steerable.errors import SteerableError
 from steerable.evaluation.report import EvaluationResult, write_report
 
-METHOD_ORDER = ("ric", "soups", "morlhf", "prompting")
+METHOD_ORDER = ("ric", "moslim", "soups", "morlhf", "prompting")
 
 
 @dataclass
@@ -91,6 +95,8 @@ class CompareConfig:
     ric: dict = field(default_factory=dict)
     rl: dict = field(default_factory=dict)
     morlhf: dict = field(default_factory=dict)
+    moslim: dict = field(default_factory=dict)
+    moslim_rm: dict = field(default_factory=dict)
     trust_remote_code: bool = False
 
     def __post_init__(self):
@@ -127,6 +133,8 @@ class ComparePlan:
     ric: object | None = None
     soups: object | None = None
     morlhf: object | None = None
+    moslim: object | None = None
+    moslim_rm: object | None = None
 
 
 def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
@@ -159,7 +167,33 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
         plan.morlhf = config_from_dict(
             MORLHFConfig, {**rl, **config.morlhf, "output_dir": str(out / "morlhf")}, "rl/morlhf"
         )
+    if "moslim" in methods:
+        plan_moslim(config, plan, rl, out)
     return plan
+
+
+def plan_moslim(config: CompareConfig, plan: ComparePlan, rl: dict, out: Path) -> None:
+    """MOSLIM's policy config and, unless it names a reward model, the RM it trains first."""
+    from steerable.methods.moslim import MOSLIMConfig
+
+    section = {**rl, **config.moslim, "output_dir": str(out / "moslim")}
+    if section.get("reward", "mapped") == "mapped" and section.get("reward_model") is None:
+        from steerable.reward_models.multihead import MOSLIMRMConfig
+
+        data = config.moslim_rm.get("data")
+        if data is None and "ric" not in plan.methods:
+            raise SteerableError(
+                "moslim needs a reward model: set moslim: {reward_model: DIR}, or moslim_rm: {data: "
+                "TABLE} to train one (with ric in the methods it trains on RiC's scored offline data)"
+            )
+        fixed = {
+            "data": data or str(out / "ric" / "stages" / "offline" / "scored.jsonl"),
+            "output_dir": str(out / "moslim_rm"),
+            "trust_remote_code": config.trust_remote_code,
+        }
+        plan.moslim_rm = config_from_dict(MOSLIMRMConfig, {**config.moslim_rm, **fixed}, "moslim_rm")
+        section["reward_model"] = plan.moslim_rm.output_dir
+    plan.moslim = config_from_dict(MOSLIMConfig, section, "rl/moslim")
 
 
 def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
@@ -186,6 +220,14 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
         from steerable.methods.morlhf import train_morlhf
 
         trained["morlhf"] = train_morlhf(plan.morlhf)
+    if plan.moslim is not None:
+        from steerable.methods.moslim import train_moslim
+
+        if plan.moslim_rm is not None:
+            from steerable.reward_models.multihead import train_moslim_rm
+
+            train_moslim_rm(plan.moslim_rm)
+        trained["moslim"] = train_moslim(plan.moslim)
     stages = Stages(out)
     statistics = fingerprint(load_rewards(plan.stats).to_dict())
     results = []

@@ -217,18 +217,21 @@ def evaluate(
     prompt_split: str | None = None,
     prompt_limit: int | None = None,
     levels: bool = True,
+    level_samples: int | None = None,
 ) -> EvaluationResult:
     """Sweep the grid, score with the shared objectives, and summarise; `samples` responses
     per prompt at each point. MOSLIM models (and their tags floor) are also swept level by level
-    with the same samples, unless `levels` is False. `dtype` / `trust_remote_code`: see
-    `method_generator`. The result
-    records the prompts (a hash; `prompt_split` and `prompt_limit` say where they came from) and
-    the sampling, so that `steerable report` compares only results measured the same way."""
+    with `level_samples` responses per prompt (default: `samples`), unless `levels` is False.
+    `dtype` / `trust_remote_code`: see `method_generator`. The result records the prompts (a
+    hash; `prompt_split` and `prompt_limit` say where they came from) and the sampling, so
+    that `steerable report` compares only results measured the same way."""
     from dataclasses import asdict
 
     from tqdm.auto import tqdm
 
     check_samples(samples)  # before any model is loaded
+    level_samples = samples if level_samples is None else level_samples
+    check_samples(level_samples)
     prompts = list(prompts)
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
     generate, rewards, tokenizer, compute, dtype = method_generator(
@@ -265,7 +268,7 @@ def evaluate(
             rewards,
             prompts,
             count,
-            samples,
+            level_samples,
             classify=steering["classify"],
             count_tokens=lambda texts: count_tokens(tokenizer, texts),
             progress=lambda: bar.update(1),

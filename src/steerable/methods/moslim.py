@@ -257,11 +257,12 @@ def load_reward_model(config: MOSLIMConfig, rewards: RewardSet):
     return rm
 
 
-def training_rows(config: MOSLIMConfig, names: list[str], count: int) -> list[dict]:
+def training_rows(config: MOSLIMConfig, names: list[str], count: int, tokenizer) -> list[dict]:
     """One row per prompt the run will see (steps x prompts per step), each with fresh tags:
-    `prompt` (the tagged chat), `question` (the untagged prompt, what the reward scores) and
-    `levels` (JSON)."""
+    `prompt` (the tagged chat, a system turn folded into the user's where the template has no
+    system role), `question` (the untagged prompt, what the reward scores) and `levels` (JSON)."""
     from steerable.data import load_prompts
+    from steerable.generation import template_messages
 
     prompts = load_prompts(config.prompt_split, config.prompt_limit)
     rng = np.random.default_rng(config.seed)
@@ -273,7 +274,7 @@ def training_rows(config: MOSLIMConfig, names: list[str], count: int) -> list[di
         levels = sample_levels(rng, names, count, config.tag_sampling)
         rows.append(
             {
-                "prompt": tagged_messages(prompt, format_levels(levels), fmt),
+                "prompt": template_messages(tokenizer, tagged_messages(prompt, format_levels(levels), fmt)),
                 "question": prompt,
                 "levels": json.dumps(levels),
             }
@@ -369,7 +370,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
             "policy",
             inputs,
             tokenizer,
-            training_rows(config, rewards.names, count),
+            training_rows(config, rewards.names, count, tokenizer),
             [moslim_reward_function(config, rewards, rm, stats, counter, tokenizer)],
             [1.0],
             counter,
