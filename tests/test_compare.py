@@ -9,8 +9,9 @@ from steerable.cli import app
 
 TINY_COMPARE = """
 model: {model}
-methods: [ric, soups, morlhf, prompting]
+methods: [ric, moslim, soups, morlhf, prompting]
 eval: {{limit: 2, resolution: 2, max_new_tokens: 4}}
+moslim_rm: {{model: {model}, num_epochs: 1, batch_size: 4, max_length: 32}}
 ric:
   prompt_limit: 6
   samples_per_prompt: 2
@@ -40,7 +41,7 @@ def test_compare_writes_one_report_for_every_method(compared):
     root, _, result = compared
     out = root / "out"
     report = (out / "report.md").read_text()
-    for method in ("ric", "soups", "morlhf", "prompting"):
+    for method in ("ric", "moslim", "soups", "morlhf", "prompting"):
         assert f"| {method} |" in report
         assert (out / "stages" / f"eval_{method}" / "result.json").is_file()
     morlhf = json.loads((out / "stages/eval_morlhf/result.json").read_text())
@@ -48,13 +49,22 @@ def test_compare_writes_one_report_for_every_method(compared):
     soups = json.loads((out / "stages/eval_soups/result.json").read_text())
     assert len(soups["points"]) == 3 and soups["compute"]["trained_tokens"] > 0
     assert (out / "front.png").is_file() and "hypervolume" in result.output
+    # MOSLIM's RM was trained on RiC's scored offline data; its policy is swept level by level
+    moslim = json.loads((out / "moslim/steerable.json").read_text())
+    assert moslim["moslim"]["reward_model"] == str((out / "moslim_rm").resolve())
+    rm = json.loads((out / "moslim_rm/moslim_rm.json").read_text())
+    assert rm["objectives"] == ["brief", "positive"] and rm["data"]["path"].endswith(
+        "ric/stages/offline/scored.jsonl"
+    )
+    levels = json.loads((out / "stages/eval_moslim/result.json").read_text())["levels"]
+    assert len(levels["points"]) == 2 * 5 and "Controllability by requested level" in report
 
 
 def test_compare_rerun_skips_finished_stages(compared):
     root, config, _ = compared
     out = root / "out"
     stamps = {p: p.stat().st_mtime for p in out.glob("stages/eval_*/result.json")}
-    assert len(stamps) == 4
+    assert len(stamps) == 5
     rerun = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(out)])
     assert rerun.exit_code == 0, rerun.output
     # fewer methods: the finished stages are reused, not refused
@@ -138,4 +148,4 @@ def test_generate_steers_every_method(compared):
     target = runner.invoke(
         app, ["generate", "--model", str(out / "soups"), "--target", "brief=1,positive=0", "Hi"]
     )
-    assert target.exit_code == 2 and "--target applies to RiC models" in target.output
+    assert target.exit_code == 2 and "--target steers ric models" in target.output, target.output

@@ -265,8 +265,62 @@ def test_running_statistics_travel_with_checkpoints(tmp_path):
     checkpoint = tmp_path / "checkpoints" / "checkpoint-10"
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text("{}")  # a complete checkpoint
-    args, state = SimpleNamespace(output_dir=str(tmp_path / "checkpoints")), SimpleNamespace(global_step=10, is_world_process_zero=True)
+    args, state = (
+        SimpleNamespace(output_dir=str(tmp_path / "checkpoints")),
+        SimpleNamespace(global_step=10, is_world_process_zero=True),
+    )
     stats_callback(stats).on_save(args, state, None)
     fresh = RewardStats(["brief"], 3)
     assert resumed_stats(tmp_path, fresh).to_dict() == stats.to_dict()
     assert resumed_stats(tmp_path / "elsewhere", fresh) is fresh
+
+
+@pytest.fixture(scope="module")
+def tiny_rms(tiny_ric, tiny_path, tmp_path_factory):
+    """Tiny multi-head RMs on the tiny RiC run's scored offline data: both objectives, and brief alone."""
+    from steerable.reward_models.multihead import MOSLIMRMConfig, train_moslim_rm
+
+    _, ric = tiny_ric
+    root = tmp_path_factory.mktemp("moslim_rms")
+    data = str(ric / "stages/offline/scored.jsonl")
+    common = dict(model=tiny_path, data=data, num_epochs=1.0, batch_size=8, max_length=32)
+    both = train_moslim_rm(
+        MOSLIMRMConfig(**common, labels=["brief", "positive"], output_dir=str(root / "both"))
+    )
+    brief = train_moslim_rm(MOSLIMRMConfig(**common, labels=["brief"], output_dir=str(root / "brief")))
+    return both, brief
+
+
+def test_mapped_policy_trains_on_the_rm_and_saves_its_running_statistics(
+    tiny_rms, tiny_ric, tiny_path, tmp_path
+):
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+
+    both, brief = tiny_rms
+    stats = str(tiny_ric[1])
+    base = ["train", "moslim", "--model", tiny_path, "--stats", stats, *TINY_RL]
+    runner = CliRunner()
+    result = runner.invoke(
+        app, [*base, "--reward_model", str(both), "--output_dir", str(tmp_path / "mapped")]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "mapped/steerable.json").read_text())
+    assert manifest["moslim"]["reward"] == "mapped" and manifest["moslim"]["reward_model"] == str(both)
+    stats_seen = np.array(manifest["moslim"]["reward_stats"]["seen"])
+    assert stats_seen.shape == (2, 5) and stats_seen.any()  # some (head, level) pairs were requested
+    adapter = load_file(
+        tmp_path / "mapped" / manifest["policies"][0]["adapter"] / "adapter_model.safetensors"
+    )
+    assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)
+    for extra, message in [
+        (["--reward_model", str(brief)], "has heads ['brief']"),
+        (["--reward_model", str(both), "--levels", "3"], "has 5 levels per head"),
+        (["--reward_model", stats], "is not a MOSLIM reward model"),
+    ]:
+        out = tmp_path / "refused"
+        refused = runner.invoke(app, [*base, *extra, "--output_dir", str(out)])
+        assert refused.exit_code == 2 and message in " ".join(refused.output.split()), (extra, refused.output)
+        assert not out.exists()  # nothing half-written

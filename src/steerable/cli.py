@@ -68,7 +68,7 @@ ObjectiveOpt = Annotated[
     typer.Option(
         "--objective",
         "-o",
-        help="Objective spec NAME=KIND:TARGET[?opt=v&...], repeatable (KIND: builtin, hf, py). "
+        help="Objective spec NAME=KIND:TARGET[?opt=v&...], repeatable (KIND: builtin, hf, py, moslim). "
         "Default: the embedded default objectives.",
     ),
 ]
@@ -316,15 +316,29 @@ app.add_typer(train_app, name="train")
 TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-def run_config_command(ctx: typer.Context, config_cls, run) -> None:
+def run_config_command(ctx: typer.Context, config_cls, run, made: str = "steerable model directory") -> None:
     """Parse a method's config dataclass from the remaining arguments with TRL's TrlParser --
     every field is an option and `--help` lists them with their docs; `--config FILE.yaml` sets
-    fields that flags then override -- then run the recipe. Every user error is one line."""
+    fields that flags then override -- then run the recipe and print what it `made` where.
+    Every user error is one line."""
     from steerable.configs import parse_config
 
     with user_errors():
         config = parse_config(config_cls, ctx.args, prog=ctx.command_path)
-        console.print(f"steerable model directory: {run(config)}")
+        console.print(f"{made}: {run(config)}")
+
+
+@train_app.command("rm", context_settings=TRAIN_CONTEXT)
+def train_rm_command(ctx: typer.Context) -> None:
+    """Scalar Bradley-Terry reward model from preference pairs or a scored table, usable as an hf: objective (all options: --help)."""
+    from steerable.reward_models.pairwise import RMConfig, summary, train_rm
+
+    def run(config: RMConfig):
+        out = train_rm(config)
+        console.print(summary(out), highlight=False, soft_wrap=True)
+        return out
+
+    run_config_command(ctx, RMConfig, run, made="reward model directory")
 
 
 @train_app.command("ric", context_settings=TRAIN_CONTEXT)
@@ -333,6 +347,14 @@ def train_ric_command(ctx: typer.Context) -> None:
     from steerable.methods.ric import RiCConfig, train_ric
 
     run_config_command(ctx, RiCConfig, train_ric)
+
+
+@train_app.command("moslim", context_settings=TRAIN_CONTEXT)
+def train_moslim_command(ctx: typer.Context) -> None:
+    """MOSLIM: GRPO on an off-the-shelf policy with intensity tags and a multi-head RM's mapped reward (all options: --help)."""
+    from steerable.methods.moslim import MOSLIMConfig, train_moslim
+
+    run_config_command(ctx, MOSLIMConfig, train_moslim)
 
 
 @train_app.command("morlhf", context_settings=TRAIN_CONTEXT)
@@ -351,6 +373,21 @@ def train_soups_command(ctx: typer.Context) -> None:
     run_config_command(ctx, SoupsConfig, train_soups)
 
 
+@train_app.command("moslim-rm", context_settings=TRAIN_CONTEXT)
+def train_moslim_rm_command(ctx: typer.Context) -> None:
+    """MOSLIM's reward model: one softmax head per objective over L levels on a shared backbone; prints the held-out report (all options: --help)."""
+    import json
+
+    from steerable.reward_models.multihead import MANIFEST, MOSLIMRMConfig, metrics_table, train_moslim_rm
+
+    def run(config: MOSLIMRMConfig) -> Path:
+        out = train_moslim_rm(config)
+        Console().print(metrics_table(json.loads((out / MANIFEST).read_text())["metrics"]))
+        return out
+
+    run_config_command(ctx, MOSLIMRMConfig, run, made="MOSLIM reward model directory")
+
+
 @command
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="Prompt(s) to answer.")],
@@ -363,10 +400,19 @@ def generate(
     target: Annotated[
         str | None, typer.Option(help="RiC only: explicit normalised targets, e.g. brief=1.0,positive=-0.5.")
     ] = None,
-    mapping: Annotated[
-        str | None, typer.Option(help="RiC only: linf, l2 or linear (default: the model's).")
+    levels: Annotated[
+        str | None,
+        typer.Option(help="MOSLIM only: intensity levels 1..L for any objectives, e.g. brief=4,positive=2."),
     ] = None,
-    system: Annotated[str | None, typer.Option(help="RiC only: system text placed before the tags.")] = None,
+    mapping: Annotated[
+        str | None,
+        typer.Option(
+            help="RiC and MOSLIM: how --prefer becomes tags: linf, l2 or linear (default: the model's)."
+        ),
+    ] = None,
+    system: Annotated[
+        str | None, typer.Option(help="RiC and MOSLIM: system text placed before the tags.")
+    ] = None,
     max_new_tokens: MaxNewTokens = SAMPLING.max_new_tokens,
     temperature: Temperature = SAMPLING.temperature,
     top_p: TopP = SAMPLING.top_p,
@@ -376,10 +422,11 @@ def generate(
     dtype: Dtype = None,
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
-    """Generate steered responses from a trained model directory: a RiC model maps the
-    preference to tags; Rewarded Soups interpolates its adapters; MORLHF answers at the weight
-    vectors it was trained for."""
-    from steerable.policy import SteerablePolicy, load_manifest
+    """Generate steered responses from a trained model directory: RiC maps the preference to
+    target tags and MOSLIM to intensity levels (or take --target / --levels as given); Rewarded
+    Soups interpolates its adapters; MORLHF answers at the weight vectors it was trained for."""
+    from steerable.conditioning import parse_levels_text
+    from steerable.policy import TAGGED_METHODS, SteerablePolicy, load_manifest
     from steerable.preferences import Preference, parse_targets
 
     if not [p for p in prompts if p.strip()]:
@@ -393,13 +440,16 @@ def generate(
         seed=seed,
     )
     manifest = load_manifest(model)
-    if manifest.method != "ric":
+    for option, value, method in (("--target", target, "ric"), ("--levels", levels, "moslim")):
+        if value is not None and manifest.method != method:
+            raise SteerableError(f"{option} steers {method} models; {model} is a {manifest.method} model")
+    if manifest.method not in TAGGED_METHODS:
         from steerable.evaluation.evaluate import method_generator
 
-        for option, value in (("--target", target), ("--mapping", mapping), ("--system", system)):
+        for option, value in (("--mapping", mapping), ("--system", system)):
             if value is not None:
                 raise SteerableError(
-                    f"{option} applies to RiC models; {model} is a {manifest.method} model (steer it with --prefer)"
+                    f"{option} applies to RiC and MOSLIM models; {model} is a {manifest.method} model (steer it with --prefer)"
                 )
         steer, rewards, *_ = method_generator(
             manifest.method, str(model), sampling, None, dtype=dtype, trust_remote_code=trust_remote_code
@@ -409,16 +459,26 @@ def generate(
         responses = steer(list(prompts), np.array(preference.weights))
     else:
         policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
-        if target is not None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                targets = policy.check_targets(parse_targets(target))
-            for warning in caught:  # e.g. a target clipped to the trained range
-                _warn(warning.message)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            steering = policy.steering_for(
+                preference=prefer,
+                targets=None if target is None else parse_targets(target),
+                levels=None if levels is None else parse_levels_text(levels),
+                mapping=mapping,
+            )
+        for warning in caught:  # e.g. a target clipped to the trained range
+            _warn(warning.message)
+        if manifest.method == "moslim":
+            console.print("levels: " + ", ".join(f"{n}={v}" for n, v in steering.items()))
         else:
-            targets = policy.targets_for(prefer or [1.0] * len(policy.names), mapping)
-        console.print("targets: " + ", ".join(f"{n}={v:+.2f}" for n, v in targets.items()))
-        responses = policy.generate(prompts, targets=targets, system=system, sampling=sampling)
+            console.print("targets: " + ", ".join(f"{n}={v:+.2f}" for n, v in steering.items()))
+        responses = policy.generate(
+            prompts,
+            **{"levels" if manifest.method == "moslim" else "targets": steering},
+            system=system,
+            sampling=sampling,
+        )
     for prompt, response in zip(prompts, responses, strict=True):
         Console().print(f"[bold]> {prompt}[/]\n{response}\n", highlight=False)
 
@@ -426,9 +486,15 @@ def generate(
 @command
 def evaluate(
     out: Annotated[Path, typer.Option(help="Directory for result.json, report.md, front.png, CSVs.")],
-    method: Annotated[str, typer.Option(help="ric, prompting, soups or morlhf.")] = "ric",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="ric, moslim, tags (a MOSLIM directory's base model given its tags: the floor), prompting, soups or morlhf."
+        ),
+    ] = "ric",
     model: Annotated[
-        str, typer.Option(help="ric/soups/morlhf: the trained directory. prompting: the base model.")
+        str,
+        typer.Option(help="ric/moslim/tags/soups/morlhf: the trained directory. prompting: the base model."),
     ] = "runs/ric",
     stats: Annotated[
         str | None,
@@ -464,9 +530,20 @@ def evaluate(
     ] = 1,
     dtype: Dtype = None,
     trust_remote_code: TrustRemoteCode = False,
+    level_sweep: Annotated[
+        bool,
+        typer.Option(
+            help="moslim/tags: also answer at each objective's levels 1..L alone (controllability by level)."
+        ),
+    ] = True,
+    level_samples: Annotated[
+        int | None,
+        typer.Option(help="moslim/tags: responses per prompt at each level (default: --samples)."),
+    ] = None,
 ) -> None:
     """Sweep a preference grid on held-out prompts: mean score per objective per point, Pareto
-    front, hypervolume, controllability, compute; JSON, CSV, PNG and Markdown."""
+    front, hypervolume, controllability, compute; for MOSLIM also each objective's levels.
+    JSON, CSV, PNG and Markdown."""
     from steerable.data import load_prompts
     from steerable.evaluation.evaluate import evaluate as run_evaluation
     from steerable.evaluation.report import write_report
@@ -492,6 +569,8 @@ def evaluate(
         trust_remote_code=trust_remote_code,
         prompt_split=split,
         prompt_limit=limit,
+        levels=level_sweep,
+        level_samples=level_samples,
     )
     result.save(out)
     report = write_report([result], out)
@@ -548,7 +627,7 @@ def compare(
         Path | None, typer.Option(help="YAML configuration (see steerable.evaluation.compare).")
     ] = None,
     methods: Annotated[
-        str | None, typer.Option(help="Comma-separated methods: ric, soups, morlhf, prompting.")
+        str | None, typer.Option(help="Comma-separated methods: ric, moslim, soups, morlhf, prompting.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Base model for every method.")] = None,
 ) -> None:

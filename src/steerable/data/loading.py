@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from steerable.errors import SteerableError
@@ -104,15 +106,36 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[dict]:
             f"'rejected'), found {sorted(columns)}"
         )
     for number, row in enumerate(pairs):
-        for column in ("prompt", "response"):
-            value = row.get(column)
-            if not isinstance(value, str) or not value.strip():
-                shown = "missing" if value is None or _is_nan(value) else repr(value)[:40]
-                raise SteerableError(
-                    f"{path}, row {number}: {column!r} is empty or not text ({shown}); "
-                    "fill it in or drop the row"
-                )
+        require_text(row, ("prompt", "response"), number, path)
     return pairs
+
+
+def require_text(row: dict, columns: Sequence[str], number: int, path: str | Path) -> None:
+    """Each of `columns` of row `number` is a non-empty string, else an error naming the row."""
+    for column in columns:
+        value = row.get(column)
+        if not isinstance(value, str) or not value.strip():
+            shown = "missing" if value is None or _is_nan(value) else repr(value)[:40]
+            raise SteerableError(
+                f"{path}, row {number}: {column!r} is empty or not text ({shown}); fill it in or drop the row"
+            )
+
+
+def split_by_prompt(prompts: Sequence[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows): round(fraction x distinct prompts) prompts, drawn with
+    `seed`, hold out every row that has them, so no held-out prompt is seen in training. A
+    fraction above 0 holds out at least one prompt, and leaves at least one for training."""
+    distinct = sorted(set(prompts))
+    if fraction > 0 and len(distinct) < 2:
+        raise SteerableError(
+            f"a held-out split by prompt needs rows for at least two distinct prompts; the data has "
+            f"{len(distinct)}: add rows for other prompts"
+        )
+    n_heldout = 0 if fraction == 0 else min(max(1, round(fraction * len(distinct))), len(distinct) - 1)
+    chosen = set(np.random.default_rng(seed).permutation(len(distinct))[:n_heldout].tolist())
+    heldout = {distinct[i] for i in chosen}
+    mask = np.array([p in heldout for p in prompts], dtype=bool)
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
 def _is_nan(value: object) -> bool:

@@ -10,12 +10,12 @@ import torch
 from steerable.errors import SteerableError
 
 
-def lora_config(r: int, alpha: int, dropout: float):
-    """LoRA on every linear layer of a causal LM."""
+def lora_config(r: int, alpha: int, dropout: float, task_type: str = "CAUSAL_LM"):
+    """LoRA on every linear layer of a causal LM (or of a reward model: task_type SEQ_CLS)."""
     from peft import LoraConfig
 
     return LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM"
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type=task_type
     )
 
 

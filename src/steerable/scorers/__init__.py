@@ -7,6 +7,7 @@ A scorer is chosen by a short spec, on the CLI or in YAML:
     brief=builtin:brevity
     helpful=hf:OpenAssistant/reward-model-deberta-v3-large-v2?input=pair&index=0
     mine=py:my_package.rewards:politeness        (or py:path/to/file.py:function)
+    honest=moslim:runs/moslim-rm?objective=honest   (a head of a `steerable train moslim-rm` model)
 
 `NAME=` may be left out for a built-in (the name is then the built-in's). In YAML an objective
 is either such a string or a mapping ``{name, kind, target, options}``.
@@ -21,9 +22,9 @@ from urllib.parse import parse_qsl
 
 from steerable.errors import SteerableError
 
-KINDS = ("builtin", "hf", "py")
+KINDS = ("builtin", "hf", "py", "moslim")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_SPEC_HELP = "write it as NAME=KIND:TARGET[?opt=value&...] with KIND one of builtin, hf, py"
+_SPEC_HELP = "write it as NAME=KIND:TARGET[?opt=value&...] with KIND one of builtin, hf, py, moslim"
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,10 @@ class ScorerSpec:
                 )
             if options:
                 raise SteerableError(f"objective spec {origin!r}: py scorers take no options")
+        elif kind == "moslim":
+            from steerable.scorers.moslim import check_moslim_options
+
+            check_moslim_options(options, origin)
         if not name:
             raise SteerableError(f"objective spec {origin!r} needs a name: NAME={kind}:{target}")
         if not _NAME.match(name):
@@ -111,10 +116,11 @@ class ScorerSpec:
 
     @property
     def runs_code(self) -> bool:
-        """Whether building this scorer runs code that comes with it (a py: module, or an hf:
-        model's own modelling code), which a spec read from someone else's file must not do
+        """Whether building this scorer runs code that comes with it (a py: module, or an hf: or
+        moslim: model's own modelling code), which a spec read from someone else's file must not do
         unless the user trusts it."""
-        return self.kind == "py" or (self.kind == "hf" and self.options.get("trust_remote_code") == "true")
+        trusting = self.options.get("trust_remote_code") == "true"
+        return self.kind == "py" or (self.kind in ("hf", "moslim") and trusting)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "target": self.target, "options": dict(self.options)}
@@ -124,8 +130,9 @@ class ScorerSpec:
         return f"{self.name}={self.kind}:{self.target}" + (f"?{query}" if query else "")
 
     def with_absolute_paths(self) -> ScorerSpec:
-        """The spec with a local target (an hf: model directory, a py: file) made absolute, so
-        it still resolves from another working directory; hub ids and modules are unchanged."""
+        """The spec with a local target (an hf: or moslim: model directory, a py: file) made
+        absolute, so it still resolves from another working directory; hub ids and modules are
+        unchanged."""
         from dataclasses import replace
         from pathlib import Path
 
@@ -145,6 +152,10 @@ def build_scorer(spec: ScorerSpec) -> Callable[[list[str], list[str]], Sequence[
         from steerable.scorers.hf import HFRewardModel
 
         return HFRewardModel.from_options(spec.target, spec.options)
+    if spec.kind == "moslim":
+        from steerable.scorers.moslim import MOSLIMScorer
+
+        return MOSLIMScorer.from_options(spec.name, spec.target, spec.options)
     from steerable.scorers.python_callable import load_callable
 
     return load_callable(spec.name, spec.target)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from steerable.errors import SteerableError
+from steerable.errors import SteerableError, first_line
 
 INPUTS = ("pair", "response", "chat")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -34,20 +34,38 @@ PAD_TOKEN = "<|steerable_pad|>"
 
 
 def check_hf_options(options: dict[str, str], origin: object) -> None:
-    allowed = ["device", *_CHOICES, *_INTS]
+    check_options("hf", options, origin, {**_CHOICES, "device": None}, _INTS)
+
+
+def check_options(
+    kind: str, options: dict[str, str], origin: object, choices: dict, integers: dict[str, int]
+) -> None:
+    """A scorer spec's options: only known keys (`choices`: key -> allowed values, None for
+    any; `integers`: key -> its least value), each one valid, else one line naming it."""
+    allowed = [*choices, *integers]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise SteerableError(
-            f"objective spec {origin!r}: hf scorers have no option(s) {unknown}; they accept "
+            f"objective spec {origin!r}: {kind} scorers have no option(s) {unknown}; they accept "
             + ", ".join(allowed)
         )
-    for key, choices in _CHOICES.items():
-        if key in options and options[key] not in choices:
-            raise SteerableError(f"objective spec {origin!r}: {key} must be one of {list(choices)}")
-    for key, least in _INTS.items():
+    for key, values in choices.items():
+        if values is not None and key in options and options[key] not in values:
+            raise SteerableError(f"objective spec {origin!r}: {key} must be one of {list(values)}")
+    for key, least in integers.items():
         if key in options and not (options[key].isdigit() and int(options[key]) >= least):
-            kind = "a non-negative" if least == 0 else "a positive"
-            raise SteerableError(f"objective spec {origin!r}: {key} must be {kind} integer")
+            article = "a non-negative" if least == 0 else "a positive"
+            raise SteerableError(f"objective spec {origin!r}: {key} must be {article} integer")
+
+
+def ensure_pad_token(model, tokenizer) -> None:
+    """Give a tokenizer without a pad token a dedicated one (see the module docstring), and
+    the model the embedding row and the pad id for it: what every reward model here reads
+    pairs with, in training and in scoring alike."""
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
 
 
 @dataclass
@@ -80,16 +98,13 @@ class HFRewardModel:
             )
             tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust)
         except (OSError, ValueError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = first_line(err)
             raise SteerableError(
                 f"hf scorer {model_id!r} could not be loaded as a sequence-classification model "
                 f"({reason}); give a model directory (with config.json and weights) or a hub id "
                 "that is in the local cache"
             )
-        if tokenizer.pad_token is None:
-            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        model.config.pad_token_id = tokenizer.pad_token_id
+        ensure_pad_token(model, tokenizer)
         index = int(options.get("index", 0))
         if index >= model.config.num_labels:
             raise SteerableError(
