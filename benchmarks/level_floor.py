@@ -1,0 +1,55 @@
+"""MOSLIM's floor, level sweep only: the base model of a MOSLIM directory given the same
+intensity tags, each objective's levels 1..L alone, on the held-out prompts (the same sweep
+`steerable evaluate --method tags` runs after its preference grid; this skips the grid).
+
+    python benchmarks/level_floor.py runs/moslim1 --out runs/eval/tags-levels.json \
+        [--max-new-tokens 48] [--seed 0] [--samples 2] [--limit N]
+
+Prints the Markdown table of `steerable report` and writes the level record as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from steerable.data import load_prompts  # noqa: E402
+from steerable.evaluation.evaluate import level_steering, tagged_policy  # noqa: E402
+from steerable.evaluation.levels import level_markdown, level_record, level_sweep  # noqa: E402
+from steerable.generation import SamplingConfig, count_tokens  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args()
+    prompts = load_prompts("heldout", args.limit)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, seed=args.seed)
+    policy = tagged_policy("tags", args.model, None, None, False)
+    steering = level_steering(policy, sampling)
+    points = level_sweep(
+        steering["generate"],
+        policy.rewards,
+        prompts,
+        steering["count"],
+        args.samples,
+        classify=steering["classify"],
+        count_tokens=lambda texts: count_tokens(policy.tokenizer, texts),
+    )
+    record = level_record(points, policy.names, steering["count"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print("\n".join(level_markdown("tags", record)))
+
+
+if __name__ == "__main__":
+    main()
