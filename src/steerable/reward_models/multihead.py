@@ -48,14 +48,12 @@ from steerable.defaults import (
     MINILM_MODEL,
     absolute_if_local,
     default_device,
-    resolve_model,
-    torch_dtype,
 )
-from steerable.errors import SteerableError, first_line
+from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
 from steerable.methods.training import device_args, last_complete_checkpoint
 from steerable.reward_models.labels import MISSING, LabelSource, check_columns
-from steerable.scorers.hf import ensure_pad_token
+from steerable.scorers.hf import load_pair_model
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 
 FORMAT_VERSION = 1
@@ -213,21 +211,16 @@ def load_backbone(name_or_path: str, dtype: str, trust_remote_code: bool):
     """(backbone, tokenizer): AutoModel in `dtype`, a right-padding tokenizer with a pad token
     (a dedicated one for a model without, as hf: scorers do, rather than EOS, which may be a
     real token of the pair)."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    path = resolve_model(name_or_path)
-    try:
-        backbone = AutoModel.from_pretrained(
-            path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        reason = first_line(err)
-        raise SteerableError(
-            f"backbone {name_or_path!r} could not be loaded ({reason}); give 'minilm', a model "
-            "directory, or a hub id in the local cache (and trust_remote_code for a model with its own code)"
-        )
-    ensure_pad_token(backbone, tokenizer)
+    backbone, tokenizer = load_pair_model(
+        AutoModel,
+        name_or_path,
+        role="backbone",
+        kind="a base model (AutoModel)",
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
     tokenizer.padding_side = "right"
     if hasattr(backbone.config, "use_cache"):
         backbone.config.use_cache = False  # a decoder would otherwise return its key/value cache

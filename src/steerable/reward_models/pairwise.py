@@ -44,11 +44,11 @@ import torch
 from steerable.configs import check_field_types
 from steerable.data import read_table
 from steerable.data.loading import ASSISTANT, require_text, split_by_prompt, split_transcript
-from steerable.defaults import DTYPE_NAMES, MINILM_MODEL, absolute_if_local, resolve_model, torch_dtype
-from steerable.errors import SteerableError, first_line
+from steerable.defaults import DTYPE_NAMES, MINILM_MODEL, absolute_if_local
+from steerable.errors import SteerableError
 from steerable.io import atomic_write, atomic_write_text
 from steerable.methods.training import device_args, last_complete_checkpoint, lora_config
-from steerable.scorers.hf import HFRewardModel, ensure_pad_token
+from steerable.scorers.hf import HFRewardModel, load_pair_model
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 
 STAGE = "train"
@@ -305,26 +305,19 @@ def load_backbone(config: RMConfig):
     """(model with one reward logit, tokenizer) for training. A tokenizer without a pad token
     gets the hf scorer's dedicated one (not EOS: see steerable.scorers.hf), and the tokenizer
     pads on the right, as TRL's collator does, so the saved directory scores as it trained."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers import AutoModelForSequenceClassification, set_seed
 
-    path = resolve_model(config.model)
     set_seed(config.seed)  # the reward head is initialised randomly
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=1,
-            ignore_mismatched_sizes=True,  # a classifier with other labels gets a fresh head
-            dtype=torch_dtype(config.dtype),
-            trust_remote_code=config.trust_remote_code,
-        )
-    except (OSError, ValueError) as err:
-        reason = first_line(err)
-        raise SteerableError(
-            f"model {config.model!r} could not be loaded as a reward model backbone ({reason}); use "
-            "'minilm', a local model directory or a hub id that is in the local cache"
-        )
-    ensure_pad_token(model, tokenizer)
+    model, tokenizer = load_pair_model(
+        AutoModelForSequenceClassification,
+        config.model,
+        role="reward model backbone",
+        kind="a sequence-classification model",
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
+        num_labels=1,
+        ignore_mismatched_sizes=True,  # a classifier with other labels gets a fresh head
+    )
     tokenizer.padding_side = "right"
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions is not None and config.max_length > positions:

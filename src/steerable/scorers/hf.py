@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
+from steerable.defaults import DTYPE_NAMES
 from steerable.errors import SteerableError, first_line
 
 INPUTS = ("pair", "response", "chat")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # integer option -> its smallest valid value
 _INTS = {"index": 0, "batch_size": 1, "max_length": 1}
-_CHOICES = {"input": INPUTS, "dtype": tuple(DTYPES), "trust_remote_code": ("true", "false")}
+_CHOICES = {"input": INPUTS, "dtype": DTYPE_NAMES, "trust_remote_code": ("true", "false")}
 PAD_TOKEN = "<|steerable_pad|>"
 
 
@@ -68,6 +68,42 @@ def ensure_pad_token(model, tokenizer) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
+def load_pair_model(
+    auto_class,
+    name_or_path: str,
+    *,
+    role: str,
+    kind: str,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    **kwargs,
+):
+    """(model, tokenizer) of a model that reads (prompt, response) pairs -- an hf: scorer or a
+    reward model being trained: `auto_class` (an `AutoModel*` class) from `name_or_path`
+    (aliases such as `minilm` resolved) in `dtype`, with `kwargs` for its from_pretrained, and
+    a pad token (`ensure_pad_token`). A model that does not load is one error: "`role` NAME could
+    not be loaded as `kind` (why); give ..."."""
+    from transformers import AutoTokenizer
+
+    from steerable.defaults import resolve_model, torch_dtype
+
+    path = resolve_model(name_or_path)
+    try:
+        # The model first: its errors say more about a folder that is not a model.
+        model = auto_class.from_pretrained(
+            path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise SteerableError(
+            f"{role} {name_or_path!r} could not be loaded as {kind} ({first_line(err)}); give "
+            "'minilm', a model directory (with config.json and weights) or a hub id that is in the "
+            "local cache (and trust_remote_code for a model that comes with its own code)"
+        )
+    ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
 @dataclass
 class HFRewardModel:
     """A sequence-classification model used as a reward: one logit per (prompt, response)."""
@@ -81,7 +117,7 @@ class HFRewardModel:
 
     @classmethod
     def from_options(cls, model_id: str, options: dict[str, str]) -> HFRewardModel:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         check_hf_options(options, model_id)
         if Path(model_id).is_dir() and not (Path(model_id) / "config.json").is_file():
@@ -90,21 +126,14 @@ class HFRewardModel:
                 "model; give the directory a model was saved to with save_pretrained"
             )
         device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        trust = options.get("trust_remote_code") == "true"
-        try:
-            # The model first: its errors say more about a folder that is not a model.
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_id, dtype=DTYPES[options.get("dtype", "float32")], trust_remote_code=trust
-            )
-            tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust)
-        except (OSError, ValueError) as err:
-            reason = first_line(err)
-            raise SteerableError(
-                f"hf scorer {model_id!r} could not be loaded as a sequence-classification model "
-                f"({reason}); give a model directory (with config.json and weights) or a hub id "
-                "that is in the local cache"
-            )
-        ensure_pad_token(model, tokenizer)
+        model, tokenizer = load_pair_model(
+            AutoModelForSequenceClassification,
+            model_id,
+            role="hf scorer",
+            kind="a sequence-classification model",
+            dtype=options.get("dtype", "float32"),
+            trust_remote_code=options.get("trust_remote_code") == "true",
+        )
         index = int(options.get("index", 0))
         if index >= model.config.num_labels:
             raise SteerableError(
