@@ -1,6 +1,7 @@
 """MOSLIM: intensity tags, the mapped reward and its statistics, the recipe end to end."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -144,9 +145,13 @@ TINY_RL = [
 ]  # fmt: skip
 
 
+LEGEND = "Tags such as <brief 5> ask for a level from 1 (least) to 5 (most)."
+
+
 @pytest.fixture(scope="module")
 def zscore_policy(tiny_ric, tiny_path, tmp_path_factory):
-    """A MOSLIM policy trained through the CLI on the weighted z-score reward (no RM needed)."""
+    """A MOSLIM policy trained through the CLI on the weighted z-score reward (no RM needed),
+    with a system prompt (LEGEND)."""
     from typer.testing import CliRunner
 
     from steerable.cli import app
@@ -154,6 +159,7 @@ def zscore_policy(tiny_ric, tiny_path, tmp_path_factory):
     _, ric = tiny_ric
     out = tmp_path_factory.mktemp("moslim") / "zscore"
     args = ["train", "moslim", "--model", tiny_path, "--stats", str(ric), "--reward", "zscore"]
+    args += ["--system", LEGEND]
     result = CliRunner().invoke(app, [*args, *TINY_RL, "--output_dir", str(out)])
     assert result.exit_code == 0, result.output
     return out
@@ -165,6 +171,8 @@ def test_zscore_policy_is_a_self_describing_directory_whose_weights_changed(zsco
     manifest = json.loads((zscore_policy / "steerable.json").read_text())
     assert manifest["method"] == "moslim" and manifest["moslim"]["levels"] == 5
     assert manifest["moslim"]["reward"] == "zscore"
+    assert manifest["moslim"]["reward_stats"] is None  # the z-score reward keeps no statistics of p_i
+    assert manifest["system"] == LEGEND  # what generate and evaluate prompt the policy with
     assert manifest["rewards"] == json.loads((tiny_ric[1] / "steerable.json").read_text())["rewards"]
     adapter = load_file(zscore_policy / manifest["policies"][0]["adapter"] / "adapter_model.safetensors")
     # LoRA's B matrices start at zero: any non-zero one is a step the RL took
@@ -186,6 +194,10 @@ def test_training_rows_carry_tags_in_the_prompt_and_the_untagged_question(tiny_p
         levels = json.loads(row["levels"])
         assert row["prompt"][-1]["content"] == f"{row['question']}\n\n{format_levels(levels)}"
         assert parse_levels(row["question"]) == {}
+    tokenizer = load_tokenizer(tiny_path)
+    legend = training_rows(replace(config, system=LEGEND), ["brief", "positive"], 5, tokenizer)
+    assert [m["role"] for m in legend[0]["prompt"]] == ["system", "user"]
+    assert legend[0]["prompt"][0]["content"] == LEGEND and legend[0]["prompt"][1] == rows[0]["prompt"][-1]
 
 
 def test_generate_cli_steers_a_moslim_policy_by_levels_or_preference(zscore_policy):

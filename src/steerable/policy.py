@@ -70,7 +70,8 @@ class PolicyManifest:
     )
     system: str | None = None
     dtype: str = "float32"  # the dtype the weights are loaded in (training and inference alike)
-    # MOSLIM: {"levels": L, "reward", "reward_model", "reward_stats"} (methods/moslim.py)
+    # MOSLIM: {"levels": L, "reward", "reward_model", "reward_stats"} (methods/moslim.py; the
+    # running statistics of p_i, None for a reward that keeps none: zscore, normalisation none)
     moslim: dict | None = None
     format_version: int = FORMAT_VERSION
     training: dict = field(default_factory=dict)

@@ -193,6 +193,9 @@ class MOSLIMConfig(RLConfig):
     reward: mapped (the RM reward) or zscore (the weighted z-score baseline, same tags).
     target_probability / normalisation / ema_decay / k / tag_sampling: see the module docstring.
     placement: where the tags go (conditioning.PLACEMENTS).
+    system: a system prompt for every training prompt, kept in the policy directory, so
+        generate and evaluate (and the untrained floor, `evaluate --method tags`) use it too;
+        e.g. a legend of the tags. None (default): the tags alone.
     """
 
     output_dir: str = field(default="runs/moslim", metadata={"help": "Output directory."})
@@ -211,6 +214,10 @@ class MOSLIMConfig(RLConfig):
         default="subset", metadata={"help": "Tagged objectives per prompt.", "choices": TAG_SAMPLINGS}
     )
     placement: str = field(default="user_end", metadata={"help": "Tag placement.", "choices": PLACEMENTS})
+    system: str | None = field(
+        default=None,
+        metadata={"help": "System prompt of every prompt, in training and use (e.g. a tag legend)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -274,7 +281,9 @@ def training_rows(config: MOSLIMConfig, names: list[str], count: int, tokenizer)
         levels = sample_levels(rng, names, count, config.tag_sampling)
         rows.append(
             {
-                "prompt": template_messages(tokenizer, tagged_messages(prompt, format_levels(levels), fmt)),
+                "prompt": template_messages(
+                    tokenizer, tagged_messages(prompt, format_levels(levels), fmt, config.system)
+                ),
                 "question": prompt,
                 "levels": json.dumps(levels),
             }
@@ -376,7 +385,8 @@ def train_moslim(config: MOSLIMConfig) -> Path:
             counter,
             callbacks=[stats_callback(stats)],
         )
-        info = stages.finish("policy", inputs, {**info, "reward_stats": stats.to_dict()})
+        running = config.reward == "mapped" and config.normalisation != "none"
+        info = stages.finish("policy", inputs, {**info, "reward_stats": stats.to_dict() if running else None})
     if is_main_process():
         tokenizer.save_pretrained(out)
         manifest = PolicyManifest(
@@ -385,6 +395,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
             rewards=rewards.to_dict(),
             tags=TagFormat(config.placement).to_dict(),
             policies=[{"adapter": "stages/policy/weights"}],
+            system=config.system,
             dtype=config.dtype,
             moslim={
                 "levels": count,
