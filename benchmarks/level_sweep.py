@@ -1,9 +1,10 @@
-"""MOSLIM's floor, level sweep only: the base model of a MOSLIM directory given the same
-intensity tags, each objective's levels 1..L alone, on the held-out prompts (the same sweep
-`steerable evaluate --method tags` runs after its preference grid; this skips the grid).
+"""A MOSLIM level sweep alone: each objective's levels 1..L on the held-out prompts, for a
+MOSLIM policy (`--method moslim`) or its floor, the base model given the same intensity tags
+(`--method tags`, the default) -- the sweep `steerable evaluate --method moslim|tags` runs
+after its preference grid; this skips the grid.
 
-    python benchmarks/level_floor.py runs/moslim1 --out runs/eval/tags-levels.json \
-        [--max-new-tokens 48] [--seed 0] [--samples 2] [--limit N]
+    python benchmarks/level_sweep.py runs/moslim1 --out runs/eval/tags-levels.json \
+        [--method tags|moslim] [--max-new-tokens 48] [--seed 0] [--samples 2] [--limit N]
 
 Prints the Markdown table of `steerable report` and writes the level record as JSON.
 """
@@ -26,6 +27,7 @@ from steerable.generation import SamplingConfig, count_tokens  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
+    parser.add_argument("--method", choices=("tags", "moslim"), default="tags")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
@@ -34,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     prompts = load_prompts("heldout", args.limit)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, seed=args.seed)
-    policy = tagged_policy("tags", args.model, None, None, False)
+    policy = tagged_policy(args.method, args.model, None, None, False)
     steering = level_steering(policy, sampling)
     points = level_sweep(
         steering["generate"],
@@ -48,7 +50,7 @@ def main() -> None:
     record = level_record(points, policy.names, steering["count"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print("\n".join(level_markdown("tags", record)))
+    print("\n".join(level_markdown(args.method, record)))
 
 
 if __name__ == "__main__":
