@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from steerable.defaults import DTYPE_NAMES
+from steerable.defaults import DTYPE_NAMES, resolve_model, torch_dtype
 from steerable.errors import SteerableError, first_line
 
 INPUTS = ("pair", "response", "chat")
@@ -84,8 +84,6 @@ def load_pair_model(
     a pad token (`ensure_pad_token`). A model that does not load is one error: "`role` NAME could
     not be loaded as `kind` (why); give ..."."""
     from transformers import AutoTokenizer
-
-    from steerable.defaults import resolve_model, torch_dtype
 
     path = resolve_model(name_or_path)
     try:
