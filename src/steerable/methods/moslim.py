@@ -243,6 +243,11 @@ class MOSLIMConfig(RLConfig):
         if self.reward_model is not None:
             self.reward_model = str(Path(self.reward_model).resolve())
 
+    @property
+    def keeps_stats(self) -> bool:
+        """Whether the reward keeps running avg_i / std_i (saved with the policy)."""
+        return self.reward == "mapped" and self.normalisation != "none"
+
 
 def load_reward_model(config: MOSLIMConfig, rewards: RewardSet):
     """The RM, checked against the objectives and levels of the run (None for zscore)."""
@@ -306,11 +311,11 @@ def moslim_reward_function(
             return zscore_reward(z, requested, count, config.k).tolist()
         probs = rm.probabilities(list(question), texts)  # (n, K, L)
         p = target_probability(probs, requested, config.target_probability)
-        if config.normalisation == "none":
-            avg, std = np.zeros_like(p), np.ones_like(p)
-        else:
+        if config.keeps_stats:
             stats.update(p, requested)
             avg, std = stats.lookup(requested)
+        else:
+            avg, std = np.zeros_like(p), np.ones_like(p)
         if log_metric is not None:
             for i, name in enumerate(names):
                 active = requested[:, i] > 0
@@ -385,8 +390,8 @@ def train_moslim(config: MOSLIMConfig) -> Path:
             counter,
             callbacks=[stats_callback(stats)],
         )
-        running = config.reward == "mapped" and config.normalisation != "none"
-        info = stages.finish("policy", inputs, {**info, "reward_stats": stats.to_dict() if running else None})
+        reward_stats = stats.to_dict() if config.keeps_stats else None
+        info = stages.finish("policy", inputs, {**info, "reward_stats": reward_stats})
     if is_main_process():
         tokenizer.save_pretrained(out)
         manifest = PolicyManifest(
