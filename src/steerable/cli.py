@@ -388,6 +388,19 @@ def train_moslim_rm_command(ctx: typer.Context) -> None:
     run_config_command(ctx, MOSLIMRMConfig, run, made="MOSLIM reward model directory")
 
 
+@train_app.command("np-rm", context_settings=TRAIN_CONTEXT)
+def train_np_rm_command(ctx: typer.Context) -> None:
+    """Few-shot NP-BTL reward model with its BTL and per-type oracle baselines; prints held-out accuracy vs context size (all options: --help)."""
+    from steerable.methods.np_rm import NPRMConfig, accuracy_table, result, train_np_rm
+
+    def run(config: NPRMConfig) -> Path:
+        out = train_np_rm(config)
+        Console(width=150).print(accuracy_table(result(out)))
+        return out
+
+    run_config_command(ctx, NPRMConfig, run, made="NP reward model directory")
+
+
 @command
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="Prompt(s) to answer.")],

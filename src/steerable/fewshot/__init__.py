@@ -1,0 +1,1 @@
+"""Few-shot steerable alignment (DESIGN.md §4): tasks, pair embeddings, NP-BTL and NP-DPO."""

@@ -1,0 +1,318 @@
+"""NP-BTL (DESIGN.md §4): a Bradley-Terry reward model conditioned on a few of a user's choices,
+and the two models it is judged against, all on plain embedding arrays.
+
+    option encoder   h(y) = MLP(e_y)                                    (d -> hidden)
+    context encoder  each context pair [e_chosen ; e_rejected] -> MLP -> self-attention over
+                     the pairs -> sum -> MLP -> z                       (permutation invariant;
+                     an empty context sums to 0, so z is the model's prior guess)
+    reward           r(y | context) = MLP([h(y) ; z])
+    loss             Bradley-Terry: -log sigmoid(r(chosen) - r(rejected)) over a task's targets
+
+`latent="gaussian"` makes z a Gaussian, trained with the neural-process KL between z given the
+context and targets and z given the context alone; the reward then reads its mean.
+`context="none"` drops the context path: the plain BTL model on pooled choices, and, fitted on
+one type's tasks, that type's oracle BTL model.
+
+The training loop is a short PyTorch loop rather than `transformers.Trainer`: the model is a
+few MLPs on cached arrays and a batch is a set of freshly drawn tasks, not rows of a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from steerable.errors import SteerableError
+from steerable.fewshot.tasks import DEFAULT_MAX_CONTEXT, DEFAULT_TARGETS, TaskBatch, TaskSource
+from steerable.io import atomic_write, atomic_write_text
+
+LATENTS = ("deterministic", "gaussian")
+CONTEXTS = ("np", "none")
+CONFIG_FILE = "np_reward.json"
+WEIGHTS_FILE = "model.pt"
+
+
+@dataclass
+class NPRewardConfig:
+    """How an NP-BTL (or BTL) reward model is built and trained.
+
+    Architecture: hidden (width of every MLP and of the attention), latent (size of z), heads
+    (attention heads), latent (deterministic | gaussian), kl_weight (gaussian only), context
+    (np: condition on the context | none: the plain BTL model).
+    Training: steps of `tasks_per_batch` tasks, each with `targets` pairs of which a context of
+    0..`max_context` (uniform); Adam at `learning_rate`; every `eval_every` steps the accuracy
+    on `validation_tasks` fixed validation tasks (targets not in the context) picks the best
+    checkpoint, which is what `fit` returns.
+    """
+
+    hidden: int = field(default=256, metadata={"help": "Width of every MLP and of the attention."})
+    latent_size: int = field(default=128, metadata={"help": "Size of the latent z."})
+    heads: int = field(default=4, metadata={"help": "Attention heads of the context encoder."})
+    latent: str = field(default="deterministic", metadata={"help": "The latent z.", "choices": LATENTS})
+    kl_weight: float = field(default=1.0, metadata={"help": "Weight of the KL term (gaussian latent)."})
+    context: str = field(default="np", metadata={"help": "np, or none: plain BTL.", "choices": CONTEXTS})
+    steps: int = field(default=3000, metadata={"help": "Optimiser steps."})
+    tasks_per_batch: int = field(default=64, metadata={"help": "Tasks per step."})
+    targets: int = field(default=DEFAULT_TARGETS, metadata={"help": "Target pairs per task."})
+    max_context: int = field(default=DEFAULT_MAX_CONTEXT, metadata={"help": "Largest context in training."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate."})
+    eval_every: int = field(default=100, metadata={"help": "Steps between validation checks."})
+    validation_tasks: int = field(default=1000, metadata={"help": "Validation tasks (best checkpoint)."})
+    seed: int = field(default=0, metadata={"help": "Initialisation and task sampling."})
+
+    def __post_init__(self):
+        for name, choices in (("latent", LATENTS), ("context", CONTEXTS)):
+            if getattr(self, name) not in choices:
+                raise SteerableError(f"--{name} {getattr(self, name)!r} unknown; choose from {list(choices)}")
+        for name in ("hidden", "latent_size", "heads", "steps", "tasks_per_batch", "targets", "eval_every"):
+            if getattr(self, name) < 1:
+                raise SteerableError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden % self.heads:
+            raise SteerableError(f"--hidden ({self.hidden}) must be a multiple of --heads ({self.heads})")
+        if not 0 <= self.max_context < self.targets:
+            raise SteerableError(
+                f"--max_context must be in 0..targets-1 ({self.targets - 1}), got {self.max_context}"
+            )
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of -log sigmoid(r_chosen - r_rejected) over the pairs where `mask` holds."""
+    nll = -nn.functional.logsigmoid(chosen - rejected)
+    mask = mask.to(nll.dtype)
+    return (nll * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class ContextEncoder(nn.Module):
+    """A set of (chosen, rejected) embedding pairs -> the latent z (or its mean and log-std)."""
+
+    def __init__(self, dim: int, config: NPRewardConfig):
+        super().__init__()
+        out = config.latent_size * (2 if config.latent == "gaussian" else 1)
+        self.pair = mlp([2 * dim, config.hidden, config.hidden])
+        self.attention = nn.MultiheadAttention(config.hidden, config.heads, batch_first=True)
+        self.head = mlp([config.hidden, config.hidden, out])
+
+    def forward(self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """chosen, rejected: (B, C, d); mask: (B, C) bool, which context slots hold a pair."""
+        x = self.pair(torch.cat([chosen, rejected], dim=-1))  # (B, C, H)
+        if x.shape[1]:
+            # A task with no context would mask every key (NaN); let it attend to its padding,
+            # whose output the mask then drops from the sum.
+            keys_masked = ~mask & mask.any(dim=1, keepdim=True)
+            x, _ = self.attention(x, x, x, key_padding_mask=keys_masked, need_weights=False)
+        pooled = (x * mask[..., None].to(x.dtype)).sum(dim=1)  # (B, H); 0 for an empty context
+        return self.head(pooled)
+
+
+class NPRewardModel(nn.Module):
+    """r(option | context) for options and contexts given as embedding arrays (module docstring)."""
+
+    def __init__(
+        self, dim: int, config: NPRewardConfig, types: dict | None = None, encoder: str | None = None
+    ):
+        super().__init__()
+        self.dim, self.config = dim, config
+        self.types, self.encoder = types, encoder  # recorded, so a saved model says what it read
+        self.option = mlp([dim, config.hidden, config.hidden])
+        if config.context == "np":
+            self.context_encoder = ContextEncoder(dim, config)
+            self.reward_head = mlp([config.hidden + config.latent_size, config.hidden, 1])
+        else:
+            self.reward_head = mlp([config.hidden, config.hidden, 1])
+        self.validation_accuracy: float | None = None
+
+    # --- the model --------------------------------------------------------------------
+    def latent(self, chosen, rejected, mask) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(z mean, z log-std or None) of contexts (B, C, d) x 2 with mask (B, C)."""
+        out = self.context_encoder(chosen, rejected, mask)
+        if self.config.latent == "gaussian":
+            mean, log_std = out.chunk(2, dim=-1)
+            return mean, log_std.clamp(-6.0, 3.0)
+        return out, None
+
+    def score(self, options: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """options (B, N, d), z (B, Z) or None -> rewards (B, N)."""
+        h = self.option(options)  # (B, N, H)
+        if z is not None:
+            h = torch.cat([h, z[:, None, :].expand(-1, h.shape[1], -1)], dim=-1)  # (B, N, H + Z)
+        return self.reward_head(h)[..., 0]
+
+    def check_width(self, array: np.ndarray, name: str) -> None:
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise SteerableError(
+                f"{name}: embeddings of shape {tuple(array.shape)}; this reward model reads [n, {self.dim}] "
+                f"(encoder {self.encoder or 'unknown'})"
+            )
+
+    @torch.no_grad()
+    def reward(self, context_chosen, context_rejected, options) -> np.ndarray:
+        """Scores [n] of `options` [n, d] for the user whose choices are the context pairs
+        (`context_chosen` and `context_rejected`, [n_context, d], n_context may be 0)."""
+        context_chosen = np.asarray(context_chosen, dtype=np.float32).reshape(-1, self.dim)
+        context_rejected = np.asarray(context_rejected, dtype=np.float32).reshape(-1, self.dim)
+        options = np.asarray(options, dtype=np.float32)
+        self.check_width(options, "options")
+        if len(context_chosen) != len(context_rejected):
+            raise SteerableError(
+                f"context: {len(context_chosen)} chosen but {len(context_rejected)} rejected embeddings"
+            )
+        self.eval()
+        z = None
+        if self.config.context == "np":
+            c, r = torch.from_numpy(context_chosen)[None], torch.from_numpy(context_rejected)[None]
+            z, _ = self.latent(c, r, torch.ones(c.shape[:2], dtype=torch.bool))
+        return self.score(torch.from_numpy(options)[None], z)[0].numpy()
+
+    # --- tasks ------------------------------------------------------------------------
+    def task_scores(self, embeddings: torch.Tensor, batch: TaskBatch) -> tuple[torch.Tensor, ...]:
+        """(r_chosen, r_rejected) [B, N_T] of a batch's targets given each task's context, and the
+        KL term (0 unless gaussian, in training)."""
+        chosen, rejected = embeddings[batch.chosen], embeddings[batch.rejected]  # (B, N, d)
+        z, kl = None, torch.zeros(())
+        if self.config.context == "np":
+            context = torch.from_numpy(batch.context)
+            c, r, m = pack_context(chosen, rejected, context)
+            mean, log_std = self.latent(c, r, m)
+            z = mean
+            if log_std is not None and self.training:
+                everything = torch.ones_like(context)
+                full_mean, full_log_std = self.latent(*pack_context(chosen, rejected, everything))
+                z = full_mean + torch.randn_like(full_mean) * full_log_std.exp()
+                kl = gaussian_kl(full_mean, full_log_std, mean, log_std).mean()
+        return self.score(chosen, z), self.score(rejected, z), kl
+
+    @classmethod
+    def fit(
+        cls, source: TaskSource, config: NPRewardConfig, type_probabilities=None, progress=True
+    ) -> NPRewardModel:
+        """Train on `source`'s train split; return the checkpoint best on its validation split."""
+        from tqdm.auto import tqdm
+
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        embeddings = torch.from_numpy(source.embeddings.astype(np.float32))
+        model = cls(embeddings.shape[1], config, source.types.to_dict(), source.encoder)
+        optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        contexts = (0, config.max_context) if config.context == "np" else 0
+        validation = source.sample(
+            "validation",
+            config.validation_tasks,
+            np.random.default_rng(config.seed + 1),
+            config.targets,
+            contexts,
+            type_probabilities,
+        )
+        best, best_state = -1.0, None
+        bar = tqdm(
+            range(1, config.steps + 1),
+            desc="np-rm" if config.context == "np" else "btl",
+            disable=not progress,
+        )
+        for step in bar:
+            model.train()
+            batch = source.sample(
+                "train", config.tasks_per_batch, rng, config.targets, contexts, type_probabilities
+            )
+            chosen, rejected, kl = model.task_scores(embeddings, batch)
+            loss = bradley_terry_loss(chosen, rejected, torch.ones_like(chosen, dtype=torch.bool))
+            loss = loss + config.kl_weight * kl / config.targets
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            if step % config.eval_every == 0 or step == config.steps:
+                accuracy = float(np.mean(model.task_accuracy(embeddings, validation)))
+                if accuracy > best:
+                    best = accuracy
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{accuracy:.3f}", best=f"{best:.3f}")
+        model.load_state_dict(best_state)
+        model.validation_accuracy = best
+        model.eval()
+        return model
+
+    @torch.no_grad()
+    def task_accuracy(self, embeddings: torch.Tensor, batch: TaskBatch) -> np.ndarray:
+        """Per task: the share of its targets not in its context on which r(chosen) > r(rejected)."""
+        self.eval()
+        chosen, rejected, _ = self.task_scores(embeddings, batch)
+        return target_accuracy((chosen - rejected).numpy(), batch)
+
+    # --- directory --------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        atomic_write(directory / WEIGHTS_FILE, lambda tmp: torch.save(self.state_dict(), tmp))
+        record = {
+            "kind": "np-reward-model",
+            "dim": self.dim,
+            "config": asdict(self.config),
+            "types": self.types,
+            "encoder": self.encoder,
+            "validation_accuracy": self.validation_accuracy,
+        }
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> NPRewardModel:
+        directory = Path(directory)
+        try:
+            record = json.loads((directory / CONFIG_FILE).read_text())
+            if record.get("kind") != "np-reward-model":
+                raise KeyError("kind")
+            model = cls(record["dim"], NPRewardConfig(**record["config"]), record["types"], record["encoder"])
+            model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, RuntimeError) as err:
+            raise SteerableError(
+                f"{directory} is not an NP reward model directory ({CONFIG_FILE} + {WEIGHTS_FILE} from "
+                f"`steerable train np-rm`): {err}"
+            )
+        model.validation_accuracy = record.get("validation_accuracy")
+        model.eval()
+        return model
+
+
+def pack_context(chosen: torch.Tensor, rejected: torch.Tensor, context: torch.Tensor):
+    """The context pairs of each task, moved to the front and padded: (B, C, d) x 2 and the
+    mask (B, C), C the largest context in the batch."""
+    order = torch.argsort((~context).to(torch.int8), dim=1, stable=True)  # context pairs first
+    size = int(context.sum(dim=1).max()) if context.numel() else 0
+    index = order[:, :size]  # (B, C)
+    gather = index[..., None].expand(-1, -1, chosen.shape[-1])
+    mask = torch.gather(context, 1, index)
+    return torch.gather(chosen, 1, gather), torch.gather(rejected, 1, gather), mask
+
+
+def gaussian_kl(mean_q, log_std_q, mean_p, log_std_p) -> torch.Tensor:
+    """KL(N(mean_q, std_q) || N(mean_p, std_p)) summed over the latent, per row."""
+    var_q, var_p = (2 * log_std_q).exp(), (2 * log_std_p).exp()
+    return (log_std_p - log_std_q + (var_q + (mean_q - mean_p) ** 2) / (2 * var_p) - 0.5).sum(dim=-1)
+
+
+def target_accuracy(margins: np.ndarray, batch: TaskBatch) -> np.ndarray:
+    """Per task, the share of correct choices among the targets not in its context: margin > 0
+    counts 1, a tie (margin 0, a coin flip) 1/2."""
+    scored = batch.scored()
+    correct = (margins > 0) + 0.5 * (margins == 0)
+    return (correct * scored).sum(axis=1) / np.maximum(scored.sum(axis=1), 1)
+
+
+def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()) if len(values) else math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))

@@ -1,0 +1,228 @@
+"""`steerable train np-rm`: the few-shot NP-BTL reward model, its baselines and their evaluation,
+as one recipe in stages (DESIGN.md §4).
+
+1. tasks        the pair pool and user types: the authors' synthetic task, or pairs of
+                responses to the same prompt from a scored JSONL (one type per objective, or
+                Dirichlet weight vectors); optionally only conflicting pairs (rebuilt each
+                run: deterministic from the data and the seed)
+2. embeddings   every option through the frozen encoder (cached by encoder and text)
+3. np           NP-BTL, trained on tasks with random contexts, best by validation
+4. btl          the plain BTL model on the same tasks' pooled choices (no context)
+5. oracle       one BTL model per type, fitted on that type's tasks alone
+6. evaluation   held-out accuracy vs context size {0, 1, 3, 5, 10}, per type and overall,
+                for all three, on targets not in the context; a latent probe; table and plot
+
+Every stage records its inputs and is reused only when they match.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from steerable.data.loading import read_table
+from steerable.errors import SteerableError
+from steerable.evaluation.fewshot import (
+    CONTEXT_SIZES,
+    context_curve,
+    latent_probe,
+    model_margins,
+    oracle_margins,
+    plot_curve,
+)
+from steerable.fewshot.embeddings import DEFAULT_ENCODER, embed_options, encoder_id
+from steerable.fewshot.reward_model import NPRewardConfig, NPRewardModel
+from steerable.fewshot.tasks import TaskSource, UserTypes, scored_pool, synthetic_source
+from steerable.io import atomic_write, atomic_write_text
+from steerable.stages import Stages, file_digest, fingerprint
+
+TASKS = ("synthetic", "scored")
+TYPE_KINDS = ("objective", "dirichlet")
+RESULT_FILE = "accuracy.json"
+
+
+@dataclass
+class NPRMConfig(NPRewardConfig):
+    """NPRewardConfig (the model and its training) plus where the tasks come from.
+
+    Tasks:
+        task: synthetic (the authors' 1-D task; no data needed) or scored (pairs of responses
+            to the same prompt in `data`, a `steerable score` output with score_NAME columns).
+        data: the scored JSONL (task=scored).
+        objectives: the score columns the types care about (default: every score_* column).
+        types: objective (one type per objective) or dirichlet (`type_count` weight vectors,
+            Dirichlet(`dirichlet_alpha`)).
+        conflicting: keep only the pairs the types disagree on.
+        encoder: minilm or lm:MODEL (fewshot.embeddings).
+    Baselines and evaluation:
+        eval_tasks: held-out tasks per context size (mean +- standard error over tasks).
+    output_dir: where the stages, the three models and the report go.
+    """
+
+    task: str = field(default="synthetic", metadata={"help": "Task builder.", "choices": TASKS})
+    data: str | None = field(default=None, metadata={"help": "Scored JSONL (task=scored)."})
+    objectives: list[str] = field(
+        default_factory=list, metadata={"help": "Objectives (default: all scored)."}
+    )
+    types: str = field(default="objective", metadata={"help": "User types.", "choices": TYPE_KINDS})
+    type_count: int = field(default=4, metadata={"help": "Dirichlet types."})
+    dirichlet_alpha: float = field(default=1.0, metadata={"help": "Dirichlet concentration."})
+    conflicting: bool = field(default=False, metadata={"help": "Keep only pairs the types disagree on."})
+    encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "minilm or lm:MODEL."})
+    eval_tasks: int = field(default=1000, metadata={"help": "Held-out tasks per context size."})
+    output_dir: str = field(default="runs/np-rm", metadata={"help": "Output directory."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.task not in TASKS:
+            raise SteerableError(f"--task {self.task!r} unknown; choose from {list(TASKS)}")
+        if self.types not in TYPE_KINDS:
+            raise SteerableError(f"--types {self.types!r} unknown; choose from {list(TYPE_KINDS)}")
+        if self.task == "scored":
+            if not self.data:
+                raise SteerableError("--data is required for task=scored: a `steerable score` JSONL")
+            if not Path(self.data).is_file():
+                raise SteerableError(f"--data {self.data}: no such file")
+            self.data = str(Path(self.data).resolve())
+        if self.eval_tasks < 2:
+            raise SteerableError(f"--eval_tasks must be >= 2, got {self.eval_tasks}")
+        encoder_id(self.encoder)  # refuses an unknown encoder before any work
+
+    def model_config(self, **changes) -> NPRewardConfig:
+        names = {f.name for f in fields(NPRewardConfig)}
+        return NPRewardConfig(**{**{k: v for k, v in asdict(self).items() if k in names}, **changes})
+
+
+def task_inputs(config: NPRMConfig) -> dict:
+    inputs = {"task": config.task, "seed": config.seed, "conflicting": config.conflicting}
+    if config.task == "scored":
+        inputs.update(
+            data=file_digest(config.data),
+            objectives=config.objectives,
+            types=[config.types, config.type_count, config.dirichlet_alpha],
+            encoder=encoder_id(config.encoder),
+        )
+    return inputs
+
+
+def build_source(config: NPRMConfig, stages: Stages) -> TaskSource:
+    """The task source, its embeddings from the `embeddings` stage (made once)."""
+    if config.task == "synthetic":
+        return synthetic_source(seed=config.seed)
+    rows = read_table(config.data)
+    objectives = config.objectives or [c[len("score_") :] for c in rows[0] if c.startswith("score_")]
+    if not objectives:
+        raise SteerableError(f"{config.data}: no score_* columns; score the data with `steerable score`")
+    pool = scored_pool(rows, objectives, where=config.data, seed=config.seed)
+    if config.types == "objective":
+        types = UserTypes.one_per_objective(objectives)
+    else:
+        types = UserTypes.dirichlet(objectives, config.type_count, config.dirichlet_alpha, config.seed)
+    inputs = task_inputs(config)
+
+    def embed(folder: Path) -> dict:
+        vectors = embed_options(pool.texts, config.encoder, cache=folder / "cache.npz")
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, vectors)
+
+        atomic_write(folder / "embeddings.npy", write)
+        return {"options": len(vectors), "dim": int(vectors.shape[1])}
+
+    stages.run("embeddings", inputs, embed)
+    embeddings = np.load(stages.path("embeddings") / "embeddings.npy")
+    return TaskSource(pool, types, embeddings, encoder_id(config.encoder), config.conflicting)
+
+
+def fitted(stages: Stages, name: str, inputs: dict, fit) -> NPRewardModel:
+    """A model stage: trained by `fit()` and saved once, loaded after."""
+
+    def work(folder: Path) -> dict:
+        model = fit()
+        model.save(folder / "model")
+        return {"validation_accuracy": model.validation_accuracy}
+
+    stages.run(name, inputs, work)
+    return NPRewardModel.load(stages.path(name) / "model")
+
+
+def train_np_rm(config: NPRMConfig) -> Path:
+    """Run the recipe (module docstring); returns the output directory."""
+    out = Path(config.output_dir)
+    stages = Stages(out)
+    source = build_source(config, stages)
+    for split in ("train", "validation", "test"):
+        if len(source.pool.split_indices(split)) < config.targets:
+            raise SteerableError(
+                f"the {split} split has {len(source.pool.split_indices(split))} usable pairs, fewer than "
+                f"--targets {config.targets}; use more data, fewer targets, or --conflicting false"
+            )
+    base = {"tasks": task_inputs(config), "pairs": len(source.pool.pairs)}
+    model = config.model_config()
+    np_model = fitted(
+        stages, "np", {**base, "model": asdict(model)}, lambda: NPRewardModel.fit(source, model)
+    )
+    btl_config = config.model_config(context="none")
+    btl = fitted(
+        stages, "btl", {**base, "model": asdict(btl_config)}, lambda: NPRewardModel.fit(source, btl_config)
+    )
+    oracles = []
+    for t, name in enumerate(source.types.names):
+        only = np.eye(len(source.types.names))[t]
+        inputs = {**base, "model": asdict(btl_config), "type": name}
+        oracles.append(
+            fitted(
+                stages, f"oracle-{t}", inputs, lambda only=only: NPRewardModel.fit(source, btl_config, only)
+            )
+        )
+    models = {"NP-BTL": model_margins(np_model), "BTL": model_margins(btl), "oracle": oracle_margins(oracles)}
+    sizes = [s for s in CONTEXT_SIZES if s < config.targets]  # a task keeps a target to score
+    eval_inputs = {
+        **base,
+        "models": [fingerprint(asdict(model)), fingerprint(asdict(btl_config))],
+        "eval_tasks": config.eval_tasks,
+        "sizes": sizes,
+    }
+
+    def evaluate(folder: Path) -> dict:
+        points = context_curve(models, source, "test", sizes, config.eval_tasks, config.targets, config.seed)
+        probe = latent_probe(np_model, source, "test", sizes, config.eval_tasks, config.targets, config.seed)
+        result = {
+            "types": source.types.names,
+            "pairs": {s: int(len(source.pool.split_indices(s))) for s in ("train", "validation", "test")},
+            "curve": [asdict(p) for p in points],
+            "latent_probe": probe,
+        }
+        atomic_write_text(folder / RESULT_FILE, json.dumps(result, indent=2) + "\n")
+        plot_curve(points, folder / "accuracy.png", title=f"{config.task} task, held-out targets")
+        return {"file": RESULT_FILE}
+
+    stages.run("evaluation", eval_inputs, evaluate)
+    return out
+
+
+def result(out: str | Path) -> dict:
+    return json.loads((Path(out) / "stages" / "evaluation" / RESULT_FILE).read_text())
+
+
+def accuracy_table(data: dict):
+    """A rich table: accuracy +- s.e. per model and context size, overall and per type."""
+    from rich.table import Table
+
+    sizes = sorted({p["context"] for p in data["curve"]})
+    table = Table(title="held-out pairwise accuracy (targets not in the context), mean ± s.e. over tasks")
+    table.add_column("model")
+    table.add_column("type")
+    for size in sizes:
+        table.add_column(f"{size} ctx", justify="right")
+    keys = dict.fromkeys((p["model"], p["type"]) for p in data["curve"])
+    for model, kind in keys:
+        cells = {p["context"]: p for p in data["curve"] if p["model"] == model and p["type"] == kind}
+        table.add_row(model, kind, *(f"{cells[s]['accuracy']:.3f}±{cells[s]['stderr']:.3f}" for s in sizes))
+    probe = data["latent_probe"]
+    table.caption = "latent probe (type from z): " + ", ".join(f"{k} ctx {v:.2f}" for k, v in probe.items())
+    return table
