@@ -84,6 +84,13 @@ def test_a_task_holds_its_types_choices_and_a_context_of_its_own_pairs():
         assert len(set(batch.pairs[b])) == 20
 
 
+def test_balanced_tasks_give_every_type_the_same_number():
+    source = synthetic_source({"train": 200, "validation": 50, "test": 50})
+    batch = source.sample("test", 101, np.random.default_rng(0), context_sizes=2, balanced=True)
+    assert sorted(np.bincount(batch.types).tolist()) == [50, 51]
+    assert len(set(batch.types[:10].tolist())) == 2  # shuffled, not one type after the other
+
+
 def test_conflicting_keeps_only_pairs_the_types_disagree_on():
     pool = scored_pool(scored_rows(), ["brief", "positive"])
     types = UserTypes.one_per_objective(["brief", "positive"])
@@ -155,6 +162,15 @@ def test_the_reward_does_not_depend_on_the_order_of_the_context(latent):
     assert not np.allclose(
         model.reward(chosen[:1], rejected[:1], options), model.reward(chosen, rejected, options)
     )
+
+
+def test_a_context_beyond_the_trained_maximum_is_truncated_with_a_warning():
+    model = small_model(max_context=2)
+    rng = np.random.default_rng(3)
+    chosen, rejected, options = rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), rng.normal(size=(2, 3))
+    with pytest.warns(UserWarning, match="more than the 2"):
+        scores = model.reward(chosen, rejected, options)
+    np.testing.assert_allclose(scores, model.reward(chosen[:2], rejected[:2], options), atol=1e-6)
 
 
 def test_an_empty_context_gives_the_prior_reward_alone_or_in_a_batch():

@@ -83,11 +83,13 @@ def context_curve(
     targets: int = 20,
     seed: int = 0,
 ) -> list[CurvePoint]:
-    """Accuracy of every model at every context size, on the same fresh tasks for all models."""
+    """Accuracy of every model at every context size, on the same fresh tasks for all models
+    (as many per type; mean +- standard error over tasks)."""
     embeddings = torch.from_numpy(source.embeddings)
     points = []
     for size in sizes:
-        batch = source.sample(split, tasks, np.random.default_rng([seed, size]), targets, int(size))
+        rng = np.random.default_rng([seed, size])
+        batch = source.sample(split, tasks, rng, targets, int(size), balanced=True)
         for name, margins in models.items():
             accuracy = target_accuracy(margins(embeddings, batch), batch)  # (B,)
             groups = [("all", np.ones(len(batch), dtype=bool))]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -162,7 +163,8 @@ class NPRewardModel(nn.Module):
     @torch.no_grad()
     def reward(self, context_chosen, context_rejected, options) -> np.ndarray:
         """Scores [n] of `options` [n, d] for the user whose choices are the context pairs
-        (`context_chosen` and `context_rejected`, [n_context, d], n_context may be 0)."""
+        (`context_chosen` and `context_rejected`, [n_context, d], n_context may be 0; beyond the
+        trained `max_context`, the first max_context pairs, with a warning)."""
         context_chosen = np.asarray(context_chosen, dtype=np.float32).reshape(-1, self.dim)
         context_rejected = np.asarray(context_rejected, dtype=np.float32).reshape(-1, self.dim)
         options = np.asarray(options, dtype=np.float32)
@@ -171,6 +173,14 @@ class NPRewardModel(nn.Module):
             raise SteerableError(
                 f"context: {len(context_chosen)} chosen but {len(context_rejected)} rejected embeddings"
             )
+        limit = self.config.max_context
+        if len(context_chosen) > limit:
+            warnings.warn(
+                f"context of {len(context_chosen)} pairs, more than the {limit} this model was trained "
+                f"with; using the first {limit}",
+                stacklevel=2,
+            )
+            context_chosen, context_rejected = context_chosen[:limit], context_rejected[:limit]
         self.eval()
         z = None
         if self.config.context == "np":

@@ -185,11 +185,13 @@ def sample_tasks(
     targets: int = DEFAULT_TARGETS,
     context_sizes: int | tuple[int, int] = (0, DEFAULT_MAX_CONTEXT),
     type_probabilities: np.ndarray | None = None,
+    balanced: bool = False,
 ) -> TaskBatch:
     """`count` tasks from `split`'s pairs: a type (uniform unless `type_probabilities`), `targets`
     distinct pairs it chooses on, and a context of those pairs: a fixed size, or uniform in the
-    inclusive range (low, high). Context size is capped at `targets` - 1, so a task always has
-    a target it is scored on."""
+    inclusive range (low, high); a context must leave at least one target to score.
+    `balanced` (uniform types only) gives every type the same number of tasks, in random order:
+    evaluation uses it, so the overall accuracy is not moved by how many tasks a type drew."""
     index = pool.split_indices(split)
     if len(index) < targets:
         raise SteerableError(
@@ -202,7 +204,10 @@ def sample_tasks(
             f"context sizes {low}..{high} must lie in 0..{targets - 1} (fewer than the {targets} targets)"
         )
     first = pool.first_preferred(types)  # (P, T)
-    kinds = rng.choice(len(types.names), size=count, p=type_probabilities)  # (B,)
+    if balanced and type_probabilities is None:
+        kinds = rng.permutation(np.resize(np.arange(len(types.names)), count))  # (B,)
+    else:
+        kinds = rng.choice(len(types.names), size=count, p=type_probabilities)  # (B,)
     pairs = np.stack([rng.choice(index, size=targets, replace=False) for _ in range(count)])  # (B, N)
     first_wins = first[pairs, kinds[:, None]]  # (B, N)
     a, b = pool.pairs[pairs, 0], pool.pairs[pairs, 1]
@@ -248,9 +253,10 @@ class TaskSource:
         targets=DEFAULT_TARGETS,
         context_sizes=(0, DEFAULT_MAX_CONTEXT),
         type_probabilities=None,
+        balanced=False,
     ) -> TaskBatch:
         return sample_tasks(
-            self.pool, self.types, split, count, rng, targets, context_sizes, type_probabilities
+            self.pool, self.types, split, count, rng, targets, context_sizes, type_probabilities, balanced
         )
 
 

@@ -186,6 +186,7 @@ def train_np_rm(config: NPRMConfig) -> Path:
         "models": [fingerprint(asdict(model)), fingerprint(asdict(btl_config))],
         "eval_tasks": config.eval_tasks,
         "sizes": sizes,
+        "tasks_per_type": "balanced",
     }
 
     def evaluate(folder: Path) -> dict:
