@@ -14,13 +14,14 @@ context leaks into the score.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from steerable.fewshot.reward_model import NPRewardModel, mean_and_stderr, pack_context, target_accuracy
+from steerable.fewshot.reward_model import NPRewardModel, pack_context, target_accuracy
 from steerable.fewshot.tasks import TaskBatch, TaskSource
 from steerable.io import atomic_write
 
@@ -43,14 +44,7 @@ class CurvePoint:
 
 def model_margins(model: NPRewardModel) -> Margins:
     """r(chosen) - r(rejected) of every target, each task conditioned on its own context."""
-
-    @torch.no_grad()
-    def margins(embeddings: torch.Tensor, batch: TaskBatch) -> np.ndarray:
-        model.eval()
-        chosen, rejected, _ = model.task_scores(embeddings, batch)
-        return (chosen - rejected).numpy()
-
-    return margins
+    return model.margins
 
 
 def oracle_margins(per_type: list[NPRewardModel], prior: np.ndarray | None = None) -> Margins:
@@ -159,3 +153,10 @@ def plot_curve(points: list[CurvePoint], path, title: str = "") -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
+
+
+def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()) if len(values) else math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))

@@ -20,7 +20,6 @@ few MLPs on cached arrays and a batch is a set of freshly drawn tasks, not rows 
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -256,11 +255,15 @@ class NPRewardModel(nn.Module):
         return model
 
     @torch.no_grad()
-    def task_accuracy(self, embeddings: torch.Tensor, batch: TaskBatch) -> np.ndarray:
-        """Per task: the share of its targets not in its context on which r(chosen) > r(rejected)."""
+    def margins(self, embeddings: torch.Tensor, batch: TaskBatch) -> np.ndarray:
+        """r(chosen) - r(rejected) [B, N_T] of every target, each task given its own context."""
         self.eval()
         chosen, rejected, _ = self.task_scores(embeddings, batch)
-        return target_accuracy((chosen - rejected).numpy(), batch)
+        return (chosen - rejected).numpy()
+
+    def task_accuracy(self, embeddings: torch.Tensor, batch: TaskBatch) -> np.ndarray:
+        """Per task: the share of its targets not in its context on which r(chosen) > r(rejected)."""
+        return target_accuracy(self.margins(embeddings, batch), batch)
 
     # --- directory --------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -319,10 +322,3 @@ def target_accuracy(margins: np.ndarray, batch: TaskBatch) -> np.ndarray:
     scored = batch.scored()
     correct = (margins > 0) + 0.5 * (margins == 0)
     return (correct * scored).sum(axis=1) / np.maximum(scored.sum(axis=1), 1)
-
-
-def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
-    values = np.asarray(values, dtype=float)
-    if len(values) < 2:
-        return float(values.mean()) if len(values) else math.nan, math.nan
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
