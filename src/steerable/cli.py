@@ -401,11 +401,25 @@ def train_np_rm_command(ctx: typer.Context) -> None:
     run_config_command(ctx, NPRMConfig, run, made="NP reward model directory")
 
 
+@train_app.command("np-dpo", context_settings=TRAIN_CONTEXT)
+def train_np_dpo_command(ctx: typer.Context) -> None:
+    """Few-shot NP-DPO policy: FiLM-conditioned LoRA trained with DPO on tasks, steered by a user's examples; prints its evaluation (all options: --help)."""
+    from steerable.methods.np_dpo import NPDPOConfig, effects_table, result, train_np_dpo
+
+    def run(config: NPDPOConfig) -> Path:
+        out = train_np_dpo(config)
+        for table in effects_table(result(out)):
+            Console(width=150).print(table)
+        return out
+
+    run_config_command(ctx, NPDPOConfig, run)
+
+
 @command
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="Prompt(s) to answer.")],
     model: Annotated[
-        Path, typer.Option(help="Steerable model directory (RiC, soups or MORLHF; has steerable.json).")
+        Path, typer.Option(help="Steerable model directory (any method; has steerable.json).")
     ],
     prefer: Annotated[
         str | None, typer.Option(help="Preference, e.g. brief=0.7,positive=0.3 (or 0.7,0.3).")
@@ -424,7 +438,13 @@ def generate(
         ),
     ] = None,
     system: Annotated[
-        str | None, typer.Option(help="RiC and MOSLIM: system text placed before the tags.")
+        str | None, typer.Option(help="RiC, MOSLIM and NP-DPO: system text (before the tags).")
+    ] = None,
+    examples: Annotated[
+        Path | None,
+        typer.Option(
+            help="NP-DPO only: a JSONL (or JSON list) of your choices, {prompt, chosen, rejected} per row."
+        ),
     ] = None,
     max_new_tokens: MaxNewTokens = SAMPLING.max_new_tokens,
     temperature: Temperature = SAMPLING.temperature,
@@ -437,7 +457,8 @@ def generate(
 ) -> None:
     """Generate steered responses from a trained model directory: RiC maps the preference to
     target tags and MOSLIM to intensity levels (or take --target / --levels as given); Rewarded
-    Soups interpolates its adapters; MORLHF answers at the weight vectors it was trained for."""
+    Soups interpolates its adapters; MORLHF answers at the weight vectors it was trained for;
+    NP-DPO follows the choices in --examples (without them, its prior)."""
     from steerable.conditioning import parse_levels_text
     from steerable.policy import TAGGED_METHODS, SteerablePolicy, load_manifest
     from steerable.preferences import Preference, parse_targets
@@ -453,10 +474,27 @@ def generate(
         seed=seed,
     )
     manifest = load_manifest(model)
-    for option, value, method in (("--target", target, "ric"), ("--levels", levels, "moslim")):
+    steers = (("--target", target, "ric"), ("--levels", levels, "moslim"), ("--examples", examples, "np-dpo"))
+    for option, value, method in steers:
         if value is not None and manifest.method != method:
             raise SteerableError(f"{option} steers {method} models; {model} is a {manifest.method} model")
-    if manifest.method not in TAGGED_METHODS:
+    if manifest.method == "np-dpo":
+        from steerable.data.loading import read_table
+
+        for option, value in (("--prefer", prefer), ("--mapping", mapping)):
+            if value is not None:
+                raise SteerableError(f"{option} does not steer an np-dpo model; give --examples FILE")
+        rows = read_table(examples) if examples is not None else []
+        policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            responses = policy.generate(prompts, examples=rows, system=system, sampling=sampling)
+        for warning in caught:  # e.g. more examples than the policy's max_context
+            _warn(warning.message)
+        console.print(
+            f"examples: {len(rows)} of your choices" if rows else "examples: none (the policy's prior)"
+        )
+    elif manifest.method not in TAGGED_METHODS:
         from steerable.evaluation.evaluate import method_generator
 
         for option, value in (("--mapping", mapping), ("--system", system)):

@@ -31,7 +31,7 @@ from steerable.conditioning import (
     tagged_messages,
 )
 from steerable.errors import SteerableError
-from steerable.generation import SamplingConfig, generate_texts, render_chat
+from steerable.generation import SamplingConfig, format_chat, generate_texts, render_chat
 from steerable.io import atomic_write_text
 from steerable.objectives import RewardSet
 from steerable.preferences import Preference
@@ -73,13 +73,17 @@ class PolicyManifest:
     # MOSLIM: {"levels": L, "reward", "reward_model", "reward_stats"} (methods/moslim.py; the
     # running statistics of p_i, None for a reward that keeps none: zscore, normalisation none)
     moslim: dict | None = None
+    # NP-DPO: {"context": the context path's folder (fewshot.policy.ContextPath), "beta", "types"}
+    fewshot: dict | None = None
     format_version: int = FORMAT_VERSION
     training: dict = field(default_factory=dict)
 
 
-METHODS = ("ric", "moslim", "soups", "morlhf")
+METHODS = ("ric", "moslim", "soups", "morlhf", "np-dpo")
 # Methods steered through the prompt (tags), loaded as one SteerablePolicy.
 TAGGED_METHODS = ("ric", "moslim")
+# Methods one SteerablePolicy loads: the tagged ones, and NP-DPO (steered by a user's examples).
+POLICY_METHODS = (*TAGGED_METHODS, "np-dpo")
 
 
 def load_manifest(directory: str | Path, method: str | None = None) -> PolicyManifest:
@@ -112,6 +116,8 @@ def load_manifest(directory: str | Path, method: str | None = None) -> PolicyMan
         levels = (manifest.moslim or {}).get("levels")
         if not isinstance(levels, int) or levels < 2:
             raise SteerableError(f"{path}: a moslim model needs 'moslim': {{'levels': L}} with L >= 2")
+    if manifest.method == "np-dpo" and not isinstance((manifest.fewshot or {}).get("context"), str):
+        raise SteerableError(f"{path}: an np-dpo model needs 'fewshot': {{'context': FOLDER}}")
     from steerable.defaults import torch_dtype
 
     torch_dtype(manifest.dtype)
@@ -134,6 +140,7 @@ class SteerablePolicy:
             raise SteerableError(f"{MANIFEST}: objective(s) {missing} have no statistics")
         self.tag_format = TagFormat(**manifest.tags)
         self.mapping = MappingConfig(**manifest.mapping)
+        self.fewshot = None  # NP-DPO: the context encoder and FiLM layers (fewshot.policy.ContextPath)
 
     @property
     def names(self) -> list[str]:
@@ -168,10 +175,10 @@ class SteerablePolicy:
 
         directory = Path(directory)
         manifest = load_manifest(directory)
-        if manifest.method not in TAGGED_METHODS:
+        if manifest.method not in POLICY_METHODS:
             raise SteerableError(
                 f"{directory} holds a {manifest.method!r} model; SteerablePolicy loads "
-                f"{' and '.join(TAGGED_METHODS)} models (evaluate the others with --method {manifest.method})"
+                f"{', '.join(POLICY_METHODS)} models (evaluate the others with --method {manifest.method})"
             )
         if dtype is not None:
             torch_dtype(dtype)
@@ -183,7 +190,7 @@ class SteerablePolicy:
         else:
             from peft import PeftModel
 
-            default = manifest.policies[0]["adapter"] if manifest.method == "moslim" else "adapter"
+            default = manifest.policies[0]["adapter"] if manifest.method != "ric" else "adapter"
             adapter = Path(adapter or directory / default)
             if not (adapter / "adapter_config.json").is_file():
                 raise SteerableError(f"adapter {adapter} does not exist (no adapter_config.json in it)")
@@ -192,6 +199,11 @@ class SteerablePolicy:
             if merge:
                 model = model.merge_and_unload()
         policy = cls(model.to(device or default_device()).eval(), tokenizer, manifest, trust_remote_code)
+        if manifest.method == "np-dpo":
+            from steerable.fewshot.policy import ContextPath
+
+            policy.fewshot = ContextPath.load(directory / manifest.fewshot["context"]).to(policy.model.device)
+            policy.fewshot.film.attach(policy.model)
         return policy
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -317,14 +329,46 @@ class SteerablePolicy:
         system: str | None = None,
         progress: bool = False,
         levels: Mapping[str, int] | None = None,
+        examples: Sequence[Mapping[str, str]] | None = None,
     ) -> list[str]:
         """Responses for `prompts` steered by `preference` (weights over the objectives, mapped
-        to tags with `mapping`), by explicit normalised `targets` (RiC) or by intensity
-        `levels` for any subset of the objectives (MOSLIM, e.g. ``{"brief": 4}``); with none of
-        them, equal weights."""
+        to tags with `mapping`), by explicit normalised `targets` (RiC), by intensity `levels`
+        for any subset of the objectives (MOSLIM, e.g. ``{"brief": 4}``), or by a user's own
+        choices, `examples` = [{"prompt", "chosen", "rejected"}, ...] (NP-DPO; none: the
+        policy's prior); with none of them, equal weights."""
         prompts = list(prompts)
         if not prompts:
             raise SteerableError("no prompts given")
+        sampling = sampling or SamplingConfig()
+        system = system if system is not None else self.manifest.system
+        if self.manifest.method == "np-dpo":
+            if any(x is not None for x in (preference, targets, levels)):
+                raise SteerableError(
+                    "an np-dpo model is steered by a user's examples ({prompt, chosen, rejected}), "
+                    "not by a preference, targets or levels"
+                )
+            with self.fewshot.film.conditioned(self.latent_for(examples or [])):
+                texts = format_chat(self.tokenizer, prompts, system)
+                return generate_texts(self.model, self.tokenizer, texts, sampling, progress)
+        if examples is not None:
+            raise SteerableError(
+                f"examples steer np-dpo models; this is a {self.manifest.method} model (steer it with "
+                "a preference, targets or levels)"
+            )
         steering = self.steering_for(preference, targets, levels, mapping)
         texts = self.prompts_with_tags(prompts, steering, system)
-        return generate_texts(self.model, self.tokenizer, texts, sampling or SamplingConfig(), progress)
+        return generate_texts(self.model, self.tokenizer, texts, sampling, progress)
+
+    def latent_for(self, examples: Sequence[Mapping[str, str]]):
+        """NP-DPO: the z (1, Z) of a user's examples, checked and embedded by the policy's pair
+        encoder (beyond max_context, the first max_context, with a warning)."""
+        from steerable.fewshot.policy import check_examples, embed_examples
+
+        if self.fewshot is None:
+            raise SteerableError(
+                f"this {self.manifest.method} model has no context encoder, so it cannot be steered by "
+                "examples; train one with `steerable train np-dpo`"
+            )
+        checked = check_examples(examples)
+        chosen, rejected = embed_examples(checked, self.fewshot.config.encoder)
+        return self.fewshot.latent_of(chosen, rejected)

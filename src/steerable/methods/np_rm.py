@@ -45,21 +45,17 @@ RESULT_FILE = "accuracy.json"
 
 
 @dataclass
-class NPRMConfig(NPRewardConfig):
-    """NPRewardConfig (the model and its training) plus where the tasks come from.
+class TaskConfig:
+    """Where few-shot tasks come from; shared by `train np-rm` and `train np-dpo`.
 
-    Tasks:
-        task: synthetic (the authors' 1-D task; no data needed) or scored (pairs of responses
-            to the same prompt in `data`, a `steerable score` output with score_NAME columns).
-        data: the scored JSONL (task=scored).
-        objectives: the score columns the types care about (default: every score_* column).
-        types: objective (one type per objective) or dirichlet (`type_count` weight vectors,
-            Dirichlet(`dirichlet_alpha`)).
-        conflicting: keep only the pairs the types disagree on.
-        encoder: minilm or lm:MODEL (fewshot.embeddings).
-    Baselines and evaluation:
-        eval_tasks: held-out tasks per context size (mean +- standard error over tasks).
-    output_dir: where the stages, the three models and the report go.
+    task: synthetic (the authors' 1-D task; no data needed) or scored (pairs of responses to
+        the same prompt in `data`, a `steerable score` output with score_NAME columns).
+    data: the scored JSONL (task=scored).
+    objectives: the score columns the types care about (default: every score_* column).
+    types: objective (one type per objective) or dirichlet (`type_count` weight vectors,
+        Dirichlet(`dirichlet_alpha`)).
+    conflicting: keep only the pairs the types disagree on.
+    encoder: minilm or lm:MODEL (fewshot.embeddings).
     """
 
     task: str = field(default="synthetic", metadata={"help": "Task builder.", "choices": TASKS})
@@ -72,11 +68,8 @@ class NPRMConfig(NPRewardConfig):
     dirichlet_alpha: float = field(default=1.0, metadata={"help": "Dirichlet concentration."})
     conflicting: bool = field(default=False, metadata={"help": "Keep only pairs the types disagree on."})
     encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "minilm or lm:MODEL."})
-    eval_tasks: int = field(default=1000, metadata={"help": "Held-out tasks per context size."})
-    output_dir: str = field(default="runs/np-rm", metadata={"help": "Output directory."})
 
     def __post_init__(self):
-        super().__post_init__()
         if self.task not in TASKS:
             raise SteerableError(f"--task {self.task!r} unknown; choose from {list(TASKS)}")
         if self.types not in TYPE_KINDS:
@@ -87,16 +80,32 @@ class NPRMConfig(NPRewardConfig):
             if not Path(self.data).is_file():
                 raise SteerableError(f"--data {self.data}: no such file")
             self.data = str(Path(self.data).resolve())
+        encoder_id(self.encoder)  # refuses an unknown encoder before any work
+
+
+@dataclass
+class NPRMConfig(NPRewardConfig, TaskConfig):
+    """TaskConfig (where the tasks come from), NPRewardConfig (the model and its training), and:
+
+    eval_tasks: held-out tasks per context size (mean +- standard error over tasks).
+    output_dir: where the stages, the three models and the report go.
+    """
+
+    eval_tasks: int = field(default=1000, metadata={"help": "Held-out tasks per context size."})
+    output_dir: str = field(default="runs/np-rm", metadata={"help": "Output directory."})
+
+    def __post_init__(self):
+        NPRewardConfig.__post_init__(self)
+        TaskConfig.__post_init__(self)
         if self.eval_tasks < 2:
             raise SteerableError(f"--eval_tasks must be >= 2, got {self.eval_tasks}")
-        encoder_id(self.encoder)  # refuses an unknown encoder before any work
 
     def model_config(self, **changes) -> NPRewardConfig:
         names = {f.name for f in fields(NPRewardConfig)}
         return NPRewardConfig(**{**{k: v for k, v in asdict(self).items() if k in names}, **changes})
 
 
-def task_inputs(config: NPRMConfig) -> dict:
+def task_inputs(config: TaskConfig) -> dict:
     inputs = {"task": config.task, "seed": config.seed, "conflicting": config.conflicting}
     if config.task == "scored":
         inputs.update(
@@ -108,7 +117,7 @@ def task_inputs(config: NPRMConfig) -> dict:
     return inputs
 
 
-def build_source(config: NPRMConfig, stages: Stages) -> TaskSource:
+def build_source(config: TaskConfig, stages: Stages) -> TaskSource:
     """The task source, its embeddings from the `embeddings` stage (made once)."""
     if config.task == "synthetic":
         return synthetic_source(seed=config.seed)

@@ -1,0 +1,311 @@
+"""NP-DPO: FiLM conditioning, the DPO loss, the context path, and `steerable train np-dpo` /
+`steerable generate --examples` end to end on the tiny model."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from steerable.cli import app
+from steerable.defaults import load_tokenizer
+from steerable.errors import SteerableError
+from steerable.fewshot.policy import (
+    ContextConfig,
+    ContextPath,
+    FiLM,
+    check_examples,
+    completion_logps,
+    decoder_layers,
+    dpo_loss,
+    encode_options,
+    pad_sequences,
+)
+from steerable.objectives import RewardSet
+from steerable.policy import SteerablePolicy
+
+TEXTS = [("Name a colour.", "Blue."), ("Name a colour.", "A lovely, bright and happy yellow!")]
+
+
+def tiny_lm(tiny_path):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_path).eval()
+
+
+def tiny_batch(tiny_path):
+    tokenizer = load_tokenizer(tiny_path)
+    encoded = encode_options(tokenizer, TEXTS, max_completion_length=16)
+    return pad_sequences(encoded, [0, 1], tokenizer.pad_token_id)
+
+
+def small_path(lm, dim=6) -> ContextPath:
+    config = ContextConfig(dim=dim, hidden=16, latent_size=4, heads=2, max_context=3)
+    return ContextPath(config, lm.config.hidden_size, len(decoder_layers(lm)))
+
+
+def perturb(film: FiLM, seed=1) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in film.parameters():
+            parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+
+
+def test_the_dpo_loss_matches_a_hand_computed_value():
+    loss = dpo_loss(
+        torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5]), 0.1
+    )
+    # margin = (-1 + 2) - (-3 + 2.5) = 1.5; -log sigmoid(0.15) = log(1 + e^-0.15)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.15)), abs=1e-6)
+    same = dpo_loss(
+        torch.tensor([-4.0]), torch.tensor([-4.0]), torch.tensor([-4.0]), torch.tensor([-4.0]), 0.1
+    )
+    assert same.item() == pytest.approx(math.log(2))
+
+
+def test_film_is_the_identity_at_initialisation(tiny_path):
+    lm, base = tiny_lm(tiny_path), tiny_lm(tiny_path)
+    path = small_path(lm)
+    path.film.attach(lm)
+    batch = tiny_batch(tiny_path)
+    z = torch.randn(2, 4)
+    with torch.no_grad(), path.film.conditioned(z):
+        conditioned = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    with torch.no_grad():
+        plain = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(conditioned, plain)
+
+
+def test_trained_film_depends_on_z_and_the_reference_does_not(tiny_path):
+    lm, base = tiny_lm(tiny_path), tiny_lm(tiny_path)
+    path = small_path(lm)
+    path.film.attach(lm)
+    perturb(path.film)
+    batch = tiny_batch(tiny_path)
+    with torch.no_grad():
+        reference = completion_logps(base, **batch)
+        outside = completion_logps(lm, **batch)  # no z: the FiLM hooks are off, the reference
+        under = []
+        for seed in (0, 1):
+            z = torch.randn(1, 4, generator=torch.Generator().manual_seed(seed)).expand(2, -1)
+            with path.film.conditioned(z):
+                under.append(completion_logps(lm, **batch))
+    assert torch.allclose(outside, reference)
+    assert not torch.allclose(under[0], under[1])
+    assert not torch.allclose(under[0], reference)
+
+
+def test_completion_logps_count_only_the_completion_tokens(tiny_path):
+    lm = tiny_lm(tiny_path)
+    batch = tiny_batch(tiny_path)
+    with torch.no_grad():
+        full = completion_logps(lm, **batch)
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+    mask = batch["completion_mask"][:, 1:].bool()
+    assert torch.allclose(full, (logps * mask).sum(dim=1), atol=1e-5)
+    assert (batch["completion_mask"].sum(dim=1) < batch["attention_mask"].sum(dim=1)).all()  # prompt excluded
+
+
+def test_the_latent_ignores_the_order_of_the_context_and_takes_an_empty_one(tiny_path):
+    path = small_path(tiny_lm(tiny_path))
+    rng = np.random.default_rng(0)
+    chosen, rejected = rng.normal(size=(3, 6)), rng.normal(size=(3, 6))
+    order = [2, 0, 1]
+    z = path.latent_of(chosen, rejected)
+    assert torch.allclose(z, path.latent_of(chosen[order], rejected[order]), atol=1e-5)
+    empty = path.latent_of(np.zeros((0, 6)), np.zeros((0, 6)))
+    assert empty.shape == (1, 4) and torch.isfinite(empty).all()
+    assert not torch.allclose(empty, z)
+
+
+def test_a_long_context_is_truncated_and_a_wrong_width_refused(tiny_path):
+    path = small_path(tiny_lm(tiny_path))
+    rng = np.random.default_rng(0)
+    chosen, rejected = rng.normal(size=(5, 6)), rng.normal(size=(5, 6))
+    with pytest.warns(UserWarning, match="using the first 3"):
+        z = path.latent_of(chosen, rejected)
+    assert torch.allclose(z, path.latent_of(chosen[:3], rejected[:3]))
+    with pytest.raises(SteerableError, match=r"reads \[n, 6\]"):
+        path.latent_of(rng.normal(size=(2, 12)), rng.normal(size=(2, 12)))
+
+
+def test_the_context_path_saves_and_loads(tiny_path, tmp_path):
+    path = small_path(tiny_lm(tiny_path))
+    perturb(path.film)
+    path.save(tmp_path)
+    again = ContextPath.load(tmp_path)
+    chosen = np.ones((2, 6))
+    assert torch.equal(path.latent_of(chosen, -chosen), again.latent_of(chosen, -chosen))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(path.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+    with pytest.raises(SteerableError, match="no NP-DPO context encoder"):
+        ContextPath.load(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("examples", "message"),
+    [
+        ([{"prompt": "q", "chosen": "a"}], "example 1: field 'rejected' is missing"),
+        (
+            [
+                {"prompt": "q", "chosen": "a", "rejected": "b"},
+                {"prompt": " ", "chosen": "a", "rejected": "b"},
+            ],
+            "example 2: field 'prompt'",
+        ),
+        ([{"prompt": "q", "chosen": "a", "rejected": "a"}], "the same text"),
+        ({"prompt": "q", "chosen": "a", "rejected": "b"}, "give a list"),
+    ],
+)
+def test_bad_examples_are_named(examples, message):
+    with pytest.raises(SteerableError, match=message):
+        check_examples(examples)
+
+
+# --- end to end ---------------------------------------------------------------------------
+def scored_data(tmp_path, prompts=16, per_prompt=4):
+    """Scored rows with the default objectives' scores, and their stats.json beside them."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(prompts):
+        for r in range(per_prompt):
+            words = int(rng.integers(1, 12))
+            mood = ["great", "awful"][(p + r) % 2]
+            rows.append(
+                {"prompt": f"Tell me about topic {p}.", "response": " ".join([mood] * words) + f" {r}."}
+            )
+    rewards = RewardSet.from_specs(["brief=builtin:brevity", "positive=builtin:sentiment"])
+    rewards.annotate(rows, fit=True)
+    data = tmp_path / "scored.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rewards.save(tmp_path / "stats.json")
+    return data
+
+
+TINY_ARGS = [
+    "--hidden", "16", "--latent_size", "4", "--heads", "2", "--targets", "6", "--max_context", "3",
+    "--lm_targets", "2", "--tasks_per_batch", "2", "--max_steps", "3", "--save_steps", "2",
+    "--lora_r", "4", "--lora_alpha", "8", "--max_completion_length", "12", "--learning_rate", "1e-2",
+    "--eval_tasks", "4", "--eval_prompts", "2", "--eval_contexts", "1", "--eval_context_size", "2",
+    "--max_new_tokens", "6",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_np_dpo(tiny_path, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("np-dpo")
+    data = scored_data(folder)
+    out = folder / "model"
+    args = [
+        "train",
+        "np-dpo",
+        "--data",
+        str(data),
+        "--model",
+        tiny_path,
+        "--output_dir",
+        str(out),
+        *TINY_ARGS,
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out, args, result.output
+
+
+def test_train_np_dpo_trains_film_lora_and_the_encoder_and_reports(tiny_np_dpo):
+    out, _, output = tiny_np_dpo
+    assert "implicit-reward accuracy" in output and "generations" in output
+    manifest = json.loads((out / "steerable.json").read_text())
+    assert manifest["method"] == "np-dpo" and manifest["fewshot"]["types"]["names"] == ["brief", "positive"]
+    saved = ContextPath.load(out / manifest["fewshot"]["context"])
+    assert all(p.abs().sum() > 0 for p in saved.film.parameters())  # every FiLM layer left zero
+    from safetensors.torch import load_file
+
+    earlier = load_file(out / "stages" / "policy" / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    encoder = {
+        k[len("path.context_encoder.") :]: v
+        for k, v in earlier.items()
+        if k.startswith("path.context_encoder.")
+    }
+    assert encoder and any(
+        not torch.equal(v, saved.context_encoder.state_dict()[k]) for k, v in encoder.items()
+    )
+    from safetensors.torch import load_file
+
+    lora = load_file(out / "stages" / "policy" / "weights" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in lora.items())  # LoRA B starts at zero
+    report = json.loads((out / "stages" / "evaluation" / "evaluation.json").read_text())
+    assert {p["context"] for p in report["curve"]} == {0, 1, 3}
+    conditions = {(e["condition"], e["vs"]) for e in report["generations"]["effects"]}
+    assert {
+        ("brief", "base"),
+        ("positive", "base"),
+        ("brief", "positive"),
+        ("no context", "base"),
+    } <= conditions
+
+
+def test_a_finished_run_is_reused_and_a_changed_one_refused(tiny_np_dpo):
+    out, args, _ = tiny_np_dpo
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    changed = CliRunner().invoke(app, [*args, "--beta", "0.2"])
+    assert changed.exit_code == 2 and "other inputs" in changed.output
+
+
+def test_generate_steers_from_examples(tiny_np_dpo, tmp_path):
+    out, _, _ = tiny_np_dpo
+    policy = SteerablePolicy.from_pretrained(out)
+    examples = [{"prompt": "Hi?", "chosen": "Great, wonderful day!", "rejected": "Bad."}] * 2
+    z_examples, z_none = policy.latent_for(examples), policy.latent_for([])
+    assert not torch.allclose(z_examples, z_none)
+    answers = policy.generate(["Say something."], examples=examples)
+    assert len(answers) == 1
+    with pytest.raises(SteerableError, match="steered by a user's examples"):
+        policy.generate(["Say something."], preference=[1, 0])
+    path = tmp_path / "user.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    result = CliRunner().invoke(
+        app,
+        ["generate", "Say something.", "--model", str(out), "--examples", str(path), "--max-new-tokens", "4"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "examples: 2 of your choices" in result.output
+    path.write_text(json.dumps({"prompt": "Hi?", "chosen": "", "rejected": "Bad."}) + "\n")
+    bad = CliRunner().invoke(app, ["generate", "x", "--model", str(out), "--examples", str(path)])
+    assert bad.exit_code == 2 and "field 'chosen' is missing or empty" in bad.output
+
+
+def test_examples_do_not_steer_a_model_without_a_context_encoder(tiny_ric, tmp_path):
+    _, ric = tiny_ric
+    path = tmp_path / "user.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    result = CliRunner().invoke(app, ["generate", "x", "--model", str(ric), "--examples", str(path)])
+    assert result.exit_code == 2 and "--examples steers np-dpo models" in result.output
+    policy = SteerablePolicy.from_pretrained(ric)
+    with pytest.raises(SteerableError, match="examples steer np-dpo models"):
+        policy.generate(["x"], examples=[{"prompt": "q", "chosen": "a", "rejected": "b"}])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "synthetic"], "invalid choice: 'synthetic'"),
+        (["--max_context", "19"], "--max_context must be in 0..targets - lm_targets"),
+        (["--beta", "0"], "--beta must be > 0"),
+        (["--stats", "missing.json"], "missing.json"),
+    ],
+)
+def test_train_np_dpo_refuses_bad_settings(args, message, tmp_path):
+    data = scored_data(tmp_path)
+    out = tmp_path / "x"
+    result = CliRunner().invoke(
+        app, ["train", "np-dpo", "--data", str(data), "--output_dir", str(out), *args]
+    )
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
