@@ -119,3 +119,31 @@ def tiny_reward_model_no_pad(tiny_reward_model, tmp_path_factory) -> str:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def scored_table(tmp_path_factory):
+    """A `steerable score` output with the default objectives (brevity against a sentiment that
+    varies by response) and its stats.json beside it: 24 prompts, 4 responses each."""
+    import json
+
+    import numpy as np
+
+    from steerable.objectives import RewardSet
+
+    folder = tmp_path_factory.mktemp("scored")
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(24):
+        for r in range(4):
+            words = int(rng.integers(1, 12))
+            mood = ["great", "awful"][(p + r) % 2]
+            rows.append(
+                {"prompt": f"Tell me about topic {p}.", "response": " ".join([mood] * words) + f" {r}."}
+            )
+    rewards = RewardSet.from_specs(["brief=builtin:brevity", "positive=builtin:sentiment"])
+    rewards.annotate(rows, fit=True)
+    data = folder / "scored.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rewards.save(folder / "stats.json")
+    return data

@@ -9,8 +9,8 @@ from steerable.cli import app
 
 TINY_COMPARE = """
 model: {model}
-methods: [ric, moslim, soups, morlhf, prompting]
-eval: {{limit: 2, resolution: 2, max_new_tokens: 4}}
+methods: [ric, moslim, np-dpo, soups, morlhf, prompting]
+eval: {{limit: 2, resolution: 2, examples: 3, max_new_tokens: 4}}
 moslim_rm: {{model: {model}, num_epochs: 1, batch_size: 4, max_length: 32}}
 ric:
   prompt_limit: 6
@@ -24,14 +24,19 @@ ric:
   online_quantile: 0.5
   objectives: [brief=builtin:brevity, positive=builtin:sentiment]
 rl: {{max_steps: 1, batch_size: 4, num_generations: 2, max_completion_length: 4, prompt_limit: 4, lora_r: 4}}
+np_rm: {{steps: 20, hidden: 16, latent_size: 4, heads: 2, targets: 6, max_context: 3, eval_tasks: 10,
+        validation_tasks: 10, eval_every: 10}}
+np_dpo: {{data: {data}, targets: 6, max_context: 3, tasks_per_batch: 2, max_steps: 2, lora_r: 4, lora_alpha: 8,
+         max_completion_length: 8, eval_tasks: 2, eval_prompts: 2, eval_contexts: 1, max_new_tokens: 4,
+         eval_context_size: 2}}
 """
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory, tiny_path):
+def compared(tmp_path_factory, tiny_path, scored_table):
     root = tmp_path_factory.mktemp("compare")
     config = root / "compare.yaml"
-    config.write_text(TINY_COMPARE.format(model=tiny_path))
+    config.write_text(TINY_COMPARE.format(model=tiny_path, data=scored_table))
     result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(root / "out")])
     assert result.exit_code == 0, result.output
     return root, config, result
@@ -41,7 +46,7 @@ def test_compare_writes_one_report_for_every_method(compared):
     root, _, result = compared
     out = root / "out"
     report = (out / "report.md").read_text()
-    for method in ("ric", "moslim", "soups", "morlhf", "prompting"):
+    for method in ("ric", "moslim", "np-dpo", "soups", "morlhf", "prompting"):
         assert f"| {method} |" in report
         assert (out / "stages" / f"eval_{method}" / "result.json").is_file()
     morlhf = json.loads((out / "stages/eval_morlhf/result.json").read_text())
@@ -58,13 +63,18 @@ def test_compare_writes_one_report_for_every_method(compared):
     )
     levels = json.loads((out / "stages/eval_moslim/result.json").read_text())["levels"]
     assert len(levels["points"]) == 2 * 5 and "Controllability by requested level" in report
+    # NP-DPO's context encoder started from the NP-BTL run; it is swept on the same grid
+    np_dpo = json.loads((out / "np_dpo/steerable.json").read_text())
+    assert np_dpo["training"]["config"]["context_init"] == str((out / "np_rm").resolve())
+    fewshot = json.loads((out / "stages/eval_np-dpo/result.json").read_text())
+    assert len(fewshot["points"]) == 3
 
 
 def test_compare_rerun_skips_finished_stages(compared):
     root, config, _ = compared
     out = root / "out"
     stamps = {p: p.stat().st_mtime for p in out.glob("stages/eval_*/result.json")}
-    assert len(stamps) == 5
+    assert len(stamps) == 6
     rerun = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(out)])
     assert rerun.exit_code == 0, rerun.output
     # fewer methods: the finished stages are reused, not refused

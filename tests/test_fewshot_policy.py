@@ -24,7 +24,6 @@ from steerable.fewshot.policy import (
     encode_options,
     pad_sequences,
 )
-from steerable.objectives import RewardSet
 from steerable.policy import SteerablePolicy
 
 TEXTS = [("Name a colour.", "Blue."), ("Name a colour.", "A lovely, bright and happy yellow!")]
@@ -168,25 +167,6 @@ def test_bad_examples_are_named(examples, message):
 
 
 # --- end to end ---------------------------------------------------------------------------
-def scored_data(tmp_path, prompts=16, per_prompt=4):
-    """Scored rows with the default objectives' scores, and their stats.json beside them."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for p in range(prompts):
-        for r in range(per_prompt):
-            words = int(rng.integers(1, 12))
-            mood = ["great", "awful"][(p + r) % 2]
-            rows.append(
-                {"prompt": f"Tell me about topic {p}.", "response": " ".join([mood] * words) + f" {r}."}
-            )
-    rewards = RewardSet.from_specs(["brief=builtin:brevity", "positive=builtin:sentiment"])
-    rewards.annotate(rows, fit=True)
-    data = tmp_path / "scored.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    rewards.save(tmp_path / "stats.json")
-    return data
-
-
 TINY_ARGS = [
     "--hidden", "16", "--latent_size", "4", "--heads", "2", "--targets", "6", "--max_context", "3",
     "--lm_targets", "2", "--tasks_per_batch", "2", "--max_steps", "3", "--save_steps", "2",
@@ -197,10 +177,9 @@ TINY_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_np_dpo(tiny_path, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("np-dpo")
-    data = scored_data(folder)
-    out = folder / "model"
+def tiny_np_dpo(tiny_path, tmp_path_factory, scored_table):
+    data = scored_table
+    out = tmp_path_factory.mktemp("np-dpo") / "model"
     args = [
         "train",
         "np-dpo",
@@ -301,11 +280,44 @@ def test_examples_do_not_steer_a_model_without_a_context_encoder(tiny_ric, tmp_p
         (["--stats", "missing.json"], "missing.json"),
     ],
 )
-def test_train_np_dpo_refuses_bad_settings(args, message, tmp_path):
-    data = scored_data(tmp_path)
+def test_train_np_dpo_refuses_bad_settings(args, message, tmp_path, scored_table):
+    data = scored_table
     out = tmp_path / "x"
     result = CliRunner().invoke(
         app, ["train", "np-dpo", "--data", str(data), "--output_dir", str(out), *args]
     )
     assert result.exit_code == 2 and message in result.output, result.output
     assert not out.exists()
+
+
+def test_a_simulated_user_chooses_by_its_weighted_objectives():
+    from steerable.evaluation.fewshot import simulated_examples
+    from steerable.objectives import RewardSet
+
+    rewards = RewardSet.from_specs(["brief=builtin:brevity", "positive=builtin:sentiment"])
+    rewards.fit_stats(np.array([[-1.0, 0.0], [-10.0, 1.0], [-5.0, 0.5]]))
+    pairs = [
+        {"prompt": f"q{i}", "a": f"short {i}", "b": f"long and happy {i}",
+         "scores_a": {"brief": -1.0, "positive": 0.1}, "scores_b": {"brief": -9.0, "positive": 0.9}}
+        for i in range(8)
+    ]  # fmt: skip
+    brief = simulated_examples(pairs, rewards, [1, 0], count=5, seed=0)
+    happy = simulated_examples(pairs, rewards, [0, 1], count=5, seed=0)
+    assert len(brief) == 5 and all(e["chosen"].startswith("short") for e in brief)
+    assert all(e["chosen"].startswith("long") for e in happy)
+    assert simulated_examples(pairs, rewards, [1, 0], count=5, seed=0) == brief  # one user per point
+    with pytest.raises(SteerableError, match="only 8 held-out pairs"):
+        simulated_examples(pairs, rewards, [1, 0], count=9)
+
+
+def test_evaluate_sweeps_np_dpo_over_the_preference_grid(tiny_np_dpo):
+    from steerable.evaluation.evaluate import evaluate
+    from steerable.generation import SamplingConfig
+
+    out, _, _ = tiny_np_dpo
+    result = evaluate(
+        "np-dpo", str(out), ["Say hi.", "Name a fruit."], resolution=2,
+        sampling=SamplingConfig(max_new_tokens=4), progress=False, examples=3,
+    )  # fmt: skip
+    assert [p.weights for p in result.points] == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    assert result.names == ["brief", "positive"] and result.compute["trained_tokens"] > 0

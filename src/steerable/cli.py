@@ -418,9 +418,7 @@ def train_np_dpo_command(ctx: typer.Context) -> None:
 @command
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="Prompt(s) to answer.")],
-    model: Annotated[
-        Path, typer.Option(help="Steerable model directory (any method; has steerable.json).")
-    ],
+    model: Annotated[Path, typer.Option(help="Steerable model directory (any method; has steerable.json).")],
     prefer: Annotated[
         str | None, typer.Option(help="Preference, e.g. brief=0.7,positive=0.3 (or 0.7,0.3).")
     ] = None,

@@ -6,6 +6,8 @@ Every stage is cached under the output directory and records what produced it
 
     OUT/ric/                       RiC model directory (its own stages inside)
     OUT/moslim_rm/  OUT/moslim/    MOSLIM's multi-head RM and policy directories
+    OUT/np_rm/  OUT/np_dpo/        the few-shot NP-BTL run (its context encoder starts NP-DPO's)
+                                   and the NP-DPO policy directory
     OUT/soups/  OUT/morlhf/        the RL baselines' directories (their own stages inside)
     OUT/stages/eval_METHOD/        result.json of each evaluated method
     OUT/report.md, front.png, summary.csv, points.csv, compare.json (the configuration)
@@ -17,17 +19,21 @@ the comparison's statistics; without RiC, `stats:` must name a stats JSON or mod
 The configuration (YAML, every key optional):
 
     model: smollm2
-    methods: [ric, moslim, soups, morlhf, prompting]
+    methods: [ric, moslim, np-dpo, soups, morlhf, prompting]
     stats: null
     eval: {split: heldout, limit: null, resolution: 10, max_new_tokens: 64, temperature: 0.7,
            top_p: 0.95, top_k: 50, seed: 0, samples: 1, dtype: float32}
-           samples: responses per prompt at each grid point
+           samples: responses per prompt at each grid point; examples: NP-DPO's examples
+           per grid point (a simulated user with utility w . normalised objectives)
     ric: {...}      RiCConfig fields
     rl: {...}       RLConfig fields shared by soups, morlhf and moslim (the same RL budget)
     morlhf: {weight_vectors: ["1,0", "0.5,0.5", "0,1"]}
     moslim: {...}   MOSLIMConfig fields over rl's; without reward_model, the RM is trained:
     moslim_rm: {...} MOSLIMRMConfig fields; data defaults to RiC's scored offline data
            (OUT/ric/stages/offline/scored.jsonl), labels to its score_* columns
+    np_dpo: {...}   NPDPOConfig fields; data defaults to RiC's scored offline data, stats to the
+           comparison's; without context_init, an NP-BTL run is trained first:
+    np_rm: {...}    NPRMConfig fields (task scored, the same data, types and conflicting)
     trust_remote_code: false   let hub models and py: objectives run their own code
 """
 
@@ -41,7 +47,7 @@ from steerable.configs import check_field_types, config_from_dict
 from steerable.errors import SteerableError
 from steerable.evaluation.report import EvaluationResult, write_report
 
-METHOD_ORDER = ("ric", "moslim", "soups", "morlhf", "prompting")
+METHOD_ORDER = ("ric", "moslim", "np-dpo", "soups", "morlhf", "prompting")
 
 
 @dataclass
@@ -58,6 +64,7 @@ class EvalSettings:
     seed: int = 0
     samples: int = 1
     dtype: str = "float32"
+    examples: int = 5
 
     def __post_init__(self):
         from steerable.data.prompts import SPLITS
@@ -70,6 +77,8 @@ class EvalSettings:
         if self.resolution < 1:
             raise SteerableError("resolution must be >= 1")
         check_samples(self.samples)
+        if self.examples < 1:
+            raise SteerableError(f"eval examples must be >= 1, got {self.examples}")
         torch_dtype(self.dtype)
         self.sampling  # noqa: B018 -- validates the sampling settings
 
@@ -97,6 +106,8 @@ class CompareConfig:
     morlhf: dict = field(default_factory=dict)
     moslim: dict = field(default_factory=dict)
     moslim_rm: dict = field(default_factory=dict)
+    np_dpo: dict = field(default_factory=dict)
+    np_rm: dict = field(default_factory=dict)
     trust_remote_code: bool = False
 
     def __post_init__(self):
@@ -135,6 +146,8 @@ class ComparePlan:
     morlhf: object | None = None
     moslim: object | None = None
     moslim_rm: object | None = None
+    np_dpo: object | None = None
+    np_rm: object | None = None
 
 
 def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
@@ -169,7 +182,51 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
         )
     if "moslim" in methods:
         plan_moslim(config, plan, rl, out)
+    if "np-dpo" in methods:
+        plan_np_dpo(config, plan, out)
     return plan
+
+
+def ric_data(plan: ComparePlan, given: str | None, out: Path, missing: str) -> str:
+    """A section's scored data: as given, or RiC's scored offline data when RiC is compared
+    (`missing`: the error when it is neither)."""
+    if given is None and "ric" not in plan.methods:
+        raise SteerableError(missing)
+    return given or str(out / "ric" / "stages" / "offline" / "scored.jsonl")
+
+
+def plan_np_dpo(config: CompareConfig, plan: ComparePlan, out: Path) -> None:
+    """NP-DPO's config and, unless it names a context_init, the NP-BTL run that starts it."""
+    from steerable.methods.np_dpo import NPDPOConfig
+
+    fixed = {
+        "model": config.model,
+        "data": ric_data(
+            plan,
+            config.np_dpo.get("data"),
+            out,
+            "np-dpo needs data: set np_dpo: {data: TABLE} (a `steerable score` output), or add ric "
+            "to the methods to use its scored offline data",
+        ),
+        "stats": config.np_dpo.get("stats") or plan.stats,
+        "output_dir": str(out / "np_dpo"),
+        "trust_remote_code": config.trust_remote_code,
+    }
+    section = {**config.np_dpo, **fixed}
+    if section.get("context_init") is None:
+        from steerable.methods.np_rm import NPRMConfig
+
+        shared = {k: section[k] for k in ("types", "conflicting", "encoder", "objectives") if k in section}
+        rm = {
+            **config.np_rm,
+            **shared,
+            "task": "scored",
+            "data": fixed["data"],
+            "output_dir": str(out / "np_rm"),
+        }
+        plan.np_rm = config_from_dict(NPRMConfig, rm, "np_rm")
+        section["context_init"] = plan.np_rm.output_dir
+    plan.np_dpo = config_from_dict(NPDPOConfig, section, "np_dpo")
 
 
 def plan_moslim(config: CompareConfig, plan: ComparePlan, rl: dict, out: Path) -> None:
@@ -180,14 +237,15 @@ def plan_moslim(config: CompareConfig, plan: ComparePlan, rl: dict, out: Path) -
     if section.get("reward", "mapped") == "mapped" and section.get("reward_model") is None:
         from steerable.reward_models.multihead import MOSLIMRMConfig
 
-        data = config.moslim_rm.get("data")
-        if data is None and "ric" not in plan.methods:
-            raise SteerableError(
-                "moslim needs a reward model: set moslim: {reward_model: DIR}, or moslim_rm: {data: "
-                "TABLE} to train one (with ric in the methods it trains on RiC's scored offline data)"
-            )
+        data = ric_data(
+            plan,
+            config.moslim_rm.get("data"),
+            out,
+            "moslim needs a reward model: set moslim: {reward_model: DIR}, or moslim_rm: {data: "
+            "TABLE} to train one (with ric in the methods it trains on RiC's scored offline data)",
+        )
         fixed = {
-            "data": data or str(out / "ric" / "stages" / "offline" / "scored.jsonl"),
+            "data": data,
             "output_dir": str(out / "moslim_rm"),
             "trust_remote_code": config.trust_remote_code,
         }
@@ -228,6 +286,14 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
 
             train_moslim_rm(plan.moslim_rm)
         trained["moslim"] = train_moslim(plan.moslim)
+    if plan.np_dpo is not None:
+        from steerable.methods.np_dpo import train_np_dpo
+
+        if plan.np_rm is not None:
+            from steerable.methods.np_rm import train_np_rm
+
+            train_np_rm(plan.np_rm)
+        trained["np-dpo"] = train_np_dpo(plan.np_dpo)
     stages = Stages(out)
     statistics = fingerprint(load_rewards(plan.stats).to_dict())
     results = []
@@ -255,6 +321,7 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
                 trust_remote_code=config.trust_remote_code,
                 prompt_split=plan.settings.split,
                 prompt_limit=plan.settings.limit,
+                examples=plan.settings.examples,
             )
             result.save(folder)
             return {"seconds": result.compute["eval_seconds"]}

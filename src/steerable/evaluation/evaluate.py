@@ -12,6 +12,9 @@ A method is turned into a function ``generate(prompts, weights) -> responses``:
     soups      a Rewarded Soups directory: per-objective adapters interpolated with the weights
     morlhf     a MORLHF directory: one policy per weight vector, so it is evaluated at its own
                vectors only (the grid does not apply)
+    np-dpo     an NP-DPO directory: weights -> `examples` choices of a simulated user whose
+               utility is the weighted normalised objectives, drawn from the held-out pairs the
+               directory keeps (`evaluation.fewshot.simulated_examples`)
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from steerable.generation import SamplingConfig, count_tokens, format_chat, gene
 from steerable.methods.rl import load_rewards
 from steerable.objectives import RewardSet
 
-METHODS = ("ric", "moslim", "tags", "prompting", "soups", "morlhf")
+METHODS = ("ric", "moslim", "tags", "prompting", "soups", "morlhf", "np-dpo")
+FEWSHOT_EXAMPLES = 5  # NP-DPO: examples a grid point becomes
 
 Generate = Callable[[list[str], np.ndarray], list[str]]
 
@@ -65,12 +69,14 @@ def method_generator(
     mapping: str | None = None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    examples: int = FEWSHOT_EXAMPLES,
 ):
     """(generate, rewards, tokenizer, compute, dtype) for one method. RiC only: `adapter`
     evaluates another stage's adapter, e.g. DIR/stages/sft/weights for the model before online
     MORS; `mapping` (linf, l2, linear) overrides the model's stored mapping. `dtype` overrides
     the dtype a model directory records (float32 for the prompting floor); `trust_remote_code`
-    lets models and the objectives' py: scorers run their own code."""
+    lets models and the objectives' py: scorers run their own code. NP-DPO only: `examples`
+    choices of the simulated user per grid point."""
     if method not in METHODS:
         raise SteerableError(f"unknown method {method!r}; choose from {list(METHODS)}")
     if method not in ("ric", "moslim", "tags"):
@@ -92,6 +98,8 @@ def method_generator(
             compute_record(None if method == "tags" else policy.manifest),
             policy.manifest.dtype,
         )
+    if method == "np-dpo":
+        return fewshot_generator(model, sampling, examples, dtype, trust_remote_code)
     if method == "prompting":
         from steerable.defaults import load_causal_lm
 
@@ -112,6 +120,28 @@ def method_generator(
 
         return generate, rewards, tokenizer, compute_record(None), dtype
     return baseline_generator(method, model, sampling, dtype, trust_remote_code)
+
+
+def fewshot_generator(model: str, sampling: SamplingConfig, examples: int, dtype, trust_remote_code: bool):
+    """NP-DPO's generator: a grid point w becomes `examples` choices of the simulated user with
+    utility w . normalised objectives, among the held-out pairs kept in the model directory."""
+    from steerable.data.loading import read_table
+    from steerable.evaluation.fewshot import simulated_examples
+    from steerable.policy import SteerablePolicy
+
+    policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    if policy.manifest.method != "np-dpo":
+        raise SteerableError(
+            f"{model} holds a {policy.manifest.method!r} model (use --method {policy.manifest.method})"
+        )
+    pairs = read_table(Path(model) / policy.manifest.fewshot["heldout_pairs"])
+    seed = sampling.seed or 0
+
+    def generate(prompts, weights):
+        chosen = simulated_examples(pairs, policy.rewards, weights, examples, seed)
+        return policy.generate(prompts, examples=chosen, sampling=sampling)
+
+    return generate, policy.rewards, policy.tokenizer, compute_record(policy.manifest), policy.manifest.dtype
 
 
 def tagged_policy(method: str, model: str, adapter: str | None, dtype: str | None, trust_remote_code: bool):
@@ -218,6 +248,7 @@ def evaluate(
     prompt_limit: int | None = None,
     levels: bool = True,
     level_samples: int | None = None,
+    examples: int = FEWSHOT_EXAMPLES,
 ) -> EvaluationResult:
     """Sweep the grid, score with the shared objectives, and summarise; `samples` responses
     per prompt at each point. MOSLIM models (and their tags floor) are also swept level by level
@@ -235,7 +266,7 @@ def evaluate(
     prompts = list(prompts)
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
     generate, rewards, tokenizer, compute, dtype = method_generator(
-        method, model, sampling, stats, adapter, mapping, dtype, trust_remote_code
+        method, model, sampling, stats, adapter, mapping, dtype, trust_remote_code, examples
     )
     if grid is None:
         # MORLHF can only be asked for the vectors it was trained at.

@@ -160,3 +160,34 @@ def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
     if len(values) < 2:
         return float(values.mean()) if len(values) else math.nan, math.nan
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def simulated_examples(pairs: list[dict], rewards, weights, count: int = 5, seed: int = 0) -> list[dict]:
+    """`count` choices of a simulated user whose utility is the `weights`-weighted sum of the
+    normalised objectives (`rewards`' statistics): pairs drawn at random among those it is not
+    indifferent about (the draw seeded by `seed` and the weights, so a grid point always gets
+    the same user), the higher-utility answer chosen. `pairs`: {"prompt", "a", "b",
+    "scores_a", "scores_b"} with raw scores per objective, as `train np-dpo` keeps them."""
+    from steerable.errors import SteerableError
+
+    weights = np.asarray(weights, dtype=float)
+    raw_a = np.array([[p["scores_a"][n] for n in rewards.names] for p in pairs], dtype=float).reshape(
+        -1, len(rewards)
+    )
+    raw_b = np.array([[p["scores_b"][n] for n in rewards.names] for p in pairs], dtype=float).reshape(
+        -1, len(rewards)
+    )
+    gain = (rewards.normalise(raw_a) - rewards.normalise(raw_b)) @ weights  # (P,) how much a beats b
+    decided = np.flatnonzero(np.abs(gain) > 1e-9)
+    if len(decided) < count:
+        raise SteerableError(
+            f"only {len(decided)} held-out pairs tell apart a user with weights {weights.tolist()}; "
+            f"{count} examples were asked for"
+        )
+    rng = np.random.default_rng([seed, *np.round(weights * 1e6).astype(np.int64).tolist()])
+    examples = []
+    for i in rng.choice(decided, size=count, replace=False):
+        pair = pairs[i]
+        first, second = (pair["a"], pair["b"]) if gain[i] > 0 else (pair["b"], pair["a"])
+        examples.append({"prompt": pair["prompt"], "chosen": first, "rejected": second})
+    return examples

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from steerable.configs import check_field_types
+from steerable.data.loading import read_table
 from steerable.defaults import DEFAULT_MODEL, DTYPE_NAMES, absolute_if_local, load_causal_lm, load_tokenizer
 from steerable.errors import SteerableError
 from steerable.evaluation.fewshot import CONTEXT_SIZES, context_curve, mean_and_stderr, plot_curve
@@ -54,6 +55,7 @@ from steerable.methods.training import device_args, last_complete_checkpoint, lo
 from steerable.stages import Stages, file_digest, fingerprint
 
 RESULT_FILE = "evaluation.json"
+HELDOUT_PAIRS = "heldout_pairs.jsonl"
 POLICY_WEIGHTS = "stages/policy/weights"
 
 
@@ -124,14 +126,8 @@ class NPDPOConfig(TaskConfig):
         if self.task != "scored":
             raise SteerableError("NP-DPO trains on text: --task must be scored (pairs of responses)")
         super().__post_init__()
-        if self.stats is None:
-            beside = Path(self.data).with_name("stats.json")
-            if not beside.is_file():
-                raise SteerableError(
-                    f"--stats is required: no stats.json beside {self.data} (give the stats JSON of "
-                    "`steerable score`, or a steerable model directory)"
-                )
-            self.stats = str(beside)
+        if self.stats is None:  # `steerable score` writes stats.json beside its output
+            self.stats = str(Path(self.data).with_name("stats.json"))
         for name in (
             "targets",
             "lm_targets",
@@ -239,6 +235,12 @@ def training_tasks(config: NPDPOConfig, source: TaskSource) -> list[dict]:
             }
         )
     return tasks
+
+
+def trained_tokens(tasks: list[dict], encoded: Encoded) -> int:
+    """Tokens the policy trained on: every target option's prompt and completion, each step."""
+    rows = [o for t in tasks for o in t["chosen"] + t["rejected"]]
+    return sum(len(encoded.prompt[o]) + len(encoded.completion[o]) for o in rows)
 
 
 class TaskCollator:
@@ -380,11 +382,9 @@ def policy_stage(config, stages, inputs, source, encoded, reference, tokenizer) 
     lm.save_pretrained(weights)
     module.path.save(weights / FEWSHOT_DIR)
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    sequences = config.max_steps * config.tasks_per_batch * config.lm_targets * 2
     info = {
         "seconds": time.perf_counter() - started,
         "steps": trainer.state.global_step,
-        "trained_sequences": sequences,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
     }
@@ -446,6 +446,7 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
         (out / MANIFEST).unlink(missing_ok=True)  # written again once the policy is trained
     info = policy_stage(config, stages, policy_inputs, source, encoded, reference, tokenizer)
     tokenizer.save_pretrained(out)
+    write_heldout_pairs(config, source, out / HELDOUT_PAIRS)
     manifest = PolicyManifest(
         method="np-dpo",
         base_model=config.model,
@@ -456,13 +457,15 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
             "context": f"{POLICY_WEIGHTS}/{FEWSHOT_DIR}",
             "beta": config.beta,
             "types": source.types.to_dict(),
+            "heldout_pairs": HELDOUT_PAIRS,
         },
         training={
             "config": asdict(config),
             "stages": {"policy": fingerprint(policy_inputs)},
             "compute": {
                 "seconds": {"policy": info["seconds"]},
-                "trained_sequences": info["trained_sequences"],
+                "trained_tokens": trained_tokens(training_tasks(config, source), encoded),
+                "generated_tokens": 0,
             },
         },
     )
@@ -471,6 +474,20 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
         config, stages, {**policy_inputs, "policy": fingerprint(info)}, source, encoded, reference
     )
     return out
+
+
+def write_heldout_pairs(config: NPDPOConfig, source: TaskSource, path: Path) -> None:
+    """The test split's pairs with their raw scores, kept with the policy: what a simulated user
+    chooses from when `steerable evaluate`/`compare` turn a preference into examples."""
+    rows = read_table(config.data)
+    names = source.types.objectives
+    lines = []
+    for a, b in source.pool.pairs[source.pool.split_indices("test")]:
+        pair = {"prompt": rows[a]["prompt"], "a": rows[a]["response"], "b": rows[b]["response"]}
+        pair["scores_a"] = {n: float(rows[a][f"score_{n}"]) for n in names}
+        pair["scores_b"] = {n: float(rows[b][f"score_{n}"]) for n in names}
+        lines.append(json.dumps(pair) + "\n")
+    atomic_write_text(path, "".join(lines))
 
 
 # --- evaluation -------------------------------------------------------------------------

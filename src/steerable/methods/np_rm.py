@@ -77,9 +77,7 @@ class TaskConfig:
         if self.task == "scored":
             if not self.data:
                 raise SteerableError("--data is required for task=scored: a `steerable score` JSONL")
-            if not Path(self.data).is_file():
-                raise SteerableError(f"--data {self.data}: no such file")
-            self.data = str(Path(self.data).resolve())
+            self.data = str(Path(self.data).resolve())  # read (and checked) when the tasks are built
         encoder_id(self.encoder)  # refuses an unknown encoder before any work
 
 
@@ -121,6 +119,8 @@ def build_source(config: TaskConfig, stages: Stages) -> TaskSource:
     """The task source, its embeddings from the `embeddings` stage (made once)."""
     if config.task == "synthetic":
         return synthetic_source(seed=config.seed)
+    if not Path(config.data).is_file():
+        raise SteerableError(f"--data {config.data}: no such file")
     rows = read_table(config.data)
     objectives = config.objectives or [c[len("score_") :] for c in rows[0] if c.startswith("score_")]
     if not objectives:
