@@ -705,3 +705,47 @@ def demo(
 
 if __name__ == "__main__":
     app()
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@command
+def serve(
+    models: Annotated[
+        list[str],
+        typer.Argument(help="Trained model directories, or base models by id or alias (smollm2, tiny)."),
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to bind (not loopback: reachable by others).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require 'Authorization: Bearer KEY' on every /v1 request.")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Requests generated together in one batch.")] = 32,
+    max_queue: Annotated[int, typer.Option(help="Completions waiting at most; beyond it, 503.")] = 256,
+    max_tokens: Annotated[int, typer.Option(help="The largest max_tokens a request may ask for.")] = 1024,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Serve models behind an OpenAI-compatible API (POST /v1/chat/completions with a `steering`
+    field, GET /v1/models, GET /health); concurrent requests are batched together."""
+    import uvicorn
+
+    from steerable.serving.api import ServedModel, create_app
+
+    if min(max_batch, max_queue, max_tokens, port) < 1:
+        raise SteerableError("--max-batch, --max-queue, --max-tokens and --port must be >= 1")
+    if host not in LOOPBACK:
+        _warn(
+            f"binding {host}: the API is reachable from other machines"
+            + ("" if api_key else "; set --api-key")
+        )
+    served = [ServedModel.load(m, max_batch, max_queue, trust_remote_code) for m in models]
+    ids = [m.id for m in served]
+    if len(set(ids)) != len(ids):
+        raise SteerableError(f"two models have the same id in {ids}; serve directories with different names")
+    app_ = create_app(served, api_key=api_key, max_tokens_limit=max_tokens)
+    for model in served:
+        console.print(f"serving [bold]{model.id}[/] ({model.method}) at http://{host}:{port}/v1")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")

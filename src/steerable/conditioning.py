@@ -82,11 +82,24 @@ def tagged_messages(
     prompt: str, tags: str, fmt: TagFormat, system: str | None = None
 ) -> list[dict[str, str]]:
     """Chat messages carrying `tags` in the place `fmt` says."""
-    if fmt.placement == "system":
-        system_text = f"{system}\n{tags}" if system else tags
-        return [{"role": "system", "content": system_text}, {"role": "user", "content": prompt}]
     messages = [{"role": "system", "content": system}] if system else []
-    return messages + [{"role": "user", "content": f"{prompt}\n\n{tags}"}]
+    return tag_chat([*messages, {"role": "user", "content": prompt}], tags, fmt)
+
+
+def tag_chat(messages: Sequence[Mapping[str, str]], tags: str, fmt: TagFormat) -> list[dict[str, str]]:
+    """A whole conversation carrying `tags` where `fmt` says: at the end of the system message
+    (one is added first when there is none), or at the end of the last user turn."""
+    messages = [dict(m) for m in messages]
+    if fmt.placement == "system":
+        if messages and messages[0]["role"] == "system":
+            messages[0]["content"] = f"{messages[0]['content']}\n{tags}"
+            return messages
+        return [{"role": "system", "content": tags}, *messages]
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None:
+        raise SteerableError("the conversation has no user message to carry the tags")
+    messages[last]["content"] = f"{messages[last]['content']}\n\n{tags}"
+    return messages
 
 
 def preference_to_targets(

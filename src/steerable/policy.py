@@ -28,7 +28,7 @@ from steerable.conditioning import (
     format_tags,
     preference_to_levels,
     preference_to_targets,
-    tagged_messages,
+    tag_chat,
 )
 from steerable.errors import SteerableError
 from steerable.generation import SamplingConfig, format_chat, generate_texts, render_chat
@@ -283,14 +283,25 @@ class SteerablePolicy:
         """Render prompts with their tags through the chat template, ready to generate: RiC's
         target tags (`targets`: every objective's normalised target) or MOSLIM's intensity
         tags (`targets`: levels of a subset of the objectives)."""
-        if self.manifest.method == "moslim":
-            tags = format_levels(check_levels(targets, self.names, self.levels))
-        else:
-            tags = format_tags({n: targets[n] for n in self.names}, self.tag_format.decimals)
+        return [self.chat_text([{"role": "user", "content": p}], targets, system) for p in prompts]
+
+    def chat_text(
+        self, messages: Sequence[Mapping[str, str]], steering: Mapping | None, system: str | None = None
+    ) -> str:
+        """A conversation rendered through the chat template with its steering (what
+        `steering_for` returns; None for NP-DPO, steered by its latent instead), ready to
+        generate. `system` (default: the model's own) opens it unless it has a system turn."""
         system = system if system is not None else self.manifest.system
-        return [
-            render_chat(self.tokenizer, tagged_messages(p, tags, self.tag_format, system)) for p in prompts
-        ]
+        messages = [dict(m) for m in messages]
+        if system and not (messages and messages[0]["role"] == "system"):
+            messages = [{"role": "system", "content": system}, *messages]
+        if steering is not None:
+            if self.manifest.method == "moslim":
+                tags = format_levels(check_levels(steering, self.names, self.levels))
+            else:
+                tags = format_tags({n: steering[n] for n in self.names}, self.tag_format.decimals)
+            messages = tag_chat(messages, tags, self.tag_format)
+        return render_chat(self.tokenizer, messages)
 
     def steering_for(
         self,

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible steering server (`steerable serve`)."""

@@ -1,0 +1,211 @@
+"""Batched generation across requests: one worker thread per served model takes the waiting jobs
+(up to `max_batch`) and runs them as one `model.generate` call with transformers' own machinery.
+
+Each row keeps its own settings inside the shared batch:
+    sampling   `RowSampler` draws row i's next token from its own temperature / top-k / top-p
+               distribution with its own `torch.Generator` (seeded by the request), so what else
+               shares the batch does not change its draws; temperature 0 is argmax
+    stopping   `RowStop` ends a row at its own max_tokens, at a stop string, or when its client
+               has gone (a disconnected stream frees its slot at the next step)
+    streaming  `RowStreamer` receives every step's tokens and hands each row its new text
+    latent     NP-DPO rows carry their own z, stacked for the FiLM layers
+
+Steering itself is prompt text (RiC, MOSLIM) or z (NP-DPO), so requests with different
+steering share one batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from steerable.generation import stop_token_ids
+
+
+@dataclass
+class Job:
+    """One completion to generate: the rendered prompt, its sampling, and where its text goes."""
+
+    text: str
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    latent: torch.Tensor | None = None  # (1, Z), NP-DPO
+    on_text: Callable[[str], None] | None = None  # each new piece of text, from the worker thread
+    on_done: Callable[[], None] | None = None  # called (from the worker thread) once it is done
+    # filled in by the engine
+    output: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: BaseException | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class RowSampler(LogitsProcessor):
+    """Row i's next token from its own distribution and generator; returns scores that are 0 at
+    the drawn token and -inf elsewhere, so `generate(do_sample=False)` emits it."""
+
+    def __init__(self, jobs: list[Job], device):
+        self.jobs = jobs
+        self.generators = []
+        for job in jobs:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(job.seed if job.seed is not None else torch.seed())
+            self.generators.append(generator)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        out = torch.full_like(scores, float("-inf"))
+        for row, (job, generator) in enumerate(zip(self.jobs, self.generators, strict=True)):
+            logits = scores[row].float()
+            if job.temperature <= 0:
+                token = logits.argmax()
+            else:
+                k = job.top_k if 0 < job.top_k < logits.shape[-1] else logits.shape[-1]
+                top = torch.topk(logits / job.temperature, k)
+                probs = torch.softmax(top.values, dim=-1)
+                probs = probs.masked_fill(torch.cumsum(probs, dim=-1) - probs >= job.top_p, 0.0)
+                token = top.indices[torch.multinomial(probs, 1, generator=generator)[0]]
+            out[row, token] = 0.0
+        return out
+
+
+class RowStreamer:
+    """transformers' streamer interface over a batch: each step's tokens (B,) -> each row's new
+    text (decoded from all its tokens so far, so multi-byte characters come out whole), with the
+    row's stop strings applied."""
+
+    def __init__(self, jobs: list[Job], tokenizer, stops: set[int]):
+        self.jobs, self.tokenizer, self.stops = jobs, tokenizer, stops
+        self.tokens: list[list[int]] = [[] for _ in jobs]
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate first passes the prompt
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(len(self.jobs), -1)[:, -1].tolist()):
+            job = self.jobs[row]
+            if job.finish_reason is not None:
+                continue
+            if token in self.stops:
+                job.finish_reason = "stop"
+                continue
+            self.tokens[row].append(token)
+            job.completion_tokens = len(self.tokens[row])
+            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                continue  # half a character: wait for the rest
+            hit = [i for i in (text.find(s) for s in job.stop) if i >= 0]
+            if hit:
+                text, job.finish_reason = text[: min(hit)], "stop"
+            elif job.completion_tokens >= job.max_tokens:
+                job.finish_reason = "length"
+            self.emit(job, text)
+
+    def emit(self, job: Job, text: str) -> None:
+        new = text[len(job.output) :] if text.startswith(job.output) else ""
+        job.output = text if text.startswith(job.output) else job.output
+        if new and job.on_text is not None:
+            job.on_text(new)
+
+    def end(self) -> None:
+        for row, job in enumerate(self.jobs):
+            if job.finish_reason is None:
+                job.finish_reason = "length" if job.completion_tokens >= job.max_tokens else "stop"
+            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).rstrip("\ufffd")
+            hit = [i for i in (text.find(s) for s in job.stop) if i >= 0]
+            self.emit(job, text[: min(hit)] if hit else text)
+
+
+class RowStop(StoppingCriteria):
+    """A row is done when the streamer finished it (max_tokens, stop string, end of turn) or its
+    client has gone."""
+
+    def __init__(self, jobs: list[Job]):
+        self.jobs = jobs
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = [j.finish_reason is not None or j.cancelled.is_set() for j in self.jobs]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+@torch.inference_mode()
+def run_batch(model, tokenizer, jobs: list[Job], film=None) -> None:
+    """Generate every job's completion in one `generate` call (left-padded prompts)."""
+    tokenizer.padding_side = "left"
+    batch = tokenizer([j.text for j in jobs], return_tensors="pt", padding=True, add_special_tokens=False)
+    batch = batch.to(model.device)
+    for job, mask in zip(jobs, batch["attention_mask"], strict=True):
+        job.prompt_tokens = int(mask.sum())
+    stops = stop_token_ids(model, tokenizer)
+    streamer = RowStreamer(jobs, tokenizer, set(stops))
+    kwargs = dict(
+        max_new_tokens=max(j.max_tokens for j in jobs),
+        do_sample=False,
+        logits_processor=LogitsProcessorList([RowSampler(jobs, model.device)]),
+        stopping_criteria=StoppingCriteriaList([RowStop(jobs)]),
+        streamer=streamer,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stops,
+    )
+    if film is not None:
+        z = torch.cat([j.latent for j in jobs]).to(model.device)  # (B, Z)
+        with film.conditioned(z):
+            model.generate(**batch, **kwargs)
+    else:
+        model.generate(**batch, **kwargs)
+
+
+class BatchEngine:
+    """A bounded queue of jobs and the worker thread that runs them in batches of up to
+    `max_batch`. `submit` raises queue.Full when `max_queue` jobs already wait."""
+
+    def __init__(self, model, tokenizer, film=None, max_batch: int = 32, max_queue: int = 256):
+        self.model, self.tokenizer, self.film = model, tokenizer, film
+        self.max_batch = max_batch
+        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        self.lock = threading.Lock()  # one generate at a time on the model
+        self.queueing = threading.Lock()  # a request's jobs enter the queue together
+        self.largest_batch = 0  # the most jobs one generate call has run (observability, tests)
+        self.worker = threading.Thread(target=self._work, daemon=True, name="steerable-batch")
+        self.worker.start()
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Queue all of `jobs` or none (a request with n > 1 is not half-queued)."""
+        with self.queueing:
+            if self.jobs.maxsize and self.jobs.qsize() + len(jobs) > self.jobs.maxsize:
+                raise queue.Full
+            for job in jobs:
+                self.jobs.put_nowait(job)
+
+    def _work(self) -> None:
+        while True:
+            batch = [self.jobs.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            live = [j for j in batch if not j.cancelled.is_set()]  # a client that left is skipped
+            try:
+                if live:
+                    self.largest_batch = max(self.largest_batch, len(live))
+                    with self.lock:
+                        run_batch(self.model, self.tokenizer, live, self.film)
+            except Exception as err:  # a failed batch fails its requests, not the server
+                for job in live:
+                    job.error = err
+            for job in batch:
+                job.done.set()
+                if job.on_done is not None:
+                    job.on_done()

@@ -1,0 +1,212 @@
+"""`steerable serve` through the real `openai` client: completions, streaming, steering and its
+echo, errors, and batching without cross-talk (tiny models on loopback)."""
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from steerable.serving.api import ServedModel, create_app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_ric):
+    _, ric = tiny_ric
+    models = [ServedModel.load(str(ric), max_batch=8, max_queue=64), ServedModel.load("tiny")]
+    running = Server(create_app(models, max_body_bytes=4096, max_tokens_limit=64))
+    yield running, models
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    running, _ = server
+    return openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+
+
+def ask(client, model, steering=None, **kwargs):
+    settings = {"max_tokens": 8, "temperature": 0, **kwargs}
+    extra = {"steering": steering} if steering is not None else None
+    return client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Tell me about cats."}],
+        extra_body=extra,
+        **settings,
+    )
+
+
+def test_models_and_health_describe_what_is_served(server, client):
+    running, models = server
+    listed = {m.id: m.model_extra for m in client.models.list().data}
+    ric = listed[models[0].id]
+    assert ric["method"] == "ric" and ric["objectives"] == ["brief", "positive"]
+    assert ric["steering"] == ["weights", "mapping", "targets"]
+    assert listed[models[1].id]["steering"] == []
+    assert httpx.get(running.url + "/health").json()["status"] == "ok"
+
+
+def test_a_completion_echoes_the_steering_it_applied(server, client):
+    _, models = server
+    policy = models[0].policy
+    plain = ask(client, models[0].id)
+    assert isinstance(plain.choices[0].message.content, str) and plain.usage.completion_tokens > 0
+    assert plain.choices[0].finish_reason in ("stop", "length")
+    equal = plain.model_extra["steering"]["targets"]
+    assert equal == pytest.approx(policy.targets_for([1, 1]))
+    brief = ask(client, models[0].id, {"weights": {"brief": 1.0}})
+    steering = brief.model_extra["steering"]
+    assert steering["targets"] == pytest.approx(policy.targets_for([1, 0]))
+    assert steering["weights"] == {"brief": 1.0, "positive": 0.0} and steering["mapping"] == "linf"
+    explicit = ask(client, models[0].id, {"targets": {"brief": 0.5, "positive": -0.5}})
+    assert explicit.model_extra["steering"]["targets"] == {"brief": 0.5, "positive": -0.5}
+
+
+def test_the_answer_is_the_one_the_python_api_gives(server, client):
+    from steerable.generation import SamplingConfig
+
+    _, models = server
+    policy = models[0].policy
+    served = ask(client, models[0].id, {"weights": [0.3, 0.7]}).choices[0].message.content
+    local = policy.generate(
+        ["Tell me about cats."],
+        preference=[0.3, 0.7],
+        sampling=SamplingConfig(max_new_tokens=8, temperature=0),
+    )[0]
+    assert served.strip() == local
+
+
+def test_streamed_text_equals_the_non_streamed_text_under_a_seed(server, client):
+    _, models = server
+    whole = ask(client, models[0].id, {"weights": [1, 0]}, temperature=0.9, seed=7, max_tokens=12)
+    chunks = list(
+        ask(client, models[0].id, {"weights": [1, 0]}, temperature=0.9, seed=7, max_tokens=12, stream=True)
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].model_extra["steering"]["targets"] == pytest.approx(
+        whole.model_extra["steering"]["targets"]
+    )
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+
+
+def test_batched_answers_equal_solo_answers(server, client):
+    _, models = server
+    requests = [({"weights": [w, 1 - w]}, None) for w in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    requests += [({"weights": [1, 0]}, 3), ({"weights": [0, 1]}, 11)]  # sampled, with their own seeds
+
+    def one(item):
+        steering, seed = item
+        kwargs = {"temperature": 0.9, "seed": seed} if seed is not None else {}
+        return ask(client, models[0].id, steering, **kwargs).choices[0].message.content
+
+    solo = [one(item) for item in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(one, requests))
+    assert together == solo
+    assert models[0].engine.largest_batch > 1  # they did share batches
+
+
+def test_n_choices_and_stop_strings(server, client):
+    _, models = server
+    many = ask(client, models[0].id, n=3, temperature=0.9, seed=1, max_tokens=10)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    first = many.choices[0].message.content
+    if len(first) > 2:
+        cut = first[1:3]
+        stopped = ask(client, models[0].id, n=1, temperature=0.9, seed=1, max_tokens=10, stop=[cut])
+        assert stopped.choices[0].message.content == first[: first.find(cut)]
+        assert stopped.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    ("steering", "param", "message"),
+    [
+        ({"weights": {"funny": 1}}, "steering.weights", "unknown objective"),
+        ({"weights": [-1, 2]}, "steering.weights", "negative"),
+        ({"weights": [0, 0]}, "steering.weights", "all zero"),
+        ({"weights": [1, 0, 0]}, "steering.weights", "3 weight(s)"),
+        ({"levels": {"brief": 3}}, "steering.levels", "does not apply"),
+        ({"weights": [1, 0], "mapping": "cubic"}, "steering.weights", "mapping 'cubic' unknown"),
+        ({"targets": {"brief": 1}}, "steering.targets", "missing: ['positive']"),
+        ({"weights": "lots"}, "steering.weights", "must be an object"),
+    ],
+)
+def test_bad_steering_is_a_bad_request_naming_the_field(server, client, steering, param, message):
+    _, models = server
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, models[0].id, steering)
+    error = caught.value.body
+    assert (
+        error["param"] == param and message in error["message"] and error["type"] == "invalid_request_error"
+    )
+
+
+def test_bad_requests_get_the_openai_error_body(server, client):
+    running, models = server
+    with pytest.raises(openai.NotFoundError):
+        ask(client, "no-such-model")
+    with pytest.raises(openai.BadRequestError, match="max_tokens must be in"):
+        ask(client, models[0].id, max_tokens=10_000)
+    with pytest.raises(openai.BadRequestError, match="temperature must be"):
+        ask(client, models[0].id, temperature="hot")
+    with pytest.raises(openai.BadRequestError, match="takes no steering"):
+        ask(client, models[1].id, {"weights": [1, 0]})
+    url = running.url + "/v1/chat/completions"
+    malformed = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert malformed.status_code == 422 and "not valid JSON" in malformed.json()["error"]["message"]
+    big = httpx.post(url, content=json.dumps({"model": models[0].id, "pad": "x" * 5000}))
+    assert big.status_code == 413
+    nan = httpx.post(
+        url,
+        content=b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], '
+        b'"steering": {"weights": [NaN, 1]}}' % models[0].id.encode(),
+    )
+    assert nan.status_code == 400 and nan.json()["error"]["param"] == "steering.weights"
+    assert httpx.get(running.url + "/health").status_code == 200  # still up
+
+
+def test_an_api_key_is_checked_on_every_request():
+    running = Server(create_app([ServedModel.load("tiny")], api_key="secret"))
+    try:
+        base = running.url + "/v1"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
+        ok = openai.OpenAI(base_url=base, api_key="secret", max_retries=0)
+        assert ok.models.list().data[0].id == "tiny"
+    finally:
+        running.stop()
