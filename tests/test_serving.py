@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -210,3 +211,73 @@ def test_an_api_key_is_checked_on_every_request():
         assert ok.models.list().data[0].id == "tiny"
     finally:
         running.stop()
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_64_concurrent_clients_with_mixed_steering_are_all_answered(server):
+    running, models = server
+    policy = models[0].policy
+    url = running.url + "/v1/chat/completions"
+    weights = [[w / 7, 1 - w / 7] for w in range(8)]
+    before = rss_mb()
+
+    def one(i):
+        body = {
+            "model": models[0].id,
+            "messages": [{"role": "user", "content": f"Question number {i}?"}],
+            "max_tokens": 6,
+            "temperature": 0.8,
+            "seed": i,
+            "stream": i % 4 == 0,
+            "steering": {"weights": weights[i % 8]},
+        }
+        response = httpx.post(url, json=body, timeout=120)
+        return i, response
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(one, range(64)))
+    for i, response in answers:
+        assert response.status_code == 200, response.text
+        if i % 4 == 0:
+            assert response.text.rstrip().endswith("data: [DONE]")
+        else:
+            targets = response.json()["steering"]["targets"]
+            assert targets == pytest.approx(policy.targets_for(weights[i % 8]))
+    assert models[0].engine.largest_batch > 1
+    assert rss_mb() - before < 500  # memory stays bounded
+
+
+def test_a_full_queue_answers_503_with_retry_after(tiny_ric):
+    _, ric = tiny_ric
+    running = Server(create_app([ServedModel.load(str(ric), max_batch=1, max_queue=1)]))
+    try:
+        body = {"model": "model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 48}
+
+        def one(_):
+            return httpx.post(running.url + "/v1/chat/completions", json=body, timeout=120)
+
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(one, range(8)))
+        codes = sorted(r.status_code for r in responses)
+        assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+        busy = next(r for r in responses if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "queue_full"
+    finally:
+        running.stop()
+
+
+def test_serve_refuses_bad_settings_and_unknown_models(tmp_path):
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+
+    zero = CliRunner().invoke(app, ["serve", "tiny", "--max-batch", "0"])
+    assert zero.exit_code == 2 and "--max-batch" in zero.output
+    missing = CliRunner().invoke(app, ["serve", str(tmp_path / "nothing-here")])
+    assert missing.exit_code == 2 and "could not be loaded" in missing.output
