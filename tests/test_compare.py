@@ -26,7 +26,8 @@ ric:
 rl: {{max_steps: 1, batch_size: 4, num_generations: 2, max_completion_length: 4, prompt_limit: 4, lora_r: 4}}
 np_rm: {{steps: 20, hidden: 16, latent_size: 4, heads: 2, targets: 6, max_context: 3, eval_tasks: 10,
         validation_tasks: 10, eval_every: 10}}
-np_dpo: {{data: {data}, targets: 6, max_context: 3, tasks_per_batch: 2, max_steps: 2, lora_r: 4, lora_alpha: 8,
+np_dpo: {{data: {data}, targets: 6, max_context: 3, tasks_per_batch: 2, max_steps: 2, lora_r: 4,
+         lora_alpha: 8,
          max_completion_length: 8, eval_tasks: 2, eval_prompts: 2, eval_contexts: 1, max_new_tokens: 4,
          eval_context_size: 2}}
 """

@@ -321,3 +321,11 @@ def test_evaluate_sweeps_np_dpo_over_the_preference_grid(tiny_np_dpo):
     )  # fmt: skip
     assert [p.weights for p in result.points] == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
     assert result.names == ["brief", "positive"] and result.compute["trained_tokens"] > 0
+
+
+def test_the_sft_term_is_the_chosen_answers_nll_per_token():
+    from steerable.methods.np_dpo import run_on_share, sft_loss
+
+    # two chosen answers with log-probs -3 and -5 over 2 + 2 tokens: 8 / 4 = 2 nats per token
+    assert sft_loss(torch.tensor([-3.0, -5.0]), torch.tensor(4)).item() == pytest.approx(2.0)
+    assert run_on_share(["a fine answer", "usalemhipshipshipshipshipshipships", "ok"]) == pytest.approx(1 / 3)

@@ -78,6 +78,9 @@ class NPDPOConfig(TaskConfig):
         tasks_per_batch / max_steps / learning_rate: the optimisation (one rate for LoRA, FiLM
             and the context encoder).
         beta: the DPO temperature.
+        sft_weight: weight of an SFT term, the chosen answers' NLL per token, added to the DPO
+            loss (TRL's DPO loss_type ["sigmoid", "sft"], RPO): without it, DPO on a small pool
+            can push a type's answers into degenerate text that still scores well (0 turns it off).
         max_completion_length: response tokens kept per option.
         lora_r / lora_alpha / lora_dropout: the LoRA shape.
         save_steps: steps between checkpoints (an interrupted run resumes from the last).
@@ -107,6 +110,7 @@ class NPDPOConfig(TaskConfig):
     max_steps: int = field(default=120, metadata={"help": "Optimiser steps."})
     learning_rate: float = field(default=5e-4, metadata={"help": "Learning rate."})
     beta: float = field(default=0.05, metadata={"help": "DPO beta."})
+    sft_weight: float = field(default=1.0, metadata={"help": "Weight of the chosen answers' NLL."})
     max_completion_length: int = field(default=48, metadata={"help": "Response tokens per option."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -151,6 +155,8 @@ class NPDPOConfig(TaskConfig):
             raise SteerableError(f"--eval_context_size must be in 0..max_context ({self.max_context})")
         if self.beta <= 0:
             raise SteerableError(f"--beta must be > 0, got {self.beta}")
+        if not self.sft_weight >= 0:
+            raise SteerableError(f"--sft_weight must be >= 0, got {self.sft_weight}")
         self.model = absolute_if_local(self.model)
         self.stats = str(Path(self.stats).resolve())
         if self.context_init is not None:
@@ -274,21 +280,29 @@ class TaskCollator:
         }
 
 
+def sft_loss(chosen_logps: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The chosen answers' negative log-likelihood per token (TRL DPO's 'sft' loss term)."""
+    return -chosen_logps.sum() / tokens.clamp_min(1)
+
+
 def dpo_trainer_class():
     """transformers.Trainer with the NP-DPO loss, checkpoints holding only the trained weights
     (the base model's are not ours to copy; resuming loads these non-strictly into the model)."""
     from transformers import Trainer
 
     class NPDPOTrainer(Trainer):
-        def __init__(self, *args, beta: float, **kwargs):
+        def __init__(self, *args, beta: float, sft_weight: float, **kwargs):
             super().__init__(*args, **kwargs)
-            self.beta = beta
+            self.beta, self.sft_weight = beta, sft_weight
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             reference = inputs.pop("reference")
             logps = model(**inputs)  # (2P,)
             half = len(logps) // 2
             loss = dpo_loss(logps[:half], logps[half:], reference[:half], reference[half:], self.beta).mean()
+            if self.sft_weight:
+                tokens = inputs["completion_mask"][:half, 1:].sum()
+                loss = loss + self.sft_weight * sft_loss(logps[:half], tokens)
             return (loss, logps) if return_outputs else loss
 
         def _save(self, output_dir=None, state_dict=None):
@@ -376,6 +390,7 @@ def policy_stage(config, stages, inputs, source, encoded, reference, tokenizer) 
         train_dataset=training_tasks(config, source),
         data_collator=TaskCollator(source.embeddings, encoded, reference, tokenizer.pad_token_id),
         beta=config.beta,
+        sft_weight=config.sft_weight,
     )
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     weights = stage / "weights"
@@ -532,20 +547,22 @@ def generation_effects(config: NPDPOConfig, policy, base, source: TaskSource) ->
     )
     texts = format_chat(policy.tokenizer, prompts)
 
-    def scores(answers: list[str]) -> np.ndarray:
+    answers_of: dict[str, list[str]] = {}
+
+    def scores(answers: list[str], kind: str) -> np.ndarray:
+        answers_of.setdefault(kind, []).extend(answers)
         return policy.rewards.normalise(policy.rewards.score(prompts, answers))  # (n, K)
 
     runs = {"base": [], "no context": []}
     for r in range(config.eval_contexts):
         sampling.seed = config.seed + r
-        runs["base"].append(scores(generate_texts(base, policy.tokenizer, texts, sampling, progress=False)))
+        runs["base"].append(scores(generate_texts(base, policy.tokenizer, texts, sampling, False), "base"))
         z = policy.fewshot.latent_of(
             np.zeros((0, source.embeddings.shape[1])), np.zeros((0, source.embeddings.shape[1]))
         )
         with policy.fewshot.film.conditioned(z):
-            runs["no context"].append(
-                scores(generate_texts(policy.model, policy.tokenizer, texts, sampling, False))
-            )
+            answers = generate_texts(policy.model, policy.tokenizer, texts, sampling, False)
+            runs["no context"].append(scores(answers, "no context"))
     for t, kind in enumerate(source.types.names):
         runs[kind] = []
         for r in range(config.eval_contexts):
@@ -564,7 +581,7 @@ def generation_effects(config: NPDPOConfig, policy, base, source: TaskSource) ->
             sampling.seed = config.seed + r
             with policy.fewshot.film.conditioned(z):
                 answers = generate_texts(policy.model, policy.tokenizer, texts, sampling, progress=False)
-            runs[kind].append(scores(answers))
+            runs[kind].append(scores(answers, kind))
     means = {kind: np.mean(values, axis=0) for kind, values in runs.items()}  # (n, K) per run kind
     effects = []
     for kind in ["no context", *source.types.names]:
@@ -590,7 +607,20 @@ def generation_effects(config: NPDPOConfig, policy, base, source: TaskSource) ->
         "context_size": config.eval_context_size,
         "mean_scores": levels,
         "effects": effects,
+        # a score can be won with degenerate text: how often an answer holds a 25+ character
+        # run without a space (not a word), and the first answers of each condition to read
+        "run_on_share": {kind: run_on_share(a) for kind, a in answers_of.items()},
+        "samples": {
+            kind: [{"prompt": p, "answer": a} for p, a in zip(prompts[:3], answers[:3], strict=False)]
+            for kind, answers in answers_of.items()
+        },  # fmt: skip
     }
+
+
+def run_on_share(answers: list[str], length: int = 25) -> float:
+    """The share of answers with a run of `length` or more non-space characters (no word is that
+    long: it flags token soup that a word-count objective would score as brief)."""
+    return float(np.mean([any(len(w) >= length for w in a.split()) for a in answers])) if answers else 0.0
 
 
 def evaluate_np_dpo(
