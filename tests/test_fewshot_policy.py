@@ -142,7 +142,7 @@ def test_the_context_path_saves_and_loads(tiny_path, tmp_path):
         torch.equal(a, b)
         for a, b in zip(path.state_dict().values(), again.state_dict().values(), strict=True)
     )
-    with pytest.raises(SteerableError, match="no NP-DPO context encoder"):
+    with pytest.raises(SteerableError, match="is not an NP-DPO context encoder"):
         ContextPath.load(tmp_path / "missing")
 
 

@@ -16,7 +16,6 @@ decoder blocks `decoder_layers` finds, and a LoRA adapter merged into the base l
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -29,8 +28,7 @@ import torch
 from torch import nn
 
 from steerable.errors import SteerableError
-from steerable.fewshot.reward_model import ContextEncoder, NPRewardConfig
-from steerable.io import atomic_write, atomic_write_text
+from steerable.fewshot.reward_model import ContextEncoder, NPRewardConfig, load_module, save_module
 
 FEWSHOT_DIR = "fewshot"
 FEWSHOT_CONFIG = "fewshot.json"
@@ -176,32 +174,30 @@ class ContextPath(nn.Module):
         )
 
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        atomic_write(directory / FEWSHOT_WEIGHTS, lambda tmp: torch.save(self.state_dict(), tmp))
         record = {
             "context": asdict(self.config),
             "hidden_size": self.hidden_size,
             "layers": self.layers,
             "types": self.types,
         }
-        atomic_write_text(directory / FEWSHOT_CONFIG, json.dumps(record, indent=2) + "\n")
-        return directory
+        return save_module(self, record, directory, FEWSHOT_CONFIG, FEWSHOT_WEIGHTS)
 
     @classmethod
     def load(cls, directory: str | Path) -> ContextPath:
-        directory = Path(directory)
-        try:
-            record = json.loads((directory / FEWSHOT_CONFIG).read_text())
-            path = cls(
+        def build(record: dict) -> ContextPath:
+            return cls(
                 ContextConfig(**record["context"]), record["hidden_size"], record["layers"], record["types"]
             )
-            path.load_state_dict(torch.load(directory / FEWSHOT_WEIGHTS, weights_only=True))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, RuntimeError) as err:
-            raise SteerableError(
-                f"{directory} holds no NP-DPO context encoder ({FEWSHOT_CONFIG} + {FEWSHOT_WEIGHTS} from "
-                f"`steerable train np-dpo`): {err}"
-            )
-        return path.eval()
+
+        path, _ = load_module(
+            directory,
+            FEWSHOT_CONFIG,
+            FEWSHOT_WEIGHTS,
+            build,
+            "an NP-DPO context encoder",
+            "steerable train np-dpo",
+        )
+        return path
 
 
 def dpo_loss(

@@ -267,8 +267,6 @@ class NPRewardModel(nn.Module):
 
     # --- directory --------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        directory = Path(directory)
-        atomic_write(directory / WEIGHTS_FILE, lambda tmp: torch.save(self.state_dict(), tmp))
         record = {
             "kind": "np-reward-model",
             "dim": self.dim,
@@ -277,26 +275,50 @@ class NPRewardModel(nn.Module):
             "encoder": self.encoder,
             "validation_accuracy": self.validation_accuracy,
         }
-        atomic_write_text(directory / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
-        return directory
+        return save_module(self, record, directory, CONFIG_FILE, WEIGHTS_FILE)
 
     @classmethod
     def load(cls, directory: str | Path) -> NPRewardModel:
-        directory = Path(directory)
-        try:
-            record = json.loads((directory / CONFIG_FILE).read_text())
+        def build(record: dict) -> NPRewardModel:
             if record.get("kind") != "np-reward-model":
                 raise KeyError("kind")
-            model = cls(record["dim"], NPRewardConfig(**record["config"]), record["types"], record["encoder"])
-            model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, RuntimeError) as err:
-            raise SteerableError(
-                f"{directory} is not an NP reward model directory ({CONFIG_FILE} + {WEIGHTS_FILE} from "
-                f"`steerable train np-rm`): {err}"
-            )
+            return cls(record["dim"], NPRewardConfig(**record["config"]), record["types"], record["encoder"])
+
+        model, record = load_module(
+            directory,
+            CONFIG_FILE,
+            WEIGHTS_FILE,
+            build,
+            "an NP reward model directory",
+            "steerable train np-rm",
+        )
         model.validation_accuracy = record.get("validation_accuracy")
-        model.eval()
         return model
+
+
+def save_module(
+    module: nn.Module, record: dict, directory: str | Path, record_file: str, weights_file: str
+) -> Path:
+    """A module as a directory: its weights, then the JSON record that rebuilds it (atomic)."""
+    directory = Path(directory)
+    atomic_write(directory / weights_file, lambda tmp: torch.save(module.state_dict(), tmp))
+    atomic_write_text(directory / record_file, json.dumps(record, indent=2) + "\n")
+    return directory
+
+
+def load_module(directory, record_file: str, weights_file: str, build, what: str, made_by: str):
+    """(module in eval mode, its record) from a `save_module` directory; `build(record)` makes
+    the empty module. Anything missing or not matching is one error naming the directory."""
+    directory = Path(directory)
+    try:
+        record = json.loads((directory / record_file).read_text())
+        module = build(record)
+        module.load_state_dict(torch.load(directory / weights_file, weights_only=True))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, RuntimeError) as err:
+        raise SteerableError(
+            f"{directory} is not {what} ({record_file} + {weights_file} from `{made_by}`): {err}"
+        )
+    return module.eval(), record
 
 
 def pack_context(chosen: torch.Tensor, rejected: torch.Tensor, context: torch.Tensor):

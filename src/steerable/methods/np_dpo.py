@@ -49,7 +49,8 @@ from steerable.fewshot.policy import (
 from steerable.fewshot.reward_model import NPRewardModel
 from steerable.fewshot.tasks import TaskBatch, TaskSource
 from steerable.io import atomic_write, atomic_write_text
-from steerable.methods.np_rm import TaskConfig, build_source, task_inputs
+from steerable.methods.np_rm import TaskConfig, accuracy_table, build_source, task_inputs
+from steerable.methods.np_rm import result as stage_result
 from steerable.methods.rl import load_rewards
 from steerable.methods.training import device_args, last_complete_checkpoint, lora_config
 from steerable.stages import Stages, file_digest, fingerprint
@@ -666,21 +667,15 @@ def evaluate_np_dpo(
 
 
 def result(out: str | Path) -> dict:
-    return json.loads((Path(out) / "stages" / "evaluation" / RESULT_FILE).read_text())
+    return stage_result(out, RESULT_FILE)
 
 
 def effects_table(data: dict):
-    """A rich table: the implicit-reward accuracy curve per type, and the generation effects."""
+    """Rich tables: the implicit-reward accuracy curve per type, and the generation effects."""
     from rich.table import Table
 
-    sizes = sorted({p["context"] for p in data["curve"]})
-    table = Table(title="NP-DPO implicit-reward accuracy (held-out targets not in the context), mean ± s.e.")
-    table.add_column("type")
-    for size in sizes:
-        table.add_column(f"{size} ctx", justify="right")
-    for kind in dict.fromkeys(p["type"] for p in data["curve"]):
-        cells = {p["context"]: p for p in data["curve"] if p["type"] == kind}
-        table.add_row(kind, *(f"{cells[s]['accuracy']:.3f}±{cells[s]['stderr']:.3f}" for s in sizes))
+    table = accuracy_table(data)
+    table.title = "NP-DPO implicit-reward accuracy (held-out targets not in the context), mean ± s.e."
     gen = data["generations"]
     effects = Table(
         title=f"generations: change in normalised score, mean ± s.e. over {gen['prompts']} held-out prompts "

@@ -215,8 +215,9 @@ def train_np_rm(config: NPRMConfig) -> Path:
     return out
 
 
-def result(out: str | Path) -> dict:
-    return json.loads((Path(out) / "stages" / "evaluation" / RESULT_FILE).read_text())
+def result(out: str | Path, file: str = RESULT_FILE) -> dict:
+    """The evaluation stage's record of a finished run (np-rm, or np-dpo with its file)."""
+    return json.loads((Path(out) / "stages" / "evaluation" / file).read_text())
 
 
 def accuracy_table(data: dict):
@@ -233,6 +234,9 @@ def accuracy_table(data: dict):
     for model, kind in keys:
         cells = {p["context"]: p for p in data["curve"] if p["model"] == model and p["type"] == kind}
         table.add_row(model, kind, *(f"{cells[s]['accuracy']:.3f}±{cells[s]['stderr']:.3f}" for s in sizes))
-    probe = data["latent_probe"]
-    table.caption = "latent probe (type from z): " + ", ".join(f"{k} ctx {v:.2f}" for k, v in probe.items())
+    probe = data.get("latent_probe")
+    if probe:
+        table.caption = "latent probe (type from z): " + ", ".join(
+            f"{k} ctx {v:.2f}" for k, v in probe.items()
+        )
     return table
