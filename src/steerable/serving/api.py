@@ -30,10 +30,11 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from steerable.errors import SteerableError
 from steerable.serving.engine import BatchEngine, Job
@@ -46,6 +47,7 @@ STEERING_KEYS = {
     "base": (),
 }
 MAX_STOP = 4
+PLAYGROUND = (files("steerable.serving") / "playground.html").read_text()
 
 
 class ApiError(Exception):
@@ -323,6 +325,40 @@ def create_app(
             return error_response(ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)"))
         return await call_next(request)
 
+    @app.get("/", response_class=HTMLResponse)
+    async def playground():
+        return HTMLResponse(PLAYGROUND)
+
+    @app.post("/v1/score")
+    async def score(request: Request):
+        """The objectives' scores of responses to a prompt (what the playground shows)."""
+        body = parse_json(await read_body(request, max_body_bytes))
+        model = served.get(body.get("model")) if isinstance(body, dict) else None
+        if model is None:
+            raise ApiError(
+                404,
+                f"model {body.get('model') if isinstance(body, dict) else None!r} is not served here",
+                "model",
+            )
+        if model.policy is None:
+            raise ApiError(400, f"{model.id} is a base model: it has no objectives to score with", "model")
+        prompt, responses = body.get("prompt"), body.get("responses")
+        if (
+            not isinstance(prompt, str)
+            or not isinstance(responses, list)
+            or not all(isinstance(r, str) for r in responses)
+        ):
+            raise ApiError(400, "give a prompt (text) and responses (a list of texts)", "responses")
+        if not responses or len(responses) > 64:
+            raise ApiError(400, "give 1 to 64 responses", "responses")
+        rewards = model.policy.rewards
+        raw = await asyncio.to_thread(rewards.score, [prompt] * len(responses), responses)
+        return {
+            "objectives": rewards.names,
+            "raw": raw.tolist(),
+            "normalised": rewards.normalise(raw).tolist(),
+        }
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "models": list(served)}
@@ -333,11 +369,7 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        raw = await read_body(request, max_body_bytes)
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ApiError(422, f"the request body is not valid JSON ({err})")
+        body = parse_json(await read_body(request, max_body_bytes))
         parsed = parse_request(body, served, max_tokens_limit)
         text, applied, z = parsed.model.steer(parsed.messages, parsed.steering)
         jobs = make_jobs(parsed, text, z)
@@ -378,6 +410,13 @@ def create_app(
         }
 
     return app
+
+
+def parse_json(raw: bytes):
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ApiError(422, f"the request body is not valid JSON ({err})")
 
 
 async def read_body(request, limit: int) -> bytes:
