@@ -321,3 +321,57 @@ def test_the_playground_moves_a_slider_and_shows_the_answer_and_targets(server):
         assert "brief" in driver.find_element(By.CSS_SELECTOR, "#panel-b .scores").text
     finally:
         driver.quit()
+
+
+def test_proxy_mode_answers_through_a_transformers_serve_upstream(tiny_ric, tmp_path):
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+
+    _, ric = tiny_ric
+    merged = tmp_path / "merged"
+    exported = CliRunner().invoke(app, ["export", str(ric), str(merged)])
+    assert exported.exit_code == 0, exported.output
+    assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
+    again = CliRunner().invoke(app, ["export", str(ric), str(merged)])
+    assert again.exit_code == 2 and "not empty" in again.output
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(merged)]
+    upstream = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert upstream.poll() is None, upstream.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "transformers serve did not start"
+            time.sleep(0.5)
+        proxy = ServedModel.proxy(str(ric), f"http://127.0.0.1:{port}/v1", upstream_model=str(merged))
+        running = Server(create_app([proxy]))
+        try:
+            client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+            reply = ask(client, "model", {"weights": [1, 0]}, max_tokens=6)
+            assert isinstance(reply.choices[0].message.content, str)
+            assert reply.model_extra["steering"]["targets"] == pytest.approx(proxy.policy.targets_for([1, 0]))
+            assert reply.model == "model"
+            chunks = list(ask(client, "model", {"weights": [0, 1]}, max_tokens=6, stream=True))
+            assert chunks and chunks[0].model_extra["steering"]["targets"] == pytest.approx(
+                proxy.policy.targets_for([0, 1])
+            )
+            with pytest.raises(openai.BadRequestError):
+                ask(client, "model", {"weights": [-1, 1]})
+        finally:
+            running.stop()
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=30)

@@ -726,22 +726,38 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Requests generated together in one batch.")] = 32,
     max_queue: Annotated[int, typer.Option(help="Completions waiting at most; beyond it, 503.")] = 256,
     max_tokens: Annotated[int, typer.Option(help="The largest max_tokens a request may ask for.")] = 1024,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxy mode: an OpenAI-compatible engine (base URL ending in /v1) serving the merged "
+            "model of `steerable export`; steering is rendered here and the request forwarded."
+        ),
+    ] = None,
+    upstream_model: Annotated[
+        str | None, typer.Option(help="Proxy mode: the model name the upstream knows it by.")
+    ] = None,
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Serve models behind an OpenAI-compatible API (POST /v1/chat/completions with a `steering`
-    field, GET /v1/models, GET /health); concurrent requests are batched together."""
+    field, GET /v1/models, GET /health, the playground at /); concurrent requests are batched
+    together, or, with --upstream, forwarded to an engine such as vLLM or `transformers serve`."""
     import uvicorn
 
     from steerable.serving.api import ServedModel, create_app
 
     if min(max_batch, max_queue, max_tokens, port) < 1:
         raise SteerableError("--max-batch, --max-queue, --max-tokens and --port must be >= 1")
+    if upstream is not None and len(models) != 1:
+        raise SteerableError("--upstream serves one model directory (the one the upstream serves merged)")
     if host not in LOOPBACK:
         _warn(
             f"binding {host}: the API is reachable from other machines"
             + ("" if api_key else "; set --api-key")
         )
-    served = [ServedModel.load(m, max_batch, max_queue, trust_remote_code) for m in models]
+    if upstream is not None:
+        served = [ServedModel.proxy(models[0], upstream, upstream_model)]
+    else:
+        served = [ServedModel.load(m, max_batch, max_queue, trust_remote_code) for m in models]
     ids = [m.id for m in served]
     if len(set(ids)) != len(ids):
         raise SteerableError(f"two models have the same id in {ids}; serve directories with different names")
@@ -749,3 +765,50 @@ def serve(
     for model in served:
         console.print(f"serving [bold]{model.id}[/] ({model.method}) at http://{host}:{port}/v1")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@command
+def export(
+    model: Annotated[Path, typer.Argument(help="A RiC or MOSLIM model directory.")],
+    out: Annotated[Path, typer.Argument(help="New directory for the merged Hugging Face model.")],
+    dtype: Dtype = None,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Write the merged model (base + adapter) and tokenizer as a plain Hugging Face directory,
+    what vLLM or `transformers serve` load; serve the steering in front of it with
+    `steerable serve MODEL --upstream URL`."""
+    import json
+    import shutil
+    import tempfile
+
+    from steerable.io import atomic_write_text
+    from steerable.policy import TAGGED_METHODS, SteerablePolicy, load_manifest
+
+    manifest = load_manifest(model)
+    if manifest.method not in TAGGED_METHODS:
+        raise SteerableError(
+            f"{model} holds a {manifest.method!r} model; export writes models steered through the prompt "
+            f"({', '.join(TAGGED_METHODS)})"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise SteerableError(f"{out} exists and is not empty; choose a new directory")
+    policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:  # written beside OUT, then renamed: a failed export leaves nothing
+        policy.model.save_pretrained(tmp)
+        policy.tokenizer.save_pretrained(tmp)
+        record = {
+            "source": str(model.resolve()),
+            "method": manifest.method,
+            "base_model": manifest.base_model,
+        }
+        atomic_write_text(tmp / "steerable_export.json", json.dumps(record, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    console.print(
+        f"merged model: {out}\nserve it, e.g. `transformers serve {out}`, then `steerable serve {model} --upstream URL/v1`"
+    )

@@ -290,18 +290,25 @@ class SteerablePolicy:
     ) -> str:
         """A conversation rendered through the chat template with its steering (what
         `steering_for` returns; None for NP-DPO, steered by its latent instead), ready to
-        generate. `system` (default: the model's own) opens it unless it has a system turn."""
+        generate."""
+        return render_chat(self.tokenizer, self.steered_messages(messages, steering, system))
+
+    def steered_messages(
+        self, messages: Sequence[Mapping[str, str]], steering: Mapping | None, system: str | None = None
+    ) -> list[dict[str, str]]:
+        """The conversation with its steering's tags where the model was trained to read them;
+        `system` (default: the model's own) opens it unless it has a system turn."""
         system = system if system is not None else self.manifest.system
         messages = [dict(m) for m in messages]
         if system and not (messages and messages[0]["role"] == "system"):
             messages = [{"role": "system", "content": system}, *messages]
-        if steering is not None:
-            if self.manifest.method == "moslim":
-                tags = format_levels(check_levels(steering, self.names, self.levels))
-            else:
-                tags = format_tags({n: steering[n] for n in self.names}, self.tag_format.decimals)
-            messages = tag_chat(messages, tags, self.tag_format)
-        return render_chat(self.tokenizer, messages)
+        if steering is None:
+            return messages
+        if self.manifest.method == "moslim":
+            tags = format_levels(check_levels(steering, self.names, self.levels))
+        else:
+            tags = format_tags({n: steering[n] for n in self.names}, self.tag_format.decimals)
+        return tag_chat(messages, tags, self.tag_format)
 
     def steering_for(
         self,

@@ -80,6 +80,28 @@ class ServedModel:
     tokenizer: object
     policy: object | None = None
     engine: BatchEngine | None = field(default=None, repr=False)
+    upstream: str | None = None  # proxy mode: the OpenAI-compatible engine that generates
+    upstream_model: str | None = None
+
+    @classmethod
+    def proxy(cls, spec: str, upstream: str, upstream_model: str | None = None) -> ServedModel:
+        """A RiC or MOSLIM directory served in front of `upstream` (an OpenAI-compatible base URL
+        ending in /v1) that serves its merged model (`steerable export`): the steering is
+        rendered into the messages here and the request forwarded; no weights are loaded."""
+        from steerable.defaults import load_tokenizer
+        from steerable.policy import TAGGED_METHODS, SteerablePolicy, load_manifest
+
+        manifest = load_manifest(spec)
+        if manifest.method not in TAGGED_METHODS:
+            raise SteerableError(
+                f"{spec} holds a {manifest.method!r} model; proxy mode serves models steered through "
+                f"the prompt ({', '.join(TAGGED_METHODS)}): serve it without --upstream"
+            )
+        policy = SteerablePolicy(None, load_tokenizer(str(spec)), manifest)
+        name = Path(spec).resolve().name
+        return cls(
+            name, manifest.method, None, policy.tokenizer, policy, None, upstream.rstrip("/"), upstream_model
+        )
 
     @classmethod
     def load(cls, spec: str, max_batch: int = 32, max_queue: int = 256, trust_remote_code: bool = False):
@@ -116,11 +138,14 @@ class ServedModel:
 
     @property
     def context_length(self) -> int | None:
+        if self.model is None:  # proxy mode: the upstream checks its own context
+            return None
         config = self.model.config.get_text_config()
         return getattr(config, "max_position_embeddings", None)
 
-    def steer(self, messages: list[dict], steering: Mapping | None) -> tuple[str, dict, object]:
-        """(rendered prompt, the steering applied, NP-DPO's z or None) for a checked request."""
+    def steer(self, messages: list[dict], steering: Mapping | None) -> tuple[list[dict], dict, object]:
+        """(the conversation with its steering's tags, the steering applied, NP-DPO's z or None)
+        for a checked request."""
         steering = dict(steering or {})
         allowed = STEERING_KEYS[self.method]
         unknown = [k for k in steering if k not in allowed]
@@ -129,14 +154,11 @@ class ServedModel:
             raise ApiError(400, f"steering {unknown} does not apply to {self.id} ({self.method}); {takes}",
                            f"steering.{unknown[0]}", "invalid_steering")  # fmt: skip
         if self.method == "base":
-            from steerable.generation import render_chat
-
-            return render_chat(self.tokenizer, messages), {}, None
+            return messages, {}, None
         if self.method == "np-dpo":
             examples = steering.get("examples", [])
             z = with_param("steering.examples", lambda: self.policy.latent_for(examples))
-            text = with_param("messages", lambda: self.policy.chat_text(messages, None))
-            return text, {"examples": len(examples)}, z
+            return self.policy.steered_messages(messages, None), {"examples": len(examples)}, z
         weights = steering.get("weights")
         if isinstance(weights, Mapping | list):
             pass
@@ -162,13 +184,18 @@ class ServedModel:
                 mapping=mapping,
             ),
         )
-        text = with_param("messages", lambda: self.policy.chat_text(messages, applied))
+        steered = with_param("messages", lambda: self.policy.steered_messages(messages, applied))
         key = "levels" if self.method == "moslim" else "targets"
         echo = {key: applied}
         if weights is not None:
             echo["weights"] = dict(zip(self.policy.names, self.policy_weights(weights), strict=True))
             echo["mapping"] = mapping or self.policy.mapping.default
-        return text, echo, None
+        return steered, echo, None
+
+    def render(self, messages: list[dict]) -> str:
+        from steerable.generation import render_chat
+
+        return with_param("messages", lambda: render_chat(self.tokenizer, messages))
 
     def policy_weights(self, weights) -> tuple[float, ...]:
         from steerable.preferences import Preference
@@ -371,8 +398,10 @@ def create_app(
     async def chat(request: Request):
         body = parse_json(await read_body(request, max_body_bytes))
         parsed = parse_request(body, served, max_tokens_limit)
-        text, applied, z = parsed.model.steer(parsed.messages, parsed.steering)
-        jobs = make_jobs(parsed, text, z)
+        steered, applied, z = parsed.model.steer(parsed.messages, parsed.steering)
+        if parsed.model.upstream is not None:
+            return await forward(parsed.model, body, steered, applied)
+        jobs = make_jobs(parsed, parsed.model.render(steered), z)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "created": created, "model": parsed.model.id}
         if parsed.stream:
@@ -410,6 +439,49 @@ def create_app(
         }
 
     return app
+
+
+async def forward(model: ServedModel, body: dict, steered: list[dict], applied: dict):
+    """Proxy mode: the request with its steering rendered into the messages, to the upstream
+    engine; its answer comes back with the applied steering (streamed: in the first chunk)."""
+    import httpx
+
+    payload = {k: v for k, v in body.items() if k != "steering"}
+    payload.update(messages=steered, model=model.upstream_model or payload["model"])
+    url = model.upstream + "/chat/completions"
+    client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0))
+    try:
+        request = client.build_request("POST", url, json=payload)
+        response = await client.send(request, stream=bool(body.get("stream")))
+    except httpx.HTTPError as err:
+        await client.aclose()
+        raise ApiError(502, f"the upstream {model.upstream} did not answer ({err})", code="upstream_error")
+    if response.status_code != 200:
+        text = (await response.aread()).decode(errors="replace")[:500]
+        await client.aclose()
+        raise ApiError(502, f"the upstream answered {response.status_code}: {text}", code="upstream_error")
+    if not body.get("stream"):
+        data = json.loads(await response.aread())
+        await client.aclose()
+        return {**data, "model": model.id, "steering": applied}
+
+    async def relay():
+        first = True
+        try:
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunk = json.loads(line[len("data: ") :])
+                    chunk["model"] = model.id
+                    if first:
+                        chunk["steering"], first = applied, False
+                    line = "data: " + json.dumps(chunk)
+                if line:
+                    yield line + "\n\n"
+        finally:
+            await response.aclose()
+            await client.aclose()
+
+    return StreamingResponse(relay(), media_type="text/event-stream")
 
 
 def parse_json(raw: bytes):
