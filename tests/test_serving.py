@@ -375,3 +375,26 @@ def test_proxy_mode_answers_through_a_transformers_serve_upstream(tiny_ric, tmp_
     finally:
         upstream.terminate()
         upstream.wait(timeout=30)
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_row(server):
+    running, models = server
+    engine = models[0].engine
+    before = engine.finish_reasons["cancelled"]
+    body = {
+        "model": models[0].id,
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 64,
+        "temperature": 0.9,
+        "seed": 5,
+        "stream": True,
+    }
+    with httpx.stream("POST", running.url + "/v1/chat/completions", json=body, timeout=60) as response:
+        next(response.iter_lines())  # the first chunk, then hang up
+    deadline = time.time() + 60
+    while engine.finish_reasons["cancelled"] == before:
+        assert time.time() < deadline, "the abandoned row was not stopped"
+        time.sleep(0.1)
+    assert ask(
+        openai.OpenAI(base_url=running.url + "/v1", api_key="x"), models[0].id
+    ).choices  # still serving

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -120,6 +121,8 @@ class RowStreamer:
 
     def end(self) -> None:
         for row, job in enumerate(self.jobs):
+            if job.finish_reason is None and job.cancelled.is_set():
+                job.finish_reason = "cancelled"  # its client went away; the row stopped early
             if job.finish_reason is None:
                 job.finish_reason = "length" if job.completion_tokens >= job.max_tokens else "stop"
             text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).rstrip("\ufffd")
@@ -177,6 +180,7 @@ class BatchEngine:
         self.lock = threading.Lock()  # one generate at a time on the model
         self.queueing = threading.Lock()  # a request's jobs enter the queue together
         self.largest_batch = 0  # the most jobs one generate call has run (observability, tests)
+        self.finish_reasons: Counter[str] = Counter()  # stop / length / cancelled, so far
         self.worker = threading.Thread(target=self._work, daemon=True, name="steerable-batch")
         self.worker.start()
 
@@ -206,6 +210,8 @@ class BatchEngine:
                 for job in live:
                     job.error = err
             for job in batch:
+                job.finish_reason = job.finish_reason or "cancelled"
+                self.finish_reasons[job.finish_reason] += 1
                 job.done.set()
                 if job.on_done is not None:
                     job.on_done()
