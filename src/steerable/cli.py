@@ -701,10 +701,10 @@ def demo(
 
     results = run_compare(CompareConfig(**DEMO_CONFIG), out)
     _print_comparison(results, out)
-
-
-if __name__ == "__main__":
-    app()
+    Console().print(
+        f"try it: steerable serve {out / 'ric'}   then open http://127.0.0.1:8000/ (the playground)",
+        highlight=False,
+    )
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -812,3 +812,7 @@ def export(
     console.print(
         f"merged model: {out}\nserve it, e.g. `transformers serve {out}`, then `steerable serve {model} --upstream URL/v1`"
     )
+
+
+if __name__ == "__main__":
+    app()

@@ -191,7 +191,8 @@ def plot_fronts(results: list[EvaluationResult], path: str | Path) -> None:
 
 def front_figure(results: list[EvaluationResult]):
     """Achieved means of every method with their standard errors, and the HV reference. K = 2:
-    one plane, each method's front joined. K >= 3: one panel per pair of objectives, points only:
+    one plane, each method's sweep joined in weight order with the weights written beside its
+    points, its non-dominated points ringed. K >= 3: one panel per pair of objectives, points only:
     the projection of a K-dimensional front is not a front (a point on it can be dominated in the
     plane), so a line joining it would mislead."""
     import matplotlib
@@ -223,9 +224,16 @@ def front_figure(results: list[EvaluationResult]):
                 capsize=2,
             )
             if len(names) == 2:
+                color = drawn.lines[0].get_color()
+                order = np.argsort([p.weights[0] for p in r.points], kind="stable")  # the sweep, in order
+                ax.plot(means[order, 0], means[order, 1], "-", alpha=0.5, color=color)
+                for k in order:
+                    ax.annotate(f"{r.points[k].weights[0]:.1f}", means[k, :2], xytext=(3, 3),
+                                textcoords="offset points", fontsize=6, color=color)  # fmt: skip
                 front = means[non_dominated(means)]
-                front = front[np.argsort(front[:, 0])]
-                ax.plot(front[:, 0], front[:, 1], "-", alpha=0.6, color=drawn.lines[0].get_color())
+                ax.scatter(
+                    front[:, 0], front[:, 1], s=90, facecolors="none", edgecolors=color, linewidths=1.2
+                )
         ax.plot(ref[i], ref[j], "kx", label="HV reference")
         ax.set_xlabel(f"{names[i]} (mean raw score)")
         ax.set_ylabel(f"{names[j]} (mean raw score)")
@@ -233,6 +241,12 @@ def front_figure(results: list[EvaluationResult]):
     for ax in axes.flat[len(pairs) :]:
         ax.remove()
     axes.flat[0].legend(fontsize=8)
+    if len(names) == 2:
+        axes.flat[0].set_title(
+            f"each sweep joined in weight order, labelled with the weight on {names[0]}; "
+            "rings: non-dominated points",
+            fontsize=7,
+        )
     fig.tight_layout()
     return fig
 
