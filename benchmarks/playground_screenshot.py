@@ -1,0 +1,63 @@
+"""The playground's screenshot in docs/: a served model, two settings side by side, answered.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/playground_screenshot.py MODEL_DIR docs/playground.png
+
+For an NP-DPO directory, panel A gets five held-out choices of a brief-only user and panel B of a
+positive-only user (the simulated users of `steerable evaluate`); for RiC and MOSLIM, the
+page's own starting sliders (all weight on the first objective in A, on the last in B).
+Headless Chromium, as the browser test drives it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from steerable.serving.api import ServedModel, create_app  # noqa: E402
+from test_serving import Server  # noqa: E402
+
+
+def main(model_dir: str, out: str) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    model = ServedModel.load(model_dir)
+    server = Server(create_app([model]))
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 600)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#panel-a .controls *"))
+        if model.method == "np-dpo":
+            from steerable.data.loading import read_table
+            from steerable.evaluation.fewshot import simulated_examples
+
+            pairs = read_table(Path(model_dir) / model.policy.manifest.fewshot["heldout_pairs"])
+            for panel, weights in (("a", [1, 0]), ("b", [0, 1])):
+                examples = simulated_examples(pairs, model.policy.rewards, weights, 5, seed=0)
+                box = driver.find_element(By.CSS_SELECTOR, f"#panel-{panel} .examples")
+                driver.execute_script(
+                    "arguments[0].value = arguments[1]", box, json.dumps(examples, indent=1)
+                )
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: d.find_element(By.ID, "status").text == "done")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(out)
+        for panel in ("a", "b"):
+            print(panel, driver.find_element(By.CSS_SELECTOR, f"#panel-{panel} .answer").text)
+            print(panel, driver.find_element(By.CSS_SELECTOR, f"#panel-{panel} .scores").text)
+    finally:
+        driver.quit()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
