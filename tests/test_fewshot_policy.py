@@ -237,6 +237,34 @@ def test_a_finished_run_is_reused_and_a_changed_one_refused(tiny_np_dpo):
     assert changed.exit_code == 2 and "other inputs" in changed.output
 
 
+def test_an_interrupted_policy_stage_resumes_from_its_last_checkpoint(tiny_np_dpo, tmp_path):
+    import shutil
+
+    out, args, _ = tiny_np_dpo
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    policy = copy / "stages" / "policy"
+    # as a run killed after its step-3 checkpoint leaves it: no weights, no done marker, no later stage
+    for gone in (policy / "done.json", copy / "steerable.json"):
+        gone.unlink()
+    shutil.rmtree(policy / "weights")
+    shutil.rmtree(copy / "stages" / "evaluation")
+    assert (policy / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file()
+    rerun = [
+        *args[: args.index("--output_dir")],
+        "--output_dir",
+        str(copy),
+        *args[args.index("--output_dir") + 2 :],
+    ]
+    result = CliRunner().invoke(app, rerun)
+    assert result.exit_code == 0, result.output
+    info = json.loads((policy / "done.json").read_text())["info"]
+    assert info["steps"] == 3 and (policy / "weights" / "adapter_model.safetensors").is_file()
+    resumed = SteerablePolicy.from_pretrained(copy).fewshot.state_dict()
+    original = SteerablePolicy.from_pretrained(out).fewshot.state_dict()
+    assert all(torch.allclose(resumed[k], original[k]) for k in original)  # the checkpoint's weights
+
+
 def test_generate_steers_from_examples(tiny_np_dpo, tmp_path):
     out, _, _ = tiny_np_dpo
     policy = SteerablePolicy.from_pretrained(out)

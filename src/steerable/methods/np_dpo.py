@@ -109,7 +109,7 @@ class NPDPOConfig(TaskConfig):
     lm_targets: int = field(default=2, metadata={"help": "Target pairs per task the LM learns from."})
     tasks_per_batch: int = field(default=4, metadata={"help": "Tasks per step."})
     max_steps: int = field(default=120, metadata={"help": "Optimiser steps."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "Learning rate."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Learning rate."})
     beta: float = field(default=0.05, metadata={"help": "DPO beta."})
     sft_weight: float = field(default=1.0, metadata={"help": "Weight of the chosen answers' NLL."})
     max_completion_length: int = field(default=48, metadata={"help": "Response tokens per option."})
@@ -305,6 +305,17 @@ def dpo_trainer_class():
                 tokens = inputs["completion_mask"][:half, 1:].sum()
                 loss = loss + self.sft_weight * sft_loss(logps[:half], tokens)
             return (loss, logps) if return_outputs else loss
+
+        def _issue_warnings_after_load(self, load_result):
+            # a checkpoint holds the trained weights only, so the frozen base's are "missing"
+            trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            missing = sorted(trained & set(load_result.missing_keys))
+            if missing or load_result.unexpected_keys:
+                raise SteerableError(
+                    f"the checkpoint in {self.args.output_dir} does not fit this model (missing "
+                    f"{missing[:3]}, unexpected {load_result.unexpected_keys[:3]}); delete that folder "
+                    "to start the stage again"
+                )
 
         def _save(self, output_dir=None, state_dict=None):
             trained = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
@@ -585,22 +596,16 @@ def generation_effects(config: NPDPOConfig, policy, base, source: TaskSource) ->
             runs[kind].append(scores(answers, kind))
     means = {kind: np.mean(values, axis=0) for kind, values in runs.items()}  # (n, K) per run kind
     effects = []
-    for kind in ["no context", *source.types.names]:
+    # each type against the base model, the policy's own prior (no context) and the other types
+    contrasts = [("no context", "base")]
+    contrasts += [(kind, vs) for kind in source.types.names for vs in ("base", "no context")]
+    contrasts += [
+        (kind, other) for kind in source.types.names for other in source.types.names if other != kind
+    ]
+    for kind, vs in contrasts:
         for k, name in enumerate(names):
-            diff = means[kind][:, k] - means["base"][:, k]
-            mean, stderr = mean_and_stderr(diff)
-            effects.append(
-                {"condition": kind, "objective": name, "vs": "base", "effect": mean, "stderr": stderr}
-            )
-    for kind in source.types.names:
-        for other in source.types.names:
-            if other == kind:
-                continue
-            for k, name in enumerate(names):
-                mean, stderr = mean_and_stderr(means[kind][:, k] - means[other][:, k])
-                effects.append(
-                    {"condition": kind, "objective": name, "vs": other, "effect": mean, "stderr": stderr}
-                )
+            mean, stderr = mean_and_stderr(means[kind][:, k] - means[vs][:, k])
+            effects.append({"condition": kind, "objective": name, "vs": vs, "effect": mean, "stderr": stderr})
     levels = {kind: {n: float(means[kind][:, k].mean()) for k, n in enumerate(names)} for kind in means}
     return {
         "prompts": len(prompts),
@@ -611,6 +616,7 @@ def generation_effects(config: NPDPOConfig, policy, base, source: TaskSource) ->
         # a score can be won with degenerate text: how often an answer holds a 25+ character
         # run without a space (not a word), and the first answers of each condition to read
         "run_on_share": {kind: run_on_share(a) for kind, a in answers_of.items()},
+        "per_prompt": {kind: m.tolist() for kind, m in means.items()},  # [prompt][objective]
         "samples": {
             kind: [{"prompt": p, "answer": a} for p, a in zip(prompts[:3], answers[:3], strict=False)]
             for kind, answers in answers_of.items()
