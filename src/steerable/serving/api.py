@@ -398,10 +398,11 @@ def create_app(
     async def chat(request: Request):
         body = parse_json(await read_body(request, max_body_bytes))
         parsed = parse_request(body, served, max_tokens_limit)
-        steered, applied, z = parsed.model.steer(parsed.messages, parsed.steering)
+        # off the event loop: NP-DPO's examples go through the pair encoder
+        steered, applied, z = await asyncio.to_thread(parsed.model.steer, parsed.messages, parsed.steering)
         if parsed.model.upstream is not None:
             return await forward(parsed.model, body, steered, applied)
-        jobs = make_jobs(parsed, parsed.model.render(steered), z)
+        jobs = await asyncio.to_thread(make_jobs, parsed, parsed.model.render(steered), z)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "created": created, "model": parsed.model.id}
         if parsed.stream:
