@@ -16,22 +16,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from steerable.serving.api import ServedModel, create_app  # noqa: E402
-from test_serving import Server  # noqa: E402
+from test_serving import Server, headless_chromium  # noqa: E402
 
 
 def main(model_dir: str, out: str) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     model = ServedModel.load(model_dir)
     server = Server(create_app([model]))
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = headless_chromium("1200,1000")
     try:
         driver.get(server.url + "/")
         wait = WebDriverWait(driver, 600)

@@ -44,6 +44,18 @@ class Server:
         self.thread.join(timeout=10)
 
 
+def headless_chromium(size: str = "1200,900"):
+    """Debian's chromium through chromium-driver (never a downloaded browser)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={size}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_ric):
     _, ric = tiny_ric
@@ -285,18 +297,12 @@ def test_serve_refuses_bad_settings_and_unknown_models(tmp_path):
 
 def test_the_playground_moves_a_slider_and_shows_the_answer_and_targets(server):
     """Headless Chromium (Debian's chromium + chromium-driver, installed by .ci/run)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     running, models = server
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = headless_chromium()
     try:
         driver.get(running.url + "/")
         wait = WebDriverWait(driver, 60)
