@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -171,11 +172,14 @@ def run_batch(model, tokenizer, jobs: list[Job], film=None) -> None:
 
 class BatchEngine:
     """A bounded queue of jobs and the worker thread that runs them in batches of up to
-    `max_batch`. `submit` raises queue.Full when `max_queue` jobs already wait."""
+    `max_batch` (waiting `batch_wait` seconds after the first job for others to join).
+    `submit` raises queue.Full when `max_queue` jobs already wait."""
 
-    def __init__(self, model, tokenizer, film=None, max_batch: int = 32, max_queue: int = 256):
+    def __init__(
+        self, model, tokenizer, film=None, max_batch: int = 32, max_queue: int = 256, batch_wait: float = 0.02
+    ):
         self.model, self.tokenizer, self.film = model, tokenizer, film
-        self.max_batch = max_batch
+        self.max_batch, self.batch_wait = max_batch, batch_wait
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.lock = threading.Lock()  # one generate at a time on the model
         self.queueing = threading.Lock()  # a request's jobs enter the queue together
@@ -195,11 +199,16 @@ class BatchEngine:
     def _work(self) -> None:
         while True:
             batch = [self.jobs.get()]
+            # requests that arrive together (a burst of clients) start together: wait up to
+            # `batch_wait` seconds for more before starting a batch
+            deadline = time.monotonic() + self.batch_wait
             while len(batch) < self.max_batch:
+                remaining = deadline - time.monotonic()
                 try:
-                    batch.append(self.jobs.get_nowait())
+                    job = self.jobs.get(timeout=remaining) if remaining > 0 else self.jobs.get_nowait()
                 except queue.Empty:
                     break
+                batch.append(job)
             live = [j for j in batch if not j.cancelled.is_set()]  # a client that left is skipped
             try:
                 if live:
