@@ -538,12 +538,15 @@ def evaluate(
     method: Annotated[
         str,
         typer.Option(
-            help="ric, moslim, tags (a MOSLIM directory's base model given its tags: the floor), prompting, soups or morlhf."
+            help="ric, moslim, tags (a MOSLIM directory's base model given its tags: the floor), prompting, "
+            "soups, morlhf or np-dpo (each grid point: 5 choices of a simulated user)."
         ),
     ] = "ric",
     model: Annotated[
         str,
-        typer.Option(help="ric/moslim/tags/soups/morlhf: the trained directory. prompting: the base model."),
+        typer.Option(
+            help="ric/moslim/tags/soups/morlhf/np-dpo: the trained directory. prompting: the base model."
+        ),
     ] = "runs/ric",
     stats: Annotated[
         str | None,
