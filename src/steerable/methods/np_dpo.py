@@ -366,7 +366,7 @@ def reference_stage(
     return np.load(stages.path("reference") / "reference.npy")
 
 
-def policy_stage(config, stages, inputs, source, encoded, reference, tokenizer) -> dict:
+def policy_stage(config, stages, inputs, source, tasks, encoded, reference, tokenizer) -> dict:
     """Train (or resume) the policy into stages/policy/weights: adapter + fewshot/."""
     from peft import get_peft_model
     from transformers import TrainingArguments
@@ -399,7 +399,7 @@ def policy_stage(config, stages, inputs, source, encoded, reference, tokenizer) 
     trainer = dpo_trainer_class()(
         model=module,
         args=args,
-        train_dataset=training_tasks(config, source),
+        train_dataset=tasks,
         data_collator=TaskCollator(source.embeddings, encoded, reference, tokenizer.pad_token_id),
         beta=config.beta,
         sft_weight=config.sft_weight,
@@ -471,7 +471,8 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
     }
     if stages.done("policy", policy_inputs) is None:
         (out / MANIFEST).unlink(missing_ok=True)  # written again once the policy is trained
-    info = policy_stage(config, stages, policy_inputs, source, encoded, reference, tokenizer)
+    tasks = training_tasks(config, source)
+    info = policy_stage(config, stages, policy_inputs, source, tasks, encoded, reference, tokenizer)
     tokenizer.save_pretrained(out)
     write_heldout_pairs(config, source, out / HELDOUT_PAIRS)
     manifest = PolicyManifest(
@@ -491,7 +492,7 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
             "stages": {"policy": fingerprint(policy_inputs)},
             "compute": {
                 "seconds": {"policy": info["seconds"]},
-                "trained_tokens": trained_tokens(training_tasks(config, source), encoded),
+                "trained_tokens": trained_tokens(tasks, encoded),
                 "generated_tokens": 0,
             },
         },
@@ -566,13 +567,11 @@ def generation_effects(config: NPDPOConfig, policy, base, source: TaskSource) ->
         return policy.rewards.normalise(policy.rewards.score(prompts, answers))  # (n, K)
 
     runs = {"base": [], "no context": []}
+    prior = policy.latent_for([])  # z of an empty context
     for r in range(config.eval_contexts):
         sampling.seed = config.seed + r
         runs["base"].append(scores(generate_texts(base, policy.tokenizer, texts, sampling, False), "base"))
-        z = policy.fewshot.latent_of(
-            np.zeros((0, source.embeddings.shape[1])), np.zeros((0, source.embeddings.shape[1]))
-        )
-        with policy.fewshot.film.conditioned(z):
+        with policy.fewshot.film.conditioned(prior):
             answers = generate_texts(policy.model, policy.tokenizer, texts, sampling, False)
             runs["no context"].append(scores(answers, "no context"))
     for t, kind in enumerate(source.types.names):

@@ -160,9 +160,7 @@ class ServedModel:
             z = with_param("steering.examples", lambda: self.policy.latent_for(examples))
             return self.policy.steered_messages(messages, None), {"examples": len(examples)}, z
         weights = steering.get("weights")
-        if isinstance(weights, Mapping | list):
-            pass
-        elif weights is not None:
+        if weights is not None and not isinstance(weights, Mapping | list):
             raise ApiError(
                 400, "steering.weights must be an object {name: weight} or a list", "steering.weights"
             )
@@ -360,13 +358,10 @@ def create_app(
     async def score(request: Request):
         """The objectives' scores of responses to a prompt (what the playground shows)."""
         body = parse_json(await read_body(request, max_body_bytes))
-        model = served.get(body.get("model")) if isinstance(body, dict) else None
-        if model is None:
-            raise ApiError(
-                404,
-                f"model {body.get('model') if isinstance(body, dict) else None!r} is not served here",
-                "model",
-            )
+        if not isinstance(body, dict) or body.get("model") not in served:
+            name = body.get("model") if isinstance(body, dict) else None
+            raise ApiError(404, f"model {name!r} is not served here; served: {list(served)}", "model")
+        model = served[body["model"]]
         if model.policy is None:
             raise ApiError(400, f"{model.id} is a base model: it has no objectives to score with", "model")
         prompt, responses = body.get("prompt"), body.get("responses")
