@@ -104,21 +104,23 @@ class RowStreamer:
                 continue
             self.tokens[row].append(token)
             job.completion_tokens = len(self.tokens[row])
+            if job.completion_tokens >= job.max_tokens:
+                job.finish_reason = "length"  # end() emits what is left
+                continue
             text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
             if text.endswith("\ufffd"):
                 continue  # half a character: wait for the rest
-            hit = [i for i in (text.find(s) for s in job.stop) if i >= 0]
-            if hit:
-                text, job.finish_reason = text[: min(hit)], "stop"
-            elif job.completion_tokens >= job.max_tokens:
-                job.finish_reason = "length"
+            text, stopped = cut_at_stop(text, job.stop)
+            if stopped:
+                job.finish_reason = "stop"
             self.emit(job, text)
 
     def emit(self, job: Job, text: str) -> None:
-        new = text[len(job.output) :] if text.startswith(job.output) else ""
-        job.output = text if text.startswith(job.output) else job.output
-        if new and job.on_text is not None:
-            job.on_text(new)
+        """Hand on the part of `text` not yet emitted."""
+        if text.startswith(job.output) and len(text) > len(job.output):
+            new, job.output = text[len(job.output) :], text
+            if job.on_text is not None:
+                job.on_text(new)
 
     def end(self) -> None:
         for row, job in enumerate(self.jobs):
@@ -127,8 +129,13 @@ class RowStreamer:
             if job.finish_reason is None:
                 job.finish_reason = "length" if job.completion_tokens >= job.max_tokens else "stop"
             text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).rstrip("\ufffd")
-            hit = [i for i in (text.find(s) for s in job.stop) if i >= 0]
-            self.emit(job, text[: min(hit)] if hit else text)
+            self.emit(job, cut_at_stop(text, job.stop)[0])
+
+
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """`text` up to its first stop string, and whether there was one."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
 
 
 class RowStop(StoppingCriteria):
