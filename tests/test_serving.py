@@ -404,3 +404,39 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
     assert ask(
         openai.OpenAI(base_url=running.url + "/v1", api_key="x"), models[0].id
     ).choices  # still serving
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8, 0.999])
+def test_each_row_draws_from_its_own_nucleus(top_p):
+    """The batched inverse-CDF draw samples each row's top-p distribution: frequencies over many
+    rows match it, greedy rows take the argmax, and a flat row whose nucleus is wider than the
+    first 64 candidates is still cut where it should be."""
+    import torch
+
+    from steerable.serving.engine import draw_tokens
+
+    rows = 40_000
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0] + [-30.0] * 195)
+    flat = torch.zeros(200)
+    scores = torch.stack([logits, flat]).repeat(rows // 2, 1)
+    temperature = torch.full((rows,), 0.7)
+    temperature[:10] = 0.0  # greedy rows
+    uniform = torch.rand(rows, generator=torch.Generator().manual_seed(0))
+    tokens = draw_tokens(scores, temperature, torch.full((rows,), top_p), uniform)
+    assert tokens[:10:2].tolist() == [0] * 5  # argmax of the peaked rows
+
+    def expected(row_logits):
+        probs = torch.softmax(row_logits / 0.7, -1)
+        ordered, order = probs.sort(descending=True)
+        kept = torch.zeros_like(probs)
+        keep = (ordered.cumsum(0) - ordered) < top_p
+        kept[order[keep]] = ordered[keep]
+        return kept / kept.sum()
+
+    peaked, uniform = tokens[10::2], tokens[11::2]
+    got = torch.bincount(peaked, minlength=200).float() / len(peaked)
+    assert torch.allclose(got, expected(logits), atol=0.01)
+    got = torch.bincount(uniform, minlength=200).float() / len(uniform)
+    want = expected(flat)
+    assert int((got > 0).sum()) == int((want > 0).sum())  # the nucleus's width, exactly
+    assert torch.allclose(got, want, atol=0.01)

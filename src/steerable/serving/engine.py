@@ -2,7 +2,7 @@
 (up to `max_batch`) and runs them as one `model.generate` call with transformers' own machinery.
 
 Each row keeps its own settings inside the shared batch:
-    sampling   `RowSampler` draws row i's next token from its own temperature / top-k / top-p
+    sampling   `RowSampler` draws row i's next token from its own temperature / top-p
                distribution with its own `torch.Generator` (seeded by the request), so what else
                shares the batch does not change its draws; temperature 0 is argmax
     stopping   `RowStop` ends a row at its own max_tokens, at a stop string, or when its client
@@ -37,7 +37,6 @@ class Job:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     latent: torch.Tensor | None = None  # (1, Z), NP-DPO
@@ -55,30 +54,61 @@ class Job:
 
 class RowSampler(LogitsProcessor):
     """Row i's next token from its own distribution and generator; returns scores that are 0 at
-    the drawn token and -inf elsewhere, so `generate(do_sample=False)` emits it."""
+    the drawn token and -inf elsewhere, so `generate(do_sample=False)` emits it. Each row draws
+    one uniform number from its own generator per step; the rest is batched (`draw_tokens`)."""
 
     def __init__(self, jobs: list[Job], device):
-        self.jobs = jobs
         self.generators = []
         for job in jobs:
             generator = torch.Generator(device=device)
             generator.manual_seed(job.seed if job.seed is not None else torch.seed())
             self.generators.append(generator)
+        self.temperature = torch.tensor([j.temperature for j in jobs], device=device)
+        self.top_p = torch.tensor([j.top_p for j in jobs], device=device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        out = torch.full_like(scores, float("-inf"))
-        for row, (job, generator) in enumerate(zip(self.jobs, self.generators, strict=True)):
-            logits = scores[row].float()
-            if job.temperature <= 0:
-                token = logits.argmax()
-            else:
-                k = job.top_k if 0 < job.top_k < logits.shape[-1] else logits.shape[-1]
-                top = torch.topk(logits / job.temperature, k)
-                probs = torch.softmax(top.values, dim=-1)
-                probs = probs.masked_fill(torch.cumsum(probs, dim=-1) - probs >= job.top_p, 0.0)
-                token = top.indices[torch.multinomial(probs, 1, generator=generator)[0]]
-            out[row, token] = 0.0
-        return out
+        uniform = torch.cat([torch.rand(1, generator=g, device=scores.device) for g in self.generators])
+        tokens = draw_tokens(scores, self.temperature, self.top_p, uniform)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens[:, None], 0.0)
+
+
+def draw_tokens(
+    scores: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor
+) -> torch.Tensor:
+    """Each row's next token (B,) by inverse-CDF sampling with its own `uniform` number in [0, 1)
+    from its temperature-scaled distribution, cut to its top-p nucleus (a token is kept while
+    the mass before it is < top_p, as in `generation.TopKSampler`); temperature 0 is argmax.
+
+    No full sort of the vocabulary: a nucleus is looked for among the 64 most likely tokens,
+    then 4x as many, until every row's is found (a sort of 32 x 49,152 scores costs more on
+    2 CPU cores than the decode step itself; benchmarks/RESULTS.md, serving throughput)."""
+    greedy = temperature <= 0
+    logits = scores.float() / torch.where(greedy, 1.0, temperature)[:, None]
+    probs = torch.softmax(logits, dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    tokens = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0]
+    nucleus = (top_p < 1) & ~greedy
+    if nucleus.any():
+        rows = nucleus.nonzero()[:, 0]
+        tokens[rows] = _draw_nucleus(probs[rows], top_p[rows], uniform[rows])
+    tokens = tokens.clamp_(max=scores.shape[-1] - 1)
+    if greedy.any():
+        rows = greedy.nonzero()[:, 0]
+        tokens[rows] = scores[rows].argmax(dim=-1)
+    return tokens
+
+
+def _draw_nucleus(probs: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    width = min(64, probs.shape[-1])
+    while True:
+        top = torch.topk(probs, width, dim=-1)  # most likely first
+        if width == probs.shape[-1] or bool((top.values.sum(dim=-1) >= top_p).all()):
+            break  # every row's nucleus lies among the `width` most likely tokens
+        width = min(4 * width, probs.shape[-1])
+    kept = top.values.masked_fill(torch.cumsum(top.values, dim=-1) - top.values >= top_p[:, None], 0.0)
+    cdf = kept.cumsum(dim=-1)
+    index = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).clamp_(max=width - 1)
+    return top.indices.gather(-1, index)[:, 0]
 
 
 class RowStreamer:
