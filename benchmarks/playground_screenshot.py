@@ -14,9 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from steerable.serving.api import ServedModel, create_app  # noqa: E402
-from test_serving import Server, headless_chromium  # noqa: E402
+from steerable.serving.api import ServedModel, create_app
+from steerable.serving.local import BackgroundServer, headless_chromium
 
 
 def main(model_dir: str, out: str) -> None:
@@ -24,7 +23,7 @@ def main(model_dir: str, out: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     model = ServedModel.load(model_dir)
-    server = Server(create_app([model]))
+    server = BackgroundServer(create_app([model]))
     driver = headless_chromium("1200,1000")
     try:
         driver.get(server.url + "/")

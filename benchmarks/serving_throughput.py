@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from steerable.data import load_prompts  # noqa: E402
-from steerable.serving.api import ServedModel, create_app  # noqa: E402
-from test_serving import Server  # noqa: E402  (the tests' uvicorn-in-a-thread helper)
+from steerable.data import load_prompts
+from steerable.serving.api import ServedModel, create_app
+from steerable.serving.local import BackgroundServer
 
 
 def steering_for(model: ServedModel, i: int) -> dict:
@@ -54,7 +52,7 @@ def run(url: str, bodies: list[dict], clients: int) -> tuple[float, int, list[fl
 
 def main() -> None:
     model = ServedModel.load(ARGS.model, max_batch=32, max_queue=256)
-    server = Server(create_app([model], max_tokens_limit=ARGS.max_tokens))
+    server = BackgroundServer(create_app([model], max_tokens_limit=ARGS.max_tokens))
     url = server.url + "/v1/chat/completions"
     prompts = load_prompts("heldout", ARGS.requests)
     bodies = [

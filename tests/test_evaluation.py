@@ -6,7 +6,7 @@ import pytest
 from steerable import RewardSet, SteerableError
 from steerable.evaluation.evaluate import evaluate
 from steerable.evaluation.pareto import hypervolume, non_dominated
-from steerable.evaluation.sweep import controllability, preference_grid, sweep
+from steerable.evaluation.sweep import controllability, preference_grid, requested_controllability, sweep
 from steerable.generation import SamplingConfig
 
 
@@ -64,6 +64,29 @@ def test_sweep_and_controllability_with_a_fake_generator():
     assert ctrl["long"] == pytest.approx(1.0) and ctrl["brief"] == pytest.approx(1.0)
     with pytest.raises(SteerableError, match="grid has shape"):
         sweep(generate, rewards, ["a"], preference_grid(3))
+
+
+def test_controllability_against_the_request_ranks_equal_requests_together():
+    """A model asked for linf-style targets (flat from w = 0.5 up) that hits each target up to
+    noise on the plateau: perfect against its requests, not against its weights."""
+    rewards = RewardSet.from_specs(["long=builtin:length", "brief=builtin:brevity"])
+    plateau_noise = iter([0, 1, 0, 1, 0, 1] * 2)
+
+    def target(w):
+        return 1 + round(20 * min(2 * w, 1.0))
+
+    def generate(prompts, weights):
+        words = target(weights[0]) + (next(plateau_noise) if weights[0] >= 0.5 else 0)
+        return [" ".join(["word"] * words) for _ in prompts]
+
+    generate.requested = lambda weights: [target(weights[0]), -target(weights[1])]
+    points = sweep(generate, rewards, ["a"], preference_grid(2))
+    assert [p.requested[0] for p in points] == [target(w) for w in np.linspace(0, 1, 11)]
+    asked = requested_controllability(points, rewards.names)
+    by_weight = controllability(points, rewards.names)
+    assert asked["long"] > 0.9 and by_weight["long"] < asked["long"]
+    points[3].requested = None  # a method that records no requests has no such controllability
+    assert requested_controllability(points, rewards.names) is None
 
 
 def test_sweep_with_several_samples_per_prompt_averages_each_prompt_first():

@@ -392,6 +392,9 @@ def test_three_objectives_from_a_given_table_through_the_cli(tiny_path, tmp_path
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    # one named bar per training stage, with its ETA, and no per-step loss dictionaries
+    assert "offline SFT" in result.output and "online_1 SFT" in result.output
+    assert "'loss'" not in result.output and "FutureWarning" not in result.output
     policy = SteerablePolicy.from_pretrained(out, device="cpu")
     assert policy.names == ["brief", "positive", "easy"]
     targets = policy.targets_for("brief=0.2,positive=0.3,easy=0.5")

@@ -26,6 +26,22 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", help="Keep the libraries' own logs, progress bars and deprecation warnings."
+        ),
+    ] = False,
+) -> None:
+    """Steer one language model across several objectives at inference time."""
+    if not verbose:
+        from steerable.progress import quiet_libraries
+
+        quiet_libraries()
+
+
 def _warn(message) -> None:
     from rich.markup import escape
 
@@ -644,7 +660,7 @@ def report(
 
 
 def _print_comparison(results, out: Path) -> None:
-    from steerable.evaluation.report import summary
+    from steerable.evaluation.report import signed, summary
 
     table = Table(
         "method",
@@ -652,11 +668,13 @@ def _print_comparison(results, out: Path) -> None:
         "front",
         "HV",
         *[f"ctrl {n}" for n in results[0].names],
+        *[f"asked {n}" for n in results[0].names],
         "train s",
         "eval s",
         title="comparison",
-        caption="HV: hypervolume (reference: 5% quantile of the training scores); "
-        "ctrl: controllability (Spearman of weight vs. achieved score); front: points on the front",
+        caption="HV: hypervolume (reference: 5% quantile of the training scores); front: points on "
+        "the front; ctrl: controllability (Spearman of weight vs. achieved score); asked: Spearman of "
+        "the requested target or level vs. achieved score (models steered by tags)",
     )
     for row in summary(results):
         table.add_row(
@@ -665,6 +683,7 @@ def _print_comparison(results, out: Path) -> None:
             str(row["front"]),
             f"{row['hypervolume']:.4g}",
             *[f"{row[f'controllability_{n}']:+.3f}" for n in results[0].names],
+            *[signed(row[f"requested_{n}"]) for n in results[0].names],
             f"{row['train_seconds']:.0f}",
             f"{row['eval_seconds']:.0f}",
         )

@@ -89,6 +89,11 @@ def method_generator(
         def generate(prompts, weights):
             return policy.generate(prompts, preference=list(weights), mapping=mapping, sampling=sampling)
 
+        def requested(weights):
+            steering = policy.steering_for(preference=list(weights), mapping=mapping)
+            return [steering[name] for name in policy.names]
+
+        generate.requested = requested
         if policy.levels is not None:
             generate.levels = level_steering(policy, sampling)
         return (

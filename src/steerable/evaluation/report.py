@@ -20,7 +20,7 @@ import numpy as np
 
 from steerable.errors import SteerableError
 from steerable.evaluation.pareto import hypervolume, non_dominated
-from steerable.evaluation.sweep import SweepPoint, points_to_rows
+from steerable.evaluation.sweep import SweepPoint, points_to_rows, requested_controllability
 from steerable.io import atomic_write, atomic_write_text
 
 RESULT_FILE = "result.json"
@@ -163,6 +163,7 @@ def summary(results: list[EvaluationResult]) -> list[dict]:
     for r in results:
         hv = hypervolume(r.means, ref)
         hours = r.compute.get("train_seconds", 0.0) / 3600
+        requested = requested_controllability(r.points, r.names) or {}
         rows.append(
             {
                 "method": r.method,
@@ -170,6 +171,7 @@ def summary(results: list[EvaluationResult]) -> list[dict]:
                 "front": int(non_dominated(r.means).sum()),
                 "hypervolume": hv,
                 **{f"controllability_{n}": v for n, v in r.controllability.items()},
+                **{f"requested_{n}": requested.get(n) for n in r.names},
                 "train_seconds": r.compute.get("train_seconds", 0.0),
                 "trained_tokens": r.compute.get("trained_tokens", 0),
                 "train_generated_tokens": r.compute.get("generated_tokens", 0),
@@ -178,6 +180,11 @@ def summary(results: list[EvaluationResult]) -> list[dict]:
             }
         )
     return rows
+
+
+def signed(value: float | None) -> str:
+    """A correlation as +0.123, or '-' where there is none."""
+    return "-" if value is None else f"{value:+.3f}"
 
 
 def plot_fronts(results: list[EvaluationResult], path: str | Path) -> None:
@@ -266,15 +273,22 @@ def markdown(results: list[EvaluationResult]) -> str:
         + ", ".join(f"{name} {first.sampling.get(name)}" for name in COMPARED_SAMPLING)
         + ".",
         "",
+        "Controllability: Spearman, per objective, of the weight (and, for a model steered by tags, "
+        "of the target or level the tag asked for) against the achieved mean score over the grid.",
+        "",
         "| method | points | on front | hypervolume | "
         + " | ".join(f"controllability {n}" for n in names)
+        + " | "
+        + " | ".join(f"vs requested {n}" for n in names)
         + " | train s | trained tokens | eval s |",
-        "|---|---|---|---|" + "---|" * len(names) + "---|---|---|",
+        "|---|---|---|---|" + "---|" * (2 * len(names)) + "---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['method']} | {row['points']} | {row['front']} | {row['hypervolume']:.4g} | "
             + " | ".join(f"{row[f'controllability_{n}']:+.3f}" for n in names)
+            + " | "
+            + " | ".join(signed(row[f"requested_{n}"]) for n in names)
             + f" | {row['train_seconds']:.0f} | {row['trained_tokens']} | {row['eval_seconds']:.0f} |"
         )
     levelled = [r for r in results if r.levels is not None]

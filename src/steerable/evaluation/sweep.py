@@ -32,7 +32,9 @@ def preference_grid(k: int, resolution: int = 10) -> np.ndarray:
 @dataclass
 class SweepPoint:
     """One grid point: the weights asked for and what the responses achieved. `n` responses,
-    `samples` per prompt; `stderr` is over prompts (of each prompt's mean over its samples)."""
+    `samples` per prompt; `stderr` is over prompts (of each prompt's mean over its samples).
+    `requested`: what the weights became, per objective, for a method that turns them into a
+    request the model was trained to follow (RiC's target tags, MOSLIM's levels); else None."""
 
     weights: list[float]
     mean: list[float]
@@ -41,6 +43,7 @@ class SweepPoint:
     seconds: float
     generated_tokens: int
     samples: int = 1
+    requested: list[float] | None = None
 
 
 def check_samples(samples: int) -> None:
@@ -59,7 +62,8 @@ def sweep(
 ) -> list[SweepPoint]:
     """Evaluate `generate(prompts, weights) -> responses` at every grid point, with `samples`
     responses per prompt (each prompt repeated in one call): a point's mean is over all of
-    them, and more samples make the means, and the controllability, less noisy."""
+    them, and more samples make the means, and the controllability, less noisy. A `generate`
+    with a `requested(weights) -> [K]` attribute has each point's request recorded."""
     grid = np.asarray(grid, dtype=float)
     if grid.ndim != 2 or grid.shape[1] != len(rewards):
         raise SteerableError(
@@ -69,6 +73,7 @@ def sweep(
     prompts = list(prompts)
     n_prompts = len(prompts)
     repeated = [p for p in prompts for _ in range(samples)]
+    requested = getattr(generate, "requested", None)
     points = []
     for i, weights in enumerate(grid):
         started = time.perf_counter()
@@ -86,6 +91,7 @@ def sweep(
                 seconds=seconds,
                 generated_tokens=count_tokens(responses),
                 samples=samples,
+                requested=None if requested is None else [float(v) for v in requested(weights)],
             )
         )
         if progress:
@@ -95,11 +101,26 @@ def sweep(
 
 def controllability(points: Sequence[SweepPoint], names: Sequence[str]) -> dict[str, float]:
     """Spearman correlation, per objective, between its requested weight and its achieved mean."""
-    weights = np.array([p.weights for p in points])
+    return _spearman_columns(np.array([p.weights for p in points]), points, names)
+
+
+def requested_controllability(points: Sequence[SweepPoint], names: Sequence[str]) -> dict[str, float] | None:
+    """Spearman correlation, per objective, between what the model was asked for (its target tag
+    or level) and its achieved mean; None unless every point records its request. Where a
+    mapping saturates (linf asks for hi at every w_i >= 0.5) the equal requests share one rank,
+    so their order, which no model can get right, does not count against it."""
+    if not points or any(p.requested is None for p in points):
+        return None
+    return _spearman_columns(np.array([p.requested for p in points]), points, names)
+
+
+def _spearman_columns(
+    asked: np.ndarray, points: Sequence[SweepPoint], names: Sequence[str]
+) -> dict[str, float]:
     means = np.array([p.mean for p in points])
     with warnings.catch_warnings():  # a constant column gives nan, which is the honest answer
         warnings.simplefilter("ignore")
-        return {name: float(spearmanr(weights[:, k], means[:, k]).statistic) for k, name in enumerate(names)}
+        return {name: float(spearmanr(asked[:, k], means[:, k]).statistic) for k, name in enumerate(names)}
 
 
 def points_to_rows(points: Sequence[SweepPoint], names: Sequence[str]) -> list[dict]:

@@ -52,7 +52,7 @@ from steerable.io import atomic_write, atomic_write_text
 from steerable.methods.np_rm import TaskConfig, accuracy_table, build_source, task_inputs
 from steerable.methods.np_rm import result as stage_result
 from steerable.methods.rl import load_rewards
-from steerable.methods.training import device_args, last_complete_checkpoint, lora_config
+from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 from steerable.stages import Stages, file_digest, fingerprint
 
 RESULT_FILE = "evaluation.json"
@@ -404,7 +404,9 @@ def policy_stage(config, stages, inputs, source, tasks, encoded, reference, toke
         beta=config.beta,
         sft_weight=config.sft_weight,
     )
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    stage_bar(trainer, "NP-DPO policy").train(
+        resume_from_checkpoint=last_complete_checkpoint(args.output_dir)
+    )
     weights = stage / "weights"
     lm.save_pretrained(weights)
     module.path.save(weights / FEWSHOT_DIR)

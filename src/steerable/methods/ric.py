@@ -49,7 +49,7 @@ from steerable.defaults import (
 )
 from steerable.errors import SteerableError
 from steerable.generation import SamplingConfig, count_tokens, generate_texts, render_chat, template_messages
-from steerable.methods.training import device_args, last_complete_checkpoint, lora_config
+from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 from steerable.objectives import RewardSet
 from steerable.policy import MANIFEST, MappingConfig, PolicyManifest, SteerablePolicy
 from steerable.preferences import Preference
@@ -678,7 +678,8 @@ def run_sft(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    label = "offline SFT" if offline else f"{name} SFT"
+    stage_bar(trainer, label).train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     trainer.save_model(str(stage / "weights"))
     info = {
         "examples": len(examples),

@@ -28,7 +28,7 @@ from steerable.defaults import (
 )
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
-from steerable.methods.training import device_args, last_complete_checkpoint, lora_config
+from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 from steerable.objectives import RewardSet
 from steerable.stages import Stages, fingerprint, is_main_process, wait_for_everyone
 
@@ -268,7 +268,7 @@ def train_grpo(
         peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout),
         callbacks=list(callbacks),
     )
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    stage_bar(trainer, f"{name} GRPO").train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     trainer.save_model(str(stage / "weights"))
     # each process scored its own completions: sum the counts over processes
     completions, tokens = trainer.accelerator.reduce(

@@ -1,11 +1,13 @@
-"""Pieces every trainer recipe shares: the LoRA shape and the TRL arguments that depend on the
-device rather than on the method."""
+"""Pieces every trainer recipe shares: the LoRA shape, the TRL arguments that depend on the
+device rather than on the method, and the stage's progress bar."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from transformers import ProgressCallback
+from transformers.trainer_callback import PrinterCallback
 
 from steerable.errors import SteerableError
 
@@ -66,3 +68,30 @@ def last_complete_checkpoint(folder: str | Path) -> str | None:
         if (path / "trainer_state.json").is_file():
             return str(path)
     return None
+
+
+class StageBar(ProgressCallback):
+    """transformers' training bar named after the stage, the loss shown as its postfix."""
+
+    def __init__(self, desc: str):
+        super().__init__()
+        self.desc = desc
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", dynamic_ncols=True)
+        self.current_step = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{float(logs['loss']):.3g}", refresh=False)
+
+
+def stage_bar(trainer, desc: str):
+    """Give `trainer` one bar named `desc` in place of its own bar and printed logs; returns it."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StageBar(desc))
+    return trainer

@@ -51,7 +51,7 @@ from steerable.defaults import (
 )
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
-from steerable.methods.training import device_args, last_complete_checkpoint
+from steerable.methods.training import device_args, last_complete_checkpoint, stage_bar
 from steerable.reward_models.labels import MISSING, LabelSource, check_columns
 from steerable.scorers.hf import load_pair_model
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
@@ -544,7 +544,9 @@ def train_stage(
     trainer = Trainer(
         model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer)
     )
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    stage_bar(trainer, "multi-head RM").train(
+        resume_from_checkpoint=last_complete_checkpoint(args.output_dir)
+    )
     if is_main_process():
         save_weights(model, tokenizer, folder / "weights")
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # only an unfinished stage resumes

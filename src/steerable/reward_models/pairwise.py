@@ -47,7 +47,7 @@ from steerable.data.loading import ASSISTANT, require_text, split_by_prompt, spl
 from steerable.defaults import DTYPE_NAMES, MINILM_MODEL, absolute_if_local
 from steerable.errors import SteerableError
 from steerable.io import atomic_write, atomic_write_text
-from steerable.methods.training import device_args, last_complete_checkpoint, lora_config
+from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 from steerable.scorers.hf import HFRewardModel, load_pair_model
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 
@@ -429,7 +429,9 @@ def train_stage(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    result = stage_bar(trainer, "reward model").train(
+        resume_from_checkpoint=last_complete_checkpoint(args.output_dir)
+    )
     info = {
         "pairs": {"train": len(train), "heldout": len(heldout)},
         "prompts": {
