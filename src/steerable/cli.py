@@ -717,8 +717,8 @@ def demo(
         "runs/demo"
     ),
 ) -> None:
-    """RiC end to end on the embedded SmolLM2 (data, offline SFT, one online iteration), evaluated
-    against the prompting floor: table, front plot and report."""
+    """RiC on the embedded SmolLM2 (offline data, reward-conditioned SFT), evaluated against the
+    prompting floor: table, front plot and report, and the command that serves the model."""
     from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig, run_compare
 
     results = run_compare(CompareConfig(**DEMO_CONFIG), out)

@@ -234,11 +234,13 @@ class BatchEngine:
                 self.jobs.put_nowait(job)
 
     def _work(self) -> None:
+        last = 0  # jobs in the previous batch
         while True:
             batch = [self.jobs.get()]
-            # requests that arrive together (a burst of clients) start together: wait up to
-            # `batch_wait` seconds for more before starting a batch
-            deadline = time.monotonic() + self.batch_wait
+            # requests that arrive together (a burst of clients) start together: while others
+            # are about, wait up to `batch_wait` seconds for more before starting a batch; a lone
+            # client (the previous batch was one job too) does not pay the wait on every request
+            deadline = time.monotonic() + (self.batch_wait if last > 1 or not self.jobs.empty() else 0)
             while len(batch) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
@@ -247,6 +249,7 @@ class BatchEngine:
                     break
                 batch.append(job)
             live = [j for j in batch if not j.cancelled.is_set()]  # a client that left is skipped
+            last = len(batch)
             try:
                 if live:
                     self.largest_batch = max(self.largest_batch, len(live))
