@@ -660,18 +660,22 @@ def report(
 
 
 def _print_comparison(results, out: Path) -> None:
+    from rich import box
+
     from steerable.evaluation.report import signed, summary
 
+    names = results[0].names
     table = Table(
         "method",
         "points",
         "front",
         "HV",
-        *[f"ctrl {n}" for n in results[0].names],
-        *[f"asked {n}" for n in results[0].names],
+        *[f"ctrl {n}" for n in names],
+        *[f"asked {n}" for n in names],
         "train s",
         "eval s",
         title="comparison",
+        box=box.SIMPLE_HEAD,
         caption="HV: hypervolume (reference: 5% quantile of the training scores); front: points on "
         "the front; ctrl: controllability (Spearman of weight vs. achieved score); asked: Spearman of "
         "the requested target or level vs. achieved score (models steered by tags)",
@@ -682,13 +686,15 @@ def _print_comparison(results, out: Path) -> None:
             str(row["points"]),
             str(row["front"]),
             f"{row['hypervolume']:.4g}",
-            *[f"{row[f'controllability_{n}']:+.3f}" for n in results[0].names],
-            *[signed(row[f"requested_{n}"]) for n in results[0].names],
+            *[f"{row[f'controllability_{n}']:+.3f}" for n in names],
+            *[signed(row[f"requested_{n}"]) for n in names],
             f"{row['train_seconds']:.0f}",
             f"{row['eval_seconds']:.0f}",
         )
-    Console().print(table)
-    Console().print(f"report: {out / 'report.md'}   plot: {out / 'front.png'}")
+    # not a terminal (a log file, CI): wide enough that no number is cut short
+    wide = Console() if Console().is_terminal else Console(width=160)
+    wide.print(table)
+    wide.print(f"report: {out / 'report.md'}   plot: {out / 'front.png'}")
 
 
 @command
@@ -726,6 +732,7 @@ def demo(
     Console().print(
         f"try it: steerable serve {out / 'ric'}   then open http://127.0.0.1:8000/ (the playground)",
         highlight=False,
+        soft_wrap=True,
     )
 
 
