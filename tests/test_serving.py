@@ -399,3 +399,17 @@ def test_each_row_draws_from_its_own_nucleus(top_p):
     want = expected(flat)
     assert int((got > 0).sum()) == int((want > 0).sum())  # the nucleus's width, exactly
     assert torch.allclose(got, want, atol=0.01)
+
+
+def test_a_tiny_temperature_is_the_argmax_and_a_broken_row_does_not_crash_the_batch():
+    import torch
+
+    from steerable.serving.engine import draw_tokens
+
+    scores = torch.tensor([[5.0, 1.0, 0.0, -1.0], [0.0, 3.0, 1.0, 2.0], [float("nan")] * 4])
+    for top_p in (1.0, 0.9):
+        tokens = draw_tokens(
+            scores, torch.tensor([1e-40, 1e-30, 0.7]), torch.full((3,), top_p), torch.tensor([0.99, 0.5, 0.5])
+        )
+        assert tokens[:2].tolist() == [0, 1]
+        assert 0 <= int(tokens[2]) < 4

@@ -31,11 +31,12 @@ def main(
     verbose: Annotated[
         bool,
         typer.Option(
-            "--verbose", help="Keep the libraries' own logs, progress bars and deprecation warnings."
+            "--verbose",
+            help="Before the command (steerable --verbose CMD): keep the libraries' own progress bars "
+            "and deprecation warnings.",
         ),
     ] = False,
 ) -> None:
-    """Steer one language model across several objectives at inference time."""
     if not verbose:
         from steerable.progress import quiet_libraries
 

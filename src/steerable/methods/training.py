@@ -80,9 +80,15 @@ class StageBar(ProgressCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         from tqdm.auto import tqdm
 
-        if state.is_world_process_zero:
-            self.training_bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", dynamic_ncols=True)
-        self.current_step = 0
+        if state.is_world_process_zero:  # a resumed run starts where its checkpoint left off
+            self.training_bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc=self.desc,
+                unit="step",
+                dynamic_ncols=True,
+            )
+        self.current_step = state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.training_bar is not None and logs and "loss" in logs:
@@ -91,7 +97,9 @@ class StageBar(ProgressCallback):
 
 def stage_bar(trainer, desc: str):
     """Give `trainer` one bar named `desc` in place of its own bar and printed logs; returns it."""
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
+    from transformers.trainer import DEFAULT_PROGRESS_CALLBACK  # the notebook bar in Jupyter
+
+    for callback in {ProgressCallback, PrinterCallback, DEFAULT_PROGRESS_CALLBACK}:
+        trainer.remove_callback(callback)
     trainer.add_callback(StageBar(desc))
     return trainer

@@ -17,6 +17,7 @@ steering share one batch.
 from __future__ import annotations
 
 import queue
+import secrets
 import threading
 import time
 from collections import Counter
@@ -61,7 +62,8 @@ class RowSampler(LogitsProcessor):
         self.generators = []
         for job in jobs:
             generator = torch.Generator(device=device)
-            generator.manual_seed(job.seed if job.seed is not None else torch.seed())
+            # an unseeded request gets a fresh seed without reseeding the process's own generator
+            generator.manual_seed(job.seed if job.seed is not None else secrets.randbits(63))
             self.generators.append(generator)
         self.temperature = torch.tensor([j.temperature for j in jobs], device=device)
         self.top_p = torch.tensor([j.top_p for j in jobs], device=device)
@@ -83,8 +85,11 @@ def draw_tokens(
     then 4x as many, until every row's is found (a sort of 32 x 49,152 scores costs more on
     2 CPU cores than the decode step itself; benchmarks/RESULTS.md, serving throughput)."""
     greedy = temperature <= 0
-    logits = scores.float() / torch.where(greedy, 1.0, temperature)[:, None]
-    probs = torch.softmax(logits, dim=-1)
+    scores = scores.float()
+    # shifted so that the best token is 0: a tiny temperature then gives exactly its argmax
+    shifted = scores - scores.amax(dim=-1, keepdim=True)
+    probs = torch.softmax(shifted / torch.where(greedy, 1.0, temperature)[:, None], dim=-1)
+    greedy = greedy | ~torch.isfinite(probs).all(dim=-1)  # a row with no finite score: argmax
     cdf = probs.cumsum(dim=-1)
     tokens = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0]
     nucleus = (top_p < 1) & ~greedy
@@ -209,7 +214,8 @@ def run_batch(model, tokenizer, jobs: list[Job], film=None) -> None:
 
 class BatchEngine:
     """A bounded queue of jobs and the worker thread that runs them in batches of up to
-    `max_batch` (waiting `batch_wait` seconds after the first job for others to join).
+    `max_batch` (waiting `batch_wait` seconds after the first job for others to join, unless the
+    previous batch was a single job: a client sending one request at a time does not pay it).
     `submit` raises queue.Full when `max_queue` jobs already wait."""
 
     def __init__(
@@ -234,13 +240,13 @@ class BatchEngine:
                 self.jobs.put_nowait(job)
 
     def _work(self) -> None:
-        last = 0  # jobs in the previous batch
+        last = None  # jobs in the previous batch
         while True:
             batch = [self.jobs.get()]
             # requests that arrive together (a burst of clients) start together: while others
             # are about, wait up to `batch_wait` seconds for more before starting a batch; a lone
             # client (the previous batch was one job too) does not pay the wait on every request
-            deadline = time.monotonic() + (self.batch_wait if last > 1 or not self.jobs.empty() else 0)
+            deadline = time.monotonic() + (0 if last == 1 and self.jobs.empty() else self.batch_wait)
             while len(batch) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
