@@ -66,11 +66,16 @@ class TopKSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         top = torch.topk(scores.float() / self.temperature, min(self.top_k, scores.shape[-1]), dim=-1)
-        probs = torch.softmax(top.values, dim=-1)  # sorted, most likely first
-        # top-p as transformers applies it: keep a token while the mass before it is < top_p
-        probs = probs.masked_fill(torch.cumsum(probs, dim=-1) - probs >= self.top_p, 0.0)
+        probs = cut_to_top_p(torch.softmax(top.values, dim=-1), self.top_p)
         token = top.indices.gather(-1, torch.multinomial(probs, 1))
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
+
+
+def cut_to_top_p(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
+    """Top-p as transformers applies it, on probabilities sorted most likely first (each row): a
+    token is kept while the mass before it is < top_p (a number, or one per row: shape (B, 1));
+    the others become 0."""
+    return probs.masked_fill(torch.cumsum(probs, dim=-1) - probs >= top_p, 0.0)
 
 
 def require_chat_template(tokenizer, model: str, chat_template: str | Path | None = None):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from steerable.generation import stop_token_ids
+from steerable.generation import cut_to_top_p, stop_token_ids
 
 
 @dataclass
@@ -90,13 +90,11 @@ def draw_tokens(
     shifted = scores - scores.amax(dim=-1, keepdim=True)
     probs = torch.softmax(shifted / torch.where(greedy, 1.0, temperature)[:, None], dim=-1)
     greedy = greedy | ~torch.isfinite(probs).all(dim=-1)  # a row with no finite score: argmax
-    cdf = probs.cumsum(dim=-1)
-    tokens = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0]
+    tokens = inverse_cdf(probs, uniform)
     nucleus = (top_p < 1) & ~greedy
     if nucleus.any():
         rows = nucleus.nonzero()[:, 0]
         tokens[rows] = _draw_nucleus(probs[rows], top_p[rows], uniform[rows])
-    tokens = tokens.clamp_(max=scores.shape[-1] - 1)
     if greedy.any():
         rows = greedy.nonzero()[:, 0]
         tokens[rows] = scores[rows].argmax(dim=-1)
@@ -110,10 +108,16 @@ def _draw_nucleus(probs: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tenso
         if width == probs.shape[-1] or bool((top.values.sum(dim=-1) >= top_p).all()):
             break  # every row's nucleus lies among the `width` most likely tokens
         width = min(4 * width, probs.shape[-1])
-    kept = top.values.masked_fill(torch.cumsum(top.values, dim=-1) - top.values >= top_p[:, None], 0.0)
-    cdf = kept.cumsum(dim=-1)
-    index = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).clamp_(max=width - 1)
-    return top.indices.gather(-1, index)[:, 0]
+    index = inverse_cdf(cut_to_top_p(top.values, top_p[:, None]), uniform)
+    return top.indices.gather(-1, index[:, None])[:, 0]
+
+
+def inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Each row's index drawn in proportion to its non-negative `weights` (need not sum to 1),
+    by its own `uniform` number in [0, 1)."""
+    cdf = weights.cumsum(dim=-1)
+    index = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0]
+    return index.clamp_(max=weights.shape[-1] - 1)
 
 
 class RowStreamer:
