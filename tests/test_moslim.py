@@ -200,6 +200,36 @@ def test_training_rows_carry_tags_in_the_prompt_and_the_untagged_question(tiny_p
     assert legend[0]["prompt"][0]["content"] == LEGEND and legend[0]["prompt"][1] == rows[0]["prompt"][-1]
 
 
+def test_mirrored_rows_pair_each_prompt_with_its_antithetic_levels(tiny_path, tiny_ric):
+    from trl.trainer.grpo_trainer import RepeatSampler
+
+    from steerable.defaults import load_tokenizer
+    from steerable.methods.moslim import MOSLIMConfig, training_rows
+
+    config = MOSLIMConfig(
+        model=tiny_path,
+        stats=str(tiny_ric[1]),
+        reward="zscore",
+        max_steps=5,
+        batch_size=8,
+        num_generations=2,
+        mirror_levels=True,
+    )
+    rows = training_rows(config, ["brief", "positive"], 5, load_tokenizer(tiny_path))
+    assert len(rows) == 5 * 4
+    for first, second in zip(rows[::2], rows[1::2], strict=True):
+        a, b = json.loads(first["levels"]), json.loads(second["levels"])
+        assert first["question"] == second["question"] and a.keys() == b.keys() and a
+        assert all(a[name] + b[name] == 6 for name in a)
+    assert len({row["question"] for row in rows[::2]}) > 1  # the pairs walk through the prompts
+    # unshuffled (what train_moslim asks for), TRL's sampler puts both rows of a pair in one step
+    sampler = RepeatSampler(range(len(rows)), mini_repeat_count=2, batch_size=4, shuffle=False)
+    first_step = list(sampler)[: config.batch_size]
+    assert first_step == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(SteerableError, match="even number of prompts per step"):
+        replace(config, batch_size=6)
+
+
 def test_generate_cli_steers_a_moslim_policy_by_levels_or_preference(zscore_policy):
     from typer.testing import CliRunner
 

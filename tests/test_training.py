@@ -29,4 +29,9 @@ def test_trainer_arguments_use_no_deprecated_names(tmp_path):
         sft = sft_args(RiCConfig(model="tiny"), tmp_path / "sft", offline=True)
         grpo = grpo_args(RLConfig(model="tiny", stats=str(tmp_path / "s.json")), [1.0, 0.0], tmp_path / "rl")
     assert sft.activation_checkpointing is False and grpo.activation_checkpointing is False
-    assert (grpo.loss_type, grpo.scale_rewards) == ("dapo", "group")
+    assert (grpo.loss_type, grpo.scale_rewards, grpo.shuffle_dataset) == ("dapo", "group", True)
+    batch = RLConfig(model="tiny", stats=str(tmp_path / "s.json"), scale_rewards="batch")
+    unshuffled = grpo_args(batch, [1.0, 0.0], tmp_path / "rl", shuffle=False)
+    assert (unshuffled.scale_rewards, unshuffled.shuffle_dataset) == ("batch", False)
+    with pytest.raises(SteerableError, match="--scale_rewards 'std' unknown"):
+        RLConfig(model="tiny", stats=str(tmp_path / "s.json"), scale_rewards="std")

@@ -20,6 +20,10 @@ The paper leaves the choices below open; ours are the defaults, each switchable:
     k                   active: the number of tagged objectives (default) | all: K, the formula
                         read literally (an objective not asked for still divides the reward)
     tag_sampling        subset: a random non-empty subset (default) | all: every objective
+    mirror_levels       off (default) | on: every tagged prompt comes twice in a step, the second
+                        time with each level n mirrored to L + 1 - n (antithetic tags), so what
+                        the two groups share (a style every tag rewards) cancels in the update
+                        and what differs between them (the tag's effect) adds up
     reward              mapped: the RM reward above (default) | zscore: the reviewers'
                         weighted sum, (1/k) sum_i mask_i w(n_i) z_i with w(n) = 2(n-1)/(L-1) - 1
                         (-1 at level 1, +1 at level L) and z_i the objective's normalised score
@@ -43,7 +47,6 @@ from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
 from steerable.methods.rl import (
     GRPO_LOSS_TYPE,
-    GRPO_SCALE_REWARDS,
     RLConfig,
     completion_texts,
     count_completions,
@@ -213,6 +216,9 @@ class MOSLIMConfig(RLConfig):
     tag_sampling: str = field(
         default="subset", metadata={"help": "Tagged objectives per prompt.", "choices": TAG_SAMPLINGS}
     )
+    mirror_levels: bool = field(
+        default=False, metadata={"help": "Each tagged prompt twice a step, levels n and L+1-n."}
+    )
     placement: str = field(default="user_end", metadata={"help": "Tag placement.", "choices": PLACEMENTS})
     system: str | None = field(
         default=None,
@@ -233,6 +239,11 @@ class MOSLIMConfig(RLConfig):
                 raise SteerableError(f"--{name} {getattr(self, name)!r} unknown; choose from {list(choices)}")
         if not 0 <= self.ema_decay < 1:
             raise SteerableError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.mirror_levels and (self.batch_size // self.num_generations) % 2:
+            raise SteerableError(
+                "--mirror_levels needs an even number of prompts per step (batch_size / "
+                f"num_generations), got {self.batch_size} / {self.num_generations}"
+            )
         if self.levels is not None and self.levels < 2:
             raise SteerableError(f"--levels must be >= 2, got {self.levels}")
         if self.reward == "mapped" and self.reward_model is None:
@@ -270,7 +281,8 @@ def load_reward_model(config: MOSLIMConfig, rewards: RewardSet):
 
 
 def training_rows(config: MOSLIMConfig, names: list[str], count: int, tokenizer) -> list[dict]:
-    """One row per prompt the run will see (steps x prompts per step), each with fresh tags:
+    """One row per prompt the run will see (steps x prompts per step), each with fresh tags
+    (with mirror_levels, rows come in pairs: the same prompt, levels n and L + 1 - n):
     `prompt` (the tagged chat, a system turn folded into the user's where the template has no
     system role), `question` (the untagged prompt, what the reward scores) and `levels` (JSON)."""
     from steerable.data import load_prompts
@@ -280,10 +292,13 @@ def training_rows(config: MOSLIMConfig, names: list[str], count: int, tokenizer)
     rng = np.random.default_rng(config.seed)
     fmt = TagFormat(config.placement)
     per_step = config.batch_size // config.num_generations
-    rows = []
+    rows, levels = [], {}
     for i in range(config.max_steps * per_step):
-        prompt = prompts[i % len(prompts)]
-        levels = sample_levels(rng, names, count, config.tag_sampling)
+        prompt = prompts[(i // 2 if config.mirror_levels else i) % len(prompts)]
+        if config.mirror_levels and i % 2:
+            levels = {name: count + 1 - level for name, level in levels.items()}
+        else:
+            levels = sample_levels(rng, names, count, config.tag_sampling)
         rows.append(
             {
                 "prompt": template_messages(
@@ -366,7 +381,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
         "levels": count,
         "rewards": fingerprint(rewards.to_dict()),
         "reward_model": None if rm is None else file_digest(rm.directory),
-        "grpo": [GRPO_LOSS_TYPE, GRPO_SCALE_REWARDS],
+        "grpo": [GRPO_LOSS_TYPE, config.scale_rewards],
     }
     info = stages.done("policy", inputs)
     stats = RewardStats(
@@ -389,6 +404,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
             [1.0],
             counter,
             callbacks=[stats_callback(stats)],
+            shuffle=not config.mirror_levels,  # a mirrored pair must stay in one step
         )
         reward_stats = stats.to_dict() if config.keeps_stats else None
         info = stages.finish("policy", inputs, {**info, "reward_stats": reward_stats})
@@ -410,7 +426,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
             },
             training={
                 "config": asdict(config),
-                "grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": GRPO_SCALE_REWARDS},
+                "grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards},
                 "stages": {"policy": fingerprint(inputs)},
                 "compute": {
                     "seconds": {"policy": info["seconds"]},

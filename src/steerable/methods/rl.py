@@ -33,10 +33,10 @@ from steerable.objectives import RewardSet
 from steerable.stages import Stages, fingerprint, is_main_process, wait_for_everyone
 
 # GRPO settings the baselines rely on, pinned (TRL's defaults have changed between releases)
-# and recorded with every policy: the DAPO token-level loss, and rewards scaled by the group's
-# standard deviation (GRPO as published).
+# and recorded with every policy: the DAPO token-level loss; rewards scaled by the group's
+# standard deviation (GRPO as published) unless `scale_rewards` says otherwise.
 GRPO_LOSS_TYPE = "dapo"
-GRPO_SCALE_REWARDS = "group"
+SCALE_REWARDS = ("group", "batch", "none")
 
 
 @dataclass
@@ -56,6 +56,9 @@ class RLConfig:
     batch_size: completions per step (a multiple of num_generations).
     max_completion_length / temperature: sampling during RL.
     learning_rate / beta: GRPO learning rate and KL coefficient (TRL's default beta is 0).
+    scale_rewards: what divides the group-centred rewards (TRL's option): group (each group's
+        std, GRPO as published), batch (the whole batch's std, so a group whose rewards hardly
+        differ gets small advantages instead of amplified noise) or none.
     lora_r / lora_alpha / lora_dropout: LoRA shape of each policy.
     seed: random seed.
     """
@@ -80,6 +83,9 @@ class RLConfig:
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate."})
     beta: float = field(default=0.0, metadata={"help": "KL coefficient."})
+    scale_rewards: str = field(
+        default="group", metadata={"help": "Std that scales the advantages.", "choices": SCALE_REWARDS}
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -94,6 +100,10 @@ class RLConfig:
             )
         if self.num_generations < 2 or self.batch_size % self.num_generations:
             raise SteerableError("num_generations must be >= 2 and batch_size a multiple of it")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise SteerableError(
+                f"--scale_rewards {self.scale_rewards!r} unknown; choose from {list(SCALE_REWARDS)}"
+            )
         if min(self.max_steps, self.max_completion_length) < 1:
             raise SteerableError("max_steps and max_completion_length must be >= 1")
         self.model = absolute_if_local(self.model)
@@ -177,7 +187,7 @@ def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) ->
         dtype=config.dtype,
         training={
             "config": asdict(config),
-            "grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": GRPO_SCALE_REWARDS},
+            "grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards},
             "stages": {name: fingerprint(inputs) for name, inputs in plan.items()},
             "compute": {
                 "seconds": {name: info["seconds"] for name, info in infos.items()},
@@ -200,7 +210,7 @@ def policy_inputs(config: RLConfig, rewards: RewardSet, weights: list[float]) ->
         **settings,
         "rewards": fingerprint(rewards.to_dict()),
         "weights": list(weights),
-        "grpo": [GRPO_LOSS_TYPE, GRPO_SCALE_REWARDS],
+        "grpo": [GRPO_LOSS_TYPE, config.scale_rewards],
     }
 
 
@@ -246,19 +256,21 @@ def train_grpo(
     reward_weights: list[float],
     counter: dict,
     callbacks: Sequence = (),
+    shuffle: bool = True,
 ) -> dict:
     """The GRPO run every RL recipe shares: a LoRA policy on `config.model` trained on `rows`
     (TRL dataset rows: a `prompt` and any columns the reward functions read) with
     `reward_funcs` weighted by `reward_weights`, into stages/NAME/weights, resumed from the
     stage's last complete checkpoint. Returns the compute record; the caller finishes the stage
-    (`counter` is the one its reward functions fill through `count_completions`)."""
+    (`counter` is the one its reward functions fill through `count_completions`). shuffle=False
+    keeps the rows in order, so each step takes the next batch_size / num_generations rows."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
     started = time.perf_counter()
     stage = stages.start(name, inputs)
     model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
-    args = grpo_args(config, reward_weights, stage / "checkpoints")
+    args = grpo_args(config, reward_weights, stage / "checkpoints", shuffle)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -283,7 +295,7 @@ def train_grpo(
     }
 
 
-def grpo_args(config: RLConfig, weights: list[float], output_dir: Path):
+def grpo_args(config: RLConfig, weights: list[float], output_dir: Path, shuffle: bool = True):
     """TRL's GRPOConfig for one policy: reward = sum_k w_k r_k over its reward functions, the
     pinned GRPO settings."""
     from trl import GRPOConfig
@@ -298,13 +310,14 @@ def grpo_args(config: RLConfig, weights: list[float], output_dir: Path):
         learning_rate=config.learning_rate,
         beta=config.beta,
         loss_type=GRPO_LOSS_TYPE,
-        scale_rewards=GRPO_SCALE_REWARDS,
+        scale_rewards=config.scale_rewards,
         reward_weights=list(weights),
         logging_steps=5,
         save_strategy="steps",
         save_steps=10,
         save_total_limit=1,
         seed=config.seed,
+        shuffle_dataset=shuffle,
         activation_checkpointing=False,
         **device_args(),
     )

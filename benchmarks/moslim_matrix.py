@@ -1,0 +1,119 @@
+"""Several MOSLIM recipes side by side: train each (`steerable train moslim` with its own flags,
+`--jobs` at a time), then run each finished policy's level sweep (`benchmarks/level_sweep.py`,
+the held-out prompts, levels 1..L of each objective alone) and print one table of the level
+Spearman per objective. Made for a lent GPU, where many small runs share one card; on a CPU
+use --jobs 1.
+
+    python benchmarks/moslim_matrix.py RECIPES.json --stats STATS --reward_model RM \
+        --out runs/matrix [--jobs 8] [--threads 2] [--train-timeout 420] [--samples 2] [--limit N]
+
+RECIPES.json maps a run name to its extra `train moslim` arguments, e.g.
+{"mapped-batch": ["--reward", "mapped", "--scale_rewards", "batch", "--max_steps", "120"]}.
+A run that outlives --train-timeout is stopped and left out of the table (its checkpoints
+stay); the summary goes to OUT/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(command: list[str], log: Path, threads: int, timeout: float | None) -> tuple[int, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    with log.open("w") as handle:
+        try:
+            code = subprocess.run(
+                command, stdout=handle, stderr=subprocess.STDOUT, env=env, timeout=timeout
+            ).returncode
+        except subprocess.TimeoutExpired:
+            code = 124
+    return code, time.perf_counter() - started
+
+
+def train_and_sweep(name: str, extra: list[str], args) -> dict:
+    out = args.out / name
+    out.mkdir(parents=True, exist_ok=True)
+    train = [
+        sys.executable,
+        "-m",
+        "steerable.cli",
+        "train",
+        "moslim",
+        "--stats",
+        args.stats,
+        "--output_dir",
+        str(out),
+        *(["--reward_model", args.reward_model] if args.reward_model else []),
+        *extra,
+    ]
+    code, seconds = run(train, out / "train.log", args.threads, args.train_timeout)
+    result = {"name": name, "args": extra, "train_exit": code, "train_seconds": round(seconds, 1)}
+    if code != 0:
+        return result
+    record = out / "levels.json"
+    sweep = [
+        sys.executable,
+        str(HERE / "level_sweep.py"),
+        str(out),
+        "--method",
+        "moslim",
+        "--out",
+        str(record),
+        "--samples",
+        str(args.samples),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        *(["--limit", str(args.limit)] if args.limit else []),
+    ]
+    code, seconds = run(sweep, out / "sweep.log", args.threads, None)
+    result.update(sweep_exit=code, sweep_seconds=round(seconds, 1))
+    if code == 0:
+        levels = json.loads(record.read_text())["controllability"]
+        result["spearman"] = {k: v["spearman"] for k, v in levels.items()}
+        result["spearman_prompts"] = {k: v["spearman_prompts"] for k, v in levels.items()}
+        result["means"] = {k: v["means"] for k, v in levels.items()}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", type=Path)
+    parser.add_argument("--stats", required=True)
+    parser.add_argument("--reward_model", default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train-timeout", type=float, default=None)
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--limit", type=int, default=None, help="Held-out prompts in the sweep (default: all)."
+    )
+    args = parser.parse_args()
+    recipes = json.loads(args.recipes.read_text())
+    args.out.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda item: train_and_sweep(*item, args), recipes.items()))
+    (args.out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+    print("| run | train s | Spearman (levels) | Spearman (levels x prompts) |")
+    print("|---|---|---|---|")
+    for r in results:
+        levels = (
+            ", ".join(f"{k} {v:+.2f}" for k, v in r.get("spearman", {}).items()) or f"exit {r['train_exit']}"
+        )
+        prompts = ", ".join(f"{k} {v:+.3f}" for k, v in r.get("spearman_prompts", {}).items())
+        print(f"| {r['name']} | {r['train_seconds']} | {levels} | {prompts} |")
+
+
+if __name__ == "__main__":
+    main()
