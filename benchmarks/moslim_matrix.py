@@ -1,8 +1,9 @@
 """Several MOSLIM recipes side by side: train each (`steerable train moslim` with its own flags,
 `--jobs` at a time), then run each finished policy's level sweep (`benchmarks/level_sweep.py`,
 the held-out prompts, levels 1..L of each objective alone) and print one table of the level
-Spearman per objective. Made for a lent GPU, where many small runs share one card; on a CPU
-use --jobs 1.
+Spearman per objective. Made for a lent GPU, where several small runs share one card
+(benchmarks/gpu/: prepare.sh packs what the card needs, run.sh runs this there); on a CPU use
+--jobs 1.
 
     python benchmarks/moslim_matrix.py RECIPES.json --stats STATS --reward_model RM \
         --out runs/matrix [--jobs 8] [--threads 2] [--train-timeout 420] [--samples 2] [--limit N]
