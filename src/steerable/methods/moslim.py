@@ -21,9 +21,12 @@ The paper leaves the choices below open; ours are the defaults, each switchable:
                         read literally (an objective not asked for still divides the reward)
     tag_sampling        subset: a random non-empty subset (default) | all: every objective
     mirror_levels       off (default) | on: every tagged prompt comes twice in a step, the second
-                        time with each level n mirrored to L + 1 - n (antithetic tags), so what
-                        the two groups share (a style every tag rewards) cancels in the update
-                        and what differs between them (the tag's effect) adds up
+                        time with each level n mirrored to L + 1 - n (antithetic tags). A change
+                        that ignores the tag and that one tag rewards, its mirror penalises
+                        (exactly so for reward=zscore, where w(L + 1 - n) = -w(n); roughly for
+                        the mapped reward), so such changes cancel within the step while the
+                        difference between the two tags' answers adds up. The middle level of
+                        an odd L mirrors to itself.
     reward              mapped: the RM reward above (default) | zscore: the reviewers'
                         weighted sum, (1/k) sum_i mask_i w(n_i) z_i with w(n) = 2(n-1)/(L-1) - 1
                         (-1 at level 1, +1 at level L) and z_i the objective's normalised score
@@ -51,6 +54,7 @@ from steerable.methods.rl import (
     completion_texts,
     count_completions,
     load_rewards,
+    stage_settings,
     train_grpo,
 )
 from steerable.objectives import RewardSet
@@ -375,9 +379,8 @@ def train_moslim(config: MOSLIMConfig) -> Path:
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     out = Path(config.output_dir)
     stages = Stages(out)
-    settings = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "stats", "reward_model")}
     inputs = {
-        **settings,
+        **stage_settings(config, ("output_dir", "stats", "reward_model")),
         "levels": count,
         "rewards": fingerprint(rewards.to_dict()),
         "reward_model": None if rm is None else file_digest(rm.directory),

@@ -37,6 +37,10 @@ from steerable.stages import Stages, fingerprint, is_main_process, wait_for_ever
 # standard deviation (GRPO as published) unless `scale_rewards` says otherwise.
 GRPO_LOSS_TYPE = "dapo"
 SCALE_REWARDS = ("group", "batch", "none")
+# Settings added after stages were first recorded: left out of a stage's inputs while at their
+# default, so a stage trained before they existed still matches (scale_rewards is in the
+# inputs' "grpo" entry anyway).
+LATER_FIELDS = {"scale_rewards": "group", "mirror_levels": False}
 
 
 @dataclass
@@ -202,12 +206,21 @@ def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) ->
     return out
 
 
+def stage_settings(config, exclude: Sequence[str]) -> dict:
+    """The settings of `config` a stage depends on: every field but `exclude`, and the
+    LATER_FIELDS only where they differ from their default."""
+    return {
+        k: v
+        for k, v in asdict(config).items()
+        if k not in exclude and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+    }
+
+
 def policy_inputs(config: RLConfig, rewards: RewardSet, weights: list[float]) -> dict:
     """What one policy depends on: every setting but where it goes, the objectives with their
     statistics (by content), its weights and the pinned GRPO settings."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "stats", "weight_vectors")}
     return {
-        **settings,
+        **stage_settings(config, ("output_dir", "stats", "weight_vectors")),
         "rewards": fingerprint(rewards.to_dict()),
         "weights": list(weights),
         "grpo": [GRPO_LOSS_TYPE, config.scale_rewards],
