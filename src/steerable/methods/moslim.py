@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -223,6 +224,7 @@ class MOSLIMConfig(RLConfig):
     mirror_levels: bool = field(
         default=False, metadata={"help": "Each tagged prompt twice a step, levels n and L+1-n."}
     )
+    later_fields: ClassVar[dict] = {**RLConfig.later_fields, "mirror_levels": False}
     placement: str = field(default="user_end", metadata={"help": "Tag placement.", "choices": PLACEMENTS})
     system: str | None = field(
         default=None,

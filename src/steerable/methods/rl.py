@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -37,10 +38,6 @@ from steerable.stages import Stages, fingerprint, is_main_process, wait_for_ever
 # standard deviation (GRPO as published) unless `scale_rewards` says otherwise.
 GRPO_LOSS_TYPE = "dapo"
 SCALE_REWARDS = ("group", "batch", "none")
-# Settings added after stages were first recorded: left out of a stage's inputs while at their
-# default, so a stage trained before they existed still matches (scale_rewards is in the
-# inputs' "grpo" entry anyway).
-LATER_FIELDS = {"scale_rewards": "group", "mirror_levels": False}
 
 
 @dataclass
@@ -90,6 +87,10 @@ class RLConfig:
     scale_rewards: str = field(
         default="group", metadata={"help": "Std that scales the advantages.", "choices": SCALE_REWARDS}
     )
+    # Settings added after stages were first recorded, with their defaults: left out of a stage's
+    # inputs while at them, so a stage trained before they existed still matches (scale_rewards
+    # is in the inputs' "grpo" entry anyway). A recipe's config adds its own.
+    later_fields: ClassVar[dict] = {"scale_rewards": "group"}
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -206,13 +207,12 @@ def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) ->
     return out
 
 
-def stage_settings(config, exclude: Sequence[str]) -> dict:
-    """The settings of `config` a stage depends on: every field but `exclude`, and the
-    LATER_FIELDS only where they differ from their default."""
+def stage_settings(config: RLConfig, exclude: Sequence[str]) -> dict:
+    """The settings of `config` a stage depends on: every field but `exclude`, and its
+    `later_fields` only where they differ from their default."""
+    later = config.later_fields
     return {
-        k: v
-        for k, v in asdict(config).items()
-        if k not in exclude and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+        k: v for k, v in asdict(config).items() if k not in exclude and not (k in later and v == later[k])
     }
 
 
