@@ -414,3 +414,132 @@ def test_mapped_policy_trains_on_the_rm_and_saves_its_running_statistics(
         refused = runner.invoke(app, [*base, *extra, "--output_dir", str(out)])
         assert refused.exit_code == 2 and message in " ".join(refused.output.split()), (extra, refused.output)
         assert not out.exists()  # nothing half-written
+
+
+# --- DPO on a pool of answers ranked by the reward (--algorithm dpo) -------------------------
+def test_pool_statistics_are_the_mean_and_variance_of_p_at_every_level():
+    from steerable.methods.moslim import pool_stats
+
+    probs = np.array(
+        [[[0.7, 0.2, 0.1]], [[0.1, 0.3, 0.6]], [[0.4, 0.4, 0.2]]]
+    )  # (3 answers, 1 head, 3 levels)
+    stats = pool_stats(probs, ["brief"])
+    np.testing.assert_allclose(stats.mean, [[0.4, 0.3, 0.3]])
+    np.testing.assert_allclose(stats.var, [[0.06, 0.02 / 3, 0.14 / 3]])
+    assert stats.seen.all()
+    expected = pool_stats(probs, ["brief"], "expected")  # 1 - |E[level] - n| / (L - 1)
+    levels = probs[:, 0] @ np.arange(1, 4)  # 1.4, 2.5, 1.8
+    np.testing.assert_allclose(expected.mean[0, 0], np.mean(1 - np.abs(levels - 1) / 2))
+
+
+def test_preferred_pair_takes_the_best_and_the_worst_answer_and_refuses_ties():
+    from steerable.methods.moslim import preferred_pair
+
+    assert preferred_pair(np.array([0.1, 0.9, -0.3, 0.5])) == (1, 2)
+    assert preferred_pair(np.array([0.2, 0.2, 0.2])) is None
+
+
+def test_dpo_rows_rank_the_pool_by_the_reward_for_each_tag(tiny_path, tiny_ric, tmp_path):
+    from steerable.data import write_table
+    from steerable.defaults import load_tokenizer
+    from steerable.methods.moslim import MOSLIMConfig, answer_pool, dpo_rows
+
+    answers = ["Yes.", "Yes, it is. " * 6, "Yes, it is great and wonderful. " * 3]
+    pool_file = write_table(
+        tmp_path / "pool.jsonl",
+        [{"prompt": p, "response": a} for p in ("Is it?", "Why not?") for a in answers]
+        + [{"prompt": "Alone?", "response": "One answer only."}],
+    )
+    pool = answer_pool(str(pool_file))
+    assert list(pool) == ["Is it?", "Why not?"]  # a prompt with one answer has nothing to rank
+    config = MOSLIMConfig(
+        model=tiny_path,
+        stats=str(tiny_ric[1]),
+        reward="zscore",
+        algorithm="dpo",
+        pool=str(pool_file),
+        max_steps=3,
+        batch_size=4,
+        mirror_levels=True,
+    )
+    # z-scores by hand: brief falls with length, positive rises with the cheer
+    z = np.array([[1.0, 0.0], [-1.0, -0.5], [-0.5, 1.0]] * 2)
+    rows = dpo_rows(config, ["brief", "positive"], 5, pool, z, None, load_tokenizer(tiny_path))
+    assert len(rows) == 3 * 4
+    for row in rows:
+        levels = json.loads(row["levels"])
+        reward = {
+            answer: sum(
+                (2 * (levels[n] - 1) / 4 - 1) * z[i, k]
+                for k, n in enumerate(["brief", "positive"])
+                if n in levels
+            )
+            for i, answer in enumerate(answers)
+        }
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        assert reward[chosen] == max(reward.values()) and reward[rejected] == min(reward.values())
+        assert row["prompt"][-1]["content"] == f"{row['question']}\n\n{format_levels(levels)}"
+    for first, second in zip(rows[::2], rows[1::2], strict=True):  # mirrored: the pair swaps
+        assert first["question"] == second["question"]
+        assert (first["chosen"], first["rejected"]) == (second["rejected"], second["chosen"])
+    with pytest.raises(SteerableError, match="same value"):
+        dpo_rows(config, ["brief", "positive"], 5, pool, np.zeros_like(z), None, load_tokenizer(tiny_path))
+
+
+def test_dpo_policy_trains_through_the_cli_on_the_mapped_reward_and_refuses_bad_pools(
+    tiny_rms, tiny_ric, tiny_path, tmp_path
+):
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+    from steerable.generation import SamplingConfig
+    from steerable.policy import SteerablePolicy
+
+    both, _ = tiny_rms
+    ric = tiny_ric[1]
+    pool = str(ric / "stages/offline/scored.jsonl")
+    base = ["train", "moslim", "--model", tiny_path, "--stats", str(ric), "--reward_model", str(both)]
+    base += [
+        "--algorithm",
+        "dpo",
+        "--max_steps",
+        "2",
+        "--batch_size",
+        "4",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+    ]
+    runner = CliRunner()
+    out = tmp_path / "dpo"
+    result = runner.invoke(app, [*base, "--pool", pool, "--learning_rate", "0.01", "--output_dir", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "steerable.json").read_text())
+    assert manifest["moslim"]["algorithm"] == "dpo" and manifest["training"]["dpo"]["loss_type"] == "sigmoid"
+    stats = manifest["moslim"]["reward_stats"]
+    assert np.array(stats["seen"]).all() and np.array(stats["mean"]).shape == (2, 5)  # the pool's
+    done = json.loads((out / "stages/policy/done.json").read_text())
+    assert done["info"]["steps"] == 2 and done["info"]["pairs"] == 8 and done["info"]["trained_tokens"] > 0
+    pairs = [json.loads(line) for line in (out / "stages/policy/pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 8 and all(p["margin"] > 0 for p in pairs)
+    adapter = load_file(out / "stages/policy/weights/adapter_model.safetensors")
+    assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # DPO moved the policy
+    policy = SteerablePolicy.from_pretrained(out)
+    assert len(policy.generate(["Hi"], levels={"brief": 5}, sampling=SamplingConfig(max_new_tokens=3))) == 1
+
+    one_answer = tmp_path / "one.jsonl"
+    one_answer.write_text(json.dumps({"prompt": "Hi", "response": "Hello."}) + "\n")
+    no_column = tmp_path / "bad.jsonl"
+    no_column.write_text(json.dumps({"prompt": "Hi", "text": "Hello."}) + "\n")
+    for extra, message in [
+        ([], "--pool is required"),
+        (["--pool", str(one_answer)], "no prompt has two different answers"),
+        (["--pool", str(no_column)], "missing columns"),
+        (["--pool", str(tmp_path / "absent.jsonl")], "absent.jsonl"),
+    ]:
+        refused_out = tmp_path / "refused"
+        refused = runner.invoke(app, [*base, *extra, "--output_dir", str(refused_out)])
+        assert refused.exit_code == 2 and message in " ".join(refused.output.split()), (extra, refused.output)
+        assert not refused_out.exists()  # nothing half-written

@@ -40,6 +40,7 @@ objectives against each other. A preference given to a MOSLIM policy becomes lev
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -66,10 +67,12 @@ TARGET_PROBABILITIES = ("level", "expected", "at_least")
 NORMALISATIONS = ("ema", "batch", "none")
 K_READINGS = ("active", "all")
 TAG_SAMPLINGS = ("subset", "all")
+ALGORITHMS = ("grpo", "dpo")
 DEFAULT_LEVELS = 5
 # A head whose probability of a level hardly varies would otherwise get a huge weight.
 MIN_STD = 0.05
 STATS_FILE = "moslim_reward_stats.json"
+DPO_LOSS_TYPE = "sigmoid"  # DPO as published, pinned and recorded with the policy
 
 
 # --- the reward, as pure functions ------------------------------------------------------
@@ -178,6 +181,24 @@ class RewardStats:
         return cls(**data)
 
 
+def pool_stats(probs: np.ndarray, names: list[str], how: str = "level") -> RewardStats:
+    """avg_i / std_i over a fixed pool of answers (DPO): for every head and level, the mean and
+    variance of p_i over all pool rows had each of them been asked for that level."""
+    n, k, count = probs.shape
+    stats = RewardStats(list(names), count, decay=0.0)
+    for level in range(1, count + 1):
+        levels = np.full((n, k), level)
+        stats.update(target_probability(probs, levels, how), levels)
+    return stats
+
+
+def preferred_pair(rewards: np.ndarray) -> tuple[int, int] | None:
+    """(chosen, rejected): the indices of the highest- and the lowest-rewarded answers (the first
+    of any tie), or None when every answer gets the same reward."""
+    best, worst = int(np.argmax(rewards)), int(np.argmin(rewards))
+    return None if rewards[best] == rewards[worst] else (best, worst)
+
+
 def sample_levels(rng: np.random.Generator, names: list[str], count: int, how: str = "subset") -> dict:
     """One request's tags: a uniformly random non-empty subset of the objectives (or all of
     them), each with a uniform level in 1..count."""
@@ -224,7 +245,23 @@ class MOSLIMConfig(RLConfig):
     mirror_levels: bool = field(
         default=False, metadata={"help": "Each tagged prompt twice a step, levels n and L+1-n."}
     )
-    later_fields: ClassVar[dict] = {**RLConfig.later_fields, "mirror_levels": False}
+    algorithm: str = field(default="grpo", metadata={"help": "Policy optimiser.", "choices": ALGORITHMS})
+    pool: str | None = field(
+        default=None,
+        metadata={
+            "help": "dpo: prompt/response table whose answers the reward ranks (e.g. RiC's scored.jsonl)."
+        },
+    )
+    dpo_beta: float = field(
+        default=0.1, metadata={"help": "dpo: DPO's beta (pull toward the starting policy)."}
+    )
+    later_fields: ClassVar[dict] = {
+        **RLConfig.later_fields,
+        "mirror_levels": False,
+        "algorithm": "grpo",
+        "pool": None,
+        "dpo_beta": 0.1,
+    }
     placement: str = field(default="user_end", metadata={"help": "Tag placement.", "choices": PLACEMENTS})
     system: str | None = field(
         default=None,
@@ -240,16 +277,28 @@ class MOSLIMConfig(RLConfig):
             ("k", K_READINGS),
             ("tag_sampling", TAG_SAMPLINGS),
             ("placement", PLACEMENTS),
+            ("algorithm", ALGORITHMS),
         ):
             if getattr(self, name) not in choices:
                 raise SteerableError(f"--{name} {getattr(self, name)!r} unknown; choose from {list(choices)}")
         if not 0 <= self.ema_decay < 1:
             raise SteerableError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.mirror_levels and (self.batch_size // self.num_generations) % 2:
+        if self.mirror_levels and self.rows_per_step % 2:
             raise SteerableError(
-                "--mirror_levels needs an even number of prompts per step (batch_size / "
-                f"num_generations), got {self.batch_size} / {self.num_generations}"
+                "--mirror_levels needs an even number of prompts per step (grpo: batch_size / "
+                f"num_generations, dpo: batch_size), got {self.rows_per_step}"
             )
+        if self.algorithm == "dpo" and self.pool is None:
+            raise SteerableError(
+                "--pool is required for --algorithm dpo: a table of prompt/response rows (several answers "
+                "per prompt) for the reward to rank, e.g. RiC's runs/ric/stages/offline/scored.jsonl"
+            )
+        if self.algorithm == "grpo" and self.pool is not None:
+            raise SteerableError("--pool is read by --algorithm dpo only; GRPO samples its own answers")
+        if not self.dpo_beta > 0:
+            raise SteerableError(f"--dpo_beta must be > 0, got {self.dpo_beta}")
+        if self.pool is not None:
+            self.pool = str(Path(self.pool).resolve())
         if self.levels is not None and self.levels < 2:
             raise SteerableError(f"--levels must be >= 2, got {self.levels}")
         if self.reward == "mapped" and self.reward_model is None:
@@ -262,8 +311,14 @@ class MOSLIMConfig(RLConfig):
 
     @property
     def keeps_stats(self) -> bool:
-        """Whether the reward keeps running avg_i / std_i (saved with the policy)."""
+        """Whether the reward keeps avg_i / std_i (saved with the policy): running ones under
+        GRPO, the pool's under DPO."""
         return self.reward == "mapped" and self.normalisation != "none"
+
+    @property
+    def rows_per_step(self) -> int:
+        """Tagged prompts per optimisation step: GRPO's groups, or DPO's pairs."""
+        return self.batch_size // self.num_generations if self.algorithm == "grpo" else self.batch_size
 
 
 def load_reward_model(config: MOSLIMConfig, rewards: RewardSet):
@@ -286,35 +341,176 @@ def load_reward_model(config: MOSLIMConfig, rewards: RewardSet):
     return rm
 
 
-def training_rows(config: MOSLIMConfig, names: list[str], count: int, tokenizer) -> list[dict]:
-    """One row per prompt the run will see (steps x prompts per step), each with fresh tags
-    (with mirror_levels, rows come in pairs: the same prompt, levels n and L + 1 - n):
-    `prompt` (the tagged chat, a system turn folded into the user's where the template has no
-    system role), `question` (the untagged prompt, what the reward scores) and `levels` (JSON)."""
-    from steerable.data import load_prompts
-    from steerable.generation import template_messages
-
-    prompts = load_prompts(config.prompt_split, config.prompt_limit)
+def tag_schedule(config: MOSLIMConfig, prompts: list[str], names: list[str], count: int) -> list[tuple]:
+    """(prompt, levels) for every row the run will see (steps x rows per step), the prompts in
+    turn, each row with fresh tags; with mirror_levels, rows come in pairs: the same prompt,
+    levels n and L + 1 - n. GRPO and DPO runs draw the same schedule for the same seed."""
     rng = np.random.default_rng(config.seed)
-    fmt = TagFormat(config.placement)
-    per_step = config.batch_size // config.num_generations
-    rows, levels = [], {}
-    for i in range(config.max_steps * per_step):
+    schedule, levels = [], {}
+    for i in range(config.max_steps * config.rows_per_step):
         prompt = prompts[(i // 2 if config.mirror_levels else i) % len(prompts)]
         if config.mirror_levels and i % 2:
             levels = {name: count + 1 - level for name, level in levels.items()}
         else:
             levels = sample_levels(rng, names, count, config.tag_sampling)
+        schedule.append((prompt, levels))
+    return schedule
+
+
+def tagged_prompt(config: MOSLIMConfig, tokenizer, prompt: str, levels: dict[str, int]) -> list[dict]:
+    """The chat a policy is trained on: the prompt with its tags (and the run's system turn,
+    folded into the user's where the template has no system role)."""
+    from steerable.generation import template_messages
+
+    fmt = TagFormat(config.placement)
+    return template_messages(tokenizer, tagged_messages(prompt, format_levels(levels), fmt, config.system))
+
+
+def training_rows(config: MOSLIMConfig, names: list[str], count: int, tokenizer) -> list[dict]:
+    """GRPO's rows, one per `tag_schedule` entry over the embedded prompts: `prompt` (the tagged
+    chat), `question` (the untagged prompt, what the reward scores) and `levels` (JSON)."""
+    from steerable.data import load_prompts
+
+    prompts = load_prompts(config.prompt_split, config.prompt_limit)
+    return [
+        {
+            "prompt": tagged_prompt(config, tokenizer, prompt, levels),
+            "question": prompt,
+            "levels": json.dumps(levels),
+        }
+        for prompt, levels in tag_schedule(config, prompts, names, count)
+    ]
+
+
+def answer_pool(path: str) -> dict[str, list[str]]:
+    """The DPO pool: each prompt's distinct answers, in file order, for the prompts that have at
+    least two (one answer has nothing to be preferred to)."""
+    from steerable.data import load_pairs
+
+    answers: dict[str, list[str]] = {}
+    for row in load_pairs(path):
+        mine = answers.setdefault(row["prompt"], [])
+        if row["response"] not in mine:
+            mine.append(row["response"])
+    pool = {prompt: mine for prompt, mine in answers.items() if len(mine) >= 2}
+    if not pool:
+        raise SteerableError(
+            f"--pool {path}: no prompt has two different answers, so there is nothing to rank; "
+            "give several answers per prompt (RiC's offline stage samples and cuts several)"
+        )
+    return pool
+
+
+def pool_rewards(config: MOSLIMConfig, rewards: RewardSet, rm, pool: dict[str, list[str]]):
+    """What the reward reads of every pool answer, once: the RM's level probabilities [n, K, L]
+    (mapped) or the normalised scores [n, K] (zscore), rows in pool order; and the pool's
+    avg_i / std_i (None unless the reward keeps them)."""
+    prompts = [prompt for prompt, mine in pool.items() for _ in mine]
+    answers = [answer for mine in pool.values() for answer in mine]
+    if config.reward == "zscore":
+        return rewards.normalise(rewards.score(prompts, answers)), None
+    probs = rm.probabilities(prompts, answers)  # (n, K, L)
+    stats = pool_stats(probs, rewards.names, config.target_probability) if config.keeps_stats else None
+    return probs, stats
+
+
+def dpo_rows(
+    config: MOSLIMConfig, names: list[str], count: int, pool: dict[str, list[str]], read, stats, tokenizer
+) -> list[dict]:
+    """DPO's pairs, one per `tag_schedule` entry over the pool's prompts: the tagged chat as
+    `prompt`, the answer the reward ranks first for those tags as `chosen` and the one it ranks
+    last as `rejected` (`read`: what `pool_rewards` read of the answers). An entry whose answers
+    all tie is dropped (with mirror_levels, together with its mirror, so pairs stay together)."""
+    starts = np.cumsum([0] + [len(mine) for mine in pool.values()])
+    where = {prompt: slice(starts[i], starts[i + 1]) for i, prompt in enumerate(pool)}
+    schedule = tag_schedule(config, list(pool), names, count)
+    rows = []
+    for prompt, levels in schedule:
+        requested = level_matrix([levels] * len(pool[prompt]), names)  # (m, K)
+        if config.reward == "zscore":
+            r = zscore_reward(read[where[prompt]], requested, count, config.k)
+        else:
+            p = target_probability(read[where[prompt]], requested, config.target_probability)
+            avg, std = stats.lookup(requested) if stats is not None else (np.zeros_like(p), np.ones_like(p))
+            r = mapped_reward(p, requested > 0, avg, std, config.k)
+        pair = preferred_pair(r)
         rows.append(
-            {
-                "prompt": template_messages(
-                    tokenizer, tagged_messages(prompt, format_levels(levels), fmt, config.system)
-                ),
+            None
+            if pair is None
+            else {
+                "prompt": tagged_prompt(config, tokenizer, prompt, levels),
+                "chosen": [{"role": "assistant", "content": pool[prompt][pair[0]]}],
+                "rejected": [{"role": "assistant", "content": pool[prompt][pair[1]]}],
                 "question": prompt,
                 "levels": json.dumps(levels),
+                "margin": float(r[pair[0]] - r[pair[1]]),
             }
         )
+    if config.mirror_levels:  # a pair of rows stays whole or goes
+        rows = [row for i, row in enumerate(rows) if row is not None and rows[i ^ 1] is not None]
+    rows = [row for row in rows if row is not None]
+    if not rows:
+        raise SteerableError(
+            f"--pool {config.pool}: the reward gives every answer of every prompt the same value for "
+            "the tags drawn, so there is no preference to learn; give answers that differ in the objectives"
+        )
     return rows
+
+
+def train_dpo(
+    config: MOSLIMConfig, stages: Stages, name: str, inputs: dict, tokenizer, rows: list[dict]
+) -> dict:
+    """TRL's DPO on `rows` (prompt/chosen/rejected chats): a LoRA policy on `config.model`,
+    reference = the starting policy (the adapter switched off), into stages/NAME/weights, resumed
+    from the stage's last complete checkpoint. The pairs are kept as stages/NAME/pairs.jsonl."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from steerable.data import write_table
+    from steerable.defaults import load_causal_lm
+    from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
+
+    started = time.perf_counter()
+    stage = stages.start(name, inputs)
+    if is_main_process():
+        write_table(stage / "pairs.jsonl", rows)
+    model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
+    args = DPOConfig(
+        output_dir=str(stage / "checkpoints"),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        beta=config.dpo_beta,
+        loss_type=[DPO_LOSS_TYPE],
+        logging_steps=5,
+        save_strategy="steps",
+        save_steps=10,
+        save_total_limit=1,
+        seed=config.seed,
+        gradient_checkpointing=False,
+        # mirrored pairs stay next to each other, so each batch holds both tags of a prompt
+        train_sampling_strategy="sequential" if config.mirror_levels else "random",
+        **device_args(),
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(
+            [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows]
+        ),
+        processing_class=tokenizer,
+        peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout),
+    )
+    stage_bar(trainer, f"{name} DPO").train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    trainer.save_model(str(stage / "weights"))
+    return {
+        "seconds": time.perf_counter() - started,
+        "steps": trainer.state.global_step,
+        "pairs": len(rows),
+        "trained_tokens": int(trainer.state.num_input_tokens_seen),
+        "generated_completions": 0,
+        "generated_tokens": 0,
+    }
 
 
 def moslim_reward_function(
@@ -371,7 +567,7 @@ def resumed_stats(stage: Path, stats: RewardStats) -> RewardStats:
 
 
 def train_moslim(config: MOSLIMConfig) -> Path:
-    """Train the MOSLIM policy (one stage, `policy`) and write steerable.json."""
+    """Train the MOSLIM policy (one stage, `policy`, by GRPO or DPO) and write steerable.json."""
     from steerable.defaults import load_tokenizer
     from steerable.policy import MANIFEST, PolicyManifest
 
@@ -379,42 +575,57 @@ def train_moslim(config: MOSLIMConfig) -> Path:
     rm = load_reward_model(config, rewards)
     count = rm.levels if rm is not None else (config.levels or DEFAULT_LEVELS)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    pool = answer_pool(config.pool) if config.algorithm == "dpo" else None
     out = Path(config.output_dir)
     stages = Stages(out)
+    optimiser = (
+        {"grpo": [GRPO_LOSS_TYPE, config.scale_rewards]}
+        if config.algorithm == "grpo"
+        else {"dpo": [DPO_LOSS_TYPE], "pool": file_digest(config.pool)}
+    )
     inputs = {
-        **stage_settings(config, ("output_dir", "stats", "reward_model")),
+        **stage_settings(config, ("output_dir", "stats", "reward_model", "pool")),
         "levels": count,
         "rewards": fingerprint(rewards.to_dict()),
         "reward_model": None if rm is None else file_digest(rm.directory),
-        "grpo": [GRPO_LOSS_TYPE, config.scale_rewards],
+        **optimiser,
     }
     info = stages.done("policy", inputs)
-    stats = RewardStats(
-        rewards.names, count, decay=0.0 if config.normalisation == "batch" else config.ema_decay
-    )
     if info is None:
         if is_main_process():
             (out / MANIFEST).unlink(missing_ok=True)  # written again once the policy is trained
-        stage = stages.start("policy", inputs)
-        stats = resumed_stats(stage, stats)
-        counter = {"completions": 0, "tokens": 0}
-        info = train_grpo(
-            config,
-            stages,
-            "policy",
-            inputs,
-            tokenizer,
-            training_rows(config, rewards.names, count, tokenizer),
-            [moslim_reward_function(config, rewards, rm, stats, counter, tokenizer)],
-            [1.0],
-            counter,
-            callbacks=[stats_callback(stats)],
-            shuffle=not config.mirror_levels,  # a mirrored pair must stay in one step
-        )
+        if config.algorithm == "dpo":
+            read, stats = pool_rewards(config, rewards, rm, pool)
+            rows = dpo_rows(config, rewards.names, count, pool, read, stats, tokenizer)
+            info = train_dpo(config, stages, "policy", inputs, tokenizer, rows)
+        else:
+            stats = RewardStats(
+                rewards.names, count, decay=0.0 if config.normalisation == "batch" else config.ema_decay
+            )
+            stats = resumed_stats(stages.start("policy", inputs), stats)
+            counter = {"completions": 0, "tokens": 0}
+            info = train_grpo(
+                config,
+                stages,
+                "policy",
+                inputs,
+                tokenizer,
+                training_rows(config, rewards.names, count, tokenizer),
+                [moslim_reward_function(config, rewards, rm, stats, counter, tokenizer)],
+                [1.0],
+                counter,
+                callbacks=[stats_callback(stats)],
+                shuffle=not config.mirror_levels,  # a mirrored pair must stay in one step
+            )
         reward_stats = stats.to_dict() if config.keeps_stats else None
         info = stages.finish("policy", inputs, {**info, "reward_stats": reward_stats})
     if is_main_process():
         tokenizer.save_pretrained(out)
+        recipe = (
+            {"grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards}}
+            if config.algorithm == "grpo"
+            else {"dpo": {"loss_type": DPO_LOSS_TYPE, "beta": config.dpo_beta, "pairs": info["pairs"]}}
+        )
         manifest = PolicyManifest(
             method="moslim",
             base_model=config.model,
@@ -426,12 +637,13 @@ def train_moslim(config: MOSLIMConfig) -> Path:
             moslim={
                 "levels": count,
                 "reward": config.reward,
+                "algorithm": config.algorithm,
                 "reward_model": config.reward_model,
                 "reward_stats": info["reward_stats"],
             },
             training={
                 "config": asdict(config),
-                "grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards},
+                **recipe,
                 "stages": {"policy": fingerprint(inputs)},
                 "compute": {
                     "seconds": {"policy": info["seconds"]},
