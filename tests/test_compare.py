@@ -160,3 +160,26 @@ def test_generate_steers_every_method(compared):
         app, ["generate", "--model", str(out / "soups"), "--target", "brief=1,positive=0", "Hi"]
     )
     assert target.exit_code == 2 and "--target steers ric models" in target.output, target.output
+
+
+def test_compare_plans_moslim_dpo_on_rics_scored_data(tmp_path):
+    from steerable.errors import SteerableError
+    from steerable.evaluation.compare import CompareConfig, plan_compare
+
+    out = tmp_path / "out"
+    config = CompareConfig(model="tiny", methods=["ric", "moslim"], moslim={"algorithm": "dpo"})
+    plan = plan_compare(config, out)
+    scored = (out / "ric/stages/offline/scored.jsonl").resolve()
+    assert plan.moslim.pool == str(scored) and plan.moslim_rm.data == str(
+        out / "ric/stages/offline/scored.jsonl"
+    )
+    alone = CompareConfig(
+        model="tiny",
+        methods=["moslim"],
+        stats=str(tmp_path / "stats.json"),
+        moslim={"algorithm": "dpo", "reward_model": str(tmp_path / "rm")},
+    )
+    with pytest.raises(SteerableError, match="moslim's dpo ranks a pool"):
+        plan_compare(alone, out)
+    given = CompareConfig(**{**alone.__dict__, "moslim": {**alone.moslim, "pool": str(tmp_path / "p.jsonl")}})
+    assert plan_compare(given, out).moslim.pool == str(tmp_path / "p.jsonl")

@@ -28,7 +28,8 @@ The configuration (YAML, every key optional):
     ric: {...}      RiCConfig fields
     rl: {...}       RLConfig fields shared by soups, morlhf and moslim (the same RL budget)
     morlhf: {weight_vectors: ["1,0", "0.5,0.5", "0,1"]}
-    moslim: {...}   MOSLIMConfig fields over rl's; without reward_model, the RM is trained:
+    moslim: {...}   MOSLIMConfig fields over rl's (algorithm dpo: pool defaults to RiC's scored
+           offline data); without reward_model, the RM is trained:
     moslim_rm: {...} MOSLIMRMConfig fields; data defaults to RiC's scored offline data
            (OUT/ric/stages/offline/scored.jsonl), labels to its score_* columns
     np_dpo: {...}   NPDPOConfig fields; data defaults to RiC's scored offline data, stats to the
@@ -230,7 +231,8 @@ def plan_np_dpo(config: CompareConfig, plan: ComparePlan, out: Path) -> None:
 
 
 def plan_moslim(config: CompareConfig, plan: ComparePlan, rl: dict, out: Path) -> None:
-    """MOSLIM's policy config and, unless it names a reward model, the RM it trains first."""
+    """MOSLIM's policy config and, unless it names a reward model, the RM it trains first;
+    under algorithm dpo without a pool, the pool is RiC's scored offline data."""
     from steerable.methods.moslim import MOSLIMConfig
 
     section = {**rl, **config.moslim, "output_dir": str(out / "moslim")}
@@ -251,6 +253,14 @@ def plan_moslim(config: CompareConfig, plan: ComparePlan, rl: dict, out: Path) -
         }
         plan.moslim_rm = config_from_dict(MOSLIMRMConfig, {**config.moslim_rm, **fixed}, "moslim_rm")
         section["reward_model"] = plan.moslim_rm.output_dir
+    if section.get("algorithm") == "dpo":
+        section["pool"] = ric_data(
+            plan,
+            section.get("pool"),
+            out,
+            "moslim's dpo ranks a pool of answers: set moslim: {pool: TABLE} (prompt/response rows, "
+            "several per prompt), or put ric in the methods to rank RiC's scored offline data",
+        )
     plan.moslim = config_from_dict(MOSLIMConfig, section, "rl/moslim")
 
 

@@ -1,22 +1,33 @@
 """MOSLIM (DESIGN.md §3): one off-the-shelf instruct policy steered by intensity tags, trained
-with GRPO on one scalar reward mapped from a multi-head classification reward model.
+on one scalar reward mapped from a multi-head classification reward model.
 
 Recipe (`steerable train moslim`):
 1. Each training prompt gets a random non-empty subset of the objectives, each with a level
    drawn uniformly from 1..L, written as tags (``<brief 4> <positive 2>``) where RiC's go.
-2. GRPO (TRL, LoRA, reference = the starting policy, no preference SFT first) samples a group
-   of completions per tagged prompt; the multi-head RM (`steerable train moslim-rm`) gives
-   head i's probability of every level for each (untagged prompt, completion).
+2. The multi-head RM (`steerable train moslim-rm`) gives head i's probability of every level for
+   each (untagged prompt, answer).
 3. The reward is r = (1/k) sum_i mask_i (p_i - avg_i) / std_i: p_i the probability of the
-   requested level, avg_i / std_i running statistics of p_i for that head and level, mask_i
-   whether objective i was tagged. The statistics are saved with the policy.
+   requested level, avg_i / std_i statistics of p_i for that head and level, mask_i whether
+   objective i was tagged. The statistics are saved with the policy.
+4. The policy (LoRA on the starting model, which is also the reference; no preference SFT
+   first) learns from that reward by one of two optimisers (`algorithm`):
+   - grpo: TRL's GRPO samples a group of answers per tagged prompt and scores them; avg_i /
+     std_i are running statistics over training.
+   - dpo: a fixed pool of answers (`pool`, a prompt/response table with several answers per
+     prompt, e.g. RiC's scored offline data) is read by the RM once. For each tagged prompt of
+     the schedule, the answer the reward ranks first for those tags is `chosen` and the one it
+     ranks last `rejected`; TRL's DPO trains on these pairs (DESIGN.md's "offline: DPO on pairs
+     ranked by the mapped reward"). avg_i / std_i are the pool's. One pool serves every tag, so
+     no answer is generated during training, and with mirror_levels the same two answers come
+     back swapped under the mirrored tags: only reading the tag lowers both losses.
 
 The paper leaves the choices below open; ours are the defaults, each switchable:
 
     target_probability  level: P(requested level) (default) | expected: 1 - |E[level] - n| /
                         (L - 1) | at_least: P(level >= n)
     normalisation       ema: running mean/std per head and level (default, decay `ema_decay`)
-                        | batch: this batch's | none: avg 0, std 1
+                        | batch: this batch's | none: avg 0, std 1 (dpo: ema and batch both
+                        mean the pool's mean/std for every head and level)
     k                   active: the number of tagged objectives (default) | all: K, the formula
                         read literally (an objective not asked for still divides the reward)
     tag_sampling        subset: a random non-empty subset (default) | all: every objective
@@ -31,10 +42,10 @@ The paper leaves the choices below open; ours are the defaults, each switchable:
                         weighted sum, (1/k) sum_i mask_i w(n_i) z_i with w(n) = 2(n-1)/(L-1) - 1
                         (-1 at level 1, +1 at level L) and z_i the objective's normalised score
 
-Why avg_i matters less than it looks: GRPO standardises rewards within each group, and a group
-shares its tags, so avg_i only shifts a group's rewards by a constant; std_i is what weighs the
-objectives against each other. A preference given to a MOSLIM policy becomes levels through
-`conditioning.preference_to_levels`.
+Why avg_i matters less than it looks: GRPO standardises rewards within each group, and DPO
+compares answers to one tagged prompt, so avg_i only shifts the rewards being compared by a
+constant; std_i is what weighs the objectives against each other. A preference given to a
+MOSLIM policy becomes levels through `conditioning.preference_to_levels`.
 """
 
 from __future__ import annotations
@@ -220,7 +231,14 @@ class MOSLIMConfig(RLConfig):
         whose heads are the objectives of `stats` (required for reward=mapped).
     levels: L, the number of levels per objective (default: the RM's; 5 without one).
     reward: mapped (the RM reward) or zscore (the weighted z-score baseline, same tags).
-    target_probability / normalisation / ema_decay / k / tag_sampling: see the module docstring.
+    target_probability / normalisation / ema_decay / k / tag_sampling / mirror_levels: see the
+        module docstring.
+    algorithm: grpo (TRL GRPO, sampling its own answers) or dpo (TRL DPO on pairs of `pool`
+        answers ranked by the reward for each drawn tag). Under dpo, batch_size is pairs per
+        step, num_generations / temperature / max_completion_length / scale_rewards / beta
+        (GRPO's KL) are not used, and max_steps x batch_size pairs are drawn.
+    pool: dpo: a prompt/response table (jsonl, csv, parquet) with several answers per prompt.
+    dpo_beta: dpo: DPO's beta, how strongly the policy is held to the starting model.
     placement: where the tags go (conditioning.PLACEMENTS).
     system: a system prompt for every training prompt, kept in the policy directory, so
         generate and evaluate (and the untrained floor, `evaluate --method tags`) use it too;
