@@ -486,7 +486,13 @@ def train_dpo(
 
     from steerable.data import write_table
     from steerable.defaults import load_causal_lm
-    from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
+    from steerable.methods.training import (
+        checkpoint_args,
+        device_args,
+        last_complete_checkpoint,
+        lora_config,
+        stage_bar,
+    )
 
     started = time.perf_counter()
     stage = stages.start(name, inputs)
@@ -500,14 +506,11 @@ def train_dpo(
         learning_rate=config.learning_rate,
         beta=config.dpo_beta,
         loss_type=[DPO_LOSS_TYPE],
-        logging_steps=5,
-        save_strategy="steps",
-        save_steps=10,
-        save_total_limit=1,
         seed=config.seed,
         gradient_checkpointing=False,
         # mirrored pairs stay next to each other, so each batch holds both tags of a prompt
         train_sampling_strategy="sequential" if config.mirror_levels else "random",
+        **checkpoint_args(),
         **device_args(),
     )
     trainer = DPOTrainer(

@@ -29,7 +29,13 @@ from steerable.defaults import (
 )
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
-from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
+from steerable.methods.training import (
+    checkpoint_args,
+    device_args,
+    last_complete_checkpoint,
+    lora_config,
+    stage_bar,
+)
 from steerable.objectives import RewardSet
 from steerable.stages import Stages, fingerprint, is_main_process, wait_for_everyone
 
@@ -325,12 +331,9 @@ def grpo_args(config: RLConfig, weights: list[float], output_dir: Path, shuffle:
         loss_type=GRPO_LOSS_TYPE,
         scale_rewards=config.scale_rewards,
         reward_weights=list(weights),
-        logging_steps=5,
-        save_strategy="steps",
-        save_steps=10,
-        save_total_limit=1,
         seed=config.seed,
         shuffle_dataset=shuffle,
         activation_checkpointing=False,
+        **checkpoint_args(),
         **device_args(),
     )

@@ -51,6 +51,12 @@ def device_args(bf16: bool | None = None) -> dict:
     }
 
 
+def checkpoint_args(save_steps: int = 10) -> dict:
+    """How a policy stage logs and checkpoints: a log every 5 steps, a checkpoint every
+    `save_steps` (the point an interrupted run resumes from), only the newest kept."""
+    return {"logging_steps": 5, "save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1}
+
+
 def last_complete_checkpoint(folder: str | Path) -> str | None:
     """The newest `checkpoint-N` in `folder` that was saved whole. transformers writes
     trainer_state.json last, so a run killed while saving leaves a folder without it; resuming
