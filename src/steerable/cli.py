@@ -368,7 +368,7 @@ def train_ric_command(ctx: typer.Context) -> None:
 
 @train_app.command("moslim", context_settings=TRAIN_CONTEXT)
 def train_moslim_command(ctx: typer.Context) -> None:
-    """MOSLIM: GRPO on an off-the-shelf policy with intensity tags and a multi-head RM's mapped reward (all options: --help)."""
+    """MOSLIM: GRPO (or DPO on a pool of answers) on an off-the-shelf policy with intensity tags and a multi-head RM's mapped reward (all options: --help)."""
     from steerable.methods.moslim import MOSLIMConfig, train_moslim
 
     run_config_command(ctx, MOSLIMConfig, train_moslim)
