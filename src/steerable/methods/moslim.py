@@ -126,6 +126,13 @@ def mapped_reward(
     return terms.sum(axis=1) / divisor
 
 
+def normalised_reward(p: np.ndarray, requested: np.ndarray, stats, k: str = "active") -> np.ndarray:
+    """The mapped reward of p [n, K] for requested levels [n, K], normalised by `stats`
+    (a RewardStats; None: avg 0, std 1)."""
+    avg, std = stats.lookup(requested) if stats is not None else (np.zeros_like(p), np.ones_like(p))
+    return mapped_reward(p, requested > 0, avg, std, k)
+
+
 def level_weight(levels: np.ndarray, count: int) -> np.ndarray:
     """The weighted-sum reading of a level: -1 at level 1, 0 in the middle, +1 at level L."""
     return 2.0 * (np.asarray(levels, dtype=float) - 1.0) / max(count - 1, 1) - 1.0
@@ -449,8 +456,7 @@ def dpo_rows(
             r = zscore_reward(read[where[prompt]], requested, count, config.k)
         else:
             p = target_probability(read[where[prompt]], requested, config.target_probability)
-            avg, std = stats.lookup(requested) if stats is not None else (np.zeros_like(p), np.ones_like(p))
-            r = mapped_reward(p, requested > 0, avg, std, config.k)
+            r = normalised_reward(p, requested, stats, config.k)
         pair = preferred_pair(r)
         rows.append(
             None
@@ -551,15 +557,12 @@ def moslim_reward_function(
         p = target_probability(probs, requested, config.target_probability)
         if config.keeps_stats:
             stats.update(p, requested)
-            avg, std = stats.lookup(requested)
-        else:
-            avg, std = np.zeros_like(p), np.ones_like(p)
         if log_metric is not None:
             for i, name in enumerate(names):
                 active = requested[:, i] > 0
                 if active.any():
                     log_metric(f"moslim/p_{name}", float(p[active, i].mean()))
-        return mapped_reward(p, requested > 0, avg, std, config.k).tolist()
+        return normalised_reward(p, requested, stats if config.keeps_stats else None, config.k).tolist()
 
     return moslim_reward
 
