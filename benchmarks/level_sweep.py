@@ -4,7 +4,10 @@ MOSLIM policy (`--method moslim`) or its floor, the base model given the same in
 after its preference grid; this skips the grid.
 
     python benchmarks/level_sweep.py runs/moslim1 --out runs/eval/tags-levels.json \
-        [--method tags|moslim] [--max-new-tokens 48] [--seed 0] [--samples 2] [--limit N]
+        [--method tags|moslim] [--max-new-tokens 48] [--seed 0] [--samples 2] [--limit N] [--others L]
+
+--others L tags the other objectives at level L (default: the policy's own reading, the middle
+level for a policy trained with every objective tagged, else untagged).
 
 Prints the Markdown table of `steerable report` and writes the level record as JSON.
 """
@@ -33,11 +36,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--others", type=int, default=None)
     args = parser.parse_args()
     prompts = load_prompts("heldout", args.limit)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, seed=args.seed)
     policy = tagged_policy(args.method, args.model, None, None, False)
     steering = level_steering(policy, sampling)
+    others = args.others if args.others is not None else steering["others"]
     points = level_sweep(
         steering["generate"],
         policy.rewards,
@@ -46,8 +51,9 @@ def main() -> None:
         args.samples,
         classify=steering["classify"],
         count_tokens=lambda texts: count_tokens(policy.tokenizer, texts),
+        others=others,
     )
-    record = level_record(points, policy.names, steering["count"])
+    record = level_record(points, policy.names, steering["count"], others)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print("\n".join(level_markdown(args.method, record)))

@@ -170,7 +170,7 @@ def test_zscore_policy_is_a_self_describing_directory_whose_weights_changed(zsco
 
     manifest = json.loads((zscore_policy / "steerable.json").read_text())
     assert manifest["method"] == "moslim" and manifest["moslim"]["levels"] == 5
-    assert manifest["moslim"]["reward"] == "zscore"
+    assert manifest["moslim"]["reward"] == "zscore" and manifest["moslim"]["tag_sampling"] == "subset"
     assert manifest["moslim"]["reward_stats"] is None  # the z-score reward keeps no statistics of p_i
     assert manifest["system"] == LEGEND  # what generate and evaluate prompt the policy with
     assert manifest["rewards"] == json.loads((tiny_ric[1] / "steerable.json").read_text())["rewards"]
@@ -310,9 +310,18 @@ def test_moslim_config_refuses_bad_settings(tiny_ric, tiny_path):
         ({"reward": "zscore", "levels": 1}, "--levels"),
         ({"reward": "zscore", "ema_decay": 1.0}, "--ema_decay"),
         ({"reward": "zscore", "k": "some"}, "--k"),
+        ({"reward": "zscore", "sft_weight": 1.0}, "--sft_weight is read by --algorithm dpo only"),
+        ({"reward": "zscore", "algorithm": "dpo", "pool": stats, "sft_weight": -1.0}, "--sft_weight must be"),
+        ({"reward": "zscore", "algorithm": "dpo", "pool": stats, "sft_weight": float("nan")}, "--sft_weight"),
     ]:
         with pytest.raises(SteerableError, match=message):
             MOSLIMConfig(model=tiny_path, stats=stats, **overrides)
+    dpo = {"model": tiny_path, "stats": stats, "reward": "zscore", "algorithm": "dpo", "pool": stats}
+    assert MOSLIMConfig(**dpo).dpo_loss == {"loss_type": ["sigmoid"]}  # DPO as published
+    assert MOSLIMConfig(**dpo, sft_weight=0.5).dpo_loss == {
+        "loss_type": ["sigmoid", "sft"],
+        "loss_weights": [1.0, 0.5],
+    }
 
 
 def test_evaluate_sweeps_levels_beside_the_tags_floor(zscore_policy, tmp_path):
@@ -343,6 +352,32 @@ def test_evaluate_sweeps_levels_beside_the_tags_floor(zscore_policy, tmp_path):
     assert report.exit_code == 0 and "### tags: controllability" in report.output, report.output
     wrong = runner.invoke(app, [*base, "--method", "ric", "--out", str(tmp_path / "ric")])
     assert wrong.exit_code == 2 and "--method moslim" in wrong.output, wrong.output
+
+
+def test_level_sweep_tags_the_others_at_a_fixed_level_or_leaves_them_untagged():
+    from types import SimpleNamespace
+
+    from steerable.evaluation.levels import level_markdown, level_record, level_sweep
+
+    asked = []
+
+    def generate(prompts, tags):
+        asked.append(dict(tags))
+        return [str(tags[name]) for name in (next(iter(tags)),) for _ in prompts]
+
+    names = ["brief", "positive"]
+    rewards = SimpleNamespace(names=names, score=lambda p, r: np.array([[float(x), -float(x)] for x in r]))
+    alone = level_sweep(generate, rewards, ["a", "b"], 3, samples=2)
+    assert asked == [{name: level} for name in names for level in (1, 2, 3)]
+    assert "tag alone" in level_markdown("moslim", level_record(alone, names, 3))[0]
+    asked.clear()
+    beside = level_sweep(generate, rewards, ["a", "b"], 3, samples=2, others=2)
+    assert asked == [
+        *({"brief": level, "positive": 2} for level in (1, 2, 3)),
+        *({"brief": 2, "positive": level} for level in (1, 2, 3)),
+    ]
+    record = level_record(beside, names, 3, others=2)
+    assert record["others"] == 2 and "the others tagged at level 2" in level_markdown("moslim", record)[0]
 
 
 def test_running_statistics_travel_with_checkpoints(tmp_path):
@@ -517,7 +552,8 @@ def test_dpo_policy_trains_through_the_cli_on_the_mapped_reward_and_refuses_bad_
     result = runner.invoke(app, [*base, "--pool", pool, "--learning_rate", "0.01", "--output_dir", str(out)])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "steerable.json").read_text())
-    assert manifest["moslim"]["algorithm"] == "dpo" and manifest["training"]["dpo"]["loss_type"] == "sigmoid"
+    assert manifest["moslim"]["algorithm"] == "dpo"
+    assert manifest["training"]["dpo"]["loss_type"] == ["sigmoid"]
     stats = manifest["moslim"]["reward_stats"]
     assert np.array(stats["seen"]).all() and np.array(stats["mean"]).shape == (2, 5)  # the pool's
     done = json.loads((out / "stages/policy/done.json").read_text())

@@ -174,8 +174,10 @@ def tagged_policy(method: str, model: str, adapter: str | None, dtype: str | Non
 
 
 def level_steering(policy, sampling: SamplingConfig) -> dict:
-    """What a level sweep needs of a MOSLIM policy: L, a level-steered generator and, when its
-    reward model is at hand, the RM's expected level per head."""
+    """What a level sweep needs of a MOSLIM policy: L, a level-steered generator, the level the
+    other objectives are tagged at (the middle one for a policy trained with every objective
+    tagged, which never saw a tag alone; None otherwise) and, when its reward model is at hand,
+    the RM's expected level per head."""
     from pathlib import Path
 
     path = policy.manifest.moslim.get("reward_model")
@@ -188,6 +190,7 @@ def level_steering(policy, sampling: SamplingConfig) -> dict:
             classify = rm.expected_levels
     return {
         "count": policy.levels,
+        "others": (policy.levels + 1) // 2 if policy.manifest.moslim.get("tag_sampling") == "all" else None,
         "generate": lambda prompts, levels: policy.generate(prompts, levels=levels, sampling=sampling),
         "classify": classify,
     }
@@ -308,9 +311,10 @@ def evaluate(
             classify=steering["classify"],
             count_tokens=lambda texts: count_tokens(tokenizer, texts),
             progress=lambda: bar.update(1),
+            others=steering["others"],
         )
         bar.close()
-        level_result = level_record(level_points, rewards.names, count)
+        level_result = level_record(level_points, rewards.names, count, steering["others"])
     compute["eval_seconds"] = time.perf_counter() - started
     return EvaluationResult(
         method=method if mapping is None else f"{method}-{mapping}",

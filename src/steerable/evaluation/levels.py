@@ -1,6 +1,8 @@
 """Level sweeps: MOSLIM's controllability. For every objective and every level 1..L, the
 held-out prompts are answered with that objective's tag alone (``<brief 4>``; the others
-masked), scored by every objective, and, when the policy has a multi-head RM, classified by it.
+masked) or, for a policy trained with every objective tagged (tag_sampling "all", which never
+saw a tag alone), beside the others' tags at one fixed level (``<brief 4> <positive 3>``);
+scored by every objective and, when the policy has a multi-head RM, classified by it.
 
 Controllability per objective is the Spearman correlation between the requested level and the
 achieved mean raw score over the L levels (as the preference sweep's is over the grid points),
@@ -50,8 +52,10 @@ def level_sweep(
     classify: Classify | None = None,
     count_tokens: Callable[[list[str]], int] = lambda texts: sum(len(t.split()) for t in texts),
     progress: Callable[[], None] | None = None,
+    others: int | None = None,
 ) -> list[LevelPoint]:
-    """Answer `prompts` (`samples` responses each) at every objective's levels 1..count."""
+    """Answer `prompts` (`samples` responses each) at every objective's levels 1..count; the
+    other objectives untagged, or all tagged at level `others`."""
     check_samples(samples)
     prompts = list(prompts)
     repeated = [p for p in prompts for _ in range(samples)]
@@ -59,7 +63,8 @@ def level_sweep(
     for k, name in enumerate(rewards.names):
         for level in range(1, count + 1):
             started = time.perf_counter()
-            responses = generate(repeated, {name: level})
+            tags = {name: level} if others is None else {n: others for n in rewards.names} | {name: level}
+            responses = generate(repeated, tags)
             seconds = time.perf_counter() - started
             per_prompt = rewards.score(repeated, responses).reshape(len(prompts), samples, -1).mean(axis=1)
             rm = None if classify is None else classify(repeated, responses).mean(axis=0).tolist()
@@ -112,10 +117,14 @@ def level_controllability(points: Sequence[LevelPoint], names: Sequence[str]) ->
     return out
 
 
-def level_record(points: Sequence[LevelPoint], names: Sequence[str], count: int) -> dict:
-    """What an EvaluationResult stores of a level sweep."""
+def level_record(
+    points: Sequence[LevelPoint], names: Sequence[str], count: int, others: int | None = None
+) -> dict:
+    """What an EvaluationResult stores of a level sweep (`others`: the level the other
+    objectives were tagged at; None: untagged)."""
     return {
         "count": count,
+        "others": others,
         "points": [asdict(p) for p in points],
         "controllability": level_controllability(points, names),
     }
@@ -123,9 +132,10 @@ def level_record(points: Sequence[LevelPoint], names: Sequence[str], count: int)
 
 def level_markdown(method: str, record: dict) -> list[str]:
     """Report lines: per objective, Spearman and the achieved mean (and RM level) at each level."""
-    count = record["count"]
+    count, others = record["count"], record.get("others")
+    beside = "that objective's tag alone" if others is None else f"the others tagged at level {others}"
     lines = [
-        f"### {method}: controllability by requested level (1..{count}, that objective's tag alone)",
+        f"### {method}: controllability by requested level (1..{count}, {beside})",
         "",
         "| objective | Spearman (levels) | Spearman (prompts) | "
         + " | ".join(f"level {level}" for level in range(1, count + 1))

@@ -246,6 +246,8 @@ class MOSLIMConfig(RLConfig):
         (GRPO's KL) are not used, and max_steps x batch_size pairs are drawn.
     pool: dpo: a prompt/response table (jsonl, csv, parquet) with several answers per prompt.
     dpo_beta: dpo: DPO's beta, how strongly the policy is held to the starting model.
+    sft_weight: dpo: weight of an SFT term, the chosen answers' NLL per token, added to the DPO
+        loss (TRL's loss_type ["sigmoid", "sft"], RPO); 0 (default) is DPO as published.
     placement: where the tags go (conditioning.PLACEMENTS).
     system: a system prompt for every training prompt, kept in the policy directory, so
         generate and evaluate (and the untrained floor, `evaluate --method tags`) use it too;
@@ -280,12 +282,16 @@ class MOSLIMConfig(RLConfig):
     dpo_beta: float = field(
         default=0.1, metadata={"help": "dpo: DPO's beta (pull toward the starting policy)."}
     )
+    sft_weight: float = field(
+        default=0.0, metadata={"help": "dpo: weight of the chosen answers' NLL beside the DPO loss."}
+    )
     later_fields: ClassVar[dict] = {
         **RLConfig.later_fields,
         "mirror_levels": False,
         "algorithm": "grpo",
         "pool": None,
         "dpo_beta": 0.1,
+        "sft_weight": 0.0,
     }
     placement: str = field(default="user_end", metadata={"help": "Tag placement.", "choices": PLACEMENTS})
     system: str | None = field(
@@ -322,6 +328,10 @@ class MOSLIMConfig(RLConfig):
             raise SteerableError("--pool is read by --algorithm dpo only; GRPO samples its own answers")
         if not self.dpo_beta > 0:
             raise SteerableError(f"--dpo_beta must be > 0, got {self.dpo_beta}")
+        if not self.sft_weight >= 0:
+            raise SteerableError(f"--sft_weight must be >= 0, got {self.sft_weight}")
+        if self.sft_weight and self.algorithm != "dpo":
+            raise SteerableError("--sft_weight is read by --algorithm dpo only")
         if self.pool is not None:
             self.pool = str(Path(self.pool).resolve())
         if self.levels is not None and self.levels < 2:
@@ -339,6 +349,14 @@ class MOSLIMConfig(RLConfig):
         """Whether the reward keeps avg_i / std_i (saved with the policy): running ones under
         GRPO, the pool's under DPO."""
         return self.reward == "mapped" and self.normalisation != "none"
+
+    @property
+    def dpo_loss(self) -> dict:
+        """TRL DPO's loss_type / loss_weights: DPO as published, plus the chosen answers' NLL
+        when sft_weight > 0."""
+        if self.sft_weight:
+            return {"loss_type": [DPO_LOSS_TYPE, "sft"], "loss_weights": [1.0, self.sft_weight]}
+        return {"loss_type": [DPO_LOSS_TYPE]}
 
     @property
     def rows_per_step(self) -> int:
@@ -511,7 +529,7 @@ def train_dpo(
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         beta=config.dpo_beta,
-        loss_type=[DPO_LOSS_TYPE],
+        **config.dpo_loss,
         seed=config.seed,
         gradient_checkpointing=False,
         # mirrored pairs stay next to each other, so each batch holds both tags of a prompt
@@ -648,7 +666,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
         recipe = (
             {"grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards}}
             if config.algorithm == "grpo"
-            else {"dpo": {"loss_type": DPO_LOSS_TYPE, "beta": config.dpo_beta, "pairs": info["pairs"]}}
+            else {"dpo": {**config.dpo_loss, "beta": config.dpo_beta, "pairs": info["pairs"]}}
         )
         manifest = PolicyManifest(
             method="moslim",
@@ -662,6 +680,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
                 "levels": count,
                 "reward": config.reward,
                 "algorithm": config.algorithm,
+                "tag_sampling": config.tag_sampling,
                 "reward_model": config.reward_model,
                 "reward_stats": info["reward_stats"],
             },
