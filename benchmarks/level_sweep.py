@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from steerable.data import load_prompts  # noqa: E402
-from steerable.evaluation.evaluate import level_steering, tagged_policy  # noqa: E402
+from steerable.evaluation.evaluate import answer_relevance, level_steering, tagged_policy  # noqa: E402
 from steerable.evaluation.levels import level_markdown, level_record, level_sweep  # noqa: E402
 from steerable.generation import SamplingConfig, count_tokens  # noqa: E402
 
@@ -52,6 +52,7 @@ def main() -> None:
         classify=steering["classify"],
         count_tokens=lambda texts: count_tokens(policy.tokenizer, texts),
         others=others,
+        quality=answer_relevance(),
     )
     record = level_record(points, policy.names, steering["count"], others)
     args.out.parent.mkdir(parents=True, exist_ok=True)

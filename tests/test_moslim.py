@@ -344,6 +344,7 @@ def test_evaluate_sweeps_levels_beside_the_tags_floor(zscore_policy, tmp_path):
         (n, lv) for n in ("brief", "positive") for lv in range(1, 6)
     ]
     assert all(p["n"] == 4 and len(p["prompt_means"]) == 2 for p in points)
+    assert all(-1 <= p["relevance"] <= 1 for p in points)  # MiniLM cosine of question and answer
     assert set(trained.levels["controllability"]) == {"brief", "positive"}
     assert trained.compute["train_seconds"] > 0 and floor.compute["train_seconds"] == 0
     report = runner.invoke(
@@ -378,6 +379,20 @@ def test_level_sweep_tags_the_others_at_a_fixed_level_or_leaves_them_untagged():
     ]
     record = level_record(beside, names, 3, others=2)
     assert record["others"] == 2 and "the others tagged at level 2" in level_markdown("moslim", record)[0]
+    assert all(p.relevance is None for p in beside)  # no quality check asked for
+    scored = level_sweep(
+        generate, rewards, ["a", "b"], 3, samples=2, quality=lambda p, r: [float(x) for x in r]
+    )
+    assert [p.relevance for p in scored] == [
+        1.0,
+        2.0,
+        3.0,
+        1.0,
+        2.0,
+        3.0,
+    ]  # the mean over the level's answers
+    lines = level_markdown("moslim", level_record(scored, names, 3))
+    assert "relevance 3.00" in lines[-2] and "relevance 1.00" in lines[-1]
 
 
 def test_running_statistics_travel_with_checkpoints(tmp_path):

@@ -173,6 +173,14 @@ def tagged_policy(method: str, model: str, adapter: str | None, dtype: str | Non
     return SteerablePolicy(lm, load_tokenizer(str(model), trust_remote_code), manifest, trust_remote_code)
 
 
+def answer_relevance():
+    """The level sweep's check that answers are still answers: the built-in `relevance`
+    scorer (MiniLM cosine of question and answer, offline)."""
+    from steerable.scorers.builtin import build_builtin
+
+    return build_builtin("relevance", {})
+
+
 def level_steering(policy, sampling: SamplingConfig) -> dict:
     """What a level sweep needs of a MOSLIM policy: L, a level-steered generator, the level the
     other objectives are tagged at (the middle one for a policy trained with every objective
@@ -312,6 +320,7 @@ def evaluate(
             count_tokens=lambda texts: count_tokens(tokenizer, texts),
             progress=lambda: bar.update(1),
             others=steering["others"],
+            quality=answer_relevance(),
         )
         bar.close()
         level_result = level_record(level_points, rewards.names, count, steering["others"])

@@ -2,7 +2,10 @@
 held-out prompts are answered with that objective's tag alone (``<brief 4>``; the others
 masked) or, for a policy trained with every objective tagged (tag_sampling "all", which never
 saw a tag alone), beside the others' tags at one fixed level (``<brief 4> <positive 3>``);
-scored by every objective and, when the policy has a multi-head RM, classified by it.
+scored by every objective and, when the policy has a multi-head RM, classified by it. Each level
+also gets a check that the answers are still answers: their mean relevance to the question
+(`quality`, the built-in MiniLM cosine), which falls when a policy buys its levels with empty
+or off-topic text.
 
 Controllability per objective is the Spearman correlation between the requested level and the
 achieved mean raw score over the L levels (as the preference sweep's is over the grid points),
@@ -41,6 +44,7 @@ class LevelPoint:
     seconds: float
     generated_tokens: int
     prompt_means: list[float]  # the requested objective's mean per prompt
+    relevance: float | None = None  # mean quality score of the answers (None: not measured)
 
 
 def level_sweep(
@@ -53,9 +57,11 @@ def level_sweep(
     count_tokens: Callable[[list[str]], int] = lambda texts: sum(len(t.split()) for t in texts),
     progress: Callable[[], None] | None = None,
     others: int | None = None,
+    quality: Callable[[list[str], list[str]], list[float]] | None = None,
 ) -> list[LevelPoint]:
     """Answer `prompts` (`samples` responses each) at every objective's levels 1..count; the
-    other objectives untagged, or all tagged at level `others`."""
+    other objectives untagged, or all tagged at level `others`; `quality` (prompts, responses)
+    -> one score per answer, averaged per level."""
     check_samples(samples)
     prompts = list(prompts)
     repeated = [p for p in prompts for _ in range(samples)]
@@ -82,6 +88,7 @@ def level_sweep(
                     seconds=seconds,
                     generated_tokens=count_tokens(responses),
                     prompt_means=per_prompt[:, k].tolist(),
+                    relevance=None if quality is None else float(np.mean(quality(repeated, responses))),
                 )
             )
             if progress:
@@ -113,6 +120,7 @@ def level_controllability(points: Sequence[LevelPoint], names: Sequence[str]) ->
             "means": [p.mean[k] for p in mine],
             "stderrs": [p.stderr[k] for p in mine],
             "rm_levels": None if mine[0].rm_level is None else [p.rm_level[k] for p in mine],
+            "relevance": None if mine[0].relevance is None else [p.relevance for p in mine],
         }
     return out
 
@@ -131,7 +139,8 @@ def level_record(
 
 
 def level_markdown(method: str, record: dict) -> list[str]:
-    """Report lines: per objective, Spearman and the achieved mean (and RM level) at each level."""
+    """Report lines: per objective, Spearman and the achieved mean (and RM level, relevance) at
+    each level."""
     count, others = record["count"], record.get("others")
     beside = "that objective's tag alone" if others is None else f"the others tagged at level {others}"
     lines = [
@@ -145,8 +154,11 @@ def level_markdown(method: str, record: dict) -> list[str]:
     for name, row in record["controllability"].items():
         cells = []
         for i, mean in enumerate(row["means"]):
-            rm = f" (RM {row['rm_levels'][i]:.2f})" if row["rm_levels"] is not None else ""
-            cells.append(f"{mean:.4g} ± {row['stderrs'][i]:.2g}{rm}")
+            notes = [f"RM {row['rm_levels'][i]:.2f}"] if row["rm_levels"] is not None else []
+            if row.get("relevance") is not None:
+                notes.append(f"relevance {row['relevance'][i]:.2f}")
+            note = f" ({', '.join(notes)})" if notes else ""
+            cells.append(f"{mean:.4g} ± {row['stderrs'][i]:.2g}{note}")
         lines.append(
             f"| {name} | {row['spearman']:+.3f} | {row['spearman_prompts']:+.3f} | "
             + " | ".join(cells)
