@@ -413,3 +413,34 @@ def test_a_tiny_temperature_is_the_argmax_and_a_broken_row_does_not_crash_the_ba
         )
         assert tokens[:2].tolist() == [0, 1]
         assert 0 <= int(tokens[2]) < 4
+
+
+def test_a_cached_prompt_prefix_gives_the_answers_a_full_prefill_gives(server):
+    """The engine keeps the template's shared prefix (learnt at load) and every batch of distinct
+    prompts teaches it theirs; a row laid out as [prefix | padding | rest] with the prefix's keys
+    and values passed in draws the same tokens, sampled with its own seed, as a full prefill."""
+    from steerable.serving.engine import Job, common_prefix, run_batch
+
+    _, models = server
+    served = models[0]
+    prefixes = served.engine.prefixes
+    template = [served.render(served.steer([{"role": "user", "content": q}], None)[0]) for q in ("a", "b")]
+    rows = served.tokenizer(template, add_special_tokens=False)["input_ids"]
+    assert tuple(rows[0][: common_prefix(rows)]) in prefixes.kept  # learnt when the model loaded
+
+    questions = ["Tell me about cats.", "Why is the sky blue, and what is light made of?", "Hi", "Hi"]
+    texts = [served.render(served.steer([{"role": "user", "content": q}], None)[0]) for q in questions]
+
+    def answers(cache, texts):
+        jobs = [Job(text=t, max_tokens=10, temperature=1.0, seed=i) for i, t in enumerate(texts)]
+        run_batch(served.model, served.tokenizer, jobs, None, cache)
+        return [(j.output, j.prompt_tokens) for j in jobs]
+
+    hits = prefixes.hits
+    full = answers(None, texts)
+    assert answers(prefixes, texts) == full
+    assert prefixes.hits == hits + 1
+    assert len({a for a, _ in full}) > 1  # the answers differ: the draws are a real check
+    assert [answers(prefixes, [t])[0][0] for t in texts[:1]] == [full[0][0]]  # solo, prefix from the cache
+    assert prefixes.hits == hits + 2
+    assert len(prefixes.kept) <= prefixes.size

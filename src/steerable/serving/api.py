@@ -118,6 +118,10 @@ class ServedModel:
             served = cls(spec if not path.exists() else path.resolve().name, "base", model, tokenizer)
         film = served.policy.fewshot.film if served.method == "np-dpo" else None
         served.engine = BatchEngine(served.model, served.tokenizer, film, max_batch, max_queue)
+        if served.engine.prefixes is not None:  # the prompt prefix every request shares, cached once
+            served.engine.prefixes.learn(
+                [served.render(served.steer([{"role": "user", "content": q}], None)[0]) for q in ("a", "b")]
+            )
         return served
 
     def card(self) -> dict:

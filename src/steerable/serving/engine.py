@@ -9,6 +9,10 @@ Each row keeps its own settings inside the shared batch:
                has gone (a disconnected stream frees its slot at the next step)
     streaming  `RowStreamer` receives every step's tokens and hands each row its new text
     latent     NP-DPO rows carry their own z, stacked for the FiLM layers
+    prefix     `PrefixCache` keeps the keys and values of prompt prefixes that requests share
+               (the chat template's system turn); a batch whose rows all start with one skips
+               its prefill, solo and batched requests alike (not for NP-DPO: FiLM changes every
+               layer's keys and values with the row's z)
 
 Steering itself is prompt text (RiC, MOSLIM) or z (NP-DPO), so requests with different
 steering share one batch.
@@ -16,11 +20,12 @@ steering share one batch.
 
 from __future__ import annotations
 
+import copy
 import queue
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -189,14 +194,82 @@ class RowStop(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def common_prefix(rows: list[list[int]]) -> int:
+    """The length of the token prefix every row shares."""
+    first, n = rows[0], min(len(r) for r in rows)
+    for row in rows[1:]:
+        n = next((i for i in range(n) if row[i] != first[i]), n)
+    return n
+
+
+class PrefixCache:
+    """The keys and values of prompt prefixes that requests share, most recently used first (at
+    most `size`). `learn(texts)` keeps the prefix the texts' tokens share (the server learns its
+    chat template's from two rendered conversations; every batch of distinct prompts teaches its
+    own); `lookup(rows)` is the longest kept prefix that all rows start with and are longer than."""
+
+    def __init__(self, model, tokenizer, size: int = 8):
+        self.model, self.tokenizer, self.size = model, tokenizer, size
+        self.kept: OrderedDict[tuple[int, ...], object] = OrderedDict()  # prefix -> DynamicCache (1 row)
+        self.hits = 0  # batches that skipped a prefix's prefill (observability, tests)
+
+    def learn(self, texts: list[str]) -> None:
+        rows = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        self.keep(rows)
+
+    @torch.inference_mode()
+    def keep(self, rows: list[list[int]]) -> None:
+        n = common_prefix(rows) if len(rows) > 1 else 0
+        n = min(n, min(len(r) for r in rows) - 1)  # a row keeps at least one token to prefill
+        if n < 2 or tuple(rows[0][:n]) in self.kept:
+            return
+        ids = torch.tensor([rows[0][:n]], device=self.model.device)
+        self.kept[tuple(rows[0][:n])] = self.model(input_ids=ids, use_cache=True).cache
+        while len(self.kept) > self.size:
+            self.kept.popitem(last=False)
+
+    @torch.inference_mode()
+    def lookup(self, rows: list[list[int]]) -> tuple[int, object | None]:
+        """(prefix length, a fresh cache of it for every row) or (0, None)."""
+        shortest = min(len(r) for r in rows)
+        best = None
+        for prefix in self.kept:
+            n = len(prefix)
+            if n < shortest and (best is None or n > len(best)) and all(tuple(r[:n]) == prefix for r in rows):
+                best = prefix
+        if best is None:
+            return 0, None
+        self.kept.move_to_end(best)
+        self.hits += 1
+        cache = copy.deepcopy(self.kept[best])
+        cache.batch_repeat_interleave(len(rows))
+        return len(best), cache
+
+
 @torch.inference_mode()
-def run_batch(model, tokenizer, jobs: list[Job], film=None) -> None:
-    """Generate every job's completion in one `generate` call (left-padded prompts)."""
-    tokenizer.padding_side = "left"
-    batch = tokenizer([j.text for j in jobs], return_tensors="pt", padding=True, add_special_tokens=False)
-    batch = batch.to(model.device)
-    for job, mask in zip(jobs, batch["attention_mask"], strict=True):
-        job.prompt_tokens = int(mask.sum())
+def run_batch(model, tokenizer, jobs: list[Job], film=None, prefixes: PrefixCache | None = None) -> None:
+    """Generate every job's completion in one `generate` call. Rows are laid out as
+    [shared prefix | padding | the rest of the prompt], so every row ends at the same position;
+    with a cached prefix its keys and values are passed in and only the rest is prefilled
+    (positions follow the attention mask, so the padding in the middle is skipped)."""
+    rows = tokenizer([j.text for j in jobs], add_special_tokens=False)["input_ids"]
+    for job, row in zip(jobs, rows, strict=True):
+        job.prompt_tokens = len(row)
+    cached, cache = 0, None
+    if prefixes is not None:
+        if len({tuple(r) for r in rows}) > 1:
+            prefixes.keep(rows)
+        cached, cache = prefixes.lookup(rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(r) for r in rows) - cached
+    ids = [r[:cached] + [pad] * (width - len(r) + cached) + r[cached:] for r in rows]
+    mask = [[1] * cached + [0] * (width - len(r) + cached) + [1] * (len(r) - cached) for r in rows]
+    batch = {
+        "input_ids": torch.tensor(ids, device=model.device),
+        "attention_mask": torch.tensor(mask, device=model.device),
+    }
+    if cache is not None:
+        batch["cache"] = cache
     stops = stop_token_ids(model, tokenizer)
     streamer = RowStreamer(jobs, tokenizer, set(stops))
     kwargs = dict(
@@ -220,12 +293,21 @@ class BatchEngine:
     """A bounded queue of jobs and the worker thread that runs them in batches of up to
     `max_batch` (waiting `batch_wait` seconds after the first job for others to join, unless the
     previous batch was a single job: a client sending one request at a time does not pay it).
-    `submit` raises queue.Full when `max_queue` jobs already wait."""
+    `submit` raises queue.Full when `max_queue` jobs already wait. `prefix_cache` keeps shared
+    prompt prefixes' keys and values (`PrefixCache`); it is off for NP-DPO (`film`)."""
 
     def __init__(
-        self, model, tokenizer, film=None, max_batch: int = 32, max_queue: int = 256, batch_wait: float = 0.02
+        self,
+        model,
+        tokenizer,
+        film=None,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        batch_wait: float = 0.02,
+        prefix_cache: bool = True,
     ):
         self.model, self.tokenizer, self.film = model, tokenizer, film
+        self.prefixes = PrefixCache(model, tokenizer) if prefix_cache and film is None else None
         self.max_batch, self.batch_wait = max_batch, batch_wait
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.lock = threading.Lock()  # one generate at a time on the model
@@ -264,7 +346,7 @@ class BatchEngine:
                 if live:
                     self.largest_batch = max(self.largest_batch, len(live))
                     with self.lock:
-                        run_batch(self.model, self.tokenizer, live, self.film)
+                        run_batch(self.model, self.tokenizer, live, self.film, self.prefixes)
             except Exception as err:  # a failed batch fails its requests, not the server
                 for job in live:
                     job.error = err
