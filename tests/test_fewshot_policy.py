@@ -288,6 +288,32 @@ def test_generate_steers_from_examples(tiny_np_dpo, tmp_path):
     assert bad.exit_code == 2 and "field 'chosen' is missing or empty" in bad.output
 
 
+def test_the_server_batches_np_dpo_rows_each_with_its_own_z(tiny_np_dpo):
+    """Rows with different examples share a batch; each keeps its own z while others leave."""
+    from steerable.serving.api import ServedModel
+    from steerable.serving.engine import Job, run_batch
+
+    out, _, _ = tiny_np_dpo
+    served = ServedModel.load(str(out))
+    assert served.engine.prefixes is None  # FiLM changes every layer's keys and values with z
+    examples = [{"prompt": "Hi?", "chosen": "Great, wonderful day!", "rejected": "Bad."}] * 2
+    ask = [{"role": "user", "content": "Say something."}]
+    steered = [served.steer(ask, {"examples": e}) for e in (examples, [])]
+
+    def answers(rows, lengths):
+        jobs = [
+            Job(text=served.render(m), max_tokens=n, temperature=1.0, seed=3, latent=z)
+            for (m, _, z), n in zip(rows, lengths, strict=True)
+        ]
+        run_batch(served.model, served.tokenizer, jobs, served.engine.film)
+        return [j.output for j in jobs]
+
+    together = answers(steered, [2, 8])
+    alone = [answers([row], [n])[0] for row, n in zip(steered, [2, 8], strict=True)]
+    assert together == alone
+    assert answers([steered[0]], [8]) != answers([steered[1]], [8])  # z changes the draws
+
+
 def test_examples_do_not_steer_a_model_without_a_context_encoder(tiny_ric, tmp_path):
     _, ric = tiny_ric
     path = tmp_path / "user.jsonl"

@@ -444,3 +444,34 @@ def test_a_cached_prompt_prefix_gives_the_answers_a_full_prefill_gives(server):
     assert [answers(prefixes, [t])[0][0] for t in texts[:1]] == [full[0][0]]  # solo, prefix from the cache
     assert prefixes.hits == hits + 2
     assert len(prefixes.kept) <= prefixes.size
+
+
+def test_a_finished_row_leaves_the_batch_and_the_others_draw_as_they_would_alone(server):
+    """Each step runs only the rows still going: a row at its max_tokens leaves, and the rows
+    left (their cache, mask, positions and generators cut to match) draw what they draw alone."""
+    from steerable.serving.engine import Job, run_batch
+
+    _, models = server
+    served = models[0]
+    texts = [served.render([{"role": "user", "content": q}]) for q in ("Tell me about cats.", "Hi", "Why?")]
+    sizes = []
+    hook = served.model.register_forward_hook(lambda module, args, kwargs, out: sizes.append(
+        kwargs["input_ids"].shape[0]), with_kwargs=True)  # fmt: skip
+
+    def answers(texts, lengths, seeds):
+        jobs = [
+            Job(text=t, max_tokens=n, temperature=1.0, seed=s)
+            for t, n, s in zip(texts, lengths, seeds, strict=True)
+        ]
+        run_batch(served.model, served.tokenizer, jobs, None, served.engine.prefixes)
+        return [(j.output, j.finish_reason, j.completion_tokens) for j in jobs]
+
+    try:
+        together = answers(texts, [2, 9, 5], [7, 8, 9])
+        steps = list(sizes)
+        alone = [answers([t], [n], [s])[0] for t, n, s in zip(texts, [2, 9, 5], [7, 8, 9], strict=True)]
+    finally:
+        hook.remove()
+    assert [c for _, _, c in together] == [2, 9, 5] and {r for _, r, _ in together} == {"length"}
+    assert steps == [3, 3, 2, 2, 2, 1, 1, 1, 1]  # three rows, then two after 2 tokens, then one after 5
+    assert [a for a, _, _ in together] == [a for a, _, _ in alone]

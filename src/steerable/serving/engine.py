@@ -1,13 +1,21 @@
 """Batched generation across requests: one worker thread per served model takes the waiting jobs
-(up to `max_batch`) and runs them as one `model.generate` call with transformers' own machinery.
+(up to `max_batch`) and decodes them together, one forward pass of the model per step for every
+row still running.
+
+The decode loop is ours, not `model.generate`, for one reason: `generate` runs a batch until
+its longest row is done, while most answers end early (the demo's RiC answers average 13 of 32
+tokens), so most of a batch's steps would be spent on finished rows. Here a finished row leaves
+at once (its keys and values dropped with the cache's own `batch_select_indices`) and each step
+costs only the rows still running (benchmarks/RESULTS.md, serving throughput). The model's
+forward, its KV cache and its attention masks are transformers' own.
 
 Each row keeps its own settings inside the shared batch:
-    sampling   `RowSampler` draws row i's next token from its own temperature / top-p
+    sampling   `draw_tokens` draws row i's next token from its own temperature / top-p
                distribution with its own `torch.Generator` (seeded by the request), so what else
                shares the batch does not change its draws; temperature 0 is argmax
-    stopping   `RowStop` ends a row at its own max_tokens, at a stop string, or when its client
-               has gone (a disconnected stream frees its slot at the next step)
-    streaming  `RowStreamer` receives every step's tokens and hands each row its new text
+    stopping   a row ends at its own max_tokens, at a stop string, at the end of its turn, or
+               when its client has gone (a disconnected stream frees its row at the next step)
+    streaming  `RowStreamer` hands each row its new text as it comes
     latent     NP-DPO rows carry their own z, stacked for the FiLM layers
     prefix     `PrefixCache` keeps the keys and values of prompt prefixes that requests share
                (the chat template's system turn); a batch whose rows all start with one skips
@@ -27,10 +35,10 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from steerable.generation import cut_to_top_p, stop_token_ids
 
@@ -56,27 +64,6 @@ class Job:
     error: BaseException | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
-
-
-class RowSampler(LogitsProcessor):
-    """Row i's next token from its own distribution and generator; returns scores that are 0 at
-    the drawn token and -inf elsewhere, so `generate(do_sample=False)` emits it. Each row draws
-    one uniform number from its own generator per step; the rest is batched (`draw_tokens`)."""
-
-    def __init__(self, jobs: list[Job], device):
-        self.generators = []
-        for job in jobs:
-            generator = torch.Generator(device=device)
-            # an unseeded request gets a fresh seed without reseeding the process's own generator
-            generator.manual_seed(job.seed if job.seed is not None else secrets.randbits(63))
-            self.generators.append(generator)
-        self.temperature = torch.tensor([j.temperature for j in jobs], device=device)
-        self.top_p = torch.tensor([j.top_p for j in jobs], device=device)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        uniform = torch.cat([torch.rand(1, generator=g, device=scores.device) for g in self.generators])
-        tokens = draw_tokens(scores, self.temperature, self.top_p, uniform)
-        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens[:, None], 0.0)
 
 
 def draw_tokens(
@@ -126,23 +113,18 @@ def inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 
 
 class RowStreamer:
-    """transformers' streamer interface over a batch: each step's tokens (B,) -> each row's new
-    text (decoded from all its tokens so far, so multi-byte characters come out whole), with the
-    row's stop strings applied."""
+    """Each step's tokens -> each row's new text (decoded from all its tokens so far, so
+    multi-byte characters come out whole), with the row's stop strings applied; sets a row's
+    `finish_reason` when it ends."""
 
     def __init__(self, jobs: list[Job], tokenizer, stops: set[int]):
         self.jobs, self.tokenizer, self.stops = jobs, tokenizer, stops
         self.tokens: list[list[int]] = [[] for _ in jobs]
-        self.prompt_seen = False
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate first passes the prompt
-            self.prompt_seen = True
-            return
-        for row, token in enumerate(value.reshape(len(self.jobs), -1)[:, -1].tolist()):
+    def put(self, rows: list[int], tokens: list[int]) -> None:
+        """Row `rows[i]` (an index into the jobs) drew `tokens[i]`."""
+        for row, token in zip(rows, tokens, strict=True):
             job = self.jobs[row]
-            if job.finish_reason is not None:
-                continue
             if token in self.stops:
                 job.finish_reason = "stop"
                 continue
@@ -180,18 +162,6 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     """`text` up to its first stop string, and whether there was one."""
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return (text[: min(hits)], True) if hits else (text, False)
-
-
-class RowStop(StoppingCriteria):
-    """A row is done when the streamer finished it (max_tokens, stop string, end of turn) or its
-    client has gone."""
-
-    def __init__(self, jobs: list[Job]):
-        self.jobs = jobs
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        done = [j.finish_reason is not None or j.cancelled.is_set() for j in self.jobs]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def common_prefix(rows: list[list[int]]) -> int:
@@ -248,10 +218,10 @@ class PrefixCache:
 
 @torch.inference_mode()
 def run_batch(model, tokenizer, jobs: list[Job], film=None, prefixes: PrefixCache | None = None) -> None:
-    """Generate every job's completion in one `generate` call. Rows are laid out as
-    [shared prefix | padding | the rest of the prompt], so every row ends at the same position;
-    with a cached prefix its keys and values are passed in and only the rest is prefilled
-    (positions follow the attention mask, so the padding in the middle is skipped)."""
+    """Decode every job's completion together. Rows are laid out as [shared prefix | padding |
+    the rest of the prompt], so every row's prompt ends at the same position (positions follow
+    the attention mask, so the padding is skipped); with a cached prefix its keys and values are
+    passed in and only the rest is prefilled. A row that ends leaves the batch at that step."""
     rows = tokenizer([j.text for j in jobs], add_special_tokens=False)["input_ids"]
     for job, row in zip(jobs, rows, strict=True):
         job.prompt_tokens = len(row)
@@ -264,29 +234,46 @@ def run_batch(model, tokenizer, jobs: list[Job], film=None, prefixes: PrefixCach
     width = max(len(r) for r in rows) - cached
     ids = [r[:cached] + [pad] * (width - len(r) + cached) + r[cached:] for r in rows]
     mask = [[1] * cached + [0] * (width - len(r) + cached) + [1] * (len(r) - cached) for r in rows]
-    batch = {
-        "input_ids": torch.tensor(ids, device=model.device),
-        "attention_mask": torch.tensor(mask, device=model.device),
-    }
-    if cache is not None:
-        batch["cache"] = cache
-    stops = stop_token_ids(model, tokenizer)
-    streamer = RowStreamer(jobs, tokenizer, set(stops))
-    kwargs = dict(
-        max_new_tokens=max(j.max_tokens for j in jobs),
-        do_sample=False,
-        logits_processor=LogitsProcessorList([RowSampler(jobs, model.device)]),
-        stopping_criteria=StoppingCriteriaList([RowStop(jobs)]),
-        streamer=streamer,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=stops,
-    )
-    if film is not None:
-        z = torch.cat([j.latent for j in jobs]).to(model.device)  # (B, Z)
-        with film.conditioned(z):
-            model.generate(**batch, **kwargs)
-    else:
-        model.generate(**batch, **kwargs)
+    device = model.device
+    mask = torch.tensor(mask, device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = torch.tensor(ids, device=device)[:, cached:]
+    positions = positions[:, cached:]
+
+    generators = []
+    for job in jobs:
+        generator = torch.Generator(device=device)
+        # an unseeded request gets a fresh seed without reseeding the process's own generator
+        generator.manual_seed(job.seed if job.seed is not None else secrets.randbits(63))
+        generators.append(generator)
+    temperature = torch.tensor([j.temperature for j in jobs], device=device)
+    top_p = torch.tensor([j.top_p for j in jobs], device=device)
+    z = torch.cat([j.latent for j in jobs]).to(device) if film is not None else None  # (B, Z)
+    streamer = RowStreamer(jobs, tokenizer, set(stop_token_ids(model, tokenizer)))
+    live = list(range(len(jobs)))  # the jobs whose rows are still in the batch, in row order
+    for _ in range(max(j.max_tokens for j in jobs)):
+        with film.conditioned(z) if film is not None else nullcontext():
+            out = model(input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache,
+                        use_cache=True, logits_to_keep=1)  # fmt: skip
+        cache = out.cache
+        uniform = torch.cat([torch.rand(1, generator=generators[i], device=device) for i in live])
+        tokens = draw_tokens(out.logits[:, -1], temperature, top_p, uniform)
+        streamer.put(live, tokens.tolist())
+        going = [jobs[i].finish_reason is None and not jobs[i].cancelled.is_set() for i in live]
+        running = [k for k, on in enumerate(going) if on]
+        if not running:
+            break
+        if len(running) < len(live):  # finished rows leave the batch
+            keep = torch.tensor(running, device=device)
+            cache.batch_select_indices(keep)
+            mask, positions, tokens = mask[keep], positions[keep], tokens[keep]
+            temperature, top_p = temperature[keep], top_p[keep]
+            z = z[keep] if z is not None else None
+            live = [live[k] for k in running]
+        inputs = tokens[:, None]
+        positions = positions[:, -1:] + 1
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
+    streamer.end()
 
 
 class BatchEngine:
