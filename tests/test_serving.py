@@ -475,3 +475,43 @@ def test_a_finished_row_leaves_the_batch_and_the_others_draw_as_they_would_alone
     assert [c for _, _, c in together] == [2, 9, 5] and {r for _, r, _ in together} == {"length"}
     assert steps == [3, 3, 2, 2, 2, 1, 1, 1, 1]  # three rows, then two after 2 tokens, then one after 5
     assert [a for a, _, _ in together] == [a for a, _, _ in alone]
+
+
+def test_a_request_that_arrives_mid_batch_joins_at_the_next_step(server):
+    """The worker takes in a job queued while its rows run (their caches merged, the shorter
+    padded on the left), and each row still draws what it draws alone."""
+    from steerable.serving.engine import BatchEngine, Job, run_batch
+
+    _, models = server
+    served = models[0]
+    engine = BatchEngine(served.model, served.tokenizer, max_batch=4, batch_wait=0)
+    texts = [
+        served.render([{"role": "user", "content": q}]) for q in ("Tell me about cats.", "Why is it so?")
+    ]
+    late = Job(text=texts[1], max_tokens=6, temperature=1.0, seed=2)
+
+    def submit_late(_text):  # from the worker, once the first job has drawn 3 tokens
+        if len(first.tokens) >= 3 and not late.prompt_tokens and engine.jobs.empty():
+            engine.submit([late])
+
+    first = Job(text=texts[0], max_tokens=20, temperature=1.0, seed=1, on_text=submit_late)
+    sizes = []
+    hook = served.model.register_forward_hook(lambda module, args, kwargs, out: sizes.append(
+        kwargs["input_ids"].shape), with_kwargs=True)  # fmt: skip
+    try:
+        engine.submit([first])
+        assert first.done.wait(60) and late.done.wait(60)
+    finally:
+        hook.remove()
+    assert (first.error, late.error) == (None, None)
+    assert engine.largest_batch == 2
+    rows = [shape[0] for shape in sizes]
+    assert rows[:4] == [1, 1, 1, 1] and 2 in rows  # alone for its first tokens, then joined
+    assert rows[-1] == 1 and (first.completion_tokens, late.completion_tokens) == (20, 6)
+    alone = [
+        Job(text=t, max_tokens=n, temperature=1.0, seed=s)
+        for t, n, s in zip(texts, (20, 6), (1, 2), strict=True)
+    ]
+    for job in alone:
+        run_batch(served.model, served.tokenizer, [job], None, served.engine.prefixes)
+    assert [first.output, late.output] == [j.output for j in alone]

@@ -39,6 +39,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from steerable.generation import cut_to_top_p, stop_token_ids
 
@@ -61,6 +62,7 @@ class Job:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tokens: list[int] = field(default_factory=list)  # the completion's token ids so far
     error: BaseException | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
@@ -113,27 +115,25 @@ def inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 
 
 class RowStreamer:
-    """Each step's tokens -> each row's new text (decoded from all its tokens so far, so
-    multi-byte characters come out whole), with the row's stop strings applied; sets a row's
+    """Each step's tokens -> each job's new text (decoded from all its tokens so far, so
+    multi-byte characters come out whole), with the job's stop strings applied; sets a job's
     `finish_reason` when it ends."""
 
-    def __init__(self, jobs: list[Job], tokenizer, stops: set[int]):
-        self.jobs, self.tokenizer, self.stops = jobs, tokenizer, stops
-        self.tokens: list[list[int]] = [[] for _ in jobs]
+    def __init__(self, tokenizer, stops: set[int]):
+        self.tokenizer, self.stops = tokenizer, stops
 
-    def put(self, rows: list[int], tokens: list[int]) -> None:
-        """Row `rows[i]` (an index into the jobs) drew `tokens[i]`."""
-        for row, token in zip(rows, tokens, strict=True):
-            job = self.jobs[row]
+    def put(self, jobs: list[Job], tokens: list[int]) -> None:
+        """`jobs[i]` drew `tokens[i]`."""
+        for job, token in zip(jobs, tokens, strict=True):
             if token in self.stops:
                 job.finish_reason = "stop"
                 continue
-            self.tokens[row].append(token)
-            job.completion_tokens = len(self.tokens[row])
+            job.tokens.append(token)
+            job.completion_tokens = len(job.tokens)
             if job.completion_tokens >= job.max_tokens:
                 job.finish_reason = "length"  # end() emits what is left
                 continue
-            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+            text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
             if text.endswith("\ufffd"):
                 continue  # half a character: wait for the rest
             text, stopped = cut_at_stop(text, job.stop)
@@ -148,14 +148,14 @@ class RowStreamer:
             if job.on_text is not None:
                 job.on_text(new)
 
-    def end(self) -> None:
-        for row, job in enumerate(self.jobs):
-            if job.finish_reason is None and job.cancelled.is_set():
-                job.finish_reason = "cancelled"  # its client went away; the row stopped early
-            if job.finish_reason is None:
-                job.finish_reason = "length" if job.completion_tokens >= job.max_tokens else "stop"
-            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).rstrip("\ufffd")
-            self.emit(job, cut_at_stop(text, job.stop)[0])
+    def end(self, job: Job) -> None:
+        """The job's row has left: its finish reason and the text not yet emitted."""
+        if job.finish_reason is None and job.cancelled.is_set():
+            job.finish_reason = "cancelled"  # its client went away; the row stopped early
+        if job.finish_reason is None:
+            job.finish_reason = "length" if job.completion_tokens >= job.max_tokens else "stop"
+        text = self.tokenizer.decode(job.tokens, skip_special_tokens=True).rstrip("\ufffd")
+        self.emit(job, cut_at_stop(text, job.stop)[0])
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -216,64 +216,132 @@ class PrefixCache:
         return len(best), cache
 
 
-@torch.inference_mode()
-def run_batch(model, tokenizer, jobs: list[Job], film=None, prefixes: PrefixCache | None = None) -> None:
-    """Decode every job's completion together. Rows are laid out as [shared prefix | padding |
-    the rest of the prompt], so every row's prompt ends at the same position (positions follow
-    the attention mask, so the padding is skipped); with a cached prefix its keys and values are
-    passed in and only the rest is prefilled. A row that ends leaves the batch at that step."""
-    rows = tokenizer([j.text for j in jobs], add_special_tokens=False)["input_ids"]
-    for job, row in zip(jobs, rows, strict=True):
-        job.prompt_tokens = len(row)
-    cached, cache = 0, None
-    if prefixes is not None:
-        if len({tuple(r) for r in rows}) > 1:
-            prefixes.keep(rows)
-        cached, cache = prefixes.lookup(rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(r) for r in rows) - cached
-    ids = [r[:cached] + [pad] * (width - len(r) + cached) + r[cached:] for r in rows]
-    mask = [[1] * cached + [0] * (width - len(r) + cached) + [1] * (len(r) - cached) for r in rows]
-    device = model.device
-    mask = torch.tensor(mask, device=device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    inputs = torch.tensor(ids, device=device)[:, cached:]
-    positions = positions[:, cached:]
+class Rows:
+    """The rows being decoded together and everything each one carries: its job, its generator,
+    temperature, top-p and z, its attention mask and position, and the shared KV cache.
 
-    generators = []
-    for job in jobs:
-        generator = torch.Generator(device=device)
-        # an unseeded request gets a fresh seed without reseeding the process's own generator
-        generator.manual_seed(job.seed if job.seed is not None else secrets.randbits(63))
-        generators.append(generator)
-    temperature = torch.tensor([j.temperature for j in jobs], device=device)
-    top_p = torch.tensor([j.top_p for j in jobs], device=device)
-    z = torch.cat([j.latent for j in jobs]).to(device) if film is not None else None  # (B, Z)
-    streamer = RowStreamer(jobs, tokenizer, set(stop_token_ids(model, tokenizer)))
-    live = list(range(len(jobs)))  # the jobs whose rows are still in the batch, in row order
-    for _ in range(max(j.max_tokens for j in jobs)):
-        with film.conditioned(z) if film is not None else nullcontext():
-            out = model(input_ids=inputs, attention_mask=mask, position_ids=positions, cache=cache,
-                        use_cache=True, logits_to_keep=1)  # fmt: skip
-        cache = out.cache
-        uniform = torch.cat([torch.rand(1, generator=generators[i], device=device) for i in live])
-        tokens = draw_tokens(out.logits[:, -1], temperature, top_p, uniform)
-        streamer.put(live, tokens.tolist())
-        going = [jobs[i].finish_reason is None and not jobs[i].cancelled.is_set() for i in live]
-        running = [k for k, on in enumerate(going) if on]
-        if not running:
-            break
-        if len(running) < len(live):  # finished rows leave the batch
-            keep = torch.tensor(running, device=device)
-            cache.batch_select_indices(keep)
-            mask, positions, tokens = mask[keep], positions[keep], tokens[keep]
-            temperature, top_p = temperature[keep], top_p[keep]
-            z = z[keep] if z is not None else None
-            live = [live[k] for k in running]
-        inputs = tokens[:, None]
-        positions = positions[:, -1:] + 1
-        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
-    streamer.end()
+    `Rows.prefill(...)` lays new jobs out as [shared prefix | padding | the rest of the prompt]
+    (every prompt ends at the same position; positions follow the mask, so the padding is
+    skipped) and passes a cached prefix's keys and values in; its first `step()` prefills the
+    rest and draws each row's first token. `step()` runs one forward pass for the rows still
+    going and draws their next tokens; a row that ends leaves at once (`batch_select_indices` on
+    the cache). `join(other)` takes in rows prefilled meanwhile, so requests that arrive while a
+    batch runs start at the next step: the shorter of the two caches is padded on the left
+    (masked) to the other's length."""
+
+    def __init__(self, model, streamer: RowStreamer, film=None):
+        self.model, self.streamer, self.film = model, streamer, film
+        self.jobs: list[Job] = []
+        self.generators: list[torch.Generator] = []
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    @classmethod
+    @torch.inference_mode()
+    def prefill(
+        cls, model, tokenizer, jobs, streamer, film=None, prefixes: PrefixCache | None = None
+    ) -> Rows:
+        rows = cls(model, streamer, film)
+        ids = tokenizer([j.text for j in jobs], add_special_tokens=False)["input_ids"]
+        for job, row in zip(jobs, ids, strict=True):
+            job.prompt_tokens = len(row)
+        cached, cache = 0, None
+        if prefixes is not None:
+            if len({tuple(r) for r in ids}) > 1:
+                prefixes.keep(ids)
+            cached, cache = prefixes.lookup(ids)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        width = max(len(r) for r in ids) - cached
+        padded = [r[:cached] + [pad] * (width - len(r) + cached) + r[cached:] for r in ids]
+        mask = [[1] * cached + [0] * (width - len(r) + cached) + [1] * (len(r) - cached) for r in ids]
+        device = model.device
+        rows.mask = torch.tensor(mask, device=device)
+        rows.positions = (rows.mask.cumsum(-1) - 1).clamp(min=0)[:, cached:]
+        rows.inputs = torch.tensor(padded, device=device)[:, cached:]
+        rows.cache = cache
+        rows.jobs = list(jobs)
+        for job in jobs:
+            generator = torch.Generator(device=device)
+            # an unseeded request gets a fresh seed without reseeding the process's own generator
+            generator.manual_seed(job.seed if job.seed is not None else secrets.randbits(63))
+            rows.generators.append(generator)
+        rows.temperature = torch.tensor([j.temperature for j in jobs], device=device)
+        rows.top_p = torch.tensor([j.top_p for j in jobs], device=device)
+        rows.z = torch.cat([j.latent for j in jobs]).to(device) if film is not None else None  # (B, Z)
+        return rows
+
+    @torch.inference_mode()
+    def step(self) -> list[Job]:
+        """One forward pass and draw for every row; returns the jobs that ended (they have left)."""
+        with self.film.conditioned(self.z) if self.film is not None else nullcontext():
+            out = self.model(input_ids=self.inputs, attention_mask=self.mask, position_ids=self.positions,
+                             cache=self.cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+        self.cache = out.cache
+        uniform = torch.cat([torch.rand(1, generator=g, device=self.mask.device) for g in self.generators])
+        tokens = draw_tokens(out.logits[:, -1], self.temperature, self.top_p, uniform)
+        self.streamer.put(self.jobs, tokens.tolist())
+        going = [j.finish_reason is None and not j.cancelled.is_set() for j in self.jobs]
+        ended = [j for j, on in zip(self.jobs, going, strict=True) if not on]
+        if ended:
+            keep = [k for k, on in enumerate(going) if on]
+            index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+            if keep:
+                self.cache.batch_select_indices(index)
+            self.mask, self.positions, tokens = self.mask[index], self.positions[index], tokens[index]
+            self.temperature, self.top_p = self.temperature[index], self.top_p[index]
+            self.z = self.z[index] if self.z is not None else None
+            self.jobs = [self.jobs[k] for k in keep]
+            self.generators = [self.generators[k] for k in keep]
+            for job in ended:
+                self.streamer.end(job)
+        self.inputs = tokens[:, None]
+        self.positions = self.positions[:, -1:] + 1
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.jobs), 1)], dim=-1)
+        return ended
+
+    def joinable(self) -> bool:
+        """Whether other rows can be merged in: every layer of the cache a plain dynamic one."""
+        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def join(self, other: Rows) -> None:
+        if not other.jobs:
+            return
+        if not self.jobs:
+            self.__dict__.update(other.__dict__)
+            return
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, width - 1, 2), _left_pad(theirs.keys, width - 1, 2)])
+            mine.values = torch.cat(
+                [_left_pad(mine.values, width - 1, 2), _left_pad(theirs.values, width - 1, 2)]
+            )
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(other.mask, width, 1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.inputs = torch.cat([self.inputs, other.inputs])
+        self.temperature = torch.cat([self.temperature, other.temperature])
+        self.top_p = torch.cat([self.top_p, other.top_p])
+        self.z = torch.cat([self.z, other.z]) if self.z is not None else None
+        self.jobs += other.jobs
+        self.generators += other.generators
+
+
+def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """`tensor` padded with zeros at the start of `dim` to `length` (a 0 in a mask: not attended)."""
+    missing = length - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def run_batch(model, tokenizer, jobs: list[Job], film=None, prefixes: PrefixCache | None = None) -> None:
+    """Decode `jobs` together to the end (no newcomers): what the engine's worker does, in one call."""
+    streamer = RowStreamer(tokenizer, set(stop_token_ids(model, tokenizer)))
+    rows = Rows.prefill(model, tokenizer, jobs, streamer, film, prefixes)
+    while rows.jobs:
+        rows.step()
 
 
 class BatchEngine:
@@ -312,34 +380,96 @@ class BatchEngine:
             for job in jobs:
                 self.jobs.put_nowait(job)
 
-    def _work(self) -> None:
-        last = None  # jobs in the previous batch
-        while True:
-            batch = [self.jobs.get()]
-            # requests that arrive together (a burst of clients) start together: while others
-            # are about, wait up to `batch_wait` seconds for more before starting a batch; a lone
-            # client (the previous batch was one job too) does not pay the wait on every request
-            deadline = time.monotonic() + (0 if last == 1 and self.jobs.empty() else self.batch_wait)
-            while len(batch) < self.max_batch:
-                remaining = deadline - time.monotonic()
-                try:
-                    job = self.jobs.get(timeout=remaining) if remaining > 0 else self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                batch.append(job)
-            live = [j for j in batch if not j.cancelled.is_set()]  # a client that left is skipped
-            last = len(batch)
+    def _gather(self, last: int | None) -> list[Job]:
+        """The next batch to start: waits for a first job; requests that arrive together (a burst
+        of clients) start together: while others are about, it waits up to `batch_wait` seconds
+        for more; a lone client (the previous batch was one job too) does not pay the wait."""
+        batch = [self.jobs.get()]
+        deadline = time.monotonic() + (0 if last == 1 and self.jobs.empty() else self.batch_wait)
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.monotonic()
             try:
-                if live:
-                    self.largest_batch = max(self.largest_batch, len(live))
-                    with self.lock:
-                        run_batch(self.model, self.tokenizer, live, self.film, self.prefixes)
-            except Exception as err:  # a failed batch fails its requests, not the server
-                for job in live:
-                    job.error = err
-            for job in batch:
-                job.finish_reason = job.finish_reason or "cancelled"
-                self.finish_reasons[job.finish_reason] += 1
-                job.done.set()
-                if job.on_done is not None:
-                    job.on_done()
+                batch.append(self.jobs.get(timeout=remaining) if remaining > 0 else self.jobs.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _newcomers(self, room: int) -> list[Job]:
+        """Jobs already waiting, up to `room`, without waiting for more."""
+        batch = []
+        while len(batch) < room:
+            try:
+                batch.append(self.jobs.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _start(self, batch: list[Job], streamer: RowStreamer) -> Rows | None:
+        """Prefill the live jobs of `batch` and draw their first tokens (a client that left is
+        skipped); the rows still going, or None."""
+        for job in batch:
+            if job.cancelled.is_set():
+                self._finish(job)
+        live = [j for j in batch if not j.cancelled.is_set()]
+        if not live:
+            return None
+        try:
+            with self.lock:
+                rows = Rows.prefill(self.model, self.tokenizer, live, streamer, self.film, self.prefixes)
+        except Exception as err:
+            for job in live:
+                job.error = err
+                self._finish(job)
+            return None
+        try:
+            self._step(rows)
+        except Exception:
+            return None  # its jobs have failed
+        return rows
+
+    def _step(self, rows: Rows) -> None:
+        """One step of `rows`; the jobs that ended are done. A failed step fails its rows'
+        requests, not the server (and is raised on, so the rows are dropped)."""
+        try:
+            with self.lock:
+                ended = rows.step()
+        except Exception as err:
+            for job in rows.jobs:
+                job.error = err
+                self._finish(job)
+            raise
+        for job in ended:
+            self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        job.finish_reason = job.finish_reason or "cancelled"
+        self.finish_reasons[job.finish_reason] += 1
+        job.done.set()
+        if job.on_done is not None:
+            job.on_done()
+
+    def _work(self) -> None:
+        streamer = RowStreamer(self.tokenizer, set(stop_token_ids(self.model, self.tokenizer)))
+        rows, last = None, None  # the rows being decoded; the size of the last batch started
+        while True:
+            try:
+                if rows is None or not rows.jobs:
+                    batch = self._gather(last)
+                    last = len(batch)
+                    rows = self._start(batch, streamer)
+                else:
+                    # requests that came while the rows ran join them at this step
+                    room = self.max_batch - len(rows)
+                    newcomers = self._newcomers(room) if room > 0 and rows.joinable() else []
+                    if newcomers:
+                        rows.join(self._start(newcomers, streamer) or Rows(self.model, streamer, self.film))
+                    if rows.jobs:
+                        self._step(rows)
+                if rows is not None:
+                    self.largest_batch = max(self.largest_batch, len(rows))
+            except Exception as err:  # a failure fails its requests, never the worker
+                for job in rows.jobs if rows is not None else []:
+                    if not job.done.is_set():
+                        job.error = err
+                        self._finish(job)
+                rows = None
