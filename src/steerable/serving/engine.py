@@ -1,13 +1,13 @@
-"""Batched generation across requests: one worker thread per served model takes the waiting jobs
-(up to `max_batch`) and decodes them together, one forward pass of the model per step for every
-row still running.
+"""Batched generation across requests: one worker thread per served model decodes the waiting
+jobs together (up to `max_batch` rows), one forward pass of the model per step for every row
+still running; a job that arrives while rows run joins them at the next step.
 
-The decode loop is ours, not `model.generate`, for one reason: `generate` runs a batch until
-its longest row is done, while most answers end early (the demo's RiC answers average 13 of 32
-tokens), so most of a batch's steps would be spent on finished rows. Here a finished row leaves
-at once (its keys and values dropped with the cache's own `batch_select_indices`) and each step
-costs only the rows still running (benchmarks/RESULTS.md, serving throughput). The model's
-forward, its KV cache and its attention masks are transformers' own.
+The decode loop is ours, not `model.generate`, because `generate` runs a batch until its
+longest row is done and takes no newcomers, while most answers end early (the demo's RiC
+answers average 13 of 32 tokens). Here a finished row leaves at once (its keys and values
+dropped with the cache's own `batch_select_indices`), its request is answered that step, and
+a waiting request takes its place (`Rows.join`). The model's forward, its KV cache and its
+attention masks are transformers' own (benchmarks/RESULTS.md, serving throughput).
 
 Each row keeps its own settings inside the shared batch:
     sampling   `draw_tokens` draws row i's next token from its own temperature / top-p
@@ -345,9 +345,10 @@ def run_batch(model, tokenizer, jobs: list[Job], film=None, prefixes: PrefixCach
 
 
 class BatchEngine:
-    """A bounded queue of jobs and the worker thread that runs them in batches of up to
-    `max_batch` (waiting `batch_wait` seconds after the first job for others to join, unless the
-    previous batch was a single job: a client sending one request at a time does not pay it).
+    """A bounded queue of jobs and the worker thread that decodes them, up to `max_batch` rows at
+    a time. An idle worker starts on the first job after waiting `batch_wait` seconds for others
+    (unless the previous batch was a single job: a client sending one request at a time does not
+    pay it); jobs queued while rows run join them at the next step, as rows leave room.
     `submit` raises queue.Full when `max_queue` jobs already wait. `prefix_cache` keeps shared
     prompt prefixes' keys and values (`PrefixCache`); it is off for NP-DPO (`film`)."""
 
@@ -365,9 +366,9 @@ class BatchEngine:
         self.prefixes = PrefixCache(model, tokenizer) if prefix_cache and film is None else None
         self.max_batch, self.batch_wait = max_batch, batch_wait
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
-        self.lock = threading.Lock()  # one generate at a time on the model
+        self.lock = threading.Lock()  # one forward pass at a time on the model
         self.queueing = threading.Lock()  # a request's jobs enter the queue together
-        self.largest_batch = 0  # the most jobs one generate call has run (observability, tests)
+        self.largest_batch = 0  # the most rows decoded together (observability, tests)
         self.finish_reasons: Counter[str] = Counter()  # stop / length / cancelled, so far
         self.worker = threading.Thread(target=self._work, daemon=True, name="steerable-batch")
         self.worker.start()
