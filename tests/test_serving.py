@@ -485,9 +485,11 @@ def test_a_request_that_arrives_mid_batch_joins_at_the_next_step(server):
     _, models = server
     served = models[0]
     engine = BatchEngine(served.model, served.tokenizer, max_batch=4, batch_wait=0)
-    texts = [
-        served.render([{"role": "user", "content": q}]) for q in ("Tell me about cats.", "Why is it so?")
-    ]
+    questions = (
+        "Tell me about cats.",
+        "Why is the sky blue, what is light made of, and why is the sea blue?",
+    )
+    texts = [served.render([{"role": "user", "content": q}]) for q in questions]  # the later one longer
     late = Job(text=texts[1], max_tokens=6, temperature=1.0, seed=2)
 
     def submit_late(_text):  # from the worker, once the first job has drawn 3 tokens
@@ -497,7 +499,7 @@ def test_a_request_that_arrives_mid_batch_joins_at_the_next_step(server):
     first = Job(text=texts[0], max_tokens=20, temperature=1.0, seed=1, on_text=submit_late)
     sizes = []
     hook = served.model.register_forward_hook(lambda module, args, kwargs, out: sizes.append(
-        kwargs["input_ids"].shape), with_kwargs=True)  # fmt: skip
+        (kwargs["input_ids"].shape, kwargs["attention_mask"].shape[1])), with_kwargs=True)  # fmt: skip
     try:
         engine.submit([first])
         assert first.done.wait(60) and late.done.wait(60)
@@ -505,9 +507,10 @@ def test_a_request_that_arrives_mid_batch_joins_at_the_next_step(server):
         hook.remove()
     assert (first.error, late.error) == (None, None)
     assert engine.largest_batch == 2
-    rows = [shape[0] for shape in sizes]
+    rows = [shape[0] for shape, _ in sizes]
     assert rows[:4] == [1, 1, 1, 1] and 2 in rows  # alone for its first tokens, then joined
     assert rows[-1] == 1 and (first.completion_tokens, late.completion_tokens) == (20, 6)
+    assert sizes[-1][1] == first.prompt_tokens + 19  # the padding it took on to join was dropped
     alone = [
         Job(text=t, max_tokens=n, temperature=1.0, seed=s)
         for t, n, s in zip(texts, (20, 6), (1, 2), strict=True)

@@ -295,10 +295,22 @@ class Rows:
             self.generators = [self.generators[k] for k in keep]
             for job in ended:
                 self.streamer.end(job)
+            self._trim()
         self.inputs = tokens[:, None]
         self.positions = self.positions[:, -1:] + 1
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.jobs), 1)], dim=-1)
         return ended
+
+    def _trim(self) -> None:
+        """Drop the leading columns no row attends to (the padding of rows that have left), so a
+        batch that keeps taking newcomers does not carry an ever wider cache."""
+        attended = self.mask.any(dim=0).nonzero()
+        first = int(attended[0]) if len(attended) else 0
+        if first == 0 or not self.joinable():
+            return
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
 
     def joinable(self) -> bool:
         """Whether other rows can be merged in: every layer of the cache a plain dynamic one."""
