@@ -429,15 +429,13 @@ class BatchEngine:
         try:
             with self.lock:
                 rows = Rows.prefill(self.model, self.tokenizer, live, streamer, self.film, self.prefixes)
-        except Exception as err:
-            for job in live:
-                job.error = err
-                self._finish(job)
-            return None
-        try:
             self._step(rows)
-        except Exception:
-            return None  # its jobs have failed
+        except Exception as err:  # its jobs fail, not the rows already running
+            for job in live:
+                if not job.done.is_set():
+                    job.error = err
+                    self._finish(job)
+            return None
         return rows
 
     def _step(self, rows: Rows) -> None:
