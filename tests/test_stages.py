@@ -40,6 +40,18 @@ def test_a_finished_stage_is_reused_and_a_stale_one_refused(tmp_path):
     with pytest.raises(SteerableError, match=r"other inputs \(lr differ.*delete .*stages/offline"):
         stages.run("offline", {"lr": 2, "data": "abc"}, work)
     assert len(calls) == 1
+    with pytest.raises(SteerableError, match=r"other inputs \(lr differ"):
+        stages.run("offline", {"lr": 1.0, "data": "abc"}, work)  # the record would hash apart
+
+
+def test_a_config_records_the_same_stage_whether_a_float_was_written_3_or_3_0():
+    from steerable.methods.ric import RiCConfig, stage_plan
+
+    written_int = RiCConfig(num_epochs=3, learning_rate=1)
+    written_float = RiCConfig(num_epochs=3.0, learning_rate=1.0)
+    assert written_int.num_epochs == 3.0 and type(written_int.num_epochs) is float
+    assert type(written_int.lora_r) is int  # int fields stay ints
+    assert fingerprint(stage_plan(written_int)) == fingerprint(stage_plan(written_float))
 
 
 def test_partial_work_is_kept_for_the_same_inputs_and_discarded_for_others(tmp_path):

@@ -68,7 +68,8 @@ def _allowed(annotation) -> tuple[type, ...]:
 
 def check_field_types(config) -> None:
     """Refuse field values of the wrong type (a YAML `num_epochs: abc` or `objectives: 3`)
-    before anything runs; bools are not numbers here."""
+    before anything runs; bools are not numbers here. An int given for a float field becomes
+    a float, so a stage's record does not depend on whether `3` or `3.0` was written."""
     hints = typing.get_type_hints(type(config))
     for item in fields(config):
         value, annotation = getattr(config, item.name), hints[item.name]
@@ -82,6 +83,13 @@ def check_field_types(config) -> None:
         if wrong:
             expected = annotation.__name__ if isinstance(annotation, type) else str(annotation)
             raise SteerableError(f"{item.name} must be {expected}, got {value!r}")
+        if type(value) is int and float in allowed and int not in _allowed_exactly(annotation):
+            setattr(config, item.name, float(value))
+
+
+def _allowed_exactly(annotation) -> set[type]:
+    """The annotation's own types, without `_allowed`'s int-for-float widening."""
+    return {a for a in _all_args(annotation) if isinstance(a, type)}
 
 
 def _all_args(annotation) -> list:

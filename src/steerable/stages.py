@@ -35,10 +35,13 @@ from steerable.io import atomic_write_text
 DONE, STARTED = "done.json", "started.json"
 
 
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+
+
 def fingerprint(inputs: object) -> str:
     """A short hash of a JSON-able value (key order does not matter)."""
-    text = json.dumps(inputs, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(_canonical(inputs).encode()).hexdigest()[:16]
 
 
 def file_digest(path: str | Path) -> str:
@@ -56,8 +59,9 @@ def file_digest(path: str | Path) -> str:
 
 
 def changed_fields(old: dict, new: dict) -> list[str]:
-    """Top-level keys whose values differ between two input records."""
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    """Top-level keys whose values differ between two input records, as `fingerprint` sees
+    them (so 3 and 3.0 differ here as they do there)."""
+    return sorted(k for k in set(old) | set(new) if _canonical(old.get(k)) != _canonical(new.get(k)))
 
 
 def _process_state():
