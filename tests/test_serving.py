@@ -518,3 +518,41 @@ def test_a_request_that_arrives_mid_batch_joins_at_the_next_step(server):
     for job in alone:
         run_batch(served.model, served.tokenizer, [job], None, served.engine.prefixes)
     assert [first.output, late.output] == [j.output for j in alone]
+
+
+def test_a_burst_is_prefilled_in_groups_of_similar_length_and_each_row_draws_as_alone(server):
+    """Jobs that start together are prefilled `prefill_rows` at a time, shortest prompts first,
+    and joined into one batch; each row still draws what it draws alone."""
+    from steerable.serving.engine import BatchEngine, Job, run_batch
+
+    _, models = server
+    served = models[0]
+    engine = BatchEngine(
+        served.model, served.tokenizer, max_batch=8, batch_wait=0.5, prefix_cache=False, prefill_rows=2
+    )
+    questions = [
+        "Why is the sky blue, and what is light made of?",
+        "Hi",
+        "Tell me about cats.",
+        "Why?",
+        "Name a dog.",
+    ]
+    texts = [served.render([{"role": "user", "content": q}]) for q in questions]
+    shapes = []
+    hook = served.model.register_forward_hook(lambda module, args, kwargs, out: shapes.append(
+        tuple(kwargs["input_ids"].shape)), with_kwargs=True)  # fmt: skip
+    jobs = [Job(text=t, max_tokens=4, temperature=1.0, seed=i) for i, t in enumerate(texts)]
+    try:
+        engine.submit(jobs)
+        assert all(j.done.wait(60) for j in jobs)
+    finally:
+        hook.remove()
+    assert [j.error for j in jobs] == [None] * 5 and engine.largest_batch == 5
+    prefills = [s for s in shapes if s[1] > 1]
+    assert [rows for rows, _ in prefills] == [2, 2, 1]  # three groups, then one batch of 5
+    assert [width for _, width in prefills] == sorted(width for _, width in prefills)  # shortest first
+    assert shapes[len(shapes) - 3] == (5, 1)  # the five decode together after the join
+    alone = [Job(text=t, max_tokens=4, temperature=1.0, seed=i) for i, t in enumerate(texts)]
+    for job in alone:
+        run_batch(served.model, served.tokenizer, [job], None, served.engine.prefixes)
+    assert [j.output for j in jobs] == [j.output for j in alone]
