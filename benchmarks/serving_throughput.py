@@ -1,7 +1,9 @@
 """Throughput and latency of `steerable serve`, in one run: the same 32 requests, each with its own
-steering, sent one at a time and then by 8 and by 32 concurrent clients.
+steering, sent one at a time and then by 8 and by 32 concurrent clients (`--requests 128`: each
+of the 32 clients sends 4 in turn, a sustained load rather than one burst).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serving_throughput.py MODEL_DIR [--max-tokens 32]
+        [--requests 32] [--prefill-rows 8]
 
 MODEL_DIR is any served model directory (RiC, MOSLIM: weights steering; NP-DPO: examples, each
 request a different held-out user). Prints completion tokens/s per concurrency, the ratio to one
@@ -52,9 +54,11 @@ def run(url: str, bodies: list[dict], clients: int) -> tuple[float, int, list[fl
 
 def main() -> None:
     model = ServedModel.load(ARGS.model, max_batch=32, max_queue=256)
+    model.engine.prefill_rows = ARGS.prefill_rows
     server = BackgroundServer(create_app([model], max_tokens_limit=ARGS.max_tokens))
     url = server.url + "/v1/chat/completions"
-    prompts = load_prompts("heldout", ARGS.requests)
+    heldout = load_prompts("heldout")  # 66; past them the prompts come round again, other seeds
+    prompts = [heldout[i % len(heldout)] for i in range(ARGS.requests)]
     bodies = [
         {
             "model": model.id,
@@ -73,8 +77,9 @@ def main() -> None:
         q = statistics.quantiles(latencies, n=20)
         rows.append((clients, tokens / seconds, statistics.median(latencies), q[18], seconds, tokens))
     base = rows[0][1]
+    groups = ARGS.prefill_rows or "all"
     print(f"model {model.id} ({model.method}), {len(bodies)} requests, max_tokens {ARGS.max_tokens}, "
-          f"largest batch {model.engine.largest_batch}")  # fmt: skip
+          f"prefill groups of {groups}, largest batch {model.engine.largest_batch}")  # fmt: skip
     print("| clients | completion tok/s | vs 1 at a time | p50 latency s | p95 latency s | wall s | tokens |")
     print("|---|---|---|---|---|---|---|")
     for clients, rate, p50, p95, seconds, tokens in rows:
@@ -96,5 +101,6 @@ if __name__ == "__main__":
     parser.add_argument("model")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--prefill-rows", type=int, default=8, help="0: a burst is prefilled in one pass")
     ARGS = parser.parse_args()
     main()
