@@ -83,13 +83,9 @@ def check_field_types(config) -> None:
         if wrong:
             expected = annotation.__name__ if isinstance(annotation, type) else str(annotation)
             raise SteerableError(f"{item.name} must be {expected}, got {value!r}")
-        if type(value) is int and float in allowed and int not in _allowed_exactly(annotation):
+        declared = set(_all_args(annotation))  # without `_allowed`'s int-for-float widening
+        if type(value) is int and float in declared and int not in declared:
             setattr(config, item.name, float(value))
-
-
-def _allowed_exactly(annotation) -> set[type]:
-    """The annotation's own types, without `_allowed`'s int-for-float widening."""
-    return {a for a in _all_args(annotation) if isinstance(a, type)}
 
 
 def _all_args(annotation) -> list:
