@@ -313,6 +313,8 @@ def test_moslim_config_refuses_bad_settings(tiny_ric, tiny_path):
         ({"reward": "zscore", "sft_weight": 1.0}, "--sft_weight is read by --algorithm dpo only"),
         ({"reward": "zscore", "algorithm": "dpo", "pool": stats, "sft_weight": -1.0}, "--sft_weight must be"),
         ({"reward": "zscore", "algorithm": "dpo", "pool": stats, "sft_weight": float("nan")}, "--sft_weight"),
+        ({"reward": "zscore", "rejected": "mirrored"}, "--rejected is read by --algorithm dpo only"),
+        ({"reward": "zscore", "algorithm": "dpo", "pool": stats, "rejected": "first"}, "--rejected 'first' unknown"),
     ]:
         with pytest.raises(SteerableError, match=message):
             MOSLIMConfig(model=tiny_path, stats=stats, **overrides)
@@ -489,6 +491,20 @@ def test_preferred_pair_takes_the_best_and_the_worst_answer_and_refuses_ties():
     assert preferred_pair(np.array([0.2, 0.2, 0.2])) is None
 
 
+def test_mirrored_pair_rejects_the_mirrored_tags_best_answer_or_else_the_last():
+    from steerable.methods.moslim import mirror, mirrored_pair
+
+    assert mirror({"brief": 1, "positive": 4}, 5) == {"brief": 5, "positive": 2}
+    assert mirror({"brief": 3}, 5) == {"brief": 3}
+    # answer 1 is best for the tags, answer 3 for the mirrored ones; answer 2 is the worst
+    assert mirrored_pair(np.array([0.1, 0.9, -0.3, 0.5]), np.array([0.0, -0.9, 0.2, 0.8])) == (1, 3)
+    # the same answer is best for both (the middle level): the last-ranked one is rejected
+    assert mirrored_pair(np.array([0.1, 0.9, -0.3]), np.array([0.1, 0.9, -0.3])) == (1, 2)
+    # the mirrored tags' best is as good for these tags: no contrast, the last-ranked one again
+    assert mirrored_pair(np.array([0.9, 0.9, -0.3]), np.array([0.0, 1.0, 0.2])) == (0, 2)
+    assert mirrored_pair(np.array([0.2, 0.2]), np.array([0.0, 1.0])) is None
+
+
 def test_dpo_rows_rank_the_pool_by_the_reward_for_each_tag(tiny_path, tiny_ric, tmp_path):
     from steerable.data import write_table
     from steerable.defaults import load_tokenizer
@@ -534,6 +550,24 @@ def test_dpo_rows_rank_the_pool_by_the_reward_for_each_tag(tiny_path, tiny_ric, 
         assert (first["chosen"], first["rejected"]) == (second["rejected"], second["chosen"])
     with pytest.raises(SteerableError, match="same value"):
         dpo_rows(config, ["brief", "positive"], 5, pool, np.zeros_like(z), None, load_tokenizer(tiny_path))
+    # rejected=mirrored: the rejected answer is the best one for the mirrored tags
+    config.rejected = "mirrored"
+    rows = dpo_rows(config, ["brief", "positive"], 5, pool, z, None, load_tokenizer(tiny_path))
+    assert len(rows) == 3 * 4
+    for row in rows:
+        levels = json.loads(row["levels"])
+        mirrored = {name: 6 - n for name, n in levels.items()}
+        best_for = {
+            json.dumps(tags): max(
+                answers,
+                key=lambda a: sum((2 * (tags[n] - 1) / 4 - 1) * z[answers.index(a), k]
+                                  for k, n in enumerate(["brief", "positive"]) if n in tags),
+            )
+            for tags in (levels, mirrored)
+        }
+        assert row["chosen"][0]["content"] == best_for[json.dumps(levels)]
+        if best_for[json.dumps(mirrored)] != best_for[json.dumps(levels)]:
+            assert row["rejected"][0]["content"] == best_for[json.dumps(mirrored)]
 
 
 def test_dpo_policy_trains_through_the_cli_on_the_mapped_reward_and_refuses_bad_pools(

@@ -38,6 +38,11 @@ The paper leaves the choices below open; ours are the defaults, each switchable:
                         the mapped reward), so such changes cancel within the step while the
                         difference between the two tags' answers adds up. The middle level of
                         an odd L mirrors to itself.
+    rejected            dpo: which answer a pair rejects. last: the one the reward ranks last for the
+                        tags (default) | mirrored: the one it ranks first for the mirrored tags
+                        (levels L + 1 - n), so both answers of a pair are the best the pool has for
+                        a tag and they differ in what the tag asks for, not in whether the answer
+                        is a fragment (the last-ranked answer where both tags pick the same one)
     reward              mapped: the RM reward above (default) | zscore: the reviewers'
                         weighted sum, (1/k) sum_i mask_i w(n_i) z_i with w(n) = 2(n-1)/(L-1) - 1
                         (-1 at level 1, +1 at level L) and z_i the objective's normalised score
@@ -79,6 +84,7 @@ NORMALISATIONS = ("ema", "batch", "none")
 K_READINGS = ("active", "all")
 TAG_SAMPLINGS = ("subset", "all")
 ALGORITHMS = ("grpo", "dpo")
+REJECTED = ("last", "mirrored")
 DEFAULT_LEVELS = 5
 # A head whose probability of a level hardly varies would otherwise get a huge weight.
 MIN_STD = 0.05
@@ -217,6 +223,20 @@ def preferred_pair(rewards: np.ndarray) -> tuple[int, int] | None:
     return None if rewards[best] == rewards[worst] else (best, worst)
 
 
+def mirrored_pair(rewards: np.ndarray, mirrored: np.ndarray) -> tuple[int, int] | None:
+    """(chosen, rejected) contrasting two tags: the answer ranked first for the tags and the one
+    ranked first for the mirrored tags (`rewards`, `mirrored`: each answer's reward under each).
+    Where that is the same answer (always at the middle level) or as good for these tags, the
+    last-ranked answer is the rejected one instead (`preferred_pair`)."""
+    best, other = int(np.argmax(rewards)), int(np.argmax(mirrored))
+    return (best, other) if rewards[best] > rewards[other] else preferred_pair(rewards)
+
+
+def mirror(levels: dict[str, int], count: int) -> dict[str, int]:
+    """Every level n of a request turned to L + 1 - n (the antithetic tags)."""
+    return {name: count + 1 - level for name, level in levels.items()}
+
+
 def sample_levels(rng: np.random.Generator, names: list[str], count: int, how: str = "subset") -> dict:
     """One request's tags: a uniformly random non-empty subset of the objectives (or all of
     them), each with a uniform level in 1..count."""
@@ -246,6 +266,8 @@ class MOSLIMConfig(RLConfig):
         (GRPO's KL) are not used, and max_steps x batch_size pairs are drawn.
     pool: dpo: a prompt/response table (jsonl, csv, parquet) with several answers per prompt.
     dpo_beta: dpo: DPO's beta, how strongly the policy is held to the starting model.
+    rejected: dpo: the rejected answer of a pair, the last-ranked (last) or the first-ranked for
+        the mirrored tags (mirrored); see the module docstring.
     sft_weight: dpo: weight of an SFT term, the chosen answers' NLL per token, added to the DPO
         loss (TRL's loss_type ["sigmoid", "sft"], RPO); 0 (default) is DPO as published.
     placement: where the tags go (conditioning.PLACEMENTS).
@@ -285,6 +307,10 @@ class MOSLIMConfig(RLConfig):
     sft_weight: float = field(
         default=0.0, metadata={"help": "dpo: weight of the chosen answers' NLL beside the DPO loss."}
     )
+    rejected: str = field(
+        default="last",
+        metadata={"help": "dpo: reject the last-ranked answer or the mirrored tags' best.", "choices": REJECTED},
+    )
     later_fields: ClassVar[dict] = {
         **RLConfig.later_fields,
         "mirror_levels": False,
@@ -292,6 +318,7 @@ class MOSLIMConfig(RLConfig):
         "pool": None,
         "dpo_beta": 0.1,
         "sft_weight": 0.0,
+        "rejected": "last",
     }
     placement: str = field(default="user_end", metadata={"help": "Tag placement.", "choices": PLACEMENTS})
     system: str | None = field(
@@ -309,6 +336,7 @@ class MOSLIMConfig(RLConfig):
             ("tag_sampling", TAG_SAMPLINGS),
             ("placement", PLACEMENTS),
             ("algorithm", ALGORITHMS),
+            ("rejected", REJECTED),
         ):
             if getattr(self, name) not in choices:
                 raise SteerableError(f"--{name} {getattr(self, name)!r} unknown; choose from {list(choices)}")
@@ -332,6 +360,8 @@ class MOSLIMConfig(RLConfig):
             raise SteerableError(f"--sft_weight must be >= 0, got {self.sft_weight}")
         if self.sft_weight and self.algorithm != "dpo":
             raise SteerableError("--sft_weight is read by --algorithm dpo only")
+        if self.rejected != "last" and self.algorithm != "dpo":
+            raise SteerableError("--rejected is read by --algorithm dpo only; GRPO ranks its own samples")
         if self.pool is not None:
             self.pool = str(Path(self.pool).resolve())
         if self.levels is not None and self.levels < 2:
@@ -393,7 +423,7 @@ def tag_schedule(config: MOSLIMConfig, prompts: list[str], names: list[str], cou
     for i in range(config.max_steps * config.rows_per_step):
         prompt = prompts[(i // 2 if config.mirror_levels else i) % len(prompts)]
         if config.mirror_levels and i % 2:
-            levels = {name: count + 1 - level for name, level in levels.items()}
+            levels = mirror(levels, count)
         else:
             levels = sample_levels(rng, names, count, config.tag_sampling)
         schedule.append((prompt, levels))
@@ -462,20 +492,27 @@ def dpo_rows(
 ) -> list[dict]:
     """DPO's pairs, one per `tag_schedule` entry over the pool's prompts: the tagged chat as
     `prompt`, the answer the reward ranks first for those tags as `chosen` and the one it ranks
-    last as `rejected` (`read`: what `pool_rewards` read of the answers). An entry whose answers
-    all tie is dropped (with mirror_levels, together with its mirror, so pairs stay together)."""
+    last (or first for the mirrored tags, `config.rejected`) as `rejected` (`read`: what
+    `pool_rewards` read of the answers). An entry whose answers all tie is dropped (with
+    mirror_levels, together with its mirror, so pairs stay together)."""
     starts = np.cumsum([0] + [len(mine) for mine in pool.values()])
     where = {prompt: slice(starts[i], starts[i + 1]) for i, prompt in enumerate(pool)}
     schedule = tag_schedule(config, list(pool), names, count)
-    rows = []
-    for prompt, levels in schedule:
+
+    def reward(prompt: str, levels: dict[str, int]) -> np.ndarray:
         requested = level_matrix([levels] * len(pool[prompt]), names)  # (m, K)
         if config.reward == "zscore":
-            r = zscore_reward(read[where[prompt]], requested, count, config.k)
+            return zscore_reward(read[where[prompt]], requested, count, config.k)
+        p = target_probability(read[where[prompt]], requested, config.target_probability)
+        return normalised_reward(p, requested, stats, config.k)
+
+    rows = []
+    for prompt, levels in schedule:
+        r = reward(prompt, levels)
+        if config.rejected == "mirrored":
+            pair = mirrored_pair(r, reward(prompt, mirror(levels, count)))
         else:
-            p = target_probability(read[where[prompt]], requested, config.target_probability)
-            r = normalised_reward(p, requested, stats, config.k)
-        pair = preferred_pair(r)
+            pair = preferred_pair(r)
         rows.append(
             None
             if pair is None
@@ -666,7 +703,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
         recipe = (
             {"grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards}}
             if config.algorithm == "grpo"
-            else {"dpo": {**config.dpo_loss, "beta": config.dpo_beta, "pairs": info["pairs"]}}
+            else {"dpo": {**config.dpo_loss, "beta": config.dpo_beta, "rejected": config.rejected, "pairs": info["pairs"]}}
         )
         manifest = PolicyManifest(
             method="moslim",
