@@ -488,6 +488,7 @@ def test_a_typo_is_refused_before_anything_is_recorded(tiny_path, tmp_path):
         (["--num_epoch", "2"], "num_epoch"),
         (["--num_epochs", "abc"], "invalid float value"),
         (["--tag_placement", "footer"], "invalid choice"),
+        (["--stop_after", "online_1"], "invalid choice"),
     ]:
         result = runner.invoke(app, [*common, *extra])
         assert result.exit_code == 2, result.output
@@ -510,6 +511,22 @@ def test_a_typo_is_refused_before_anything_is_recorded(tiny_path, tmp_path):
         assert not (out / "stages").exists()
     missing = runner.invoke(app, ["train", "ric", "--config", str(tmp_path / "none.yaml")])
     assert missing.exit_code == 2 and "existing YAML file" in missing.output
+
+
+def test_stop_after_offline_leaves_the_scored_data_and_a_rerun_goes_on_from_it(tiny_path, tmp_path):
+    out = tmp_path / "run"
+    common = ["train", "ric", "--model", tiny_path, "--output_dir", str(out), "--prompt_limit", "4",
+              "--max_new_tokens", "8", "--online_iterations", "0"]
+    result = CliRunner().invoke(app, [*common, "--stop_after", "offline"])
+    assert result.exit_code == 0, result.output
+    assert "stopped after stage offline" in " ".join(result.output.split())
+    done = out / "stages" / "offline" / "done.json"
+    assert done.is_file() and (out / "stages" / "offline" / "scored.jsonl").is_file()
+    assert not (out / "stages" / "sft").exists() and not (out / "steerable.json").exists()
+    recorded = done.read_text()
+    result = CliRunner().invoke(app, common)
+    assert result.exit_code == 0, result.output
+    assert done.read_text() == recorded and (out / "steerable.json").is_file()
 
 
 def test_config_file_and_flags_combine(tiny_path, tmp_path):

@@ -333,16 +333,17 @@ app.add_typer(train_app, name="train")
 TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-def run_config_command(ctx: typer.Context, config_cls, run, made: str = "steerable model directory") -> None:
+def run_config_command(ctx: typer.Context, config_cls, run, made="steerable model directory") -> None:
     """Parse a method's config dataclass from the remaining arguments with TRL's TrlParser --
     every field is an option and `--help` lists them with their docs; `--config FILE.yaml` sets
-    fields that flags then override -- then run the recipe and print what it `made` where.
-    Every user error is one line."""
+    fields that flags then override -- then run the recipe and print what it `made` (a name, or
+    a function of the config giving one) where. Every user error is one line."""
     from steerable.configs import parse_config
 
     with user_errors():
         config = parse_config(config_cls, ctx.args, prog=ctx.command_path)
-        console.print(f"{made}: {run(config)}")
+        out = run(config)
+        console.print(f"{made(config) if callable(made) else made}: {out}")
 
 
 @train_app.command("rm", context_settings=TRAIN_CONTEXT)
@@ -363,7 +364,10 @@ def train_ric_command(ctx: typer.Context) -> None:
     """Rewards-in-Context: reward-conditioned SFT + online rejection sampling (all options: --help)."""
     from steerable.methods.ric import RiCConfig, train_ric
 
-    run_config_command(ctx, RiCConfig, train_ric)
+    def made(config: RiCConfig) -> str:
+        return f"stopped after stage {config.stop_after}" if config.stop_after else "steerable model directory"
+
+    run_config_command(ctx, RiCConfig, train_ric, made)
 
 
 @train_app.command("moslim", context_settings=TRAIN_CONTEXT)

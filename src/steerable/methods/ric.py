@@ -70,6 +70,7 @@ OFFLINE_INSTRUCTIONS = (
 )
 
 ONLINE_SCHEMES = ("reference", "simplex")
+STOP_STAGES = ("offline", "sft")
 
 # A sentence ends at . ! or ? followed by whitespace, unless the mark closes a list number ("1.").
 SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?])\s+")
@@ -194,6 +195,9 @@ class RiCConfig:
         original_ratio: offline rows (passing the same filter) merged per kept online row.
 
     seed: seeds sampling, target draws and training.
+    stop_after: `offline` or `sft`: run the stages up to that one and stop, without a model
+        directory (the offline stage alone is the scored data, e.g. a pool for MOSLIM's DPO);
+        the same command without it goes on from there.
     """
 
     model: str = field(
@@ -281,6 +285,10 @@ class RiCConfig:
     online_epochs: float = field(default=1.0, metadata={"help": "Epochs per MORS round."})
     original_ratio: float = field(default=1.0, metadata={"help": "Offline rows merged per kept online row."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
+    stop_after: str | None = field(
+        default=None,
+        metadata={"help": "Stop after this stage (no model directory).", "choices": STOP_STAGES},
+    )
 
     def __post_init__(self):
         check_field_types(self)
@@ -304,6 +312,8 @@ class RiCConfig:
         TagFormat(self.tag_placement, self.tag_decimals)
         TagFormat(self.offline_instruction_placement)
         MappingConfig(self.mapping, self.lo_quantile, self.hi_quantile)
+        if self.stop_after not in (None, *STOP_STAGES):
+            raise SteerableError(f"--stop_after {self.stop_after!r} unknown; choose from {list(STOP_STAGES)}")
         self.sampling  # noqa: B018 -- validates the sampling settings before any stage runs
 
     @property
@@ -407,7 +417,7 @@ ONLINE_DATA_FIELDS = (
     *SAMPLING_FIELDS,
 )
 ONLINE_TRAIN_FIELDS = ("online_learning_rate", "online_epochs")
-UNSTAGED_FIELDS = ("output_dir", "save_steps", "online_iterations", "mapping")
+UNSTAGED_FIELDS = ("output_dir", "save_steps", "online_iterations", "mapping", "stop_after")
 # Files, recorded by content: the --data table (offline) and the chat template (SFT).
 CONTENT_FIELDS = {"data": "offline", "chat_template_path": "sft"}
 
@@ -441,7 +451,7 @@ def train_ric(config: RiCConfig) -> Path:
     Everything that can be checked is checked before any stage runs (the config, the data, the
     model and its chat template). steerable.json is written once, after the last stage: a
     directory without it is an unfinished run, and a re-run with other settings removes the
-    old one before it trains anything."""
+    old one before it trains anything. With `stop_after`, it returns that stage's folder instead."""
     tokenizer = check_inputs(config)
     out = Path(config.output_dir)
     stages = Stages(out)
@@ -456,6 +466,8 @@ def train_ric(config: RiCConfig) -> Path:
     # 1. offline data ---------------------------------------------------------------------------
     infos = {"offline": stages.run("offline", plan["offline"], lambda folder: offline_data(config, folder))}
     # the objectives are this run's own (config.objectives), so their code may run
+    if config.stop_after == "offline":
+        return stages.path("offline")
     rewards = RewardSet.load(stages.path("offline") / "stats.json", trust_remote_code=True)
     offline = read_table(stages.path("offline") / "scored.jsonl")
     names = rewards.names
@@ -472,6 +484,8 @@ def train_ric(config: RiCConfig) -> Path:
 
     examples = examples_for(offline)
     model, infos["sft"] = run_sft(model, tokenizer, examples, config, stages, "sft", plan["sft"], True)
+    if config.stop_after == "sft":
+        return stages.path("sft")
     policy = SteerablePolicy(model, tokenizer, manifest(config, rewards, infos, keys))
 
     # 3. online MORS ----------------------------------------------------------------------------
