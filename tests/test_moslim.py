@@ -314,7 +314,10 @@ def test_moslim_config_refuses_bad_settings(tiny_ric, tiny_path):
         ({"reward": "zscore", "algorithm": "dpo", "pool": stats, "sft_weight": -1.0}, "--sft_weight must be"),
         ({"reward": "zscore", "algorithm": "dpo", "pool": stats, "sft_weight": float("nan")}, "--sft_weight"),
         ({"reward": "zscore", "rejected": "mirrored"}, "--rejected is read by --algorithm dpo only"),
-        ({"reward": "zscore", "algorithm": "dpo", "pool": stats, "rejected": "first"}, "--rejected 'first' unknown"),
+        (
+            {"reward": "zscore", "algorithm": "dpo", "pool": stats, "rejected": "first"},
+            "--rejected 'first' unknown",
+        ),
     ]:
         with pytest.raises(SteerableError, match=message):
             MOSLIMConfig(model=tiny_path, stats=stats, **overrides)
@@ -560,8 +563,11 @@ def test_dpo_rows_rank_the_pool_by_the_reward_for_each_tag(tiny_path, tiny_ric, 
         best_for = {
             json.dumps(tags): max(
                 answers,
-                key=lambda a: sum((2 * (tags[n] - 1) / 4 - 1) * z[answers.index(a), k]
-                                  for k, n in enumerate(["brief", "positive"]) if n in tags),
+                key=lambda a: sum(
+                    (2 * (tags[n] - 1) / 4 - 1) * z[answers.index(a), k]
+                    for k, n in enumerate(["brief", "positive"])
+                    if n in tags
+                ),
             )
             for tags in (levels, mirrored)
         }

@@ -515,8 +515,20 @@ def test_a_typo_is_refused_before_anything_is_recorded(tiny_path, tmp_path):
 
 def test_stop_after_offline_leaves_the_scored_data_and_a_rerun_goes_on_from_it(tiny_path, tmp_path):
     out = tmp_path / "run"
-    common = ["train", "ric", "--model", tiny_path, "--output_dir", str(out), "--prompt_limit", "4",
-              "--max_new_tokens", "8", "--online_iterations", "0"]
+    common = [
+        "train",
+        "ric",
+        "--model",
+        tiny_path,
+        "--output_dir",
+        str(out),
+        "--prompt_limit",
+        "4",
+        "--max_new_tokens",
+        "8",
+        "--online_iterations",
+        "0",
+    ]
     result = CliRunner().invoke(app, [*common, "--stop_after", "offline"])
     assert result.exit_code == 0, result.output
     assert "stopped after stage offline" in " ".join(result.output.split())

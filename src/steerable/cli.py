@@ -365,7 +365,9 @@ def train_ric_command(ctx: typer.Context) -> None:
     from steerable.methods.ric import RiCConfig, train_ric
 
     def made(config: RiCConfig) -> str:
-        return f"stopped after stage {config.stop_after}" if config.stop_after else "steerable model directory"
+        return (
+            f"stopped after stage {config.stop_after}" if config.stop_after else "steerable model directory"
+        )
 
     run_config_command(ctx, RiCConfig, train_ric, made)
 

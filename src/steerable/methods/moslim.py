@@ -310,7 +310,10 @@ class MOSLIMConfig(RLConfig):
     )
     rejected: str = field(
         default="last",
-        metadata={"help": "dpo: reject the last-ranked answer or the mirrored tags' best.", "choices": REJECTED},
+        metadata={
+            "help": "dpo: reject the last-ranked answer or the mirrored tags' best.",
+            "choices": REJECTED,
+        },
     )
     later_fields: ClassVar[dict] = {
         **RLConfig.later_fields,
@@ -704,7 +707,14 @@ def train_moslim(config: MOSLIMConfig) -> Path:
         recipe = (
             {"grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards}}
             if config.algorithm == "grpo"
-            else {"dpo": {**config.dpo_loss, "beta": config.dpo_beta, "rejected": config.rejected, "pairs": info["pairs"]}}
+            else {
+                "dpo": {
+                    **config.dpo_loss,
+                    "beta": config.dpo_beta,
+                    "rejected": config.rejected,
+                    "pairs": info["pairs"],
+                }
+            }
         )
         manifest = PolicyManifest(
             method="moslim",
