@@ -43,7 +43,7 @@ The paper leaves the choices below open; ours are the defaults, each switchable:
                         (levels L + 1 - n), so both answers of a pair are the best the pool has for
                         a tag and they differ in what the tag asks for, not in whether the answer
                         is a fragment (the last-ranked answer where both tags pick the same one).
-                        Under reward=zscore, w(L + 1 - n) = -w(n), so the two give the same pairs
+                        Under reward=zscore, w(L + 1 - n) = -w(n), so the two give the same pairs.
     reward              mapped: the RM reward above (default) | zscore: the reviewers'
                         weighted sum, (1/k) sum_i mask_i w(n_i) z_i with w(n) = 2(n-1)/(L-1) - 1
                         (-1 at level 1, +1 at level L) and z_i the objective's normalised score
