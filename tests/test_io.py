@@ -1,3 +1,4 @@
+import json
 import os
 import stat
 import threading
@@ -24,3 +25,27 @@ def test_atomic_write_gives_a_plain_opens_mode_without_touching_the_umask(tmp_pa
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
     assert path.read_text() == "x" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_a_json_output_is_one_json_document_and_a_jsonl_output_one_row_a_line(tmp_path):
+    """`score --out x.json` (and `sample`, and every other table output: they all go through
+    write_table) must write what json.load reads, not JSON Lines under a .json name."""
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+    from steerable.data import load_pairs, write_table
+
+    rows = [{"prompt": "Say hi", "response": "Hi!"}, {"prompt": "Is rain good?", "response": "Rain is nice."}]
+    data = write_table(tmp_path / "in.jsonl", rows)
+    assert [json.loads(line) for line in data.read_text().splitlines()] == rows
+    out = tmp_path / "scored.json"
+    result = CliRunner().invoke(
+        app, ["score", str(data), "--out", str(out), "-o", "brief=builtin:brevity", "-o", "n=builtin:length"]
+    )
+    assert result.exit_code == 0, result.output
+    scored = json.loads(out.read_text())
+    assert isinstance(scored, list) and [(r["prompt"], r["score_brief"]) for r in scored] == [
+        ("Say hi", -1.0),
+        ("Is rain good?", -3.0),
+    ]
+    assert load_pairs(out) == scored  # and it reads back

@@ -165,17 +165,20 @@ def _expand_hh(rows: list[dict], path: str | Path) -> list[dict]:
 
 
 def write_table(path: str | Path, rows: list[dict]) -> Path:
-    """Write rows atomically; the format follows the suffix (.jsonl, .json, .csv, .parquet)."""
+    """Write rows atomically; the format follows the suffix: .jsonl one JSON object a line, .json
+    one JSON array, .csv, .parquet."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise SteerableError(f"output {path}: unknown format {suffix!r}; use one of {FORMATS}")
 
     def write(tmp: Path) -> None:
-        if suffix in (".jsonl", ".json"):
+        if suffix == ".jsonl":
             with tmp.open("w") as handle:
                 for row in rows:
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        elif suffix == ".json":  # one JSON document, the array of rows, as json.load expects
+            tmp.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n")
         elif suffix == ".csv":
             pd.DataFrame(rows).to_csv(tmp, index=False)
         else:
