@@ -81,6 +81,18 @@ def test_sentence_cuts_keep_whole_sentences_and_span_lengths():
     assert sentence_cuts("Complete.", 3, rng) == ["Complete."]
 
 
+@pytest.mark.parametrize(
+    "abbreviation", ["Dr.", "Mr.", "Mrs.", "Ms.", "e.g.", "i.e.", "etc.", "St.", "vs.", "E.g."]
+)
+def test_sentence_cuts_do_not_stop_at_an_abbreviation(abbreviation):
+    text = f"Ask {abbreviation} Smith about it. She knows."
+    cuts = sentence_cuts(text, 9, np.random.default_rng(0))
+    assert cuts == [f"Ask {abbreviation} Smith about it.", text]
+    # a response cut off by the token limit right after an abbreviation is not a whole sentence
+    assert sentence_cuts(f"Fine. Ask {abbreviation}", 9, np.random.default_rng(0)) == ["Fine."]
+    assert first_clause(f"Well, ask {abbreviation} Smith. Then more.") == "Well."
+
+
 def test_first_clause_closes_the_first_sentence_early_with_its_own_mark():
     assert first_clause("Sure, here it is! More text.") == "Sure!"
     assert first_clause("What, you ask? Yes.") == "What?"

@@ -72,9 +72,12 @@ OFFLINE_INSTRUCTIONS = (
 ONLINE_SCHEMES = ("reference", "simplex")
 STOP_STAGES = ("offline", "sft")
 
-# A sentence ends at . ! or ? followed by whitespace, unless the mark closes a list number ("1.").
-SENTENCE_END = re.compile(r"(?<=[^\d\s][.!?])\s+")
-_COMPLETE = re.compile(r"[^\d\s][.!?][\"')\]*]*$")
+# A sentence ends at . ! or ? followed by whitespace, unless the mark closes a list number ("1.")
+# or a common abbreviation ("Dr. Smith", "e.g. this"; any case).
+ABBREVIATIONS = ("Dr", "Mr", "Mrs", "Ms", "St", "vs", "etc", "e.g", "i.e")
+_NOT_ABBREVIATION = "".join(rf"(?<!\b(?i:{re.escape(a)})\.)" for a in ABBREVIATIONS)
+SENTENCE_END = re.compile(rf"(?<=[^\d\s][.!?]){_NOT_ABBREVIATION}\s+")
+_COMPLETE = re.compile(rf"[^\d\s][.!?]{_NOT_ABBREVIATION}[\"')\]*]*$")
 # A clause ends at , ; : or a spaced dash after a word ("Sure, here" -> "Sure").
 CLAUSE_END = re.compile(r"(?<=\w)(?:[,;:]|\s[-\u2013\u2014])\s")
 
