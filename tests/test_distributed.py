@@ -1,17 +1,21 @@
 """The scale path: `accelerate launch` with two CPU processes (gloo) runs RiC and a GRPO
-baseline end to end; training is sharded, everything else runs once on the main process."""
+baseline end to end; training is sharded, everything else runs once on the main process. The
+GRPO stage's own collective is also checked against an accelerator whose device is not the CPU,
+as NCCL's is, which no CPU run can show."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
+from steerable.methods.rl import RLConfig, train_grpo
 from steerable.policy import SteerablePolicy
-
-pytestmark = pytest.mark.slow
+from steerable.stages import Stages
 
 LAUNCH = [
     str(Path(sys.executable).with_name("accelerate")),
@@ -42,6 +46,7 @@ def launch(*args) -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_train_ric_and_soups(tiny_path, tmp_path):
     ric = tmp_path / "ric"
     common = ["--model", tiny_path, "--lora_r", "4", "--lora_alpha", "8"]
@@ -69,3 +74,70 @@ def test_two_processes_train_ric_and_soups(tiny_path, tmp_path):
     info = json.loads((soups / "stages/policy_0/done.json").read_text())["info"]
     # two processes x 2 steps x 4 completions each, counted over both processes
     assert info["steps"] == 2 and info["generated_completions"] == 16
+
+
+
+class DeviceAccelerator:
+    """An accelerator of two processes on a device that is not the CPU: like NCCL, its reduce
+    refuses a tensor on another device than its own."""
+
+    device = torch.device("meta")  # a tensor here has a shape but no values
+
+    def __init__(self, calls: list, counts: list[int], error: str | None):
+        self.calls, self.counts, self.error = calls, counts, error
+
+    def reduce(self, tensor, reduction="sum"):
+        if tensor.device != self.device:
+            raise RuntimeError(f"No backend type associated with device type {tensor.device.type}")
+        if self.error:
+            raise RuntimeError(self.error)
+        self.calls.append("reduce")
+        return 2 * torch.tensor(self.counts)  # both processes counted as many
+
+
+def grpo_stage(monkeypatch, tiny_path, tmp_path, error: str | None = None):
+    """train_grpo with TRL's GRPOTrainer replaced by its shape on such an accelerator: training
+    counts 8 completions of 30 tokens on this process, saving writes the weights folder.
+    Returns (the call that runs the stage, the calls made)."""
+    import trl
+
+    calls, counter = [], {"completions": 0, "tokens": 0}
+
+    class Trainer:
+        def __init__(self, **_):
+            self.accelerator = DeviceAccelerator(calls, [8, 30], error)
+            self.state = SimpleNamespace(global_step=2, num_input_tokens_seen=100)
+
+        def remove_callback(self, callback):
+            pass
+
+        def add_callback(self, callback):
+            pass
+
+        def train(self, resume_from_checkpoint=None):
+            counter.update(completions=8, tokens=30)
+
+        def save_model(self, folder):
+            calls.append("save")
+            Path(folder).mkdir(parents=True)
+
+    monkeypatch.setattr(trl, "GRPOTrainer", Trainer)
+    config = RLConfig(model=tiny_path, stats=str(tmp_path / "stats.json"), output_dir=str(tmp_path))
+    rows = [{"prompt": [{"role": "user", "content": "Hi"}]}]
+    return lambda: train_grpo(config, Stages(tmp_path), "policy_0", {}, None, rows, [], [1.0], counter), calls
+
+
+def test_the_grpo_counts_are_summed_on_the_accelerators_device_before_the_stage_saves(
+    monkeypatch, tiny_path, tmp_path
+):
+    run, calls = grpo_stage(monkeypatch, tiny_path, tmp_path)
+    info = run()
+    assert (info["generated_completions"], info["generated_tokens"]) == (16, 60)
+    assert calls == ["reduce", "save"]
+
+
+def test_a_failing_collective_leaves_no_saved_policy_behind(monkeypatch, tiny_path, tmp_path):
+    run, calls = grpo_stage(monkeypatch, tiny_path, tmp_path, error="NCCL watchdog timeout")
+    with pytest.raises(RuntimeError, match="NCCL watchdog timeout"):
+        run()
+    assert calls == [] and not (tmp_path / "stages/policy_0/weights").exists()

@@ -300,11 +300,10 @@ def train_grpo(
         callbacks=list(callbacks),
     )
     stage_bar(trainer, f"{name} GRPO").train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    # each process scored its own completions: sum the counts over processes before saving, so
+    # nothing of the stage is written until every step that needs all processes has passed
+    completions, tokens = sum_over_processes(trainer.accelerator, [counter["completions"], counter["tokens"]])
     trainer.save_model(str(stage / "weights"))
-    # each process scored its own completions: sum the counts over processes
-    completions, tokens = trainer.accelerator.reduce(
-        torch.tensor([counter["completions"], counter["tokens"]]), reduction="sum"
-    ).tolist()
     return {
         "seconds": time.perf_counter() - started,
         "steps": trainer.state.global_step,
@@ -312,6 +311,13 @@ def train_grpo(
         "generated_completions": completions,
         "generated_tokens": tokens,
     }
+
+
+def sum_over_processes(accelerator, values: list[int]) -> list[int]:
+    """`values` summed over the processes of `accelerator` (every process must call it). The
+    tensor goes on the accelerator's device: NCCL, the GPU backend, reduces only CUDA tensors."""
+    total = accelerator.reduce(torch.tensor(values, device=accelerator.device), reduction="sum")
+    return [int(v) for v in total.tolist()]
 
 
 def grpo_args(config: RLConfig, weights: list[float], output_dir: Path, shuffle: bool = True):
