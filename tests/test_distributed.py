@@ -76,7 +76,6 @@ def test_two_processes_train_ric_and_soups(tiny_path, tmp_path):
     assert info["steps"] == 2 and info["generated_completions"] == 16
 
 
-
 class DeviceAccelerator:
     """An accelerator of two processes on a device that is not the CPU: like NCCL, its reduce
     refuses a tensor on another device than its own."""
