@@ -204,3 +204,21 @@ def test_hf_remote_code_named_in_a_file_is_refused_before_loading_anything():
     rewards.fit_stats(np.array([[1.0, 0.0], [2.0, 1.0]]))
     with pytest.raises(SteerableError, match="'rm' from stats.json would run code from hf:someone/"):
         RewardSet.from_dict(rewards.to_dict(), where="stats.json").score(["q"], ["a"])
+
+
+def test_a_grpo_reward_function_refuses_a_nan_score_instead_of_using_the_mean(tmp_path):
+    """MORLHF/Soups/MOSLIM-GRPO score through one reward function per objective; a NaN there
+    was replaced by the objective's mean, so a broken scorer trained the policy on made-up
+    rewards."""
+    from steerable.methods.rl import reward_functions
+
+    module = tmp_path / "rewards_nan_rl.py"
+    module.write_text(
+        "def f(prompts, responses):\n    return [float('nan') if r == 'Blue.' else 1.0 for r in responses]\n"
+    )
+    rewards = RewardSet.from_specs(["n=builtin:length", f"bad=py:{module}:f"])
+    rewards.fit_stats(np.array([[1.0, 0.0], [3.0, 2.0]]))
+    _, bad = reward_functions(rewards, {"completions": 0, "tokens": 0}, tokenizer=None)
+    assert bad(prompts=["Hi", "Sky?"], completions=["Hello.", "Green."]) == [0.0, 0.0]
+    with pytest.raises(SteerableError, match=r"objective 'bad' .*gave nan for row 1 \(prompt 'Sky\?'"):
+        bad(prompts=["Hi", "Sky?"], completions=["Hello.", "Blue."])

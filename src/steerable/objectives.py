@@ -114,8 +114,20 @@ class Objective:
             self._scorer = build_scorer(self.spec)
         return self._scorer
 
-    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        return self._checked(self.scorer(prompts, responses), len(prompts))
+    def score(self, prompts: list[str], responses: list[str], first_row: int = 0) -> np.ndarray:
+        """One finite float per pair. A NaN or infinite score is an error naming the objective,
+        the row (counted from `first_row`) and its prompt: no method has a sound stand-in for a
+        score the scorer could not give, and the mean would train on a made-up reward."""
+        scores = self._checked(self.scorer(prompts, responses), len(prompts))
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if bad.size:
+            i = int(bad[0])
+            raise SteerableError(
+                f"objective {self.name!r} gave {scores[i]} for row {first_row + i} "
+                f"(prompt {prompts[i][:40]!r}; {bad.size} non-finite score(s) in {len(prompts)} rows); "
+                "a score must be a finite number: fix the scorer or drop those rows"
+            )
+        return scores
 
     def _checked(self, values: object, n: int) -> np.ndarray:
         """The scorer's output as floats; anything but one number per pair is its error."""
@@ -185,7 +197,8 @@ class RewardSet:
         progress: bool = False,
     ) -> np.ndarray:
         """Raw scores, shape [n, K]. Each scorer sees chunks of `chunk_size` pairs (it batches
-        inside); a NaN or infinite score is an error naming the objective and the row."""
+        inside); a NaN or infinite score is an error naming the objective and the row
+        (`Objective.score`)."""
         prompts, responses = list(prompts), list(responses)
         if len(prompts) != len(responses):
             raise SteerableError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -195,14 +208,8 @@ class RewardSet:
             bar.set_postfix_str(objective.name)
             for start in range(0, len(prompts), chunk_size):
                 stop = start + chunk_size
-                out[start:stop, k] = objective.score(prompts[start:stop], responses[start:stop])
+                out[start:stop, k] = objective.score(prompts[start:stop], responses[start:stop], start)
                 bar.update(len(prompts[start:stop]))
-            bad = np.flatnonzero(~np.isfinite(out[:, k]))
-            if bad.size:
-                raise SteerableError(
-                    f"objective {objective.name!r} gave {out[bad[0], k]} for row {int(bad[0])} "
-                    f"({bad.size} non-finite score(s) in all); fix the scorer or drop those rows"
-                )
         bar.close()
         return out
 

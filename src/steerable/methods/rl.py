@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from steerable.configs import check_field_types
@@ -145,7 +144,7 @@ def reward_functions(rewards: RewardSet, counter: dict, tokenizer) -> list:
             if k == 0:
                 count_completions(counter, tokenizer, texts)
             raw = objective.score(users, texts)
-            return objective.stats.normalise(np.nan_to_num(raw, nan=objective.stats.mean)).tolist()
+            return objective.stats.normalise(raw).tolist()  # raw is finite: Objective.score checks
 
         reward.__name__ = objective.name
         return reward
