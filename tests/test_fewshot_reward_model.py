@@ -219,6 +219,27 @@ def test_embeddings_of_the_wrong_width_are_refused():
         TaskSource(pool, UserTypes.one_per_objective(["x"]), np.zeros((3, 2)), "x")
 
 
+@pytest.mark.parametrize("context", [(4, 16), (3, 10), (32,)])
+def test_a_context_of_another_width_is_refused_naming_the_width_it_needs(context):
+    # (4, 16) holds as many numbers as two 32-wide pairs; (3, 10) as none; (32,) is one pair flat
+    model = small_model(dim=32)
+    with pytest.raises(SteerableError, match=rf"context_chosen: embeddings of shape \({context[0]},"):
+        model.reward(np.zeros(context), np.zeros(context), np.zeros((2, 32)))
+    with pytest.raises(SteerableError, match=r"reads \[n, 32\]"):
+        model.reward(np.zeros((1, 32)), np.zeros(context), np.zeros((2, 32)))
+
+
+def test_fitting_and_scoring_leave_torchs_global_random_state_and_threads_alone():
+    source = synthetic_source({"train": 200, "validation": 50, "test": 50})
+    config = NPRewardConfig(**{**SMALL, "latent": "gaussian", "validation_tasks": 8}, steps=3)
+    state, threads = torch.random.get_rng_state(), torch.get_num_threads()
+    model = NPRewardModel.fit(source, config, progress=False)
+    model.reward(np.zeros((2, 1)), np.ones((2, 1)), np.zeros((3, 1)))
+    assert torch.equal(torch.random.get_rng_state(), state) and torch.get_num_threads() == threads
+    again = NPRewardModel.fit(source, config, progress=False)  # still the same model for a seed
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+
+
 def test_save_and_load_give_the_same_rewards(tmp_path):
     model = small_model(latent="gaussian")
     rng = np.random.default_rng(2)
@@ -235,7 +256,6 @@ def test_save_and_load_give_the_same_rewards(tmp_path):
 # --- training ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synthetic_models():
-    torch.set_num_threads(1)
     source = synthetic_source({"train": 3000, "validation": 300, "test": 600})
     config = NPRewardConfig(**{**SMALL, "hidden": 64, "latent_size": 16}, steps=250, learning_rate=1e-3)
     untrained = NPRewardModel(1, config)

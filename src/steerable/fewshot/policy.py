@@ -28,7 +28,13 @@ import torch
 from torch import nn
 
 from steerable.errors import SteerableError
-from steerable.fewshot.reward_model import ContextEncoder, NPRewardConfig, load_module, save_module
+from steerable.fewshot.reward_model import (
+    ContextEncoder,
+    NPRewardConfig,
+    embedding_rows,
+    load_module,
+    save_module,
+)
 
 FEWSHOT_DIR = "fewshot"
 FEWSHOT_CONFIG = "fewshot.json"
@@ -138,24 +144,14 @@ class ContextPath(nn.Module):
         """z (B, Z) of contexts (B, C, d) x 2 with mask (B, C) (an empty context: C = 0)."""
         return self.context_encoder(chosen, rejected, mask)
 
-    def context_array(self, array, name: str) -> np.ndarray:
-        """A context's embeddings as float32 [n, dim]; an empty one may come in any shape."""
-        array = np.asarray(array, dtype=np.float32)
-        if array.size == 0:
-            return np.zeros((0, self.config.dim), dtype=np.float32)
-        if array.ndim != 2 or array.shape[1] != self.config.dim:
-            raise SteerableError(
-                f"context {name}: embeddings of shape {tuple(array.shape)}; this policy's context encoder "
-                f"reads [n, {self.config.dim}] (encoder {self.config.encoder})"
-            )
-        return array
-
     @torch.no_grad()
     def latent_of(self, chosen: np.ndarray, rejected: np.ndarray) -> torch.Tensor:
         """z (1, Z) of one user's context arrays [n, d] x 2 (n may be 0; beyond max_context the
         first max_context pairs, with a warning)."""
+        reader = f"this policy's context encoder (encoder {self.config.encoder})"
         chosen, rejected = (
-            self.context_array(a, name) for a, name in ((chosen, "chosen"), (rejected, "rejected"))
+            embedding_rows(a, self.config.dim, f"context {name}", reader)
+            for a, name in ((chosen, "chosen"), (rejected, "rejected"))
         )
         if len(chosen) != len(rejected):
             raise SteerableError(f"context: {len(chosen)} chosen but {len(rejected)} rejected embeddings")

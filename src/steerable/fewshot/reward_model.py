@@ -152,22 +152,20 @@ class NPRewardModel(nn.Module):
             h = torch.cat([h, z[:, None, :].expand(-1, h.shape[1], -1)], dim=-1)  # (B, N, H + Z)
         return self.reward_head(h)[..., 0]
 
-    def check_width(self, array: np.ndarray, name: str) -> None:
-        if array.ndim != 2 or array.shape[1] != self.dim:
-            raise SteerableError(
-                f"{name}: embeddings of shape {tuple(array.shape)}; this reward model reads [n, {self.dim}] "
-                f"(encoder {self.encoder or 'unknown'})"
-            )
-
     @torch.no_grad()
     def reward(self, context_chosen, context_rejected, options) -> np.ndarray:
         """Scores [n] of `options` [n, d] for the user whose choices are the context pairs
         (`context_chosen` and `context_rejected`, [n_context, d], n_context may be 0; beyond the
         trained `max_context`, the first max_context pairs, with a warning)."""
-        context_chosen = np.asarray(context_chosen, dtype=np.float32).reshape(-1, self.dim)
-        context_rejected = np.asarray(context_rejected, dtype=np.float32).reshape(-1, self.dim)
-        options = np.asarray(options, dtype=np.float32)
-        self.check_width(options, "options")
+        reader = f"this reward model (encoder {self.encoder or 'unknown'})"
+        context_chosen, context_rejected, options = (
+            embedding_rows(array, self.dim, name, reader)
+            for array, name in (
+                (context_chosen, "context_chosen"),
+                (context_rejected, "context_rejected"),
+                (options, "options"),
+            )
+        )
         if len(context_chosen) != len(context_rejected):
             raise SteerableError(
                 f"context: {len(context_chosen)} chosen but {len(context_rejected)} rejected embeddings"
@@ -188,9 +186,11 @@ class NPRewardModel(nn.Module):
         return self.score(torch.from_numpy(options)[None], z)[0].numpy()
 
     # --- tasks ------------------------------------------------------------------------
-    def task_scores(self, embeddings: torch.Tensor, batch: TaskBatch) -> tuple[torch.Tensor, ...]:
+    def task_scores(
+        self, embeddings: torch.Tensor, batch: TaskBatch, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """(r_chosen, r_rejected) [B, N_T] of a batch's targets given each task's context, and the
-        KL term (0 unless gaussian, in training)."""
+        KL term (0 unless gaussian, in training: z is then drawn with `generator`)."""
         chosen, rejected = embeddings[batch.chosen], embeddings[batch.rejected]  # (B, N, d)
         z, kl = None, torch.zeros(())
         if self.config.context == "np":
@@ -201,7 +201,8 @@ class NPRewardModel(nn.Module):
             if log_std is not None and self.training:
                 everything = torch.ones_like(context)
                 full_mean, full_log_std = self.latent(*pack_context(chosen, rejected, everything))
-                z = full_mean + torch.randn_like(full_mean) * full_log_std.exp()
+                noise = torch.randn(full_mean.shape, generator=generator, dtype=full_mean.dtype)
+                z = full_mean + noise * full_log_std.exp()
                 kl = gaussian_kl(full_mean, full_log_std, mean, log_std).mean()
         return self.score(chosen, z), self.score(rejected, z), kl
 
@@ -209,13 +210,16 @@ class NPRewardModel(nn.Module):
     def fit(
         cls, source: TaskSource, config: NPRewardConfig, type_probabilities=None, progress=True
     ) -> NPRewardModel:
-        """Train on `source`'s train split; return the checkpoint best on its validation split."""
+        """Train on `source`'s train split; return the checkpoint best on its validation split.
+        Seeded by `config.seed` alone: torch's global random state is left as it was."""
         from tqdm.auto import tqdm
 
-        torch.manual_seed(config.seed)
         rng = np.random.default_rng(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)
         embeddings = torch.from_numpy(source.embeddings.astype(np.float32))
-        model = cls(embeddings.shape[1], config, source.types.to_dict(), source.encoder)
+        with torch.random.fork_rng(devices=[]):  # the layers initialise from the global state
+            torch.manual_seed(config.seed)
+            model = cls(embeddings.shape[1], config, source.types.to_dict(), source.encoder)
         optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         contexts = (0, config.max_context) if config.context == "np" else 0
         validation = source.sample(
@@ -237,7 +241,7 @@ class NPRewardModel(nn.Module):
             batch = source.sample(
                 "train", config.tasks_per_batch, rng, config.targets, contexts, type_probabilities
             )
-            chosen, rejected, kl = model.task_scores(embeddings, batch)
+            chosen, rejected, kl = model.task_scores(embeddings, batch, generator)
             loss = bradley_terry_loss(chosen, rejected, torch.ones_like(chosen, dtype=torch.bool))
             loss = loss + config.kl_weight * kl / config.targets
             optimiser.zero_grad()
@@ -294,6 +298,20 @@ class NPRewardModel(nn.Module):
         )
         model.validation_accuracy = record.get("validation_accuracy")
         return model
+
+
+def embedding_rows(array, dim: int, name: str, reader: str) -> np.ndarray:
+    """`array` as float32 [n, dim] embeddings, its shape checked before anything reads it (an
+    empty one may come in any shape); any other shape is refused naming `reader`'s width."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.size == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise SteerableError(
+            f"{name}: embeddings of shape {tuple(array.shape)}; {reader} reads [n, {dim}]: one row "
+            "of the encoder's width per option"
+        )
+    return array
 
 
 def save_module(
