@@ -49,3 +49,40 @@ def test_a_json_output_is_one_json_document_and_a_jsonl_output_one_row_a_line(tm
         ("Is rain good?", -3.0),
     ]
     assert load_pairs(out) == scored  # and it reads back
+
+
+def _fitted_rewards():
+    import numpy as np
+
+    from steerable import RewardSet
+
+    rewards = RewardSet.from_specs(["brief=builtin:brevity", "n=builtin:length"])
+    rewards.fit_stats(np.array([[-1.0, 1.0], [-3.0, 3.0]]))
+    return rewards
+
+
+@pytest.mark.parametrize("version", [2, "1.5", None])
+def test_a_model_directory_of_a_newer_or_unknown_format_is_refused_in_one_line(tmp_path, version):
+    from dataclasses import asdict
+
+    from steerable import SteerableError
+    from steerable.policy import PolicyManifest, load_manifest
+
+    manifest = asdict(PolicyManifest(method="ric", base_model="tiny", rewards=_fitted_rewards().to_dict()))
+    (tmp_path / "steerable.json").write_text(json.dumps(manifest))
+    assert load_manifest(tmp_path).format_version == 1
+    (tmp_path / "steerable.json").write_text(json.dumps({**manifest, "format_version": version}))
+    with pytest.raises(
+        SteerableError, match=rf"format_version {version!r}.*reads format_version 1.*upgrade"
+    ) as err:
+        load_manifest(tmp_path)
+    assert str(tmp_path / "steerable.json") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_statistics_of_a_newer_format_are_refused_in_one_line(tmp_path):
+    from steerable import RewardSet, SteerableError
+
+    data = _fitted_rewards().to_dict()
+    (tmp_path / "stats.json").write_text(json.dumps({**data, "format_version": 7}))
+    with pytest.raises(SteerableError, match=r"stats.json has format_version 7.*reads format_version 1"):
+        RewardSet.load(tmp_path / "stats.json")

@@ -62,3 +62,15 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_format_version(found: object, reads: int, where: str | Path, remake: str) -> None:
+    """Refuse a file this steerable cannot read: its `format_version` is another than the one it
+    reads (a later steerable wrote it) or not a version at all. `remake` says how to write it
+    again with this steerable, e.g. "retrain it"."""
+    if type(found) is int and found == reads:
+        return
+    raise SteerableError(
+        f"{where} has format_version {found!r}, but this steerable reads format_version {reads}; "
+        f"upgrade steerable (pip install -U steerable) to read it, or {remake} with this version"
+    )

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from steerable.errors import SteerableError
-from steerable.io import atomic_write_text
+from steerable.io import atomic_write_text, check_format_version
 from steerable.scorers import ScorerSpec, build_scorer
 
 # Quantile levels kept in the stats: every 5%, enough for any lo/hi choice in the RiC mapping.
@@ -280,6 +280,12 @@ class RewardSet:
         """
         if not isinstance(data, dict) or not isinstance(data.get("objectives"), list):
             raise SteerableError(f"{where}: expected a JSON object with an 'objectives' list")
+        check_format_version(
+            data.get("format_version", STATS_FORMAT_VERSION),
+            STATS_FORMAT_VERSION,
+            where,
+            "re-run `steerable score`",
+        )
         objectives = []
         for i, entry in enumerate(data["objectives"]):
             if not isinstance(entry, dict) or "name" not in entry or "spec" not in entry:

@@ -32,7 +32,7 @@ from steerable.conditioning import (
 )
 from steerable.errors import SteerableError
 from steerable.generation import SamplingConfig, format_chat, generate_texts, render_chat
-from steerable.io import atomic_write_text
+from steerable.io import atomic_write_text, check_format_version
 from steerable.objectives import RewardSet
 from steerable.preferences import Preference
 
@@ -103,6 +103,7 @@ def load_manifest(directory: str | Path, method: str | None = None) -> PolicyMan
         manifest = PolicyManifest(**data)
     except (json.JSONDecodeError, TypeError) as err:
         raise SteerableError(f"{path} is malformed ({err}); re-run the training that wrote it")
+    check_format_version(manifest.format_version, FORMAT_VERSION, path, "re-run the training that wrote it")
     if manifest.method not in METHODS:
         raise SteerableError(f"{path}: unknown method {manifest.method!r}; known: {list(METHODS)}")
     if method is not None and manifest.method != method:

@@ -50,7 +50,7 @@ from steerable.defaults import (
     default_device,
 )
 from steerable.errors import SteerableError
-from steerable.io import atomic_write_text
+from steerable.io import atomic_write_text, check_format_version
 from steerable.methods.training import device_args, last_complete_checkpoint, stage_bar
 from steerable.reward_models.labels import MISSING, LabelSource, check_columns
 from steerable.scorers.hf import load_pair_model
@@ -284,11 +284,7 @@ class MultiHeadRM:
             )
         try:
             meta = json.loads(manifest.read_text())
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise SteerableError(
-                    f"{manifest} has format_version {meta.get('format_version')!r}; this steerable reads "
-                    f"{FORMAT_VERSION}: retrain it with this version"
-                )
+            check_format_version(meta.get("format_version"), FORMAT_VERSION, manifest, "retrain it")
             names, levels, pooling = list(meta["objectives"]), int(meta["levels"]), str(meta["pooling"])
             labels = [LabelSource.from_dict(entry) for entry in meta["labels"]]
             backbone_dir, heads_file = directory / meta["backbone"], directory / meta["heads"]
