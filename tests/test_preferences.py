@@ -47,3 +47,24 @@ def test_positional_weights_land_on_the_simplex_in_proportion(weights):
     total = sum(weights)
     for given_w, w in zip(weights, pref.weights, strict=True):
         assert w == pytest.approx(given_w / total)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"brief": 1e308, "relevant": 1e308}, [1e308, 1e308, 1e308], "1e308,1e308,0", [10**400, 1, 1]],
+)
+def test_weights_too_large_to_add_up_are_an_error_naming_them(value):
+    with pytest.raises(SteerableError) as caught:
+        Preference.parse(value, NAMES)
+    assert "brief" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_generate_refuses_a_preference_that_overflows_in_one_line(tiny_ric):
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+
+    _, ric = tiny_ric
+    result = CliRunner().invoke(app, ["generate", "--model", str(ric), "--prefer", "1e308,1e308", "Hi"])
+    assert result.exit_code == 2, result.output
+    assert "brief" in result.output and len(result.output.strip().splitlines()) == 1

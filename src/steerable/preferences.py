@@ -15,8 +15,8 @@ class Preference:
 
     Build it with `Preference.parse`, which accepts weights by name (a mapping, or the CLI form
     ``"brief=0.7,relevant=0.3"``) or by position (a sequence, or ``"0.7,0.3"``). Objectives left
-    out of a by-name preference get weight zero. Negative, NaN, infinite or all-zero weights, a
-    wrong number of positional weights and unknown names are errors.
+    out of a by-name preference get weight zero. Negative, NaN, infinite or all-zero weights,
+    weights whose sum overflows, a wrong number of positional weights and unknown names are errors.
     """
 
     names: tuple[str, ...]
@@ -47,6 +47,8 @@ class Preference:
                 weight = float(weight)
             except (TypeError, ValueError):
                 raise SteerableError(f"preference weight for {name!r} is not a number: {weight!r}")
+            except OverflowError:  # an int no float holds
+                raise SteerableError(f"preference weight for {name!r} is too large; use a finite number")
             if not math.isfinite(weight):
                 raise SteerableError(f"preference weight for {name!r} is {weight}; use a finite number")
             if weight < 0:
@@ -57,6 +59,12 @@ class Preference:
         total = sum(weights)
         if total <= 0:
             raise SteerableError("preference weights are all zero; give at least one positive weight")
+        if not math.isfinite(total):  # normalised by an infinite sum, every weight would be zero
+            given = ", ".join(f"{n}={w:g}" for n, w in zip(names, weights, strict=True))
+            raise SteerableError(
+                f"preference weights {given} are too large to add up; scale them down "
+                "(only their ratios count)"
+            )
         return cls(names, tuple(w / total for w in weights))
 
     def as_dict(self) -> dict[str, float]:
