@@ -171,3 +171,22 @@ def test_training_needs_a_chat_template_or_a_file_that_gives_one(tiny_path, tiny
 def test_sampling_settings_are_keyword_only():
     with pytest.raises(TypeError):
         SamplingConfig(64, 0.7)  # which number is which? say it
+
+
+@pytest.mark.parametrize("top_k", [50, 0])  # our sampler and transformers' own
+def test_seeded_generation_leaves_the_callers_random_state_and_padding_side_alone(tiny_path, top_k):
+    """A seeded call draws from its own seed without resetting the global RNG the caller (a
+    trainer, a test) relies on, and pads on the left without changing the tokenizer it was
+    handed (a reward model or a trainer may read it right-padded)."""
+    import torch
+
+    model, tokenizer = load_causal_lm(tiny_path, device="cpu")
+    texts = format_chat(tokenizer, ["Hello", "Tell me a joke about tea and biscuits"])
+    config = SamplingConfig(max_new_tokens=6, temperature=1.0, seed=3, top_k=top_k)
+    first = generate_texts(model, tokenizer, texts, config, False)
+    tokenizer.padding_side = "right"
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    assert generate_texts(model, tokenizer, texts, config, False) == first  # padded left all the same
+    assert torch.equal(torch.get_rng_state(), before)
+    assert tokenizer.padding_side == "right"

@@ -236,12 +236,22 @@ def format_chat(tokenizer, prompts: Sequence[str], system: str | Sequence[str] |
 def generate_texts(
     model, tokenizer, texts: Sequence[str], sampling: SamplingConfig, progress: bool = True
 ) -> list[str]:
-    """Continue each already-formatted text; returns only the new text, special tokens dropped."""
+    """Continue each already-formatted text; returns only the new text, special tokens dropped.
+
+    With `sampling.seed`, the draws come from that seed and the caller's global RNG state is
+    restored afterwards (transformers' sampler draws from the global RNG, so it cannot be handed
+    a generator of its own); the tokenizer's padding side is left as it was."""
     if not texts:
         raise SteerableError("no prompts to generate from")
-    if sampling.seed is not None:
+    if sampling.seed is None:
+        return _generate(model, tokenizer, texts, sampling, progress)
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(sampling.seed)
-    tokenizer.padding_side = "left"
+        return _generate(model, tokenizer, texts, sampling, progress)
+
+
+def _generate(model, tokenizer, texts: Sequence[str], sampling: SamplingConfig, progress: bool) -> list[str]:
     lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     outputs = [""] * len(texts)
@@ -261,7 +271,11 @@ def generate_texts(
     for start in range(0, len(order), sampling.batch_size):
         idx = order[start : start + sampling.batch_size]
         batch = tokenizer(
-            [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            [texts[i] for i in idx],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",  # generation continues each row's last token
+            add_special_tokens=False,
         ).to(model.device)
         out = model.generate(**batch, **kwargs)
         new = out[:, batch["input_ids"].shape[1] :]
