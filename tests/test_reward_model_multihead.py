@@ -304,6 +304,36 @@ def test_an_unfinished_run_is_not_a_model(tiny_path, task_data, tmp_path, monkey
         MultiHeadRM.load(tmp_path / "rm")
 
 
+def test_an_interruption_while_scoring_the_held_out_split_does_not_retrain(
+    tiny_path, task_data, tmp_path, monkeypatch
+):
+    """The checkpoints stay until the stage is marked finished: a run stopped after training,
+    while it measures the held-out split, goes on from its last checkpoint, not from step 0."""
+    from transformers import Trainer
+
+    config = task_config(tiny_path, task_data, tmp_path / "rm", num_epochs=1, save_steps=7)  # 7 steps
+    original_step, steps = Trainer.training_step, []
+
+    def counted(self, *args, **kwargs):
+        steps.append(1)
+        return original_step(self, *args, **kwargs)
+
+    def interrupted(self, prompts, responses):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "training_step", counted)
+    with monkeypatch.context() as patch:
+        patch.setattr(MultiHeadRM, "probabilities", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_moslim_rm(config)
+    assert len(steps) == 7
+    steps.clear()
+    train_moslim_rm(config)
+    assert steps == []  # resumed from checkpoint-7: nothing left to train
+    assert not (tmp_path / "rm/stages/train/checkpoints").exists()  # removed once finished
+    assert MultiHeadRM.load(tmp_path / "rm").metadata["metrics"]["size"]["rows"] > 0
+
+
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_path, task_data, tmp_path, monkeypatch):
     from safetensors.torch import load_file

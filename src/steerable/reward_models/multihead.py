@@ -545,7 +545,6 @@ def train_stage(
     )
     if is_main_process():
         save_weights(model, tokenizer, folder / "weights")
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # only an unfinished stage resumes
     rm = MultiHeadRM(model, tokenizer, [s.name for s in sources], config.levels, config.max_length, sources)
     predicted = np.zeros((len(heldout_rows), len(sources)), dtype=np.int64)
     if len(heldout_rows):
@@ -564,4 +563,9 @@ def train_stage(
         "trained_tokens": int(trainer.state.num_input_tokens_seen),
         "seconds": time.perf_counter() - started,
     }
-    return stages.finish(STAGE, inputs, info)
+    info = stages.finish(STAGE, inputs, info)
+    # Only now, with the stage marked finished: an interruption before this (held-out scoring
+    # included) resumes from the last checkpoint instead of training from step 0.
+    if is_main_process():
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return info
