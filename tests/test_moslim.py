@@ -400,24 +400,84 @@ def test_level_sweep_tags_the_others_at_a_fixed_level_or_leaves_them_untagged():
     assert "relevance 3.00" in lines[-2] and "relevance 1.00" in lines[-1]
 
 
-def test_running_statistics_travel_with_checkpoints(tmp_path):
-    from types import SimpleNamespace
+def saved_checkpoint(folder, callbacks) -> None:
+    """A complete checkpoint as transformers' Trainer writes it: trainer_state.json last, with
+    the state of every ExportableState callback in it."""
+    from transformers import TrainerState
 
+    folder.mkdir(parents=True)
+    TrainerState(global_step=10, stateful_callbacks=list(callbacks)).save_to_json(
+        folder / "trainer_state.json"
+    )
+
+
+def test_running_statistics_travel_with_checkpoints(tmp_path):
+    """The statistics are part of the checkpoint's trainer_state.json, which transformers writes
+    before it deletes the older checkpoint: no crash can leave a checkpoint without them."""
     from steerable.methods.moslim import resumed_stats, stats_callback
 
     stats = RewardStats(["brief"], 3)
     stats.update(np.array([[0.4], [0.6]]), np.array([[2], [2]]))
-    checkpoint = tmp_path / "checkpoints" / "checkpoint-10"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "trainer_state.json").write_text("{}")  # a complete checkpoint
-    args, state = (
-        SimpleNamespace(output_dir=str(tmp_path / "checkpoints")),
-        SimpleNamespace(global_step=10, is_world_process_zero=True),
-    )
-    stats_callback(stats).on_save(args, state, None)
+    saved_checkpoint(tmp_path / "checkpoints" / "checkpoint-10", [stats_callback(stats)])
     fresh = RewardStats(["brief"], 3)
     assert resumed_stats(tmp_path, fresh).to_dict() == stats.to_dict()
     assert resumed_stats(tmp_path / "elsewhere", fresh) is fresh
+
+
+def test_a_checkpoint_without_the_running_statistics_is_refused_not_resumed_from_scratch(tmp_path):
+    """Resuming the policy with fresh statistics would rescale its reward mid-run; they cannot be
+    recomputed (they run over every batch since step 0), so the run says so instead."""
+    from steerable.methods.moslim import resumed_stats
+
+    saved_checkpoint(tmp_path / "checkpoints" / "checkpoint-10", [])
+    with pytest.raises(SteerableError, match=r"checkpoint-10 holds no MOSLIM reward statistics.*delete"):
+        resumed_stats(tmp_path, RewardStats(["brief"], 3))
+
+
+def test_running_statistics_fold_in_every_process_share_of_the_batch():
+    """Under `accelerate launch` each process scores its share of a batch; the statistics fold
+    in the whole batch (`total` sums the per-process moments), so every process keeps the same
+    ones, the ones one process would keep for the whole batch."""
+    p = np.array([[0.7, 0.5], [0.3, 0.0], [0.5, 0.1], [0.2, 0.9]])
+    levels = np.array([[3, 1], [3, 0], [2, 1], [3, 2]])
+    whole = RewardStats(["brief", "positive"], 3, decay=0.5)
+    whole.update(p, levels)
+    shares = [RewardStats(["brief", "positive"], 3, decay=0.5) for _ in range(2)]
+    halves = [(p[:2], levels[:2]), (p[2:], levels[2:])]
+    moments = [share.moments(*half) for share, half in zip(shares, halves, strict=True)]
+    for share, half in zip(shares, halves, strict=True):
+        share.update(*half, total=lambda _: moments[0] + moments[1])
+    for share in shares:
+        np.testing.assert_allclose(share.mean, whole.mean)
+        np.testing.assert_allclose(share.var, whole.var, atol=1e-12)
+        assert (share.seen == whole.seen).all()
+
+
+def test_the_statistics_are_summed_on_the_processes_device(monkeypatch):
+    """NCCL reduces only CUDA tensors: the moments go to the processes' device (a device that is
+    not the CPU here, as a GPU's is), and come back as numbers."""
+    import accelerate
+    import accelerate.utils
+    import torch
+
+    from steerable.methods.moslim import summed_over_processes
+
+    seen = []
+
+    class State:
+        num_processes, device = 2, torch.device("meta")
+
+    def reduce(tensor, reduction="mean"):
+        seen.append((tensor.device, reduction))
+        if tensor.device != State.device:
+            raise RuntimeError(f"No backend type associated with device type {tensor.device.type}")
+        return torch.full(tensor.shape, 3.0)  # what the other process added, in effect
+
+    monkeypatch.setattr(accelerate, "PartialState", lambda *a, **k: State())
+    monkeypatch.setattr(accelerate.utils, "reduce", reduce)
+    total = summed_over_processes(np.ones((3, 2, 5)))
+    assert seen == [(State.device, "sum")]
+    assert isinstance(total, np.ndarray) and total.shape == (3, 2, 5) and (total == 3.0).all()
 
 
 @pytest.fixture(scope="module")

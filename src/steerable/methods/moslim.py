@@ -89,7 +89,7 @@ REJECTED = ("last", "mirrored")
 DEFAULT_LEVELS = 5
 # A head whose probability of a level hardly varies would otherwise get a huge weight.
 MIN_STD = 0.05
-STATS_FILE = "moslim_reward_stats.json"
+STATS_CALLBACK = "MOSLIMRewardStats"  # the checkpoint's trainer_state.json keeps them under this name
 DPO_LOSS_TYPE = "sigmoid"  # DPO as published, pinned and recorded with the policy
 
 
@@ -169,19 +169,29 @@ class RewardStats:
         self.var = np.ones(shape) if self.var is None else np.asarray(self.var, dtype=float)
         self.seen = np.zeros(shape, bool) if self.seen is None else np.asarray(self.seen, dtype=bool)
 
-    def update(self, p: np.ndarray, levels: np.ndarray) -> None:
-        """Fold a batch in: for each (head, level) requested in it, the batch's mean and
-        variance of p (the first batch of a pair sets them)."""
+    def moments(self, p: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """A batch's count, sum and sum of squares of p per (head, level) requested: [3, K, L]."""
+        out = np.zeros((3, len(self.names), self.levels))
         for i in range(len(self.names)):
-            for level in np.unique(levels[:, i]):
-                if level == 0:
-                    continue
-                values = p[levels[:, i] == level, i]
-                m, v, j = values.mean(), values.var(), level - 1
-                d = self.decay if self.seen[i, j] else 0.0
-                self.mean[i, j] = d * self.mean[i, j] + (1 - d) * m
-                self.var[i, j] = d * self.var[i, j] + (1 - d) * v
-                self.seen[i, j] = True
+            for j in range(self.levels):
+                values = p[levels[:, i] == j + 1, i]
+                out[:, i, j] = values.size, values.sum(), np.square(values).sum()
+        return out
+
+    def update(self, p: np.ndarray, levels: np.ndarray, total=None) -> None:
+        """Fold a batch in: for each (head, level) requested in it, the batch's mean and
+        variance of p (the first batch of a pair sets them). `total` sums the batch's `moments`
+        over the processes that each score a share of it (`summed_over_processes`), so every
+        process folds in the whole batch, as TRL's GRPO groups the rewards of all of them, and
+        all keep the same statistics."""
+        n, total_p, total_sq = (total or (lambda m: m))(self.moments(p, levels))
+        for i, j in zip(*np.nonzero(n), strict=True):
+            m = total_p[i, j] / n[i, j]
+            v = max(total_sq[i, j] / n[i, j] - m * m, 0.0)
+            d = self.decay if self.seen[i, j] else 0.0
+            self.mean[i, j] = d * self.mean[i, j] + (1 - d) * m
+            self.var[i, j] = d * self.var[i, j] + (1 - d) * v
+            self.seen[i, j] = True
 
     def lookup(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(avg, std) [n, K] for requested levels [n, K] (masked entries: 0 and 1)."""
@@ -204,6 +214,21 @@ class RewardStats:
     @classmethod
     def from_dict(cls, data: dict) -> RewardStats:
         return cls(**data)
+
+
+def summed_over_processes(values: np.ndarray) -> np.ndarray:
+    """`values` summed over the training processes (every process must call it; a single one
+    gets them back as they are). The tensor goes on the processes' device, as the trainer's own
+    collectives do: NCCL, the GPU backend, reduces only CUDA tensors."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import reduce
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return values
+    tensor = torch.as_tensor(values, dtype=torch.float64, device=state.device)
+    return reduce(tensor, reduction="sum").cpu().numpy()
 
 
 def pool_stats(probs: np.ndarray, names: list[str], how: str = "level") -> RewardStats:
@@ -615,7 +640,7 @@ def moslim_reward_function(
         probs = rm.probabilities(list(question), texts)  # (n, K, L)
         p = target_probability(probs, requested, config.target_probability)
         if config.keeps_stats:
-            stats.update(p, requested)
+            stats.update(p, requested, summed_over_processes)
         if log_metric is not None:
             for i, name in enumerate(names):
                 active = requested[:, i] > 0
@@ -627,26 +652,37 @@ def moslim_reward_function(
 
 
 def stats_callback(stats: RewardStats):
-    """Save the running statistics into every checkpoint, so a resumed run continues them."""
+    """Keep the running statistics in every checkpoint, so a resumed run continues them: as an
+    ExportableState callback (transformers' way), they go into the checkpoint's
+    trainer_state.json, the file a checkpoint is complete with (`last_complete_checkpoint`)."""
     from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
 
-    class SaveRewardStats(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                atomic_write_text(folder / STATS_FILE, json.dumps(stats.to_dict()) + "\n")
+    class MOSLIMRewardStats(TrainerCallback, ExportableState):
+        def state(self) -> dict:
+            return {"args": {}, "attributes": {"reward_stats": stats.to_dict()}}
 
-    return SaveRewardStats()
+    return MOSLIMRewardStats()
 
 
 def resumed_stats(stage: Path, stats: RewardStats) -> RewardStats:
+    """The statistics of the stage's last complete checkpoint, `stats` when there is none. A
+    checkpoint without them (written before they were kept there) is refused: they run over
+    every batch since step 0, so they cannot be recomputed, and fresh ones would rescale the
+    reward mid-run."""
     from steerable.methods.training import last_complete_checkpoint
 
     checkpoint = last_complete_checkpoint(stage / "checkpoints")
-    path = Path(checkpoint) / STATS_FILE if checkpoint else None
-    if path is not None and path.is_file():
-        return RewardStats.from_dict(json.loads(path.read_text()))
-    return stats
+    if checkpoint is None:
+        return stats
+    saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("stateful_callbacks", {})
+    try:
+        return RewardStats.from_dict(saved[STATS_CALLBACK]["attributes"]["reward_stats"])
+    except (KeyError, TypeError) as err:
+        raise SteerableError(
+            f"{checkpoint} holds no MOSLIM reward statistics ({err!r} missing), so the policy cannot go "
+            f"on with the reward it was trained on; delete {stage} to train it again"
+        )
 
 
 def train_moslim(config: MOSLIMConfig) -> Path:
@@ -685,7 +721,8 @@ def train_moslim(config: MOSLIMConfig) -> Path:
             stats = RewardStats(
                 rewards.names, count, decay=0.0 if config.normalisation == "batch" else config.ema_decay
             )
-            stats = resumed_stats(stages.start("policy", inputs), stats)
+            if config.keeps_stats:
+                stats = resumed_stats(stages.start("policy", inputs), stats)
             counter = {"completions": 0, "tokens": 0}
             info = train_grpo(
                 config,
