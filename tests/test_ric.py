@@ -659,3 +659,84 @@ def test_a_model_without_a_chat_template_is_refused_or_given_one(tiny_path, tmp_
 
     given = RiCConfig(model=str(bare), chat_template_path=tiny_path)  # a tokenizer dir to take it from
     assert check_inputs(given).chat_template
+
+
+# Offline rows: short and positive. The round's answers are longer, most of them gloomy, so the
+# offline data's 0.5-quantile keeps only the round's shortest or happiest few.
+MORS_OFFLINE = [
+    {"prompt": f"Q{i}?", "response": text}
+    for i, text in enumerate(["Great!", "Good fun.", "Nice.", "Sad.", "Wonderful day!", "Fine, thanks."])
+]
+MORS_ANSWERS = [
+    "This is bad and sad and wrong in every way.",
+    "I hate this terrible awful thing so much now.",
+    "It is a grim and dangerous and gloomy place.",
+    "Wonderful, great, fun and lovely and happy day!",
+    "A plain answer of a few more words than most.",
+    "Sad.",
+    "The worst, the most painful and the most wrong.",
+    "Nothing much to say about it at all, really.",
+]
+
+
+@pytest.mark.parametrize("rule", ["round", "offline"])
+def test_mors_keeps_answers_reaching_the_quantile_of_the_rounds_own_answers_or_of_the_offline_data(
+    make_tiny_ric_config, tmp_path, monkeypatch, rule
+):
+    """The reference (YangRui2015/RiC, `merge_dataset`) keeps a generated answer when any
+    objective reaches the q-quantile of that round's generated answers; `offline` takes the
+    quantile of the offline data instead. Offline rows merged in pass the offline quantile."""
+    from types import SimpleNamespace
+
+    from steerable.methods import ric
+    from steerable.objectives import RewardSet
+
+    rewards = RewardSet.from_specs(["brief=builtin:brevity", "positive=builtin:sentiment"])
+    offline = [dict(row) for row in MORS_OFFLINE]
+    rewards.annotate(offline, fit=True)
+    monkeypatch.setattr(ric, "generate_texts", lambda model, tokenizer, texts, sampling: MORS_ANSWERS)
+    monkeypatch.setattr(ric, "count_tokens", lambda tokenizer, texts: 0)
+    policy = SimpleNamespace(
+        target_range=lambda: ([-1.0, -1.0], [1.0, 1.0]),
+        prompts_with_tags=lambda prompts, targets: prompts,
+        model=SimpleNamespace(eval=lambda: None),
+        tokenizer=None,
+    )
+    config = make_tiny_ric_config(
+        tmp_path / "run", online_samples=8, online_quantile=0.5, online_threshold=rule
+    )
+    info = ric.mors_round(policy, rewards, offline, config, 1, None, tmp_path)
+
+    generated = read_table(tmp_path / "generated.jsonl")
+    z = np.array([[row["z_brief"], row["z_positive"]] for row in generated])
+    z_offline = np.array([[row["z_brief"], row["z_positive"]] for row in offline])
+    over = {"round": z, "offline": z_offline}[rule]
+    expected = (z >= np.quantile(over, 0.5, axis=0)).any(axis=1)
+    assert [row["kept"] for row in generated] == expected.tolist()
+    assert info["online_threshold"] == rule
+    assert info["thresholds"] == pytest.approx(
+        dict(zip(["brief", "positive"], np.quantile(over, 0.5, axis=0), strict=True))
+    )
+    merged = read_table(tmp_path / "merged.jsonl")
+    original = [row for row in merged if "kept" not in row]
+    offline_keep = (z_offline >= np.quantile(z_offline, 0.5, axis=0)).any(axis=1)
+    assert {row["prompt"] for row in original} <= {
+        r["prompt"] for r, k in zip(offline, offline_keep, strict=True) if k
+    }
+    if rule == "round":  # the round's own quantile keeps about half of it, whatever the offline data
+        assert expected.sum() >= 4
+
+
+def test_the_mors_threshold_rule_is_a_stage_input_and_rounds_made_before_it_still_match(
+    make_tiny_ric_config, tmp_path
+):
+    from steerable.methods.ric import stage_plan
+
+    config = make_tiny_ric_config(tmp_path / "run", online_iterations=1)
+    assert config.online_threshold == "round"  # the reference's rule by default
+    assert stage_plan(config)["online_1_data"]["online_threshold"] == "round"
+    # `offline`, the only rule before the option existed, leaves the inputs as they were then
+    offline = make_tiny_ric_config(tmp_path / "run", online_iterations=1, online_threshold="offline")
+    assert "online_threshold" not in stage_plan(offline)["online_1_data"]
+    with pytest.raises(SteerableError, match="online_threshold"):
+        make_tiny_ric_config(tmp_path / "run", online_threshold="generations")

@@ -70,6 +70,7 @@ OFFLINE_INSTRUCTIONS = (
 )
 
 ONLINE_SCHEMES = ("reference", "simplex")
+ONLINE_THRESHOLDS = ("round", "offline")
 STOP_STAGES = ("offline", "sft")
 
 # A sentence ends at . ! or ? followed by whitespace, unless the mark closes a list number ("1.")
@@ -190,8 +191,13 @@ class RiCConfig:
         online_samples: generations per round.
         online_scheme: `reference` (one objective uniform in [lo, hi], the others at hi) or
             `simplex` (a random preference from the simplex through the linf mapping).
-        online_quantile: keep a sample when any objective reaches this quantile of the
-            offline data (the paper's 0.7).
+        online_quantile: keep a sample when any objective reaches this quantile (the paper's
+            0.7).
+        online_threshold: what that quantile is taken over: `round` (default, the reference
+            code's rule) the round's own generations, so a round keeps the best share of what
+            the policy now writes; `offline` the offline data, so a round keeps only answers
+            that reach the offline data's quantile. The offline rows merged into a round pass
+            the offline data's quantile either way, as in the reference.
         online_learning_rate: constant learning rate of the online rounds (the reference uses
             1e-5 after 1.4e-4 offline; ours is a tenth of the offline rate).
         online_epochs: epochs over each round's merged data.
@@ -284,6 +290,13 @@ class RiCConfig:
         default="reference", metadata={"help": "Target sampling.", "choices": ONLINE_SCHEMES}
     )
     online_quantile: float = field(default=0.7, metadata={"help": "Keep if any objective >= this quantile."})
+    online_threshold: str = field(
+        default="round",
+        metadata={
+            "help": "Quantile of the round's answers or the offline data.",
+            "choices": ONLINE_THRESHOLDS,
+        },
+    )
     online_learning_rate: float = field(default=1e-4, metadata={"help": "Constant lr of MORS rounds."})
     online_epochs: float = field(default=1.0, metadata={"help": "Epochs per MORS round."})
     original_ratio: float = field(default=1.0, metadata={"help": "Offline rows merged per kept online row."})
@@ -308,6 +321,8 @@ class RiCConfig:
             raise SteerableError(f"online_scheme must be one of {ONLINE_SCHEMES}")
         if not 0 < self.online_quantile < 1:
             raise SteerableError("online_quantile must be in (0, 1)")
+        if self.online_threshold not in ONLINE_THRESHOLDS:
+            raise SteerableError(f"online_threshold must be one of {ONLINE_THRESHOLDS}")
         if self.cuts_per_sample < 0:
             raise SteerableError("cuts_per_sample must be >= 0 (0 keeps responses whole)")
         if min(self.samples_per_prompt, self.online_samples, self.save_steps) < 1:
@@ -414,6 +429,7 @@ ONLINE_DATA_FIELDS = (
     "online_samples",
     "online_scheme",
     "online_quantile",
+    "online_threshold",
     "original_ratio",
     "lo_quantile",
     "hi_quantile",
@@ -442,6 +458,8 @@ def stage_plan(config: RiCConfig) -> dict[str, dict]:
     previous = "sft"
     for i in range(1, config.online_iterations + 1):
         data = {**pick(ONLINE_DATA_FIELDS), "round": i, "after": fingerprint(plan[previous])}
+        if config.online_threshold == "offline":  # the one rule before the option: old rounds match
+            del data["online_threshold"]
         plan[f"online_{i}_data"] = data
         plan[f"online_{i}"] = {**pick(ONLINE_TRAIN_FIELDS), "after": fingerprint(data)}
         previous = f"online_{i}"
@@ -622,18 +640,20 @@ def mors_round(
     ]
     if generated:
         rewards.annotate(generated, progress=True)  # relabel: trained on with the scores each sample obtained
-    thresholds = np.array(
+
+    def z_of(rows: list[dict]) -> np.ndarray:
+        return np.array([[r[f"z_{n}"] for n in names] for r in rows]).reshape(len(rows), len(names))
+
+    offline_thresholds = np.array(
         [
             o.stats.normalise(np.array([o.stats.quantile(config.online_quantile)]))[0]
             for o in rewards.objectives
         ]
     )
-
-    def kept(rows: list[dict]) -> np.ndarray:
-        z = np.array([[r[f"z_{n}"] for n in names] for r in rows]).reshape(len(rows), len(names))
-        return mors_keep(z, thresholds)
-
-    for row, keep in zip(generated, kept(generated), strict=True):
+    thresholds = offline_thresholds
+    if config.online_threshold == "round" and generated:
+        thresholds = np.quantile(z_of(generated), config.online_quantile, axis=0)  # (K,)
+    for row, keep in zip(generated, mors_keep(z_of(generated), thresholds), strict=True):
         row["kept"] = bool(keep)
     online = [
         r
@@ -641,7 +661,9 @@ def mors_round(
         for r in read_table(stages.path(f"online_{j}_data") / "generated.jsonl")
     ]
     online = [r for r in online + generated if r["kept"]]  # online data accumulates over rounds
-    eligible = [r for r, keep in zip(offline, kept(offline), strict=True) if keep]
+    eligible = [
+        r for r, keep in zip(offline, mors_keep(z_of(offline), offline_thresholds), strict=True) if keep
+    ]
     n_original = min(len(eligible), int(round(config.original_ratio * len(online))))
     merged = online + [eligible[i] for i in rng.choice(len(eligible), n_original, replace=False)]
     if not merged:
@@ -654,6 +676,8 @@ def mors_round(
         "generated": len(generated),
         "kept": int(sum(r["kept"] for r in generated)),
         "merged_original": n_original,
+        "online_threshold": config.online_threshold,
+        "thresholds": {n: float(t) for n, t in zip(names, thresholds, strict=True)},
         "generated_tokens": count_tokens(policy.tokenizer, responses),
         "seconds": time.perf_counter() - started,
     }
