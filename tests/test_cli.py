@@ -96,7 +96,7 @@ def test_score_with_saved_stats_and_yaml_config(tmp_path):
     ("rows", "extra", "message"),
     [
         ([{"prompt": "a", "answer": "b"}], [], "missing columns"),
-        ([{"prompt": "a", "response": ""}], [], "row 0: 'response' is empty"),
+        ([{"prompt": "a", "response": ""}], [], "line 1: 'response' is empty"),
         (ROWS, ["-o", "x=builtin:nope"], "unknown built-in scorer 'nope'"),
         (ROWS, ["-o", "x=magic:thing"], "unknown scorer kind"),
         (ROWS, ["-o", "x=py:{nan}:f"], "'x' gave nan for row 0"),

@@ -7,7 +7,6 @@ import pytest
 
 from steerable import SteerableError
 from steerable.data import load_pairs, load_prompts, write_table
-from steerable.data.loading import split_transcript
 from steerable.io import atomic_write_text
 
 ROWS = [{"prompt": "Hi?", "response": "Hello."}, {"prompt": "Why?", "response": "Because."}]
@@ -38,16 +37,15 @@ def test_hh_rlhf_transcripts_expand_to_two_rows(tmp_path):
     assert [p["label"] for p in pairs] == ["chosen", "rejected"]
     assert pairs[0]["response"] == "Goodbye, take care." and pairs[1]["response"] == "Whatever."
     assert pairs[0]["prompt"].endswith("Bye?\n\nAssistant:")
-    assert split_transcript("no turns") == ("no turns", "")
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         ('{"prompt": "a", "answer": "b"}\n', "missing columns.*found \\['answer', 'prompt'\\]"),
-        ('{"prompt": "a", "response": "b"}\n{"prompt": "", "response": "b"}\n', "row 1: 'prompt' is empty"),
-        ('{"prompt": "a", "response": "   "}\n', "row 0: 'response' is empty"),
-        ('{"prompt": "a", "response": null}\n', "row 0: 'response' is empty or not text \\(missing\\)"),
+        ('{"prompt": "a", "response": "b"}\n{"prompt": "", "response": "b"}\n', "line 2: 'prompt' is empty"),
+        ('{"prompt": "a", "response": "   "}\n', "line 1: 'response' is empty"),
+        ('{"prompt": "a", "response": null}\n', "line 1: 'response' is empty or not text \\(missing\\)"),
         ('{"prompt": "a", "response": "b"}\n{"prompt": "a", "resp\n', "line 2: not valid JSON"),
         ("[1, 2]\n", "expected a JSON object"),
         ('{"chosen": "no turns", "rejected": "x"}\n', "not an HH-RLHF transcript"),
@@ -139,3 +137,77 @@ def test_unwritable_destination_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(SteerableError, match="cannot write .*file/out.jsonl"):
         write_table(tmp_path / "file" / "out.jsonl", ROWS)
+
+
+# --- preference layouts and bad rows, named by where they are in the file -----------------
+
+HH = {
+    "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye?\n\nAssistant: Goodbye.",
+    "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye?\n\nAssistant: Whatever.",
+}
+
+
+def test_prompt_chosen_rejected_pairs_expand_to_two_rows_like_hh(tmp_path):
+    """`score` reads the layout `train rm` trains on: each pair is two rows, chosen then rejected."""
+    rows = [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go.", "id": 7}]
+    pairs = load_pairs(write_table(tmp_path / "pairs.jsonl", rows))
+    assert pairs == [
+        {"id": 7, "prompt": "Hi", "response": "Hello!", "label": "chosen", "pair": 0},
+        {"id": 7, "prompt": "Hi", "response": "Go.", "label": "rejected", "pair": 0},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "place"),
+    [
+        # a blank line is still a line of the file
+        ("t.jsonl", '{"prompt": "a", "response": "b"}\n\n{"prompt": "a", "response": ""}\n', "line 3"),
+        ("t.csv", "prompt,response\na,b\na,\n", "line 3"),  # the header is line 1
+        ("t.json", '[{"prompt": "a", "response": "b"}, {"prompt": "", "response": "b"}]', "record 2"),
+        # HH rows are two rows each once read: the error names the file's line, not the expanded row
+        (
+            "hh.jsonl",
+            json.dumps(HH) + "\n" + json.dumps({**HH, "rejected": HH["rejected"][:-9]}) + "\n",
+            "line 2",
+        ),
+    ],
+)
+def test_a_bad_row_is_named_by_its_one_based_place_in_the_file(tmp_path, name, content, place):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(SteerableError, match=f"{name}, {place}: "):
+        load_pairs(path)
+
+
+def test_a_bad_parquet_row_is_named_by_its_one_based_row(tmp_path):
+    path = write_table(tmp_path / "t.parquet", [ROWS[0], {"prompt": "a", "response": " "}])
+    with pytest.raises(SteerableError, match="t.parquet, row 2: 'response' is empty"):
+        load_pairs(path)
+
+
+def test_every_bad_row_is_listed_in_one_error_up_to_a_cap(tmp_path):
+    rows = [ROWS[0], {"prompt": "", "response": "b"}, ROWS[1], {"prompt": "a", "response": None}]
+    with pytest.raises(SteerableError) as caught:
+        load_pairs(write_table(tmp_path / "few.jsonl", rows))
+    message = str(caught.value)
+    assert "2 bad rows" in message and "line 2: 'prompt' is empty" in message
+    assert "line 4: 'response' is empty" in message and "\n" not in message
+    many = [{"prompt": "a", "response": ""}] * 25
+    with pytest.raises(SteerableError, match="25 bad rows: line 1: .*line 20: .*; and 5 more") as caught:
+        load_pairs(write_table(tmp_path / "many.jsonl", many))
+    assert "line 21" not in str(caught.value)
+
+
+def test_hh_transcripts_that_part_before_the_last_turn_split_where_they_part(tmp_path):
+    """Transcripts that diverge at an earlier assistant turn: the common start is the prompt and
+    each rest, with its later turns, the response."""
+    row = {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye?\n\nAssistant: Goodbye.",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Go away.",
+    }
+    pairs = load_pairs(write_table(tmp_path / "hh.jsonl", [row]))
+    assert [p["prompt"] for p in pairs] == ["\n\nHuman: Hi\n\nAssistant:"] * 2
+    assert [p["response"] for p in pairs] == [
+        "Hello!\n\nHuman: Bye?\n\nAssistant: Goodbye.",
+        "Go away.",
+    ]

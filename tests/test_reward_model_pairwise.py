@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,7 +81,7 @@ def test_pairs_from_scores_refuses_a_score_that_is_not_a_finite_number(bad):
         {"prompt": "a", "response": "x", "score_s": 1.0},
         {"prompt": "a", "response": "y", "score_s": bad},
     ]
-    with pytest.raises(SteerableError, match="row 1: score_s is"):
+    with pytest.raises(SteerableError, match="row 2: score_s is"):
         pairs_from_scores(rows, "s")
 
 
@@ -113,14 +114,15 @@ def test_pairwise_accuracy_counts_strict_wins():
 
 def test_read_preference_pairs_reads_every_layout(tmp_path):
     explicit = write_table(tmp_path / "pairs.csv", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go."}])
-    assert read_preference_pairs(explicit) == [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go."}]
+    assert read_preference_pairs(explicit) == ([{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go."}], 0)
     hh = write_table(
         tmp_path / "hh.jsonl",
         [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go."}],
     )
-    assert read_preference_pairs(hh) == [
-        {"prompt": "\n\nHuman: Hi\n\nAssistant:", "chosen": "Hello!", "rejected": "Go."}
-    ]
+    assert read_preference_pairs(hh) == (
+        [{"prompt": "\n\nHuman: Hi\n\nAssistant:", "chosen": "Hello!", "rejected": "Go."}],
+        0,
+    )
     scored = write_table(
         tmp_path / "scored.parquet",
         [
@@ -128,7 +130,7 @@ def test_read_preference_pairs_reads_every_layout(tmp_path):
             {"prompt": "Hi", "response": "Hey", "score_a": 1.0},
         ],
     )
-    assert read_preference_pairs(scored, "a") == [{"prompt": "Hi", "chosen": "Hey", "rejected": "Go."}]
+    assert read_preference_pairs(scored, "a") == ([{"prompt": "Hi", "chosen": "Hey", "rejected": "Go."}], 0)
 
 
 # --- bad input at the CLI -----------------------------------------------------------------
@@ -146,12 +148,12 @@ SCORED = [
     ("rows", "extra", "message"),
     [
         ([{"prompt": "Hi", "answer": "Hello"}], [], "missing columns"),
-        ([PAIR, {**PAIR, "rejected": "  "}], [], "row 1: 'rejected' is empty"),
-        ([PAIR, {**PAIR, "rejected": PAIR["chosen"]}], [], "row 1: chosen and rejected are the same text"),
-        ([{"chosen": "no turns", "rejected": "\n\nAssistant: x"}], [], "row 0: 'chosen' is not an HH-RLHF"),
+        ([PAIR, {**PAIR, "rejected": "  "}], [], "line 2: 'rejected' is empty"),
+        ([PAIR, {**PAIR, "rejected": PAIR["chosen"]}], [], "line 2: chosen and rejected are the same text"),
+        ([{"chosen": "no turns", "rejected": "\n\nAssistant: x"}], [], "line 1: 'chosen' is not an HH-RLHF"),
         (SCORED, [], "pass --objective NAME to rank its responses by score_NAME, NAME one of ['positive']"),
         (SCORED, ["--objective", "brief"], "has no column score_brief"),
-        ([{**SCORED[0], "score_positive": float("nan")}, *SCORED[1:]], ["--objective", "positive"], "row 0"),
+        ([{**SCORED[0], "score_positive": float("nan")}, *SCORED[1:]], ["--objective", "positive"], "line 1"),
         (SCORED[:2], ["--objective", "positive"], "at least two distinct prompts"),
         ([PAIR, {**PAIR, "chosen": "Hey"}], [], "at least two distinct prompts"),
         (
@@ -177,7 +179,7 @@ def test_bad_options_are_refused_before_reading_anything(tmp_path):
     missing = invoke(["train", "rm", "--output_dir", tmp_path / "out"])
     assert missing.exit_code == 2 and "--data is required" in missing.output
     fraction = invoke(["train", "rm", "--data", tmp_path / "x.jsonl", "--heldout_fraction", "1"])
-    assert fraction.exit_code == 2 and "heldout_fraction must be in (0, 1)" in fraction.output
+    assert fraction.exit_code == 2 and "heldout_fraction must be in [0, 1)" in fraction.output
     absent = invoke(["train", "rm", "--data", tmp_path / "x.jsonl", "--output_dir", tmp_path / "out"])
     assert absent.exit_code == 2 and "x.jsonl does not exist" in absent.output
     assert not (tmp_path / "out").exists()
@@ -194,7 +196,7 @@ def test_the_saved_directory_scores_exactly_as_it_trained(backbone, tiny_nosys_p
     model_name = "minilm" if backbone == "minilm" else tiny_nosys_path
     model, tokenizer = load_backbone(tiny_config(model_name, "unused.jsonl", "unused"))
     pairs = long_short_pairs(3)  # of different lengths, so the batch is padded
-    batch = pair_collator(tokenizer.pad_token_id)(encode_pairs(tokenizer, pairs, 512).to_list())
+    batch = pair_collator(tokenizer.pad_token_id)(encode_pairs(tokenizer, pairs, 512)[0].to_list())
     if backbone == "minilm":
         assert batch["token_type_ids"].max() == 1  # the response is segment 1, as the scorer has it
     else:
@@ -291,3 +293,127 @@ def test_cli_learns_a_scored_table_and_prints_the_objective(tmp_path, tiny_path)
     assert f"held-out pairwise accuracy {record['metrics']['heldout_accuracy']:.3f}" in result.output
     scored = invoke(["score", data, "--out", tmp_path / "rescored.jsonl", "-o", spec])
     assert scored.exit_code == 0, scored.output
+
+
+# --- real preference pairs: bad rows, HH splits, truncation, batching, storage, test files ----
+
+
+def test_every_bad_pair_is_listed_and_skip_invalid_drops_them(tmp_path, tiny_path):
+    rows = long_short_pairs(10)
+    rows.insert(2, {**PAIR, "rejected": " "})  # line 3
+    rows.insert(5, {**PAIR, "rejected": PAIR["chosen"]})  # line 6
+    data = write_table(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "rm"
+    refused = invoke(["train", "rm", "--data", data, "--output_dir", out, "--model", tiny_path])
+    assert refused.exit_code == 2 and refused.output.strip().count("\n") == 0, refused.output
+    assert "has 2 bad rows: line 3: 'rejected' is empty" in refused.output
+    assert "line 6: chosen and rejected are the same text" in refused.output
+    assert "--skip_invalid" in refused.output and not out.exists()
+
+    skipped = invoke(
+        ["train", "rm", "--data", data, "--output_dir", out, "--model", tiny_path, "--skip_invalid", "true"]
+    )
+    assert skipped.exit_code == 0, skipped.output
+    record = json.loads((out / RECORD).read_text())
+    assert record["skipped_rows"] == {"data": 2}
+    assert record["pairs"]["train"] + record["pairs"]["heldout"] == 10
+    assert "skipped 2 bad rows of the data" in skipped.stdout
+
+
+def test_hh_pairs_that_part_before_the_last_turn_split_at_their_common_start(tmp_path):
+    rows = [
+        {
+            "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Bye?\n\nAssistant: Take care.",
+            "rejected": "\n\nHuman: Hi\n\nAssistant: Go away.\n\nHuman: Bye?\n\nAssistant: Bye.",
+        }
+    ]
+    assert read_preference_pairs(write_table(tmp_path / "hh.jsonl", rows)) == (
+        [
+            {
+                "prompt": "\n\nHuman: Hi\n\nAssistant:",
+                "chosen": "Hello!\n\nHuman: Bye?\n\nAssistant: Take care.",
+                "rejected": "Go away.\n\nHuman: Bye?\n\nAssistant: Bye.",
+            }
+        ],
+        0,
+    )
+
+
+def test_a_bad_score_is_named_by_its_file_line(tmp_path):
+    rows = [*SCORED[:2], {**SCORED[2], "score_positive": None}, SCORED[3]]
+    with pytest.raises(SteerableError, match=r"scored.jsonl, line 3: score_positive is None"):
+        read_preference_pairs(write_table(tmp_path / "scored.jsonl", rows), "positive")
+
+
+@pytest.mark.parametrize("backbone", ["minilm", "tiny"])
+def test_truncation_keeps_the_end_of_the_prompt_and_the_whole_answer(backbone, tiny_path):
+    """A long conversation loses its oldest turns, never its last question or the answer; only
+    an answer longer than max_length alone is cut, at its end. The hf scorer reads the same ids."""
+    model, tokenizer = load_backbone(tiny_config("minilm" if backbone == "minilm" else tiny_path, "x", "y"))
+    prompt = "first turn long ago. " + "some old words here. " * 20 + "what is the last question?"
+    answer = "the answer is yes."
+    long_answer = " ".join(f"word{i}" for i in range(60))
+    pairs = [{"prompt": prompt, "chosen": answer, "rejected": long_answer}]
+    encoded, truncated = encode_pairs(tokenizer, pairs, 32)
+    assert truncated == {"prompts": 2, "answers": 1, "sequences": 2}
+    chosen, rejected = encoded["chosen_ids"][0], encoded["rejected_ids"][0]
+    assert len(chosen) == 32 and len(rejected) == 32
+    text = tokenizer.decode(chosen, skip_special_tokens=True)
+    assert "what is the last question?" in text and text.endswith(answer) and "first turn" not in text
+    cut = tokenizer.decode(rejected, skip_special_tokens=True)
+    assert cut.startswith("word0 word1") and "word59" not in cut and "question" not in cut
+    scorer = HFRewardModel(model, tokenizer, max_length=32)
+    for side, ids in (("chosen", chosen), ("rejected", rejected)):
+        assert scorer._encode([prompt], [pairs[0][side]])["input_ids"][0].tolist() == ids
+
+
+def test_batches_are_grouped_by_length(tmp_path, tiny_path, monkeypatch):
+    """Pairs of very different lengths: each batch pads to its longest pair, and pairs of
+    similar length are batched together, so little of what the model reads is padding."""
+    from trl import RewardTrainer
+
+    widths = []
+    compute_loss = RewardTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):
+        widths.append((inputs["attention_mask"].numel(), int(inputs["attention_mask"].sum())))
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(RewardTrainer, "compute_loss", recording)
+    short = [{"prompt": f"Q{i}?", "chosen": "yes sure", "rejected": "no"} for i in range(32)]
+    long = [
+        {"prompt": f"Question {i}: " + "tell me more " * 15, "chosen": "well " * 20, "rejected": "so " * 18}
+        for i in range(32)
+    ]
+    data = write_table(
+        tmp_path / "pairs.jsonl", [pair for two in zip(short, long, strict=True) for pair in two]
+    )
+    train_rm(tiny_config(tiny_path, data, tmp_path / "rm", heldout_fraction=0.1))
+    padded, real = map(sum, zip(*widths, strict=True))
+    assert 1 - real / padded < 0.2, widths
+
+
+def test_the_trained_model_is_stored_once(tmp_path, tiny_path):
+    data = write_table(tmp_path / "pairs.jsonl", long_short_pairs(8))
+    out = train_rm(tiny_config(tiny_path, data, tmp_path / "rm"))
+    assert [p.relative_to(out) for p in out.rglob("*.safetensors")] == [Path("model.safetensors")]
+
+
+def test_a_test_file_is_evaluated_and_the_result_goes_to_stdout(tmp_path, tiny_path):
+    """--eval FILE measures the pairwise accuracy on a test file (every held-out prompt may then
+    be trained on: --heldout_fraction 0); the result line is the command's output on stdout."""
+    train = write_table(tmp_path / "train.jsonl", long_short_pairs(8))
+    test = write_table(tmp_path / "test.csv", long_short_pairs(13)[8:])
+    out = tmp_path / "rm"
+    args = ["train", "rm", "--data", train, "--eval", test, "--output_dir", out, "--model", tiny_path]
+    result = invoke([*args, "--heldout_fraction", "0"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / RECORD).read_text())
+    assert record["pairs"] == {"train": 8, "heldout": 0, "test": 5}
+    assert "heldout_accuracy" not in record["metrics"] and 0 <= record["metrics"]["test_accuracy"] <= 1
+    line = f"test pairwise accuracy {record['metrics']['test_accuracy']:.3f} on 5 pairs of {test}"
+    assert line in " ".join(result.stdout.split()) and "score with: -o" in result.stdout
+    refused = invoke(
+        ["train", "rm", "--data", train, "--output_dir", tmp_path / "x", "--heldout_fraction", "0"]
+    )
+    assert refused.exit_code == 2 and "heldout_fraction 0 needs --eval" in refused.output

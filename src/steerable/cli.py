@@ -353,7 +353,7 @@ def train_rm_command(ctx: typer.Context) -> None:
 
     def run(config: RMConfig):
         out = train_rm(config)
-        console.print(summary(out), highlight=False, soft_wrap=True)
+        Console().print(summary(out), highlight=False, soft_wrap=True)  # the result: stdout
         return out
 
     run_config_command(ctx, RMConfig, run, made="reward model directory")

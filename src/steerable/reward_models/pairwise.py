@@ -3,18 +3,25 @@
 The recipe, top to bottom:
 1. read preference pairs (prompt, chosen, rejected) from one of three layouts:
    - columns `prompt`, `chosen`, `rejected`;
-   - HH-RLHF `chosen` / `rejected` transcripts, split at their last assistant turn;
+   - HH-RLHF `chosen` / `rejected` transcripts, split at their common start's last assistant
+     turn (usually the last turn; see `split_hh_pair`);
    - a scored table (`prompt`, `response`, `score_<NAME>`, as `steerable score` writes it)
      with `objective=NAME`: see `pairs_from_scores`;
+   every bad row is named, by its line in the file, in one error (or dropped and counted with
+   `skip_invalid`);
 2. split them by prompt into train and held-out pairs, so no prompt is in both;
-3. tokenise every (prompt, response) exactly as the `hf:` scorer does with `input=pair`:
-   `tokenizer(prompt, response)`, truncated to `max_length`, no EOS appended, right padding,
+3. tokenise every (prompt, response) exactly as the `hf:` scorer does with `input=pair`
+   (`encode_pair_texts`): `tokenizer(prompt, response)` in at most `max_length` tokens, the
+   prompt cut from the left so a long conversation keeps its last question and the whole
+   answer (an answer too long by itself is cut at its end, and counted), no EOS appended,
    token type ids kept for encoders that read segments (BERT);
-4. train with TRL's `RewardTrainer` (loss -log sigmoid(r_chosen - r_rejected)): the whole model,
-   or LoRA adapters merged into the weights afterwards;
-5. save model + tokenizer, measure the held-out pairwise accuracy through `HFRewardModel`
-   (the path a user scores with), and publish into OUTPUT_DIR: weights and tokenizer,
-   `reward_model.json`, and `config.json` last, so a directory with a config.json is whole.
+4. train with TRL's `RewardTrainer` (loss -log sigmoid(r_chosen - r_rejected)) on batches of
+   pairs of similar length, each padded to its longest: the whole model, or LoRA adapters
+   merged into the weights afterwards;
+5. save model + tokenizer, measure the held-out pairwise accuracy (and that on the `eval` test
+   file) through `HFRewardModel` (the path a user scores with), and move them into OUTPUT_DIR,
+   so the model is stored once: weights and tokenizer, `reward_model.json`, and `config.json`
+   last, so a directory with a config.json is whole.
 
 OUTPUT_DIR is then an objective as it is: `-o NAME=hf:OUTPUT_DIR` (with options only where the
 training differed from the scorer's defaults: max_length, dtype, trust_remote_code).
@@ -23,10 +30,11 @@ Supports any backbone `AutoModelForSequenceClassification` loads (encoders and d
 tokenizer without a pad token gets the hf scorer's dedicated one), `accelerate launch`, and
 resuming an interrupted run (run the same command again).
 
-Raises `SteerableError` (before anything is written) for: missing columns, empty text, a pair
-whose chosen and rejected are the same, a scored table without `objective`, an `objective`
-without its `score_<NAME>` column, a non-finite score, and too few prompts or pairs for a
-held-out split.
+Raises `SteerableError` (before anything is written) for: missing columns; bad rows (empty
+text, a pair whose chosen and rejected are the same, HH-RLHF transcripts with no common
+prompt, a score that is not a finite number), all of them in one error unless `skip_invalid`;
+a scored table without `objective`, an `objective` without its `score_<NAME>` column, and too
+few prompts or pairs for a held-out split.
 """
 
 from __future__ import annotations
@@ -41,14 +49,19 @@ from pathlib import Path
 
 import torch
 
-from steerable.configs import check_field_types
-from steerable.data import read_table
-from steerable.data.loading import ASSISTANT, require_text, split_by_prompt, split_transcript
+from steerable.configs import check_config
+from steerable.data.loading import (
+    preference_pair,
+    read_placed,
+    refuse_bad_rows,
+    split_by_prompt,
+    text_problem,
+)
 from steerable.defaults import DTYPE_NAMES, MINILM_MODEL, absolute_if_local
 from steerable.errors import SteerableError
-from steerable.io import atomic_write, atomic_write_text
+from steerable.io import atomic_write_text
 from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
-from steerable.scorers.hf import HFRewardModel, load_pair_model
+from steerable.scorers.hf import HFRewardModel, check_max_length, encode_pair_texts, load_pair_model
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 
 STAGE = "train"
@@ -80,7 +93,15 @@ class RMConfig:
             prompt; every two responses with different scores become a pair (see
             `pairs_from_scores`). Only for scored tables.
         heldout_fraction: fraction of the prompts (at least one) whose pairs are held out to
-            measure accuracy; the split is by prompt, so no prompt is in both.
+            measure accuracy; the split is by prompt, so no prompt is in both. 0 (train on every
+            pair) only with `eval`.
+        eval: a test file of pairs (any layout `data` takes) whose pairwise accuracy is measured
+            and recorded; it does not change the training, so a run again with another test
+            file only measures (stored absolute).
+        skip_invalid: drop bad rows of `data` and `eval` (empty text, a pair whose chosen and
+            rejected are the same, a score that is not a number, HH-RLHF transcripts without a
+            common prompt) and report how many; by default they are refused, every one named
+            by its line in one error.
 
     Training:
         num_epochs / learning_rate / batch_size: the usual; batch_size counts pairs per step
@@ -109,49 +130,59 @@ class RMConfig:
     objective: str | None = field(
         default=None, metadata={"help": "Scored tables: rank responses by score_<objective>."}
     )
-    heldout_fraction: float = field(default=0.2, metadata={"help": "Fraction of prompts held out."})
-    num_epochs: float = field(default=1.0, metadata={"help": "Training epochs."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate."})
-    batch_size: int = field(default=8, metadata={"help": "Pairs per step."})
-    max_length: int = field(
-        default=SCORER_MAX_LENGTH, metadata={"help": "Truncate each (prompt, response) to this many tokens."}
+    heldout_fraction: float = field(
+        default=0.2, metadata={"help": "Fraction of prompts held out (0 only with --eval).", "ge": 0, "lt": 1}
     )
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0 = train the whole model)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with lora_r > 0)."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
+    eval: str | None = field(
+        default=None, metadata={"help": "Test file of pairs to measure accuracy on (any --data layout)."}
+    )
+    skip_invalid: bool = field(
+        default=False, metadata={"help": "Drop bad rows (and report how many) instead of refusing them."}
+    )
+    num_epochs: float = field(default=1.0, metadata={"help": "Training epochs.", "gt": 0})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate.", "gt": 0})
+    batch_size: int = field(default=8, metadata={"help": "Pairs per step.", "ge": 1})
+    max_length: int = field(
+        default=SCORER_MAX_LENGTH,
+        metadata={"help": "Truncate each (prompt, response) to this many tokens.", "ge": 1},
+    )
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0 = train the whole model).", "ge": 0})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with lora_r > 0).", "ge": 1})
+    seed: int = field(default=0, metadata={"help": "Random seed.", "ge": 0})
 
     def __post_init__(self):
-        check_field_types(self)
+        check_config(self)
         if self.data is None:
             raise SteerableError(
                 "--data is required: a table of prompt/chosen/rejected pairs, HH-RLHF transcripts, "
                 "or a scored table (with --objective)"
             )
-        if self.dtype not in DTYPE_NAMES:
-            raise SteerableError(f"dtype must be one of {list(DTYPE_NAMES)}, got {self.dtype!r}")
-        if not 0 < self.heldout_fraction < 1:
-            raise SteerableError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if self.num_epochs <= 0 or self.learning_rate <= 0:
-            raise SteerableError("num_epochs and learning_rate must be > 0")
-        if min(self.batch_size, self.max_length, self.lora_alpha) < 1 or self.lora_r < 0:
-            raise SteerableError("batch_size, max_length and lora_alpha must be >= 1, lora_r >= 0")
         if self.objective is not None and not self.objective.strip():
             raise SteerableError("objective is empty; give the NAME of a score_<NAME> column")
+        if self.heldout_fraction == 0 and self.eval is None:
+            raise SteerableError(
+                "--heldout_fraction 0 needs --eval FILE, test pairs to measure the model on; "
+                "or hold out a fraction in (0, 1)"
+            )
         self.model = absolute_if_local(self.model)
         self.data = str(Path(self.data).resolve())
+        if self.eval is not None:
+            self.eval = str(Path(self.eval).resolve())
 
 
 # --- preference pairs ---------------------------------------------------------------------
 
 
 def read_preference_pairs(
-    path: str | Path, objective: str | None = None, split: str | None = None
-) -> list[dict]:
-    """The (prompt, chosen, rejected) pairs of a table in any of the three layouts (see the
-    module docstring). Errors name the file, row and column."""
-    rows = read_table(path, split)
+    path: str | Path, objective: str | None = None, split: str | None = None, skip_invalid: bool = False
+) -> tuple[list[dict], int]:
+    """(pairs, rows skipped): the (prompt, chosen, rejected) pairs of a table in any of the three
+    layouts (see the module docstring). Bad rows are one error naming each by its place in the
+    file, or, with `skip_invalid`, dropped and counted; a missing column is an error either way."""
+    rows, places = read_placed(path, split)
     if not rows:
         raise SteerableError(f"{path} has no rows")
+    hint = " (--skip_invalid drops bad rows)"
     columns = set(rows[0])
     if "response" in columns:
         if "prompt" not in columns:
@@ -172,71 +203,64 @@ def read_preference_pairs(
                 f"{path} has no column score_{objective} (objective {objective!r}); its scored "
                 f"objectives are {scores}"
             )
-        for number, row in enumerate(rows):
-            require_text(row, ("prompt", "response"), number, path)
-        pairs = pairs_from_scores(rows, objective, where=str(path))
+        problems = [
+            text_problem(row, ("prompt", "response")) or score_problem(row, objective) for row in rows
+        ]
+        if not skip_invalid:
+            refuse_bad_rows(path, list(zip(places, problems, strict=True)), hint)
+        good = [row for row, problem in zip(rows, problems, strict=True) if problem is None]
+        pairs = pairs_from_scores(good, objective, where=str(path))
         if not pairs:
             raise SteerableError(
                 f"{path}: no pairs, since every two responses to a prompt tie on score_{objective}"
             )
-        return pairs
+        return pairs, len(rows) - len(good)
     if objective is not None:
         raise SteerableError(
             f"{path} holds chosen/rejected pairs, which need no --objective (it ranks the responses "
             "of a scored table); drop it"
         )
-    if {"prompt", "chosen", "rejected"} <= columns:
-        pairs = [{k: row.get(k) for k in ("prompt", "chosen", "rejected")} for row in rows]
-    elif {"chosen", "rejected"} <= columns:
-        pairs = [_hh_pair(row, number, path) for number, row in enumerate(rows)]
-    else:
+    if not {"chosen", "rejected"} <= columns:
         raise SteerableError(
             f"{path}: missing columns; need prompt/chosen/rejected, HH-RLHF chosen/rejected, or a "
             f"scored table (prompt, response, score_<NAME>); found {sorted(columns)}"
         )
-    for number, pair in enumerate(pairs):
-        require_text(pair, ("prompt", "chosen", "rejected"), number, path)
-        if pair["chosen"] == pair["rejected"]:
-            raise SteerableError(
-                f"{path}, row {number}: chosen and rejected are the same text, so the pair prefers "
-                "nothing; fix or drop the row"
-            )
-    return pairs
+    read = [preference_pair(row, hh="prompt" not in columns) for row in rows]
+    problems = [problem or same_text_problem(pair) for pair, problem in read]
+    if not skip_invalid:
+        refuse_bad_rows(path, list(zip(places, problems, strict=True)), hint)
+    pairs = [pair for (pair, _), problem in zip(read, problems, strict=True) if problem is None]
+    if not pairs:
+        raise SteerableError(f"{path}: every row is bad, so there are no pairs to train on")
+    return pairs, len(rows) - len(pairs)
 
 
-def _hh_pair(row: dict, number: int, path: str | Path) -> dict:
-    """One HH-RLHF row as (prompt, chosen, rejected): both transcripts must share the
-    conversation before their last assistant turn."""
-    for label in ("chosen", "rejected"):
-        if not isinstance(row.get(label), str) or ASSISTANT not in row[label]:
-            raise SteerableError(
-                f"{path}, row {number}: {label!r} is not an HH-RLHF transcript (no '\\n\\nAssistant:' turn)"
-            )
-    prompt, chosen = split_transcript(row["chosen"])
-    other, rejected = split_transcript(row["rejected"])
-    if prompt != other:
-        raise SteerableError(
-            f"{path}, row {number}: chosen and rejected continue different conversations; a pair "
-            "must answer the same prompt"
-        )
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+def same_text_problem(pair: dict) -> str | None:
+    if pair["chosen"] == pair["rejected"]:
+        return "chosen and rejected are the same text, so the pair prefers nothing"
+    return None
+
+
+def score_problem(row: dict, objective: str) -> str | None:
+    """What is wrong with a row's score_<objective> (not a finite number), or None."""
+    score = row.get(f"score_{objective}")
+    if isinstance(score, bool) or not isinstance(score, Real) or not math.isfinite(score):
+        return f"score_{objective} is {score!r}, not a finite number (re-score the table)"
+    return None
 
 
 def pairs_from_scores(rows: list[dict], objective: str, where: str = "scored table") -> list[dict]:
     """Preference pairs from a scored table: for each prompt, every two different responses
     whose score_<objective> differ, the higher-scored one chosen -- up to n(n-1)/2 pairs for a
     prompt with n responses. Ties (and a response repeated) make no pair. Pairs come in the
-    order of the rows. A score that is not a finite number is an error naming its row."""
-    column = f"score_{objective}"
+    order of the rows. Scores that are not finite numbers are one error naming their rows."""
+    places = [f"row {number}" for number in range(1, len(rows) + 1)]
+    refuse_bad_rows(
+        where, [(place, score_problem(row, objective)) for place, row in zip(places, rows, strict=True)]
+    )
     groups: dict[str, list[tuple[str, float]]] = {}
-    for number, row in enumerate(rows):
-        score = row.get(column)
-        if isinstance(score, bool) or not isinstance(score, Real) or not math.isfinite(score):
-            raise SteerableError(
-                f"{where}, row {number}: {column} is {score!r}, not a finite number; re-score the "
-                "table or drop the row"
-            )
-        groups.setdefault(row["prompt"], []).append((row["response"], float(score)))
+    for row in rows:
+        groups.setdefault(row["prompt"], []).append((row["response"], float(row[f"score_{objective}"])))
     pairs = []
     for prompt, scored in groups.items():
         for i, (first, a) in enumerate(scored):
@@ -260,21 +284,29 @@ def pairwise_accuracy(score, pairs: list[dict]) -> float:
 
 
 def encode_pairs(tokenizer, pairs: list[dict], max_length: int):
-    """TRL's pre-tokenised preference dataset (`chosen_ids`, `rejected_ids`), each side being
-    `tokenizer(prompt, response)` truncated to `max_length` -- what the hf scorer feeds the model
-    with input=pair. Pre-tokenising is how TRL takes inputs it must not change: from raw text
+    """(dataset, truncated): TRL's pre-tokenised preference dataset (`chosen_ids`,
+    `rejected_ids`), each side being `tokenizer(prompt, response)` in at most `max_length` tokens
+    exactly as the hf scorer reads it with input=pair (`encode_pair_texts`: a prompt loses its
+    oldest tokens, an answer is cut only when it alone is too long), and how many prompts and
+    answers were cut. Pre-tokenising is how TRL takes inputs it must not change: from raw text
     it would append an EOS the scorer never sees. Encoders that read segments also get
-    `chosen_token_type_ids` / `rejected_token_type_ids` (the response's are 1 in BERT)."""
+    `chosen_token_type_ids` / `rejected_token_type_ids` (the response's are 1 in BERT); `length`
+    (the longer side) lets the trainer batch pairs of similar length."""
     from datasets import Dataset
 
     prompts = [p["prompt"] for p in pairs]
-    columns = {}
+    columns, truncated = {}, {"prompts": 0, "answers": 0, "sequences": 2 * len(pairs)}
     for side in ("chosen", "rejected"):
-        encoded = tokenizer(prompts, [p[side] for p in pairs], truncation=True, max_length=max_length)
+        encoded, cut = encode_pair_texts(tokenizer, prompts, [p[side] for p in pairs], max_length)
+        truncated["prompts"] += cut["prompts_cut"]
+        truncated["answers"] += cut["answers_cut"]
         columns[f"{side}_ids"] = encoded["input_ids"]
         if "token_type_ids" in encoded:
             columns[f"{side}_token_type_ids"] = encoded["token_type_ids"]
-    return Dataset.from_dict(columns)
+    columns["length"] = [
+        max(map(len, ids)) for ids in zip(columns["chosen_ids"], columns["rejected_ids"], strict=True)
+    ]
+    return Dataset.from_dict(columns), truncated
 
 
 def pair_collator(pad_token_id: int, pad_to_multiple_of: int | None = None):
@@ -319,18 +351,15 @@ def load_backbone(config: RMConfig):
         ignore_mismatched_sizes=True,  # a classifier with other labels gets a fresh head
     )
     tokenizer.padding_side = "right"
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions is not None and config.max_length > positions:
-        raise SteerableError(
-            f"max_length {config.max_length} is longer than {config.model!r} reads ({positions} "
-            "positions); lower max_length"
-        )
+    check_max_length(model, config.max_length, repr(config.model))
     return model, tokenizer
 
 
 def reward_args(config: RMConfig, output_dir: Path):
     """TRL's RewardConfig: inputs already tokenised (`encode_pairs`), kept whole for
-    `pair_collator` (remove_unused_columns would drop the token type ids)."""
+    `pair_collator` (remove_unused_columns would drop the token type ids). Batches hold pairs of
+    similar length (transformers' length-grouped sampler, on `encode_pairs`' `length`), so a
+    batch pads to a length near its pairs' own, not to the longest pair of the data."""
     from trl import RewardConfig
 
     return RewardConfig(
@@ -340,6 +369,7 @@ def reward_args(config: RMConfig, output_dir: Path):
         per_device_train_batch_size=config.batch_size,
         max_length=None,  # encode_pairs truncates; TRL would drop longer pairs instead
         remove_unused_columns=False,
+        train_sampling_strategy="group_by_length",
         logging_steps=10,
         save_strategy="steps",
         save_steps=SAVE_STEPS,
@@ -372,16 +402,22 @@ def objective_spec(config: RMConfig, out: str | Path) -> str:
 
 def train_rm(config: RMConfig) -> Path:
     """Train the reward model into config.output_dir (see the module docstring); returns it.
-    The pairs are read and checked before anything is written."""
-    pairs = read_preference_pairs(config.data, config.objective, config.split)
+    The pairs (and the test file's) are read and checked before anything is written. A run
+    again reuses the trained model, and measures it on the --eval file it is given now."""
+    pairs, skipped = read_preference_pairs(config.data, config.objective, config.split, config.skip_invalid)
+    test, skipped_rows = [], {"data": skipped}
+    if config.eval is not None:
+        test, skipped_rows["eval"] = read_preference_pairs(
+            config.eval, config.objective, config.split, config.skip_invalid
+        )
     train_rows, heldout_rows = split_by_prompt(
         [p["prompt"] for p in pairs], config.heldout_fraction, config.seed
     )
     train, heldout = [pairs[i] for i in train_rows], [pairs[i] for i in heldout_rows]
     out = Path(config.output_dir)
-    stages = Stages(out)
-    inputs = {
-        **{k: v for k, v in asdict(config).items() if k != "output_dir"},
+    stages = Stages(out, "train rm")
+    inputs = {  # what the trained model depends on (not the test file it is measured on)
+        **{k: v for k, v in asdict(config).items() if k not in ("output_dir", "eval")},
         "data_digest": file_digest(config.data),
     }
     info = stages.done(STAGE, inputs)  # refuses a model trained on other inputs
@@ -389,14 +425,27 @@ def train_rm(config: RMConfig) -> Path:
         train_stage(config, train, heldout, stages, inputs)
         info = stages.done(STAGE, inputs)
     if is_main_process():
+        model_dir = stages.path(STAGE) / "model"  # moved into OUTPUT_DIR once published
+        if not model_dir.is_dir() and not (out / "config.json").is_file():
+            raise SteerableError(
+                f"{out} has no config.json: its model is gone; delete {stages.path(STAGE)} to train again"
+            )
+        info = {**info, "pairs": {**info["pairs"]}, "metrics": {**info["metrics"]}}
+        if config.eval is not None:
+            scorer = HFRewardModel.from_options(
+                str(model_dir if model_dir.is_dir() else out), scorer_options(config)
+            )
+            info["pairs"]["test"] = len(test)
+            info["metrics"]["test_accuracy"] = pairwise_accuracy(scorer, test)
         record = {
             "objective": objective_spec(config, out),
             "config": asdict(config),
             "data_digest": inputs["data_digest"],
             "stage": fingerprint(inputs),
+            "skipped_rows": skipped_rows,
             **info,
         }
-        publish(stages.path(STAGE) / "model", out, record)
+        publish(model_dir, out, record)
     wait_for_everyone()
     return out
 
@@ -421,11 +470,12 @@ def train_stage(
     if config.lora_r > 0:
         # TRL disables dropout in the model it trains, LoRA's included: ask for none.
         peft_config = lora_config(config.lora_r, config.lora_alpha, 0.0, task_type="SEQ_CLS")
+    dataset, truncated = encode_pairs(tokenizer, train, config.max_length)
     trainer = RewardTrainer(
         model=model,
         args=args,
         data_collator=pair_collator(tokenizer.pad_token_id, args.pad_to_multiple_of),
-        train_dataset=encode_pairs(tokenizer, train, config.max_length),
+        train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
     )
@@ -438,6 +488,7 @@ def train_stage(
             "train": len({p["prompt"] for p in train}),
             "heldout": len({p["prompt"] for p in heldout}),
         },
+        "truncated": truncated,
         "steps": trainer.state.global_step,
         "trained_tokens": int(trainer.state.num_input_tokens_seen),
         "metrics": {"train_loss": result.training_loss},
@@ -448,8 +499,9 @@ def train_stage(
             trained = trained.merge_and_unload()
         trained.save_pretrained(stage / "model")
         tokenizer.save_pretrained(stage / "model")
-        scorer = HFRewardModel.from_options(str(stage / "model"), scorer_options(config))
-        info["metrics"]["heldout_accuracy"] = pairwise_accuracy(scorer, heldout)
+        if heldout:
+            scorer = HFRewardModel.from_options(str(stage / "model"), scorer_options(config))
+            info["metrics"]["heldout_accuracy"] = pairwise_accuracy(scorer, heldout)
         info["seconds"] = time.perf_counter() - started
     stages.finish(STAGE, inputs, info)
     if is_main_process():  # resuming a finished stage never happens: its checkpoints are spent
@@ -457,24 +509,40 @@ def train_stage(
 
 
 def publish(model_dir: Path, out: Path, record: dict) -> None:
-    """Copy the saved model into `out`, each file atomically: weights and tokenizer first, then
-    reward_model.json, then config.json -- the file that makes a directory a model."""
-
-    def copy(source: Path) -> None:
-        atomic_write(out / source.name, lambda tmp: shutil.copyfile(source, tmp))
-
-    for source in sorted(model_dir.iterdir()):
+    """Move the saved model into `out` (a rename each, so it is stored once): weights and
+    tokenizer first, then reward_model.json (written atomically), then config.json -- the file
+    that makes a directory a model. An interrupted publish finishes on the next run; once the
+    model is published (`model_dir` gone) only the record is written again."""
+    files = sorted(model_dir.iterdir()) if model_dir.is_dir() else []
+    for source in files:
         if source.is_file() and source.name != "config.json":
-            copy(source)
+            source.replace(out / source.name)
     atomic_write_text(out / RECORD, json.dumps(record, indent=2) + "\n")
-    copy(model_dir / "config.json")
+    if model_dir.is_dir():
+        (model_dir / "config.json").replace(out / "config.json")
+        model_dir.rmdir()
 
 
 def summary(out: str | Path) -> str:
-    """One line about a trained reward model directory: held-out accuracy and how to use it."""
+    """One line about a trained reward model directory: its accuracy on held-out pairs and on
+    the test file, what was skipped or cut, and how to use it."""
     record = json.loads((Path(out) / RECORD).read_text())
-    return (
-        f"held-out pairwise accuracy {record['metrics']['heldout_accuracy']:.3f} on "
-        f"{record['pairs']['heldout']} pairs ({record['prompts']['heldout']} prompts); "
-        f"score with: -o {record['objective']}"
-    )
+    metrics, pairs, parts = record["metrics"], record["pairs"], []
+    if "heldout_accuracy" in metrics:
+        parts.append(
+            f"held-out pairwise accuracy {metrics['heldout_accuracy']:.3f} on {pairs['heldout']} pairs "
+            f"({record['prompts']['heldout']} prompts)"
+        )
+    if "test_accuracy" in metrics:
+        parts.append(
+            f"test pairwise accuracy {metrics['test_accuracy']:.3f} on {pairs['test']} pairs of "
+            f"{record['config']['eval']}"
+        )
+    for source, count in record.get("skipped_rows", {}).items():
+        if count:
+            parts.append(f"skipped {count} bad rows of the {'data' if source == 'data' else 'test file'}")
+    answers = record.get("truncated", {}).get("answers", 0)
+    if answers:
+        parts.append(f"{answers} answers longer than max_length alone were cut at their end")
+    parts.append(f"score with: -o {record['objective']}")
+    return "; ".join(parts)

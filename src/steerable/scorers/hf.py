@@ -102,6 +102,46 @@ def load_pair_model(
     return model, tokenizer
 
 
+def encode_pair_texts(
+    tokenizer, prompts: list[str], responses: list[str], max_length: int
+) -> tuple[dict[str, list], dict[str, int]]:
+    """`tokenizer(prompt, response)` for each pair in at most `max_length` tokens, unpadded, as
+    reward models here read pairs in training and scoring alike: the prompt loses its oldest
+    tokens first, so a long conversation keeps its last question and the whole answer; only an
+    answer too long by itself is cut, at its end, and then no prompt is left (TRL's "keep_end"
+    for prompts). Also returns how many prompts and answers were cut."""
+    import copy
+
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    if budget < 1:
+        raise SteerableError(f"max_length {max_length} leaves no token for a response; raise it")
+    answers = [len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
+    asked = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    count = {
+        "prompts_cut": sum(p > 0 and p + a > budget for p, a in zip(asked, answers, strict=True)),
+        "answers_cut": sum(a > budget for a in answers),
+    }
+    rows: list[dict] = [{}] * len(prompts)
+    # The whole answer and at least one token of the prompt fit: cut the prompt from the left.
+    # Else the answer alone, cut at its end. Shallow copies: the caller's tokenizer is unchanged.
+    for fits, side, strategy in ((True, "left", "only_first"), (False, "right", "only_second")):
+        chosen = [i for i, n in enumerate(answers) if (n < budget) == fits]
+        if not chosen:
+            continue
+        cutting = copy.copy(tokenizer)
+        cutting.truncation_side = side
+        batch = cutting(
+            [prompts[i] if fits else "" for i in chosen],
+            [responses[i] for i in chosen],
+            truncation=strategy,
+            max_length=max_length,
+        )
+        for j, i in enumerate(chosen):
+            rows[i] = {key: values[j] for key, values in batch.items()}
+    encoded = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+    return encoded, count
+
+
 @dataclass
 class HFRewardModel:
     """A sequence-classification model used as a reward: one logit per (prompt, response)."""
@@ -147,9 +187,10 @@ class HFRewardModel:
         )
 
     def _encode(self, prompts: list[str], responses: list[str]) -> dict:
-        common = dict(padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         if self.input == "pair":
-            return self.tokenizer(prompts, responses, **common)
+            encoded, _ = encode_pair_texts(self.tokenizer, prompts, responses, self.max_length)
+            return self.tokenizer.pad(encoded, return_tensors="pt")
+        common = dict(padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         if self.input == "response":
             return self.tokenizer(responses, **common)
         texts = [
