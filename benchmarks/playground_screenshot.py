@@ -4,8 +4,10 @@
 
 For an NP-DPO directory, panel A gets five held-out choices of a brief-only user and panel B of a
 positive-only user (the simulated users of `steerable evaluate`); for RiC and MOSLIM, the
-page's own starting sliders (all weight on the first objective in A, on the last in B).
-Headless Chromium, as the browser test drives it.
+page's own starting sliders (all weight on the first objective in A, on the last in B; MOSLIM:
+the first objective at the top level in A, the last in B, the others off). The shot takes in
+both answers, their scores and the objectives' plane. Headless Chromium, as the browser test
+drives it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def main(model_dir: str, out: str) -> None:
 
     model = ServedModel.load(model_dir)
     server = BackgroundServer(create_app([model]))
-    driver = headless_chromium("1200,1000")
+    driver = headless_chromium("1200,1250")
     try:
         driver.get(server.url + "/")
         wait = WebDriverWait(driver, 600)

@@ -303,7 +303,7 @@ class SteerablePolicy:
         messages = [dict(m) for m in messages]
         if system and not (messages and messages[0]["role"] == "system"):
             messages = [{"role": "system", "content": system}, *messages]
-        if steering is None:
+        if steering is None or (self.manifest.method == "moslim" and not steering):  # no levels: no tags
             return messages
         if self.manifest.method == "moslim":
             tags = format_levels(check_levels(steering, self.names, self.levels))
@@ -319,8 +319,8 @@ class SteerablePolicy:
         mapping: str | None = None,
     ) -> dict:
         """The tags a request asks for, checked: RiC targets (explicit, or mapped from the
-        preference) or MOSLIM levels (explicit, or mapped from the preference); with neither,
-        equal weights."""
+        preference) or MOSLIM levels (explicit, or mapped from the preference; ``{}``: no tags,
+        the untagged prompt); with neither, equal weights."""
         if sum(x is not None for x in (preference, targets, levels)) > 1:
             raise SteerableError("give one of a preference, targets or levels")
         equal = [1] * len(self.names)
@@ -329,6 +329,8 @@ class SteerablePolicy:
                 raise SteerableError(
                     "targets steer RiC models; steer a MOSLIM model with levels or a preference"
                 )
+            if isinstance(levels, Mapping) and not levels:  # no levels: no tags, the untagged prompt
+                return {}
             if levels is not None:
                 return check_levels(levels, self.names, self.levels)
             return self.levels_for(preference if preference is not None else equal, mapping)
@@ -388,6 +390,6 @@ class SteerablePolicy:
                 f"this {self.manifest.method} model has no context encoder, so it cannot be steered by "
                 "examples; train one with `steerable train np-dpo`"
             )
-        checked = check_examples(examples)
+        checked = check_examples(examples, limit=self.fewshot.config.max_context)
         chosen, rejected = embed_examples(checked, self.fewshot.config.encoder)
         return self.fewshot.latent_of(chosen, rejected)
