@@ -108,6 +108,11 @@ def _reward_set(objectives: list[str] | None, config: Path | None):
             raise SteerableError(f"config {config}: cannot read it as YAML ({err})")
         if not isinstance(data, dict) or not isinstance(data.get("objectives"), list):
             raise SteerableError(f"config {config}: expected a mapping with an 'objectives:' list")
+        if not data["objectives"]:
+            raise SteerableError(
+                f"config {config}: its 'objectives:' list is empty; give at least one objective "
+                "(or leave out --config for the default objectives)"
+            )
         specs += data["objectives"]
     return RewardSet.from_specs(specs or list(DEFAULT_OBJECTIVES))
 
@@ -132,8 +137,10 @@ def prepare(
     ] = "smollm2",
 ) -> None:
     """Convert the embedded GGUF default (or build the tiny model) into the local cache."""
-    from steerable.defaults import resolve_model
+    from steerable.configs import check_value
+    from steerable.defaults import DEFAULT_MODEL, TINY_MODEL, resolve_model
 
+    check_value("--model", model, choices=(DEFAULT_MODEL, TINY_MODEL))
     console.print(f"{model}: {resolve_model(model)}")
 
 
@@ -185,10 +192,12 @@ def sample(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Sample responses from a model for a set of prompts (batched, left-padded)."""
+    from steerable.configs import check_value
     from steerable.data import load_prompts, read_table, write_table
     from steerable.defaults import load_causal_lm
     from steerable.generation import format_chat, generate_texts
 
+    check_value("--limit", limit, ge=1)
     config = SamplingConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -619,10 +628,12 @@ def evaluate(
     """Sweep a preference grid on held-out prompts: mean score per objective per point, Pareto
     front, hypervolume, controllability, compute; for MOSLIM also each objective's levels.
     JSON, CSV, PNG and Markdown."""
+    from steerable.configs import check_value
     from steerable.data import load_prompts
     from steerable.evaluation.evaluate import evaluate as run_evaluation
     from steerable.evaluation.report import write_report
 
+    check_value("--limit", limit, ge=1)
     result = run_evaluation(
         method,
         model,

@@ -1,9 +1,18 @@
 """Method configurations as data: parsed from the command line and YAML with TRL's `TrlParser`
 (every dataclass field is an option; `--config FILE.yaml` sets values that flags then
-override), type-checked, and every parse error turned into one `SteerableError` line."""
+override), checked, and every parse error turned into one `SteerableError` line.
+
+A field declares what it accepts once, in its metadata, beside its help: `choices` (TRL's key,
+which argparse also enforces and `--help` lists) and the bounds `ge`, `gt`, `le`, `lt`
+(pydantic's names for >=, >, <=, <), e.g.
+`field(default=0.05, metadata={"help": "LoRA dropout.", "ge": 0, "lt": 1})`. `check_config`,
+run first by every config's `__post_init__`, refuses any other value before any stage runs.
+"""
 
 from __future__ import annotations
 
+import math
+import operator
 import types
 import typing
 from dataclasses import fields
@@ -21,6 +30,12 @@ def parse_config(config_cls, args: list[str], prog: str):
     class Parser(TrlParser):
         def error(self, message):  # argparse calls this for bad options and values
             raise SteerableError(f"{message} (see {prog} --help)")
+
+        def add_argument(self, *names, **kwargs):  # a field's bounds are ours, not argparse's
+            bounds = {key: kwargs.pop(key) for key in BOUNDS if key in kwargs}
+            if bounds:
+                kwargs["help"] = f"{kwargs.get('help', '')} ({describe_bounds(bounds)})".strip()
+            return super().add_argument(*names, **kwargs)
 
     args = list(args)
     if "--config" in args:
@@ -64,6 +79,51 @@ def _allowed(annotation) -> tuple[type, ...]:
     if annotation is float:
         return (float, int)
     return (annotation,)
+
+
+# A bound a field's metadata may declare (pydantic's names): how it reads and what it asks.
+BOUNDS = {
+    "ge": (">=", operator.ge),
+    "gt": (">", operator.gt),
+    "le": ("<=", operator.le),
+    "lt": ("<", operator.lt),
+}
+
+
+def describe_bounds(bounds: dict) -> str:
+    """`>= 1` for one bound, `in [0, 1)` for a lower and an upper one."""
+    low = next(((key, bounds[key]) for key in ("ge", "gt") if key in bounds), None)
+    high = next(((key, bounds[key]) for key in ("le", "lt") if key in bounds), None)
+    if low and high:
+        return f"in {'[' if low[0] == 'ge' else '('}{low[1]}, {high[1]}{']' if high[0] == 'le' else ')'}"
+    key, bound = low or high
+    return f"{BOUNDS[key][0]} {bound}"
+
+
+def check_value(option: str, value, choices=None, **metadata) -> None:
+    """Refuse `value` (each item of a list) when it is NaN or infinite, not one of `choices`, or
+    outside the bounds in `metadata` (`ge`, `gt`, `le`, `lt`; other keys, such as `help`, are
+    ignored): one line naming `option`, e.g. "--batch_size must be >= 1, got 0". None passes."""
+    bounds = {key: metadata[key] for key in BOUNDS if key in metadata}
+    for item in value if isinstance(value, list) else [value]:
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            raise SteerableError(f"{option} must be a finite number, got {item}")
+        if choices is not None and item not in choices:
+            raise SteerableError(f"{option} {item!r} unknown; choose from {list(choices)}")
+        if not all(BOUNDS[key][1](item, bound) for key, bound in bounds.items()):
+            raise SteerableError(f"{option} must be {describe_bounds(bounds)}, got {item}")
+
+
+def check_config(config) -> None:
+    """The one check every config dataclass runs first in its `__post_init__`: the types of its
+    fields (`check_field_types`), then each value against its field's metadata (`check_value`),
+    so a bad option is refused, naming it, before any stage runs. What depends on several
+    fields or on the mode stays in the config's own `__post_init__`."""
+    check_field_types(config)
+    for item in fields(config):
+        check_value(f"--{item.name}", getattr(config, item.name), **item.metadata)
 
 
 def check_field_types(config) -> None:

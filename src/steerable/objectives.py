@@ -166,6 +166,14 @@ class RewardSet:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise SteerableError(f"objective name(s) {duplicates} used twice; names must be unique")
+        scorers = [o.spec.to_dict() for o in objectives]
+        for i, scorer in enumerate(scorers):
+            if scorer in scorers[:i]:
+                first = objectives[scorers.index(scorer)]
+                raise SteerableError(
+                    f"objectives {first.name} and {objectives[i].name} are the same scorer "
+                    f"({str(first.spec).split('=', 1)[1]}); give each objective once"
+                )
         self.objectives = list(objectives)
 
     @classmethod
@@ -203,6 +211,8 @@ class RewardSet:
         if len(prompts) != len(responses):
             raise SteerableError(f"{len(prompts)} prompts but {len(responses)} responses")
         out = np.zeros((len(prompts), len(self)), dtype=float)
+        for objective in self.objectives:  # before the bar: one that cannot be built is one line
+            objective.scorer  # noqa: B018
         bar = tqdm(total=len(prompts) * len(self), desc="scoring", unit="pair", disable=not progress)
         for k, objective in enumerate(self.objectives):
             bar.set_postfix_str(objective.name)

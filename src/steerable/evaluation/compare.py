@@ -44,7 +44,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from steerable.configs import check_field_types, config_from_dict
+from steerable.configs import check_config, config_from_dict
+from steerable.data.prompts import SPLITS
+from steerable.defaults import DTYPE_NAMES
 from steerable.errors import SteerableError
 from steerable.evaluation.report import EvaluationResult, write_report
 
@@ -55,32 +57,23 @@ METHOD_ORDER = ("ric", "moslim", "np-dpo", "soups", "morlhf", "prompting")
 class EvalSettings:
     """Evaluation settings shared by every method in a comparison."""
 
-    split: str = "heldout"
-    limit: int | None = None
-    resolution: int = 10
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 50
-    seed: int = 0
+    split: str = field(default="heldout", metadata={"choices": SPLITS})
+    limit: int | None = field(default=None, metadata={"ge": 1})
+    resolution: int = field(default=10, metadata={"ge": 1})
+    max_new_tokens: int = field(default=64, metadata={"ge": 1})
+    temperature: float = field(default=0.7, metadata={"ge": 0})
+    top_p: float = field(default=0.95, metadata={"gt": 0, "le": 1})
+    top_k: int = field(default=50, metadata={"ge": 0})
+    seed: int = field(default=0, metadata={"ge": 0})
     samples: int = 1
-    dtype: str = "float32"
-    examples: int = 5
+    dtype: str = field(default="float32", metadata={"choices": DTYPE_NAMES})
+    examples: int = field(default=5, metadata={"ge": 1})
 
     def __post_init__(self):
-        from steerable.data.prompts import SPLITS
-        from steerable.defaults import torch_dtype
         from steerable.evaluation.sweep import check_samples
 
-        check_field_types(self)
-        if self.split not in SPLITS:
-            raise SteerableError(f"split {self.split!r} unknown; choose from {list(SPLITS)}")
-        if self.resolution < 1:
-            raise SteerableError("resolution must be >= 1")
+        check_config(self)
         check_samples(self.samples)
-        if self.examples < 1:
-            raise SteerableError(f"eval examples must be >= 1, got {self.examples}")
-        torch_dtype(self.dtype)
         self.sampling  # noqa: B018 -- validates the sampling settings
 
     @property
@@ -112,7 +105,7 @@ class CompareConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self):
-        check_field_types(self)
+        check_config(self)
         bad = [m for m in self.methods if m not in METHOD_ORDER]
         if bad or not self.methods:
             raise SteerableError(f"unknown method(s) {bad}; choose from {list(METHOD_ORDER)}")

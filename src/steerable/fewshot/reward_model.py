@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from steerable.configs import check_config
 from steerable.errors import SteerableError
 from steerable.fewshot.tasks import DEFAULT_MAX_CONTEXT, DEFAULT_TARGETS, TaskBatch, TaskSource
 from steerable.io import atomic_write, atomic_write_text
@@ -51,28 +52,29 @@ class NPRewardConfig:
     checkpoint, which is what `fit` returns.
     """
 
-    hidden: int = field(default=256, metadata={"help": "Width of every MLP and of the attention."})
-    latent_size: int = field(default=128, metadata={"help": "Size of the latent z."})
-    heads: int = field(default=4, metadata={"help": "Attention heads of the context encoder."})
+    hidden: int = field(default=256, metadata={"help": "Width of every MLP and of the attention.", "ge": 1})
+    latent_size: int = field(default=128, metadata={"help": "Size of the latent z.", "ge": 1})
+    heads: int = field(default=4, metadata={"help": "Attention heads of the context encoder.", "ge": 1})
     latent: str = field(default="deterministic", metadata={"help": "The latent z.", "choices": LATENTS})
-    kl_weight: float = field(default=1.0, metadata={"help": "Weight of the KL term (gaussian latent)."})
+    kl_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the KL term (gaussian latent).", "ge": 0}
+    )
     context: str = field(default="np", metadata={"help": "np, or none: plain BTL.", "choices": CONTEXTS})
-    steps: int = field(default=3000, metadata={"help": "Optimiser steps."})
-    tasks_per_batch: int = field(default=64, metadata={"help": "Tasks per step."})
-    targets: int = field(default=DEFAULT_TARGETS, metadata={"help": "Target pairs per task."})
-    max_context: int = field(default=DEFAULT_MAX_CONTEXT, metadata={"help": "Largest context in training."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate."})
-    eval_every: int = field(default=100, metadata={"help": "Steps between validation checks."})
-    validation_tasks: int = field(default=1000, metadata={"help": "Validation tasks (best checkpoint)."})
-    seed: int = field(default=0, metadata={"help": "Initialisation and task sampling."})
+    steps: int = field(default=3000, metadata={"help": "Optimiser steps.", "ge": 1})
+    tasks_per_batch: int = field(default=64, metadata={"help": "Tasks per step.", "ge": 1})
+    targets: int = field(default=DEFAULT_TARGETS, metadata={"help": "Target pairs per task.", "ge": 1})
+    max_context: int = field(
+        default=DEFAULT_MAX_CONTEXT, metadata={"help": "Largest context in training.", "ge": 0}
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate.", "gt": 0})
+    eval_every: int = field(default=100, metadata={"help": "Steps between validation checks.", "ge": 1})
+    validation_tasks: int = field(
+        default=1000, metadata={"help": "Validation tasks (best checkpoint).", "ge": 1}
+    )
+    seed: int = field(default=0, metadata={"help": "Initialisation and task sampling.", "ge": 0})
 
     def __post_init__(self):
-        for name, choices in (("latent", LATENTS), ("context", CONTEXTS)):
-            if getattr(self, name) not in choices:
-                raise SteerableError(f"--{name} {getattr(self, name)!r} unknown; choose from {list(choices)}")
-        for name in ("hidden", "latent_size", "heads", "steps", "tasks_per_batch", "targets", "eval_every"):
-            if getattr(self, name) < 1:
-                raise SteerableError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        check_config(self)
         if self.hidden % self.heads:
             raise SteerableError(f"--hidden ({self.hidden}) must be a multiple of --heads ({self.heads})")
         if not 0 <= self.max_context < self.targets:

@@ -304,13 +304,17 @@ class MOSLIMConfig(RLConfig):
 
     output_dir: str = field(default="runs/moslim", metadata={"help": "Output directory."})
     reward_model: str | None = field(default=None, metadata={"help": "Multi-head RM directory."})
-    levels: int | None = field(default=None, metadata={"help": "Levels per objective (default: the RM's)."})
+    levels: int | None = field(
+        default=None, metadata={"help": "Levels per objective (default: the RM's).", "ge": 2}
+    )
     reward: str = field(default="mapped", metadata={"help": "Reward.", "choices": REWARDS})
     target_probability: str = field(
         default="level", metadata={"help": "p_i read from the RM.", "choices": TARGET_PROBABILITIES}
     )
     normalisation: str = field(default="ema", metadata={"help": "avg/std of p_i.", "choices": NORMALISATIONS})
-    ema_decay: float = field(default=0.9, metadata={"help": "Decay of the running statistics."})
+    ema_decay: float = field(
+        default=0.9, metadata={"help": "Decay of the running statistics.", "ge": 0, "lt": 1}
+    )
     k: str = field(
         default="active", metadata={"help": "Divide by active or all objectives.", "choices": K_READINGS}
     )
@@ -328,10 +332,10 @@ class MOSLIMConfig(RLConfig):
         },
     )
     dpo_beta: float = field(
-        default=0.1, metadata={"help": "dpo: DPO's beta (pull toward the starting policy)."}
+        default=0.1, metadata={"help": "dpo: DPO's beta (pull toward the starting policy).", "gt": 0}
     )
     sft_weight: float = field(
-        default=0.0, metadata={"help": "dpo: weight of the chosen answers' NLL beside the DPO loss."}
+        default=0.0, metadata={"help": "dpo: weight of the chosen answers' NLL beside the DPO loss.", "ge": 0}
     )
     rejected: str = field(
         default="last",
@@ -357,20 +361,6 @@ class MOSLIMConfig(RLConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name, choices in (
-            ("reward", REWARDS),
-            ("target_probability", TARGET_PROBABILITIES),
-            ("normalisation", NORMALISATIONS),
-            ("k", K_READINGS),
-            ("tag_sampling", TAG_SAMPLINGS),
-            ("placement", PLACEMENTS),
-            ("algorithm", ALGORITHMS),
-            ("rejected", REJECTED),
-        ):
-            if getattr(self, name) not in choices:
-                raise SteerableError(f"--{name} {getattr(self, name)!r} unknown; choose from {list(choices)}")
-        if not 0 <= self.ema_decay < 1:
-            raise SteerableError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.mirror_levels and self.rows_per_step % 2:
             raise SteerableError(
                 "--mirror_levels needs an even number of prompts per step (grpo: batch_size / "
@@ -383,18 +373,12 @@ class MOSLIMConfig(RLConfig):
             )
         if self.algorithm == "grpo" and self.pool is not None:
             raise SteerableError("--pool is read by --algorithm dpo only; GRPO samples its own answers")
-        if not self.dpo_beta > 0:
-            raise SteerableError(f"--dpo_beta must be > 0, got {self.dpo_beta}")
-        if not self.sft_weight >= 0:
-            raise SteerableError(f"--sft_weight must be >= 0, got {self.sft_weight}")
         if self.sft_weight and self.algorithm != "dpo":
             raise SteerableError("--sft_weight is read by --algorithm dpo only")
         if self.rejected != "last" and self.algorithm != "dpo":
             raise SteerableError("--rejected is read by --algorithm dpo only; GRPO ranks its own samples")
         if self.pool is not None:
             self.pool = str(Path(self.pool).resolve())
-        if self.levels is not None and self.levels < 2:
-            raise SteerableError(f"--levels must be >= 2, got {self.levels}")
         if self.reward == "mapped" and self.reward_model is None:
             raise SteerableError(
                 "--reward_model is required for reward=mapped: a multi-head RM directory "
@@ -402,6 +386,10 @@ class MOSLIMConfig(RLConfig):
             )
         if self.reward_model is not None:
             self.reward_model = str(Path(self.reward_model).resolve())
+
+    @property
+    def grpo(self) -> bool:
+        return self.algorithm == "grpo"
 
     @property
     def keeps_stats(self) -> bool:

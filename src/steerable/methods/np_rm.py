@@ -64,20 +64,26 @@ class TaskConfig:
         default_factory=list, metadata={"help": "Objectives (default: all scored)."}
     )
     types: str = field(default="objective", metadata={"help": "User types.", "choices": TYPE_KINDS})
-    type_count: int = field(default=4, metadata={"help": "Dirichlet types."})
-    dirichlet_alpha: float = field(default=1.0, metadata={"help": "Dirichlet concentration."})
+    type_count: int = field(default=4, metadata={"help": "Dirichlet types.", "ge": 1})
+    dirichlet_alpha: float = field(default=1.0, metadata={"help": "Dirichlet concentration.", "gt": 0})
     conflicting: bool = field(default=False, metadata={"help": "Keep only pairs the types disagree on."})
     encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "minilm or lm:MODEL."})
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise SteerableError(f"--task {self.task!r} unknown; choose from {list(TASKS)}")
-        if self.types not in TYPE_KINDS:
-            raise SteerableError(f"--types {self.types!r} unknown; choose from {list(TYPE_KINDS)}")
+        """What depends on the task; the fields' own ranges are checked by the config that holds
+        them (`check_config`)."""
         if self.task == "scored":
             if not self.data:
                 raise SteerableError("--data is required for task=scored: a `steerable score` JSONL")
             self.data = str(Path(self.data).resolve())  # read (and checked) when the tasks are built
+        elif self.data is not None or self.objectives:
+            option = "--data" if self.data is not None else "--objectives"
+            raise SteerableError(
+                f"{option} is read by --task scored only; the synthetic task makes its own pairs"
+            )
+        twice = sorted({name for name in self.objectives if self.objectives.count(name) > 1})
+        if twice:
+            raise SteerableError(f"--objectives names {', '.join(twice)} twice; name each objective once")
         encoder_id(self.encoder)  # refuses an unknown encoder before any work
 
 
@@ -89,14 +95,12 @@ class NPRMConfig(NPRewardConfig, TaskConfig):
     output_dir: where the stages, the three models and the report go.
     """
 
-    eval_tasks: int = field(default=1000, metadata={"help": "Held-out tasks per context size."})
+    eval_tasks: int = field(default=1000, metadata={"help": "Held-out tasks per context size.", "ge": 2})
     output_dir: str = field(default="runs/np-rm", metadata={"help": "Output directory."})
 
     def __post_init__(self):
-        NPRewardConfig.__post_init__(self)
+        NPRewardConfig.__post_init__(self)  # checks every field (check_config) first
         TaskConfig.__post_init__(self)
-        if self.eval_tasks < 2:
-            raise SteerableError(f"--eval_tasks must be >= 2, got {self.eval_tasks}")
 
     def model_config(self, **changes) -> NPRewardConfig:
         names = {f.name for f in fields(NPRewardConfig)}

@@ -36,8 +36,9 @@ from steerable.conditioning import (
     preference_to_targets,
     tagged_messages,
 )
-from steerable.configs import check_field_types
+from steerable.configs import check_config
 from steerable.data import load_pairs, load_prompts, read_table, write_table
+from steerable.data.prompts import SPLITS
 from steerable.defaults import (
     DEFAULT_MODEL,
     DEFAULT_OBJECTIVES,
@@ -71,6 +72,16 @@ OFFLINE_INSTRUCTIONS = (
 
 ONLINE_SCHEMES = ("reference", "simplex")
 ONLINE_THRESHOLDS = ("round", "offline")
+# transformers' schedules that need nothing beyond a learning rate and a number of steps
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
 STOP_STAGES = ("offline", "sft")
 
 # A sentence ends at . ! or ? followed by whitespace, unless the mark closes a list number ("1.")
@@ -230,9 +241,13 @@ class RiCConfig:
     data: str | None = field(
         default=None, metadata={"help": "Prompt/response table; unset = sample the base model."}
     )
-    prompt_split: str = field(default="train", metadata={"help": "Embedded prompt split to sample for."})
-    prompt_limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-    samples_per_prompt: int = field(default=2, metadata={"help": "Offline responses per prompt."})
+    prompt_split: str = field(
+        default="train", metadata={"help": "Embedded prompt split to sample for.", "choices": SPLITS}
+    )
+    prompt_limit: int | None = field(
+        default=None, metadata={"help": "Use only the first N prompts.", "ge": 1}
+    )
+    samples_per_prompt: int = field(default=2, metadata={"help": "Offline responses per prompt.", "ge": 1})
     offline_instructions: list[str] = field(
         default_factory=lambda: list(OFFLINE_INSTRUCTIONS),
         metadata={"help": "Instructions cycled through when sampling offline data ('' = none)."},
@@ -241,34 +256,43 @@ class RiCConfig:
         default="user_end", metadata={"help": "Where offline instructions go.", "choices": PLACEMENTS}
     )
     cuts_per_sample: int = field(
-        default=3, metadata={"help": "Examples per sampled response, cut at sentence ends (0 = whole)."}
+        default=3,
+        metadata={"help": "Examples per sampled response, cut at sentence ends (0 = whole).", "ge": 0},
     )
     clause_cuts: bool = field(
         default=True, metadata={"help": "A cut may stop after the first sentence's first clause."}
     )
-    max_new_tokens: int = field(default=48, metadata={"help": "Generated tokens per response."})
-    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling p."})
-    top_k: int = field(default=50, metadata={"help": "Sample among the k most likely tokens (0 = all)."})
-    generation_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Generated tokens per response.", "ge": 1})
+    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature.", "ge": 0})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling p.", "gt": 0, "le": 1})
+    top_k: int = field(
+        default=50, metadata={"help": "Sample among the k most likely tokens (0 = all).", "ge": 0}
+    )
+    generation_batch_size: int = field(default=64, metadata={"help": "Sequences per generate call.", "ge": 1})
     tag_placement: str = field(default="user_end", metadata={"help": "Where tags go.", "choices": PLACEMENTS})
-    tag_decimals: int = field(default=1, metadata={"help": "Decimals of tag values."})
+    tag_decimals: int = field(default=1, metadata={"help": "Decimals of tag values.", "ge": 0, "le": 4})
     mapping: str = field(
         default="linf", metadata={"help": "Default preference mapping.", "choices": MAPPINGS}
     )
-    lo_quantile: float = field(default=0.05, metadata={"help": "Stats quantile used as lo target."})
-    hi_quantile: float = field(default=0.95, metadata={"help": "Stats quantile used as hi target."})
+    lo_quantile: float = field(
+        default=0.05, metadata={"help": "Stats quantile used as lo target.", "ge": 0, "le": 1}
+    )
+    hi_quantile: float = field(
+        default=0.95, metadata={"help": "Stats quantile used as hi target.", "ge": 0, "le": 1}
+    )
     use_lora: bool = field(default=True, metadata={"help": "LoRA adapter (True) or full fine-tune."})
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Offline SFT learning rate."})
-    lr_scheduler: str = field(default="linear", metadata={"help": "Offline SFT schedule."})
-    num_epochs: float = field(default=4.0, metadata={"help": "Offline SFT epochs."})
-    batch_size: int = field(default=4, metadata={"help": "Training batch size."})
-    gradient_accumulation_steps: int = field(default=2, metadata={"help": "Gradient accumulation."})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank.", "ge": 1})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha.", "ge": 1})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout.", "ge": 0, "lt": 1})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Offline SFT learning rate.", "gt": 0})
+    lr_scheduler: str = field(
+        default="linear", metadata={"help": "Offline SFT schedule.", "choices": LR_SCHEDULERS}
+    )
+    num_epochs: float = field(default=4.0, metadata={"help": "Offline SFT epochs.", "gt": 0})
+    batch_size: int = field(default=4, metadata={"help": "Training batch size.", "ge": 1})
+    gradient_accumulation_steps: int = field(default=2, metadata={"help": "Gradient accumulation.", "ge": 1})
     max_length: int = field(
-        default=384, metadata={"help": "Truncate training sequences to this many tokens."}
+        default=384, metadata={"help": "Truncate training sequences to this many tokens.", "ge": 1}
     )
     activation_checkpointing: bool = field(
         default=False, metadata={"help": "Trade compute for memory (off: faster for small models)."}
@@ -283,13 +307,17 @@ class RiCConfig:
             "choices": ["random", "sequential", "group_by_length"],
         },
     )
-    save_steps: int = field(default=20, metadata={"help": "Checkpoint every N steps (resume point)."})
-    online_iterations: int = field(default=1, metadata={"help": "MORS rounds after offline SFT."})
-    online_samples: int = field(default=128, metadata={"help": "Generations per MORS round."})
+    save_steps: int = field(
+        default=20, metadata={"help": "Checkpoint every N steps (resume point).", "ge": 1}
+    )
+    online_iterations: int = field(default=1, metadata={"help": "MORS rounds after offline SFT.", "ge": 0})
+    online_samples: int = field(default=128, metadata={"help": "Generations per MORS round.", "ge": 1})
     online_scheme: str = field(
         default="reference", metadata={"help": "Target sampling.", "choices": ONLINE_SCHEMES}
     )
-    online_quantile: float = field(default=0.7, metadata={"help": "Keep if any objective >= this quantile."})
+    online_quantile: float = field(
+        default=0.7, metadata={"help": "Keep if any objective >= this quantile.", "gt": 0, "lt": 1}
+    )
     online_threshold: str = field(
         default="round",
         metadata={
@@ -297,17 +325,21 @@ class RiCConfig:
             "choices": ONLINE_THRESHOLDS,
         },
     )
-    online_learning_rate: float = field(default=1e-4, metadata={"help": "Constant lr of MORS rounds."})
-    online_epochs: float = field(default=1.0, metadata={"help": "Epochs per MORS round."})
-    original_ratio: float = field(default=1.0, metadata={"help": "Offline rows merged per kept online row."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
+    online_learning_rate: float = field(
+        default=1e-4, metadata={"help": "Constant lr of MORS rounds.", "gt": 0}
+    )
+    online_epochs: float = field(default=1.0, metadata={"help": "Epochs per MORS round.", "gt": 0})
+    original_ratio: float = field(
+        default=1.0, metadata={"help": "Offline rows merged per kept online row.", "ge": 0}
+    )
+    seed: int = field(default=0, metadata={"help": "Random seed.", "ge": 0})
     stop_after: str | None = field(
         default=None,
         metadata={"help": "Stop after this stage (no model directory).", "choices": STOP_STAGES},
     )
 
     def __post_init__(self):
-        check_field_types(self)
+        check_config(self)
         if len(self.objectives) < 2:
             raise SteerableError("RiC needs at least two objectives (--objectives a=... b=...)")
         # Local paths are resolved once, here, so a moved run or another working directory
@@ -317,21 +349,9 @@ class RiCConfig:
         if self.chat_template_path is not None:
             self.chat_template_path = absolute_if_local(self.chat_template_path)
         self.objectives = [str(o.spec) for o in RewardSet.from_specs(self.objectives).objectives]
-        if self.online_scheme not in ONLINE_SCHEMES:
-            raise SteerableError(f"online_scheme must be one of {ONLINE_SCHEMES}")
-        if not 0 < self.online_quantile < 1:
-            raise SteerableError("online_quantile must be in (0, 1)")
-        if self.online_threshold not in ONLINE_THRESHOLDS:
-            raise SteerableError(f"online_threshold must be one of {ONLINE_THRESHOLDS}")
-        if self.cuts_per_sample < 0:
-            raise SteerableError("cuts_per_sample must be >= 0 (0 keeps responses whole)")
-        if min(self.samples_per_prompt, self.online_samples, self.save_steps) < 1:
-            raise SteerableError("samples_per_prompt, online_samples and save_steps must be >= 1")
         TagFormat(self.tag_placement, self.tag_decimals)
         TagFormat(self.offline_instruction_placement)
         MappingConfig(self.mapping, self.lo_quantile, self.hi_quantile)
-        if self.stop_after not in (None, *STOP_STAGES):
-            raise SteerableError(f"--stop_after {self.stop_after!r} unknown; choose from {list(STOP_STAGES)}")
         self.sampling  # noqa: B018 -- validates the sampling settings before any stage runs
 
     @property

@@ -17,8 +17,9 @@ from typing import ClassVar
 
 import torch
 
-from steerable.configs import check_field_types
+from steerable.configs import check_config
 from steerable.data import load_prompts
+from steerable.data.prompts import SPLITS
 from steerable.defaults import (
     DEFAULT_MODEL,
     DTYPE_NAMES,
@@ -80,15 +81,21 @@ class RLConfig:
     stats: str | None = field(
         default=None, metadata={"help": "Stats JSON or steerable model dir (required)."}
     )
-    prompt_split: str = field(default="train", metadata={"help": "Embedded prompt split."})
-    prompt_limit: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-    max_steps: int = field(default=30, metadata={"help": "GRPO steps per policy."})
-    num_generations: int = field(default=4, metadata={"help": "Completions per prompt (GRPO group)."})
-    batch_size: int = field(default=8, metadata={"help": "Completions per step."})
-    max_completion_length: int = field(default=64, metadata={"help": "Generated tokens per completion."})
-    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate."})
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient."})
+    prompt_split: str = field(default="train", metadata={"help": "Embedded prompt split.", "choices": SPLITS})
+    prompt_limit: int | None = field(
+        default=None, metadata={"help": "Use only the first N prompts.", "ge": 1}
+    )
+    max_steps: int = field(default=30, metadata={"help": "GRPO steps per policy.", "ge": 1})
+    num_generations: int = field(
+        default=4, metadata={"help": "Completions per prompt (GRPO group).", "ge": 2}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Completions per step.", "ge": 1})
+    max_completion_length: int = field(
+        default=64, metadata={"help": "Generated tokens per completion.", "ge": 1}
+    )
+    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature.", "gt": 0})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate.", "gt": 0})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient.", "ge": 0})
     scale_rewards: str = field(
         default="group", metadata={"help": "Std that scales the advantages.", "choices": SCALE_REWARDS}
     )
@@ -96,28 +103,31 @@ class RLConfig:
     # inputs while at them, so a stage trained before they existed still matches (scale_rewards
     # is in the inputs' "grpo" entry anyway). A recipe's config adds its own.
     later_fields: ClassVar[dict] = {"scale_rewards": "group"}
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "ge": 1})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "ge": 1})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout.", "ge": 0, "lt": 1})
+    seed: int = field(default=0, metadata={"help": "Random seed.", "ge": 0})
 
     def __post_init__(self):
-        check_field_types(self)
+        check_config(self)
         if self.stats is None:
             raise SteerableError(
                 "--stats is required: the objectives and statistics to optimise, shared with the "
                 "methods this baseline is compared with (a stats JSON or a steerable model directory)"
             )
-        if self.num_generations < 2 or self.batch_size % self.num_generations:
-            raise SteerableError("num_generations must be >= 2 and batch_size a multiple of it")
-        if self.scale_rewards not in SCALE_REWARDS:
+        if self.grpo and self.batch_size % self.num_generations:
             raise SteerableError(
-                f"--scale_rewards {self.scale_rewards!r} unknown; choose from {list(SCALE_REWARDS)}"
+                f"--batch_size ({self.batch_size}) must be a multiple of --num_generations "
+                f"({self.num_generations}): GRPO samples whole groups"
             )
-        if min(self.max_steps, self.max_completion_length) < 1:
-            raise SteerableError("max_steps and max_completion_length must be >= 1")
         self.model = absolute_if_local(self.model)
         self.stats = str(Path(self.stats).resolve())
+
+    @property
+    def grpo(self) -> bool:
+        """Whether GRPO trains the policies, sampling `num_generations` answers a prompt: always
+        for the baselines (MOSLIM may train by DPO instead)."""
+        return True
 
 
 def count_completions(counter: dict, tokenizer, texts: list[str]) -> None:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from steerable.configs import check_field_types
+from steerable.configs import check_config
 from steerable.data import load_pairs
 from steerable.data.loading import split_by_prompt
 from steerable.defaults import (
@@ -48,6 +48,7 @@ from steerable.defaults import (
     MINILM_MODEL,
     absolute_if_local,
     default_device,
+    resolve_model,
 )
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text, check_format_version
@@ -105,35 +106,29 @@ class MOSLIMRMConfig:
     pooling: str = field(
         default="auto", metadata={"help": "How heads read the backbone.", "choices": POOLINGS}
     )
-    levels: int = field(default=5, metadata={"help": "Ordered levels 1..L per head."})
-    max_length: int = field(default=256, metadata={"help": "Tokens per (prompt, response) pair."})
+    levels: int = field(default=5, metadata={"help": "Ordered levels 1..L per head.", "ge": 2})
+    max_length: int = field(default=256, metadata={"help": "Tokens per (prompt, response) pair.", "ge": 8})
     data: str | None = field(default=None, metadata={"help": "Table with the label columns (required)."})
     labels: list[str] = field(
         default_factory=list,
         metadata={"help": "NAME | NAME=bins:COLUMN | NAME=rating:COLUMN:LO-HI (default: score_* columns)."},
     )
-    heldout_fraction: float = field(default=0.2, metadata={"help": "Share of prompts held out."})
-    num_epochs: float = field(default=8.0, metadata={"help": "Training epochs."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate."})
-    batch_size: int = field(default=16, metadata={"help": "Training batch size."})
-    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps (resume point)."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
+    heldout_fraction: float = field(
+        default=0.2, metadata={"help": "Share of prompts held out.", "ge": 0, "lt": 1}
+    )
+    num_epochs: float = field(default=8.0, metadata={"help": "Training epochs.", "gt": 0})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate.", "gt": 0})
+    batch_size: int = field(default=16, metadata={"help": "Training batch size.", "ge": 1})
+    save_steps: int = field(
+        default=50, metadata={"help": "Checkpoint every N steps (resume point).", "ge": 1}
+    )
+    seed: int = field(default=0, metadata={"help": "Random seed.", "ge": 0})
     output_dir: str = field(default="runs/moslim-rm", metadata={"help": "Reward model directory."})
 
     def __post_init__(self):
-        check_field_types(self)
+        check_config(self)
         if self.data is None:
             raise SteerableError("--data is required: the (prompt, response) table with the label columns")
-        if self.pooling not in POOLINGS:
-            raise SteerableError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
-        if self.levels < 2:
-            raise SteerableError(f"levels must be >= 2, got {self.levels}")
-        if not 0 <= self.heldout_fraction < 1:
-            raise SteerableError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        if min(self.batch_size, self.save_steps) < 1 or self.num_epochs <= 0 or self.learning_rate <= 0:
-            raise SteerableError("batch_size, save_steps, num_epochs and learning_rate must be positive")
-        if self.max_length < 8:
-            raise SteerableError(f"max_length must be >= 8, got {self.max_length}")
         sources = [LabelSource.parse(text, self.levels) for text in self.labels]
         names = [s.name for s in sources]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -205,6 +200,23 @@ def is_decoder(config) -> bool:
         return True
     kind = config.model_type
     return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def check_pooling(config: MOSLIMRMConfig) -> None:
+    """Refuse `cls` pooling on a decoder: under causal attention its first token has seen
+    nothing of the pair, so every input would get the same reading."""
+    if config.pooling != "cls":
+        return
+    from transformers import AutoConfig
+
+    backbone = AutoConfig.from_pretrained(
+        resolve_model(config.model), trust_remote_code=config.trust_remote_code
+    )
+    if is_decoder(backbone):
+        raise SteerableError(
+            f"--pooling cls reads the first token, which the decoder {config.model!r} reads before "
+            "the pair (its attention is causal); use --pooling last, mean or auto"
+        )
 
 
 def load_backbone(name_or_path: str, dtype: str, trust_remote_code: bool):
@@ -427,6 +439,7 @@ def train_moslim_rm(config: MOSLIMRMConfig) -> Path:
     checked before anything trains; moslim_rm.json is removed first and written last."""
     rows = load_pairs(config.data)
     where = config.data
+    check_pooling(config)
     sources = [LabelSource.parse(text, config.levels) for text in config.labels]
     if not sources:
         columns = [c for c in rows[0] if c.startswith("score_")]

@@ -18,6 +18,7 @@ model read its reward before a real trailing EOS (where templates end a turn wit
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ INPUTS = ("pair", "response", "chat")
 _INTS = {"index": 0, "batch_size": 1, "max_length": 1}
 _CHOICES = {"input": INPUTS, "dtype": DTYPE_NAMES, "trust_remote_code": ("true", "false")}
 PAD_TOKEN = "<|steerable_pad|>"
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 def check_hf_options(options: dict[str, str], origin: object) -> None:
@@ -56,6 +58,36 @@ def check_options(
         if key in options and not (options[key].isdigit() and int(options[key]) >= least):
             article = "a non-negative" if least == 0 else "a positive"
             raise SteerableError(f"objective spec {origin!r}: {key} must be {article} integer")
+    if options.get("device") and not DEVICE.fullmatch(options["device"]):
+        raise SteerableError(
+            f"objective spec {origin!r}: device {options['device']!r} is not a device; "
+            "give cpu, cuda or cuda:N"
+        )
+
+
+def scorer_device(options: dict[str, str], origin: object) -> str:
+    """The device a scorer runs on: its `device` option, else cuda when there is one, else cpu.
+    A CUDA device this machine does not have is refused when the scorer is built (not when its
+    spec is read: a spec recorded on another machine still loads)."""
+    from steerable.defaults import default_device
+
+    device = options.get("device") or default_device()
+    count = torch.cuda.device_count()
+    if device.startswith("cuda") and (torch.device(device).index or 0) >= count:
+        raise SteerableError(
+            f"objective spec {origin!r}: device {device!r}, but this machine has {count} CUDA device(s); "
+            "give device=cpu or leave device out"
+        )
+    return device
+
+
+def check_max_length(model, max_length: int, what: str) -> None:
+    """Refuse a truncation length beyond the positions `model` reads (`what` names it)."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise SteerableError(
+            f"max_length {max_length} is longer than {what} reads ({positions} positions); lower max_length"
+        )
 
 
 def ensure_pad_token(model, tokenizer) -> None:
@@ -163,7 +195,7 @@ class HFRewardModel:
                 f"hf scorer {model_id!r} is a folder without config.json, so not a Hugging Face "
                 "model; give the directory a model was saved to with save_pretrained"
             )
-        device = options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = scorer_device(options, model_id)
         model, tokenizer = load_pair_model(
             AutoModelForSequenceClassification,
             model_id,
@@ -177,13 +209,20 @@ class HFRewardModel:
             raise SteerableError(
                 f"hf scorer {model_id!r}: index {index} but the model has {model.config.num_labels} logit(s)"
             )
+        max_length = int(options.get("max_length", 512))
+        check_max_length(model, max_length, f"hf scorer {model_id!r}")
+        if options.get("input") == "chat" and tokenizer.chat_template is None:
+            raise SteerableError(
+                f"hf scorer {model_id!r}: input=chat, but its tokenizer has no chat template; "
+                "use input=pair or input=response"
+            )
         return cls(
             model=model.to(device).eval(),
             tokenizer=tokenizer,
             input=options.get("input", "pair"),
             index=index,
             batch_size=int(options.get("batch_size", 16)),
-            max_length=int(options.get("max_length", 512)),
+            max_length=max_length,
         )
 
     def _encode(self, prompts: list[str], responses: list[str]) -> dict:

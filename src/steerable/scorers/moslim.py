@@ -79,11 +79,11 @@ class MOSLIMScorer:
 
     @classmethod
     def from_options(cls, name: str, directory: str, options: dict[str, str]) -> MOSLIMScorer:
-        from steerable.defaults import default_device
         from steerable.reward_models.multihead import MultiHeadRM
+        from steerable.scorers.hf import scorer_device
 
         check_moslim_options(options, directory)
-        device = options.get("device") or default_device()
+        device = scorer_device(options, directory)
         trust = options.get("trust_remote_code") == "true"
         key = (str(Path(directory).resolve()), device, trust)
         shared = _SHARED.get(key)
