@@ -168,7 +168,7 @@ def test_bad_requests_get_the_openai_error_body(server, client):
         content=b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], '
         b'"steering": {"weights": [NaN, 1]}}' % models[0].id.encode(),
     )
-    assert nan.status_code == 400 and nan.json()["error"]["param"] == "steering.weights"
+    assert nan.status_code == 400 and nan.json()["error"]["param"] == "steering.weights[0]"
     assert httpx.get(running.url + "/health").status_code == 200  # still up
 
 

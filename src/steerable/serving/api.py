@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
+import logging
 import queue
 import time
 import uuid
@@ -35,18 +35,19 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
 
 from steerable.errors import SteerableError
 from steerable.serving.engine import BatchEngine, Job
+from steerable.serving.protocol import ChatCompletionRequest, ScoreRequest, validation_error
 
-ROLES = ("system", "user", "assistant")
 STEERING_KEYS = {
     "ric": ("weights", "mapping", "targets"),
     "moslim": ("weights", "mapping", "levels"),
     "np-dpo": ("examples",),
     "base": (),
 }
-MAX_STOP = 4
+log = logging.getLogger(__name__)
 PLAYGROUND = (files("steerable.serving") / "playground.html").read_text()
 
 
@@ -163,18 +164,7 @@ class ServedModel:
             examples = steering.get("examples", [])
             z = with_param("steering.examples", lambda: self.policy.latent_for(examples))
             return self.policy.steered_messages(messages, None), {"examples": len(examples)}, z
-        weights = steering.get("weights")
-        if weights is not None and not isinstance(weights, Mapping | list):
-            raise ApiError(
-                400, "steering.weights must be an object {name: weight} or a list", "steering.weights"
-            )
-        if "targets" in steering and not isinstance(steering["targets"], Mapping):
-            raise ApiError(400, "steering.targets must be an object {name: target}", "steering.targets")
-        if "levels" in steering and not isinstance(steering["levels"], Mapping):
-            raise ApiError(400, "steering.levels must be an object {name: level}", "steering.levels")
-        mapping = steering.get("mapping")
-        if mapping is not None and not isinstance(mapping, str):
-            raise ApiError(400, "steering.mapping must be a string", "steering.mapping")
+        weights, mapping = steering.get("weights"), steering.get("mapping")  # typed by ChatCompletionRequest
         given = [k for k in ("weights", "targets", "levels") if steering.get(k) is not None]
         param = f"steering.{given[0]}" if given else "steering"
         applied = with_param(
@@ -226,76 +216,62 @@ class ChatRequest:
     stop: list[str]
     stream: bool
     steering: dict | None
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
 
 
-def number(body: dict, name: str, default, low: float, high: float, integer: bool = False):
-    value = body.get(name, default)
-    if value is None:
-        return default
-    ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or (not integer and not math.isfinite(value)):
-        kind = "an integer" if integer else "a finite number"
-        raise ApiError(400, f"{name} must be {kind}, got {value!r}", name)
-    if not low <= value <= high:
-        raise ApiError(400, f"{name} must be in [{low:g}, {high:g}], got {value!r}", name)
-    return value
+def validated(schema: type[BaseModel], body: object) -> BaseModel:
+    """`body` as `schema`, or a 400 naming the first field it gets wrong."""
+    try:
+        return schema.model_validate(body)
+    except ValidationError as err:
+        message, param = validation_error(err)
+        code = "invalid_steering" if (param or "").startswith("steering") else None
+        raise ApiError(400, message, param, code)
 
 
-def parse_request(body: object, models: dict[str, ServedModel], max_tokens_limit: int) -> ChatRequest:
-    """A /v1/chat/completions body checked field by field (400 naming the field)."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    name = body.get("model")
-    if not isinstance(name, str) or not name:
-        raise ApiError(400, "model is required: one of " + ", ".join(models), "model")
+def served_model(name: str, models: dict[str, ServedModel]) -> ServedModel:
     if name not in models:
         raise ApiError(
             404, f"model {name!r} is not served here; served: {list(models)}", "model", "model_not_found"
         )
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "messages must be a non-empty list of {role, content}", "messages")
-    checked = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise ApiError(400, f"messages[{i}]: role must be one of {list(ROLES)}", f"messages[{i}].role")
-        content = message.get("content")
-        if isinstance(content, list):  # the content-parts form: text parts only
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise ApiError(
-                    400, f"messages[{i}]: only text content is supported", f"messages[{i}].content"
-                )
-            content = "".join(str(p.get("text", "")) for p in content)
-        if not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}]: content must be a string", f"messages[{i}].content")
-        checked.append({"role": message["role"], "content": content})
-    if not any(m["role"] == "user" and m["content"].strip() for m in checked):
+    return models[name]
+
+
+def parse_request(body: object, models: dict[str, ServedModel], max_tokens_limit: int) -> ChatRequest:
+    """A /v1/chat/completions body checked against `ChatCompletionRequest` (400 naming the field)."""
+    request = validated(ChatCompletionRequest, body)
+    model = served_model(request.model, models)
+    if request.model_extra:
+        log.warning("fields present in the request but ignored: %s", sorted(request.model_extra))
+    messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+    if not any(m["role"] == "user" and m["content"].strip() for m in messages):
         raise ApiError(400, "messages need a user message with text", "messages")
-    stop = body.get("stop")
-    stop = [stop] if isinstance(stop, str) else stop
-    if stop is not None and (
-        not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop)
-    ):
-        raise ApiError(400, f"stop must be a non-empty string or a list of up to {MAX_STOP}", "stop")
-    steering = body.get("steering")
-    if steering is not None and not isinstance(steering, dict):
-        raise ApiError(400, "steering must be an object", "steering")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ApiError(400, "stream must be true or false", "stream")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    given = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+    max_tokens = getattr(request, given) or 64
+    if max_tokens > max_tokens_limit:
+        raise ApiError(400, f"{given} must be in [1, {max_tokens_limit}], got {max_tokens}", given)
     return ChatRequest(
-        model=models[name],
-        messages=checked,
-        max_tokens=number({"max_tokens": max_tokens}, "max_tokens", 64, 1, max_tokens_limit, integer=True),
-        temperature=number(body, "temperature", 1.0, 0, 2),
-        top_p=number(body, "top_p", 1.0, 1e-9, 1),
-        seed=number(body, "seed", None, -(2**63), 2**63 - 1, integer=True),
-        n=number(body, "n", 1, 1, 8, integer=True),
-        stop=stop or [],
-        stream=stream,
-        steering=steering,
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        seed=request.seed,
+        n=request.n,
+        stop=[request.stop] if isinstance(request.stop, str) else request.stop or [],
+        stream=request.stream,
+        steering=request.steering.model_dump(exclude_none=True),
+        include_usage=request.stream_options.include_usage,
     )
+
+
+def parse_score(body: object, models: dict[str, ServedModel]) -> tuple[ServedModel, str, list[str]]:
+    """A /v1/score body checked against `ScoreRequest`: (the model, the prompt, the responses)."""
+    request = validated(ScoreRequest, body)
+    model = served_model(request.model, models)
+    if model.policy is None:
+        raise ApiError(400, f"{model.id} is a base model: it has no objectives to score with", "model")
+    return model, request.prompt, request.responses
 
 
 def make_jobs(request: ChatRequest, text: str, z) -> list[Job]:
@@ -361,22 +337,7 @@ def create_app(
     @app.post("/v1/score")
     async def score(request: Request):
         """The objectives' scores of responses to a prompt (what the playground shows)."""
-        body = parse_json(await read_body(request, max_body_bytes))
-        if not isinstance(body, dict) or body.get("model") not in served:
-            name = body.get("model") if isinstance(body, dict) else None
-            raise ApiError(404, f"model {name!r} is not served here; served: {list(served)}", "model")
-        model = served[body["model"]]
-        if model.policy is None:
-            raise ApiError(400, f"{model.id} is a base model: it has no objectives to score with", "model")
-        prompt, responses = body.get("prompt"), body.get("responses")
-        if (
-            not isinstance(prompt, str)
-            or not isinstance(responses, list)
-            or not all(isinstance(r, str) for r in responses)
-        ):
-            raise ApiError(400, "give a prompt (text) and responses (a list of texts)", "responses")
-        if not responses or len(responses) > 64:
-            raise ApiError(400, "give 1 to 64 responses", "responses")
+        model, prompt, responses = parse_score(parse_json(await read_body(request, max_body_bytes)), served)
         rewards = model.policy.rewards
         raw = await asyncio.to_thread(rewards.score, [prompt] * len(responses), responses)
         return {
@@ -485,10 +446,16 @@ async def forward(model: ServedModel, body: dict, steered: list[dict], applied: 
 
 
 def parse_json(raw: bytes):
+    """The request body's JSON; 422 for text that is not JSON or that Python cannot hold (nested
+    past the recursion limit, an integer over the int-from-text digit limit)."""
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiError(422, f"the request body is not valid JSON ({err})")
+    except RecursionError:
+        raise ApiError(422, "the request body is nested too deeply to read")
+    except ValueError:  # int("7" * 5000): over sys.get_int_max_str_digits()
+        raise ApiError(422, "the request body holds a number with too many digits to read")
 
 
 async def read_body(request, limit: int) -> bytes:

@@ -1,0 +1,180 @@
+"""The request bodies `steerable serve` accepts, as pydantic models (FastAPI's own way, and vLLM's
+OpenAI server's), so that every field is typed and a new field cannot skip validation.
+
+One rule for every field:
+    JSON numbers only   no strings or booleans for numbers (strict mode), and finite ones: the
+                        NaN and Infinity literals Python's json reads are refused
+    null = default      a field given as null is a field left out
+    out of range        refused, naming the field
+
+Text must be valid Unicode (a lone surrogate, which JSON's \\ud800 escapes can spell, is refused).
+At the top level, fields we do not use are accepted and ignored, as vLLM's server does (OpenAI
+clients send e.g. `frequency_penalty`, `user`), and so are the extra fields of a message, a
+content part and `stream_options`; `steering`, ours alone, refuses a field it does not know.
+`validation_error` turns pydantic's first error into a one-line message and the field's path,
+e.g. `steering.weights.brief` or `messages[0].content`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+MAX_STOP = 4
+MAX_SCORED = 64
+
+
+def _unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("unicode", "must be valid Unicode text (it holds a lone surrogate)")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+Stop = Annotated[Text, Field(min_length=1)]
+
+
+def one_or_many(kind: str, what: str):
+    """A field that is one `kind` or a list of them (e.g. `stop`), told apart by the JSON type so
+    that an error names the form that was sent."""
+
+    def form(value) -> str | None:
+        return "many" if isinstance(value, list) else "one" if isinstance(value, kind) else None
+
+    return Discriminator(form, custom_error_type="type", custom_error_message=f"must be {what}")
+
+
+class Body(BaseModel):
+    """A JSON object with strict types, finite numbers, and null meaning "left out"."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+class TextPart(Body):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: Text
+
+
+class Message(Body):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[
+        Annotated[Text, Tag("one")] | Annotated[list[TextPart], Tag("many")],
+        one_or_many(str, "a string or a list of text parts"),
+    ]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class Example(Body):
+    """NP-DPO: one of a user's choices (checked further by the policy's own examples check)."""
+
+    prompt: Text
+    chosen: Text
+    rejected: Text
+
+
+class Steering(Body):
+    """The `steering` field: which keys a model takes is the model's to check."""
+
+    weights: Annotated[
+        Annotated[dict[Text, float], Tag("one")] | Annotated[list[float], Tag("many")],
+        one_or_many(dict, "an object {name: weight} or a list of weights"),
+    ] = None
+    mapping: Text | None = None
+    targets: dict[Text, float] | None = None
+    levels: dict[Text, float] | None = None
+    examples: list[Example] | None = None
+
+
+class StreamOptions(Body):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(Body):
+    """POST /v1/chat/completions. `max_completion_tokens` (OpenAI's newer name) wins over
+    `max_tokens`; the server's own limit is checked by the handler."""
+
+    model_config = ConfigDict(extra="allow")
+    model: Text
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    n: int = Field(1, ge=1, le=8)
+    stop: Annotated[
+        Annotated[Stop, Tag("one")] | Annotated[list[Stop], Tag("many"), Field(max_length=MAX_STOP)],
+        one_or_many(str, f"a non-empty string or a list of up to {MAX_STOP}"),
+    ] = None
+    stream: bool = False
+    stream_options: StreamOptions = Field(default_factory=StreamOptions)
+    steering: Steering = Field(default_factory=Steering)
+
+
+class ScoreRequest(Body):
+    """POST /v1/score: the objectives' scores of `responses` to `prompt`."""
+
+    model_config = ConfigDict(extra="allow")
+    model: Text
+    prompt: Text
+    responses: list[Text] = Field(min_length=1, max_length=MAX_SCORED)
+
+
+def field_path(loc: tuple) -> str | None:
+    """pydantic's error location as the field's path, `steering.weights.brief`, `stop[0]` (the tags
+    of `one_or_many` left out; text a JSON reply cannot carry escaped)."""
+    path = ""
+    for part in loc:
+        if part in ("one", "many"):
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path.encode("utf-8", "backslashreplace").decode() or None
+
+
+def validation_error(err: ValidationError) -> tuple[str, str | None]:
+    """(a one-line message, the field's path) for pydantic's first error."""
+    first = err.errors(include_url=False)[0]
+    loc, kind, value = first["loc"], first["type"], first.get("input")
+    key = loc[-1:] == ("[key]",)  # a dict's key, e.g. a weight's name: the dict is the field
+    param = field_path(loc[:-2] if key else loc)
+    name = ("a key of " if key else "") + (param or "the request body")
+    if kind == "missing":
+        return f"{name} is required", param
+    if kind == "extra_forbidden":
+        return f"{name} is not a field it takes", param
+    if kind in ("model_type", "model_attributes_type"):
+        return f"{name} must be a JSON object", param
+    if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
+        return f"{name} is a number too large for a float", param
+    words = first["msg"].split(" ", 2)
+    text = f"must {words[2]}" if len(words) == 3 and words[1] == "should" else first["msg"]
+    text = text.replace(" after validation", "")
+    if isinstance(value, str | int | float) and kind not in ("unicode", "too_long", "string_too_short"):
+        shown = repr(value)
+        text += f", got {shown if len(shown) <= 40 else shown[:37] + '...'}"
+    return f"{name} {text}", param
