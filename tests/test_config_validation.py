@@ -71,6 +71,10 @@ TRAIN_CASES = [
 COMMAND_CASES = [
     ("sample --model {tiny} --out {out}/s.jsonl --limit -1", "--limit must be >= 1, got -1"),
     (
+        "sample --model {tiny} --out {out}/s.jsonl --limit 2 --temperature inf",
+        "--temperature must be a finite number, got inf",
+    ),
+    (
         "evaluate --method prompting --model {tiny} --stats {stats} --out {out} --limit -1 --resolution 1",
         "--limit must be >= 1, got -1",
     ),

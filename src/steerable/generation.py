@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from jinja2 import TemplateError
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from steerable.configs import check_config
 from steerable.errors import SteerableError
 
 
@@ -35,18 +36,15 @@ class SamplingConfig:
         vocabulary, through transformers' own sampler.
     """
 
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_p: float = 0.95
-    batch_size: int = 64
-    seed: int | None = 0
-    top_k: int = 50
+    max_new_tokens: int = field(default=64, metadata={"ge": 1})
+    temperature: float = field(default=0.7, metadata={"ge": 0})
+    top_p: float = field(default=0.95, metadata={"gt": 0, "le": 1})
+    batch_size: int = field(default=64, metadata={"ge": 1})
+    seed: int | None = field(default=0, metadata={"ge": 0})
+    top_k: int = field(default=50, metadata={"ge": 0})
 
     def __post_init__(self):
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise SteerableError("max_new_tokens and batch_size must be >= 1")
-        if not (self.temperature >= 0 and 0 < self.top_p <= 1 and self.top_k >= 0):
-            raise SteerableError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+        check_config(self)
 
 
 class TopKSampler(LogitsProcessor):
