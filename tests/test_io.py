@@ -71,7 +71,8 @@ def test_a_model_directory_of_a_newer_or_unknown_format_is_refused_in_one_line(t
     manifest = asdict(PolicyManifest(method="ric", base_model="tiny", rewards=_fitted_rewards().to_dict()))
     (tmp_path / "steerable.json").write_text(json.dumps(manifest))
     assert load_manifest(tmp_path).format_version == 1
-    (tmp_path / "steerable.json").write_text(json.dumps({**manifest, "format_version": version}))
+    # a newer steerable may also have added fields: the version is what the message names
+    (tmp_path / "steerable.json").write_text(json.dumps({**manifest, "format_version": version, "later": 1}))
     with pytest.raises(
         SteerableError, match=rf"format_version {version!r}.*reads format_version 1.*upgrade"
     ) as err:

@@ -100,10 +100,11 @@ def load_manifest(directory: str | Path, method: str | None = None) -> PolicyMan
         )
     try:
         data = json.loads(path.read_text())
+        # first: a newer steerable's manifest may hold fields this one does not know
+        check_format_version(data.get("format_version", FORMAT_VERSION), FORMAT_VERSION, path, "retrain it")
         manifest = PolicyManifest(**data)
-    except (json.JSONDecodeError, TypeError) as err:
+    except (json.JSONDecodeError, TypeError, AttributeError) as err:
         raise SteerableError(f"{path} is malformed ({err}); re-run the training that wrote it")
-    check_format_version(manifest.format_version, FORMAT_VERSION, path, "re-run the training that wrote it")
     if manifest.method not in METHODS:
         raise SteerableError(f"{path}: unknown method {manifest.method!r}; known: {list(METHODS)}")
     if method is not None and manifest.method != method:
