@@ -3,7 +3,7 @@ import json
 import pytest
 
 from steerable import SteerableError
-from steerable.stages import Stages, file_digest, fingerprint
+from steerable.stages import Stages, file_digest, fingerprint, tidy_on_failure
 
 
 def test_fingerprint_ignores_key_order_and_sees_values():
@@ -26,7 +26,7 @@ def test_file_digest_is_by_content(tmp_path):
 
 
 def test_a_finished_stage_is_reused_and_a_stale_one_refused(tmp_path):
-    stages = Stages(tmp_path)
+    stages = Stages(tmp_path, "train ric")
     calls = []
 
     def work(folder):
@@ -55,7 +55,7 @@ def test_a_config_records_the_same_stage_whether_a_float_was_written_3_or_3_0():
 
 
 def test_partial_work_is_kept_for_the_same_inputs_and_discarded_for_others(tmp_path):
-    stages = Stages(tmp_path)
+    stages = Stages(tmp_path, "train ric")
     folder = stages.start("sft", {"lr": 1})
     (folder / "checkpoint-2").mkdir()
     assert (stages.start("sft", {"lr": 1}) / "checkpoint-2").is_dir()  # same inputs: resume from it
@@ -68,8 +68,35 @@ def test_partial_work_is_kept_for_the_same_inputs_and_discarded_for_others(tmp_p
 
 
 def test_a_corrupt_record_is_one_clear_error(tmp_path):
-    stages = Stages(tmp_path)
+    stages = Stages(tmp_path, "train ric")
     stages.path("x").mkdir(parents=True)
     (stages.path("x") / "done.json").write_text("{oops")
     with pytest.raises(SteerableError, match="corrupt"):
         stages.done("x", {})
+
+
+def test_a_failed_command_removes_the_stages_it_began_without_work_and_keeps_partial_work(tmp_path):
+    stages = Stages(tmp_path / "run", "train ric")
+    with pytest.raises(RuntimeError), tidy_on_failure():
+        stages.start("offline", {})
+        (stages.start("sft", {}) / "checkpoint-1").mkdir()
+        raise RuntimeError("interrupted")
+    assert not stages.path("offline").exists()  # nothing done there: gone
+    assert (stages.path("sft") / "checkpoint-1").is_dir()  # partial work: kept, to resume from
+    with pytest.raises(RuntimeError), tidy_on_failure():
+        Stages(tmp_path / "new", "train ric").start("offline", {})
+        raise RuntimeError("refused")
+    assert not (tmp_path / "new").exists()  # a run that did nothing leaves nothing
+    with tidy_on_failure():  # a command that succeeds keeps what it started
+        Stages(tmp_path / "ok", "train ric").start("offline", {})
+    assert (tmp_path / "ok" / "stages" / "offline" / "started.json").is_file()
+
+
+def test_stages_record_their_command_and_refuse_another(tmp_path):
+    Stages(tmp_path, "train np-rm").start("np", {})
+    assert json.loads((tmp_path / "stages" / "run.json").read_text()) == {"command": "train np-rm"}
+    with pytest.raises(SteerableError, match=r"holds the stages of a `steerable train np-rm` run"):
+        Stages(tmp_path, "compare")
+    (tmp_path / "steerable.json").write_text(json.dumps({"method": "np-dpo"}))
+    with pytest.raises(SteerableError, match=r"holds a NP-DPO model \(steerable.json, method np-dpo\)"):
+        Stages(tmp_path, "train np-rm")

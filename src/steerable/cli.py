@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import warnings
 from pathlib import Path
@@ -68,16 +69,45 @@ def command(fn):
     return app.command()(run)
 
 
+# What the running command has claimed (its outputs' locks), released when it ends.
+_held: contextvars.ContextVar[contextlib.ExitStack] = contextvars.ContextVar("held")
+
+
 @contextlib.contextmanager
 def user_errors():
     """SteerableError, and the OSError of a file that cannot be read or written, as one line
-    and exit status 2."""
-    try:
-        yield
-    except SteerableError as err:
-        raise _fail(err)
-    except OSError as err:  # an unwritable --out, a full disk, a file that vanished
-        raise _fail(SteerableError(str(err)))
+    and exit status 2; what the command `claim`ed is released when it ends, by an error too."""
+    with contextlib.ExitStack() as held:
+        token = _held.set(held)
+        try:
+            yield
+        except SteerableError as err:
+            raise _fail(err)
+        except OSError as err:  # an unwritable --out, a full disk, a file that vanished
+            raise _fail(SteerableError(str(err)))
+        finally:
+            _held.reset(token)
+
+
+def claim(
+    out: Path,
+    inputs: dict[str, object] | None = None,
+    directory: bool = False,
+    table: bool = False,
+    inside_inputs: bool = True,
+) -> None:
+    """Before any work: refuse an output that cannot be written (a `table` in a format
+    write_table does not know) or that is one of the command's `inputs` (option -> path), or
+    inside one unless `inside_inputs`; then lock it until the command ends, so a second command
+    writing it is refused; if the command fails, the stages it began without work are removed."""
+    from steerable.data.loading import FORMATS
+    from steerable.outputs import check_output, output_lock
+    from steerable.stages import tidy_on_failure
+
+    formats = FORMATS if table else None
+    check_output(out, inputs, directory=directory, formats=formats, inside_inputs=inside_inputs)
+    _held.get().enter_context(output_lock(out))
+    _held.get().enter_context(tidy_on_failure())
 
 
 ObjectiveOpt = Annotated[
@@ -198,6 +228,7 @@ def sample(
     from steerable.generation import format_chat, generate_texts
 
     check_value("--limit", limit, ge=1)
+    claim(out, {"--prompts": prompts}, table=True)
     config = SamplingConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -271,6 +302,7 @@ def score(
     from steerable.data import load_pairs, write_table
     from steerable.objectives import RewardSet
 
+    claim(out, {"DATA": data, "--stats-from": stats_from}, table=True)
     previous = None  # what the statistics file holds now
     if stats_from is not None:
         if objective or config or stats:
@@ -283,6 +315,7 @@ def score(
         stats = stats or out.with_name(out.name + ".stats.json")
         if stats.resolve() in (data.resolve(), out.resolve()):
             raise SteerableError(f"--stats {stats} is the input or the --out table; choose another path")
+        claim(stats, {"DATA": data})
         try:
             previous = RewardSet.load(stats).to_dict() if stats.exists() else None
         except SteerableError as err:
@@ -351,6 +384,7 @@ def run_config_command(ctx: typer.Context, config_cls, run, made="steerable mode
 
     with user_errors():
         config = parse_config(config_cls, ctx.args, prog=ctx.command_path)
+        claim(Path(config.output_dir), directory=True)
         out = run(config)
         console.print(f"{made(config) if callable(made) else made}: {out}")
 
@@ -634,6 +668,7 @@ def evaluate(
     from steerable.evaluation.report import write_report
 
     check_value("--limit", limit, ge=1)
+    claim(out, {"--model": model, "--stats": stats, "--adapter": adapter}, directory=True)
     result = run_evaluation(
         method,
         model,
@@ -730,6 +765,7 @@ def compare(
     hypervolume, controllability and compute per method. Re-runs skip finished stages."""
     from steerable.evaluation.compare import CompareConfig, run_compare
 
+    claim(out, {"--config": config}, directory=True)
     overrides = {"model": model, "methods": methods.split(",") if methods else None}
     results = run_compare(CompareConfig.from_yaml(config, overrides), out)
     _print_comparison(results, out)
@@ -745,6 +781,7 @@ def demo(
     prompting floor: table, front plot and report, and the command that serves the model."""
     from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig, run_compare
 
+    claim(out, directory=True)
     results = run_compare(CompareConfig(**DEMO_CONFIG), out)
     _print_comparison(results, out)
     Console().print(
@@ -826,10 +863,10 @@ def export(
     `steerable serve MODEL --upstream URL`."""
     import json
     import shutil
-    import tempfile
 
     from steerable.io import atomic_write_text
     from steerable.policy import TAGGED_METHODS, SteerablePolicy, load_manifest
+    from steerable.stages import EXPORT_RECORD
 
     manifest = load_manifest(model)
     if manifest.method not in TAGGED_METHODS:
@@ -837,12 +874,17 @@ def export(
             f"{model} holds a {manifest.method!r} model; export writes models steered through the prompt "
             f"({', '.join(TAGGED_METHODS)})"
         )
+    claim(out, {"MODEL": model}, directory=True, inside_inputs=False)  # no model inside the model
     if out.exists() and any(out.iterdir()):
         raise SteerableError(f"{out} exists and is not empty; choose a new directory")
     policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:  # written beside OUT, then renamed: a failed export leaves nothing
+    # Written beside OUT, then renamed: a failed export leaves nothing. One killed mid-save
+    # (SIGKILL: nothing runs) leaves this folder, which the next export into OUT removes: it
+    # holds OUT's lock, so no live export is writing it.
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
         policy.model.save_pretrained(tmp)
         policy.tokenizer.save_pretrained(tmp)
         record = {
@@ -850,7 +892,7 @@ def export(
             "method": manifest.method,
             "base_model": manifest.base_model,
         }
-        atomic_write_text(tmp / "steerable_export.json", json.dumps(record, indent=2) + "\n")
+        atomic_write_text(tmp / EXPORT_RECORD, json.dumps(record, indent=2) + "\n")
         if out.exists():
             out.rmdir()
         tmp.rename(out)

@@ -14,6 +14,12 @@ A finished stage whose inputs differ is refused with the fix (another output dir
 delete the stage to redo it): silently reusing it would give results that do not match the
 configuration recorded beside them. Partial work of other inputs is discarded and redone.
 
+A run's folder belongs to the command that made it: ROOT/stages/run.json names it, and a
+directory that holds another command's stages or model (a RiC model's steerable.json, a
+reward model's reward_model.json, ...) is refused before anything is written, so no command
+overwrites what another made. When a command fails, `tidy_on_failure` removes the stage folders
+it began that hold no work yet (only started.json): a refused run leaves nothing behind.
+
 Under `accelerate launch` every process calls the same stages: `Stages.run` does a stage's work
 on the main process while the others wait, then every process reads its outputs, so no file is
 written twice. Training stages (`start` ... `finish`) run on every process, and only the main
@@ -22,17 +28,29 @@ one saves.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
 
 DONE, STARTED = "done.json", "started.json"
+RUN = "run.json"  # ROOT/stages/run.json: {"command": "train ric"}, the command that made the run
+EXPORT_RECORD = "steerable_export.json"  # what `steerable export` writes beside a merged model
+METHOD_NAMES = {
+    "ric": "RiC",
+    "moslim": "MOSLIM",
+    "soups": "Rewarded Soups",
+    "morlhf": "MORLHF",
+    "np-dpo": "NP-DPO",
+}
+# What `Stages.start` created in this process, undone by `tidy_on_failure` if the command fails.
+_began: list[Path] = []
 
 
 def _canonical(value: object) -> str:
@@ -81,11 +99,82 @@ def wait_for_everyone() -> None:
     _process_state().wait_for_everyone()
 
 
-class Stages:
-    """The stages of one run, under ROOT/stages/."""
+def _json(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
-    def __init__(self, root: str | Path):
+
+def made_by(root: str | Path) -> list[tuple[str | None, str]]:
+    """What a directory holds that a command made, as (the command, what it is) for each sign of
+    one; the command is None for what no training command makes (an export, a plain model)."""
+    from steerable.policy import MANIFEST
+    from steerable.reward_models.multihead import MANIFEST as MOSLIM_RM_MANIFEST
+    from steerable.reward_models.pairwise import RECORD
+
+    root = Path(root)
+    found = []
+    manifest = _json(root / MANIFEST)
+    if manifest is not None:
+        method = manifest.get("method")
+        model = f"a {METHOD_NAMES.get(method, method)} model ({MANIFEST}, method {method})"
+        found.append((f"train {method}", model))
+    if (root / MOSLIM_RM_MANIFEST).is_file():
+        found.append(("train moslim-rm", f"a MOSLIM reward model ({MOSLIM_RM_MANIFEST})"))
+    if (root / RECORD).is_file():
+        found.append(("train rm", f"a reward model ({RECORD})"))
+    elif (root / EXPORT_RECORD).is_file():
+        found.append((None, f"a merged model of `steerable export` ({EXPORT_RECORD})"))
+    elif (root / "config.json").is_file():
+        found.append((None, "a Hugging Face model (config.json)"))
+    run = _json(root / "stages" / RUN)  # an unfinished run has only its stages
+    if run is not None:
+        command = run.get("command")
+        found.append((command, f"the stages of a `steerable {command}` run (stages/{RUN})"))
+    return found
+
+
+def check_owner(root: str | Path, command: str) -> None:
+    """Refuse a directory that holds what another command made (one line naming it): `command`
+    ("train ric", "compare", ...) may only continue its own runs."""
+    for owner, what in made_by(root):
+        if owner != command:
+            option = "--out" if command == "compare" else "--output_dir"
+            raise SteerableError(f"{root} holds {what}; choose another {option}")
+
+
+@contextlib.contextmanager
+def tidy_on_failure() -> Iterator[None]:
+    """Run a command; if it fails, remove the stage folders it began that hold no work (only
+    started.json), then the run record and folders that leaves empty. Partial work (a
+    checkpoint) stays, for a run with the same inputs to resume from."""
+    _began.clear()
+    try:
+        yield
+    except BaseException:
+        for path in reversed(_began):
+            with contextlib.suppress(OSError):
+                if path.name == RUN:
+                    if [p.name for p in path.parent.iterdir()] == [RUN]:
+                        path.unlink()
+                elif path.is_dir() and {p.name for p in path.iterdir()} <= {STARTED}:
+                    (path / STARTED).unlink(missing_ok=True)
+                    path.rmdir()
+        raise
+    finally:
+        _began.clear()
+
+
+class Stages:
+    """The stages of one run of `command` ("train ric", "compare", ...), under ROOT/stages/.
+    A directory that holds another command's run or model is refused here (`check_owner`)."""
+
+    def __init__(self, root: str | Path, command: str):
         self.root = Path(root)
+        self.command = command
+        check_owner(self.root, command)
 
     def path(self, name: str) -> Path:
         return self.root / "stages" / name
@@ -116,6 +205,12 @@ class Stages:
         marker = folder / STARTED
         key = fingerprint(inputs)
         if is_main_process():
+            _began.extend(p for p in (self.root, self.root / "stages") if not p.exists())
+            run = self.root / "stages" / RUN
+            if not run.is_file():
+                _began.append(run)
+                atomic_write_text(run, json.dumps({"command": self.command}) + "\n")
+            _began.append(folder)
             if folder.is_dir():
                 try:
                     previous = json.loads(marker.read_text())["key"] if marker.is_file() else None

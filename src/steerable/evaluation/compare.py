@@ -297,7 +297,7 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
 
             train_np_rm(plan.np_rm)
         trained["np-dpo"] = train_np_dpo(plan.np_dpo)
-    stages = Stages(out)
+    stages = Stages(out, "compare")
     statistics = fingerprint(load_rewards(plan.stats).to_dict())
     results = []
     for method in plan.methods:

@@ -684,7 +684,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     pool = answer_pool(config.pool) if config.algorithm == "dpo" else None
     out = Path(config.output_dir)
-    stages = Stages(out)
+    stages = Stages(out, "train moslim")
     optimiser = (
         {"grpo": [GRPO_LOSS_TYPE, config.scale_rewards]}
         if config.algorithm == "grpo"

@@ -426,7 +426,7 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
 
     rewards = load_rewards(config.stats, config.trust_remote_code)
     out = Path(config.output_dir)
-    stages = Stages(out)
+    stages = Stages(out, "train np-dpo")
     source = build_source(config, stages)
     needs = {"train": config.targets, "test": max(config.targets, max(eval_sizes(config)) + 1)}
     for split, count in needs.items():

@@ -166,7 +166,7 @@ def fitted(stages: Stages, name: str, inputs: dict, fit) -> NPRewardModel:
 def train_np_rm(config: NPRMConfig) -> Path:
     """Run the recipe (module docstring); returns the output directory."""
     out = Path(config.output_dir)
-    stages = Stages(out)
+    stages = Stages(out, "train np-rm")
     source = build_source(config, stages)
     for split in ("train", "validation", "test"):
         if len(source.pool.split_indices(split)) < config.targets:

@@ -495,7 +495,7 @@ def train_ric(config: RiCConfig) -> Path:
     old one before it trains anything. With `stop_after`, it returns that stage's folder instead."""
     tokenizer = check_inputs(config)
     out = Path(config.output_dir)
-    stages = Stages(out)
+    stages = Stages(out, "train ric")
     plan = stage_plan(config)
     keys = {name: fingerprint(inputs) for name, inputs in plan.items()}
     for name, inputs in plan.items():

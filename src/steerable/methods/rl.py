@@ -186,7 +186,7 @@ def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) ->
             )
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     out = Path(config.output_dir)
-    stages = Stages(out)
+    stages = Stages(out, f"train {method}")
     plan = {f"policy_{i}": policy_inputs(config, rewards, weights) for i, weights in enumerate(vectors)}
     for name, inputs in plan.items():
         stages.done(name, inputs)  # refuse a stale policy before training any

@@ -460,7 +460,7 @@ def train_moslim_rm(config: MOSLIMRMConfig) -> Path:
         raise SteerableError(f"{where}: label(s) {unlabelled} have no value in the training split")
 
     out = Path(config.output_dir)
-    stages = Stages(out)
+    stages = Stages(out, "train moslim-rm")
     inputs = {
         **{k: v for k, v in asdict(config).items() if k != "output_dir"},
         "data": file_digest(config.data),
