@@ -503,6 +503,7 @@ def test_mapped_policy_trains_on_the_rm_and_saves_its_running_statistics(
     from typer.testing import CliRunner
 
     from steerable.cli import app
+    from steerable.methods.moslim import resumed_stats
 
     both, brief = tiny_rms
     stats = str(tiny_ric[1])
@@ -516,6 +517,9 @@ def test_mapped_policy_trains_on_the_rm_and_saves_its_running_statistics(
     assert manifest["moslim"]["reward"] == "mapped" and manifest["moslim"]["reward_model"] == str(both)
     stats_seen = np.array(manifest["moslim"]["reward_stats"]["seen"])
     assert stats_seen.shape == (2, 5) and stats_seen.any()  # some (head, level) pairs were requested
+    # the trainer kept them in its last checkpoint, where a resumed run reads them
+    resumed = resumed_stats(tmp_path / "mapped/stages/policy", None)
+    assert resumed.to_dict() == manifest["moslim"]["reward_stats"]
     adapter = load_file(
         tmp_path / "mapped" / manifest["policies"][0]["adapter"] / "adapter_model.safetensors"
     )
