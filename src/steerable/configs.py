@@ -81,6 +81,9 @@ def _allowed(annotation) -> tuple[type, ...]:
     return (annotation,)
 
 
+# The range of a seed: transformers' set_seed seeds numpy's legacy generator, which takes 0..2**32 - 1.
+SEED = {"ge": 0, "le": 2**32 - 1}
+
 # A bound a field's metadata may declare (pydantic's names): how it reads and what it asks.
 BOUNDS = {
     "ge": (">=", operator.ge),

@@ -18,7 +18,7 @@ from jinja2 import TemplateError
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from steerable.configs import check_config
+from steerable.configs import SEED, check_config
 from steerable.errors import SteerableError
 
 
@@ -40,7 +40,7 @@ class SamplingConfig:
     temperature: float = field(default=0.7, metadata={"ge": 0})
     top_p: float = field(default=0.95, metadata={"gt": 0, "le": 1})
     batch_size: int = field(default=64, metadata={"ge": 1})
-    seed: int | None = field(default=0, metadata={"ge": 0})
+    seed: int | None = field(default=0, metadata=SEED)
     top_k: int = field(default=50, metadata={"ge": 0})
 
     def __post_init__(self):

@@ -44,7 +44,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from steerable.configs import check_config, config_from_dict
+from steerable.configs import SEED, check_config, config_from_dict
 from steerable.data.prompts import SPLITS
 from steerable.defaults import DTYPE_NAMES
 from steerable.errors import SteerableError
@@ -64,7 +64,7 @@ class EvalSettings:
     temperature: float = field(default=0.7, metadata={"ge": 0})
     top_p: float = field(default=0.95, metadata={"gt": 0, "le": 1})
     top_k: int = field(default=50, metadata={"ge": 0})
-    seed: int = field(default=0, metadata={"ge": 0})
+    seed: int = field(default=0, metadata=SEED)
     samples: int = 1
     dtype: str = field(default="float32", metadata={"choices": DTYPE_NAMES})
     examples: int = field(default=5, metadata={"ge": 1})

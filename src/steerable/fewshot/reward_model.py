@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from steerable.configs import check_config
+from steerable.configs import SEED, check_config
 from steerable.errors import SteerableError
 from steerable.fewshot.tasks import DEFAULT_MAX_CONTEXT, DEFAULT_TARGETS, TaskBatch, TaskSource
 from steerable.io import atomic_write, atomic_write_text
@@ -71,7 +71,7 @@ class NPRewardConfig:
     validation_tasks: int = field(
         default=1000, metadata={"help": "Validation tasks (best checkpoint).", "ge": 1}
     )
-    seed: int = field(default=0, metadata={"help": "Initialisation and task sampling.", "ge": 0})
+    seed: int = field(default=0, metadata={"help": "Initialisation and task sampling.", **SEED})
 
     def __post_init__(self):
         check_config(self)

@@ -36,7 +36,7 @@ from steerable.conditioning import (
     preference_to_targets,
     tagged_messages,
 )
-from steerable.configs import check_config
+from steerable.configs import SEED, check_config
 from steerable.data import load_pairs, load_prompts, read_table, write_table
 from steerable.data.prompts import SPLITS
 from steerable.defaults import (
@@ -332,7 +332,7 @@ class RiCConfig:
     original_ratio: float = field(
         default=1.0, metadata={"help": "Offline rows merged per kept online row.", "ge": 0}
     )
-    seed: int = field(default=0, metadata={"help": "Random seed.", "ge": 0})
+    seed: int = field(default=0, metadata={"help": "Random seed.", **SEED})
     stop_after: str | None = field(
         default=None,
         metadata={"help": "Stop after this stage (no model directory).", "choices": STOP_STAGES},

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from steerable.configs import check_config
+from steerable.configs import SEED, check_config
 from steerable.data import load_prompts
 from steerable.data.prompts import SPLITS
 from steerable.defaults import (
@@ -106,7 +106,7 @@ class RLConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "ge": 1})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "ge": 1})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout.", "ge": 0, "lt": 1})
-    seed: int = field(default=0, metadata={"help": "Random seed.", "ge": 0})
+    seed: int = field(default=0, metadata={"help": "Random seed.", **SEED})
 
     def __post_init__(self):
         check_config(self)

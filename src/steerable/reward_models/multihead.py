@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from steerable.configs import check_config
+from steerable.configs import SEED, check_config
 from steerable.data import load_pairs
 from steerable.data.loading import split_by_prompt
 from steerable.defaults import (
@@ -122,7 +122,7 @@ class MOSLIMRMConfig:
     save_steps: int = field(
         default=50, metadata={"help": "Checkpoint every N steps (resume point).", "ge": 1}
     )
-    seed: int = field(default=0, metadata={"help": "Random seed.", "ge": 0})
+    seed: int = field(default=0, metadata={"help": "Random seed.", **SEED})
     output_dir: str = field(default="runs/moslim-rm", metadata={"help": "Reward model directory."})
 
     def __post_init__(self):

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from steerable.configs import check_config
+from steerable.configs import SEED, check_config
 from steerable.data.loading import (
     preference_pair,
     read_placed,
@@ -148,7 +148,7 @@ class RMConfig:
     )
     lora_r: int = field(default=0, metadata={"help": "LoRA rank (0 = train the whole model).", "ge": 0})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with lora_r > 0).", "ge": 1})
-    seed: int = field(default=0, metadata={"help": "Random seed.", "ge": 0})
+    seed: int = field(default=0, metadata={"help": "Random seed.", **SEED})
 
     def __post_init__(self):
         check_config(self)
