@@ -413,6 +413,12 @@ def test_a_test_file_is_evaluated_and_the_result_goes_to_stdout(tmp_path, tiny_p
     assert "heldout_accuracy" not in record["metrics"] and 0 <= record["metrics"]["test_accuracy"] <= 1
     line = f"test pairwise accuracy {record['metrics']['test_accuracy']:.3f} on 5 pairs of {test}"
     assert line in " ".join(result.stdout.split()) and "score with: -o" in result.stdout
+    done = (out / "stages" / "train" / "done.json").stat().st_mtime_ns
+    other = write_table(tmp_path / "other.jsonl", long_short_pairs(20)[13:])
+    again = invoke([*args[:5], other, *args[6:], "--heldout_fraction", "0"])  # another test file
+    assert again.exit_code == 0, again.output
+    assert (out / "stages" / "train" / "done.json").stat().st_mtime_ns == done  # measured, not retrained
+    assert json.loads((out / RECORD).read_text())["pairs"]["test"] == 7
     refused = invoke(
         ["train", "rm", "--data", train, "--output_dir", tmp_path / "x", "--heldout_fraction", "0"]
     )
