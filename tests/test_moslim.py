@@ -51,6 +51,9 @@ def test_level_tags_look_like_the_paper_and_refuse_bad_levels():
         ({"brief": 6}, "1..5"),
         ({"brief": 2.5}, "integers"),
         ({"brief": True}, "integers"),
+        ({"brief": float("nan")}, "integers"),
+        ({"brief": float("inf")}, "integers"),
+        ({"brief": 10**400}, "1..5"),
         ({"helpful": 3}, "helpful"),
         ({}, "at least one"),
     ]:

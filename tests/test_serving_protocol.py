@@ -185,6 +185,20 @@ def test_openai_fields_we_do_not_use_are_accepted_and_ignored(server, http):
     assert post(http, named).status_code == 200
 
 
+def test_steering_refuses_an_unknown_field_but_an_example_row_may_carry_more():
+    from pydantic import ValidationError
+
+    from steerable.serving.protocol import ChatCompletionRequest, validation_error
+
+    row = {"prompt": "p", "chosen": "a", "rejected": "b", "user": 3}
+    chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    request = ChatCompletionRequest.model_validate({**chat, "steering": {"examples": [row]}})
+    assert request.steering.model_dump(exclude_none=True)["examples"][0]["chosen"] == "a"
+    with pytest.raises(ValidationError) as caught:
+        ChatCompletionRequest.model_validate({**chat, "steering": {"level": {"brief": 2}}})
+    assert validation_error(caught.value) == ("steering.level is not a field of steering", "steering.level")
+
+
 def test_a_score_body_is_checked_like_a_chat_body(server, http):
     _, model = server
     assert_openai_error(post(http, [model], "/v1/score"), 400)

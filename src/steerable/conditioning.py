@@ -138,7 +138,9 @@ def check_levels(levels: Mapping[str, object], names: Sequence[str], count: int)
         if name not in levels:
             continue
         value = levels[name]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        number = isinstance(value, int) and not isinstance(value, bool)
+        number = number or isinstance(value, float) and math.isfinite(value)
+        if not number or value != int(value):
             raise SteerableError(f"level for {name!r} is {value!r}; levels are integers 1..{count}")
         if not 1 <= int(value) <= count:
             raise SteerableError(f"level for {name!r} is {int(value)}; levels are 1..{count}")

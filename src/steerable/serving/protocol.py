@@ -10,7 +10,8 @@ One rule for every field:
 Text must be valid Unicode (a lone surrogate, which JSON's \\ud800 escapes can spell, is refused).
 At the top level, fields we do not use are accepted and ignored, as vLLM's server does (OpenAI
 clients send e.g. `frequency_penalty`, `user`), and so are the extra fields of a message, a
-content part and `stream_options`; `steering`, ours alone, refuses a field it does not know.
+content part, `stream_options` and an NP-DPO example; `steering`, ours alone, refuses a field it
+does not know.
 `validation_error` turns pydantic's first error into a one-line message and the field's path,
 e.g. `steering.weights.brief` or `messages[0].content`.
 """
@@ -89,8 +90,10 @@ class Message(Body):
 
 
 class Example(Body):
-    """NP-DPO: one of a user's choices (checked further by the policy's own examples check)."""
+    """NP-DPO: one of a user's choices (checked further by the policy's own examples check, which
+    also reads rows that carry more fields than these three)."""
 
+    model_config = ConfigDict(extra="allow")
     prompt: Text
     chosen: Text
     rejected: Text
@@ -166,7 +169,7 @@ def validation_error(err: ValidationError) -> tuple[str, str | None]:
     if kind == "missing":
         return f"{name} is required", param
     if kind == "extra_forbidden":
-        return f"{name} is not a field it takes", param
+        return f"{name} is not a field of {field_path(loc[:-1]) or 'the request body'}", param
     if kind in ("model_type", "model_attributes_type"):
         return f"{name} must be a JSON object", param
     if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
