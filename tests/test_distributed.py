@@ -123,7 +123,8 @@ def grpo_stage(monkeypatch, tiny_path, tmp_path, error: str | None = None):
     monkeypatch.setattr(trl, "GRPOTrainer", Trainer)
     config = RLConfig(model=tiny_path, stats=str(tmp_path / "stats.json"), output_dir=str(tmp_path))
     rows = [{"prompt": [{"role": "user", "content": "Hi"}]}]
-    return lambda: train_grpo(config, Stages(tmp_path), "policy_0", {}, None, rows, [], [1.0], counter), calls
+    stages = Stages(tmp_path, "train morlhf")
+    return lambda: train_grpo(config, stages, "policy_0", {}, None, rows, [], [1.0], counter), calls
 
 
 def test_the_grpo_counts_are_summed_on_the_accelerators_device_before_the_stage_saves(
