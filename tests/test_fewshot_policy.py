@@ -25,6 +25,7 @@ from steerable.fewshot.policy import (
     pad_sequences,
 )
 from steerable.policy import SteerablePolicy
+from steerable.stages import file_digest
 
 TEXTS = [("Name a colour.", "Blue."), ("Name a colour.", "A lovely, bright and happy yellow!")]
 
@@ -288,6 +289,45 @@ def test_generate_steers_from_examples(tiny_np_dpo, tmp_path):
     assert bad.exit_code == 2 and "field 'chosen' is missing or empty" in bad.output
 
 
+def test_examples_beyond_max_context_are_cut_before_they_are_embedded(tiny_np_dpo, monkeypatch):
+    from steerable.fewshot import embeddings
+
+    out, _, _ = tiny_np_dpo
+    policy = SteerablePolicy.from_pretrained(out)  # trained with --max_context 3
+    embedded = []
+
+    def counted(texts, *args):
+        embedded.append(len(texts))
+        return compute(texts, *args)
+
+    compute = embeddings.compute
+    monkeypatch.setattr(embeddings, "compute", counted)
+    examples = [{"prompt": f"Q{i}?", "chosen": f"Yes {i}.", "rejected": f"No {i}."} for i in range(500)]
+    with pytest.warns(UserWarning, match="500 .*more than the 3 this policy was trained with"):
+        z = policy.latent_for(examples)
+    assert embedded == [6]  # the first 3 pairs' two options each, not 1,000 options
+    assert torch.allclose(z, policy.latent_for(examples[:3]))
+
+
+def test_an_lm_pair_encoder_is_loaded_once_per_process(tiny_path, monkeypatch):
+    import steerable.defaults
+    from steerable.fewshot import embeddings
+
+    loads = []
+
+    def counted(*args, **kwargs):
+        loads.append(args[0])
+        return load(*args, **kwargs)
+
+    load = steerable.defaults.load_causal_lm
+    monkeypatch.setattr(steerable.defaults, "load_causal_lm", counted)
+    monkeypatch.setattr(embeddings, "_LM_ENCODERS", {}, raising=False)  # as a fresh process starts
+    first = embeddings.embed_options(TEXTS[:1], f"lm:{tiny_path}")
+    both = embeddings.embed_options(TEXTS, f"lm:{tiny_path}")  # a second request, as a server gets
+    assert loads == [tiny_path]
+    np.testing.assert_allclose(both[:1], first, atol=1e-5)
+
+
 def test_the_server_batches_np_dpo_rows_each_with_its_own_z(tiny_np_dpo):
     """Rows with different examples share a batch; each keeps its own z while others leave."""
     from steerable.serving.api import ServedModel
@@ -375,6 +415,92 @@ def test_evaluate_sweeps_np_dpo_over_the_preference_grid(tiny_np_dpo):
     )  # fmt: skip
     assert [p.weights for p in result.points] == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
     assert result.names == ["brief", "positive"] and result.compute["trained_tokens"] > 0
+
+
+def test_np_dpo_trains_its_policy_without_dropout(tiny_path, scored_table, tmp_path, monkeypatch):
+    """As TRL's DPO (disable_dropout): a dropped LoRA input would make the policy's log-probs,
+    compared with the reference's, noisy."""
+    from steerable.methods import np_dpo
+
+    class Trained(Exception):
+        pass
+
+    def trainer(model, **_):
+        raise Trained(model)
+
+    monkeypatch.setattr(np_dpo, "dpo_trainer_class", lambda: trainer)
+    config = np_dpo.NPDPOConfig(
+        data=str(scored_table), model=tiny_path, output_dir=str(tmp_path / "x"), hidden=16, latent_size=4,
+        heads=2, targets=6, max_context=3, lm_targets=2, eval_context_size=2, lora_r=4, lora_alpha=8,
+        max_completion_length=8,
+    )  # fmt: skip
+    with pytest.raises(Trained) as trained:
+        np_dpo.train_np_dpo(config)
+    module = trained.value.args[0].train()  # as the Trainer runs it
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # LoRA's B starts at zero, where a dropped input changes nothing
+        for name, parameter in module.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    batch = tiny_batch(tiny_path)
+    assert torch.equal(completion_logps(module.lm, **batch), completion_logps(module.lm, **batch))
+
+
+NP_RM_TINY = [
+    "--task", "scored", "--steps", "4", "--hidden", "16", "--latent_size", "4", "--heads", "2",
+    "--targets", "6", "--max_context", "3", "--eval_tasks", "4", "--validation_tasks", "4",
+    "--eval_every", "2",
+]  # fmt: skip
+
+
+def test_a_context_init_fitted_on_another_split_is_refused_naming_both(tiny_path, scored_table, tmp_path):
+    rm = tmp_path / "np-rm"
+    fitted = CliRunner().invoke(
+        app, ["train", "np-rm", "--data", str(scored_table), "--output_dir", str(rm), *NP_RM_TINY]
+    )
+    assert fitted.exit_code == 0, fitted.output
+    other = tmp_path / "other.jsonl"  # the same pairs but one: another split by prompt
+    other.write_text("".join(scored_table.read_text().splitlines(keepends=True)[:-1]))
+    stats = scored_table.with_name("stats.json")
+    for change, mine, theirs in [
+        (["--seed", "1"], "seed 0", "seed 1"),
+        (["--data", str(other)], file_digest(scored_table)[:12], file_digest(other)[:12]),
+    ]:
+        out = tmp_path / "np-dpo"
+        args = ["train", "np-dpo", "--data", str(scored_table), "--stats", str(stats), "--model", tiny_path,
+                "--output_dir", str(out), "--context_init", str(rm), *TINY_ARGS, *change]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        line = result.output.strip().splitlines()[-1]
+        assert "fitted on the split" in line and mine in line and theirs in line, result.output
+        assert not out.exists()
+
+
+def test_np_dpo_statistics_default_to_what_steerable_score_wrote(scored_table, tmp_path):
+    from steerable.methods.np_dpo import NPDPOConfig
+
+    data = tmp_path / "scored.jsonl"
+    data.write_text(scored_table.read_text())
+    (tmp_path / "scored.jsonl.stats.json").write_text(scored_table.with_name("stats.json").read_text())
+    assert NPDPOConfig(data=str(data)).stats == str(tmp_path / "scored.jsonl.stats.json")
+    (tmp_path / "scored.jsonl.stats.json").rename(tmp_path / "stats.json")  # as RiC's offline stage
+    assert NPDPOConfig(data=str(data)).stats == str(tmp_path / "stats.json")
+
+
+def test_evaluate_sweeps_np_dpo_over_more_objectives_than_its_types_know(tiny_path, scored_table, tmp_path):
+    from steerable.evaluation.evaluate import evaluate
+    from steerable.generation import SamplingConfig
+
+    out = tmp_path / "np-dpo"
+    args = ["train", "np-dpo", "--data", str(scored_table), "--model", tiny_path, "--output_dir", str(out),
+            *TINY_ARGS, "--objectives", "brief", "--conflicting", "false", "--max_steps", "1"]  # fmt: skip
+    trained = CliRunner().invoke(app, args)
+    assert trained.exit_code == 0, trained.output
+    result = evaluate(
+        "np-dpo", str(out), ["Say hi."], resolution=1, sampling=SamplingConfig(max_new_tokens=2),
+        progress=False, examples=3,
+    )  # fmt: skip
+    assert result.names == ["brief", "positive"] and len(result.points) == 2
 
 
 def test_the_sft_term_is_the_chosen_answers_nll_per_token():

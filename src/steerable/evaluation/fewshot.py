@@ -171,6 +171,14 @@ def simulated_examples(pairs: list[dict], rewards, weights, count: int = 5, seed
     from steerable.errors import SteerableError
 
     weights = np.asarray(weights, dtype=float)
+    unscored = sorted(
+        {n for p in pairs for n in rewards.names if n not in p["scores_a"] or n not in p["scores_b"]}
+    )
+    if unscored:
+        raise SteerableError(
+            f"the held-out pairs have no scores of {unscored}, objectives this model is evaluated on; "
+            "train it again with `steerable train np-dpo`, whose pairs keep every --stats objective's"
+        )
     raw_a = np.array([[p["scores_a"][n] for n in rewards.names] for p in pairs], dtype=float).reshape(
         -1, len(rewards)
     )

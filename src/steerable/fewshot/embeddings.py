@@ -12,6 +12,7 @@ A cache holds one encoder's vectors; a cache from another encoder is detected an
 from __future__ import annotations
 
 import hashlib
+import threading
 import warnings
 from pathlib import Path
 
@@ -92,6 +93,25 @@ def write_cache(path: str | Path, ident: str, vectors: dict[str, np.ndarray]) ->
     atomic_write(path, write)
 
 
+_LOADING = threading.Lock()
+_LM_ENCODERS: dict[tuple[str, bool], tuple] = {}  # (encoder id, trust_remote_code) -> (model, tokenizer)
+
+
+def lm_encoder(ident: str, trust_remote_code: bool = False) -> tuple:
+    """(model, tokenizer) of an `lm:` encoder id, loaded once per process: a server embeds every
+    request's examples with it, an evaluation every grid point's. One load at a time, so
+    concurrent first requests wait for the same model instead of each loading it."""
+    from steerable import defaults
+
+    key = (ident, trust_remote_code)
+    with _LOADING:
+        if key not in _LM_ENCODERS:
+            _LM_ENCODERS[key] = defaults.load_causal_lm(
+                ident[3:], device="cpu", trust_remote_code=trust_remote_code
+            )
+        return _LM_ENCODERS[key]
+
+
 def compute(
     texts: list[tuple[str, str]], encoder: str, batch_size: int, trust_remote_code: bool
 ) -> np.ndarray:
@@ -105,10 +125,9 @@ def compute(
         return model.encode(joined, batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True)
     import torch
 
-    from steerable.defaults import load_causal_lm
     from steerable.generation import template_messages
 
-    model, tokenizer = load_causal_lm(encoder[3:], device="cpu", trust_remote_code=trust_remote_code)
+    model, tokenizer = lm_encoder(encoder_id(encoder), trust_remote_code)
     out = []
     for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch"):
         chats = [

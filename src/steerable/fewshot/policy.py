@@ -256,8 +256,12 @@ def pad_sequences(encoded: Encoded, rows: Sequence[int], pad_id: int) -> dict[st
     return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
 
 
-def check_examples(examples: Sequence[Mapping], where: str = "examples") -> list[dict]:
-    """A user's choices as [{"prompt", "chosen", "rejected"}], every field non-empty text."""
+def check_examples(
+    examples: Sequence[Mapping], where: str = "examples", limit: int | None = None
+) -> list[dict]:
+    """A user's choices as [{"prompt", "chosen", "rejected"}], every field non-empty text. Beyond
+    `limit` (the policy's max_context), the first `limit`, with a warning: cut here, before the
+    pair encoder, whose cost grows with every example while the policy reads only `limit`."""
     if isinstance(examples, (Mapping, str)):
         raise SteerableError(f"{where}: give a list of {{'prompt', 'chosen', 'rejected'}} objects")
     out = []
@@ -271,6 +275,13 @@ def check_examples(examples: Sequence[Mapping], where: str = "examples") -> list
         if example["chosen"] == example["rejected"]:
             raise SteerableError(f"{where}, example {number}: 'chosen' and 'rejected' are the same text")
         out.append({name: example[name] for name in EXAMPLE_FIELDS})
+    if limit is not None and len(out) > limit:
+        warnings.warn(
+            f"{where}: {len(out)} examples, more than the {limit} this policy was trained with; "
+            f"using the first {limit}",
+            stacklevel=2,
+        )
+        out = out[:limit]
     return out
 
 

@@ -125,11 +125,17 @@ class NPRewardModel(nn.Module):
     """r(option | context) for options and contexts given as embedding arrays (module docstring)."""
 
     def __init__(
-        self, dim: int, config: NPRewardConfig, types: dict | None = None, encoder: str | None = None
+        self,
+        dim: int,
+        config: NPRewardConfig,
+        types: dict | None = None,
+        encoder: str | None = None,
+        split: dict | None = None,
     ):
         super().__init__()
         self.dim, self.config = dim, config
-        self.types, self.encoder = types, encoder  # recorded, so a saved model says what it read
+        # recorded, so a saved model says what it read and which pairs it never trained on
+        self.types, self.encoder, self.split = types, encoder, split
         self.option = mlp([dim, config.hidden, config.hidden])
         if config.context == "np":
             self.context_encoder = ContextEncoder(dim, config)
@@ -221,7 +227,7 @@ class NPRewardModel(nn.Module):
         embeddings = torch.from_numpy(source.embeddings.astype(np.float32))
         with torch.random.fork_rng(devices=[]):  # the layers initialise from the global state
             torch.manual_seed(config.seed)
-            model = cls(embeddings.shape[1], config, source.types.to_dict(), source.encoder)
+            model = cls(embeddings.shape[1], config, source.types.to_dict(), source.encoder, source.split)
         optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         contexts = (0, config.max_context) if config.context == "np" else 0
         validation = source.sample(
@@ -279,6 +285,7 @@ class NPRewardModel(nn.Module):
             "config": asdict(self.config),
             "types": self.types,
             "encoder": self.encoder,
+            "split": self.split,
             "validation_accuracy": self.validation_accuracy,
         }
         return save_module(self, record, directory, CONFIG_FILE, WEIGHTS_FILE)
@@ -288,7 +295,8 @@ class NPRewardModel(nn.Module):
         def build(record: dict) -> NPRewardModel:
             if record.get("kind") != "np-reward-model":
                 raise KeyError("kind")
-            return cls(record["dim"], NPRewardConfig(**record["config"]), record["types"], record["encoder"])
+            config = NPRewardConfig(**record["config"])
+            return cls(record["dim"], config, record["types"], record["encoder"], record.get("split"))
 
         model, record = load_module(
             directory,

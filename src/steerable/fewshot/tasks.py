@@ -33,6 +33,7 @@ from steerable.reward_models.labels import raw_values
 SPLITS = ("train", "validation", "test")
 DEFAULT_TARGETS = 20
 DEFAULT_MAX_CONTEXT = 10
+HELDOUT_PROMPTS = 0.3  # scored data: the share of prompts held out (halved into validation and test)
 
 
 @dataclass
@@ -228,13 +229,16 @@ def sample_tasks(
 class TaskSource:
     """What tasks are drawn from: a pool, its user types, and an embedding [M, d] of every option
     (`encoder` names what made them). The pool keeps only the pairs every type decides, and
-    with `conflicting` only those the types disagree on."""
+    with `conflicting` only those the types disagree on. `split` records what decided which
+    pairs are held out (the data, the seed, the share held out), so a model fitted on these
+    tasks can be checked against another run's held-out pairs."""
 
     pool: PairPool
     types: UserTypes
     embeddings: np.ndarray  # (M, d)
     encoder: str
     conflicting: bool = False
+    split: dict | None = None
 
     def __post_init__(self):
         self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
@@ -282,11 +286,17 @@ def synthetic_source(pairs_per_split: dict[str, int] | None = None, seed: int = 
     y = rng.uniform(0.0, 1.0, size=2 * total)
     split = np.concatenate([np.full(n, name) for name, n in sizes.items()])
     pool = PairPool(SYNTHETIC_OBJECTIVES, synthetic_rewards(y), np.arange(2 * total).reshape(-1, 2), split)
-    return TaskSource(pool, UserTypes.one_per_objective(SYNTHETIC_OBJECTIVES), y[:, None], "synthetic:y")
+    types = UserTypes.one_per_objective(SYNTHETIC_OBJECTIVES)
+    record = {"task": "synthetic", "pairs": dict(sizes), "seed": seed}
+    return TaskSource(pool, types, y[:, None], "synthetic:y", split=record)
 
 
 def scored_pool(
-    rows: list[dict], objectives: list[str], where: str = "scored data", seed: int = 0, heldout: float = 0.3
+    rows: list[dict],
+    objectives: list[str],
+    where: str = "scored data",
+    seed: int = 0,
+    heldout: float = HELDOUT_PROMPTS,
 ) -> PairPool:
     """Pairs of distinct responses to the same prompt from scored rows (`prompt`, `response` and
     `score_NAME` per objective, as `steerable score` writes them). Splits are by prompt

@@ -36,6 +36,7 @@ from steerable.data.loading import read_table
 from steerable.defaults import DEFAULT_MODEL, DTYPE_NAMES, absolute_if_local, load_causal_lm, load_tokenizer
 from steerable.errors import SteerableError
 from steerable.evaluation.fewshot import CONTEXT_SIZES, context_curve, mean_and_stderr, plot_curve
+from steerable.fewshot.embeddings import encoder_id
 from steerable.fewshot.policy import (
     FEWSHOT_DIR,
     ContextConfig,
@@ -49,7 +50,7 @@ from steerable.fewshot.policy import (
 from steerable.fewshot.reward_model import NPRewardModel
 from steerable.fewshot.tasks import TaskBatch, TaskSource
 from steerable.io import atomic_write, atomic_write_text
-from steerable.methods.np_rm import TaskConfig, accuracy_table, build_source, task_inputs
+from steerable.methods.np_rm import TaskConfig, accuracy_table, build_source, split_record, task_inputs
 from steerable.methods.np_rm import result as stage_result
 from steerable.methods.rl import load_rewards
 from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
@@ -68,7 +69,8 @@ class NPDPOConfig(TaskConfig):
         model: base policy (`smollm2`, `tiny`, a hub id or a local directory).
         dtype / trust_remote_code: as for the other trainers.
         stats: the objectives and statistics generations are scored with and recorded in
-            steerable.json (a stats JSON or a model directory; default: stats.json beside --data).
+            steerable.json (a stats JSON or a model directory; default: DATA.stats.json, as
+            `steerable score` writes it, else stats.json beside DATA, as RiC's offline stage does).
         context_init: an `np-rm` output directory whose NP-BTL context encoder starts this one
             (same encoder and pairs); without it the encoder starts at random. Either way it
             trains jointly with the policy.
@@ -83,7 +85,7 @@ class NPDPOConfig(TaskConfig):
             loss (TRL's DPO loss_type ["sigmoid", "sft"], RPO): without it, DPO on a small pool
             can push a type's answers into degenerate text that still scores well (0 turns it off).
         max_completion_length: response tokens kept per option.
-        lora_r / lora_alpha / lora_dropout: the LoRA shape.
+        lora_r / lora_alpha: the LoRA shape (no dropout: DPO trains without it, as TRL's does).
         save_steps: steps between checkpoints (an interrupted run resumes from the last).
     Evaluation:
         eval_tasks: held-out tasks per context size for the implicit-reward accuracy.
@@ -115,7 +117,6 @@ class NPDPOConfig(TaskConfig):
     max_completion_length: int = field(default=48, metadata={"help": "Response tokens per option."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     save_steps: int = field(default=10, metadata={"help": "Steps between checkpoints."})
     eval_tasks: int = field(default=40, metadata={"help": "Held-out tasks per context size."})
     eval_prompts: int = field(default=32, metadata={"help": "Held-out prompts for generations."})
@@ -131,8 +132,8 @@ class NPDPOConfig(TaskConfig):
         if self.task != "scored":
             raise SteerableError("NP-DPO trains on text: --task must be scored (pairs of responses)")
         super().__post_init__()
-        if self.stats is None:  # `steerable score` writes stats.json beside its output
-            self.stats = str(Path(self.data).with_name("stats.json"))
+        if self.stats is None:
+            self.stats = str(stats_beside(Path(self.data)))
         for name in (
             "targets",
             "lm_targets",
@@ -162,6 +163,13 @@ class NPDPOConfig(TaskConfig):
         self.stats = str(Path(self.stats).resolve())
         if self.context_init is not None:
             self.context_init = str(Path(self.context_init).resolve())
+
+
+def stats_beside(data: Path) -> Path:
+    """The statistics that came with scored data: DATA.stats.json, as `steerable score` writes
+    them, else stats.json beside it, as RiC's offline stage does."""
+    scored, offline = data.with_name(data.name + ".stats.json"), data.with_name("stats.json")
+    return offline if offline.is_file() and not scored.is_file() else scored
 
 
 # --- the model --------------------------------------------------------------------------
@@ -203,20 +211,51 @@ def context_path_for(config: NPDPOConfig, source: TaskSource, lm) -> ContextPath
             config.encoder, dim, config.hidden, config.latent_size, config.heads, config.max_context
         )
         return ContextPath(shape, hidden_size, layers, source.types.to_dict())
-    rm = NPRewardModel.load(Path(config.context_init) / "stages" / "np" / "model")
-    if rm.config.context != "np" or rm.dim != dim or rm.encoder != source.encoder:
+    rm = context_init_model(config)
+    if rm.dim != dim:
         raise SteerableError(
-            f"--context_init {config.context_init}: its NP-BTL reads {rm.dim}-d embeddings of "
-            f"{rm.encoder}; this run embeds {dim}-d with {source.encoder}"
+            f"--context_init {config.context_init}: its NP-BTL reads {rm.dim}-d embeddings; this run's "
+            f"{source.encoder} embeds {dim}-d"
         )
-    if rm.config.latent != "deterministic":
-        raise SteerableError(f"--context_init {config.context_init}: NP-DPO takes a deterministic latent")
     shape = ContextConfig(
         config.encoder, dim, rm.config.hidden, rm.config.latent_size, rm.config.heads, config.max_context
     )
     path = ContextPath(shape, hidden_size, layers, source.types.to_dict())
     path.context_encoder.load_state_dict(rm.context_encoder.state_dict())
     return path
+
+
+def context_init_model(config: NPDPOConfig) -> NPRewardModel:
+    """`context_init`'s NP-BTL, refused unless it reads this run's encoder with a deterministic
+    latent and was fitted on this run's split: pairs it trained on must not be among the held-out
+    pairs this run reports accuracy on and `evaluate` draws its simulated users from."""
+    rm = NPRewardModel.load(Path(config.context_init) / "stages" / "np" / "model")
+    if rm.config.context != "np" or rm.encoder != encoder_id(config.encoder):
+        raise SteerableError(
+            f"--context_init {config.context_init}: its NP-BTL reads embeddings of {rm.encoder}; this "
+            f"run embeds with {encoder_id(config.encoder)}"
+        )
+    if rm.config.latent != "deterministic":
+        raise SteerableError(f"--context_init {config.context_init}: NP-DPO takes a deterministic latent")
+    split = split_record(config)
+    if rm.split != split:
+        raise SteerableError(
+            f"--context_init {config.context_init}: its NP-BTL was fitted on the split "
+            f"{split_words(rm.split)} but this run splits {split_words(split)}, so pairs it trained on "
+            "would be held out here; train np-rm with this run's --data and --seed, or leave out "
+            "--context_init"
+        )
+    return rm
+
+
+def split_words(split: dict | None) -> str:
+    """A split record as a reader names it: (data DIGEST, seed N, SHARE of prompts held out)."""
+    if split is None:
+        return "(not recorded: an NP-BTL from an older steerable)"
+    parts = [f"data {split['data'][:12]}" if "data" in split else split["task"], f"seed {split['seed']}"]
+    if "heldout" in split:
+        parts.append(f"{split['heldout']:.0%} of prompts held out")
+    return "(" + ", ".join(parts) + ")"
 
 
 # --- data -------------------------------------------------------------------------------
@@ -370,6 +409,7 @@ def policy_stage(config, stages, inputs, source, tasks, encoded, reference, toke
     """Train (or resume) the policy into stages/policy/weights: adapter + fewshot/."""
     from peft import get_peft_model
     from transformers import TrainingArguments
+    from trl.trainer.utils import disable_dropout_in_model
 
     info = stages.done("policy", inputs)
     if info is not None:
@@ -378,8 +418,11 @@ def policy_stage(config, stages, inputs, source, tasks, encoded, reference, toke
     stage = stages.start("policy", inputs)
     torch.manual_seed(config.seed)
     lm, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
-    lm = get_peft_model(lm, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout))
+    lm = get_peft_model(lm, lora_config(config.lora_r, config.lora_alpha, 0.0))
     module = NPDPOModule(lm, context_path_for(config, source, lm))
+    # DPO trains without dropout, LoRA's and the base model's, as TRL's DPOTrainer does
+    # (`disable_dropout`): a dropped input would make the log-probs it compares noisy
+    disable_dropout_in_model(module)
     args = TrainingArguments(
         output_dir=str(stage / "checkpoints"),
         max_steps=config.max_steps,
@@ -425,6 +468,8 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
     from steerable.policy import MANIFEST, PolicyManifest
 
     rewards = load_rewards(config.stats, config.trust_remote_code)
+    if config.context_init is not None:
+        context_init_model(config)  # refused before any work
     out = Path(config.output_dir)
     stages = Stages(out, "train np-dpo")
     source = build_source(config, stages)
@@ -440,6 +485,7 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
         raise SteerableError(
             f"--stats {config.stats} has no objective(s) {missing} that the types care about"
         )
+    heldout = heldout_pairs(config, source, rewards.names)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     encoded = encode_options(tokenizer, source.pool.texts, config.max_completion_length)
     base = {
@@ -476,7 +522,7 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
     tasks = training_tasks(config, source)
     info = policy_stage(config, stages, policy_inputs, source, tasks, encoded, reference, tokenizer)
     tokenizer.save_pretrained(out)
-    write_heldout_pairs(config, source, out / HELDOUT_PAIRS)
+    atomic_write_text(out / HELDOUT_PAIRS, heldout)
     manifest = PolicyManifest(
         method="np-dpo",
         base_model=config.model,
@@ -506,18 +552,29 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
     return out
 
 
-def write_heldout_pairs(config: NPDPOConfig, source: TaskSource, path: Path) -> None:
-    """The test split's pairs with their raw scores, kept with the policy: what a simulated user
-    chooses from when `steerable evaluate`/`compare` turn a preference into examples."""
+def heldout_pairs(config: NPDPOConfig, source: TaskSource, names: list[str]) -> str:
+    """The test split's pairs with their raw scores of every objective in `names` (the policy's,
+    which `evaluate` sweeps), as JSON Lines kept with the policy: what a simulated user chooses
+    from when `steerable evaluate`/`compare` turn a preference into examples."""
+    from steerable.reward_models.labels import raw_values
+
     rows = read_table(config.data)
-    names = source.types.objectives
+    scores = {n: raw_values(rows, f"score_{n}", config.data) for n in names}  # (M,) per objective
     lines = []
     for a, b in source.pool.pairs[source.pool.split_indices("test")]:
+        for row in (a, b):
+            unscored = [n for n in names if np.isnan(scores[n][row])]
+            if unscored:
+                raise SteerableError(
+                    f"{config.data}, row {row + 1}: no score_{unscored[0]}; the held-out pairs keep a score "
+                    f"of every --stats objective ({', '.join(names)}) for `evaluate`'s simulated users: "
+                    "score the data with them, or give --stats of the types' objectives"
+                )
         pair = {"prompt": rows[a]["prompt"], "a": rows[a]["response"], "b": rows[b]["response"]}
-        pair["scores_a"] = {n: float(rows[a][f"score_{n}"]) for n in names}
-        pair["scores_b"] = {n: float(rows[b][f"score_{n}"]) for n in names}
+        pair["scores_a"] = {n: float(scores[n][a]) for n in names}
+        pair["scores_b"] = {n: float(scores[n][b]) for n in names}
         lines.append(json.dumps(pair) + "\n")
-    atomic_write_text(path, "".join(lines))
+    return "".join(lines)
 
 
 # --- evaluation -------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from steerable.evaluation.fewshot import (
 )
 from steerable.fewshot.embeddings import DEFAULT_ENCODER, embed_options, encoder_id
 from steerable.fewshot.reward_model import NPRewardConfig, NPRewardModel
-from steerable.fewshot.tasks import TaskSource, UserTypes, scored_pool, synthetic_source
+from steerable.fewshot.tasks import HELDOUT_PROMPTS, TaskSource, UserTypes, scored_pool, synthetic_source
 from steerable.io import atomic_write, atomic_write_text
 from steerable.stages import Stages, file_digest, fingerprint
 
@@ -148,7 +148,20 @@ def build_source(config: TaskConfig, stages: Stages) -> TaskSource:
 
     stages.run("embeddings", inputs, embed)
     embeddings = np.load(stages.path("embeddings") / "embeddings.npy")
-    return TaskSource(pool, types, embeddings, encoder_id(config.encoder), config.conflicting)
+    source = TaskSource(pool, types, embeddings, encoder_id(config.encoder), config.conflicting)
+    source.split = split_record(config)
+    return source
+
+
+def split_record(config: TaskConfig) -> dict:
+    """What decides which pairs of scored data are held out: the data (by content), the seed and
+    the share of prompts held out (the synthetic task records its own)."""
+    return {
+        "task": "scored",
+        "data": file_digest(config.data),
+        "seed": config.seed,
+        "heldout": HELDOUT_PROMPTS,
+    }
 
 
 def fitted(stages: Stages, name: str, inputs: dict, fit) -> NPRewardModel:
