@@ -365,6 +365,7 @@ def test_truncation_keeps_the_end_of_the_prompt_and_the_whole_answer(backbone, t
     scorer = HFRewardModel(model, tokenizer, max_length=32)
     for side, ids in (("chosen", chosen), ("rejected", rejected)):
         assert scorer._encode([prompt], [pairs[0][side]])["input_ids"][0].tolist() == ids
+    assert tokenizer.truncation_side == "right"  # cut through copies: the caller's is unchanged
 
 
 def test_batches_are_grouped_by_length(tmp_path, tiny_path, monkeypatch):
@@ -423,3 +424,22 @@ def test_a_test_file_is_evaluated_and_the_result_goes_to_stdout(tmp_path, tiny_p
         ["train", "rm", "--data", train, "--output_dir", tmp_path / "x", "--heldout_fraction", "0"]
     )
     assert refused.exit_code == 2 and "heldout_fraction 0 needs --eval" in refused.output
+
+
+def test_a_publish_cut_short_is_finished_by_the_next_run(tmp_path, tiny_path):
+    """The model moves from its stage into OUTPUT_DIR, config.json last; a run stopped between
+    the two leaves the rest in the stage, and the next run finishes the move without training."""
+    data = write_table(tmp_path / "pairs.jsonl", long_short_pairs(8))
+    out = train_rm(tiny_config(tiny_path, data, tmp_path / "rm"))
+    weights = (out / "model.safetensors").read_bytes()
+    stage_model = out / "stages" / "train" / "model"
+    stage_model.mkdir()
+    for name in ("config.json", "tokenizer.json"):  # as if stopped before these moved
+        (out / name).replace(stage_model / name)
+    (out / RECORD).unlink()
+    done = (out / "stages" / "train" / "done.json").stat().st_mtime_ns
+    train_rm(tiny_config(tiny_path, data, tmp_path / "rm"))
+    assert (out / "stages" / "train" / "done.json").stat().st_mtime_ns == done
+    assert not stage_model.exists() and (out / "model.safetensors").read_bytes() == weights
+    assert len(HFRewardModel.from_options(str(out), {})(["Hi"], ["Hello"])) == 1
+    assert json.loads((out / RECORD).read_text())["objective"] == f"reward=hf:{out.resolve()}"
