@@ -16,6 +16,7 @@ from rich.table import Table
 
 from steerable.errors import SteerableError
 from steerable.generation import SamplingConfig
+from steerable.serving.local import LIMIT_CONCURRENCY, READ_TIMEOUT, TIMEOUT_KEEP_ALIVE
 
 console = Console(stderr=True)
 
@@ -820,6 +821,18 @@ def serve(
     upstream_model: Annotated[
         str | None, typer.Option(help="Proxy mode: the model name the upstream knows it by.")
     ] = None,
+    limit_concurrency: Annotated[
+        int, typer.Option(help="Open connections and requests at most; beyond it, 503 with Retry-After.")
+    ] = LIMIT_CONCURRENCY,
+    timeout_keep_alive: Annotated[
+        int, typer.Option(help="Seconds an idle kept-alive connection stays open.")
+    ] = TIMEOUT_KEEP_ALIVE,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a request's header and body may take to arrive; slower clients are cut off."
+        ),
+    ] = READ_TIMEOUT,
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Serve models behind an OpenAI-compatible API (POST /v1/chat/completions with a `steering`
@@ -827,28 +840,58 @@ def serve(
     together, or, with --upstream, forwarded to an engine such as vLLM or `transformers serve`."""
     import uvicorn
 
+    from steerable.configs import check_value
     from steerable.serving.api import ServedModel, create_app
+    from steerable.serving.local import listening_socket, uvicorn_config
 
-    if min(max_batch, max_queue, max_tokens, port) < 1:
-        raise SteerableError("--max-batch, --max-queue, --max-tokens and --port must be >= 1")
-    if upstream is not None and len(models) != 1:
-        raise SteerableError("--upstream serves one model directory (the one the upstream serves merged)")
-    if host not in LOOPBACK:
-        _warn(
-            f"binding {host}: the API is reachable from other machines"
-            + ("" if api_key else "; set --api-key")
-        )
+    counts = {
+        "--max-batch": max_batch,
+        "--max-queue": max_queue,
+        "--max-tokens": max_tokens,
+        "--limit-concurrency": limit_concurrency,
+        "--timeout-keep-alive": timeout_keep_alive,
+    }
+    for option, value in counts.items():
+        check_value(option, value, ge=1)
+    check_value("--port", port, ge=1, le=65535)
+    check_value("--read-timeout", read_timeout, gt=0)
     if upstream is not None:
-        served = [ServedModel.proxy(models[0], upstream, upstream_model)]
-    else:
-        served = [ServedModel.load(m, max_batch, max_queue, trust_remote_code) for m in models]
-    ids = [m.id for m in served]
-    if len(set(ids)) != len(ids):
-        raise SteerableError(f"two models have the same id in {ids}; serve directories with different names")
-    app_ = create_app(served, api_key=api_key, max_tokens_limit=max_tokens)
-    for model in served:
-        console.print(f"serving [bold]{model.id}[/] ({model.method}) at http://{host}:{port}/v1")
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+        check_url("--upstream", upstream)
+        if len(models) != 1:
+            raise SteerableError("--upstream serves one model directory (the one the upstream serves merged)")
+    with listening_socket(host, port) as sock:  # taken before the models load: a busy port fails first
+        if host not in LOOPBACK:
+            _warn(
+                f"binding {host}: the API is reachable from other machines"
+                + ("" if api_key else "; set --api-key")
+            )
+        if upstream is not None:
+            served = [ServedModel.proxy(models[0], upstream, upstream_model)]
+        else:
+            served = [ServedModel.load(m, max_batch, max_queue, trust_remote_code) for m in models]
+        ids = [m.id for m in served]
+        if len(set(ids)) != len(ids):
+            raise SteerableError(
+                f"two models have the same id in {ids}; serve directories with different names"
+            )
+        app_ = create_app(served, api_key=api_key, max_tokens_limit=max_tokens)
+        for model in served:
+            console.print(f"serving [bold]{model.id}[/] ({model.method}) at http://{host}:{port}/v1")
+        config = uvicorn_config(app_, host, port, limit_concurrency, timeout_keep_alive, read_timeout)
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+def check_url(option: str, url: str) -> None:
+    """Refuse anything but an http(s) URL with a host."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in range
+    except ValueError as err:
+        raise SteerableError(f"{option} {url!r} is not a URL ({err}); give e.g. http://127.0.0.1:8001/v1")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SteerableError(f"{option} must be an http(s) URL such as http://127.0.0.1:8001/v1, got {url!r}")
 
 
 @command

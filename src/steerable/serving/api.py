@@ -1,23 +1,29 @@
 """`steerable serve`: an OpenAI-compatible chat completions API with one `steering` field for every
-method (DESIGN.md §7), on FastAPI.
+method, on FastAPI.
 
     POST /v1/chat/completions   messages, max_tokens, temperature, top_p, seed, n, stop, stream
-                                (SSE, ending `data: [DONE]`), and `steering` (the openai client
+                                (SSE, ending `data: [DONE]`; the usage chunk only with
+                                stream_options.include_usage), and `steering` (the openai client
                                 sends it through `extra_body`):
                                   weights   a preference (by name or position)   RiC, MOSLIM
                                   mapping   linf | l2 | linear                    RiC, MOSLIM
                                   targets   normalised targets per objective      RiC
                                   levels    levels 1..L for any objectives        MOSLIM
                                   examples  [{prompt, chosen, rejected}, ...]     NP-DPO
-                                The response echoes what was applied, `steering`.
+                                The response echoes what was applied: `steering` in the body
+                                (streamed: the first chunk) and the `x-steering` header (JSON),
+                                which clients that keep only the text can still read.
     GET  /v1/models             each model's method, objectives, levels and accepted steering
+    GET  /v1/models/{id}        one of them
     GET  /health
 
 Steering is checked by the library's own code (`Preference`, the tag checks, the examples
 check), so the server and the Python API refuse the same things. Errors use OpenAI's body,
 {"error": {"message", "type", "param", "code"}}: 400 for bad values and steering, 401 for a
-missing or wrong API key, 404 for an unknown model, 413 for a body over the limit, 422 for
-malformed JSON, 503 (with Retry-After) when the queue is full.
+missing or wrong API key, 404 for an unknown model or path, 405 for a wrong method, 413 for a
+body over the limit, 422 for malformed JSON, 503 (with Retry-After) when the queue is full, a
+generic 500 (the cause goes to the server's log). A client that disconnects cancels its request,
+streamed or not.
 """
 
 from __future__ import annotations
@@ -28,14 +34,18 @@ import logging
 import queue
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from steerable.errors import SteerableError
 from steerable.serving.engine import BatchEngine, Job
@@ -83,6 +93,11 @@ class ServedModel:
     engine: BatchEngine | None = field(default=None, repr=False)
     upstream: str | None = None  # proxy mode: the OpenAI-compatible engine that generates
     upstream_model: str | None = None
+    # steering, prompt checks and scoring run here, one at a time, off the event loop: a model
+    # whose steering is slow (NP-DPO's pair encoder) makes only its own requests wait
+    worker: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="steerable-steering"), repr=False
+    )
 
     @classmethod
     def proxy(cls, spec: str, upstream: str, upstream_model: str | None = None) -> ServedModel:
@@ -183,6 +198,11 @@ class ServedModel:
             echo["weights"] = dict(zip(self.policy.names, self.policy_weights(weights), strict=True))
             echo["mapping"] = mapping or self.policy.mapping.default
         return steered, echo, None
+
+    async def run(self, fn, *args):
+        """`fn(*args)` on this model's own worker thread (vLLM gives each server its own
+        one-thread executor for tokenising, the same way)."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
     def render(self, messages: list[dict]) -> str:
         from steerable.generation import render_chat
@@ -309,37 +329,48 @@ def create_app(
     max_tokens_limit: int = 1024,
 ):
     served = {m.id: m for m in models}
-    app = FastAPI(title="steerable", docs_url=None, redoc_url=None)
 
-    def error_response(err: ApiError):
-        headers = {"Retry-After": "1"} if err.status == 503 else None
-        return JSONResponse(err.body(), status_code=err.status, headers=headers)
+    async def authorise(request: Request) -> None:
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            raise ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)")
+
+    app = FastAPI(title="steerable", docs_url=None, redoc_url=None)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorise)])
 
     @app.exception_handler(ApiError)
     async def api_error(_, err: ApiError):
         return error_response(err)
 
-    @app.exception_handler(Exception)
-    async def unexpected(_, err: Exception):  # never a traceback page; the server stays up
-        return error_response(ApiError(500, f"internal error: {type(err).__name__}: {err}"))
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):  # unknown path, wrong method
+        message = f"{err.detail}: {request.method} {request.url.path}"
+        return error_response(ApiError(err.status_code, message), err.headers)
 
-    @app.middleware("http")
-    async def authorise(request: Request, call_next):
-        guarded = api_key is not None and request.url.path.startswith("/v1/")
-        if guarded and request.headers.get("authorization") != f"Bearer {api_key}":
-            return error_response(ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)"))
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_, err: RequestValidationError):  # a typed path or query parameter (vLLM: 400)
+        first = err.errors()[0]
+        param = ".".join(str(p) for p in first["loc"][1:]) or None
+        return error_response(ApiError(400, f"{param}: {first['msg']}", param))
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, _):  # the client left (mid-upload or mid-wait): nobody to answer
+        log.info("a client went away before its answer: %s %s", request.method, request.url.path)
+        return Response(status_code=499)  # nginx's "client closed request", for the access log
+
+    @app.exception_handler(Exception)
+    async def unexpected(_, err: Exception):  # uvicorn logs the traceback; the client gets no internals
+        return error_response(ApiError(500, "internal server error; the server's log has the details"))
 
     @app.get("/", response_class=HTMLResponse)
     async def playground():
         return HTMLResponse(PLAYGROUND)
 
-    @app.post("/v1/score")
+    @v1.post("/score")
     async def score(request: Request):
         """The objectives' scores of responses to a prompt (what the playground shows)."""
         model, prompt, responses = parse_score(parse_json(await read_body(request, max_body_bytes)), served)
         rewards = model.policy.rewards
-        raw = await asyncio.to_thread(rewards.score, [prompt] * len(responses), responses)
+        raw = await model.run(rewards.score, [prompt] * len(responses), responses)
         return {
             "objectives": rewards.names,
             "raw": raw.tolist(),
@@ -350,41 +381,35 @@ def create_app(
     async def health():
         return {"status": "ok", "models": list(served)}
 
-    @app.get("/v1/models")
+    @v1.get("/models")
     async def list_models():
         return {"object": "list", "data": [m.card() for m in served.values()]}
 
-    @app.post("/v1/chat/completions")
+    @v1.get("/models/{model_id:path}")
+    async def retrieve_model(model_id: str):
+        return served_model(model_id, served).card()
+
+    @v1.post("/chat/completions")
     async def chat(request: Request):
         body = parse_json(await read_body(request, max_body_bytes))
         parsed = parse_request(body, served, max_tokens_limit)
-        # off the event loop: NP-DPO's examples go through the pair encoder
-        steered, applied, z = await asyncio.to_thread(parsed.model.steer, parsed.messages, parsed.steering)
-        if parsed.model.upstream is not None:
-            return await forward(parsed.model, body, steered, applied)
-        jobs = await asyncio.to_thread(make_jobs, parsed, parsed.model.render(steered), z)
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": ident, "created": created, "model": parsed.model.id}
+        model = parsed.model
+        steered, applied, z = await model.run(model.steer, parsed.messages, parsed.steering)
+        headers = {"x-steering": json.dumps(applied, ensure_ascii=True)}  # for clients that drop the body's
+        if model.upstream is not None:
+            return await forward(model, body, steered, applied, headers)
+        jobs = await model.run(make_jobs, parsed, model.render(steered), z)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model.id}
         if parsed.stream:
-            return StreamingResponse(
-                stream_chunks(parsed.model, jobs, head, applied, request), media_type="text/event-stream"
-            )
-        loop = asyncio.get_running_loop()
-        finished = [asyncio.Event() for _ in jobs]
-        for job, event in zip(jobs, finished, strict=True):
-            job.on_done = lambda event=event: loop.call_soon_threadsafe(event.set)
-        submit(parsed.model, jobs)
-        try:
-            for event in finished:
-                await event.wait()
-        except asyncio.CancelledError:
-            for job in jobs:
-                job.cancelled.set()
-            raise
-        failed = next((j.error for j in jobs if j.error is not None), None)
-        if failed is not None:
-            raise ApiError(500, f"generation failed: {failed}")
-        return {
+            # queued before the response starts: a full queue is a 503, not an empty 200 stream
+            events = stream_events(jobs)
+            submit(model, jobs)
+            chunks = stream_chunks(jobs, events, head, applied, parsed.include_usage)
+            return JobsStream(jobs, chunks, media_type="text/event-stream", headers=headers)
+        await finished_unless_gone(request, model, jobs)
+        if any(j.error is not None for j in jobs):
+            raise ApiError(500, "generation failed; the server's log has the details")
+        answer = {
             **head,
             "object": "chat.completion",
             "choices": [
@@ -398,13 +423,22 @@ def create_app(
             "usage": usage(jobs),
             "steering": applied,
         }
+        return JSONResponse(answer, headers=headers)
 
+    app.include_router(v1)
     return app
 
 
-async def forward(model: ServedModel, body: dict, steered: list[dict], applied: dict):
+def error_response(err: ApiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """OpenAI's error body; a 503 says when to retry."""
+    headers = {**(headers or {}), **({"Retry-After": "1"} if err.status == 503 else {})}
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+async def forward(model: ServedModel, body: dict, steered: list[dict], applied: dict, headers: dict):
     """Proxy mode: the request with its steering rendered into the messages, to the upstream
-    engine; its answer comes back with the applied steering (streamed: in the first chunk)."""
+    engine; its answer comes back with the applied steering (streamed: in the first chunk) and
+    `headers`."""
     import httpx
 
     payload = {k: v for k, v in body.items() if k != "steering"}
@@ -424,7 +458,7 @@ async def forward(model: ServedModel, body: dict, steered: list[dict], applied: 
     if not body.get("stream"):
         data = json.loads(await response.aread())
         await client.aclose()
-        return {**data, "model": model.id, "steering": applied}
+        return JSONResponse({**data, "model": model.id, "steering": applied}, headers=headers)
 
     async def relay():
         first = True
@@ -442,7 +476,7 @@ async def forward(model: ServedModel, body: dict, steered: list[dict], applied: 
             await response.aclose()
             await client.aclose()
 
-    return StreamingResponse(relay(), media_type="text/event-stream")
+    return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 
 
 def parse_json(raw: bytes):
@@ -478,44 +512,106 @@ def submit(model: ServedModel, jobs: list[Job]) -> None:
         raise ApiError(503, "the server is busy (its queue is full); retry shortly", code="queue_full")
 
 
+async def finished_unless_gone(request: Request, model: ServedModel, jobs: list[Job]) -> None:
+    """Queue `jobs` and wait until they are done; a client that disconnects first cancels them
+    (their rows stop at the next step), as a stream's does (vLLM's `with_cancellation` too)."""
+    loop, finished, left = asyncio.get_running_loop(), asyncio.Event(), [len(jobs)]
+
+    def one_done() -> None:  # on the event loop
+        left[0] -= 1
+        if not left[0]:
+            finished.set()
+
+    for job in jobs:
+        job.on_done = lambda: loop.call_soon_threadsafe(one_done)
+    submit(model, jobs)
+    done = asyncio.ensure_future(finished.wait())
+    gone = asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait((done, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not done.done():
+            done.cancel()
+            for job in jobs:
+                job.cancelled.set()
+    if not done.done():
+        raise ClientDisconnect()
+    log_failures(model.id, jobs)
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body is read: all that can come is http.disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def log_failures(model_id: str, jobs: list[Job]) -> None:
+    """The server's log gets what failed (the client gets a generic 500)."""
+    for job in jobs:
+        if job.error is not None:
+            log.error("generation failed on %s", model_id, exc_info=job.error)
+
+
 def usage(jobs: list[Job]) -> dict:
     completion = sum(j.completion_tokens for j in jobs)
     prompt = jobs[0].prompt_tokens if jobs else 0
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def stream_chunks(model: ServedModel, jobs: list[Job], head: dict, applied: dict, request):
-    """SSE chunks: the role, each choice's new text as it comes, its finish reason, [DONE]. A
-    client that goes away cancels its jobs (their rows stop at the next step)."""
+def stream_events(jobs: list[Job]) -> asyncio.Queue:
+    """The queue each job's new text, (i, text), and its end, (i, None), arrive on."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     for i, job in enumerate(jobs):
         job.on_text = lambda text, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, text))
         job.on_done = lambda i=i: loop.call_soon_threadsafe(events.put_nowait, (i, None))
-    submit(model, jobs)
+    return events
+
+
+class JobsStream(StreamingResponse):
+    """A streamed answer that frees its jobs' rows however it ends: finished, or its client gone
+    (even before the first chunk)."""
+
+    def __init__(self, jobs: list[Job], *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.jobs = jobs
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for job in self.jobs:
+                job.cancelled.set()
+
+
+async def stream_chunks(
+    jobs: list[Job], events: asyncio.Queue, head: dict, applied: dict, include_usage: bool
+) -> AsyncIterator[str]:
+    """SSE chunks of queued `jobs`: the role, each choice's new text as it comes, its finish
+    reason, the usage when the request's stream_options asked for it, [DONE]."""
 
     def chunk(index: int, delta: dict, finish: str | None = None, **extra) -> str:
         choice = {"index": index, "delta": delta, "finish_reason": finish}
         data = {**head, "object": "chat.completion.chunk", "choices": [choice], **extra}
         return f"data: {json.dumps(data)}\n\n"
 
-    try:
-        for i in range(len(jobs)):
-            yield chunk(i, {"role": "assistant", "content": ""}, steering=applied)
-        remaining = len(jobs)
-        while remaining:
-            i, text = await events.get()
-            if text is not None:
-                yield chunk(i, {"content": text})
-                continue
-            remaining -= 1
-            if jobs[i].error is not None:
-                yield f"data: {json.dumps(ApiError(500, f'generation failed: {jobs[i].error}').body())}\n\n"
-            else:
-                yield chunk(i, {}, jobs[i].finish_reason)
+    for i in range(len(jobs)):
+        yield chunk(i, {"role": "assistant", "content": ""}, steering=applied)
+    remaining = len(jobs)
+    while remaining:
+        i, text = await events.get()
+        if text is not None:
+            yield chunk(i, {"content": text})
+            continue
+        remaining -= 1
+        if jobs[i].error is not None:
+            log_failures(head["model"], [jobs[i]])
+            error = ApiError(500, "generation failed; the server's log has the details")
+            yield f"data: {json.dumps(error.body())}\n\n"
+        else:
+            yield chunk(i, {}, jobs[i].finish_reason)
+    if include_usage:
         last = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(jobs)}
         yield f"data: {json.dumps(last)}\n\n"
-        yield "data: [DONE]\n\n"
-    finally:  # the client went away (or the stream ended): free the rows
-        for job in jobs:
-            job.cancelled.set()
+    yield "data: [DONE]\n\n"

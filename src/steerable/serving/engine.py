@@ -14,7 +14,7 @@ Each row keeps its own settings inside the shared batch:
                distribution with its own `torch.Generator` (seeded by the request), so what else
                shares the batch does not change its draws; temperature 0 is argmax
     stopping   a row ends at its own max_tokens, at a stop string, at the end of its turn, or
-               when its client has gone (a disconnected stream frees its row at the next step)
+               when its client has gone (a client that disconnects frees its rows at the next step)
     streaming  `RowStreamer` hands each row its new text as it comes
     latent     NP-DPO rows carry their own z, stacked for the FiLM layers
     prefix     `PrefixCache` keeps the keys and values of prompt prefixes that requests share
@@ -117,7 +117,11 @@ def inverse_cdf(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 class RowStreamer:
     """Each step's tokens -> each job's new text (decoded from all its tokens so far, so
     multi-byte characters come out whole), with the job's stop strings applied; sets a job's
-    `finish_reason` when it ends."""
+    `finish_reason` when it ends.
+
+    While a row runs, the last `max(len(stop)) - 1` characters are held back: they may be the
+    start of a stop string that the next tokens complete, and text once handed on cannot be
+    taken back (vLLM's detokenizer holds back the same). The row's end hands on the rest."""
 
     def __init__(self, tokenizer, stops: set[int]):
         self.tokenizer, self.stops = tokenizer, stops
@@ -130,16 +134,15 @@ class RowStreamer:
                 continue
             job.tokens.append(token)
             job.completion_tokens = len(job.tokens)
-            if job.completion_tokens >= job.max_tokens:
-                job.finish_reason = "length"  # end() emits what is left
-                continue
-            text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
-            if text.endswith("\ufffd"):
-                continue  # half a character: wait for the rest
-            text, stopped = cut_at_stop(text, job.stop)
-            if stopped:
+            text, stopped = cut_at_stop(self.tokenizer.decode(job.tokens, skip_special_tokens=True), job.stop)
+            if stopped:  # checked first: a stop the last allowed token completes is a stop
                 job.finish_reason = "stop"
-            self.emit(job, text)
+                self.emit(job, text)
+            elif job.completion_tokens >= job.max_tokens:
+                job.finish_reason = "length"  # end() emits what is left
+            elif not text.endswith("\ufffd"):  # else half a character: wait for the rest
+                held = max((len(s) for s in job.stop), default=1) - 1
+                self.emit(job, text[: len(text) - held])
 
     def emit(self, job: Job, text: str) -> None:
         """Hand on the part of `text` not yet emitted."""
