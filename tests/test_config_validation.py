@@ -66,6 +66,8 @@ TRAIN_CASES = [
     ("np-rm", "--learning_rate 0", "--learning_rate must be > 0, got 0.0"),
     ("np-rm", "--data {scored}", "--data is read by --task scored only"),
     ("np-rm", "--task scored --data {scored} --objectives brief brief", "--objectives names brief twice"),
+    ("np-dpo", "--temperature -1", "--temperature must be >= 0, got -1.0"),
+    ("np-dpo", "--beta nan", "--beta must be a finite number, got nan"),
 ]
 
 # Other commands: (command line, what the one line says); {out} is where nothing may appear.

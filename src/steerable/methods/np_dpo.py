@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from steerable.configs import check_field_types
+from steerable.configs import SEED, check_config
 from steerable.data.loading import read_table
 from steerable.defaults import DEFAULT_MODEL, DTYPE_NAMES, absolute_if_local, load_causal_lm, load_tokenizer
 from steerable.errors import SteerableError
@@ -103,51 +103,39 @@ class NPDPOConfig(TaskConfig):
         default=None, metadata={"help": "Stats JSON or model dir (default: beside data)."}
     )
     context_init: str | None = field(default=None, metadata={"help": "np-rm run to start the encoder from."})
-    hidden: int = field(default=256, metadata={"help": "Context encoder width."})
-    latent_size: int = field(default=128, metadata={"help": "Size of z."})
-    heads: int = field(default=4, metadata={"help": "Attention heads of the context encoder."})
-    targets: int = field(default=20, metadata={"help": "Pairs per task."})
-    max_context: int = field(default=10, metadata={"help": "Largest context in training."})
-    lm_targets: int = field(default=2, metadata={"help": "Target pairs per task the LM learns from."})
-    tasks_per_batch: int = field(default=4, metadata={"help": "Tasks per step."})
-    max_steps: int = field(default=120, metadata={"help": "Optimiser steps."})
-    learning_rate: float = field(default=2e-4, metadata={"help": "Learning rate."})
-    beta: float = field(default=0.05, metadata={"help": "DPO beta."})
-    sft_weight: float = field(default=1.0, metadata={"help": "Weight of the chosen answers' NLL."})
-    max_completion_length: int = field(default=48, metadata={"help": "Response tokens per option."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    save_steps: int = field(default=10, metadata={"help": "Steps between checkpoints."})
-    eval_tasks: int = field(default=40, metadata={"help": "Held-out tasks per context size."})
-    eval_prompts: int = field(default=32, metadata={"help": "Held-out prompts for generations."})
-    eval_contexts: int = field(default=4, metadata={"help": "Contexts per type for generations."})
-    eval_context_size: int = field(default=5, metadata={"help": "Pairs per generation context."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Generated tokens (evaluation)."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (evaluation)."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
+    hidden: int = field(default=256, metadata={"help": "Context encoder width.", "ge": 1})
+    latent_size: int = field(default=128, metadata={"help": "Size of z.", "ge": 1})
+    heads: int = field(default=4, metadata={"help": "Attention heads of the context encoder.", "ge": 1})
+    targets: int = field(default=20, metadata={"help": "Pairs per task.", "ge": 1})
+    max_context: int = field(default=10, metadata={"help": "Largest context in training.", "ge": 0})
+    lm_targets: int = field(
+        default=2, metadata={"help": "Target pairs per task the LM learns from.", "ge": 1}
+    )
+    tasks_per_batch: int = field(default=4, metadata={"help": "Tasks per step.", "ge": 1})
+    max_steps: int = field(default=120, metadata={"help": "Optimiser steps.", "ge": 1})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Learning rate.", "gt": 0})
+    beta: float = field(default=0.05, metadata={"help": "DPO beta.", "gt": 0})
+    sft_weight: float = field(default=1.0, metadata={"help": "Weight of the chosen answers' NLL.", "ge": 0})
+    max_completion_length: int = field(default=48, metadata={"help": "Response tokens per option.", "ge": 1})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "ge": 1})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "ge": 1})
+    save_steps: int = field(default=10, metadata={"help": "Steps between checkpoints.", "ge": 1})
+    eval_tasks: int = field(default=40, metadata={"help": "Held-out tasks per context size.", "ge": 1})
+    eval_prompts: int = field(default=32, metadata={"help": "Held-out prompts for generations.", "ge": 1})
+    eval_contexts: int = field(default=4, metadata={"help": "Contexts per type for generations.", "ge": 1})
+    eval_context_size: int = field(default=5, metadata={"help": "Pairs per generation context.", "ge": 0})
+    max_new_tokens: int = field(default=48, metadata={"help": "Generated tokens (evaluation).", "ge": 1})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (evaluation).", "ge": 0})
+    seed: int = field(default=0, metadata={"help": "Random seed.", **SEED})
     output_dir: str = field(default="runs/np-dpo", metadata={"help": "Output directory."})
 
     def __post_init__(self):
-        check_field_types(self)
+        check_config(self)
         if self.task != "scored":
             raise SteerableError("NP-DPO trains on text: --task must be scored (pairs of responses)")
         super().__post_init__()
         if self.stats is None:
             self.stats = str(stats_beside(Path(self.data)))
-        for name in (
-            "targets",
-            "lm_targets",
-            "tasks_per_batch",
-            "max_steps",
-            "save_steps",
-            "eval_tasks",
-            "eval_prompts",
-            "eval_contexts",
-            "max_completion_length",
-            "max_new_tokens",
-        ):
-            if getattr(self, name) < 1:
-                raise SteerableError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.max_context <= self.targets - self.lm_targets:
             raise SteerableError(
                 f"--max_context must be in 0..targets - lm_targets ({self.targets - self.lm_targets}), "
@@ -155,10 +143,6 @@ class NPDPOConfig(TaskConfig):
             )
         if not 0 <= self.eval_context_size <= self.max_context:
             raise SteerableError(f"--eval_context_size must be in 0..max_context ({self.max_context})")
-        if self.beta <= 0:
-            raise SteerableError(f"--beta must be > 0, got {self.beta}")
-        if not self.sft_weight >= 0:
-            raise SteerableError(f"--sft_weight must be >= 0, got {self.sft_weight}")
         self.model = absolute_if_local(self.model)
         self.stats = str(Path(self.stats).resolve())
         if self.context_init is not None:
