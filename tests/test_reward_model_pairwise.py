@@ -443,3 +443,15 @@ def test_a_publish_cut_short_is_finished_by_the_next_run(tmp_path, tiny_path):
     assert not stage_model.exists() and (out / "model.safetensors").read_bytes() == weights
     assert len(HFRewardModel.from_options(str(out), {})(["Hi"], ["Hello"])) == 1
     assert json.loads((out / RECORD).read_text())["objective"] == f"reward=hf:{out.resolve()}"
+
+
+def test_score_reads_the_pairs_train_rm_reads(tmp_path):
+    """`steerable score` on a prompt/chosen/rejected table: two scored rows per pair."""
+    data = write_table(tmp_path / "pairs.jsonl", long_short_pairs(3))
+    result = invoke(["score", data, "--out", tmp_path / "scored.jsonl", "-o", "brief=builtin:brevity"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert [(r["label"], r["pair"]) for r in rows] == [
+        (label, n) for n in range(3) for label in ("chosen", "rejected")
+    ]
+    assert rows[1]["response"] == long_short_pairs(3)[0]["rejected"] and "score_brief" in rows[1]
