@@ -476,6 +476,17 @@ def test_a_context_init_fitted_on_another_split_is_refused_naming_both(tiny_path
         assert not out.exists()
 
 
+def test_compare_fits_the_np_btl_that_starts_np_dpo_on_np_dpos_split(scored_table, tmp_path):
+    from steerable.evaluation.compare import CompareConfig, plan_compare
+
+    config = CompareConfig(
+        methods=["np-dpo"], stats=str(scored_table.with_name("stats.json")),
+        np_dpo={"data": str(scored_table), "seed": 3},
+    )  # fmt: skip
+    plan = plan_compare(config, tmp_path)
+    assert plan.np_rm.seed == plan.np_dpo.seed == 3 and plan.np_rm.data == plan.np_dpo.data
+
+
 def test_np_dpo_statistics_default_to_what_steerable_score_wrote(scored_table, tmp_path):
     from steerable.methods.np_dpo import NPDPOConfig
 

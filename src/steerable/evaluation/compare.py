@@ -34,7 +34,7 @@ The configuration (YAML, every key optional):
            (OUT/ric/stages/offline/scored.jsonl), labels to its score_* columns
     np_dpo: {...}   NPDPOConfig fields; data defaults to RiC's scored offline data, stats to the
            comparison's; without context_init, an NP-BTL run is trained first:
-    np_rm: {...}    NPRMConfig fields (task scored, the same data, types and conflicting)
+    np_rm: {...}    NPRMConfig fields (task scored, the same data, seed, types and conflicting)
     trust_remote_code: false   let hub models and py: objectives run their own code
 """
 
@@ -210,7 +210,10 @@ def plan_np_dpo(config: CompareConfig, plan: ComparePlan, out: Path) -> None:
     if section.get("context_init") is None:
         from steerable.methods.np_rm import NPRMConfig
 
-        shared = {k: section[k] for k in ("types", "conflicting", "encoder", "objectives") if k in section}
+        # the same pairs, split the same way (data and seed), so no pair it trained on is held out
+        shared = {
+            k: section[k] for k in ("types", "conflicting", "encoder", "objectives", "seed") if k in section
+        }
         rm = {
             **config.np_rm,
             **shared,
