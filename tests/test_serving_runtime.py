@@ -420,3 +420,17 @@ def test_serve_refuses_a_port_in_use():
         port = taken.getsockname()[1]
         result = CliRunner().invoke(app, ["serve", "tiny", "--port", str(port)])
     assert result.exit_code == 2 and f"port {port}" in result.output and "in use" in result.output
+
+
+def test_steering_examples_are_embedded_without_a_progress_bar(capfd):
+    """A request's NP-DPO examples go through the pair encoder with no bar in the server's log
+    (the encoder's own loading, once, is quiet under the command line's `quiet_libraries`)."""
+    from steerable.fewshot.policy import embed_examples
+    from steerable.scorers.builtin import minilm_encoder
+
+    minilm_encoder("cpu")  # loaded once, as the server's first request would
+    capfd.readouterr()
+    example = {"prompt": "Say hi.", "chosen": "Hello there!", "rejected": "Go away."}
+    chosen, rejected = embed_examples([example, {**example, "chosen": "Hi!"}], "minilm")
+    assert chosen.shape == rejected.shape and chosen.shape[0] == 2
+    assert capfd.readouterr().err == ""

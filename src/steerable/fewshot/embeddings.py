@@ -46,9 +46,10 @@ def embed_options(
     cache: str | Path | None = None,
     batch_size: int = 32,
     trust_remote_code: bool = False,
+    progress: bool = True,
 ) -> np.ndarray:
     """[M, d] float32 embeddings of the options, from `cache` where it has them (and the same
-    encoder), the rest computed and added to it."""
+    encoder), the rest computed (with a progress bar if `progress`) and added to it."""
     ident = encoder_id(encoder)
     keys = [option_key(p, r) for p, r in texts]
     known = read_cache(cache, ident) if cache is not None else {}
@@ -57,7 +58,7 @@ def embed_options(
         unique = list(dict.fromkeys(keys))
         first = {key: i for i, key in reversed(list(enumerate(keys)))}
         todo = [texts[first[unique[i]]] for i in missing]
-        vectors = compute(todo, encoder, batch_size, trust_remote_code)
+        vectors = compute(todo, encoder, batch_size, trust_remote_code, progress)
         known.update({unique[i]: v for i, v in zip(missing, vectors, strict=True)})
         if cache is not None:
             write_cache(cache, ident, known)
@@ -113,7 +114,11 @@ def lm_encoder(ident: str, trust_remote_code: bool = False) -> tuple:
 
 
 def compute(
-    texts: list[tuple[str, str]], encoder: str, batch_size: int, trust_remote_code: bool
+    texts: list[tuple[str, str]],
+    encoder: str,
+    batch_size: int,
+    trust_remote_code: bool,
+    progress: bool = True,
 ) -> np.ndarray:
     from tqdm.auto import tqdm
 
@@ -122,14 +127,14 @@ def compute(
 
         model = minilm_encoder("cpu")
         joined = [f"{p}\n\n{r}" for p, r in texts]
-        return model.encode(joined, batch_size=batch_size, show_progress_bar=True, convert_to_numpy=True)
+        return model.encode(joined, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
     import torch
 
     from steerable.generation import template_messages
 
     model, tokenizer = lm_encoder(encoder_id(encoder), trust_remote_code)
     out = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch"):
+    for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch", disable=not progress):
         chats = [
             tokenizer.apply_chat_template(
                 template_messages(

@@ -286,11 +286,12 @@ def check_examples(
 
 
 def embed_examples(examples: list[dict], encoder: str) -> tuple[np.ndarray, np.ndarray]:
-    """The checked examples' chosen and rejected options, [n, d] each, through `encoder`."""
+    """The checked examples' chosen and rejected options, [n, d] each, through `encoder` (no
+    progress bar: a few examples, per request or generation)."""
     from steerable.fewshot.embeddings import embed_options
 
     if not examples:
         return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
     texts = [(e["prompt"], e["chosen"]) for e in examples] + [(e["prompt"], e["rejected"]) for e in examples]
-    vectors = embed_options(texts, encoder)
+    vectors = embed_options(texts, encoder, progress=False)
     return vectors[: len(examples)], vectors[len(examples) :]
