@@ -44,6 +44,7 @@ TRAIN_CASES = [
     ("ric", "--num_epochs 0", "--num_epochs must be > 0, got 0.0"),
     ("ric", "--online_iterations -1", "--online_iterations must be >= 0, got -1"),
     ("ric", "--lora_dropout 1.5", "--lora_dropout must be in [0, 1), got 1.5"),
+    ("ric", "--data {scored}", "--prompt_limit is read without --data only"),
     ("ric", "--seed -1", "--seed must be in [0, 4294967295], got -1"),
     ("moslim-rm", "--seed 4294967296", "--seed must be in [0, 4294967295], got 4294967296"),
     ("rm", "--learning_rate nan", "--learning_rate must be a finite number, got nan"),

@@ -482,7 +482,7 @@ def test_editing_the_data_file_in_place_is_noticed(make_tiny_ric_config, tmp_pat
     ]
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = make_tiny_ric_config(tmp_path / "run", data=str(data))
+    config = make_tiny_ric_config(tmp_path / "run", data=str(data), prompt_limit=None)
     train_ric(config)
     rows[0]["response"] = "Yes, truly great and lovely."
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -346,6 +346,11 @@ class RiCConfig:
         # still finds them; the specs are parsed (and checked) now, before any stage runs.
         self.model = absolute_if_local(self.model)
         self.data = None if self.data is None else str(Path(self.data).resolve())
+        if self.data is not None and self.prompt_limit is not None:
+            raise SteerableError(
+                "--prompt_limit is read without --data only (it picks the embedded prompts to sample "
+                "for); drop one"
+            )
         if self.chat_template_path is not None:
             self.chat_template_path = absolute_if_local(self.chat_template_path)
         self.objectives = [str(o.spec) for o in RewardSet.from_specs(self.objectives).objectives]
