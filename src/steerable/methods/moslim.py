@@ -12,7 +12,8 @@ Recipe (`steerable train moslim`):
 4. The policy (LoRA on the starting model, which is also the reference; no preference SFT
    first) learns from that reward by one of two optimisers (`algorithm`):
    - grpo: TRL's GRPO samples a group of answers per tagged prompt and scores them; avg_i /
-     std_i are running statistics over training.
+     std_i are running statistics over training (over every process's answers under
+     `accelerate launch`, so all processes keep the same ones).
    - dpo: a fixed pool of answers (`pool`, a prompt/response table with several answers per
      prompt, e.g. RiC's scored offline data) is read by the RM once. For each tagged prompt of
      the schedule, the answer the reward ranks first for those tags is `chosen` and the one it
