@@ -354,6 +354,19 @@ def test_the_server_batches_np_dpo_rows_each_with_its_own_z(tiny_np_dpo):
     assert answers([steered[0]], [8]) != answers([steered[1]], [8])  # z changes the draws
 
 
+def test_the_server_echoes_how_many_examples_it_used(tiny_np_dpo):
+    from steerable.serving.api import ServedModel
+
+    out, _, _ = tiny_np_dpo
+    served = ServedModel.load(str(out))  # trained with --max_context 3
+    examples = [{"prompt": f"Q{i}?", "chosen": f"Yes {i}.", "rejected": f"No {i}."} for i in range(50)]
+    ask = [{"role": "user", "content": "Say something."}]
+    with pytest.warns(UserWarning, match="using the first 3"):
+        _, applied, z = served.steer(ask, {"examples": examples})
+    assert applied == {"examples": 3} and torch.allclose(z, served.steer(ask, {"examples": examples[:3]})[2])
+    assert served.steer(ask, {"examples": examples[:2]})[1] == {"examples": 2}
+
+
 def test_examples_do_not_steer_a_model_without_a_context_encoder(tiny_ric, tmp_path):
     _, ric = tiny_ric
     path = tmp_path / "user.jsonl"

@@ -178,7 +178,9 @@ class ServedModel:
         if self.method == "np-dpo":
             examples = steering.get("examples", [])
             z = with_param("steering.examples", lambda: self.policy.latent_for(examples))
-            return self.policy.steered_messages(messages, None), {"examples": len(examples)}, z
+            # the policy reads the first max_context examples (the rest are never embedded): echo those
+            used = min(len(examples), self.policy.fewshot.config.max_context)
+            return self.policy.steered_messages(messages, None), {"examples": used}, z
         weights, mapping = steering.get("weights"), steering.get("mapping")  # typed by ChatCompletionRequest
         given = [k for k in ("weights", "targets", "levels") if steering.get(k) is not None]
         param = f"steering.{given[0]}" if given else "steering"
