@@ -62,6 +62,8 @@ TRAIN_CASES = [
     ("soups", "--prompt_limit -3", "--prompt_limit must be >= 1, got -3"),
     ("moslim-rm", "--learning_rate 0", "--learning_rate must be > 0, got 0.0"),
     ("moslim-rm", "--pooling cls", "--pooling cls reads the first token"),
+    ("moslim-rm", "--max_length 100000", "max_length 100000 is longer than the backbone"),
+    ("moslim-rm", "--model {scored}", "could not be loaded"),
     ("np-rm", "--validation_tasks 0", "--validation_tasks must be >= 1, got 0"),
     ("np-rm", "--dirichlet_alpha -1", "--dirichlet_alpha must be > 0, got -1.0"),
     ("np-rm", "--learning_rate 0", "--learning_rate must be > 0, got 0.0"),

@@ -50,11 +50,11 @@ from steerable.defaults import (
     default_device,
     resolve_model,
 )
-from steerable.errors import SteerableError
+from steerable.errors import SteerableError, first_line
 from steerable.io import atomic_write_text, check_format_version
 from steerable.methods.training import device_args, last_complete_checkpoint, stage_bar
 from steerable.reward_models.labels import MISSING, LabelSource, check_columns
-from steerable.scorers.hf import load_pair_model
+from steerable.scorers.hf import check_max_length, load_pair_model
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 
 FORMAT_VERSION = 1
@@ -202,21 +202,27 @@ def is_decoder(config) -> bool:
     return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def check_pooling(config: MOSLIMRMConfig) -> None:
-    """Refuse `cls` pooling on a decoder: under causal attention its first token has seen
-    nothing of the pair, so every input would get the same reading."""
-    if config.pooling != "cls":
-        return
+def check_backbone(config: MOSLIMRMConfig) -> None:
+    """What the backbone's config rules out before any work: `cls` pooling on a decoder (under
+    causal attention its first token has seen nothing of the pair, so every input would get the
+    same reading) and a max_length beyond the positions it reads."""
     from transformers import AutoConfig
 
-    backbone = AutoConfig.from_pretrained(
-        resolve_model(config.model), trust_remote_code=config.trust_remote_code
-    )
-    if is_decoder(backbone):
+    try:
+        backbone = AutoConfig.from_pretrained(
+            resolve_model(config.model), trust_remote_code=config.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise SteerableError(
+            f"backbone {config.model!r} could not be loaded ({first_line(err)}); give 'minilm', a "
+            "model directory (with config.json) or a hub id that is in the local cache"
+        )
+    if config.pooling == "cls" and is_decoder(backbone):
         raise SteerableError(
             f"--pooling cls reads the first token, which the decoder {config.model!r} reads before "
             "the pair (its attention is causal); use --pooling last, mean or auto"
         )
+    check_max_length(backbone, config.max_length, f"the backbone {config.model!r}")
 
 
 def load_backbone(name_or_path: str, dtype: str, trust_remote_code: bool):
@@ -439,7 +445,7 @@ def train_moslim_rm(config: MOSLIMRMConfig) -> Path:
     checked before anything trains; moslim_rm.json is removed first and written last."""
     rows = load_pairs(config.data)
     where = config.data
-    check_pooling(config)
+    check_backbone(config)
     sources = [LabelSource.parse(text, config.levels) for text in config.labels]
     if not sources:
         columns = [c for c in rows[0] if c.startswith("score_")]

@@ -82,8 +82,9 @@ def scorer_device(options: dict[str, str], origin: object) -> str:
 
 
 def check_max_length(model, max_length: int, what: str) -> None:
-    """Refuse a truncation length beyond the positions `model` reads (`what` names it)."""
-    positions = getattr(model.config, "max_position_embeddings", None)
+    """Refuse a truncation length beyond the positions `model` (a model or its config) reads
+    (`what` names it)."""
+    positions = getattr(getattr(model, "config", model), "max_position_embeddings", None)
     if positions is not None and max_length > positions:
         raise SteerableError(
             f"max_length {max_length} is longer than {what} reads ({positions} positions); lower max_length"
