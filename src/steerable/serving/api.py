@@ -397,7 +397,8 @@ def create_app(
         parsed = parse_request(body, served, max_tokens_limit)
         model = parsed.model
         steered, applied, z = await model.run(model.steer, parsed.messages, parsed.steering)
-        headers = {"x-steering": json.dumps(applied, ensure_ascii=True)}  # for clients that drop the body's
+        # the body's `steering` again, for clients that keep only the text (LangChain's ChatOpenAI)
+        headers = {"x-steering": json.dumps(applied, ensure_ascii=True)}
         if model.upstream is not None:
             return await forward(model, body, steered, applied, headers)
         jobs = await model.run(make_jobs, parsed, model.render(steered), z)
