@@ -493,7 +493,7 @@ def test_editing_the_data_file_in_place_is_noticed(make_tiny_ric_config, tmp_pat
 def test_a_typo_is_refused_before_anything_is_recorded(tiny_path, tmp_path):
     out = tmp_path / "run"
     runner = CliRunner()
-    common = ["train", "ric", "--model", tiny_path, "--output_dir", str(out), "--prompt_limit", "4"]
+    common = ["train", "ric", "--model", tiny_path, "--output_dir", str(out)]  # each refused before work
     for extra, message in [
         (["--objectives", "brief=builtin:brevty", "positive=builtin:sentiment"], "unknown built-in scorer"),
         (["--data", str(tmp_path / "missing.jsonl")], "does not exist"),
