@@ -222,3 +222,12 @@ def test_a_grpo_reward_function_refuses_a_nan_score_instead_of_using_the_mean(tm
     assert bad(prompts=["Hi", "Sky?"], completions=["Hello.", "Green."]) == [0.0, 0.0]
     with pytest.raises(SteerableError, match=r"objective 'bad' .*gave nan for row 1 \(prompt 'Sky\?'"):
         bad(prompts=["Hi", "Sky?"], completions=["Hello.", "Blue."])
+
+
+def test_moslim_objectives_of_one_model_are_different_scorers_unless_they_name_one_head(tmp_path):
+    """A moslim: scorer reads the head named like its objective, so two objectives on one
+    reward model are two scorers; one that names the other's head with ?objective= is the same."""
+    rm = tmp_path / "rm"
+    assert RewardSet.from_specs([f"mood=moslim:{rm}", f"size=moslim:{rm}"]).names == ["mood", "size"]
+    with pytest.raises(SteerableError, match="objectives size and big are the same scorer"):
+        RewardSet.from_specs([f"size=moslim:{rm}", f"big=moslim:{rm}?objective=size"])

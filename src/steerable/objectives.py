@@ -156,6 +156,16 @@ class Objective:
         return array.astype(float)
 
 
+def _what_it_scores(objective: Objective) -> dict:
+    """The scorer an objective runs, to tell two objectives that score the same apart from two
+    that do not: a moslim: scorer reads the head named like its objective unless ?objective=
+    names one, so `mood=moslim:DIR` and `size=moslim:DIR` are two scorers."""
+    spec = objective.spec.to_dict()
+    if spec["kind"] == "moslim":
+        spec["options"] = {"objective": objective.name, **spec["options"]}
+    return spec
+
+
 class RewardSet:
     """An ordered set of objectives scored together."""
 
@@ -166,7 +176,7 @@ class RewardSet:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise SteerableError(f"objective name(s) {duplicates} used twice; names must be unique")
-        scorers = [o.spec.to_dict() for o in objectives]
+        scorers = [_what_it_scores(o) for o in objectives]
         for i, scorer in enumerate(scorers):
             if scorer in scorers[:i]:
                 first = objectives[scorers.index(scorer)]
