@@ -1,7 +1,7 @@
 """The scale path: `accelerate launch` with two CPU processes (gloo) runs RiC and a GRPO
 baseline end to end; training is sharded, everything else runs once on the main process. The
-GRPO stage's own collective is also checked against an accelerator whose device is not the CPU,
-as NCCL's is, which no CPU run can show."""
+GRPO stage's own collective is also checked on processes whose device is not the CPU, as under
+NCCL, which no CPU run can show."""
 
 import json
 import os
@@ -76,35 +76,30 @@ def test_two_processes_train_ric_and_soups(tiny_path, tmp_path):
     assert info["steps"] == 2 and info["generated_completions"] == 16
 
 
-class DeviceAccelerator:
-    """An accelerator of two processes on a device that is not the CPU: like NCCL, its reduce
-    refuses a tensor on another device than its own."""
-
-    device = torch.device("meta")  # a tensor here has a shape but no values
-
-    def __init__(self, calls: list, counts: list[int], error: str | None):
-        self.calls, self.counts, self.error = calls, counts, error
-
-    def reduce(self, tensor, reduction="sum"):
-        if tensor.device != self.device:
-            raise RuntimeError(f"No backend type associated with device type {tensor.device.type}")
-        if self.error:
-            raise RuntimeError(self.error)
-        self.calls.append("reduce")
-        return 2 * torch.tensor(self.counts)  # both processes counted as many
-
-
 def grpo_stage(monkeypatch, tiny_path, tmp_path, error: str | None = None):
-    """train_grpo with TRL's GRPOTrainer replaced by its shape on such an accelerator: training
-    counts 8 completions of 30 tokens on this process, saving writes the weights folder.
-    Returns (the call that runs the stage, the calls made)."""
+    """train_grpo with TRL's GRPOTrainer replaced by its shape, trained as one of two processes on
+    a device that is not the CPU (as a GPU is), whose reduce, like NCCL's, refuses a tensor on
+    another device: training counts 8 completions of 30 tokens on this process, saving writes the
+    weights folder. Returns (the call that runs the stage, the calls made)."""
+    import accelerate
+    import accelerate.utils
     import trl
 
     calls, counter = [], {"completions": 0, "tokens": 0}
 
+    class Processes:
+        num_processes, device = 2, torch.device("meta")  # a meta tensor has a shape but no values
+
+    def reduce(tensor, reduction="mean"):
+        if tensor.device != Processes.device:
+            raise RuntimeError(f"No backend type associated with device type {tensor.device.type}")
+        if error:
+            raise RuntimeError(error)
+        calls.append(f"reduce {reduction}")
+        return torch.tensor([16.0, 60.0], dtype=tensor.dtype)  # both processes counted as many
+
     class Trainer:
         def __init__(self, **_):
-            self.accelerator = DeviceAccelerator(calls, [8, 30], error)
             self.state = SimpleNamespace(global_step=2, num_input_tokens_seen=100)
 
         def remove_callback(self, callback):
@@ -115,6 +110,8 @@ def grpo_stage(monkeypatch, tiny_path, tmp_path, error: str | None = None):
 
         def train(self, resume_from_checkpoint=None):
             counter.update(completions=8, tokens=30)
+            monkeypatch.setattr(accelerate, "PartialState", lambda *a, **k: Processes())
+            monkeypatch.setattr(accelerate.utils, "reduce", reduce)
 
         def save_model(self, folder):
             calls.append("save")
@@ -127,13 +124,13 @@ def grpo_stage(monkeypatch, tiny_path, tmp_path, error: str | None = None):
     return lambda: train_grpo(config, stages, "policy_0", {}, None, rows, [], [1.0], counter), calls
 
 
-def test_the_grpo_counts_are_summed_on_the_accelerators_device_before_the_stage_saves(
+def test_the_grpo_counts_are_summed_on_the_processes_device_before_the_stage_saves(
     monkeypatch, tiny_path, tmp_path
 ):
     run, calls = grpo_stage(monkeypatch, tiny_path, tmp_path)
     info = run()
     assert (info["generated_completions"], info["generated_tokens"]) == (16, 60)
-    assert calls == ["reduce", "save"]
+    assert calls == ["reduce sum", "save"]
 
 
 def test_a_failing_collective_leaves_no_saved_policy_behind(monkeypatch, tiny_path, tmp_path):

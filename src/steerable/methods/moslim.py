@@ -77,6 +77,7 @@ from steerable.methods.rl import (
     stage_settings,
     train_grpo,
 )
+from steerable.methods.training import summed_over_processes
 from steerable.objectives import RewardSet
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 
@@ -215,21 +216,6 @@ class RewardStats:
     @classmethod
     def from_dict(cls, data: dict) -> RewardStats:
         return cls(**data)
-
-
-def summed_over_processes(values: np.ndarray) -> np.ndarray:
-    """`values` summed over the training processes (every process must call it; a single one
-    gets them back as they are). The tensor goes on the processes' device, as the trainer's own
-    collectives do: NCCL, the GPU backend, reduces only CUDA tensors."""
-    import torch
-    from accelerate import PartialState
-    from accelerate.utils import reduce
-
-    state = PartialState()
-    if state.num_processes == 1:
-        return values
-    tensor = torch.as_tensor(values, dtype=torch.float64, device=state.device)
-    return reduce(tensor, reduction="sum").cpu().numpy()
 
 
 def pool_stats(probs: np.ndarray, names: list[str], how: str = "level") -> RewardStats:

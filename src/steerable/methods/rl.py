@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import torch
+import numpy as np
 
 from steerable.configs import SEED, check_config
 from steerable.data import load_prompts
@@ -35,6 +35,7 @@ from steerable.methods.training import (
     last_complete_checkpoint,
     lora_config,
     stage_bar,
+    summed_over_processes,
 )
 from steerable.objectives import RewardSet
 from steerable.stages import Stages, fingerprint, is_main_process, wait_for_everyone
@@ -311,22 +312,15 @@ def train_grpo(
     stage_bar(trainer, f"{name} GRPO").train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
     # each process scored its own completions: sum the counts over processes before saving, so
     # nothing of the stage is written until every step that needs all processes has passed
-    completions, tokens = sum_over_processes(trainer.accelerator, [counter["completions"], counter["tokens"]])
+    completions, tokens = summed_over_processes(np.array([counter["completions"], counter["tokens"]]))
     trainer.save_model(str(stage / "weights"))
     return {
         "seconds": time.perf_counter() - started,
         "steps": trainer.state.global_step,
         "trained_tokens": int(trainer.state.num_input_tokens_seen),
-        "generated_completions": completions,
-        "generated_tokens": tokens,
+        "generated_completions": int(completions),
+        "generated_tokens": int(tokens),
     }
-
-
-def sum_over_processes(accelerator, values: list[int]) -> list[int]:
-    """`values` summed over the processes of `accelerator` (every process must call it). The
-    tensor goes on the accelerator's device: NCCL, the GPU backend, reduces only CUDA tensors."""
-    total = accelerator.reduce(torch.tensor(values, device=accelerator.device), reduction="sum")
-    return [int(v) for v in total.tolist()]
 
 
 def grpo_args(config: RLConfig, weights: list[float], output_dir: Path, shuffle: bool = True):

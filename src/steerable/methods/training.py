@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import ProgressCallback
 from transformers.trainer_callback import PrinterCallback
@@ -49,6 +50,20 @@ def device_args(bf16: bool | None = None) -> dict:
         "report_to": [],
         "include_num_input_tokens_seen": "non_padding",  # trained tokens = real tokens
     }
+
+
+def summed_over_processes(values: np.ndarray) -> np.ndarray:
+    """`values` summed over the training processes (every process must call it; a single one
+    gets them back as they are). The tensor goes on the processes' device, as the trainer's own
+    collectives do: NCCL, the GPU backend, reduces only CUDA tensors."""
+    from accelerate import PartialState
+    from accelerate.utils import reduce
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return values
+    tensor = torch.as_tensor(values, dtype=torch.float64, device=state.device)
+    return reduce(tensor, reduction="sum").cpu().numpy()
 
 
 def checkpoint_args(save_steps: int = 10) -> dict:
