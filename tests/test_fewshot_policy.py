@@ -487,6 +487,10 @@ def test_a_context_init_fitted_on_another_split_is_refused_naming_both(tiny_path
         line = result.output.strip().splitlines()[-1]
         assert "fitted on the split" in line and mine in line and theirs in line, result.output
         assert not out.exists()
+    record = rm / "stages/np/model/np_reward.json"  # as an NP-BTL from before splits were recorded
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "split"}))
+    result = CliRunner().invoke(app, args[: -len(change)])
+    assert result.exit_code == 2 and f"delete {rm / 'stages' / 'np'}" in result.output, result.output
 
 
 def test_compare_fits_the_np_btl_that_starts_np_dpo_on_np_dpos_split(scored_table, tmp_path):

@@ -222,6 +222,12 @@ def context_init_model(config: NPDPOConfig) -> NPRewardModel:
     if rm.config.latent != "deterministic":
         raise SteerableError(f"--context_init {config.context_init}: NP-DPO takes a deterministic latent")
     split = split_record(config)
+    if rm.split is None:
+        raise SteerableError(
+            f"--context_init {config.context_init}: its NP-BTL does not record the split it was fitted "
+            f"on (an older steerable made it), so it may have trained on this run's held-out pairs; "
+            f"delete {Path(config.context_init) / 'stages' / 'np'} and run train np-rm again"
+        )
     if rm.split != split:
         raise SteerableError(
             f"--context_init {config.context_init}: its NP-BTL was fitted on the split "
@@ -232,10 +238,8 @@ def context_init_model(config: NPDPOConfig) -> NPRewardModel:
     return rm
 
 
-def split_words(split: dict | None) -> str:
+def split_words(split: dict) -> str:
     """A split record as a reader names it: (data DIGEST, seed N, SHARE of prompts held out)."""
-    if split is None:
-        return "(not recorded: an NP-BTL from an older steerable)"
     parts = [f"data {split['data'][:12]}" if "data" in split else split["task"], f"seed {split['seed']}"]
     if "heldout" in split:
         parts.append(f"{split['heldout']:.0%} of prompts held out")
