@@ -138,3 +138,30 @@ def test_a_failing_collective_leaves_no_saved_policy_behind(monkeypatch, tiny_pa
     with pytest.raises(RuntimeError, match="NCCL watchdog timeout"):
         run()
     assert calls == [] and not (tmp_path / "stages/policy_0/weights").exists()
+
+
+def test_a_grpo_stage_resumed_from_its_last_checkpoint_reports_the_whole_runs_generations(
+    tiny_path, scored_table, tmp_path
+):
+    """A run stopped after its last checkpoint, before the stage was marked finished, resumes
+    there with no step left: its record still counts the completions generated before the stop."""
+    import shutil
+
+    from steerable.methods.rl import train_policies
+
+    config = RLConfig(
+        model=tiny_path, stats=str(scored_table.with_name("stats.json")), output_dir=str(tmp_path / "morlhf"),
+        max_steps=2, batch_size=4, num_generations=2, max_completion_length=4, prompt_limit=4, lora_r=4,
+        lora_alpha=8,
+    )  # fmt: skip
+    out = train_policies(config, "morlhf", [[1.0, 0.0]])
+    stage = out / "stages" / "policy_0"
+    first = json.loads((stage / "done.json").read_text())["info"]
+    assert first["generated_completions"] == 8 and first["generated_tokens"] > 0  # 2 steps x 4
+    for gone in (stage / "done.json", out / "steerable.json"):
+        gone.unlink()
+    shutil.rmtree(stage / "weights")
+    train_policies(config, "morlhf", [[1.0, 0.0]])
+    again = json.loads((stage / "done.json").read_text())["info"]
+    assert again["steps"] == 2
+    assert (again["generated_completions"], again["generated_tokens"]) == (8, first["generated_tokens"])

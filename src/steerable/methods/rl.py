@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -300,6 +301,8 @@ def train_grpo(
     stage = stages.start(name, inputs)
     model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
     args = grpo_args(config, reward_weights, stage / "checkpoints", shuffle)
+    checkpoint = last_complete_checkpoint(args.output_dir)
+    generated = generated_counts(counter, checkpoint)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -307,12 +310,12 @@ def train_grpo(
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout),
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, generated],
     )
-    stage_bar(trainer, f"{name} GRPO").train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
-    # each process scored its own completions: sum the counts over processes before saving, so
-    # nothing of the stage is written until every step that needs all processes has passed
-    completions, tokens = summed_over_processes(np.array([counter["completions"], counter["tokens"]]))
+    stage_bar(trainer, f"{name} GRPO").train(resume_from_checkpoint=checkpoint)
+    # summed over the processes before saving, so nothing of the stage is written until every
+    # step that needs all processes has passed
+    completions, tokens = generated.total()
     trainer.save_model(str(stage / "weights"))
     return {
         "seconds": time.perf_counter() - started,
@@ -321,6 +324,51 @@ def train_grpo(
         "generated_completions": int(completions),
         "generated_tokens": int(tokens),
     }
+
+
+GENERATED_CALLBACK = "GeneratedCounts"  # its name in a checkpoint's trainer_state.json
+
+
+def generated_counts(counter: dict, checkpoint: str | None):
+    """A callback that keeps the run's generated (completions, tokens) in every checkpoint (an
+    ExportableState, as MOSLIM keeps its statistics): each process counts its own completions in
+    `counter`, the checkpoint holds their sum over processes plus what the run resumed from had,
+    so a stage resumed from a checkpoint reports the whole run's generations, not the resumed
+    part's. `total()` gives them at the end (every process must call it)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    before = np.zeros(2)
+    if checkpoint is not None:
+        trainer_state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        saved = trainer_state.get("stateful_callbacks", {}).get(GENERATED_CALLBACK)
+        if saved is None:
+            warnings.warn(
+                f"{checkpoint} does not record the completions generated before it (an older "
+                "steerable wrote it); the stage's record counts only those generated from here",
+                stacklevel=2,
+            )
+        else:
+            counts = saved["attributes"]
+            before = np.array([counts["completions"], counts["tokens"]], dtype=float)
+
+    class GeneratedCounts(TrainerCallback, ExportableState):
+        def __init__(self):
+            self.totals = before
+
+        def total(self) -> list[int]:
+            mine = np.array([counter["completions"], counter["tokens"]], dtype=float)
+            return [int(v) for v in before + summed_over_processes(mine)]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:  # on every process, before the checkpoint is written
+                self.totals = self.total()
+
+        def state(self) -> dict:
+            completions, tokens = self.totals
+            return {"args": {}, "attributes": {"completions": int(completions), "tokens": int(tokens)}}
+
+    return GeneratedCounts()
 
 
 def grpo_args(config: RLConfig, weights: list[float], output_dir: Path, shuffle: bool = True):
