@@ -13,13 +13,15 @@ from steerable.objectives import RewardSet
 
 runner = CliRunner()
 OBJECTIVES = "brief=builtin:brevity positive=builtin:sentiment"
-ANSWERS = {
-    "How do plants grow?": ["Plants grow.", "Plants grow from seeds with light and water. It is great!"],
-    "Is rain good?": ["Rain is wonderful for gardens.", "Rain is sad and cold. It floods everything."],
-    "Say hi": ["Hi!", "Hello there, what a lovely day it is today."],
-    "What is a cat?": ["A pet.", "A cat is a small, terrible animal that scratches and bites."],
-    "Why sleep?": ["Sleep is bad and boring.", "Sleep restores the body and mind; it is wonderful."],
-    "Name a colour": ["Blue, a lovely calm colour.", "Grey, dull and sad like a rainy winter day."],
+TOPICS = ["rain", "cats", "sleep", "music", "tea", "trains", "snow", "maths"]
+TOPICS += ["gardens", "bread", "rivers", "chess"]
+ANSWERS = {  # three answers a prompt that differ in length and in mood
+    f"What do you think of {topic}?": [
+        f"{topic.capitalize()}.",
+        f"{topic.capitalize()} is wonderful, lovely and great fun!",
+        f"{topic.capitalize()} is sad, terrible and bad; it hurts everyone and ruins the day.",
+    ]
+    for topic in TOPICS
 }
 
 # A valid command per trainer, small enough to run in seconds; a case adds the bad option last.
@@ -32,7 +34,8 @@ TRAIN = {
     "soups": "--model {tiny} --stats {stats} --max_steps 1",
     "moslim-rm": "--model {tiny} --data {scored} --num_epochs 1",
     "np-rm": "--steps 2 --eval_every 1 --eval_tasks 2 --validation_tasks 4",
-    "np-dpo": "--model {tiny} --data {scored} --stats {stats} --max_steps 1 --eval_tasks 1 --eval_prompts 1",
+    "np-dpo": "--model {tiny} --data {scored} --stats {stats} --max_steps 1 --eval_tasks 1 --eval_prompts 1 "
+    "--targets 2 --max_context 1 --lm_targets 1 --eval_context_size 1 --eval_contexts 1 --no_conflicting",
 }
 TRAIN_CASES = [
     ("ric", "--batch_size 0", "--batch_size must be >= 1, got 0"),
@@ -68,7 +71,7 @@ TRAIN_CASES = [
     ("np-rm", "--dirichlet_alpha -1", "--dirichlet_alpha must be > 0, got -1.0"),
     ("np-rm", "--learning_rate 0", "--learning_rate must be > 0, got 0.0"),
     ("np-rm", "--data {scored}", "--data is read by --task scored only"),
-    ("np-rm", "--task scored --data {scored} --objectives brief brief", "--objectives names brief twice"),
+    ("np-rm", "--task scored --data {scored} --targets 4 --max_context 2 --objectives brief brief", "twice"),
     ("np-dpo", "--temperature -1", "--temperature must be >= 0, got -1.0"),
     ("np-dpo", "--beta nan", "--beta must be a finite number, got nan"),
 ]
