@@ -502,6 +502,9 @@ def test_compare_fits_the_np_btl_that_starts_np_dpo_on_np_dpos_split(scored_tabl
     )  # fmt: skip
     plan = plan_compare(config, tmp_path)
     assert plan.np_rm.seed == plan.np_dpo.seed == 3 and plan.np_rm.data == plan.np_dpo.data
+    config.np_dpo, config.np_rm = {"data": str(scored_table)}, {"seed": 2}
+    with pytest.raises(SteerableError, match="np_rm: seed 2 but np_dpo's is 0"):
+        plan_compare(config, tmp_path)
 
 
 def test_np_dpo_statistics_default_to_what_steerable_score_wrote(scored_table, tmp_path):

@@ -224,6 +224,11 @@ def plan_np_dpo(config: CompareConfig, plan: ComparePlan, out: Path) -> None:
         plan.np_rm = config_from_dict(NPRMConfig, rm, "np_rm")
         section["context_init"] = plan.np_rm.output_dir
     plan.np_dpo = config_from_dict(NPDPOConfig, section, "np_dpo")
+    if plan.np_rm is not None and plan.np_rm.seed != plan.np_dpo.seed:
+        raise SteerableError(
+            f"np_rm: seed {plan.np_rm.seed} but np_dpo's is {plan.np_dpo.seed}; the NP-BTL that starts "
+            "NP-DPO must split the pairs as NP-DPO does: set seed in np_dpo only (np_rm takes it from there)"
+        )
 
 
 def plan_moslim(config: CompareConfig, plan: ComparePlan, rl: dict, out: Path) -> None:
