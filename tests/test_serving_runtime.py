@@ -74,6 +74,20 @@ def test_a_stop_string_spanning_tokens_is_cut_whole(tiny, text, stop, kept):
     assert job.finish_reason == "stop"
 
 
+@pytest.mark.parametrize(
+    ("text", "stop", "kept"),
+    [
+        ("Hey\nUser said: hi", "\nUser said:", "Hey"),
+        ("\nUser: hi", "\nUser:", ""),
+        ("Hi</answer>", "</answer>", "Hi"),
+    ],
+)
+def test_a_stop_that_starts_before_the_held_back_width_is_cut_whole(tiny, text, stop, kept):
+    """An answer still shorter than the held-back width hands on nothing yet."""
+    job, pieces = streamed(tiny.tokenizer, text, [stop])
+    assert (job.output, "".join(pieces), job.finish_reason) == (kept, kept, "stop")
+
+
 def test_the_last_allowed_token_completing_a_stop_is_a_stop(tiny):
     """'Sure' '!' '\\n' 'User' ':' with max_tokens 5: the fifth token completes the stop."""
     job, pieces = streamed(tiny.tokenizer, "Sure!\nUser: hi", ["\nUser:"], max_tokens=5)

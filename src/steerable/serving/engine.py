@@ -142,7 +142,7 @@ class RowStreamer:
                 job.finish_reason = "length"  # end() emits what is left
             elif not text.endswith("\ufffd"):  # else half a character: wait for the rest
                 held = max((len(s) for s in job.stop), default=1) - 1
-                self.emit(job, text[: len(text) - held])
+                self.emit(job, text[: max(0, len(text) - held)])
 
     def emit(self, job: Job, text: str) -> None:
         """Hand on the part of `text` not yet emitted."""
