@@ -51,3 +51,51 @@ def test_settings_added_later_leave_old_stage_fingerprints_alone(tmp_path):
     )
     settings = stage_settings(changed, ("output_dir",))
     assert (settings["scale_rewards"], settings["mirror_levels"]) == ("batch", True)
+
+
+class Line(torch.nn.Module):
+    """The smallest model transformers' Trainer trains: y = w x + b, a squared-error loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.line = torch.nn.Linear(1, 1)
+
+    def forward(self, x, labels):
+        return {"loss": ((self.line(x) - labels) ** 2).mean()}
+
+
+def trained(folder, steps: int, callbacks=(), resume: str | None = None):
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(folder),
+        max_steps=steps,
+        save_steps=1,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+    )
+    rows = [{"x": torch.tensor([float(i)]), "labels": torch.tensor([2.0 * i])} for i in range(8)]
+    trainer = Trainer(model=Line(), args=args, train_dataset=rows, callbacks=list(callbacks))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_a_stage_resumed_from_a_checkpoint_older_than_its_callbacks_saves_its_next_checkpoint(tmp_path):
+    """A checkpoint written before GRPO's generation counts and MOSLIM's statistics were kept in it
+    has no entry for them; the resumed run still saves, and its next checkpoint holds them."""
+    from steerable.methods.moslim import RewardStats, resumed_stats, stats_callback
+    from steerable.methods.rl import generated_counts
+
+    trained(tmp_path / "checkpoints", steps=1)
+    old = training.last_complete_checkpoint(tmp_path / "checkpoints")
+    counter = {"completions": 3, "tokens": 30}
+    stats = RewardStats(["brief"], 3)
+    with pytest.warns(UserWarning, match="does not record the completions"):
+        counts = generated_counts(counter, old)
+    trained(tmp_path / "checkpoints", steps=2, callbacks=[counts, stats_callback(stats)], resume=old)
+    new = training.last_complete_checkpoint(tmp_path / "checkpoints")
+    assert new.endswith("checkpoint-2")
+    assert training.saved_callback_state(new, "GeneratedCounts") == {"completions": 3, "tokens": 30}
+    assert resumed_stats(tmp_path, RewardStats(["brief"], 3)).to_dict() == stats.to_dict()

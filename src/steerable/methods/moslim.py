@@ -77,7 +77,12 @@ from steerable.methods.rl import (
     stage_settings,
     train_grpo,
 )
-from steerable.methods.training import summed_over_processes
+from steerable.methods.training import (
+    CheckpointedState,
+    last_complete_checkpoint,
+    saved_callback_state,
+    summed_over_processes,
+)
 from steerable.objectives import RewardSet
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 
@@ -551,13 +556,7 @@ def train_dpo(
 
     from steerable.data import write_table
     from steerable.defaults import load_causal_lm
-    from steerable.methods.training import (
-        checkpoint_args,
-        device_args,
-        last_complete_checkpoint,
-        lora_config,
-        stage_bar,
-    )
+    from steerable.methods.training import checkpoint_args, device_args, lora_config, stage_bar
 
     started = time.perf_counter()
     stage = stages.start(name, inputs)
@@ -627,13 +626,11 @@ def moslim_reward_function(
 
 
 def stats_callback(stats: RewardStats):
-    """Keep the running statistics in every checkpoint, so a resumed run continues them: as an
-    ExportableState callback (transformers' way), they go into the checkpoint's
+    """Keep the running statistics in every checkpoint, so a resumed run continues them: as a
+    CheckpointedState callback (transformers' ExportableState), they go into the checkpoint's
     trainer_state.json, the file a checkpoint is complete with (`last_complete_checkpoint`)."""
-    from transformers import TrainerCallback
-    from transformers.trainer_callback import ExportableState
 
-    class MOSLIMRewardStats(TrainerCallback, ExportableState):
+    class MOSLIMRewardStats(CheckpointedState):
         def state(self) -> dict:
             return {"args": {}, "attributes": {"reward_stats": stats.to_dict()}}
 
@@ -645,19 +642,16 @@ def resumed_stats(stage: Path, stats: RewardStats) -> RewardStats:
     checkpoint without them (written before they were kept there) is refused: they run over
     every batch since step 0, so they cannot be recomputed, and fresh ones would rescale the
     reward mid-run."""
-    from steerable.methods.training import last_complete_checkpoint
-
     checkpoint = last_complete_checkpoint(stage / "checkpoints")
     if checkpoint is None:
         return stats
-    saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("stateful_callbacks", {})
-    try:
-        return RewardStats.from_dict(saved[STATS_CALLBACK]["attributes"]["reward_stats"])
-    except (KeyError, TypeError) as err:
+    saved = saved_callback_state(checkpoint, STATS_CALLBACK)
+    if saved is None:
         raise SteerableError(
-            f"{checkpoint} holds no MOSLIM reward statistics ({err!r} missing), so the policy cannot go "
-            f"on with the reward it was trained on; delete {stage} to train it again"
+            f"{checkpoint} holds no MOSLIM reward statistics, so the policy cannot go on with the "
+            f"reward it was trained on; delete {stage} to train it again"
         )
+    return RewardStats.from_dict(saved["reward_stats"])
 
 
 def train_moslim(config: MOSLIMConfig) -> Path:

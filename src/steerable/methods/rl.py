@@ -31,10 +31,12 @@ from steerable.defaults import (
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
 from steerable.methods.training import (
+    CheckpointedState,
     checkpoint_args,
     device_args,
     last_complete_checkpoint,
     lora_config,
+    saved_callback_state,
     stage_bar,
     summed_over_processes,
 )
@@ -326,33 +328,14 @@ def train_grpo(
     }
 
 
-GENERATED_CALLBACK = "GeneratedCounts"  # its name in a checkpoint's trainer_state.json
-
-
 def generated_counts(counter: dict, checkpoint: str | None):
-    """A callback that keeps the run's generated (completions, tokens) in every checkpoint (an
-    ExportableState, as MOSLIM keeps its statistics): each process counts its own completions in
+    """A callback that keeps the run's generated (completions, tokens) in every checkpoint (a
+    CheckpointedState, as MOSLIM keeps its statistics): each process counts its own completions in
     `counter`, the checkpoint holds their sum over processes plus what the run resumed from had,
     so a stage resumed from a checkpoint reports the whole run's generations, not the resumed
     part's. `total()` gives them at the end (every process must call it)."""
-    from transformers import TrainerCallback
-    from transformers.trainer_callback import ExportableState
 
-    before = np.zeros(2)
-    if checkpoint is not None:
-        trainer_state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-        saved = trainer_state.get("stateful_callbacks", {}).get(GENERATED_CALLBACK)
-        if saved is None:
-            warnings.warn(
-                f"{checkpoint} does not record the completions generated before it (an older "
-                "steerable wrote it); the stage's record counts only those generated from here",
-                stacklevel=2,
-            )
-        else:
-            counts = saved["attributes"]
-            before = np.array([counts["completions"], counts["tokens"]], dtype=float)
-
-    class GeneratedCounts(TrainerCallback, ExportableState):
+    class GeneratedCounts(CheckpointedState):
         def __init__(self):
             self.totals = before
 
@@ -368,6 +351,16 @@ def generated_counts(counter: dict, checkpoint: str | None):
             completions, tokens = self.totals
             return {"args": {}, "attributes": {"completions": int(completions), "tokens": int(tokens)}}
 
+    before = np.zeros(2)
+    saved = None if checkpoint is None else saved_callback_state(checkpoint, GeneratedCounts.__name__)
+    if saved is not None:
+        before = np.array([saved["completions"], saved["tokens"]], dtype=float)
+    elif checkpoint is not None:
+        warnings.warn(
+            f"{checkpoint} does not record the completions generated before it (an older "
+            "steerable wrote it); the stage's record counts only those generated from here",
+            stacklevel=2,
+        )
     return GeneratedCounts()
 
 

@@ -3,12 +3,13 @@ device rather than on the method, and the stage's progress bar."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import ProgressCallback
-from transformers.trainer_callback import PrinterCallback
+from transformers import ProgressCallback, TrainerCallback
+from transformers.trainer_callback import ExportableState, PrinterCallback
 
 from steerable.errors import SteerableError
 
@@ -89,6 +90,24 @@ def last_complete_checkpoint(folder: str | Path) -> str | None:
         if (path / "trainer_state.json").is_file():
             return str(path)
     return None
+
+
+class CheckpointedState(TrainerCallback, ExportableState):
+    """A callback whose `state()` goes into every checkpoint's trainer_state.json under its class
+    name (transformers' ExportableState), read back with `saved_callback_state`. It enters its
+    entry when training begins: a run resumed from a checkpoint written before the callback
+    existed loads a state without that entry, and the trainer's save looks the entry up."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+
+
+def saved_callback_state(checkpoint: str | Path, name: str) -> dict | None:
+    """The attributes the callback class `name` (a `CheckpointedState`) saved in `checkpoint`'s
+    trainer_state.json; None when the checkpoint holds none (one written before it was kept)."""
+    trainer_state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    saved = trainer_state.get("stateful_callbacks", {}).get(name)
+    return None if saved is None else saved["attributes"]
 
 
 class StageBar(ProgressCallback):
