@@ -387,6 +387,21 @@ def test_slow_clients_are_closed_after_the_read_timeout(tiny):
         running.stop()
 
 
+def test_a_pipelined_request_whose_body_never_comes_is_closed_after_the_read_timeout(tiny):
+    """A whole request, then the header of a second that promises a body it never sends: the
+    second's body is read after the first's answer, and must arrive within the read timeout too."""
+    running = Server(create_app([tiny]), read_timeout=1)
+    try:
+        with socket.create_connection(("127.0.0.1", running.port)) as sock:
+            sock.sendall(
+                b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+            )
+            assert closed_by_server(sock, seconds=15)
+    finally:
+        running.stop()
+
+
 def test_connections_over_the_limit_get_503_with_retry_after(tiny):
     running = Server(create_app([tiny]), limit_concurrency=2)
     try:

@@ -75,6 +75,11 @@ class ServingProtocol(H11Protocol):
         super().data_received(data)
         self.watch_reading()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # a pipelined request's header, read only now, may leave its body still to come
+        self.watch_reading()
+
     def watch_reading(self) -> None:
         """A timer while a request is arriving (none yet, or its header or body unfinished)."""
         arriving = self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing()
