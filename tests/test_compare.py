@@ -55,6 +55,11 @@ def test_compare_writes_one_report_for_every_method(compared):
     soups = json.loads((out / "stages/eval_soups/result.json").read_text())
     assert len(soups["points"]) == 3 and soups["compute"]["trained_tokens"] > 0
     assert (out / "front.png").is_file() and "hypervolume" in result.output
+    # each model the run trained carries its measured front (the playground draws it)
+    for method in ("ric", "moslim", "soups", "morlhf"):
+        front = json.loads((out / method / "front.json").read_text())
+        evaluated = json.loads((out / "stages" / f"eval_{method}" / "result.json").read_text())
+        assert [p["mean"] for p in front["points"]] == [p["mean"] for p in evaluated["points"]]
     # MOSLIM's RM was trained on RiC's scored offline data; its policy is swept level by level
     moslim = json.loads((out / "moslim/steerable.json").read_text())
     assert moslim["moslim"]["reward_model"] == str((out / "moslim_rm").resolve())

@@ -9,7 +9,8 @@ Every stage is cached under the output directory and records what produced it
     OUT/np_rm/  OUT/np_dpo/        the few-shot NP-BTL run (its context encoder starts NP-DPO's)
                                    and the NP-DPO policy directory
     OUT/soups/  OUT/morlhf/        the RL baselines' directories (their own stages inside)
-    OUT/stages/eval_METHOD/        result.json of each evaluated method
+    OUT/stages/eval_METHOD/        result.json of each evaluated method (and front.json, its
+                                   measured front, in each model directory: the playground plots it)
     OUT/report.md, front.png, summary.csv, points.csv, compare.json (the configuration)
 
 A re-run skips finished stages and trains or evaluates only what is missing (another list of
@@ -48,7 +49,7 @@ from steerable.configs import SEED, check_config, config_from_dict
 from steerable.data.prompts import SPLITS
 from steerable.defaults import DTYPE_NAMES
 from steerable.errors import SteerableError
-from steerable.evaluation.report import EvaluationResult, write_report
+from steerable.evaluation.report import EvaluationResult, record_front, write_report
 
 METHOD_ORDER = ("ric", "moslim", "np-dpo", "soups", "morlhf", "prompting")
 
@@ -339,6 +340,8 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
 
         stages.run(f"eval_{method}", inputs, work)
         results.append(EvaluationResult.load(stages.path(f"eval_{method}")))
+        if method != "prompting" and Path(model).resolve().is_relative_to(out.resolve()):
+            record_front(results[-1], model)  # a model this run trained carries its measured front
     write_report(results, out)
     atomic_write_text(out / "compare.json", json.dumps(asdict(config), indent=2) + "\n")
     return results

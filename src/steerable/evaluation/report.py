@@ -24,6 +24,7 @@ from steerable.evaluation.sweep import SweepPoint, points_to_rows, requested_con
 from steerable.io import atomic_write, atomic_write_text
 
 RESULT_FILE = "result.json"
+FRONT_FILE = "front.json"  # a model's measured front, beside it (`steerable serve` plots it)
 # SamplingConfig fields that change what is sampled; batch size and seed do not change the
 # distribution, so results that differ only in them stay comparable.
 COMPARED_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k")
@@ -100,6 +101,41 @@ class EvaluationResult:
         if not result.points or any(len(p.mean) != len(result.names) for p in result.points):
             raise SteerableError(f"{path} is corrupt: points do not match objectives {result.names}")
         return result
+
+
+def record_front(result: EvaluationResult, model_dir: str | Path) -> Path:
+    """The measured front beside the model it measures, so the playground can draw it: each
+    grid point's weights, mean raw scores and whether it is non-dominated, with how many
+    prompts and samples measured it."""
+    on_front = non_dominated(result.means)
+    points = [
+        {"weights": p.weights, "mean": p.mean, "on_front": bool(front)}
+        for p, front in zip(result.points, on_front, strict=True)
+    ]
+    record = {
+        "objectives": result.names,
+        "num_prompts": result.num_prompts,
+        "samples": result.samples,
+        "points": points,
+    }
+    return atomic_write_text(Path(model_dir) / FRONT_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def read_front(model_dir: str | Path, rewards) -> dict | None:
+    """The measured front recorded beside a model (`record_front`), each point also in the
+    normalised units of `rewards` (a RewardSet); None when there is none, or when it was
+    measured on other objectives or is unreadable (it is only shown, never steered by)."""
+    file = Path(model_dir) / FRONT_FILE
+    try:
+        record = json.loads(file.read_text())
+        raw = np.array([p["mean"] for p in record["points"]], dtype=float)  # (points, K)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if record.get("objectives") != rewards.names or raw.ndim != 2 or raw.shape[1] != len(rewards.names):
+        return None
+    for point, normalised in zip(record["points"], rewards.normalise(raw).tolist(), strict=True):
+        point["normalised"] = normalised
+    return record
 
 
 def reference_point(rewards: dict, quantile: float = 0.05) -> list[float]:
