@@ -437,6 +437,19 @@ def test_a_checkpoint_without_the_running_statistics_is_refused_not_resumed_from
         resumed_stats(tmp_path, RewardStats(["brief"], 3))
 
 
+def test_a_checkpoint_with_the_previous_versions_statistics_file_resumes_them(tmp_path):
+    """The previous version kept the statistics in checkpoint-N/moslim_reward_stats.json; a run it
+    left unfinished goes on with them."""
+    from steerable.methods.moslim import resumed_stats
+
+    stats = RewardStats(["brief"], 3)
+    stats.update(np.array([[0.4], [0.6]]), np.array([[2], [2]]))
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-10"
+    saved_checkpoint(checkpoint, [])
+    (checkpoint / "moslim_reward_stats.json").write_text(json.dumps(stats.to_dict()))
+    assert resumed_stats(tmp_path, RewardStats(["brief"], 3)).to_dict() == stats.to_dict()
+
+
 def test_running_statistics_fold_in_every_process_share_of_the_batch():
     """Under `accelerate launch` each process scores its share of a batch; the statistics fold
     in the whole batch (`total` sums the per-process moments), so every process keeps the same

@@ -97,6 +97,7 @@ DEFAULT_LEVELS = 5
 # A head whose probability of a level hardly varies would otherwise get a huge weight.
 MIN_STD = 0.05
 STATS_CALLBACK = "MOSLIMRewardStats"  # the checkpoint's trainer_state.json keeps them under this name
+LEGACY_STATS_FILE = "moslim_reward_stats.json"  # where the previous version kept them, in the checkpoint
 DPO_LOSS_TYPE = "sigmoid"  # DPO as published, pinned and recorded with the policy
 
 
@@ -638,20 +639,23 @@ def stats_callback(stats: RewardStats):
 
 
 def resumed_stats(stage: Path, stats: RewardStats) -> RewardStats:
-    """The statistics of the stage's last complete checkpoint, `stats` when there is none. A
-    checkpoint without them (written before they were kept there) is refused: they run over
-    every batch since step 0, so they cannot be recomputed, and fresh ones would rescale the
-    reward mid-run."""
+    """The statistics of the stage's last complete checkpoint, `stats` when there is none: from
+    its trainer_state.json, or from LEGACY_STATS_FILE beside it, where the previous version kept
+    them. A checkpoint without them is refused: they run over every batch since step 0, so they
+    cannot be recomputed, and fresh ones would rescale the reward mid-run."""
     checkpoint = last_complete_checkpoint(stage / "checkpoints")
     if checkpoint is None:
         return stats
     saved = saved_callback_state(checkpoint, STATS_CALLBACK)
-    if saved is None:
+    if saved is not None:
+        return RewardStats.from_dict(saved["reward_stats"])
+    legacy = Path(checkpoint) / LEGACY_STATS_FILE
+    if not legacy.is_file():
         raise SteerableError(
             f"{checkpoint} holds no MOSLIM reward statistics, so the policy cannot go on with the "
             f"reward it was trained on; delete {stage} to train it again"
         )
-    return RewardStats.from_dict(saved["reward_stats"])
+    return RewardStats.from_dict(json.loads(legacy.read_text()))
 
 
 def train_moslim(config: MOSLIMConfig) -> Path:
