@@ -188,3 +188,20 @@ def test_compare_plans_moslim_dpo_on_rics_scored_data(tmp_path):
         plan_compare(alone, out)
     given = CompareConfig(**{**alone.__dict__, "moslim": {**alone.moslim, "pool": str(tmp_path / "p.jsonl")}})
     assert plan_compare(given, out).moslim.pool == str(tmp_path / "p.jsonl")
+
+
+def test_compare_refuses_another_commands_model_before_training_into_it(tmp_path, tiny_path, scored_table):
+    """`compare --out` on a RiC model directory is refused before any method trains, so nothing of
+    the comparison is written into the model."""
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "steerable.json").write_text(json.dumps({"method": "ric"}))
+    config = tmp_path / "compare.yaml"
+    config.write_text(
+        f"model: {tiny_path}\nmethods: [soups]\nstats: {scored_table.parent / 'stats.json'}\n"
+        "rl: {max_steps: 1, batch_size: 4, num_generations: 2, max_completion_length: 4, "
+        "prompt_limit: 4, lora_r: 4}\n"
+    )
+    result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 2 and "holds a RiC model" in result.output, result.output
+    assert [p.name for p in out.iterdir()] == ["steerable.json"]

@@ -274,6 +274,7 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
     from steerable.stages import Stages, fingerprint
 
     out = Path(out)
+    stages = Stages(out, "compare")  # refuses another command's directory before anything trains
     plan = plan_compare(config, out)
     prompts = load_prompts(plan.settings.split, plan.settings.limit)
     trained: dict[str, Path] = {}
@@ -306,7 +307,6 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
 
             train_np_rm(plan.np_rm)
         trained["np-dpo"] = train_np_dpo(plan.np_dpo)
-    stages = Stages(out, "compare")
     statistics = fingerprint(load_rewards(plan.stats).to_dict())
     results = []
     for method in plan.methods:
