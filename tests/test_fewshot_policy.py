@@ -493,6 +493,34 @@ def test_a_context_init_fitted_on_another_split_is_refused_naming_both(tiny_path
     assert result.exit_code == 2 and f"delete {rm / 'stages' / 'np'}" in result.output, result.output
 
 
+def test_a_finished_run_on_an_np_btl_without_a_recorded_split_is_rerun(
+    tiny_path, scored_table, tmp_path, monkeypatch
+):
+    """The split check guards a policy that still has to train: a finished run reruns (and
+    re-evaluates nothing) though its NP-BTL is older than recorded splits; a run loads the NP-BTL
+    once."""
+    from steerable.methods import np_dpo
+
+    rm = tmp_path / "np-rm"
+    fitted = CliRunner().invoke(
+        app, ["train", "np-rm", "--data", str(scored_table), "--output_dir", str(rm), *NP_RM_TINY]
+    )
+    assert fitted.exit_code == 0, fitted.output
+    loads = []
+    load = np_dpo.context_init_model
+    monkeypatch.setattr(np_dpo, "context_init_model", lambda config: loads.append(config) or load(config))
+    stats = scored_table.with_name("stats.json")
+    args = ["train", "np-dpo", "--data", str(scored_table), "--stats", str(stats), "--model", tiny_path,
+            "--output_dir", str(tmp_path / "np-dpo"), "--context_init", str(rm), *TINY_ARGS]  # fmt: skip
+    trained = CliRunner().invoke(app, args)
+    assert trained.exit_code == 0, trained.output
+    assert len(loads) == 1
+    record = rm / "stages/np/model/np_reward.json"  # as an NP-BTL from before splits were recorded
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "split"}))
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+
+
 def test_compare_fits_the_np_btl_that_starts_np_dpo_on_np_dpos_split(scored_table, tmp_path):
     from steerable.evaluation.compare import CompareConfig, plan_compare
 

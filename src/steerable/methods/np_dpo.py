@@ -183,19 +183,18 @@ class NPDPOModule(nn.Module):
             return completion_logps(self.lm, input_ids, attention_mask, completion_mask)  # (N,)
 
 
-def context_path_for(config: NPDPOConfig, source: TaskSource, lm) -> ContextPath:
-    """A new context path for `lm`: the encoder from `context_init`'s NP-BTL, or at random."""
+def context_path_for(config: NPDPOConfig, source: TaskSource, lm, rm: NPRewardModel | None) -> ContextPath:
+    """A new context path for `lm`: the encoder from `rm` (`context_init`'s NP-BTL), or at random."""
     from steerable.fewshot.policy import decoder_layers
 
     hidden_size = lm.config.get_text_config().hidden_size
     layers = len(decoder_layers(lm))
     dim = int(source.embeddings.shape[1])
-    if config.context_init is None:
+    if rm is None:
         shape = ContextConfig(
             config.encoder, dim, config.hidden, config.latent_size, config.heads, config.max_context
         )
         return ContextPath(shape, hidden_size, layers, source.types.to_dict())
-    rm = context_init_model(config)
     if rm.dim != dim:
         raise SteerableError(
             f"--context_init {config.context_init}: its NP-BTL reads {rm.dim}-d embeddings; this run's "
@@ -393,8 +392,9 @@ def reference_stage(
     return np.load(stages.path("reference") / "reference.npy")
 
 
-def policy_stage(config, stages, inputs, source, tasks, encoded, reference, tokenizer) -> dict:
-    """Train (or resume) the policy into stages/policy/weights: adapter + fewshot/."""
+def policy_stage(config, stages, inputs, source, tasks, encoded, reference, tokenizer, context) -> dict:
+    """Train (or resume) the policy into stages/policy/weights: adapter + fewshot/, its context
+    encoder started from `context` (`context_init_model`) where it is not None."""
     from peft import get_peft_model
     from transformers import TrainingArguments
     from trl.trainer.utils import disable_dropout_in_model
@@ -407,7 +407,7 @@ def policy_stage(config, stages, inputs, source, tasks, encoded, reference, toke
     torch.manual_seed(config.seed)
     lm, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
     lm = get_peft_model(lm, lora_config(config.lora_r, config.lora_alpha, 0.0))
-    module = NPDPOModule(lm, context_path_for(config, source, lm))
+    module = NPDPOModule(lm, context_path_for(config, source, lm, context))
     # DPO trains without dropout, LoRA's and the base model's, as TRL's DPOTrainer does
     # (`disable_dropout`): a dropped input would make the log-probs it compares noisy
     disable_dropout_in_model(module)
@@ -456,33 +456,14 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
     from steerable.policy import MANIFEST, PolicyManifest
 
     rewards = load_rewards(config.stats, config.trust_remote_code)
-    if config.context_init is not None:
-        context_init_model(config)  # refused before any work
     out = Path(config.output_dir)
     stages = Stages(out, "train np-dpo")
-    source = build_source(config, stages)
-    needs = {"train": config.targets, "test": max(config.targets, max(eval_sizes(config)) + 1)}
-    for split, count in needs.items():
-        if len(source.pool.split_indices(split)) < count:
-            raise SteerableError(
-                f"the {split} split has {len(source.pool.split_indices(split))} usable pairs, fewer than "
-                f"the {count} a task needs; use more data, fewer --targets, or --conflicting false"
-            )
-    missing = [o for o in source.types.objectives if o not in rewards.names]
-    if missing:
-        raise SteerableError(
-            f"--stats {config.stats} has no objective(s) {missing} that the types care about"
-        )
-    heldout = heldout_pairs(config, source, rewards.names)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    encoded = encode_options(tokenizer, source.pool.texts, config.max_completion_length)
     base = {
         "tasks": task_inputs(config),
         "model": config.model,
         "dtype": config.dtype,
         "max_completion_length": config.max_completion_length,
     }
-    reference = reference_stage(config, stages, base, encoded, tokenizer.pad_token_id)
     settings = {
         k: v
         for k, v in asdict(config).items()
@@ -505,10 +486,30 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
         if config.context_init is None
         else file_digest(Path(config.context_init) / "stages" / "np" / "model" / "model.pt"),
     }
-    if stages.done("policy", policy_inputs) is None:
+    trained = stages.done("policy", policy_inputs) is not None
+    # the NP-BTL that starts the policy, refused before any work; a trained policy needs none
+    context = None if config.context_init is None or trained else context_init_model(config)
+    source = build_source(config, stages)
+    needs = {"train": config.targets, "test": max(config.targets, max(eval_sizes(config)) + 1)}
+    for split, count in needs.items():
+        if len(source.pool.split_indices(split)) < count:
+            raise SteerableError(
+                f"the {split} split has {len(source.pool.split_indices(split))} usable pairs, fewer than "
+                f"the {count} a task needs; use more data, fewer --targets, or --conflicting false"
+            )
+    missing = [o for o in source.types.objectives if o not in rewards.names]
+    if missing:
+        raise SteerableError(
+            f"--stats {config.stats} has no objective(s) {missing} that the types care about"
+        )
+    heldout = heldout_pairs(config, source, rewards.names)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    encoded = encode_options(tokenizer, source.pool.texts, config.max_completion_length)
+    reference = reference_stage(config, stages, base, encoded, tokenizer.pad_token_id)
+    if not trained:
         (out / MANIFEST).unlink(missing_ok=True)  # written again once the policy is trained
     tasks = training_tasks(config, source)
-    info = policy_stage(config, stages, policy_inputs, source, tasks, encoded, reference, tokenizer)
+    info = policy_stage(config, stages, policy_inputs, source, tasks, encoded, reference, tokenizer, context)
     tokenizer.save_pretrained(out)
     atomic_write_text(out / HELDOUT_PAIRS, heldout)
     manifest = PolicyManifest(
