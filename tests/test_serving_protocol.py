@@ -34,6 +34,52 @@ def http(server):
         yield client
 
 
+def fake_upstream():
+    """An OpenAI-compatible engine's stand-in: /v1 answers every completion with "ok" (streamed
+    or not), /broken/v1 with 200 and a page that is not JSON."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import PlainTextResponse, StreamingResponse
+
+    upstream = FastAPI()
+
+    @upstream.post("/v1/chat/completions")
+    async def complete(request: Request):
+        body = await request.json()
+        head = {"id": "c", "created": 0, "model": body["model"]}
+        if not body.get("stream"):
+            choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+            return {**head, "object": "chat.completion", "choices": [choice]}
+        chunk = {**head, "object": "chat.completion.chunk"}
+        events = [
+            {**chunk, "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": None}]},
+            {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        ]
+        lines = [f"data: {json.dumps(event)}\n\n" for event in events] + ["data: [DONE]\n\n"]
+        return StreamingResponse(iter(lines), media_type="text/event-stream")
+
+    @upstream.post("/broken/v1/chat/completions")
+    async def broken():
+        return PlainTextResponse("<html>a proxy's error page</html>")
+
+    return upstream
+
+
+@pytest.fixture(scope="module")
+def proxied(tiny_ric):
+    """The RiC model in proxy mode in front of `fake_upstream` (its id), and one in front of the
+    broken upstream ("broken")."""
+    _, ric = tiny_ric
+    upstream = BackgroundServer(fake_upstream())
+    proxy = ServedModel.proxy(str(ric), upstream.url + "/v1")
+    broken = ServedModel.proxy(str(ric), upstream.url + "/broken/v1")
+    broken.id = "broken"
+    running = BackgroundServer(create_app([proxy, broken], max_tokens_limit=LIMIT))
+    with httpx.Client(base_url=running.url, timeout=60) as client:
+        yield client, proxy.id
+    running.stop()
+    upstream.stop()
+
+
 def body(model: str, **fields) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, **fields}
 
@@ -185,6 +231,37 @@ def test_openai_fields_we_do_not_use_are_accepted_and_ignored(server, http):
     assert post(http, named).status_code == 200
 
 
+@pytest.mark.parametrize("mode", ["local", "proxy"])
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        ('{"frequency_penalty": NaN}', "frequency_penalty"),
+        ('{"logit_bias": {"50256": -Infinity}}', "logit_bias"),
+        ('{"user": "a\\ud800"}', "user"),
+        ('{"metadata": {"a\\udfff": "x"}}', "metadata"),
+        ('{"stream_options": {"include_usage": false, "x": [NaN]}}', "stream_options.x"),
+    ],
+)
+def test_an_ignored_field_a_json_body_cannot_carry_is_a_400_naming_it(
+    server, http, proxied, mode, raw, param
+):
+    """An extra field is passed on to the upstream in proxy mode, so it must be JSON that can be
+    written again (finite numbers, valid Unicode); both modes refuse the same."""
+    client, model = (http, server[1]) if mode == "local" else proxied
+    content = json.dumps(body(model))[:-1] + ", " + raw[1:]  # the body's fields, and raw's
+    error = assert_openai_error(post(client, content), 400, param)
+    assert param in error["message"]
+
+
+def test_an_upstream_reply_that_is_not_json_is_a_502(proxied):
+    client, _ = proxied
+    response = post(client, body("broken"))
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "upstream_error"
+    assert post(client, body(proxied[1])).json()["choices"][0]["message"]["content"] == "ok"
+
+
 def test_steering_refuses_an_unknown_field_but_an_example_row_may_carry_more():
     from pydantic import ValidationError
 
@@ -273,7 +350,9 @@ CHAT_FIELDS = [
     ("steering", "examples"),
     ("steering", "examples", 0),
     ("steering", "examples", 0, "prompt"),
-    ("frequency_penalty",),
+    ("frequency_penalty",),  # fields we ignore (proxy mode passes them on)
+    ("user",),
+    ("stream_options", "x"),
 ]
 SCORE_FIELDS = [("model",), ("prompt",), ("responses",), ("responses", 0)]
 STEERING = {
@@ -332,8 +411,9 @@ BROKEN = st.sampled_from(
 )
 
 
-def test_fuzzed_requests_never_get_a_5xx_and_the_server_stays_healthy(server, http):
-    _, model = server
+def fuzz(http, model: str) -> None:
+    """300 hostile requests to `model`: none gets a 5xx, each refusal is OpenAI's error body, and
+    the server answers a good request afterwards."""
     chat, score = "/v1/chat/completions", "/v1/score"
     requests = st.one_of(
         st.tuples(hostile_bodies(model, score=False), st.just(chat)),
@@ -363,3 +443,12 @@ def test_fuzzed_requests_never_get_a_5xx_and_the_server_stays_healthy(server, ht
     check()
     assert http.get("/health").json()["status"] == "ok"
     assert post(http, body(model, temperature=0)).status_code == 200
+
+
+def test_fuzzed_requests_never_get_a_5xx_and_the_server_stays_healthy(server, http):
+    fuzz(http, server[1])
+
+
+def test_fuzzed_requests_through_the_proxy_never_get_a_5xx(proxied):
+    """The same in proxy mode, where what is not steering is passed on to the upstream."""
+    fuzz(*proxied)

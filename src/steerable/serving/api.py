@@ -93,6 +93,7 @@ class ServedModel:
     engine: BatchEngine | None = field(default=None, repr=False)
     upstream: str | None = None  # proxy mode: the OpenAI-compatible engine that generates
     upstream_model: str | None = None
+    front: dict | None = None  # the measured front recorded beside the model (the playground plots it)
     # steering, prompt checks and scoring run here, one at a time, off the event loop: a model
     # whose steering is slow (NP-DPO's pair encoder) makes only its own requests wait
     worker: ThreadPoolExecutor = field(
@@ -121,12 +122,14 @@ class ServedModel:
 
     @classmethod
     def load(cls, spec: str, max_batch: int = 32, max_queue: int = 256, trust_remote_code: bool = False):
+        from steerable.evaluation.report import read_front
         from steerable.policy import MANIFEST, SteerablePolicy
 
         path = Path(spec)
         if (path / MANIFEST).is_file():
             policy = SteerablePolicy.from_pretrained(path, trust_remote_code=trust_remote_code)
             served = cls(path.resolve().name, policy.manifest.method, policy.model, policy.tokenizer, policy)
+            served.front = read_front(path, policy.rewards)
         else:
             from steerable.defaults import load_causal_lm
 
@@ -154,6 +157,8 @@ class ServedModel:
             card["levels"] = self.policy.levels
             card["default_mapping"] = self.policy.mapping.default
         card["steering"] = list(STEERING_KEYS[self.method])
+        if self.front is not None:
+            card["front"] = self.front
         return card
 
     @property
@@ -459,8 +464,15 @@ async def forward(model: ServedModel, body: dict, steered: list[dict], applied: 
         await client.aclose()
         raise ApiError(502, f"the upstream answered {response.status_code}: {text}", code="upstream_error")
     if not body.get("stream"):
-        data = json.loads(await response.aread())
+        text = await response.aread()
         await client.aclose()
+        try:
+            data = json.loads(text)
+        except ValueError:  # not JSON, or not UTF-8
+            data = None
+        if not isinstance(data, dict):
+            shown = text.decode(errors="replace")[:200]
+            raise ApiError(502, f"the upstream answered with no JSON object: {shown}", code="upstream_error")
         return JSONResponse({**data, "model": model.id, "steering": applied}, headers=headers)
 
     async def relay():

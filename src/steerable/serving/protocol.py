@@ -10,14 +10,16 @@ One rule for every field:
 Text must be valid Unicode (a lone surrogate, which JSON's \\ud800 escapes can spell, is refused).
 At the top level, fields we do not use are accepted and ignored, as vLLM's server does (OpenAI
 clients send e.g. `frequency_penalty`, `user`), and so are the extra fields of a message, a
-content part, `stream_options` and an NP-DPO example; `steering`, ours alone, refuses a field it
-does not know.
+content part, `stream_options` and an NP-DPO example, so long as they hold JSON that can be
+written again (finite numbers, valid Unicode: proxy mode passes them on to its upstream);
+`steering`, ours alone, refuses a field it does not know.
 `validation_error` turns pydantic's first error into a one-line message and the field's path,
 e.g. `steering.weights.brief` or `messages[0].content`.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -44,7 +46,17 @@ def _unicode(text: str) -> str:
     return text
 
 
+def _plain_json(value: object) -> object:
+    """A field we ignore, as JSON that can be written again (proxy mode passes it on)."""
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError, RecursionError):  # NaN or Infinity; a lone surrogate
+        raise PydanticCustomError("plain_json", "must be JSON with finite numbers and valid Unicode text")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_unicode)]
+Ignored = Annotated[object, AfterValidator(_plain_json)]
 Stop = Annotated[Text, Field(min_length=1)]
 
 
@@ -59,9 +71,11 @@ def one_or_many(kind: str, what: str):
 
 
 class Body(BaseModel):
-    """A JSON object with strict types, finite numbers, and null meaning "left out"."""
+    """A JSON object with strict types, finite numbers, and null meaning "left out"; a field it
+    does not know is kept (and ignored) if it is JSON that can be written again."""
 
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+    __pydantic_extra__: dict[str, Ignored]
 
     @model_validator(mode="before")
     @classmethod
@@ -70,13 +84,11 @@ class Body(BaseModel):
 
 
 class TextPart(Body):
-    model_config = ConfigDict(extra="allow")
     type: Literal["text"]
     text: Text
 
 
 class Message(Body):
-    model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant"]
     content: Annotated[
         Annotated[Text, Tag("one")] | Annotated[list[TextPart], Tag("many")],
@@ -93,7 +105,6 @@ class Example(Body):
     """NP-DPO: one of a user's choices (checked further by the policy's own examples check, which
     also reads rows that carry more fields than these three)."""
 
-    model_config = ConfigDict(extra="allow")
     prompt: Text
     chosen: Text
     rejected: Text
@@ -101,6 +112,8 @@ class Example(Body):
 
 class Steering(Body):
     """The `steering` field: which keys a model takes is the model's to check."""
+
+    model_config = ConfigDict(extra="forbid")
 
     weights: Annotated[
         Annotated[dict[Text, float], Tag("one")] | Annotated[list[float], Tag("many")],
@@ -113,7 +126,6 @@ class Steering(Body):
 
 
 class StreamOptions(Body):
-    model_config = ConfigDict(extra="allow")
     include_usage: bool = False
 
 
@@ -121,7 +133,6 @@ class ChatCompletionRequest(Body):
     """POST /v1/chat/completions. `max_completion_tokens` (OpenAI's newer name) wins over
     `max_tokens`; the server's own limit is checked by the handler."""
 
-    model_config = ConfigDict(extra="allow")
     model: Text
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -142,7 +153,6 @@ class ChatCompletionRequest(Body):
 class ScoreRequest(Body):
     """POST /v1/score: the objectives' scores of `responses` to `prompt`."""
 
-    model_config = ConfigDict(extra="allow")
     model: Text
     prompt: Text
     responses: list[Text] = Field(min_length=1, max_length=MAX_SCORED)
@@ -177,7 +187,12 @@ def validation_error(err: ValidationError) -> tuple[str, str | None]:
     words = first["msg"].split(" ", 2)
     text = f"must {words[2]}" if len(words) == 3 and words[1] == "should" else first["msg"]
     text = text.replace(" after validation", "")
-    if isinstance(value, str | int | float) and kind not in ("unicode", "too_long", "string_too_short"):
+    if isinstance(value, str | int | float) and kind not in (
+        "unicode",
+        "plain_json",
+        "too_long",
+        "string_too_short",
+    ):
         shown = repr(value)
         text += f", got {shown if len(shown) <= 40 else shown[:37] + '...'}"
     return f"{name} {text}", param
