@@ -148,6 +148,23 @@ def test_a_second_writer_is_refused_while_the_first_lives_and_a_dead_ones_lock_i
     assert len(load_pairs(out)) == 2 and not lock.exists()  # released when the command ended
 
 
+def test_a_lock_in_this_process_name_that_it_does_not_hold_is_stale(tmp_path):
+    """After a SIGKILL a restarted container has the same host name and often the same small pid:
+    a lock recording this very process that this process did not take is a dead one's, taken
+    over; a lock it does hold still refuses a second writer."""
+    from steerable.outputs import output_lock
+
+    out = tmp_path / "out.jsonl"
+    lock = hold(out, os.getpid())
+    with output_lock(out):
+        assert json.loads(lock.read_text()) == {"pid": os.getpid(), "host": socket.gethostname()}
+        second = pytest.raises(SteerableError, match=f"being written by process {os.getpid()}")
+        with second, output_lock(out):
+            pass
+        assert lock.is_file()
+    assert not lock.exists()
+
+
 def test_train_refuses_a_second_writer_on_its_output_dir(tmp_path, sleeper):
     data = write_table(tmp_path / "pairs.jsonl", PAIRS)
     hold(tmp_path / "rm", sleeper.pid)

@@ -8,8 +8,10 @@ refused, naming the first one's pid, instead of destroying its work.
 
 The lock file is created with O_CREAT | O_EXCL (of two commands starting at once, exactly one
 creates it) and holds {"pid", "host"}. A lock whose process is gone from this host (killed,
-crashed) is stale and taken over; one from another host cannot be checked from here and is
-refused, naming the file to delete. The lock is removed when the command ends, by an error too.
+crashed) is stale and taken over, and so is one that names this very process without being
+among the locks it holds (a container restarted after a kill reuses its host name and pids);
+one from another host cannot be checked from here and is refused, naming the file to delete.
+The lock is removed when the command ends, by an error too.
 
 Under `accelerate launch` every process runs the same command: the main process (global rank
 0, the one that writes) takes the lock and tells the others whether it got it, so a launch
@@ -35,6 +37,9 @@ except ImportError:  # Windows: stale locks are taken over without serialising t
 
 # A lock file this young without its record is still being written by its creator.
 BEING_WRITTEN_SECONDS = 1.0
+# The locks this process holds. A lock that records this process but is not among them was left
+# by a dead process that had the same pid on this host (a container restarted after a kill).
+_held: set[Path] = set()
 
 
 def lock_path(output: str | Path) -> Path:
@@ -151,6 +156,7 @@ def _acquire(lock: Path, output: str | Path) -> None:
             raise SteerableError(f"cannot write {lock}: {err.strerror or err}; choose a writable location")
         with os.fdopen(fd, "w") as handle:
             handle.write(json.dumps(_mine()) + "\n")
+        _held.add(lock)
         return
 
 
@@ -173,7 +179,7 @@ def _holder_or_take_over(lock: Path) -> dict | None:
         if holder is None and time.time() - os.fstat(fd).st_mtime < BEING_WRITTEN_SECONDS:
             time.sleep(0.05)
             return None
-        if holder is not None and (holder["host"] != socket.gethostname() or _alive(holder["pid"])):
+        if holder is not None and _may_hold(holder, lock):
             return holder
         with contextlib.suppress(FileNotFoundError):
             if os.path.samestat(os.fstat(fd), os.stat(lock)):
@@ -190,6 +196,16 @@ def _record(text: str) -> dict | None:
     return record if valid and isinstance(record.get("host"), str) else None
 
 
+def _may_hold(holder: dict, lock: Path) -> bool:
+    """Whether the process `holder` records may still hold `lock`: one on another host cannot be
+    checked from here; one on this host holds it while it lives, this process while it is held."""
+    if holder["host"] != socket.gethostname():
+        return True
+    if holder["pid"] == os.getpid():
+        return lock in _held
+    return _alive(holder["pid"])
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -201,6 +217,7 @@ def _alive(pid: int) -> bool:
 
 
 def _release(lock: Path) -> None:
+    _held.discard(lock)
     with contextlib.suppress(OSError):
         if _record(lock.read_text()) == _mine():
             lock.unlink()
