@@ -740,3 +740,27 @@ def test_the_mors_threshold_rule_is_a_stage_input_and_rounds_made_before_it_stil
     assert "online_threshold" not in stage_plan(offline)["online_1_data"]
     with pytest.raises(SteerableError, match="online_threshold"):
         make_tiny_ric_config(tmp_path / "run", online_threshold="generations")
+
+
+def test_a_round_made_with_the_offline_threshold_is_refused_naming_the_option_that_reruns_it(
+    make_tiny_ric_config, tmp_path
+):
+    """A run made before `round` became the default differs from an unchanged rerun only in the
+    threshold rule: the refusal says which option reruns it as it was made."""
+    from steerable.methods.ric import stage_plan, train_ric
+    from steerable.stages import Stages
+
+    older = make_tiny_ric_config(tmp_path / "run", online_iterations=1, online_threshold="offline")
+    stages = Stages(tmp_path / "run", "train ric")
+    made = stage_plan(older)["online_1_data"]
+    stages.start("online_1_data", made)
+    stages.finish("online_1_data", made, {})
+    with pytest.raises(
+        SteerableError, match=r"online_threshold differ.*pass --online_threshold offline \(the rule"
+    ):
+        train_ric(make_tiny_ric_config(tmp_path / "run", online_iterations=1))
+    made["online_quantile"] = 0.9  # another change too: the option alone would not rerun it
+    stages.finish("online_1_data", made, {})
+    with pytest.raises(SteerableError, match="differ") as refused:
+        train_ric(make_tiny_ric_config(tmp_path / "run", online_iterations=1))
+    assert "--online_threshold offline" not in str(refused.value)

@@ -198,6 +198,12 @@ class Stages:
             )
         return record["info"]
 
+    def made_with(self, name: str) -> dict | None:
+        """The inputs a finished stage was made with; None when it has not finished or its
+        record is unreadable (`done` says so)."""
+        record = _json(self.path(name) / DONE)
+        return record.get("inputs") if record is not None else None
+
     def start(self, name: str, inputs: dict) -> Path:
         """Prepare the stage's folder for work: keep partial work of the same inputs (to resume
         from), discard partial work of other inputs. Returns the folder."""

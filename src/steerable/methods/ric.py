@@ -54,7 +54,14 @@ from steerable.methods.training import device_args, last_complete_checkpoint, lo
 from steerable.objectives import RewardSet
 from steerable.policy import MANIFEST, MappingConfig, PolicyManifest, SteerablePolicy
 from steerable.preferences import Preference
-from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
+from steerable.stages import (
+    Stages,
+    changed_fields,
+    file_digest,
+    fingerprint,
+    is_main_process,
+    wait_for_everyone,
+)
 
 # Tone instructions used when sampling offline data from the base model, placed where
 # `offline_instruction_placement` says (default: appended to the user turn). A prompt's samples
@@ -491,6 +498,15 @@ def stage_plan(config: RiCConfig) -> dict[str, dict]:
     return plan
 
 
+def threshold_hint(made: dict | None, inputs: dict) -> str:
+    """For a MORS round that differs from this run only in its threshold rule (one made before
+    `round` became the default, say): the option that reruns it as it was made."""
+    if made is None or changed_fields(made, inputs) != ["online_threshold"]:
+        return ""
+    rule = made.get("online_threshold", "offline")  # absent: the one rule before the option
+    return f"; or pass --online_threshold {rule} (the rule it was made with)"
+
+
 def train_ric(config: RiCConfig) -> Path:
     """Run (or resume) the whole recipe; returns the steerable model directory.
 
@@ -504,7 +520,10 @@ def train_ric(config: RiCConfig) -> Path:
     plan = stage_plan(config)
     keys = {name: fingerprint(inputs) for name, inputs in plan.items()}
     for name, inputs in plan.items():
-        stages.done(name, inputs)  # refuse a stale stage now, before any work
+        try:
+            stages.done(name, inputs)  # refuse a stale stage now, before any work
+        except SteerableError as err:
+            raise SteerableError(f"{err}{threshold_hint(stages.made_with(name), inputs)}") from None
     discard_stale_manifest(out, keys)
     torch.manual_seed(config.seed)
     fmt = TagFormat(config.tag_placement, config.tag_decimals)
