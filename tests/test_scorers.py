@@ -226,3 +226,47 @@ def test_reward_set_mixes_scorer_kinds(tiny_reward_model, tmp_path):
     raw = rewards.score(["q1", "q2"], ["one two", "three"])
     assert raw.shape == (2, 3)
     assert raw[:, 0].tolist() == [2, 1] and raw[:, 2].tolist() == [7, 5]
+
+
+def test_pairs_cut_on_two_threads_at_once_are_cut_as_each_alone(tiny_path):
+    """The cut tokenizers share the fast tokenizer's backend, where each call sets its truncation
+    side: two threads cutting at once (the server scores on several) must not swap sides. The
+    backend here waits at every encoding until both threads have set theirs, as an unlucky
+    schedule would, or until it has waited long enough."""
+    import contextlib
+    import threading
+
+    from transformers import AutoTokenizer
+
+    from steerable.scorers.hf import encode_pair_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_path)
+    prompts = ["one two three four five six seven eight nine ten eleven twelve"]
+    jobs = {"prompt cut": (prompts, ["a short answer"]), "answer cut": ([""], [" ".join(["word"] * 40)])}
+    alone = {name: encode_pair_texts(tokenizer, *texts, 12) for name, texts in jobs.items()}
+    met = threading.Barrier(len(jobs), timeout=1.0)
+
+    class Backend:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def __getattr__(self, name):
+            return getattr(self.backend, name)
+
+        def encode_batch(self, *args, **kwargs):
+            with contextlib.suppress(threading.BrokenBarrierError):  # the other is not encoding now
+                met.wait()
+            return self.backend.encode_batch(*args, **kwargs)
+
+    tokenizer._tokenizer = Backend(tokenizer._tokenizer)
+    together = {}
+
+    def cut(name):
+        together[name] = encode_pair_texts(tokenizer, *jobs[name], 12)
+
+    threads = [threading.Thread(target=cut, args=(name,)) for name in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert together == alone

@@ -19,6 +19,7 @@ model read its reward before a real trailing EOS (where templates end a turn wit
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ _INTS = {"index": 0, "batch_size": 1, "max_length": 1}
 _CHOICES = {"input": INPUTS, "dtype": DTYPE_NAMES, "trust_remote_code": ("true", "false")}
 PAD_TOKEN = "<|steerable_pad|>"
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+# A fast tokenizer's call sets truncation on its backend (a Rust object its copies share) and
+# then encodes: pairs are cut under this lock, so two threads cannot swap each other's settings.
+_CUTTING = threading.Lock()
 
 
 def check_hf_options(options: dict[str, str], origin: object) -> None:
@@ -148,29 +152,30 @@ def encode_pair_texts(
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
     if budget < 1:
         raise SteerableError(f"max_length {max_length} leaves no token for a response; raise it")
-    answers = [len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
-    asked = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    count = {
-        "prompts_cut": sum(p > 0 and p + a > budget for p, a in zip(asked, answers, strict=True)),
-        "answers_cut": sum(a > budget for a in answers),
-    }
-    rows: list[dict] = [{}] * len(prompts)
-    # The whole answer and at least one token of the prompt fit: cut the prompt from the left.
-    # Else the answer alone, cut at its end. Shallow copies: the caller's tokenizer is unchanged.
-    for fits, side, strategy in ((True, "left", "only_first"), (False, "right", "only_second")):
-        chosen = [i for i, n in enumerate(answers) if (n < budget) == fits]
-        if not chosen:
-            continue
-        cutting = copy.copy(tokenizer)
-        cutting.truncation_side = side
-        batch = cutting(
-            [prompts[i] if fits else "" for i in chosen],
-            [responses[i] for i in chosen],
-            truncation=strategy,
-            max_length=max_length,
-        )
-        for j, i in enumerate(chosen):
-            rows[i] = {key: values[j] for key, values in batch.items()}
+    with _CUTTING:
+        answers = [len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
+        asked = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        count = {
+            "prompts_cut": sum(p > 0 and p + a > budget for p, a in zip(asked, answers, strict=True)),
+            "answers_cut": sum(a > budget for a in answers),
+        }
+        rows: list[dict] = [{}] * len(prompts)
+        # The whole answer and at least one token of the prompt fit: cut the prompt from the left.
+        # Else the answer alone, cut at its end. Shallow copies: the caller's tokenizer is unchanged.
+        for fits, side, strategy in ((True, "left", "only_first"), (False, "right", "only_second")):
+            chosen = [i for i, n in enumerate(answers) if (n < budget) == fits]
+            if not chosen:
+                continue
+            cutting = copy.copy(tokenizer)
+            cutting.truncation_side = side
+            batch = cutting(
+                [prompts[i] if fits else "" for i in chosen],
+                [responses[i] for i in chosen],
+                truncation=strategy,
+                max_length=max_length,
+            )
+            for j, i in enumerate(chosen):
+                rows[i] = {key: values[j] for key, values in batch.items()}
     encoded = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
     return encoded, count
 
