@@ -360,6 +360,37 @@ def test_slow_steering_of_one_model_does_not_block_another(tiny):
         running.stop()
 
 
+def test_a_flood_waiting_for_a_models_steering_is_refused_past_its_queue():
+    """Steering and scoring wait on the model's own thread; past the model's max_queue waiting
+    there, a request is refused with 503 and Retry-After rather than queued without limit."""
+    model = ServedModel.load("tiny", max_queue=2)
+    release = threading.Event()
+    steer = model.steer
+
+    def held(messages, steering):
+        release.wait(60)
+        return steer(messages, steering)
+
+    model.steer = held
+    running = Server(create_app([model]))
+    url = running.url + "/v1/chat/completions"
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            body = {"model": "tiny", "messages": QUESTION, "max_tokens": 2}
+            waiting = [pool.submit(httpx.post, url, json=body, timeout=120) for _ in range(6)]
+            try:
+                wait_for(lambda: sum(f.done() for f in waiting) >= 4, "the flood was not refused")
+            finally:
+                release.set()
+            answers = [f.result() for f in waiting]
+        busy = [a for a in answers if a.status_code == 503]
+        assert len(busy) == 4 and all(a.headers["retry-after"] == "1" for a in busy)
+        assert {a.json()["error"]["code"] for a in busy} == {"queue_full"}
+        assert sorted(a.status_code for a in answers) == [200, 200, 503, 503, 503, 503]
+    finally:
+        running.stop()
+
+
 # --- slow clients and the serve command -----------------------------------------------------
 def closed_by_server(sock: socket.socket, seconds: float = 30) -> bool:
     sock.settimeout(seconds)

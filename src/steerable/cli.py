@@ -866,7 +866,7 @@ def serve(
                 + ("" if api_key else "; set --api-key")
             )
         if upstream is not None:
-            served = [ServedModel.proxy(models[0], upstream, upstream_model)]
+            served = [ServedModel.proxy(models[0], upstream, upstream_model, max_queue)]
         else:
             served = [ServedModel.load(m, max_batch, max_queue, trust_remote_code) for m in models]
         ids = [m.id for m in served]

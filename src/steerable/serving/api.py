@@ -94,14 +94,18 @@ class ServedModel:
     upstream: str | None = None  # proxy mode: the OpenAI-compatible engine that generates
     upstream_model: str | None = None
     front: dict | None = None  # the measured front recorded beside the model (the playground plots it)
+    max_queue: int = 256  # calls waiting for `worker` at most (the engine's limit too); beyond, 503
     # steering, prompt checks and scoring run here, one at a time, off the event loop: a model
     # whose steering is slow (NP-DPO's pair encoder) makes only its own requests wait
     worker: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="steerable-steering"), repr=False
     )
+    waiting: int = field(default=0, repr=False)  # calls queued or running on `worker`
 
     @classmethod
-    def proxy(cls, spec: str, upstream: str, upstream_model: str | None = None) -> ServedModel:
+    def proxy(
+        cls, spec: str, upstream: str, upstream_model: str | None = None, max_queue: int = 256
+    ) -> ServedModel:
         """A RiC or MOSLIM directory served in front of `upstream` (an OpenAI-compatible base URL
         ending in /v1) that serves its merged model (`steerable export`): the steering is
         rendered into the messages here and the request forwarded; no weights are loaded."""
@@ -117,7 +121,14 @@ class ServedModel:
         policy = SteerablePolicy(None, load_tokenizer(str(spec)), manifest)
         name = Path(spec).resolve().name
         return cls(
-            name, manifest.method, None, policy.tokenizer, policy, None, upstream.rstrip("/"), upstream_model
+            name,
+            manifest.method,
+            None,
+            policy.tokenizer,
+            policy,
+            upstream=upstream.rstrip("/"),
+            upstream_model=upstream_model,
+            max_queue=max_queue,
         )
 
     @classmethod
@@ -128,13 +139,21 @@ class ServedModel:
         path = Path(spec)
         if (path / MANIFEST).is_file():
             policy = SteerablePolicy.from_pretrained(path, trust_remote_code=trust_remote_code)
-            served = cls(path.resolve().name, policy.manifest.method, policy.model, policy.tokenizer, policy)
+            served = cls(
+                path.resolve().name,
+                policy.manifest.method,
+                policy.model,
+                policy.tokenizer,
+                policy,
+                max_queue=max_queue,
+            )
             served.front = read_front(path, policy.rewards)
         else:
             from steerable.defaults import load_causal_lm
 
             model, tokenizer = load_causal_lm(spec, trust_remote_code=trust_remote_code)
-            served = cls(spec if not path.exists() else path.resolve().name, "base", model, tokenizer)
+            name = spec if not path.exists() else path.resolve().name
+            served = cls(name, "base", model, tokenizer, max_queue=max_queue)
         film = served.policy.fewshot.film if served.method == "np-dpo" else None
         served.engine = BatchEngine(served.model, served.tokenizer, film, max_batch, max_queue)
         if served.engine.prefixes is not None:  # the prompt prefix every request shares, cached once
@@ -208,8 +227,15 @@ class ServedModel:
 
     async def run(self, fn, *args):
         """`fn(*args)` on this model's own worker thread (vLLM gives each server its own
-        one-thread executor for tokenising, the same way)."""
-        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+        one-thread executor for tokenising, the same way); a 503 when `max_queue` calls already
+        wait for it (counted on the event loop, so no lock)."""
+        if self.waiting >= self.max_queue:
+            raise ApiError(503, f"{self.id} is busy (its queue is full); retry shortly", code="queue_full")
+        self.waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+        finally:
+            self.waiting -= 1
 
     def render(self, messages: list[dict]) -> str:
         from steerable.generation import render_chat
