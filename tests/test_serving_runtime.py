@@ -391,6 +391,26 @@ def test_a_flood_waiting_for_a_models_steering_is_refused_past_its_queue():
         running.stop()
 
 
+def test_the_prompt_is_rendered_on_the_models_thread_not_the_event_loop(tiny):
+    """Rendering the chat template is CPU work: it runs on the model's own thread, as steering does."""
+    model = ServedModel.load("tiny")
+    threads: list[str] = []
+    render = model.render
+
+    def recorded(messages):
+        threads.append(threading.current_thread().name)
+        return render(messages)
+
+    model.render = recorded
+    running = Server(create_app([model]))
+    try:
+        body = {"model": "tiny", "messages": QUESTION, "max_tokens": 2}
+        assert httpx.post(running.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+        assert threads and all(name.startswith("steerable-steering") for name in threads), threads
+    finally:
+        running.stop()
+
+
 # --- slow clients and the serve command -----------------------------------------------------
 def closed_by_server(sock: socket.socket, seconds: float = 30) -> bool:
     sock.settimeout(seconds)

@@ -327,9 +327,11 @@ def parse_score(body: object, models: dict[str, ServedModel]) -> tuple[ServedMod
     return model, request.prompt, request.responses
 
 
-def make_jobs(request: ChatRequest, text: str, z) -> list[Job]:
-    """The request's n jobs: its own seed for the first, seed + i for the i-th."""
+def make_jobs(request: ChatRequest, steered: list[dict], z) -> list[Job]:
+    """The request's n jobs for its `steered` conversation: its own seed for the first, seed + i
+    for the i-th."""
     model = request.model
+    text = model.render(steered)
     prompt_tokens = len(model.tokenizer(text, add_special_tokens=False).input_ids)
     limit = model.context_length
     if limit is not None and prompt_tokens + request.max_tokens > limit:
@@ -432,7 +434,7 @@ def create_app(
         headers = {"x-steering": json.dumps(applied, ensure_ascii=True)}
         if model.upstream is not None:
             return await forward(model, body, steered, applied, headers)
-        jobs = await model.run(make_jobs, parsed, model.render(steered), z)
+        jobs = await model.run(make_jobs, parsed, steered, z)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model.id}
         if parsed.stream:
             # queued before the response starts: a full queue is a 503, not an empty 200 stream
