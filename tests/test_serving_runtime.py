@@ -411,6 +411,17 @@ def test_the_prompt_is_rendered_on_the_models_thread_not_the_event_loop(tiny):
         running.stop()
 
 
+def test_ignored_fields_are_logged_at_debug_not_warning(server, caplog):
+    """The openai client and LangChain send fields we ignore with every request: no warning each time."""
+    running, _ = server
+    body = {"model": "tiny", "messages": QUESTION, "max_tokens": 2, "user": "u1", "frequency_penalty": 0}
+    with caplog.at_level(logging.DEBUG, logger="steerable.serving.api"):
+        assert httpx.post(running.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+    ignored = [r for r in caplog.records if "ignored" in r.getMessage()]
+    assert [r.levelno for r in ignored] == [logging.DEBUG]
+    assert "frequency_penalty" in ignored[0].getMessage() and "user" in ignored[0].getMessage()
+
+
 # --- slow clients and the serve command -----------------------------------------------------
 def closed_by_server(sock: socket.socket, seconds: float = 30) -> bool:
     sock.settimeout(seconds)

@@ -295,7 +295,7 @@ def parse_request(body: object, models: dict[str, ServedModel], max_tokens_limit
     request = validated(ChatCompletionRequest, body)
     model = served_model(request.model, models)
     if request.model_extra:
-        log.warning("fields present in the request but ignored: %s", sorted(request.model_extra))
+        log.debug("fields present in the request but ignored: %s", sorted(request.model_extra))
     messages = [{"role": m.role, "content": m.text()} for m in request.messages]
     if not any(m["role"] == "user" and m["content"].strip() for m in messages):
         raise ApiError(400, "messages need a user message with text", "messages")
