@@ -324,3 +324,47 @@ def test_moslim_pickers_all_off_ask_for_no_tags(moslim):
             },
         )
         assert reply.status_code == 200 and reply.json()["steering"] == {"levels": {}}
+
+
+def test_the_models_measured_front_is_drawn_on_the_plane(tiny_ric, tmp_path):
+    """A front.json beside the model (what `steerable compare` records) reaches the model's card
+    in raw and normalised units, and the page draws its points and its non-dominated line."""
+    import shutil
+
+    import numpy as np
+
+    from steerable.evaluation.report import EvaluationResult, read_front, record_front
+    from steerable.evaluation.sweep import SweepPoint
+
+    directory = shutil.copytree(tiny_ric[1], tmp_path / "ric-with-front")
+    without = ServedModel.load(str(directory), max_batch=2, max_queue=4)
+    assert "front" not in without.card()
+    means = [[-3.0, 0.1], [-6.0, 0.5], [-9.0, 0.9], [-9.5, 0.2]]  # the last is dominated
+    points = [
+        SweepPoint(
+            weights=[1 - i / 3, i / 3], mean=m, stderr=[0.0, 0.0], n=10, seconds=1.0, generated_tokens=40
+        )
+        for i, m in enumerate(means)
+    ]
+    result = EvaluationResult(
+        method="ric", model=str(directory), names=without.policy.names, rewards={}, points=points,
+        controllability={}, prompts_sha256="x", num_prompts=5, sampling={}, samples=2, resolution=3,
+    )  # fmt: skip
+    record_front(result, directory)
+    served = ServedModel.load(str(directory), max_batch=2, max_queue=4)
+    front = served.card()["front"]
+    assert front == read_front(directory, served.policy.rewards)
+    assert [p["on_front"] for p in front["points"]] == [True, True, True, False]
+    expected = served.policy.rewards.normalise(np.array(means)).tolist()
+    assert [p["normalised"] for p in front["points"]] == expected
+    with page([served]) as (driver, server):
+        ready(driver)
+        card = httpx.get(f"{server.url}/v1/models/{served.id}").json()
+        assert card["front"]["points"][0]["mean"] == means[0]
+        drawn = driver.find_elements(By.CSS_SELECTOR, '#plane [data-point^="front-"]')
+        assert len(drawn) == 4  # shown as soon as the model is chosen, before any answer
+        line = driver.find_element(By.CSS_SELECTOR, '#plane [data-front="line"]').get_attribute("points")
+        assert len(line.split()) == 3  # through the non-dominated points only
+        x = [float(c.get_attribute("cx")) for c in drawn]
+        assert (x[0] > x[1] > x[2]) == (expected[0][0] > expected[1][0] > expected[2][0])
+        assert "measured front" in driver.find_element(By.ID, "plane-caption").text
