@@ -99,7 +99,7 @@ def test_score_with_saved_stats_and_yaml_config(tmp_path):
         ([{"prompt": "a", "response": ""}], [], "line 1: 'response' is empty"),
         (ROWS, ["-o", "x=builtin:nope"], "unknown built-in scorer 'nope'"),
         (ROWS, ["-o", "x=magic:thing"], "unknown scorer kind"),
-        (ROWS, ["-o", "x=py:{nan}:f"], "'x' gave nan for row 0"),
+        (ROWS, ["-o", "x=py:{nan}:f"], "'x' gave nan for {data}, line 1 (prompt"),
     ],
 )
 def test_score_bad_input_exits_2_with_no_output(tmp_path, rows, extra, message):
@@ -109,7 +109,7 @@ def test_score_bad_input_exits_2_with_no_output(tmp_path, rows, extra, message):
     extra = [e.replace("{nan}", str(nan_module)) for e in extra]
     result = invoke(["score", data, "--out", tmp_path / "out.jsonl", *(extra or FAST)])
     assert result.exit_code == 2
-    assert message in " ".join(result.output.split())
+    assert message.replace("{data}", str(data)) in "".join(result.output.split("\n")), result.output
     assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "nan_scores.py"] or (
         sorted(p.name for p in tmp_path.iterdir()) == ["__pycache__", "in.jsonl", "nan_scores.py"]
@@ -271,3 +271,18 @@ def test_local_scorer_paths_are_recorded_absolute(tmp_path, tiny_reward_model, m
         ["score", data, "--out", tmp_path / "b.jsonl", "--stats-from", tmp_path / "out.jsonl.stats.json"]
     )
     assert again.exit_code == 0, again.output
+
+
+def test_score_names_the_file_line_of_an_hh_pair_whose_answer_gave_nan(tmp_path):
+    """HH pairs are two rows each once read; a bad score names the pair's line in the file."""
+    module = tmp_path / "nan_scores.py"
+    module.write_text("def f(p, r):\n    return [float('nan') if 'Never' in x else 1.0 for x in r]\n")
+    pairs = [
+        {"chosen": f"\n\nHuman: Q{i}?\n\nAssistant: Sure.", "rejected": f"\n\nHuman: Q{i}?\n\nAssistant: No."}
+        for i in range(3)
+    ]
+    pairs[1]["rejected"] = pairs[1]["rejected"].replace("No.", "Never.")
+    data = write_table(tmp_path / "hh.jsonl", pairs)
+    result = invoke(["score", data, "--out", tmp_path / "out.jsonl", "-o", f"x=py:{module}:f"])
+    assert result.exit_code == 2
+    assert f"'x' gave nan for {data}, line 2 (prompt" in "".join(result.output.split("\n")), result.output

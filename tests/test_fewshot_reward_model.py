@@ -112,9 +112,9 @@ def test_scored_pairs_are_split_by_prompt():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda rows: rows[3].pop("score_positive"), "row 3: column 'score_positive' is missing"),
-        (lambda rows: rows[2].update(score_brief=float("nan")), "row 2"),
-        (lambda rows: rows[1].update(response="  "), "row 2: 'response' is empty"),
+        (lambda rows: rows[3].pop("score_positive"), "data.jsonl, row 4: column 'score_positive' is missing"),
+        (lambda rows: rows[2].update(score_brief=float("nan")), "data.jsonl, row 3: column 'score_brief'"),
+        (lambda rows: rows[1].update(response="  "), "data.jsonl, row 2: 'response' is empty"),
     ],
 )
 def test_bad_scored_rows_are_named(change, message):
@@ -373,3 +373,19 @@ def test_train_np_rm_refuses_bad_settings(args, message, tmp_path):
     result = CliRunner().invoke(app, ["train", "np-rm", "--output_dir", str(tmp_path / "x"), *args])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_train_np_rm_names_the_file_line_of_a_bad_scored_row(tmp_path):
+    rows = scored_rows()
+    rows[5].pop("score_positive")
+    rows[7]["response"] = " "
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = ["train", "np-rm", "--task", "scored", "--data", str(data), "--output_dir", str(tmp_path / "x")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "d.jsonl, line 8: 'response' is empty" in result.output, result.output
+    rows[7]["response"] = "fine"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "d.jsonl, line 6: column 'score_positive' is missing" in result.output, result.output

@@ -83,7 +83,7 @@ def test_nan_score_names_objective_and_row(tmp_path, monkeypatch):
         "def f(prompts, responses):\n    return [float('nan') if r == 'Blue.' else 1.0 for r in responses]\n"
     )
     rewards = RewardSet.from_specs([f"bad=py:{module}:f"])
-    with pytest.raises(SteerableError, match=r"'bad' gave nan for row 2"):
+    with pytest.raises(SteerableError, match=r"'bad' gave nan for row 3"):
         rewards.score(PROMPTS, RESPONSES)
 
 
@@ -220,7 +220,7 @@ def test_a_grpo_reward_function_refuses_a_nan_score_instead_of_using_the_mean(tm
     rewards.fit_stats(np.array([[1.0, 0.0], [3.0, 2.0]]))
     _, bad = reward_functions(rewards, {"completions": 0, "tokens": 0}, tokenizer=None)
     assert bad(prompts=["Hi", "Sky?"], completions=["Hello.", "Green."]) == [0.0, 0.0]
-    with pytest.raises(SteerableError, match=r"objective 'bad' .*gave nan for row 1 \(prompt 'Sky\?'"):
+    with pytest.raises(SteerableError, match=r"objective 'bad' .*gave nan for row 2 \(prompt 'Sky\?'"):
         bad(prompts=["Hi", "Sky?"], completions=["Hello.", "Blue."])
 
 

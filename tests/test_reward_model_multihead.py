@@ -170,7 +170,7 @@ def test_ratings_become_levels_and_missing_values_mask():
     assert levels.tolist() == [1, 5, 4, 3, MISSING, MISSING, MISSING]
     assert rating_levels([1, 5], 1, 5, "uf", "d").tolist() == [1, 5]  # UltraFeedback 1-5
     for value, problem in ((5, "outside the scale"), (2.5, "not an integer"), ("abc", "not an integer")):
-        with pytest.raises(SteerableError, match=rf"d.csv, row 1: column 'help' holds .*{problem}"):
+        with pytest.raises(SteerableError, match=rf"d.csv, row 2: column 'help' holds .*{problem}"):
             rating_levels([1, value], 0, 4, "help", "d.csv")
 
 
@@ -438,9 +438,13 @@ def test_bad_input_is_one_line_at_the_cli(tmp_path):
 
     rows = [{"prompt": "q", "response": "a", "help": 3}, {"prompt": "r", "response": "b", "help": 7}]
     one_line_error(train(rows, "--labels", "h=rating:help:0-4", "--levels", "3"), "labels", "levels is 3")
-    one_line_error(train(rows, "--labels", "h=rating:help:0-4"), "row 1", "'help'", "outside the scale")
+    one_line_error(
+        train(rows, "--labels", "h=rating:help:0-4"), "d.jsonl, line 2", "'help'", "outside the scale"
+    )
     rows[1]["help"] = 2.5
-    one_line_error(train(rows, "--labels", "h=rating:help:0-4"), "row 1", "'help'", "not an integer")
+    one_line_error(
+        train(rows, "--labels", "h=rating:help:0-4"), "d.jsonl, line 2", "'help'", "not an integer"
+    )
     one_line_error(train(rows, "--labels", "honest"), "no column 'score_honest'", "d.jsonl")
     one_line_error(train(rows), "no score_* columns")
     one_line_error(invoke(["train", "moslim-rm", "--labels", "x"]), "--data is required")

@@ -300,7 +300,8 @@ def score(
     """Score every (prompt, response) with each objective; write raw and normalised scores and
     the normalisation statistics (mean, std, min, max, quantiles). Nothing is written unless
     every row scored."""
-    from steerable.data import load_pairs, write_table
+    from steerable.data import write_table
+    from steerable.data.loading import load_placed_pairs
     from steerable.objectives import RewardSet
 
     claim(out, {"DATA": data, "--stats-from": stats_from}, table=True)
@@ -324,9 +325,11 @@ def score(
                 f"--stats {stats} exists and is not a steerable statistics file ({err}); "
                 "delete it or choose another path"
             )
-    rows = load_pairs(data, split)
+    rows, places = load_placed_pairs(data, split)
     with warnings.catch_warnings(record=True) as caught:
-        raw = rewards.annotate(rows, fit=stats_from is None, progress=True)
+        raw = rewards.annotate(
+            rows, fit=stats_from is None, progress=True, places=[f"{data}, {place}" for place in places]
+        )
     for warning in caught:  # e.g. zero spread on a single row
         _warn(warning.message)
     if previous is not None and previous != rewards.to_dict() and not force:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from steerable.data.loading import row_places
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text, check_format_version
 from steerable.scorers import ScorerSpec, build_scorer
@@ -114,16 +115,20 @@ class Objective:
             self._scorer = build_scorer(self.spec)
         return self._scorer
 
-    def score(self, prompts: list[str], responses: list[str], first_row: int = 0) -> np.ndarray:
+    def score(
+        self, prompts: list[str], responses: list[str], places: Sequence[str] | None = None
+    ) -> np.ndarray:
         """One finite float per pair. A NaN or infinite score is an error naming the objective,
-        the row (counted from `first_row`) and its prompt: no method has a sound stand-in for a
-        score the scorer could not give, and the mean would train on a made-up reward."""
+        the row (by its place in `places`, e.g. "data.jsonl, line 115", else "row N" from 1) and
+        its prompt: no method has a sound stand-in for a score the scorer could not give, and the
+        mean would train on a made-up reward."""
         scores = self._checked(self.scorer(prompts, responses), len(prompts))
         bad = np.flatnonzero(~np.isfinite(scores))
         if bad.size:
             i = int(bad[0])
+            place = places[i] if places is not None else f"row {i + 1}"
             raise SteerableError(
-                f"objective {self.name!r} gave {scores[i]} for row {first_row + i} "
+                f"objective {self.name!r} gave {scores[i]} for {place} "
                 f"(prompt {prompts[i][:40]!r}; {bad.size} non-finite score(s) in {len(prompts)} rows); "
                 "a score must be a finite number: fix the scorer or drop those rows"
             )
@@ -213,13 +218,16 @@ class RewardSet:
         responses: Sequence[str],
         chunk_size: int = 256,
         progress: bool = False,
+        places: Sequence[str] | None = None,
     ) -> np.ndarray:
         """Raw scores, shape [n, K]. Each scorer sees chunks of `chunk_size` pairs (it batches
-        inside); a NaN or infinite score is an error naming the objective and the row
+        inside); a NaN or infinite score is an error naming the objective and the row, by its
+        place in `places` (where the rows came from a file) or as "row N" from 1
         (`Objective.score`)."""
         prompts, responses = list(prompts), list(responses)
         if len(prompts) != len(responses):
             raise SteerableError(f"{len(prompts)} prompts but {len(responses)} responses")
+        places = list(places) if places is not None else row_places(len(prompts))
         out = np.zeros((len(prompts), len(self)), dtype=float)
         for objective in self.objectives:  # before the bar: one that cannot be built is one line
             objective.scorer  # noqa: B018
@@ -228,16 +236,27 @@ class RewardSet:
             bar.set_postfix_str(objective.name)
             for start in range(0, len(prompts), chunk_size):
                 stop = start + chunk_size
-                out[start:stop, k] = objective.score(prompts[start:stop], responses[start:stop], start)
+                out[start:stop, k] = objective.score(
+                    prompts[start:stop], responses[start:stop], places[start:stop]
+                )
                 bar.update(len(prompts[start:stop]))
         bar.close()
         return out
 
-    def annotate(self, rows: list[dict], *, fit: bool = False, progress: bool = False) -> np.ndarray:
+    def annotate(
+        self,
+        rows: list[dict],
+        *,
+        fit: bool = False,
+        progress: bool = False,
+        places: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """Score each row's ``prompt``/``response`` and write ``score_<name>`` (raw) and
         ``z_<name>`` (normalised) into the row; with `fit`, fit the statistics on these rows
-        first. Returns the raw scores [n, K]. Rows are left untouched if scoring fails."""
-        raw = self.score([r["prompt"] for r in rows], [r["response"] for r in rows], progress=progress)
+        first. Returns the raw scores [n, K]. Rows are left untouched if scoring fails, whose
+        error names the row by its place in `places` (see `score`)."""
+        prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+        raw = self.score(prompts, responses, progress=progress, places=places)
         if fit:
             self.fit_stats(raw)
         z = self.normalise(raw)

@@ -67,8 +67,14 @@ def read_placed(path: str | Path, split: str | None = None) -> tuple[list[dict],
     )
 
 
+def row_places(count: int, unit: str = "row") -> list[str]:
+    """ "row 1" ... "row N": the places of rows that come from no file, or from one whose lines
+    are unknown, numbered from 1 as a file's lines are."""
+    return [f"{unit} {number}" for number in range(1, count + 1)]
+
+
 def _numbered(rows: list[dict], unit: str = "row") -> tuple[list[dict], list[str]]:
-    return rows, [f"{unit} {number}" for number in range(1, len(rows) + 1)]
+    return rows, row_places(len(rows), unit)
 
 
 def _csv_places(path: Path, count: int) -> list[str]:
@@ -82,7 +88,7 @@ def _csv_places(path: Path, count: int) -> list[str]:
                 starts.append(end + 1)
             end = reader.line_num
     if len(starts) != count + 1:
-        return _numbered([None] * count)[1]
+        return row_places(count)
     return [f"line {line}" for line in starts[1:]]
 
 
@@ -131,6 +137,12 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[dict]:
     """Rows with non-empty string ``prompt`` and ``response`` (other columns are kept); a table
     of preference pairs gives two rows per pair (see the module docstring). Every bad row is
     named in one error."""
+    return load_placed_pairs(path, split)[0]
+
+
+def load_placed_pairs(path: str | Path, split: str | None = None) -> tuple[list[dict], list[str]]:
+    """The rows of `load_pairs` and the place in the file of each (`read_placed`), as errors
+    about a row name it: both rows of a preference pair are at the pair's place."""
     rows, places = read_placed(path, split)
     if not rows:
         raise SteerableError(f"{path} has no rows")
@@ -141,14 +153,14 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[dict]:
             for row, place in zip(rows, places, strict=True)
         ]
         refuse_bad_rows(path, bad)
-        return rows
+        return rows, places
     if {"chosen", "rejected"} <= columns:
         hh = "prompt" not in columns
         split_rows = [preference_pair(row, hh) for row in rows]
         refuse_bad_rows(
             path, [(place, problem) for place, (_, problem) in zip(places, split_rows, strict=True)]
         )
-        return [
+        expanded = [
             {
                 **_other_columns(row),
                 "prompt": pair["prompt"],
@@ -159,6 +171,7 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[dict]:
             for n, (row, (pair, _)) in enumerate(zip(rows, split_rows, strict=True))
             for label in ("chosen", "rejected")
         ]
+        return expanded, [place for place in places for _ in ("chosen", "rejected")]
     raise SteerableError(
         f"{path}: missing columns; need 'prompt' and 'response', preference pairs ('prompt', 'chosen', "
         f"'rejected'), or HH-RLHF 'chosen' and 'rejected', found {sorted(columns)}"
@@ -192,11 +205,6 @@ def text_problem(row: dict, columns: Sequence[str]) -> str | None:
             shown = "missing" if value is None or _is_nan(value) else repr(value)[:40]
             return f"{column!r} is empty or not text ({shown})"
     return None
-
-
-def require_text(row: dict, columns: Sequence[str], number: int, path: str | Path) -> None:
-    """Each of `columns` of row `number` is a non-empty string, else an error naming the row."""
-    refuse_bad_rows(path, [(f"row {number}", text_problem(row, columns))])
 
 
 def preference_pair(row: dict, hh: bool) -> tuple[dict, str | None]:

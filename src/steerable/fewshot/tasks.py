@@ -22,11 +22,12 @@ the same prompt from a scored JSONL, e.g. `steerable score` output).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from steerable.data.loading import require_text, split_by_prompt
+from steerable.data.loading import refuse_bad_rows, row_places, split_by_prompt, text_problem
 from steerable.errors import SteerableError
 from steerable.reward_models.labels import raw_values
 
@@ -297,6 +298,7 @@ def scored_pool(
     where: str = "scored data",
     seed: int = 0,
     heldout: float = HELDOUT_PROMPTS,
+    places: Sequence[str] | None = None,
 ) -> PairPool:
     """Pairs of distinct responses to the same prompt from scored rows (`prompt`, `response` and
     `score_NAME` per objective, as `steerable score` writes them). Splits are by prompt
@@ -305,13 +307,20 @@ def scored_pool(
     types weigh the objectives on one scale."""
     if not rows:
         raise SteerableError(f"{where}: no rows")
-    for number, row in enumerate(rows, start=1):
-        require_text(row, ("prompt", "response"), number, where)
-    scores = np.stack([raw_values(rows, f"score_{name}", where) for name in objectives], axis=1)  # (M, K)
-    if np.isnan(scores).any():
-        row, k = np.argwhere(np.isnan(scores))[0]
-        column = f"score_{objectives[k]}"
-        raise SteerableError(f"{where}, row {row}: column {column!r} is missing; score every row")
+    places = row_places(len(rows)) if places is None else places
+    refuse_bad_rows(
+        where,
+        [(place, text_problem(row, ("prompt", "response"))) for row, place in zip(rows, places, strict=True)],
+    )
+    scores = np.stack(
+        [raw_values(rows, f"score_{name}", where, places) for name in objectives], axis=1
+    )  # (M, K)
+    unscored = [
+        (place, f"column 'score_{objectives[np.flatnonzero(gaps)[0]]}' is missing (score every row)")
+        for place, gaps in zip(places, np.isnan(scores), strict=True)
+        if gaps.any()
+    ]
+    refuse_bad_rows(where, unscored)
     texts = [(row["prompt"], row["response"]) for row in rows]
     first = {}
     for m, text in enumerate(texts):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from steerable.configs import SEED, check_config
-from steerable.data.loading import read_table
+from steerable.data.loading import read_placed
 from steerable.defaults import DEFAULT_MODEL, DTYPE_NAMES, absolute_if_local, load_causal_lm, load_tokenizer
 from steerable.errors import SteerableError
 from steerable.evaluation.fewshot import CONTEXT_SIZES, context_curve, mean_and_stderr, plot_curve
@@ -547,15 +547,15 @@ def heldout_pairs(config: NPDPOConfig, source: TaskSource, names: list[str]) -> 
     from when `steerable evaluate`/`compare` turn a preference into examples."""
     from steerable.reward_models.labels import raw_values
 
-    rows = read_table(config.data)
-    scores = {n: raw_values(rows, f"score_{n}", config.data) for n in names}  # (M,) per objective
+    rows, places = read_placed(config.data)
+    scores = {n: raw_values(rows, f"score_{n}", config.data, places) for n in names}  # (M,) per objective
     lines = []
     for a, b in source.pool.pairs[source.pool.split_indices("test")]:
         for row in (a, b):
             unscored = [n for n in names if np.isnan(scores[n][row])]
             if unscored:
                 raise SteerableError(
-                    f"{config.data}, row {row + 1}: no score_{unscored[0]}; the held-out pairs keep a score "
+                    f"{config.data}, {places[row]}: no score_{unscored[0]}; the held-out pairs keep a score "
                     f"of every --stats objective ({', '.join(names)}) for `evaluate`'s simulated users: "
                     "score the data with them, or give --stats of the types' objectives"
                 )

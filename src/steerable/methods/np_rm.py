@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steerable.data.loading import read_table
+from steerable.data.loading import read_placed
 from steerable.errors import SteerableError
 from steerable.evaluation.fewshot import (
     CONTEXT_SIZES,
@@ -125,11 +125,11 @@ def build_source(config: TaskConfig, stages: Stages) -> TaskSource:
         return synthetic_source(seed=config.seed)
     if not Path(config.data).is_file():
         raise SteerableError(f"--data {config.data}: no such file")
-    rows = read_table(config.data)
+    rows, places = read_placed(config.data)
     objectives = config.objectives or [c[len("score_") :] for c in rows[0] if c.startswith("score_")]
     if not objectives:
         raise SteerableError(f"{config.data}: no score_* columns; score the data with `steerable score`")
-    pool = scored_pool(rows, objectives, where=config.data, seed=config.seed)
+    pool = scored_pool(rows, objectives, where=config.data, seed=config.seed, places=places)
     if config.types == "objective":
         types = UserTypes.one_per_objective(objectives)
     else:

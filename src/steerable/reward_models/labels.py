@@ -25,11 +25,13 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 import numpy as np
 
+from steerable.data.loading import row_places
 from steerable.errors import SteerableError
 from steerable.scorers import _NAME
 
@@ -81,20 +83,25 @@ class LabelSource:
             return f"{self.name}=rating:{self.column}:{self.scale[0]}-{self.scale[1]}"
         return f"{self.name}=bins:{self.column}"
 
-    def fitted(self, rows: list[dict], levels: int, where: str) -> LabelSource:
-        """The source with its bin edges fitted on `rows` (the training split); a rating as is."""
+    def fitted(
+        self, rows: list[dict], levels: int, where: str, places: Sequence[str] | None = None
+    ) -> LabelSource:
+        """The source with its bin edges fitted on `rows` (the training split); a rating as is.
+        Errors name a row by its place in `places` (see `raw_values`)."""
         if self.source == "rating":
             return self
-        values = raw_values(rows, self.column, where)
+        values = raw_values(rows, self.column, where, places)
         return LabelSource(self.name, "bins", self.column, None, bin_edges(values, levels, self.column))
 
-    def levels_of(self, rows: list[dict], where: str) -> np.ndarray:
-        """Each row's level 1..L, MISSING where it has no label (bins must be fitted)."""
+    def levels_of(self, rows: list[dict], where: str, places: Sequence[str] | None = None) -> np.ndarray:
+        """Each row's level 1..L, MISSING where it has no label (bins must be fitted). Errors
+        name a row by its place in `places` (see `raw_values`)."""
         if self.source == "rating":
-            return rating_levels([row.get(self.column) for row in rows], *self.scale, self.column, where)
+            values = [row.get(self.column) for row in rows]
+            return rating_levels(values, *self.scale, self.column, where, places)
         if self.edges is None:
             raise ValueError(f"label {self} has no fitted edges")
-        return bin_levels(raw_values(rows, self.column, where), self.edges)
+        return bin_levels(raw_values(rows, self.column, where, places), self.edges)
 
     def to_dict(self) -> dict:
         data = {"name": self.name, "source": self.source, "column": self.column}
@@ -127,10 +134,13 @@ def is_missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
 
 
-def rating_levels(values: list, lo: int, hi: int, column: str, where: str) -> np.ndarray:
+def rating_levels(
+    values: list, lo: int, hi: int, column: str, where: str, places: Sequence[str] | None = None
+) -> np.ndarray:
     """Integer ratings on the scale lo..hi as levels 1..(hi - lo + 1); MISSING for missing
     values. Integral floats (3.0) and integer strings ("3") are ratings; anything else is an
-    error naming the column and the row."""
+    error naming the column and the row (see `raw_values`)."""
+    places = row_places(len(values)) if places is None else places
     levels = np.full(len(values), MISSING, dtype=np.int64)
     for row, value in enumerate(values):
         if is_missing(value):
@@ -139,7 +149,7 @@ def rating_levels(values: list, lo: int, hi: int, column: str, where: str) -> np
         if rating is None or not lo <= rating <= hi:
             problem = "not an integer" if rating is None else "outside the scale"
             raise SteerableError(
-                f"{where}, row {row}: column {column!r} holds {value!r}, {problem} rating on the scale "
+                f"{where}, {places[row]}: column {column!r} holds {value!r}, {problem} rating on the scale "
                 f"{lo}-{hi}; fix the value, leave it empty (no label), or declare the real scale"
             )
         levels[row] = rating - lo + 1
@@ -158,9 +168,11 @@ def _as_int(value: object) -> int | None:
     return None
 
 
-def raw_values(rows: list[dict], column: str, where: str) -> np.ndarray:
+def raw_values(rows: list[dict], column: str, where: str, places: Sequence[str] | None = None) -> np.ndarray:
     """A numeric column as floats, NaN where missing; a value that is not a number is an error
-    naming the row."""
+    naming the row: by its place in `places` (`read_placed`: "line N" of the file `where`),
+    else "row N" from 1."""
+    places = row_places(len(rows)) if places is None else places
     values = np.full(len(rows), np.nan)
     for row, record in enumerate(rows):
         value = record.get(column)
@@ -168,7 +180,7 @@ def raw_values(rows: list[dict], column: str, where: str) -> np.ndarray:
             continue
         if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
             raise SteerableError(
-                f"{where}, row {row}: column {column!r} holds {value!r}, not a finite number to bin; "
+                f"{where}, {places[row]}: column {column!r} holds {value!r}, not a finite number to bin; "
                 "fix the value or leave it empty (no label)"
             )
         values[row] = float(value)

@@ -41,8 +41,7 @@ import torch
 from torch import nn
 
 from steerable.configs import SEED, check_config
-from steerable.data import load_pairs
-from steerable.data.loading import split_by_prompt
+from steerable.data.loading import load_placed_pairs, split_by_prompt
 from steerable.defaults import (
     DTYPE_NAMES,
     MINILM_MODEL,
@@ -443,7 +442,7 @@ def metrics_table(metrics: dict):
 def train_moslim_rm(config: MOSLIMRMConfig) -> Path:
     """Train (or resume) the reward model; returns its directory. The data and labels are
     checked before anything trains; moslim_rm.json is removed first and written last."""
-    rows = load_pairs(config.data)
+    rows, places = load_placed_pairs(config.data)
     where = config.data
     check_backbone(config)
     sources = [LabelSource.parse(text, config.levels) for text in config.labels]
@@ -459,8 +458,11 @@ def train_moslim_rm(config: MOSLIMRMConfig) -> Path:
     train_rows, heldout_rows = split_by_prompt(
         [r["prompt"] for r in rows], config.heldout_fraction, config.seed
     )
-    sources = [s.fitted([rows[i] for i in train_rows], config.levels, where) for s in sources]
-    levels = np.stack([s.levels_of(rows, where) for s in sources], axis=1)  # (n, K), MISSING = no label
+    trained = [rows[i] for i in train_rows], [places[i] for i in train_rows]
+    sources = [s.fitted(trained[0], config.levels, where, trained[1]) for s in sources]
+    levels = np.stack(
+        [s.levels_of(rows, where, places) for s in sources], axis=1
+    )  # (n, K), MISSING = no label
     unlabelled = [s.name for k, s in enumerate(sources) if not (levels[train_rows, k] != MISSING).any()]
     if unlabelled:
         raise SteerableError(f"{where}: label(s) {unlabelled} have no value in the training split")

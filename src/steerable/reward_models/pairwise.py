@@ -54,6 +54,7 @@ from steerable.data.loading import (
     preference_pair,
     read_placed,
     refuse_bad_rows,
+    row_places,
     split_by_prompt,
     text_problem,
 )
@@ -254,7 +255,7 @@ def pairs_from_scores(rows: list[dict], objective: str, where: str = "scored tab
     whose score_<objective> differ, the higher-scored one chosen -- up to n(n-1)/2 pairs for a
     prompt with n responses. Ties (and a response repeated) make no pair. Pairs come in the
     order of the rows. Scores that are not finite numbers are one error naming their rows."""
-    places = [f"row {number}" for number in range(1, len(rows) + 1)]
+    places = row_places(len(rows))
     refuse_bad_rows(
         where, [(place, score_problem(row, objective)) for place, row in zip(places, rows, strict=True)]
     )
