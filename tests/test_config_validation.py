@@ -95,7 +95,10 @@ COMMAND_CASES = [
         "objectives a and b are the same scorer",
     ),
     ("score {scored} --out {out}/x.jsonl -o h=hf:{rm}?device=banana", "device 'banana' is not a device"),
-    ("score {scored} --out {out}/x.jsonl -o h=hf:{rm}?device={missing_gpu}", "device"),
+    (
+        "score {scored} --out {out}/x.jsonl -o h=hf:{rm}?device={missing_gpu}",
+        "CUDA device(s); give device=cpu or leave device out",
+    ),
     ("score {scored} --out {out}/x.jsonl -o h=hf:{rm_no_template}?input=chat", "input=chat"),
     ("score {scored} --out {out}/x.jsonl -o h=hf:{rm}?max_length=100000", "max_length 100000"),
 ]

@@ -140,6 +140,7 @@ def test_a_failing_collective_leaves_no_saved_policy_behind(monkeypatch, tiny_pa
     assert calls == [] and not (tmp_path / "stages/policy_0/weights").exists()
 
 
+@pytest.mark.slow
 def test_a_grpo_stage_resumed_from_its_last_checkpoint_reports_the_whole_runs_generations(
     tiny_path, scored_table, tmp_path
 ):
