@@ -262,6 +262,8 @@ def test_a_500_answers_a_generic_message_and_logs_the_cause(tiny, caplog):
 
     model.steer = broken
     running = Server(create_app([model]))
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate to the root
+    uvicorn_log.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.ERROR):
             response = httpx.post(
@@ -269,8 +271,15 @@ def test_a_500_answers_a_generic_message_and_logs_the_cause(tiny, caplog):
             )
         assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
         assert "secret" not in response.text and "RuntimeError" not in response.text
+
+        def logged() -> bool:  # uvicorn logs it once the 500 is sent
+            causes = [r.exc_info[1] for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+            return any(isinstance(c, RuntimeError) and "secret detail" in str(c) for c in causes)
+
+        wait_for(logged, "the cause was not logged at ERROR")
         assert httpx.get(running.url + "/health").status_code == 200
     finally:
+        uvicorn_log.removeHandler(caplog.handler)
         running.stop()
 
 
