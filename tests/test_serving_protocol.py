@@ -183,7 +183,6 @@ def test_weights_whose_sum_overflows_are_a_400_under_every_mapping(server, http)
 def test_a_lone_surrogate_is_a_400(server, http):
     _, model = server
     lone = '"a\\ud800b"'
-    assert_openai_error(post(http, with_raw(model, "@", lone, messages="@")), 400, "messages")
     content = json.dumps(body(model)).replace('"Hi"', lone)
     assert_openai_error(post(http, content), 400, "messages[0].content")
     assert_openai_error(post(http, with_raw(model, "@", f"[{lone}]", stop="@")), 400, "stop[0]")
