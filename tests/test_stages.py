@@ -92,6 +92,20 @@ def test_a_failed_command_removes_the_stages_it_began_without_work_and_keeps_par
     assert (tmp_path / "ok" / "stages" / "offline" / "started.json").is_file()
 
 
+def test_stages_started_outside_a_command_are_not_kept_in_memory(tmp_path):
+    """Through the Python API (no `tidy_on_failure`) nothing would undo them: what a process
+    starts is recorded only inside a command, so a long-lived process does not collect paths."""
+    from steerable import stages as module
+
+    for i in range(3):
+        Stages(tmp_path / str(i), "train ric").start("offline", {})
+    assert module._began.get() is None
+    with tidy_on_failure():
+        Stages(tmp_path / "cmd", "train ric").start("offline", {})
+        assert tmp_path / "cmd" / "stages" / "offline" in module._began.get()
+    assert module._began.get() is None
+
+
 def test_stages_record_their_command_and_refuse_another(tmp_path):
     Stages(tmp_path, "train np-rm").start("np", {})
     assert json.loads((tmp_path / "stages" / "run.json").read_text()) == {"command": "train np-rm"}

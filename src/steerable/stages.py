@@ -29,11 +29,12 @@ one saves.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from steerable.errors import SteerableError
@@ -49,8 +50,9 @@ METHOD_NAMES = {
     "morlhf": "MORLHF",
     "np-dpo": "NP-DPO",
 }
-# What `Stages.start` created in this process, undone by `tidy_on_failure` if the command fails.
-_began: list[Path] = []
+# What `Stages.start` created inside the running `tidy_on_failure`, undone if the command fails;
+# None outside one (the Python API), where nothing would undo it.
+_began: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("began", default=None)
 
 
 def _canonical(value: object) -> str:
@@ -145,16 +147,24 @@ def check_owner(root: str | Path, command: str) -> None:
             raise SteerableError(f"{root} holds {what}; choose another {option}")
 
 
+def _note_began(paths: Iterable[Path]) -> None:
+    """Record what a stage start creates, for `tidy_on_failure` to undo (outside one: nothing)."""
+    began = _began.get()
+    if began is not None:
+        began.extend(paths)
+
+
 @contextlib.contextmanager
 def tidy_on_failure() -> Iterator[None]:
     """Run a command; if it fails, remove the stage folders it began that hold no work (only
     started.json), then the run record and folders that leaves empty. Partial work (a
     checkpoint) stays, for a run with the same inputs to resume from."""
-    _began.clear()
+    began: list[Path] = []
+    token = _began.set(began)
     try:
         yield
     except BaseException:
-        for path in reversed(_began):
+        for path in reversed(began):
             with contextlib.suppress(OSError):
                 if path.name == RUN:
                     if [p.name for p in path.parent.iterdir()] == [RUN]:
@@ -164,7 +174,7 @@ def tidy_on_failure() -> Iterator[None]:
                     path.rmdir()
         raise
     finally:
-        _began.clear()
+        _began.reset(token)
 
 
 class Stages:
@@ -211,12 +221,12 @@ class Stages:
         marker = folder / STARTED
         key = fingerprint(inputs)
         if is_main_process():
-            _began.extend(p for p in (self.root, self.root / "stages") if not p.exists())
+            _note_began(p for p in (self.root, self.root / "stages") if not p.exists())
             run = self.root / "stages" / RUN
             if not run.is_file():
-                _began.append(run)
+                _note_began([run])
                 atomic_write_text(run, json.dumps({"command": self.command}) + "\n")
-            _began.append(folder)
+            _note_began([folder])
             if folder.is_dir():
                 try:
                     previous = json.loads(marker.read_text())["key"] if marker.is_file() else None
