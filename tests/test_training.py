@@ -99,3 +99,20 @@ def test_a_stage_resumed_from_a_checkpoint_older_than_its_callbacks_saves_its_ne
     assert new.endswith("checkpoint-2")
     assert training.saved_callback_state(new, "GeneratedCounts") == {"completions": 3, "tokens": 30}
     assert resumed_stats(tmp_path, RewardStats(["brief"], 3)).to_dict() == stats.to_dict()
+
+
+def test_sums_over_processes_use_the_process_state_the_stages_use(monkeypatch):
+    """One view of the processes: the CPU one (gloo) on a machine without a GPU, as the stages
+    and the trainers' own, whichever is asked first."""
+    import accelerate
+    import numpy as np
+
+    asked = []
+
+    class One:
+        num_processes = 1
+
+    monkeypatch.setattr(accelerate, "PartialState", lambda **options: asked.append(options) or One())
+    values = np.ones(3)
+    assert training.summed_over_processes(values) is values
+    assert asked == [{"cpu": not torch.cuda.is_available()}]

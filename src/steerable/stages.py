@@ -84,7 +84,7 @@ def changed_fields(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if _canonical(old.get(k)) != _canonical(new.get(k)))
 
 
-def _process_state():
+def process_state():
     """accelerate's view of the processes (a single process unless launched by `accelerate
     launch` or torchrun). Without a GPU it is the CPU state (gloo), as the trainers' own."""
     import torch
@@ -94,11 +94,11 @@ def _process_state():
 
 
 def is_main_process() -> bool:
-    return _process_state().is_main_process
+    return process_state().is_main_process
 
 
 def wait_for_everyone() -> None:
-    _process_state().wait_for_everyone()
+    process_state().wait_for_everyone()
 
 
 def _json(path: Path) -> dict | None:

@@ -57,10 +57,11 @@ def summed_over_processes(values: np.ndarray) -> np.ndarray:
     """`values` summed over the training processes (every process must call it; a single one
     gets them back as they are). The tensor goes on the processes' device, as the trainer's own
     collectives do: NCCL, the GPU backend, reduces only CUDA tensors."""
-    from accelerate import PartialState
     from accelerate.utils import reduce
 
-    state = PartialState()
+    from steerable.stages import process_state
+
+    state = process_state()
     if state.num_processes == 1:
         return values
     tensor = torch.as_tensor(values, dtype=torch.float64, device=state.device)
