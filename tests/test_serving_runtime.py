@@ -194,6 +194,29 @@ def test_a_non_streaming_client_that_leaves_frees_its_rows():
         running.stop()
 
 
+def test_a_streaming_client_that_leaves_before_its_first_text_frees_its_rows():
+    """Its jobs still wait in the queue (no text yet) when the client hangs up: they are cancelled."""
+    model = ServedModel.load("tiny", max_batch=1, max_queue=4)
+    engine = model.engine
+    running = Server(create_app([model]))
+    try:
+        with Blocked(model):
+            body = {"model": "tiny", "messages": QUESTION, "max_tokens": 40, "n": 2, "stream": True}
+            content = json.dumps(body).encode()
+            head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock = socket.create_connection(("127.0.0.1", running.port))
+            sock.sendall(head.encode() + b"Content-Length: %d\r\n\r\n" % len(content) + content)
+            wait_for(lambda: engine.jobs.qsize() == 2, "the request's jobs were not queued")
+            waiting = list(engine.jobs.queue)
+            sock.close()  # nothing read: the client goes away before any text
+            wait_for(lambda: all(j.cancelled.is_set() for j in waiting), "the left stream was not cancelled")
+        assert all(j.done.wait(60) for j in waiting)
+        assert [j.finish_reason for j in waiting] == ["cancelled", "cancelled"]
+        assert [j.completion_tokens for j in waiting] == [0, 0]
+    finally:
+        running.stop()
+
+
 # --- the stream's chunks, framework errors, the models -------------------------------------
 def test_the_openai_documented_stream_loop_runs_and_usage_comes_only_when_asked(server):
     running, _ = server
