@@ -61,8 +61,18 @@ def _fitted_rewards():
     return rewards
 
 
-@pytest.mark.parametrize("version", [2, "1.5", None])
-def test_a_model_directory_of_a_newer_or_unknown_format_is_refused_in_one_line(tmp_path, version):
+@pytest.mark.parametrize(
+    ("version", "why"),
+    [
+        (2, "a later steerable wrote it; upgrade steerable"),
+        (0, "an earlier steerable wrote it, and this one no longer reads it; retrain it"),
+        ("1.5", "not a format version (a whole number); retrain it"),
+        (None, "not a format version (a whole number); retrain it"),
+        (True, "not a format version (a whole number); retrain it"),
+    ],
+)
+def test_a_model_directory_of_another_or_unknown_format_is_refused_in_one_line(tmp_path, version, why):
+    """The refusal says why by case: only a later version is cured by upgrading."""
     from dataclasses import asdict
 
     from steerable import SteerableError
@@ -73,11 +83,10 @@ def test_a_model_directory_of_a_newer_or_unknown_format_is_refused_in_one_line(t
     assert load_manifest(tmp_path).format_version == 1
     # a newer steerable may also have added fields: the version is what the message names
     (tmp_path / "steerable.json").write_text(json.dumps({**manifest, "format_version": version, "later": 1}))
-    with pytest.raises(
-        SteerableError, match=rf"format_version {version!r}.*reads format_version 1.*upgrade"
-    ) as err:
+    with pytest.raises(SteerableError, match=rf"format_version {version!r}.*reads format_version 1") as err:
         load_manifest(tmp_path)
     assert str(tmp_path / "steerable.json") in str(err.value) and "\n" not in str(err.value)
+    assert why in str(err.value) and ("upgrade" in str(err.value)) == (version == 2)
 
 
 def test_statistics_of_a_newer_format_are_refused_in_one_line(tmp_path):

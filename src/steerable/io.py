@@ -65,12 +65,19 @@ def _fsync(path: Path) -> None:
 
 
 def check_format_version(found: object, reads: int, where: str | Path, remake: str) -> None:
-    """Refuse a file this steerable cannot read: its `format_version` is another than the one it
-    reads (a later steerable wrote it) or not a version at all. `remake` says how to write it
-    again with this steerable, e.g. "retrain it"."""
+    """Refuse a file this steerable cannot read, saying why by case: its `format_version` is a
+    later one (upgrade steerable), an earlier one this steerable no longer reads, or not a
+    version at all. `remake` says how to write it again with this steerable, e.g. "retrain it"."""
     if type(found) is int and found == reads:
         return
+    if type(found) is not int:
+        why, fix = "that is not a format version (a whole number)", remake
+    elif found > reads:
+        why = "a later steerable wrote it"
+        fix = f"upgrade steerable (pip install -U steerable) to read it, or {remake}"
+    else:
+        why, fix = "an earlier steerable wrote it, and this one no longer reads it", remake
     raise SteerableError(
-        f"{where} has format_version {found!r}, but this steerable reads format_version {reads}; "
-        f"upgrade steerable (pip install -U steerable) to read it, or {remake} with this version"
+        f"{where} has format_version {found!r}, but this steerable reads format_version {reads}: "
+        f"{why}; {fix} with this version"
     )
