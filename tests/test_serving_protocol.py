@@ -128,6 +128,8 @@ WRONG_TYPES = [
     ({"steering": {"weights": {"brief": "1"}}}, "steering.weights.brief"),
     ({"steering": {"weights": {"brief": True}}}, "steering.weights.brief"),
     ({"steering": {"weights": ["1", 0]}}, "steering.weights[0]"),
+    ({"steering": {"weights": {"many": "1"}}}, "steering.weights.many"),  # named as the union's tags
+    ({"steering": {"targets": {"one": True}}}, "steering.targets.one"),
     ({"steering": {"targets": {"brief": True, "positive": 0}}}, "steering.targets.brief"),
     ({"steering": {"targets": {"brief": "0.5", "positive": 0}}}, "steering.targets.brief"),
     ({"steering": {"targets": {"brief": None, "positive": 0}}}, "steering.targets.brief"),

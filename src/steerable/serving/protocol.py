@@ -158,12 +158,21 @@ class ScoreRequest(Body):
     responses: list[Text] = Field(min_length=1, max_length=MAX_SCORED)
 
 
+# the fields typed by `one_or_many`: an error's location holds the form's tag right after their name
+TAGGED = frozenset(
+    name
+    for model in (Message, Steering, ChatCompletionRequest)
+    for name, info in model.model_fields.items()
+    if any(isinstance(m, Discriminator) for m in info.metadata)
+)
+
+
 def field_path(loc: tuple) -> str | None:
     """pydantic's error location as the field's path, `steering.weights.brief`, `stop[0]` (the tags
-    of `one_or_many` left out; text a JSON reply cannot carry escaped)."""
+    of `one_or_many` left out, a key named like one kept; text a JSON reply cannot carry escaped)."""
     path = ""
-    for part in loc:
-        if part in ("one", "many"):
+    for i, part in enumerate(loc):
+        if part in ("one", "many") and i and loc[i - 1] in TAGGED:
             continue
         path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
     return path.encode("utf-8", "backslashreplace").decode() or None
