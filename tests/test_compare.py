@@ -109,7 +109,7 @@ def test_compare_bad_configurations(compared, tmp_path):
     assert no_stats.exit_code == 2 and "stats" in no_stats.output
     # a typo in a later section is found before the first method trains
     for section, message in [("rl: {max_step: 1}", "config rl: unknown key(s) ['max_step']"),
-                             ("eval: {samples: 0}", "samples per prompt must be >= 1"),
+                             ("eval: {samples: 0}", "config eval: --samples must be >= 1, got 0"),
                              ("ric: {num_epochs: abc}", "num_epochs must be float"),
                              ("morlhf: {weight_vectors: ['1,-1']}", "negative")]:  # fmt: skip
         bad = tmp_path / "late.yaml"
@@ -205,3 +205,11 @@ def test_compare_refuses_another_commands_model_before_training_into_it(tmp_path
     result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(out)])
     assert result.exit_code == 2 and "holds a RiC model" in result.output, result.output
     assert [p.name for p in out.iterdir()] == ["steerable.json"]
+
+
+def test_compare_names_the_eval_option_out_of_range_as_every_other(tmp_path, tiny_path):
+    config = tmp_path / "compare.yaml"
+    config.write_text(f"model: {tiny_path}\nmethods: [prompting]\neval: {{samples: 0}}\n")
+    result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "config eval: --samples must be >= 1, got 0" in " ".join(result.output.split()), result.output

@@ -66,15 +66,12 @@ class EvalSettings:
     top_p: float = field(default=0.95, metadata={"gt": 0, "le": 1})
     top_k: int = field(default=50, metadata={"ge": 0})
     seed: int = field(default=0, metadata=SEED)
-    samples: int = 1
+    samples: int = field(default=1, metadata={"ge": 1})
     dtype: str = field(default="float32", metadata={"choices": DTYPE_NAMES})
     examples: int = field(default=5, metadata={"ge": 1})
 
     def __post_init__(self):
-        from steerable.evaluation.sweep import check_samples
-
         check_config(self)
-        check_samples(self.samples)
         self.sampling  # noqa: B018 -- validates the sampling settings
 
     @property
