@@ -302,7 +302,7 @@ def score(
     every row scored."""
     from steerable.data import write_table
     from steerable.data.loading import load_placed_pairs
-    from steerable.objectives import RewardSet
+    from steerable.objectives import RewardSet, scored_stats_path
 
     claim(out, {"DATA": data, "--stats-from": stats_from}, table=True)
     previous = None  # what the statistics file holds now
@@ -314,7 +314,7 @@ def score(
         rewards = RewardSet.load(stats_from, trust_remote_code=trust_remote_code)
     else:
         rewards = _reward_set(objective, config)
-        stats = stats or out.with_name(out.name + ".stats.json")
+        stats = stats or scored_stats_path(out)
         if stats.resolve() in (data.resolve(), out.resolve()):
             raise SteerableError(f"--stats {stats} is the input or the --out table; choose another path")
         claim(stats, {"DATA": data})

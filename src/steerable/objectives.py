@@ -171,6 +171,13 @@ def _what_it_scores(objective: Objective) -> dict:
     return spec
 
 
+def scored_stats_path(table: str | Path) -> Path:
+    """Where `steerable score` writes the statistics of its scored TABLE unless told another
+    path, and where a method reading the table looks for them: TABLE.stats.json."""
+    table = Path(table)
+    return table.with_name(table.name + ".stats.json")
+
+
 class RewardSet:
     """An ordered set of objectives scored together."""
 

@@ -54,6 +54,7 @@ from steerable.methods.np_rm import TaskConfig, accuracy_table, build_source, sp
 from steerable.methods.np_rm import result as stage_result
 from steerable.methods.rl import load_rewards
 from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
+from steerable.objectives import scored_stats_path
 from steerable.stages import Stages, file_digest, fingerprint
 
 RESULT_FILE = "evaluation.json"
@@ -152,7 +153,7 @@ class NPDPOConfig(TaskConfig):
 def stats_beside(data: Path) -> Path:
     """The statistics that came with scored data: DATA.stats.json, as `steerable score` writes
     them, else stats.json beside it, as RiC's offline stage does."""
-    scored, offline = data.with_name(data.name + ".stats.json"), data.with_name("stats.json")
+    scored, offline = scored_stats_path(data), data.with_name("stats.json")
     return offline if offline.is_file() and not scored.is_file() else scored
 
 
