@@ -359,16 +359,16 @@ class MOSLIMConfig(RLConfig):
                 "--mirror_levels needs an even number of prompts per step (grpo: batch_size / "
                 f"num_generations, dpo: batch_size), got {self.rows_per_step}"
             )
-        if self.algorithm == "dpo" and self.pool is None:
+        if not self.grpo and self.pool is None:
             raise SteerableError(
                 "--pool is required for --algorithm dpo: a table of prompt/response rows (several answers "
                 "per prompt) for the reward to rank, e.g. RiC's runs/ric/stages/offline/scored.jsonl"
             )
-        if self.algorithm == "grpo" and self.pool is not None:
+        if self.grpo and self.pool is not None:
             raise SteerableError("--pool is read by --algorithm dpo only; GRPO samples its own answers")
-        if self.sft_weight and self.algorithm != "dpo":
+        if self.sft_weight and self.grpo:
             raise SteerableError("--sft_weight is read by --algorithm dpo only")
-        if self.rejected != "last" and self.algorithm != "dpo":
+        if self.rejected != "last" and self.grpo:
             raise SteerableError("--rejected is read by --algorithm dpo only; GRPO ranks its own samples")
         if self.pool is not None:
             self.pool = str(Path(self.pool).resolve())
@@ -382,6 +382,7 @@ class MOSLIMConfig(RLConfig):
 
     @property
     def grpo(self) -> bool:
+        """Whether GRPO trains the policy (else DPO on the --pool answers)."""
         return self.algorithm == "grpo"
 
     @property
@@ -401,7 +402,7 @@ class MOSLIMConfig(RLConfig):
     @property
     def rows_per_step(self) -> int:
         """Tagged prompts per optimisation step: GRPO's groups, or DPO's pairs."""
-        return self.batch_size // self.num_generations if self.algorithm == "grpo" else self.batch_size
+        return self.batch_size // self.num_generations if self.grpo else self.batch_size
 
 
 def load_reward_model(config: MOSLIMConfig, rewards: RewardSet):
@@ -667,12 +668,12 @@ def train_moslim(config: MOSLIMConfig) -> Path:
     rm = load_reward_model(config, rewards)
     count = rm.levels if rm is not None else (config.levels or DEFAULT_LEVELS)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    pool = answer_pool(config.pool) if config.algorithm == "dpo" else None
+    pool = None if config.grpo else answer_pool(config.pool)
     out = Path(config.output_dir)
     stages = Stages(out, "train moslim")
     optimiser = (
         {"grpo": [GRPO_LOSS_TYPE, config.scale_rewards]}
-        if config.algorithm == "grpo"
+        if config.grpo
         else {"dpo": [DPO_LOSS_TYPE], "pool": file_digest(config.pool)}
     )
     inputs = {
@@ -686,7 +687,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
     if info is None:
         if is_main_process():
             (out / MANIFEST).unlink(missing_ok=True)  # written again once the policy is trained
-        if config.algorithm == "dpo":
+        if not config.grpo:
             read, stats = pool_rewards(config, rewards, rm, pool)
             rows = dpo_rows(config, rewards.names, count, pool, read, stats, tokenizer)
             info = train_dpo(config, stages, "policy", inputs, tokenizer, rows)
@@ -716,7 +717,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
         tokenizer.save_pretrained(out)
         recipe = (
             {"grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards}}
-            if config.algorithm == "grpo"
+            if config.grpo
             else {
                 "dpo": {
                     **config.dpo_loss,
