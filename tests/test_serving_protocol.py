@@ -277,6 +277,34 @@ def test_steering_refuses_an_unknown_field_but_an_example_row_may_carry_more():
     assert validation_error(caught.value) == ("steering.level is not a field of steering", "steering.level")
 
 
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"temperature": 3}, "temperature must be at most 2, got 3"),
+        ({"top_p": 0}, "top_p must be greater than 0, got 0"),
+        ({"stream": "yes"}, "stream must be true or false, got 'yes'"),
+        ({"n": 1.0}, "n must be an integer, got 1.0"),
+        ({"stop": [""]}, "stop[0] must have at least 1 character(s)"),
+        ({"stop": ["a"] * 5}, "stop must have at most 4 item(s), not 5"),
+        ({"messages": []}, "messages must have at least 1 item(s)"),
+        ({"steering": {"targets": [1]}}, "steering.targets must be a JSON object"),
+        (
+            {"messages": [{"role": "bot", "content": "Hi"}]},
+            "messages[0].role must be 'system', 'user' or 'assistant', got 'bot'",
+        ),
+    ],
+)
+def test_a_refusal_says_what_the_field_must_be_in_our_words(fields, message):
+    """Messages by pydantic's error type, not by rewording its messages (whose wording may change)."""
+    from pydantic import ValidationError
+
+    from steerable.serving.protocol import ChatCompletionRequest, validation_error
+
+    with pytest.raises(ValidationError) as caught:
+        ChatCompletionRequest.model_validate(body("m", **fields))
+    assert validation_error(caught.value)[0] == message
+
+
 def test_a_score_body_is_checked_like_a_chat_body(server, http):
     _, model = server
     assert_openai_error(post(http, [model], "/v1/score"), 400)

@@ -178,6 +178,30 @@ def field_path(loc: tuple) -> str | None:
     return path.encode("utf-8", "backslashreplace").decode() or None
 
 
+# what a field must be, by pydantic's error type (its messages' wording is pydantic's to change);
+# a type not here, as our own (`unicode`, `plain_json`, `one_or_many`'s), reads as its message
+MUST = {
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a JSON object",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "finite_number": "must be a finite number",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be at most {le}",
+    "literal_error": "must be {expected}",
+    "too_short": "must have at least {min_length} {unit}",
+    "string_too_short": "must have at least {min_length} {unit}",
+    "too_long": "must have at most {max_length} {unit}, not {actual_length}",
+}
+UNSHOWN = ("unicode", "plain_json", "too_short", "string_too_short", "too_long")  # no ", got ..."
+
+
 def validation_error(err: ValidationError) -> tuple[str, str | None]:
     """(a one-line message, the field's path) for pydantic's first error."""
     first = err.errors(include_url=False)[0]
@@ -189,19 +213,14 @@ def validation_error(err: ValidationError) -> tuple[str, str | None]:
         return f"{name} is required", param
     if kind == "extra_forbidden":
         return f"{name} is not a field of {field_path(loc[:-1]) or 'the request body'}", param
-    if kind in ("model_type", "model_attributes_type"):
-        return f"{name} must be a JSON object", param
     if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
         return f"{name} is a number too large for a float", param
-    words = first["msg"].split(" ", 2)
-    text = f"must {words[2]}" if len(words) == 3 and words[1] == "should" else first["msg"]
-    text = text.replace(" after validation", "")
-    if isinstance(value, str | int | float) and kind not in (
-        "unicode",
-        "plain_json",
-        "too_long",
-        "string_too_short",
-    ):
+    context = {
+        k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in first.get("ctx", {}).items()
+    }
+    unit = "character(s)" if isinstance(value, str) else "item(s)"
+    text = MUST[kind].format(**context, unit=unit) if kind in MUST else first["msg"]
+    if isinstance(value, str | int | float) and kind not in UNSHOWN:
         shown = repr(value)
         text += f", got {shown if len(shown) <= 40 else shown[:37] + '...'}"
     return f"{name} {text}", param
