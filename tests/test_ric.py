@@ -764,3 +764,29 @@ def test_a_round_made_with_the_offline_threshold_is_refused_naming_the_option_th
     with pytest.raises(SteerableError, match="differ") as refused:
         train_ric(make_tiny_ric_config(tmp_path / "run", online_iterations=1))
     assert "--online_threshold offline" not in str(refused.value)
+
+
+def test_a_nan_score_of_the_given_data_names_its_line_in_the_file(make_tiny_ric_config, tmp_path):
+    """HH pairs are two rows each once read: the error names the pair's line, not its row."""
+    module = tmp_path / "nan_scores.py"
+    module.write_text(
+        "def f(p, r):\n    return [float('nan') if 'Never' in x else float(len(x)) for x in r]\n"
+    )
+    pairs = [
+        {
+            "chosen": f"\n\nHuman: Q{i}?\n\nAssistant: Sure, {i}.",
+            "rejected": f"\n\nHuman: Q{i}?\n\nAssistant: No.",
+        }
+        for i in range(3)
+    ]
+    pairs[2]["rejected"] = pairs[2]["rejected"].replace("No.", "Never.")
+    data = tmp_path / "hh.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    config = make_tiny_ric_config(
+        tmp_path / "run",
+        data=str(data),
+        prompt_limit=None,
+        objectives=[f"x=py:{module}:f", "brief=builtin:brevity"],
+    )
+    with pytest.raises(SteerableError, match=rf"'x' gave nan for {data}, line 3 \(prompt"):
+        train_ric(config)

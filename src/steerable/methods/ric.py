@@ -38,6 +38,7 @@ from steerable.conditioning import (
 )
 from steerable.configs import SEED, check_config
 from steerable.data import load_pairs, load_prompts, read_table, write_table
+from steerable.data.loading import load_placed_pairs
 from steerable.data.prompts import SPLITS
 from steerable.defaults import (
     DEFAULT_MODEL,
@@ -600,8 +601,10 @@ def offline_data(config: RiCConfig, folder: Path) -> dict:
     started = time.perf_counter()
     rewards = RewardSet.from_specs(config.objectives)
     generated_tokens = 0
+    places = None  # where an error names a row: its line in --data, else "row N"
     if config.data is not None:
-        rows = load_pairs(config.data)
+        rows, places = load_placed_pairs(config.data)
+        places = [f"{config.data}, {place}" for place in places]
     else:
         prompts = load_prompts(config.prompt_split, config.prompt_limit)
         model, tokenizer = load_causal_lm(
@@ -635,7 +638,7 @@ def offline_data(config: RiCConfig, folder: Path) -> dict:
         del model
     if not rows:
         raise SteerableError("the offline stage produced no rows to train on (every response was empty)")
-    rewards.annotate(rows, fit=True, progress=True)
+    rewards.annotate(rows, fit=True, progress=True, places=places)
     flat = [o.name for o in rewards.objectives if o.stats.std == 0]
     if flat:
         raise SteerableError(
