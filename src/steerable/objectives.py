@@ -126,7 +126,7 @@ class Objective:
         bad = np.flatnonzero(~np.isfinite(scores))
         if bad.size:
             i = int(bad[0])
-            place = places[i] if places is not None else f"row {i + 1}"
+            place = (row_places(len(prompts)) if places is None else places)[i]
             raise SteerableError(
                 f"objective {self.name!r} gave {scores[i]} for {place} "
                 f"(prompt {prompts[i][:40]!r}; {bad.size} non-finite score(s) in {len(prompts)} rows); "
