@@ -13,17 +13,27 @@ method, on FastAPI.
                                 The response echoes what was applied: `steering` in the body
                                 (streamed: the first chunk) and the `x-steering` header (JSON),
                                 which clients that keep only the text can still read.
+    POST /v1/score              {model, prompt, responses}: each objective's raw and normalised
+                                score of each response (what the playground plots)
     GET  /v1/models             each model's method, objectives, levels and accepted steering
     GET  /v1/models/{id}        one of them
     GET  /health
+    GET  /                      the playground: two steerings of one prompt side by side
 
-Steering is checked by the library's own code (`Preference`, the tag checks, the examples
-check), so the server and the Python API refuse the same things. Errors use OpenAI's body,
-{"error": {"message", "type", "param", "code"}}: 400 for bad values and steering, 401 for a
-missing or wrong API key, 404 for an unknown model or path, 405 for a wrong method, 413 for a
-body over the limit, 422 for malformed JSON, 503 (with Retry-After) when the queue is full, a
-generic 500 (the cause goes to the server's log). A client that disconnects cancels its request,
-streamed or not.
+Request bodies are typed by the pydantic models of `protocol.py` (a field cannot skip
+validation); steering is checked by the library's own code (`Preference`, the tag checks, the
+examples check), so the server and the Python API refuse the same things. Errors use OpenAI's
+body, {"error": {"message", "type", "param", "code"}}: 400 for bad values and steering, 401 for a
+missing or wrong API key, 404 for an unknown model or path, 405 for a wrong method, 413 for a body
+over the limit, 422 for a body that is not JSON Python can read, 502 for an upstream (proxy mode)
+that fails, 503 with Retry-After when a queue is full (the engine's, or the requests waiting for a
+model's steering thread) or, from `local.py`'s protocol, when the server is at its concurrency
+limit; a generic 500 (the cause goes to the server's log). A client that disconnects cancels its
+request, streamed or not; one that left before its answer shows as 499 in the access log
+(nginx's "client closed request").
+
+Steering, prompt rendering and scoring run on each model's own one-thread executor, off the event
+loop: a model whose steering is slow (NP-DPO's pair encoder) makes only its own requests wait.
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ from starlette.requests import ClientDisconnect
 
 from steerable.errors import SteerableError
 from steerable.serving.engine import BatchEngine, Job
-from steerable.serving.protocol import ChatCompletionRequest, ScoreRequest, validation_error
+from steerable.serving.protocol import ApiError, ChatCompletionRequest, ScoreRequest, validation_error
 
 STEERING_KEYS = {
     "ric": ("weights", "mapping", "targets"),
@@ -57,27 +67,9 @@ STEERING_KEYS = {
     "np-dpo": ("examples",),
     "base": (),
 }
+GENERATION_FAILED = "generation failed; the server's log has the details"  # a 500's whole message
 log = logging.getLogger(__name__)
 PLAYGROUND = (files("steerable.serving") / "playground.html").read_text()
-
-
-class ApiError(Exception):
-    """An error the client caused (or a full queue), as OpenAI's error body."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    @property
-    def type(self) -> str:
-        if self.status == 401:
-            return "authentication_error"
-        if self.status >= 500:
-            return "server_error"
-        return "invalid_request_error"
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 @dataclass
@@ -253,7 +245,12 @@ def with_param(param: str, fn):
     try:
         return fn()
     except SteerableError as err:
-        raise ApiError(400, str(err), param, "invalid_steering" if param.startswith("steering") else None)
+        raise ApiError(400, str(err), param, steering_code(param))
+
+
+def steering_code(param: str | None) -> str | None:
+    """The error code of a refused field: `invalid_steering` for what is under `steering`."""
+    return "invalid_steering" if (param or "").startswith("steering") else None
 
 
 # --- the request ----------------------------------------------------------------------------
@@ -268,7 +265,7 @@ class ChatRequest:
     n: int
     stop: list[str]
     stream: bool
-    steering: dict | None
+    steering: dict
     include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
 
 
@@ -278,8 +275,7 @@ def validated(schema: type[BaseModel], body: object) -> BaseModel:
         return schema.model_validate(body)
     except ValidationError as err:
         message, param = validation_error(err)
-        code = "invalid_steering" if (param or "").startswith("steering") else None
-        raise ApiError(400, message, param, code)
+        raise ApiError(400, message, param, steering_code(param))
 
 
 def served_model(name: str, models: dict[str, ServedModel]) -> ServedModel:
@@ -444,7 +440,7 @@ def create_app(
             return JobsStream(jobs, chunks, media_type="text/event-stream", headers=headers)
         await finished_unless_gone(request, model, jobs)
         if any(j.error is not None for j in jobs):
-            raise ApiError(500, "generation failed; the server's log has the details")
+            raise ApiError(500, GENERATION_FAILED)
         answer = {
             **head,
             "object": "chat.completion",
@@ -558,11 +554,12 @@ def submit(model: ServedModel, jobs: list[Job]) -> None:
 async def finished_unless_gone(request: Request, model: ServedModel, jobs: list[Job]) -> None:
     """Queue `jobs` and wait until they are done; a client that disconnects first cancels them
     (their rows stop at the next step), as a stream's does (vLLM's `with_cancellation` too)."""
-    loop, finished, left = asyncio.get_running_loop(), asyncio.Event(), [len(jobs)]
+    loop, finished, left = asyncio.get_running_loop(), asyncio.Event(), len(jobs)
 
     def one_done() -> None:  # on the event loop
-        left[0] -= 1
-        if not left[0]:
+        nonlocal left
+        left -= 1
+        if not left:
             finished.set()
 
     for job in jobs:
@@ -650,7 +647,7 @@ async def stream_chunks(
         remaining -= 1
         if jobs[i].error is not None:
             log_failures(head["model"], [jobs[i]])
-            error = ApiError(500, "generation failed; the server's log has the details")
+            error = ApiError(500, GENERATION_FAILED)
             yield f"data: {json.dumps(error.body())}\n\n"
         else:
             yield chunk(i, {}, jobs[i].finish_reason)

@@ -4,7 +4,7 @@ process for notebooks, tests and benchmarks.
 uvicorn_config(app, ...)  uvicorn's settings: `limit_concurrency` (over it, a 503 in OpenAI's
                         body with Retry-After), `timeout_keep_alive`, and `read_timeout`, which
                         uvicorn lacks: a request's header and body must arrive within it
-                        (`ServingProtocol`)
+                        (`ReadTimeoutH11Protocol`)
 listening_socket(h, p)  the socket `serve` binds before loading its models (a taken port or a
                         host that does not resolve is refused at once)
 BackgroundServer(app)   uvicorn in a daemon thread on a free loopback port; `.url`, `.stop()`
@@ -26,6 +26,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from steerable.errors import SteerableError
+from steerable.serving.protocol import ApiError
 
 LIMIT_CONCURRENCY = 512  # connections and requests at once; over it, 503
 TIMEOUT_KEEP_ALIVE = 5  # seconds an idle kept-alive connection stays open (uvicorn's default)
@@ -34,11 +35,10 @@ READ_TIMEOUT = 30.0  # seconds a request's header and body may take to arrive
 
 def error_body(status: int, message: str) -> bytes:
     """OpenAI's error body, for answers given before the app sees the request."""
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}).encode()
+    return json.dumps(ApiError(status, message).body()).encode()
 
 
-class ServingProtocol(H11Protocol):
+class ReadTimeoutH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with two things it lacks.
 
     A read timeout: uvicorn times out idle kept-alive connections but waits forever for a request
@@ -127,7 +127,7 @@ def uvicorn_config(
         app,
         host=host,
         port=port,
-        http=functools.partial(ServingProtocol, read_timeout=read_timeout),
+        http=functools.partial(ReadTimeoutH11Protocol, read_timeout=read_timeout),
         limit_concurrency=limit_concurrency,
         timeout_keep_alive=timeout_keep_alive,
         log_level="warning",

@@ -14,7 +14,9 @@ content part, `stream_options` and an NP-DPO example, so long as they hold JSON 
 written again (finite numbers, valid Unicode: proxy mode passes them on to its upstream);
 `steering`, ours alone, refuses a field it does not know.
 `validation_error` turns pydantic's first error into a one-line message and the field's path,
-e.g. `steering.weights.brief` or `messages[0].content`.
+e.g. `steering.weights.brief` or `messages[0].content`; `ApiError` is a refusal as OpenAI's error
+body, {"error": {"message", "type", "param", "code"}}, whoever answers it (the app or uvicorn's
+protocol in local.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,25 @@ from pydantic_core import PydanticCustomError
 
 MAX_STOP = 4
 MAX_SCORED = 64
+
+
+class ApiError(Exception):
+    """An error the client caused (or a full queue), as OpenAI's error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    @property
+    def type(self) -> str:
+        if self.status == 401:
+            return "authentication_error"
+        if self.status >= 500:
+            return "server_error"
+        return "invalid_request_error"
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def _unicode(text: str) -> str:
