@@ -61,19 +61,25 @@ def fake_upstream():
     async def broken():
         return PlainTextResponse("<html>a proxy's error page</html>")
 
+    @upstream.post("/garbled/v1/chat/completions")
+    async def garbled():
+        lines = ["data: {not json\n\n", "data: [DONE]\n\n"]
+        return StreamingResponse(iter(lines), media_type="text/event-stream")
+
     return upstream
 
 
 @pytest.fixture(scope="module")
 def proxied(tiny_ric):
-    """The RiC model in proxy mode in front of `fake_upstream` (its id), and one in front of the
-    broken upstream ("broken")."""
+    """The RiC model in proxy mode in front of `fake_upstream` (its id), and ones in front of the
+    broken and the garbled upstream (ids "broken", "garbled")."""
     _, ric = tiny_ric
     upstream = BackgroundServer(fake_upstream())
     proxy = ServedModel.proxy(str(ric), upstream.url + "/v1")
     broken = ServedModel.proxy(str(ric), upstream.url + "/broken/v1")
-    broken.id = "broken"
-    running = BackgroundServer(create_app([proxy, broken], max_tokens_limit=LIMIT))
+    garbled = ServedModel.proxy(str(ric), upstream.url + "/garbled/v1")
+    broken.id, garbled.id = "broken", "garbled"
+    running = BackgroundServer(create_app([proxy, broken, garbled], max_tokens_limit=LIMIT))
     with httpx.Client(base_url=running.url, timeout=60) as client:
         yield client, proxy.id
     running.stop()
@@ -256,10 +262,15 @@ def test_an_ignored_field_a_json_body_cannot_carry_is_a_400_naming_it(
 
 def test_an_upstream_reply_that_is_not_json_is_a_502(proxied):
     client, _ = proxied
-    response = post(client, body("broken"))
-    assert response.status_code == 502, response.text
-    error = response.json()["error"]
-    assert error["type"] == "server_error" and error["code"] == "upstream_error"
+    for stream in (False, True):
+        response = post(client, body("broken", stream=stream))
+        assert response.status_code == 502, response.text
+        error = response.json()["error"]
+        assert error["type"] == "server_error" and error["code"] == "upstream_error"
+    garbled = post(client, body("garbled", stream=True))  # a stream's chunk that is not JSON
+    events = [line for line in garbled.text.splitlines() if line]
+    assert json.loads(events[-2][len("data: ") :])["error"]["code"] == "upstream_error"
+    assert events[-1] == "data: [DONE]"
     assert post(client, body(proxied[1])).json()["choices"][0]["message"]["content"] == "ok"
 
 

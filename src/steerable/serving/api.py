@@ -483,18 +483,18 @@ async def forward(model: ServedModel, body: dict, steered: list[dict], applied: 
     except httpx.HTTPError as err:
         await client.aclose()
         raise ApiError(502, f"the upstream {model.upstream} did not answer ({err})", code="upstream_error")
-    if response.status_code != 200:
+    stream = bool(body.get("stream"))
+    event_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+    if response.status_code != 200 or (stream and not event_stream):
         text = (await response.aread()).decode(errors="replace")[:500]
         await client.aclose()
-        raise ApiError(502, f"the upstream answered {response.status_code}: {text}", code="upstream_error")
-    if not body.get("stream"):
+        what = f"answered {response.status_code}" if response.status_code != 200 else "sent no event stream"
+        raise ApiError(502, f"the upstream {what}: {text}", code="upstream_error")
+    if not stream:
         text = await response.aread()
         await client.aclose()
-        try:
-            data = json.loads(text)
-        except ValueError:  # not JSON, or not UTF-8
-            data = None
-        if not isinstance(data, dict):
+        data = upstream_json(text)
+        if data is None:
             shown = text.decode(errors="replace")[:200]
             raise ApiError(502, f"the upstream answered with no JSON object: {shown}", code="upstream_error")
         return JSONResponse({**data, "model": model.id, "steering": applied}, headers=headers)
@@ -504,7 +504,16 @@ async def forward(model: ServedModel, body: dict, steered: list[dict], applied: 
         try:
             async for line in response.aiter_lines():
                 if line.startswith("data: ") and line != "data: [DONE]":
-                    chunk = json.loads(line[len("data: ") :])
+                    chunk = upstream_json(line[len("data: ") :])
+                    if chunk is None:  # the status is sent: end the stream with OpenAI's error body
+                        log.error(
+                            "the upstream %s sent a chunk that is not JSON: %.200s", model.upstream, line
+                        )
+                        error = ApiError(
+                            502, "the upstream sent a chunk that is not JSON", code="upstream_error"
+                        )
+                        yield f"data: {json.dumps(error.body())}\n\ndata: [DONE]\n\n"
+                        return
                     chunk["model"] = model.id
                     if first:
                         chunk["steering"], first = applied, False
@@ -516,6 +525,15 @@ async def forward(model: ServedModel, body: dict, steered: list[dict], applied: 
             await client.aclose()
 
     return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+
+
+def upstream_json(text: str | bytes) -> dict | None:
+    """An upstream's reply or chunk as a JSON object; None if it is not one."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deeply
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def parse_json(raw: bytes):
