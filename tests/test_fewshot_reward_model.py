@@ -297,7 +297,7 @@ def test_the_oracle_infers_the_type_from_the_context():
     )
     acc = [p.accuracy for p in points if p.type == "all"]
     # With a share c of conflicting pairs, a target is lost half the time when it conflicts and
-    # no context pair did: 1 - c/2 (1 - c)^n; at c = 1/2, DESIGN.md §4's 75 / 87.5 / 96.9%.
+    # no context pair did: 1 - c/2 (1 - c)^n; at c = 1/2, 75 / 87.5 / 96.9%.
     c = source.pool.select(source.pool.split == "test").conflicting(source.types).mean()
     np.testing.assert_allclose(acc, [1 - c / 2 * (1 - c) ** n for n in (0, 1, 3)], atol=0.01)
 

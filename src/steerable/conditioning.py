@@ -14,7 +14,7 @@ user turn, 0.03 (brief -1.6) to 0.90 (brief +1.5) (benchmarks/stop_probe.py; run
 runs/ric18 in benchmarks/RESULTS.md). Models keep the placement they were
 trained with: it is stored in their steerable.json.
 
-`preference_to_targets` maps a `Preference` to target tags (DESIGN.md §2.4):
+`preference_to_targets` maps a `Preference` to target tags (RiC, Yang et al. 2024):
 
     linf    R_i = lo_i + min(K * w_i, 1) * (hi_i - lo_i)     (default, the paper's closed form)
     l2      R_i = lo_i + (w_i / ||w||_2) * (hi_i - lo_i)

@@ -1,4 +1,4 @@
-"""Few-shot reward models judged on held-out tasks (DESIGN.md §4): pairwise accuracy against
+"""Few-shot reward models judged on held-out tasks (Kobalczyk et al. 2024): pairwise accuracy against
 context size, per user type and overall, for NP-BTL, the plain BTL model and the oracle.
 
 Every task is scored only on its targets that are not in its context, by index (the reference
@@ -8,7 +8,7 @@ gets its own fresh tasks, mean +- standard error over tasks.
 The oracle infers the type as well as the data allows and no better: the posterior over types
 given the context under each type's own BTL model (fitted on that type's choices alone), then
 the posterior-weighted probability that a target's first option wins. On the authors' synthetic
-task it traces the perfect-inference curve of DESIGN.md §4; NP-BTL above it would mean the
+task it traces the perfect-inference curve (75, 87.5, 96.9% at 0, 1, 3 context pairs); NP-BTL above it would mean the
 context leaks into the score.
 """
 

@@ -1,1 +1,1 @@
-"""Few-shot steerable alignment (DESIGN.md §4): tasks, pair embeddings, NP-BTL and NP-DPO."""
+"""Few-shot steerable alignment (Kobalczyk et al. 2024): tasks, pair embeddings, NP-BTL and NP-DPO."""

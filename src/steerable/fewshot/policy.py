@@ -1,4 +1,4 @@
-"""NP-DPO (DESIGN.md §4): a causal LM steered by a latent z inferred from a few of a user's choices.
+"""NP-DPO (Kobalczyk et al. 2024): a causal LM steered by a latent z inferred from a few of a user's choices.
 
     context encoder  the user's (chosen, rejected) pairs, embedded by the frozen pair encoder
                      -> z (`reward_model.ContextEncoder`, the same set encoder as NP-BTL's)

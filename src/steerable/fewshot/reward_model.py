@@ -1,4 +1,4 @@
-"""NP-BTL (DESIGN.md §4): a Bradley-Terry reward model conditioned on a few of a user's choices,
+"""NP-BTL (Kobalczyk et al. 2024): a Bradley-Terry reward model conditioned on a few of a user's choices,
 and the two models it is judged against, all on plain embedding arrays.
 
     option encoder   h(y) = MLP(e_y)                                    (d -> hidden)

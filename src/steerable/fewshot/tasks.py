@@ -1,4 +1,4 @@
-"""Few-shot tasks (DESIGN.md §4): a hidden user type, N_T target pairs with the choices that
+"""Few-shot tasks (Kobalczyk et al. 2024): a hidden user type, N_T target pairs with the choices that
 type makes, and a context, a random subset of 0..N_C,max of those pairs.
 
 Everything is indices into one `PairPool`, so the same tasks serve any embedding of the

@@ -1,4 +1,4 @@
-"""MOSLIM (DESIGN.md §3): one off-the-shelf instruct policy steered by intensity tags, trained
+"""MOSLIM (Zhang, Jiang, Yang, arXiv 2505.20336): one off-the-shelf instruct policy steered by intensity tags, trained
 on one scalar reward mapped from a multi-head classification reward model.
 
 Recipe (`steerable train moslim`):
@@ -17,8 +17,8 @@ Recipe (`steerable train moslim`):
    - dpo: a fixed pool of answers (`pool`, a prompt/response table with several answers per
      prompt, e.g. RiC's scored offline data) is read by the RM once. For each tagged prompt of
      the schedule, the answer the reward ranks first for those tags is `chosen` and the one it
-     ranks last `rejected`; TRL's DPO trains on these pairs (DESIGN.md's "offline: DPO on pairs
-     ranked by the mapped reward"). avg_i / std_i are the pool's. One pool serves every tag, so
+     ranks last `rejected`; TRL's DPO trains on these pairs (an offline alternative to
+     RL on the mapped reward). avg_i / std_i are the pool's. One pool serves every tag, so
      no answer is generated during training, and with mirror_levels the same two answers come
      back swapped under the mirrored tags: only reading the tag lowers both losses.
 

@@ -1,4 +1,4 @@
-"""`steerable train np-dpo`: a policy steered by a few of a user's choices (NP-DPO, DESIGN.md §4),
+"""`steerable train np-dpo`: a policy steered by a few of a user's choices (NP-DPO, Kobalczyk et al. 2024),
 as one recipe in stages.
 
 1. embeddings   the scored pairs' options through the frozen pair encoder (as `train np-rm`)

@@ -1,5 +1,5 @@
 """`steerable train np-rm`: the few-shot NP-BTL reward model, its baselines and their evaluation,
-as one recipe in stages (DESIGN.md §4).
+as one recipe in stages (Kobalczyk et al. 2024).
 
 1. tasks        the pair pool and user types: the authors' synthetic task, or pairs of
                 responses to the same prompt from a scored JSONL (one type per objective, or
