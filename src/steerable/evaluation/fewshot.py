@@ -8,8 +8,8 @@ gets its own fresh tasks, mean +- standard error over tasks.
 The oracle infers the type as well as the data allows and no better: the posterior over types
 given the context under each type's own BTL model (fitted on that type's choices alone), then
 the posterior-weighted probability that a target's first option wins. On the authors' synthetic
-task it traces the perfect-inference curve (75, 87.5, 96.9% at 0, 1, 3 context pairs); NP-BTL above it would mean the
-context leaks into the score.
+task it traces the perfect-inference curve (75, 87.5, 96.9% at 0, 1, 3 context pairs); NP-BTL
+above it would mean the context leaks into the score.
 """
 
 from __future__ import annotations

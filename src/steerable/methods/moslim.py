@@ -1,5 +1,5 @@
-"""MOSLIM (Zhang, Jiang, Yang, arXiv 2505.20336): one off-the-shelf instruct policy steered by intensity tags, trained
-on one scalar reward mapped from a multi-head classification reward model.
+"""MOSLIM (Zhang, Jiang, Yang, arXiv 2505.20336): one off-the-shelf instruct policy steered by
+intensity tags, trained on one scalar reward mapped from a multi-head classification reward model.
 
 Recipe (`steerable train moslim`):
 1. Each training prompt gets a random non-empty subset of the objectives, each with a level
