@@ -344,17 +344,22 @@ def test_the_applied_steering_is_a_header_that_langchain_reads(server):
 
 
 # --- steering work on its own executor ------------------------------------------------------
-def test_slow_steering_of_one_model_does_not_block_another(tiny):
-    slow = ServedModel.load("tiny")
-    slow.id = "slow"
-    release = threading.Event()
-    steer = slow.steer
+def hold_steering(model: ServedModel) -> threading.Event:
+    """Make `model`'s steering wait until the returned event is set."""
+    release, steer = threading.Event(), model.steer
 
     def held(messages, steering):
         release.wait(60)
         return steer(messages, steering)
 
-    slow.steer = held
+    model.steer = held
+    return release
+
+
+def test_slow_steering_of_one_model_does_not_block_another(tiny):
+    slow = ServedModel.load("tiny")
+    slow.id = "slow"
+    release = hold_steering(slow)
     running = Server(create_app([slow, tiny]))
     url = running.url + "/v1/chat/completions"
     try:
@@ -377,14 +382,7 @@ def test_a_flood_waiting_for_a_models_steering_is_refused_past_its_queue():
     """Steering and scoring wait on the model's own thread; past the model's max_queue waiting
     there, a request is refused with 503 and Retry-After rather than queued without limit."""
     model = ServedModel.load("tiny", max_queue=2)
-    release = threading.Event()
-    steer = model.steer
-
-    def held(messages, steering):
-        release.wait(60)
-        return steer(messages, steering)
-
-    model.steer = held
+    release = hold_steering(model)
     running = Server(create_app([model]))
     url = running.url + "/v1/chat/completions"
     try:
