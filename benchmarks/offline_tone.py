@@ -2,7 +2,7 @@
 
     python benchmarks/offline_tone.py [--prompts 48] [--model smollm2]
 
-RiC's offline data (`steerable.methods.ric.offline_data`) samples each train prompt once per
+RiC's offline data (`steerable.methods.ric.recipe.offline_data`) samples each train prompt once per
 offline instruction; the positive tag can only be learned if the two samples of a prompt differ
 in positivity. For three ways of asking for a joyful vs. a gloomy answer (the old cheerful /
 gloomy system prompts, an instruction before the prompt, and the current default
@@ -25,7 +25,7 @@ from steerable.conditioning import TagFormat  # noqa: E402
 from steerable.data import load_prompts  # noqa: E402
 from steerable.defaults import DEFAULT_MODEL, load_causal_lm  # noqa: E402
 from steerable.generation import SamplingConfig, generate_texts, render_chat  # noqa: E402
-from steerable.methods.ric import OFFLINE_INSTRUCTIONS, instructed_messages  # noqa: E402
+from steerable.methods.ric.recipe import OFFLINE_INSTRUCTIONS, instructed_messages  # noqa: E402
 from steerable.objectives import RewardSet  # noqa: E402
 
 CHEERFUL_SYSTEM = (

@@ -4,7 +4,7 @@ after another, each on a fresh model, timed per optimiser step.
     python benchmarks/sft_options.py runs/ric [--examples 64] [--options default padding_free ...]
 
 The data is the first N tagged examples of a finished RiC run's offline stage; the stage is
-`steerable.methods.ric.run_sft` at RiC's defaults (LoRA r=64, batches of 4 accumulated twice,
+`steerable.methods.ric.recipe.run_sft` at RiC's defaults (LoRA r=64, batches of 4 accumulated twice,
 fp32 on a CPU), with one field of its SFTConfig changed:
 
     default        as `steerable train ric` runs it
@@ -35,7 +35,7 @@ from steerable.conditioning import TagFormat  # noqa: E402
 from steerable.data import read_table  # noqa: E402
 from steerable.defaults import load_causal_lm  # noqa: E402
 from steerable.errors import SteerableError  # noqa: E402
-from steerable.methods import ric  # noqa: E402
+from steerable.methods.ric import recipe as ric  # noqa: E402
 from steerable.objectives import RewardSet  # noqa: E402
 from steerable.stages import Stages  # noqa: E402
 

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from steerable.data import load_prompts, read_table  # noqa: E402
 from steerable.generation import SamplingConfig  # noqa: E402
-from steerable.methods.ric import SENTENCE_END  # noqa: E402
+from steerable.methods.ric.recipe import SENTENCE_END  # noqa: E402
 from steerable.policy import SteerablePolicy  # noqa: E402
 
 

@@ -5,7 +5,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
-from steerable.methods.ric import RiCConfig, train_ric  # noqa: E402
+from steerable.methods.ric.recipe import RiCConfig, train_ric  # noqa: E402
 
 
 @pytest.fixture(scope="session")

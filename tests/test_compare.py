@@ -125,7 +125,7 @@ def test_rl_baselines_refuse_a_stale_policy_and_change_weights(compared):
     from safetensors.torch import load_file
 
     from steerable import SteerableError
-    from steerable.methods.soups import SoupsConfig, train_soups
+    from steerable.methods.soups.recipe import SoupsConfig, train_soups
 
     root, _, _ = compared
     out = root / "out"

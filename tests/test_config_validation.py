@@ -182,7 +182,7 @@ def test_a_bad_option_of_another_command_is_refused_before_any_work(tmp_path, in
 
 
 def test_moslim_dpo_batches_are_not_held_to_grpo_groups(inputs):
-    from steerable.methods.moslim import MOSLIMConfig
+    from steerable.methods.moslim.recipe import MOSLIMConfig
 
     args = "--stats {stats} --reward zscore --algorithm dpo --pool {scored} --batch_size 6"
     config = parse_config(MOSLIMConfig, [a.format(**inputs) for a in args.split()], prog="moslim")

@@ -433,7 +433,7 @@ def test_evaluate_sweeps_np_dpo_over_the_preference_grid(tiny_np_dpo):
 def test_np_dpo_trains_its_policy_without_dropout(tiny_path, scored_table, tmp_path, monkeypatch):
     """As TRL's DPO (disable_dropout): a dropped LoRA input would make the policy's log-probs,
     compared with the reference's, noisy."""
-    from steerable.methods import np_dpo
+    from steerable.methods.np_dpo import recipe as np_dpo
 
     class Trained(Exception):
         pass
@@ -499,7 +499,7 @@ def test_a_finished_run_on_an_np_btl_without_a_recorded_split_is_rerun(
     """The split check guards a policy that still has to train: a finished run reruns (and
     re-evaluates nothing) though its NP-BTL is older than recorded splits; a run loads the NP-BTL
     once."""
-    from steerable.methods import np_dpo
+    from steerable.methods.np_dpo import recipe as np_dpo
 
     rm = tmp_path / "np-rm"
     fitted = CliRunner().invoke(
@@ -536,7 +536,7 @@ def test_compare_fits_the_np_btl_that_starts_np_dpo_on_np_dpos_split(scored_tabl
 
 
 def test_np_dpo_statistics_default_to_what_steerable_score_wrote(scored_table, tmp_path):
-    from steerable.methods.np_dpo import NPDPOConfig
+    from steerable.methods.np_dpo.recipe import NPDPOConfig
 
     data = tmp_path / "scored.jsonl"
     data.write_text(scored_table.read_text())
@@ -563,7 +563,7 @@ def test_evaluate_sweeps_np_dpo_over_more_objectives_than_its_types_know(tiny_pa
 
 
 def test_the_sft_term_is_the_chosen_answers_nll_per_token():
-    from steerable.methods.np_dpo import run_on_share, sft_loss
+    from steerable.methods.np_dpo.recipe import run_on_share, sft_loss
 
     # two chosen answers with log-probs -3 and -5 over 2 + 2 tokens: 8 / 4 = 2 nats per token
     assert sft_loss(torch.tensor([-3.0, -5.0]), torch.tensor(4)).item() == pytest.approx(2.0)

@@ -16,7 +16,7 @@ from steerable.conditioning import (
     preference_to_levels,
 )
 from steerable.errors import SteerableError
-from steerable.methods.moslim import (
+from steerable.methods.moslim.recipe import (
     MIN_STD,
     RewardStats,
     level_matrix,
@@ -186,7 +186,7 @@ def test_zscore_policy_is_a_self_describing_directory_whose_weights_changed(zsco
 
 def test_training_rows_carry_tags_in_the_prompt_and_the_untagged_question(tiny_path, tiny_ric):
     from steerable.defaults import load_tokenizer
-    from steerable.methods.moslim import MOSLIMConfig, training_rows
+    from steerable.methods.moslim.recipe import MOSLIMConfig, training_rows
 
     config = MOSLIMConfig(
         model=tiny_path, stats=str(tiny_ric[1]), reward="zscore", max_steps=3, batch_size=4, num_generations=2
@@ -214,7 +214,7 @@ def test_mirrored_rows_pair_each_prompt_with_its_antithetic_levels(
     from trl.trainer.grpo_trainer import RepeatSampler
 
     from steerable.defaults import load_tokenizer
-    from steerable.methods import moslim
+    from steerable.methods.moslim import recipe as moslim
     from steerable.methods.rl import grpo_args
 
     config = moslim.MOSLIMConfig(
@@ -272,7 +272,7 @@ def test_unmirrored_rows_keep_their_tags_for_a_seed(tiny_path, tiny_ric):
     """The levels drawn for seed 0, as before mirror_levels existed (a run's tags are part of
     what reproduces it)."""
     from steerable.defaults import load_tokenizer
-    from steerable.methods.moslim import MOSLIMConfig, training_rows
+    from steerable.methods.moslim.recipe import MOSLIMConfig, training_rows
 
     config = MOSLIMConfig(
         model=tiny_path, stats=str(tiny_ric[1]), reward="zscore", max_steps=2, batch_size=4, num_generations=2
@@ -305,7 +305,7 @@ def test_generate_cli_steers_a_moslim_policy_by_levels_or_preference(zscore_poli
 
 
 def test_moslim_config_refuses_bad_settings(tiny_ric, tiny_path):
-    from steerable.methods.moslim import MOSLIMConfig
+    from steerable.methods.moslim.recipe import MOSLIMConfig
 
     stats = str(tiny_ric[1])
     for overrides, message in [
@@ -417,7 +417,7 @@ def saved_checkpoint(folder, callbacks) -> None:
 def test_running_statistics_travel_with_checkpoints(tmp_path):
     """The statistics are part of the checkpoint's trainer_state.json, which transformers writes
     before it deletes the older checkpoint: no crash can leave a checkpoint without them."""
-    from steerable.methods.moslim import resumed_stats, stats_callback
+    from steerable.methods.moslim.recipe import resumed_stats, stats_callback
 
     stats = RewardStats(["brief"], 3)
     stats.update(np.array([[0.4], [0.6]]), np.array([[2], [2]]))
@@ -430,7 +430,7 @@ def test_running_statistics_travel_with_checkpoints(tmp_path):
 def test_a_checkpoint_without_the_running_statistics_is_refused_not_resumed_from_scratch(tmp_path):
     """Resuming the policy with fresh statistics would rescale its reward mid-run; they cannot be
     recomputed (they run over every batch since step 0), so the run says so instead."""
-    from steerable.methods.moslim import resumed_stats
+    from steerable.methods.moslim.recipe import resumed_stats
 
     saved_checkpoint(tmp_path / "checkpoints" / "checkpoint-10", [])
     with pytest.raises(SteerableError, match=r"checkpoint-10 holds no MOSLIM reward statistics.*delete"):
@@ -440,7 +440,7 @@ def test_a_checkpoint_without_the_running_statistics_is_refused_not_resumed_from
 def test_a_checkpoint_with_the_previous_versions_statistics_file_resumes_them(tmp_path):
     """The previous version kept the statistics in checkpoint-N/moslim_reward_stats.json; a run it
     left unfinished goes on with them."""
-    from steerable.methods.moslim import resumed_stats
+    from steerable.methods.moslim.recipe import resumed_stats
 
     stats = RewardStats(["brief"], 3)
     stats.update(np.array([[0.4], [0.6]]), np.array([[2], [2]]))
@@ -476,7 +476,7 @@ def test_the_statistics_are_summed_on_the_processes_device(monkeypatch):
     import accelerate.utils
     import torch
 
-    from steerable.methods.moslim import summed_over_processes
+    from steerable.methods.moslim.recipe import summed_over_processes
 
     seen = []
 
@@ -519,7 +519,7 @@ def test_mapped_policy_trains_on_the_rm_and_saves_its_running_statistics(
     from typer.testing import CliRunner
 
     from steerable.cli import app
-    from steerable.methods.moslim import resumed_stats
+    from steerable.methods.moslim.recipe import resumed_stats
 
     both, brief = tiny_rms
     stats = str(tiny_ric[1])
@@ -553,7 +553,7 @@ def test_mapped_policy_trains_on_the_rm_and_saves_its_running_statistics(
 
 # --- DPO on a pool of answers ranked by the reward (--algorithm dpo) -------------------------
 def test_pool_statistics_are_the_mean_and_variance_of_p_at_every_level():
-    from steerable.methods.moslim import pool_stats
+    from steerable.methods.moslim.recipe import pool_stats
 
     probs = np.array(
         [[[0.7, 0.2, 0.1]], [[0.1, 0.3, 0.6]], [[0.4, 0.4, 0.2]]]
@@ -568,14 +568,14 @@ def test_pool_statistics_are_the_mean_and_variance_of_p_at_every_level():
 
 
 def test_preferred_pair_takes_the_best_and_the_worst_answer_and_refuses_ties():
-    from steerable.methods.moslim import preferred_pair
+    from steerable.methods.moslim.recipe import preferred_pair
 
     assert preferred_pair(np.array([0.1, 0.9, -0.3, 0.5])) == (1, 2)
     assert preferred_pair(np.array([0.2, 0.2, 0.2])) is None
 
 
 def test_mirrored_pair_rejects_the_mirrored_tags_best_answer_or_else_the_last():
-    from steerable.methods.moslim import mirror, mirrored_pair
+    from steerable.methods.moslim.recipe import mirror, mirrored_pair
 
     assert mirror({"brief": 1, "positive": 4}, 5) == {"brief": 5, "positive": 2}
     assert mirror({"brief": 3}, 5) == {"brief": 3}
@@ -591,7 +591,7 @@ def test_mirrored_pair_rejects_the_mirrored_tags_best_answer_or_else_the_last():
 def test_dpo_rows_rank_the_pool_by_the_reward_for_each_tag(tiny_path, tiny_ric, tmp_path):
     from steerable.data import write_table
     from steerable.defaults import load_tokenizer
-    from steerable.methods.moslim import MOSLIMConfig, answer_pool, dpo_rows
+    from steerable.methods.moslim.recipe import MOSLIMConfig, answer_pool, dpo_rows
 
     answers = ["Yes.", "Yes, it is. " * 6, "Yes, it is great and wonderful. " * 3]
     pool_file = write_table(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch.multiprocessing as mp
 
-from steerable.methods.moslim import RewardStats, summed_over_processes
+from steerable.methods.moslim.recipe import RewardStats, summed_over_processes
 
 P = np.array([[0.7, 0.5], [0.3, 0.0], [0.5, 0.1], [0.2, 0.9], [0.6, 0.4], [0.1, 0.8]])
 LEVELS = np.array([[3, 1], [3, 0], [2, 1], [3, 2], [1, 2], [3, 0]])

@@ -106,7 +106,7 @@ def test_train_moslim_refuses_a_ric_model_directory(ric_copy, tiny_ric, tiny_pat
 def test_train_ric_refuses_a_reward_model_directory(reward_model, make_tiny_ric_config):
     before = file_digest(reward_model)
     with pytest.raises(SteerableError, match=r"holds a reward model \(reward_model.json\)"):
-        from steerable.methods.ric import train_ric
+        from steerable.methods.ric.recipe import train_ric
 
         train_ric(make_tiny_ric_config(reward_model))
     assert file_digest(reward_model) == before

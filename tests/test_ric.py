@@ -12,7 +12,7 @@ from steerable import SteerableError
 from steerable.cli import app
 from steerable.conditioning import TagFormat, parse_tags
 from steerable.data import read_table
-from steerable.methods.ric import (
+from steerable.methods.ric.recipe import (
     OFFLINE_INSTRUCTIONS,
     RiCConfig,
     first_clause,
@@ -421,7 +421,7 @@ def test_every_config_field_belongs_to_a_stage():
     silently reused."""
     from dataclasses import fields
 
-    from steerable.methods import ric
+    from steerable.methods.ric import recipe as ric
 
     grouped = {
         *ric.OFFLINE_FIELDS,
@@ -614,7 +614,7 @@ def test_a_full_fine_tune_trains_resumes_and_loads(make_tiny_ric_config, tmp_pat
     # a re-run loads the finished stages' full weights instead of retraining, onto the device
     # the run's model is on (here the meta device stands in for a GPU)
     assert train_ric(config) == tmp_path / "full"
-    from steerable.methods.ric import load_stage_weights
+    from steerable.methods.ric.recipe import load_stage_weights
 
     elsewhere = policy.model.to("meta")
     assert load_stage_weights(elsewhere, tmp_path / "full/stages/sft", config).device.type == "meta"
@@ -655,7 +655,7 @@ def test_a_model_without_a_chat_template_is_refused_or_given_one(tiny_path, tmp_
     )
     assert result.exit_code == 2 and "chat template" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o").exists()
-    from steerable.methods.ric import check_inputs
+    from steerable.methods.ric.recipe import check_inputs
 
     given = RiCConfig(model=str(bare), chat_template_path=tiny_path)  # a tokenizer dir to take it from
     assert check_inputs(given).chat_template
@@ -688,7 +688,7 @@ def test_mors_keeps_answers_reaching_the_quantile_of_the_rounds_own_answers_or_o
     quantile of the offline data instead. Offline rows merged in pass the offline quantile."""
     from types import SimpleNamespace
 
-    from steerable.methods import ric
+    from steerable.methods.ric import recipe as ric
     from steerable.objectives import RewardSet
 
     rewards = RewardSet.from_specs(["brief=builtin:brevity", "positive=builtin:sentiment"])
@@ -730,7 +730,7 @@ def test_mors_keeps_answers_reaching_the_quantile_of_the_rounds_own_answers_or_o
 def test_the_mors_threshold_rule_is_a_stage_input_and_rounds_made_before_it_still_match(
     make_tiny_ric_config, tmp_path
 ):
-    from steerable.methods.ric import stage_plan
+    from steerable.methods.ric.recipe import stage_plan
 
     config = make_tiny_ric_config(tmp_path / "run", online_iterations=1)
     assert config.online_threshold == "round"  # the reference's rule by default
@@ -747,7 +747,7 @@ def test_a_round_made_with_the_offline_threshold_is_refused_naming_the_option_th
 ):
     """A run made before `round` became the default differs from an unchanged rerun only in the
     threshold rule: the refusal says which option reruns it as it was made."""
-    from steerable.methods.ric import stage_plan, train_ric
+    from steerable.methods.ric.recipe import stage_plan, train_ric
     from steerable.stages import Stages
 
     older = make_tiny_ric_config(tmp_path / "run", online_iterations=1, online_threshold="offline")

@@ -45,7 +45,7 @@ def test_a_finished_stage_is_reused_and_a_stale_one_refused(tmp_path):
 
 
 def test_a_config_records_the_same_stage_whether_a_float_was_written_3_or_3_0():
-    from steerable.methods.ric import RiCConfig, stage_plan
+    from steerable.methods.ric.recipe import RiCConfig, stage_plan
 
     written_int = RiCConfig(num_epochs=3, learning_rate=1)
     written_float = RiCConfig(num_epochs=3.0, learning_rate=1.0)

@@ -21,7 +21,7 @@ def test_trainer_arguments_use_no_deprecated_names(tmp_path):
     renamed activation_checkpointing in transformers 5.23)."""
     import warnings
 
-    from steerable.methods.ric import RiCConfig, sft_args
+    from steerable.methods.ric.recipe import RiCConfig, sft_args
     from steerable.methods.rl import RLConfig, grpo_args
 
     with warnings.catch_warnings():
@@ -40,7 +40,7 @@ def test_trainer_arguments_use_no_deprecated_names(tmp_path):
 def test_settings_added_later_leave_old_stage_fingerprints_alone(tmp_path):
     """scale_rewards and mirror_levels enter a stage's inputs only away from their defaults, so
     stages trained before they existed are still recognised as done."""
-    from steerable.methods.moslim import MOSLIMConfig
+    from steerable.methods.moslim.recipe import MOSLIMConfig
     from steerable.methods.rl import stage_settings
 
     stats = str(tmp_path / "s.json")
@@ -85,7 +85,7 @@ def trained(folder, steps: int, callbacks=(), resume: str | None = None):
 def test_a_stage_resumed_from_a_checkpoint_older_than_its_callbacks_saves_its_next_checkpoint(tmp_path):
     """A checkpoint written before GRPO's generation counts and MOSLIM's statistics were kept in it
     has no entry for them; the resumed run still saves, and its next checkpoint holds them."""
-    from steerable.methods.moslim import RewardStats, resumed_stats, stats_callback
+    from steerable.methods.moslim.recipe import RewardStats, resumed_stats, stats_callback
     from steerable.methods.rl import generated_counts
 
     trained(tmp_path / "checkpoints", steps=1)

@@ -409,7 +409,7 @@ def train_rm_command(ctx: typer.Context) -> None:
 @train_app.command("ric", context_settings=TRAIN_CONTEXT)
 def train_ric_command(ctx: typer.Context) -> None:
     """Rewards-in-Context: reward-conditioned SFT + online rejection sampling (all options: --help)."""
-    from steerable.methods.ric import RiCConfig, train_ric
+    from steerable.methods.ric.recipe import RiCConfig, train_ric
 
     def made(config: RiCConfig) -> str:
         return (
@@ -422,7 +422,7 @@ def train_ric_command(ctx: typer.Context) -> None:
 @train_app.command("moslim", context_settings=TRAIN_CONTEXT)
 def train_moslim_command(ctx: typer.Context) -> None:
     """MOSLIM: GRPO (or DPO on a pool of answers) on an off-the-shelf policy with intensity tags and a multi-head RM's mapped reward (all options: --help)."""
-    from steerable.methods.moslim import MOSLIMConfig, train_moslim
+    from steerable.methods.moslim.recipe import MOSLIMConfig, train_moslim
 
     run_config_command(ctx, MOSLIMConfig, train_moslim)
 
@@ -430,7 +430,7 @@ def train_moslim_command(ctx: typer.Context) -> None:
 @train_app.command("morlhf", context_settings=TRAIN_CONTEXT)
 def train_morlhf_command(ctx: typer.Context) -> None:
     """MORLHF baseline: GRPO on a weighted sum of normalised rewards, one policy per weight vector (all options: --help)."""
-    from steerable.methods.morlhf import MORLHFConfig, train_morlhf
+    from steerable.methods.morlhf.recipe import MORLHFConfig, train_morlhf
 
     run_config_command(ctx, MORLHFConfig, train_morlhf)
 
@@ -438,7 +438,7 @@ def train_morlhf_command(ctx: typer.Context) -> None:
 @train_app.command("soups", context_settings=TRAIN_CONTEXT)
 def train_soups_command(ctx: typer.Context) -> None:
     """Rewarded Soups baseline: one GRPO LoRA policy per objective, interpolated at inference (all options: --help)."""
-    from steerable.methods.soups import SoupsConfig, train_soups
+    from steerable.methods.soups.recipe import SoupsConfig, train_soups
 
     run_config_command(ctx, SoupsConfig, train_soups)
 
@@ -474,7 +474,7 @@ def train_np_rm_command(ctx: typer.Context) -> None:
 @train_app.command("np-dpo", context_settings=TRAIN_CONTEXT)
 def train_np_dpo_command(ctx: typer.Context) -> None:
     """Few-shot NP-DPO policy: FiLM-conditioned LoRA trained with DPO on tasks, steered by a user's examples; prints its evaluation (all options: --help)."""
-    from steerable.methods.np_dpo import NPDPOConfig, effects_table, result, train_np_dpo
+    from steerable.methods.np_dpo.recipe import NPDPOConfig, effects_table, result, train_np_dpo
 
     def run(config: NPDPOConfig) -> Path:
         out = train_np_dpo(config)

@@ -153,7 +153,7 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
         )
     plan = ComparePlan(methods, settings, stats)
     if "ric" in methods:
-        from steerable.methods.ric import RiCConfig
+        from steerable.methods.ric.recipe import RiCConfig
 
         fixed = {
             "model": config.model,
@@ -163,11 +163,11 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
         plan.ric = config_from_dict(RiCConfig, {**config.ric, **fixed}, "ric")
     rl = {**config.rl, "model": config.model, "stats": stats, "trust_remote_code": config.trust_remote_code}
     if "soups" in methods:
-        from steerable.methods.soups import SoupsConfig
+        from steerable.methods.soups.recipe import SoupsConfig
 
         plan.soups = config_from_dict(SoupsConfig, {**rl, "output_dir": str(out / "soups")}, "rl")
     if "morlhf" in methods:
-        from steerable.methods.morlhf import MORLHFConfig
+        from steerable.methods.morlhf.recipe import MORLHFConfig
 
         plan.morlhf = config_from_dict(
             MORLHFConfig, {**rl, **config.morlhf, "output_dir": str(out / "morlhf")}, "rl/morlhf"
@@ -189,7 +189,7 @@ def ric_data(plan: ComparePlan, given: str | None, out: Path, missing: str) -> s
 
 def plan_np_dpo(config: CompareConfig, plan: ComparePlan, out: Path) -> None:
     """NP-DPO's config and, unless it names a context_init, the NP-BTL run that starts it."""
-    from steerable.methods.np_dpo import NPDPOConfig
+    from steerable.methods.np_dpo.recipe import NPDPOConfig
 
     fixed = {
         "model": config.model,
@@ -232,7 +232,7 @@ def plan_np_dpo(config: CompareConfig, plan: ComparePlan, out: Path) -> None:
 def plan_moslim(config: CompareConfig, plan: ComparePlan, rl: dict, out: Path) -> None:
     """MOSLIM's policy config and, unless it names a reward model, the RM it trains first;
     under algorithm dpo without a pool, the pool is RiC's scored offline data."""
-    from steerable.methods.moslim import MOSLIMConfig
+    from steerable.methods.moslim.recipe import MOSLIMConfig
 
     section = {**rl, **config.moslim, "output_dir": str(out / "moslim")}
     if section.get("reward", "mapped") == "mapped" and section.get("reward_model") is None:
@@ -276,20 +276,20 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
     prompts = load_prompts(plan.settings.split, plan.settings.limit)
     trained: dict[str, Path] = {}
     if plan.ric is not None:
-        from steerable.methods.ric import check_inputs, train_ric
+        from steerable.methods.ric.recipe import check_inputs, train_ric
 
         check_inputs(plan.ric)
         trained["ric"] = train_ric(plan.ric)
     if plan.soups is not None:
-        from steerable.methods.soups import train_soups
+        from steerable.methods.soups.recipe import train_soups
 
         trained["soups"] = train_soups(plan.soups)
     if plan.morlhf is not None:
-        from steerable.methods.morlhf import train_morlhf
+        from steerable.methods.morlhf.recipe import train_morlhf
 
         trained["morlhf"] = train_morlhf(plan.morlhf)
     if plan.moslim is not None:
-        from steerable.methods.moslim import train_moslim
+        from steerable.methods.moslim.recipe import train_moslim
 
         if plan.moslim_rm is not None:
             from steerable.reward_models.multihead import train_moslim_rm
@@ -297,7 +297,7 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
             train_moslim_rm(plan.moslim_rm)
         trained["moslim"] = train_moslim(plan.moslim)
     if plan.np_dpo is not None:
-        from steerable.methods.np_dpo import train_np_dpo
+        from steerable.methods.np_dpo.recipe import train_np_dpo
 
         if plan.np_rm is not None:
             from steerable.methods.np_rm import train_np_rm

@@ -220,7 +220,7 @@ def baseline_generator(
     adapters = [Path(directory) / p["adapter"] for p in manifest.policies]
     vectors = [p["weights"] for p in manifest.policies]
     if method == "soups":
-        from steerable.methods.soups import set_soup, soup_model
+        from steerable.methods.soups.recipe import set_soup, soup_model
 
         model = soup_model(base, adapters)
 

@@ -1,0 +1,1 @@
+"""MORLHF: one RL policy per weight vector, trained on the weighted sum of normalised rewards."""
