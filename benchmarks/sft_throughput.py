@@ -25,9 +25,9 @@ from steerable.conditioning import TagFormat  # noqa: E402
 from steerable.data import read_table  # noqa: E402
 from steerable.defaults import load_causal_lm  # noqa: E402
 from steerable.methods.ric.recipe import RiCConfig, run_sft, sft_example  # noqa: E402
-from steerable.methods.training import lora_config  # noqa: E402
 from steerable.objectives import RewardSet  # noqa: E402
 from steerable.stages import Stages  # noqa: E402
+from steerable.training import lora_config  # noqa: E402
 
 
 def plain_trl(model, tokenizer, examples, config: RiCConfig, output_dir: str, bf16: bool | None) -> int:

@@ -20,7 +20,7 @@ PART = 15_900_000
 def adapter_folder(run: Path) -> Path | None:
     """The trained adapter, or the last checkpoint saved whole (a run killed while saving
     leaves a partial one behind)."""
-    from steerable.methods.training import last_complete_checkpoint
+    from steerable.training import last_complete_checkpoint
 
     weights = run / "stages" / "policy" / "weights"
     if (weights / "adapter_model.safetensors").is_file():

@@ -8,7 +8,7 @@ kept out of the way.
                         warnings (a reward model with newly initialised weights, say), their
                         UserWarnings, and all of steerable's own
 
-Every trainer steerable runs shows `methods.training.StageBar` in place of transformers' bar (with
+Every trainer steerable runs shows `training.StageBar` in place of transformers' bar (with
 --verbose too): the stage's name, steps done and left with an ETA, and the latest loss as its
 postfix instead of a printed dict. Sampling, scoring and evaluation show one tqdm bar each.
 """

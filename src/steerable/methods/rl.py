@@ -30,7 +30,9 @@ from steerable.defaults import (
 )
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
-from steerable.methods.training import (
+from steerable.objectives import RewardSet
+from steerable.stages import Stages, fingerprint, is_main_process, wait_for_everyone
+from steerable.training import (
     CheckpointedState,
     checkpoint_args,
     device_args,
@@ -40,8 +42,6 @@ from steerable.methods.training import (
     stage_bar,
     summed_over_processes,
 )
-from steerable.objectives import RewardSet
-from steerable.stages import Stages, fingerprint, is_main_process, wait_for_everyone
 
 # GRPO settings the baselines rely on, pinned (TRL's defaults have changed between releases)
 # and recorded with every policy: the DAPO token-level loss; rewards scaled by the group's

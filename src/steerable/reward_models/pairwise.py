@@ -61,9 +61,9 @@ from steerable.data.loading import (
 from steerable.defaults import DTYPE_NAMES, MINILM_MODEL, absolute_if_local
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
-from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 from steerable.scorers.hf import HFRewardModel, check_max_length, encode_pair_texts, load_pair_model
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
+from steerable.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 
 STAGE = "train"
 RECORD = "reward_model.json"

@@ -77,14 +77,14 @@ from steerable.methods.rl import (
     stage_settings,
     train_grpo,
 )
-from steerable.methods.training import (
+from steerable.objectives import RewardSet
+from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
+from steerable.training import (
     CheckpointedState,
     last_complete_checkpoint,
     saved_callback_state,
     summed_over_processes,
 )
-from steerable.objectives import RewardSet
-from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 
 REWARDS = ("mapped", "zscore")
 TARGET_PROBABILITIES = ("level", "expected", "at_least")
@@ -558,7 +558,7 @@ def train_dpo(
 
     from steerable.data import write_table
     from steerable.defaults import load_causal_lm
-    from steerable.methods.training import checkpoint_args, device_args, lora_config, stage_bar
+    from steerable.training import checkpoint_args, device_args, lora_config, stage_bar
 
     started = time.perf_counter()
     stage = stages.start(name, inputs)

@@ -53,9 +53,9 @@ from steerable.io import atomic_write, atomic_write_text
 from steerable.methods.np_rm import TaskConfig, accuracy_table, build_source, split_record, task_inputs
 from steerable.methods.np_rm import result as stage_result
 from steerable.methods.rl import load_rewards
-from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 from steerable.objectives import scored_stats_path
 from steerable.stages import Stages, file_digest, fingerprint
+from steerable.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 
 RESULT_FILE = "evaluation.json"
 HELDOUT_PAIRS = "heldout_pairs.jsonl"

@@ -51,7 +51,6 @@ from steerable.defaults import (
 )
 from steerable.errors import SteerableError
 from steerable.generation import SamplingConfig, count_tokens, generate_texts, render_chat, template_messages
-from steerable.methods.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 from steerable.objectives import RewardSet
 from steerable.policy import MANIFEST, MappingConfig, PolicyManifest, SteerablePolicy
 from steerable.preferences import Preference
@@ -63,6 +62,7 @@ from steerable.stages import (
     is_main_process,
     wait_for_everyone,
 )
+from steerable.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 
 # Tone instructions used when sampling offline data from the base model, placed where
 # `offline_instruction_placement` says (default: appended to the user turn). A prompt's samples
