@@ -39,7 +39,7 @@ from steerable.conditioning import (
 from steerable.configs import SEED, check_config
 from steerable.data import load_pairs, load_prompts, read_table, write_table
 from steerable.data.loading import load_placed_pairs
-from steerable.data.prompts import SPLITS
+from steerable.data.prompts import SPLITS, prompt_digests
 from steerable.defaults import (
     DEFAULT_MODEL,
     DEFAULT_OBJECTIVES,
@@ -159,8 +159,10 @@ class RiCConfig:
 
     Offline data:
         data: a prompt/response table to train on (e.g. `steerable score` output); if unset,
-            responses are sampled from the base model for the embedded prompts.
-        prompt_split / prompt_limit: which embedded prompts to sample for (when data is unset).
+            responses are sampled from the base model for the prompts.
+        prompts: your prompt file to sample for (a `prompt` column, an optional `split`
+            column; `steerable.data.prompts`); unset: the embedded prompt set.
+        prompt_split / prompt_limit: which of the prompts to sample for (when data is unset).
         samples_per_prompt: responses sampled per prompt, each under a different system prompt.
         offline_instructions: instructions cycled through when sampling ("" = none).
         offline_instruction_placement: where they go: `user_end` (after the user's prompt, a
@@ -249,8 +251,11 @@ class RiCConfig:
     data: str | None = field(
         default=None, metadata={"help": "Prompt/response table; unset = sample the base model."}
     )
+    prompts: str | None = field(
+        default=None, metadata={"help": "Prompt file to sample for; unset = the embedded prompts."}
+    )
     prompt_split: str = field(
-        default="train", metadata={"help": "Embedded prompt split to sample for.", "choices": SPLITS}
+        default="train", metadata={"help": "Prompt split to sample for.", "choices": SPLITS}
     )
     prompt_limit: int | None = field(
         default=None, metadata={"help": "Use only the first N prompts.", "ge": 1}
@@ -354,11 +359,12 @@ class RiCConfig:
         # still finds them; the specs are parsed (and checked) now, before any stage runs.
         self.model = absolute_if_local(self.model)
         self.data = None if self.data is None else str(Path(self.data).resolve())
-        if self.data is not None and self.prompt_limit is not None:
-            raise SteerableError(
-                "--prompt_limit is read without --data only (it picks the embedded prompts to sample "
-                "for); drop one"
-            )
+        self.prompts = None if self.prompts is None else str(Path(self.prompts).resolve())
+        for option, value in (("--prompt_limit", self.prompt_limit), ("--prompts", self.prompts)):
+            if self.data is not None and value is not None:
+                raise SteerableError(
+                    f"{option} is read without --data only (it picks the prompts to sample for); drop one"
+                )
         if self.chat_template_path is not None:
             self.chat_template_path = absolute_if_local(self.chat_template_path)
         self.objectives = [str(o.spec) for o in RewardSet.from_specs(self.objectives).objectives]
@@ -470,8 +476,10 @@ ONLINE_DATA_FIELDS = (
 )
 ONLINE_TRAIN_FIELDS = ("online_learning_rate", "online_epochs")
 UNSTAGED_FIELDS = ("output_dir", "save_steps", "online_iterations", "mapping", "stop_after")
-# Files, recorded by content: the --data table (offline) and the chat template (SFT).
-CONTENT_FIELDS = {"data": "offline", "chat_template_path": "sft"}
+# Files, recorded by content: the --data table and the prompt file (offline) and the chat
+# template (SFT). The prompt file came later: recorded only when given, so that runs made
+# before it still match.
+CONTENT_FIELDS = {"data": "offline", "chat_template_path": "sft", "prompts": "offline"}
 
 
 def stage_plan(config: RiCConfig) -> dict[str, dict]:
@@ -486,6 +494,8 @@ def stage_plan(config: RiCConfig) -> dict[str, dict]:
     plan = {"offline": pick(OFFLINE_FIELDS), "sft": pick(SFT_FIELDS)}
     for name, stage in CONTENT_FIELDS.items():
         value = values[name]  # a file by content; a hub id (a chat template's source) as it is
+        if name == "prompts" and value is None:
+            continue
         plan[stage][name] = file_digest(value) if value and Path(value).exists() else value
     plan["sft"]["after"] = fingerprint(plan["offline"])
     previous = "sft"
@@ -552,7 +562,7 @@ def train_ric(config: RiCConfig) -> Path:
     model, infos["sft"] = run_sft(model, tokenizer, examples, config, stages, "sft", plan["sft"], True)
     if config.stop_after == "sft":
         return stages.path("sft")
-    policy = SteerablePolicy(model, tokenizer, manifest(config, rewards, infos, keys))
+    policy = SteerablePolicy(model, tokenizer, manifest(config, rewards, infos, keys, offline))
 
     # 3. online MORS ----------------------------------------------------------------------------
     for i in range(1, config.online_iterations + 1):
@@ -566,7 +576,7 @@ def train_ric(config: RiCConfig) -> Path:
         policy.model, infos[train] = run_sft(
             policy.model, tokenizer, examples, config, stages, train, plan[train], False
         )
-    policy.manifest = manifest(config, rewards, infos, keys)
+    policy.manifest = manifest(config, rewards, infos, keys, offline)
     if is_main_process():
         policy.save_pretrained(out)
     wait_for_everyone()
@@ -578,6 +588,8 @@ def check_inputs(config: RiCConfig):
     template. Returns the tokenizer that training will use."""
     if config.data is not None:
         load_pairs(config.data)
+    else:
+        load_prompts(config.prompt_split, config.prompt_limit, config.prompts)
     return load_tokenizer(config.model, config.trust_remote_code, config.chat_template_path)
 
 
@@ -606,7 +618,7 @@ def offline_data(config: RiCConfig, folder: Path) -> dict:
         rows, places = load_placed_pairs(config.data)
         places = [f"{config.data}, {place}" for place in places]
     else:
-        prompts = load_prompts(config.prompt_split, config.prompt_limit)
+        prompts = load_prompts(config.prompt_split, config.prompt_limit, config.prompts)
         model, tokenizer = load_causal_lm(
             config.model, config.dtype, trust_remote_code=config.trust_remote_code
         )
@@ -820,8 +832,11 @@ def load_stage_weights(model, stage: Path, config: RiCConfig):
     return PeftModel.from_pretrained(model, stage / "weights", is_trainable=True)
 
 
-def manifest(config: RiCConfig, rewards: RewardSet, infos: dict[str, dict], keys: dict[str, str]):
-    """steerable.json's contents: the compute is summed from the stages' records."""
+def manifest(
+    config: RiCConfig, rewards: RewardSet, infos: dict[str, dict], keys: dict[str, str], offline: list[dict]
+):
+    """steerable.json's contents: the compute is summed from the stages' records; the prompts
+    trained on (the offline rows', which MORS samples too) are kept as digests."""
     compute = {
         "seconds": {name: info["seconds"] for name, info in infos.items()},
         "generated_tokens": sum(info.get("generated_tokens", 0) for info in infos.values()),
@@ -835,5 +850,10 @@ def manifest(config: RiCConfig, rewards: RewardSet, infos: dict[str, dict], keys
         mapping=asdict(MappingConfig(config.mapping, config.lo_quantile, config.hi_quantile)),
         weights="adapter" if config.use_lora else "model",
         dtype=config.dtype,
-        training={"config": asdict(config), "stages": keys, "compute": compute},
+        training={
+            "config": asdict(config),
+            "stages": keys,
+            "compute": compute,
+            "prompt_digests": prompt_digests([r["prompt"] for r in offline]),
+        },
     )
