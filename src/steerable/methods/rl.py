@@ -20,7 +20,7 @@ import numpy as np
 
 from steerable.configs import SEED, check_config
 from steerable.data import load_prompts
-from steerable.data.prompts import SPLITS
+from steerable.data.prompts import SPLITS, prompt_digests
 from steerable.defaults import (
     DEFAULT_MODEL,
     DTYPE_NAMES,
@@ -31,7 +31,7 @@ from steerable.defaults import (
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
 from steerable.objectives import RewardSet
-from steerable.stages import Stages, fingerprint, is_main_process, wait_for_everyone
+from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 from steerable.training import (
     CheckpointedState,
     checkpoint_args,
@@ -61,7 +61,9 @@ class RLConfig:
     output_dir: where the policies (LoRA adapters) and steerable.json are written.
     stats: objectives + normalisation statistics to optimise and to be compared under: a stats
         JSON (`steerable score`) or a steerable model directory (e.g. the RiC model).
-    prompt_split / prompt_limit: the embedded prompts RL trains on.
+    prompts: your prompt file RL trains on (a `prompt` column, an optional `split` column;
+        `steerable.data.prompts`); unset: the embedded prompt set.
+    prompt_split / prompt_limit: which of the prompts RL trains on.
     max_steps: GRPO optimisation steps per policy.
     num_generations: completions sampled per prompt (the GRPO group).
     batch_size: completions per step (a multiple of num_generations).
@@ -85,7 +87,10 @@ class RLConfig:
     stats: str | None = field(
         default=None, metadata={"help": "Stats JSON or steerable model dir (required)."}
     )
-    prompt_split: str = field(default="train", metadata={"help": "Embedded prompt split.", "choices": SPLITS})
+    prompts: str | None = field(
+        default=None, metadata={"help": "Prompt file to train on; unset = the embedded prompts."}
+    )
+    prompt_split: str = field(default="train", metadata={"help": "Prompt split.", "choices": SPLITS})
     prompt_limit: int | None = field(
         default=None, metadata={"help": "Use only the first N prompts.", "ge": 1}
     )
@@ -106,7 +111,7 @@ class RLConfig:
     # Settings added after stages were first recorded, with their defaults: left out of a stage's
     # inputs while at them, so a stage trained before they existed still matches (scale_rewards
     # is in the inputs' "grpo" entry anyway). A recipe's config adds its own.
-    later_fields: ClassVar[dict] = {"scale_rewards": "group"}
+    later_fields: ClassVar[dict] = {"scale_rewards": "group", "prompts": None}
     lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "ge": 1})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "ge": 1})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout.", "ge": 0, "lt": 1})
@@ -126,6 +131,7 @@ class RLConfig:
             )
         self.model = absolute_if_local(self.model)
         self.stats = str(Path(self.stats).resolve())
+        self.prompts = None if self.prompts is None else str(Path(self.prompts).resolve())
 
     @property
     def grpo(self) -> bool:
@@ -188,6 +194,7 @@ def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) ->
             raise SteerableError(
                 f"weight vector {weights} has {len(weights)} values; objectives are {rewards.names}"
             )
+    prompts = training_prompts(config)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     out = Path(config.output_dir)
     stages = Stages(out, f"train {method}")
@@ -218,6 +225,7 @@ def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) ->
                 "trained_tokens": sum(info["trained_tokens"] for info in infos.values()),
                 "generated_tokens": sum(info["generated_tokens"] for info in infos.values()),
             },
+            "prompt_digests": prompt_digests(prompts),
         },
     )
     if is_main_process():
@@ -230,9 +238,17 @@ def stage_settings(config: RLConfig, exclude: Sequence[str]) -> dict:
     """The settings of `config` a stage depends on: every field but `exclude`, and its
     `later_fields` only where they differ from their default."""
     later = config.later_fields
-    return {
+    settings = {
         k: v for k, v in asdict(config).items() if k not in exclude and not (k in later and v == later[k])
     }
+    if "prompts" in settings:  # the prompt file by content, so a file edited in place is noticed
+        settings["prompts"] = file_digest(settings["prompts"])
+    return settings
+
+
+def training_prompts(config: RLConfig) -> list[str]:
+    """The prompts a policy trains on (refused here, before any training, if the file is bad)."""
+    return load_prompts(config.prompt_split, config.prompt_limit, config.prompts)
 
 
 def policy_inputs(config: RLConfig, rewards: RewardSet, weights: list[float]) -> dict:
@@ -260,7 +276,7 @@ def train_rl_policy(
     done = stages.done(name, inputs)
     if done is not None:
         return done
-    prompts = load_prompts(config.prompt_split, config.prompt_limit)
+    prompts = training_prompts(config)
     rows = [{"prompt": [{"role": "user", "content": p}]} for p in prompts]
     counter = {"completions": 0, "tokens": 0}
     info = train_grpo(

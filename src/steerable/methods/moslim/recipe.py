@@ -66,6 +66,7 @@ from typing import ClassVar
 import numpy as np
 
 from steerable.conditioning import PLACEMENTS, TagFormat, format_levels, tagged_messages
+from steerable.data.prompts import prompt_digests
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
 from steerable.methods.rl import (
@@ -76,6 +77,7 @@ from steerable.methods.rl import (
     load_rewards,
     stage_settings,
     train_grpo,
+    training_prompts,
 )
 from steerable.objectives import RewardSet
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
@@ -370,6 +372,10 @@ class MOSLIMConfig(RLConfig):
             raise SteerableError("--sft_weight is read by --algorithm dpo only")
         if self.rejected != "last" and self.grpo:
             raise SteerableError("--rejected is read by --algorithm dpo only; GRPO ranks its own samples")
+        if self.prompts is not None and not self.grpo:
+            raise SteerableError(
+                "--prompts is read by --algorithm grpo only; DPO trains on the --pool's prompts"
+            )
         if self.pool is not None:
             self.pool = str(Path(self.pool).resolve())
         if self.reward == "mapped" and self.reward_model is None:
@@ -451,11 +457,10 @@ def tagged_prompt(config: MOSLIMConfig, tokenizer, prompt: str, levels: dict[str
 
 
 def training_rows(config: MOSLIMConfig, names: list[str], count: int, tokenizer) -> list[dict]:
-    """GRPO's rows, one per `tag_schedule` entry over the embedded prompts: `prompt` (the tagged
-    chat), `question` (the untagged prompt, what the reward scores) and `levels` (JSON)."""
-    from steerable.data import load_prompts
-
-    prompts = load_prompts(config.prompt_split, config.prompt_limit)
+    """GRPO's rows, one per `tag_schedule` entry over the prompts (`training_prompts`): `prompt`
+    (the tagged chat), `question` (the untagged prompt, what the reward scores) and `levels`
+    (JSON)."""
+    prompts = training_prompts(config)
     return [
         {
             "prompt": tagged_prompt(config, tokenizer, prompt, levels),
@@ -669,6 +674,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
     count = rm.levels if rm is not None else (config.levels or DEFAULT_LEVELS)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     pool = None if config.grpo else answer_pool(config.pool)
+    prompts = training_prompts(config) if config.grpo else list(pool)
     out = Path(config.output_dir)
     stages = Stages(out, "train moslim")
     optimiser = (
@@ -752,6 +758,7 @@ def train_moslim(config: MOSLIMConfig) -> Path:
                     "trained_tokens": info["trained_tokens"],
                     "generated_tokens": info["generated_tokens"],
                 },
+                "prompt_digests": prompt_digests(prompts),
             },
         )
         atomic_write_text(out / MANIFEST, json.dumps(asdict(manifest), indent=2) + "\n")
