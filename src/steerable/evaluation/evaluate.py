@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from steerable.data.prompts import refuse_trained_on
 from steerable.errors import SteerableError
 from steerable.evaluation.report import EvaluationResult, prompts_digest
 from steerable.evaluation.sweep import check_samples, controllability, preference_grid, sweep
@@ -280,6 +281,7 @@ def evaluate(
     level_samples = samples if level_samples is None else level_samples
     check_samples(level_samples)
     prompts = list(prompts)
+    refuse_trained_on(prompts, model)  # held-out prompts the model trained on would flatter it
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
     generate, rewards, tokenizer, compute, dtype = method_generator(
         method, model, sampling, stats, adapter, mapping, dtype, trust_remote_code, examples
