@@ -47,6 +47,11 @@ def load_prompts(split: str = "train", limit: int | None = None, path: str | Pat
     return prompts[:limit] if limit is not None else prompts
 
 
+def prompt_source(split: str, path: str | Path | None) -> str:
+    """Where prompts came from, as results record and reports show it: the split, of a file."""
+    return split if path is None else f"{split} of {Path(path).name}"
+
+
 def embedded_rows() -> list[dict]:
     text = files("steerable.data").joinpath("prompts.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]

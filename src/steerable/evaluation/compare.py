@@ -22,6 +22,8 @@ The configuration (YAML, every key optional):
     model: smollm2
     methods: [ric, moslim, np-dpo, soups, morlhf, prompting]
     stats: null
+    prompts: null   your prompt file (a prompt column, an optional split column): every method
+           trains on its train split and is evaluated on its heldout split (eval's split)
     eval: {split: heldout, limit: null, resolution: 10, max_new_tokens: 64, temperature: 0.7,
            top_p: 0.95, top_k: 50, seed: 0, samples: 1, dtype: float32}
            samples: responses per prompt at each grid point; examples: NP-DPO's examples
@@ -92,6 +94,7 @@ class CompareConfig:
     model: str = "smollm2"
     methods: list[str] = field(default_factory=lambda: list(METHOD_ORDER))
     stats: str | None = None
+    prompts: str | None = None
     eval: dict = field(default_factory=dict)
     ric: dict = field(default_factory=dict)
     rl: dict = field(default_factory=dict)
@@ -109,6 +112,8 @@ class CompareConfig:
             raise SteerableError(f"unknown method(s) {bad}; choose from {list(METHOD_ORDER)}")
         if self.stats is not None:
             self.stats = str(Path(self.stats).resolve())
+        if self.prompts is not None:
+            self.prompts = str(Path(self.prompts).resolve())
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, overrides: dict | None = None) -> CompareConfig:
@@ -159,9 +164,12 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
             "model": config.model,
             "output_dir": str(out / "ric"),
             "trust_remote_code": config.trust_remote_code,
+            **({"prompts": config.prompts} if config.prompts is not None else {}),
         }
         plan.ric = config_from_dict(RiCConfig, {**config.ric, **fixed}, "ric")
     rl = {**config.rl, "model": config.model, "stats": stats, "trust_remote_code": config.trust_remote_code}
+    if config.prompts is not None:
+        rl["prompts"] = config.prompts
     if "soups" in methods:
         from steerable.methods.soups.recipe import SoupsConfig
 
@@ -253,6 +261,7 @@ def plan_moslim(config: CompareConfig, plan: ComparePlan, rl: dict, out: Path) -
         plan.moslim_rm = config_from_dict(MOSLIMRMConfig, {**config.moslim_rm, **fixed}, "moslim_rm")
         section["reward_model"] = plan.moslim_rm.output_dir
     if section.get("algorithm") == "dpo":
+        section.pop("prompts", None)  # DPO trains on the pool's prompts
         section["pool"] = ric_data(
             plan,
             section.get("pool"),
@@ -265,15 +274,15 @@ def plan_moslim(config: CompareConfig, plan: ComparePlan, rl: dict, out: Path) -
 
 def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
     """Train (cached), evaluate (cached) and report every method of `config`."""
-    from steerable.data import load_prompts
+    from steerable.data.prompts import load_prompts, prompt_source
     from steerable.io import atomic_write_text
     from steerable.methods.rl import load_rewards
-    from steerable.stages import Stages, fingerprint
+    from steerable.stages import Stages, file_digest, fingerprint
 
     out = Path(out)
     stages = Stages(out, "compare")  # refuses another command's directory before anything trains
     plan = plan_compare(config, out)
-    prompts = load_prompts(plan.settings.split, plan.settings.limit)
+    prompts = load_prompts(plan.settings.split, plan.settings.limit, config.prompts)
     trained: dict[str, Path] = {}
     if plan.ric is not None:
         from steerable.methods.ric.recipe import check_inputs, train_ric
@@ -314,6 +323,8 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
             "eval": asdict(plan.settings),
             "statistics": statistics,
         }
+        if config.prompts is not None:  # by content; absent without a file, as before the option
+            inputs["prompts"] = file_digest(config.prompts)
 
         def work(folder, method=method, model=model):
             from steerable.evaluation.evaluate import evaluate
@@ -328,7 +339,7 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
                 samples=plan.settings.samples,
                 dtype=plan.settings.dtype,
                 trust_remote_code=config.trust_remote_code,
-                prompt_split=plan.settings.split,
+                prompt_split=prompt_source(plan.settings.split, config.prompts),
                 prompt_limit=plan.settings.limit,
                 examples=plan.settings.examples,
             )
