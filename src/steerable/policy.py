@@ -127,6 +127,17 @@ def load_manifest(directory: str | Path, method: str | None = None) -> PolicyMan
     return manifest
 
 
+def sampling_with(sampling: SamplingConfig | None, **options) -> SamplingConfig:
+    """`sampling`, or a SamplingConfig of the `options` given (not None), the rest at their
+    defaults; refused when both are given, since one would silently override the other."""
+    given = {name: value for name, value in options.items() if value is not None}
+    if sampling is not None and given:
+        raise SteerableError(
+            f"give either sampling=SamplingConfig(...) or the sampling options {sorted(given)}, not both"
+        )
+    return sampling if sampling is not None else SamplingConfig(**given)
+
+
 class SteerablePolicy:
     """Generate responses steered by a preference over the objectives, or by explicit targets."""
 
@@ -352,16 +363,33 @@ class SteerablePolicy:
         progress: bool = False,
         levels: Mapping[str, int] | None = None,
         examples: Sequence[Mapping[str, str]] | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        batch_size: int | None = None,
+        seed: int | None = None,
     ) -> list[str]:
         """Responses for `prompts` steered by `preference` (weights over the objectives, mapped
         to tags with `mapping`), by explicit normalised `targets` (RiC), by intensity `levels`
         for any subset of the objectives (MOSLIM, e.g. ``{"brief": 4}``), or by a user's own
         choices, `examples` = [{"prompt", "chosen", "rejected"}, ...] (NP-DPO; none: the
-        policy's prior); with none of them, equal weights."""
+        policy's prior); with none of them, equal weights. Sampling: `sampling`, or the options
+        `max_new_tokens` ... `seed` as keywords (as `steerable generate` takes them; the others at
+        SamplingConfig's defaults), not both."""
         prompts = list(prompts)
         if not prompts:
             raise SteerableError("no prompts given")
-        sampling = sampling or SamplingConfig()
+        sampling = sampling_with(
+            sampling,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            batch_size=batch_size,
+            seed=seed,
+        )
         system = system if system is not None else self.manifest.system
         if self.manifest.method == "np-dpo":
             if any(x is not None for x in (preference, targets, levels)):
