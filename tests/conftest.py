@@ -8,6 +8,15 @@ import pytest  # noqa: E402
 from steerable.methods.ric.recipe import RiCConfig, train_ric  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def steerable_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty STEERABLE_HOME: the py: scorers it runs are trusted there,
+    never in the user's own trust store."""
+    home = tmp_path_factory.mktemp("steerable_home")
+    monkeypatch.setenv("STEERABLE_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def tiny_path() -> str:
     """The tiny randomly initialised Llama with SmolLM2's tokenizer (built once, cached)."""

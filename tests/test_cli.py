@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from steerable import RewardSet
 from steerable.cli import app
 from steerable.data import load_pairs, write_table
+from steerable.trust import store_path
 
 runner = CliRunner()
 ROWS = [
@@ -211,6 +212,7 @@ def test_score_stats_from_runs_code_only_with_trust_remote_code(tmp_path):
     )
     assert fitted.exit_code == 0, fitted.output
     marker.unlink()
+    store_path().unlink()  # as on another machine, which never trusted the file
     args = ["score", data, "--out", tmp_path / "b.jsonl", "--stats-from", stats]
     refused = invoke(args)
     assert refused.exit_code == 2 and "Traceback" not in refused.output

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from steerable import ObjectiveStats, RewardSet, SteerableError
+from steerable.trust import store_path
 
 PROMPTS = ["Tell me about cats.", "How do I boil an egg?", "Name a colour."]
 RESPONSES = ["Cats are small, curious animals that many people love.", "Boil it.", "Blue."]
@@ -177,10 +178,11 @@ def _saved_with_code(tmp_path) -> tuple:
     rewards.fit_stats(rewards.score(PROMPTS, RESPONSES))
     marker.unlink()
     rewards.save(tmp_path / "stats.json")
+    store_path().unlink()  # as on another machine: nothing trusted there
     return tmp_path / "stats.json", marker, module
 
 
-def test_code_named_in_a_stats_file_runs_only_when_trusted(tmp_path):
+def test_code_named_in_a_stats_file_from_elsewhere_runs_only_when_trusted(tmp_path):
     path, marker, module = _saved_with_code(tmp_path)
     loaded = RewardSet.load(path)  # loading alone is fine: a model directory must still load
     assert loaded.names == ["chars", "length"] and loaded["chars"].stats is not None

@@ -880,6 +880,8 @@ def serve(
         app_ = create_app(served, api_key=api_key, max_tokens_limit=max_tokens)
         for model in served:
             console.print(f"serving [bold]{model.id}[/] ({model.method}) at http://{host}:{port}/v1")
+            if model.policy is not None and model.policy.rewards.refusal is not None:
+                _warn(f"{model.id}: POST /v1/score will answer 403: {model.policy.rewards.refusal}")
         config = uvicorn_config(app_, host, port, limit_concurrency, timeout_keep_alive, read_timeout)
         uvicorn.Server(config).run(sockets=[sock])
 

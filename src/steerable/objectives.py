@@ -22,6 +22,7 @@ from steerable.data.loading import row_places
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text, check_format_version
 from steerable.scorers import ScorerSpec, build_scorer
+from steerable.trust import record_trust, untrusted_reason
 
 # Quantile levels kept in the stats: every 5%, enough for any lo/hi choice in the RiC mapping.
 QUANTILE_LEVELS = tuple(round(q * 0.05, 2) for q in range(21))
@@ -91,27 +92,26 @@ class ObjectiveStats:
 class Objective:
     """A named reward: a scorer spec (built lazily) and, once fitted, its statistics.
 
-    `untrusted_source` is the file the objective was read from when the reader did not opt in
-    to running code from it: a stats JSON or model directory may come from anyone, so its
-    code-running scorers (py:, hf: with trust_remote_code) refuse to build. The objective still
+    `sha256` is the hash of a py: scorer's file when the objective was made (kept in the
+    statistics and model manifests: which file they were made with). `refusal` says why its
+    scorer may not be built here, with the fix: a stats JSON or model directory may come from
+    anyone, so a code-running scorer read from one (py: whose file this machine does not trust,
+    see `steerable.trust`; hf: with trust_remote_code) refuses to build. The objective still
     loads, so a model directory can generate without ever building its scorers.
     """
 
     name: str
     spec: ScorerSpec
     stats: ObjectiveStats | None = None
-    untrusted_source: str | None = None
+    sha256: str | None = None
+    refusal: str | None = None
     _scorer: Scorer | None = field(default=None, repr=False, compare=False)
 
     @property
     def scorer(self) -> Scorer:
         if self._scorer is None:
-            if self.untrusted_source is not None and self.spec.runs_code:
-                raise SteerableError(
-                    f"objective {self.name!r} from {self.untrusted_source} would run code from "
-                    f"{self.spec.kind}:{self.spec.target}; if you trust that file, pass "
-                    "--trust-remote-code at the CLI or trust_remote_code=True in Python"
-                )
+            if self.refusal is not None:
+                raise SteerableError(self.refusal)
             self._scorer = build_scorer(self.spec)
         return self._scorer
 
@@ -171,6 +171,18 @@ def _what_it_scores(objective: Objective) -> dict:
     return spec
 
 
+def _refusal(spec: ScorerSpec, sha256: str | None, where: str) -> str | None:
+    """Why a scorer read from `where` may not run here unless the reader trusts the file."""
+    if spec.kind == "py":
+        return untrusted_reason(spec.name, spec.target, sha256, where)
+    if spec.runs_code:
+        return (
+            f"objective {spec.name!r} from {where} would run code from {spec.kind}:{spec.target}; if "
+            "you trust that file, pass --trust-remote-code at the CLI or trust_remote_code=True in Python"
+        )
+    return None
+
+
 def scored_stats_path(table: str | Path) -> Path:
     """Where `steerable score` writes the statistics of its scored TABLE unless told another
     path, and where a method reading the table looks for them: TABLE.stats.json."""
@@ -202,9 +214,18 @@ class RewardSet:
     def from_specs(cls, specs: Sequence[str | dict]) -> RewardSet:
         """Build from CLI specs (``"brief=builtin:brevity"``) or YAML dicts. Local targets
         (``hf:./my-rm``, ``py:scorer.py:f``) are made absolute, so the statistics and model
-        directories that record them work from any working directory."""
+        directories that record them work from any working directory. The user typed these, so
+        they run as given, and a py: scorer's file is recorded as trusted on this machine
+        (`steerable.trust`)."""
         parsed = [ScorerSpec.parse(s).with_absolute_paths() for s in specs]
-        return cls([Objective(spec.name, spec) for spec in parsed])
+        hashes = [record_trust(s.target) if s.kind == "py" else None for s in parsed]
+        return cls([Objective(s.name, s, sha256=h) for s, h in zip(parsed, hashes, strict=True)])
+
+    @property
+    def refusal(self) -> str | None:
+        """Why some objective's scorer may not be built here, with the fix (the first such
+        objective's `Objective.refusal`); None when every scorer may run."""
+        return next((o.refusal for o in self.objectives if o.refusal is not None), None)
 
     @property
     def names(self) -> list[str]:
@@ -309,6 +330,7 @@ class RewardSet:
                 {
                     "name": o.name,
                     "spec": o.spec.to_dict(),
+                    **({"sha256": o.sha256} if o.sha256 is not None else {}),
                     "stats": asdict(o.stats) if o.stats is not None else None,
                 }
                 for o in self.objectives
@@ -321,8 +343,9 @@ class RewardSet:
     ) -> RewardSet:
         """Objectives and statistics as written by `to_dict` (a stats JSON, a manifest's rewards).
 
-        Such data may come from anyone, so unless `trust_remote_code` its py: scorers (and hf:
-        ones with trust_remote_code) refuse to build; see `Objective`.
+        Such data may come from anyone, so unless `trust_remote_code` its py: scorers refuse to
+        build, except those whose file this machine trusts with the hash the data records
+        (`steerable.trust`), and so do hf: ones with trust_remote_code; see `Objective`.
         """
         if not isinstance(data, dict) or not isinstance(data.get("objectives"), list):
             raise SteerableError(f"{where}: expected a JSON object with an 'objectives' list")
@@ -337,13 +360,16 @@ class RewardSet:
             if not isinstance(entry, dict) or "name" not in entry or "spec" not in entry:
                 raise SteerableError(f"{where}: objectives[{i}] needs 'name' and 'spec'")
             spec = ScorerSpec.parse({**entry["spec"], "name": entry["name"]})
-            stats = entry.get("stats")
+            stats, sha256 = entry.get("stats"), entry.get("sha256")
+            if sha256 is not None and not isinstance(sha256, str):
+                raise SteerableError(f"{where}: objectives[{i}].sha256 must be a string; re-run the scoring")
             objectives.append(
                 Objective(
                     entry["name"],
                     spec,
                     None if stats is None else ObjectiveStats.from_dict(stats, f"{where}: {entry['name']}"),
-                    untrusted_source=None if trust_remote_code else where,
+                    sha256=sha256,
+                    refusal=None if trust_remote_code else _refusal(spec, sha256, where),
                 )
             )
         return cls(objectives)

@@ -24,7 +24,8 @@ Request bodies are typed by the pydantic models of `protocol.py` (a field cannot
 validation); steering is checked by the library's own code (`Preference`, the tag checks, the
 examples check), so the server and the Python API refuse the same things. Errors use OpenAI's
 body, {"error": {"message", "type", "param", "code"}}: 400 for bad values and steering, 401 for a
-missing or wrong API key, 404 for an unknown model or path, 405 for a wrong method, 413 for a body
+missing or wrong API key, 403 from /v1/score for a model whose py: scorer is not trusted here (the
+server needs --trust-remote-code), 404 for an unknown model or path, 405 for a wrong method, 413 for a body
 over the limit, 422 for a body that is not JSON Python can read, 502 for an upstream (proxy mode)
 that fails, 503 with Retry-After when a queue is full (the engine's, or the requests waiting for a
 model's steering thread) or, from `local.py`'s protocol, when the server is at its concurrency
@@ -401,6 +402,8 @@ def create_app(
         """The objectives' scores of responses to a prompt (what the playground shows)."""
         model, prompt, responses = parse_score(parse_json(await read_body(request, max_body_bytes)), served)
         rewards = model.policy.rewards
+        if rewards.refusal is not None:  # a scorer this machine does not trust: the fix is the server's flag
+            raise ApiError(403, rewards.refusal, "model", "untrusted_scorer")
         raw = await model.run(rewards.score, [prompt] * len(responses), responses)
         return {
             "objectives": rewards.names,
