@@ -8,6 +8,8 @@ a tokenizer without a template is refused with the fix, or given one (`require_c
 
 from __future__ import annotations
 
+import contextlib
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,8 +17,7 @@ from pathlib import Path
 
 import torch
 from jinja2 import TemplateError
-from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from steerable.configs import SEED, check_config
 from steerable.errors import SteerableError
@@ -249,7 +250,26 @@ def generate_texts(
         return _generate(model, tokenizer, texts, sampling, progress)
 
 
+class DecodeTicker(StoppingCriteria):
+    """Moves a progress bar at every decoding step, by the batch's rows (one token slot each);
+    never stops a sequence. `steps` counts the batch's decoding steps."""
+
+    def __init__(self, bar, rows: int):
+        self.bar, self.rows, self.steps = bar, rows, 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.steps += 1
+        self.bar.update(self.rows)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 def _generate(model, tokenizer, texts: Sequence[str], sampling: SamplingConfig, progress: bool) -> list[str]:
+    """Batched generation, shown on the running stage's bar (`progress.stage_bar`) or, outside
+    one and with `progress`, a bar of its own; both count token slots (rows x max_new_tokens)
+    and move at every decoding step. The measured rate goes to `cost.record_rate`."""
+    from steerable.cost import record_rate
+    from steerable.progress import active_bar, advance_to, stage_bar
+
     lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     outputs = [""] * len(texts)
@@ -265,23 +285,49 @@ def _generate(model, tokenizer, texts: Sequence[str], sampling: SamplingConfig, 
         kwargs.update(do_sample=False, logits_processor=LogitsProcessorList([sampler]))
     else:
         kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-    bar = tqdm(total=len(texts), desc="generating", unit="seq", disable=not progress)
-    for start in range(0, len(order), sampling.batch_size):
-        idx = order[start : start + sampling.batch_size]
-        batch = tokenizer(
-            [texts[i] for i in idx],
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",  # generation continues each row's last token
-            add_special_tokens=False,
-        ).to(model.device)
-        out = model.generate(**batch, **kwargs)
-        new = out[:, batch["input_ids"].shape[1] :]
-        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
-            outputs[i] = text.strip()
-        bar.update(len(idx))
-    bar.close()
+    outer = active_bar()
+    shown = (
+        contextlib.nullcontext(outer)
+        if outer is not None
+        else stage_bar(len(texts) * sampling.max_new_tokens, "generating", "tok", disable=not progress)
+    )
+    with shown as bar:
+        base = bar.n
+        decoded, started = 0, time.perf_counter()
+        for start in range(0, len(order), sampling.batch_size):
+            idx = order[start : start + sampling.batch_size]
+            batch = tokenizer(
+                [texts[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",  # generation continues each row's last token
+                add_special_tokens=False,
+            ).to(model.device)
+            ticker = DecodeTicker(bar, len(idx))
+            out = model.generate(**batch, **kwargs, stopping_criteria=StoppingCriteriaList([ticker]))
+            new = out[:, batch["input_ids"].shape[1] :]
+            for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
+                outputs[i] = text.strip()
+            decoded += len(idx) * ticker.steps
+            # answers that all ended early leave their batch's slots short
+            advance_to(bar, base + (start + len(idx)) * sampling.max_new_tokens)
+            bar.set_postfix_str(f"{start + len(idx)}/{len(texts)} answers", refresh=False)
+    record_rate(generation_model_id(model), device_name(model.device), decoded, time.perf_counter() - started)
     return outputs
+
+
+def generation_model_id(model) -> str:
+    """What a measured generation rate is filed under: the model's name or path (a PEFT model:
+    its base model's)."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or "unknown")
+
+
+def device_name(device: torch.device) -> str:
+    """The device a rate was measured on: the GPU's name, or the CPU with its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} x{torch.get_num_threads()} threads"
 
 
 def count_tokens(tokenizer, texts: Sequence[str]) -> int:

@@ -10,14 +10,20 @@ kept out of the way.
 
 Every trainer steerable runs shows `training.StageBar` in place of transformers' bar (with
 --verbose too): the stage's name, steps done and left with an ETA, and the latest loss as its
-postfix instead of a printed dict. Sampling, scoring and evaluation show one tqdm bar each.
+postfix instead of a printed dict. Sampling, scoring and evaluation show one tqdm bar each
+(`stage_bar`); generation moves it at every decoding step, counted in tokens (answers that end
+early leave the rest of their max_new_tokens, which the bar skips when their batch ends), so it
+moves every few seconds even when one batch of answers takes minutes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 
 LIBRARIES = r"(transformers|trl|peft|datasets|accelerate|torch)(\.|$)"
 QUIET_ENVIRONMENT = {
@@ -43,3 +49,35 @@ def quiet_libraries() -> None:
         import datasets
 
         datasets.disable_progress_bars()
+
+
+# The bar of the stage that is running, if one is: work inside the stage (a generate call per
+# grid point, say) moves it instead of opening a bar of its own, so a stage shows one bar.
+_stage_bar: contextvars.ContextVar = contextvars.ContextVar("stage_bar", default=None)
+
+
+@contextlib.contextmanager
+def stage_bar(total: float, desc: str, unit: str, disable: bool = False) -> Iterator:
+    """A tqdm bar for one stage, with its ETA, that `generate_texts` inside it moves at every
+    decoding step (`active_bar`). Closed when the stage ends."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True)
+    token = _stage_bar.set(None if disable else bar)
+    try:
+        yield bar
+    finally:
+        _stage_bar.reset(token)
+        bar.close()
+
+
+def active_bar():
+    """The running stage's bar (`stage_bar`), None outside one."""
+    return _stage_bar.get()
+
+
+def advance_to(bar, n: float) -> None:
+    """Move `bar` forward to `n` (never back): where work that ticks as it goes has left it
+    short, e.g. a batch whose answers all ended before max_new_tokens."""
+    if bar is not None and n > bar.n:
+        bar.update(n - bar.n)

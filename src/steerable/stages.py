@@ -13,6 +13,9 @@ on. The stage's key is the hash of its inputs, so a key changes whenever anythin
 A finished stage whose inputs differ is refused with the fix (another output directory, or
 delete the stage to redo it): silently reusing it would give results that do not match the
 configuration recorded beside them. Partial work of other inputs is discarded and redone.
+A run that starts a stage after finding others finished says so ("resuming train ric in
+runs/ric: offline, sft done, starting round-1"); `running_stage` names the stage under way, for
+a command stopped by Ctrl-C to say where it stopped.
 
 A run's folder belongs to the command that made it: ROOT/stages/run.json names it, and a
 directory that holds another command's stages or model (a RiC model's steerable.json, a
@@ -33,6 +36,7 @@ import contextvars
 import hashlib
 import json
 import shutil
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -53,6 +57,20 @@ METHOD_NAMES = {
 # What `Stages.start` created inside the running `tidy_on_failure`, undone if the command fails;
 # None outside one (the Python API), where nothing would undo it.
 _began: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("began", default=None)
+# The stage begun and not yet finished (its folder), for a command stopped by Ctrl-C to name.
+_running: contextvars.ContextVar[Path | None] = contextvars.ContextVar("running", default=None)
+
+
+def running_stage() -> Path | None:
+    """The folder of the stage that started and has not finished, None between stages."""
+    return _running.get()
+
+
+def say(message: str) -> None:
+    """One line to the user (standard error) that does not break a progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def _canonical(value: object) -> str:
@@ -160,7 +178,7 @@ def tidy_on_failure() -> Iterator[None]:
     started.json), then the run record and folders that leaves empty. Partial work (a
     checkpoint) stays, for a run with the same inputs to resume from."""
     began: list[Path] = []
-    token = _began.set(began)
+    token, running = _began.set(began), _running.set(None)
     try:
         yield
     except BaseException:
@@ -175,6 +193,7 @@ def tidy_on_failure() -> Iterator[None]:
         raise
     finally:
         _began.reset(token)
+        _running.reset(running)
 
 
 class Stages:
@@ -184,6 +203,10 @@ class Stages:
     def __init__(self, root: str | Path, command: str):
         self.root = Path(root)
         self.command = command
+        # Stages found finished by an earlier run, said when the next one starts; `said`: those
+        # said already or finished by this run, which no resume message names.
+        self.skipped: dict[str, None] = {}
+        self.said: set[str] = set()
         check_owner(self.root, command)
 
     def path(self, name: str) -> Path:
@@ -206,6 +229,8 @@ class Stages:
                 "differ), so its results do not match this run; use another output directory, or "
                 f"delete {self.path(name)} (and the stages after it) to redo it"
             )
+        if name not in self.said:
+            self.skipped.setdefault(name)
         return record["info"]
 
     def made_with(self, name: str) -> dict | None:
@@ -220,7 +245,13 @@ class Stages:
         folder = self.path(name)
         marker = folder / STARTED
         key = fingerprint(inputs)
+        _running.set(folder)
         if is_main_process():
+            if self.skipped:
+                done = ", ".join(self.skipped)
+                say(f"resuming {self.command} in {self.root}: {done} done, starting {name}")
+                self.said.update(self.skipped)
+                self.skipped = {}
             _note_began(p for p in (self.root, self.root / "stages") if not p.exists())
             run = self.root / "stages" / RUN
             if not run.is_file():
@@ -247,6 +278,8 @@ class Stages:
         if is_main_process():
             record = {"key": fingerprint(inputs), "inputs": inputs, "info": info}
             atomic_write_text(self.path(name) / DONE, json.dumps(record, indent=2) + "\n")
+        self.said.add(name)
+        _running.set(None)
         wait_for_everyone()
         return info
 

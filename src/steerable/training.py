@@ -112,7 +112,8 @@ def saved_callback_state(checkpoint: str | Path, name: str) -> dict | None:
 
 
 class StageBar(ProgressCallback):
-    """transformers' training bar named after the stage, the loss shown as its postfix."""
+    """transformers' training bar named after the stage, the loss shown as its postfix. A run
+    resumed from a checkpoint says so first ("resuming sft from step 40")."""
 
     def __init__(self, desc: str):
         super().__init__()
@@ -122,6 +123,10 @@ class StageBar(ProgressCallback):
         from tqdm.auto import tqdm
 
         if state.is_world_process_zero:  # a resumed run starts where its checkpoint left off
+            if state.global_step:
+                from steerable.stages import say
+
+                say(f"resuming {self.desc} from step {state.global_step} of {state.max_steps}")
             self.training_bar = tqdm(
                 total=state.max_steps,
                 initial=state.global_step,
