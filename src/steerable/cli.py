@@ -77,7 +77,8 @@ _held: contextvars.ContextVar[contextlib.ExitStack] = contextvars.ContextVar("he
 @contextlib.contextmanager
 def user_errors():
     """SteerableError, and the OSError of a file that cannot be read or written, as one line
-    and exit status 2; what the command `claim`ed is released when it ends, by an error too."""
+    and exit status 2 (Ctrl-C: where it stopped, status 130); what the command `claim`ed is
+    released when it ends, by an error too."""
     with contextlib.ExitStack() as held:
         token = _held.set(held)
         try:
@@ -86,8 +87,29 @@ def user_errors():
             raise _fail(err)
         except OSError as err:  # an unwritable --out, a full disk, a file that vanished
             raise _fail(SteerableError(str(err)))
+        except KeyboardInterrupt:
+            raise _stopped()
         finally:
             _held.reset(token)
+
+
+def _stopped():
+    """Ctrl-C: one line saying where the command stopped and how to go on; exit status 130, the
+    shell's for an interrupt. A stage's checkpoints stay, so the same command resumes it."""
+    from rich.markup import escape
+
+    from steerable.stages import running_stage
+
+    stage = running_stage()
+    if stage is None:
+        where = "stopped (Ctrl-C) before the command finished; run the same command again to redo it"
+    else:
+        where = (
+            f"stopped (Ctrl-C) in stage {stage.name} of {stage.parent.parent}; run the same command "
+            "again to resume: the finished stages and the stage's last checkpoint are kept"
+        )
+    console.print(f"[bold yellow]interrupted:[/] {escape(where)}", highlight=False, soft_wrap=True)
+    return typer.Exit(130)
 
 
 def claim(
@@ -199,6 +221,33 @@ TrustRemoteCode = Annotated[
 ]
 
 
+Yes = Annotated[
+    bool,
+    typer.Option(
+        "--yes",
+        "-y",
+        help="Start without asking: a run estimated at over 10 minutes of generation asks first in an "
+        "interactive shell (the estimate is printed either way).",
+    ),
+]
+
+
+def confirm_cost(plan, yes: bool) -> None:
+    """Print what `plan` will cost (answers, time at the measured rate) and a cheaper way where
+    there is one; above the threshold in an interactive shell, ask unless `yes`. Not starting
+    is exit status 1, before anything is generated."""
+    from steerable import cost
+
+    estimate = cost.estimate(plan)
+    console.print(estimate.line(), highlight=False, soft_wrap=True)
+    if plan.note:
+        console.print(plan.note, highlight=False, soft_wrap=True)
+    asked = estimate.long and not yes and cost.interactive()
+    if asked and not typer.confirm("start it?", default=False, err=True):
+        console.print("not started (--yes starts without asking)", highlight=False)
+        raise typer.Exit(1)
+
+
 @command
 def sample(
     out: Annotated[Path, typer.Option(help="Output table (.jsonl, .parquet, .csv).")],
@@ -221,12 +270,14 @@ def sample(
     seed: Seed = SAMPLING.seed,
     dtype: Dtype = None,
     trust_remote_code: TrustRemoteCode = False,
+    yes: Yes = False,
 ) -> None:
     """Sample responses from a model for a set of prompts (batched, left-padded)."""
     from steerable.configs import check_value
+    from steerable.cost import Plan
     from steerable.data import load_prompts, read_table, write_table
     from steerable.defaults import load_causal_lm
-    from steerable.generation import format_chat, generate_texts
+    from steerable.generation import format_chat, generate_texts, generation_model_id
 
     check_value("--limit", limit, ge=1)
     claim(out, {"--prompts": prompts}, table=True)
@@ -254,6 +305,8 @@ def sample(
         raise SteerableError("--n-per-prompt must be at least 1")
     lm, tokenizer = load_causal_lm(model, dtype or "float32", trust_remote_code=trust_remote_code)
     repeated = [p for p in prompt_list for _ in range(n_per_prompt)]
+    what = f"{len(prompt_list)} prompts x {n_per_prompt} per prompt"
+    confirm_cost(Plan(len(repeated), max_new_tokens, generation_model_id(lm), what), yes)
     responses = generate_texts(lm, tokenizer, format_chat(tokenizer, repeated, system), config)
     rows = [{"prompt": p, "response": r, "model": model} for p, r in zip(repeated, responses, strict=True)]
     write_table(out, rows)
@@ -379,15 +432,24 @@ app.add_typer(train_app, name="train")
 TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-def run_config_command(ctx: typer.Context, config_cls, run, made="steerable model directory") -> None:
+def run_config_command(
+    ctx: typer.Context, config_cls, run, made="steerable model directory", plan=None
+) -> None:
     """Parse a method's config dataclass from the remaining arguments with TRL's TrlParser --
     every field is an option and `--help` lists them with their docs; `--config FILE.yaml` sets
     fields that flags then override -- then run the recipe and print what it `made` (a name, or
-    a function of the config giving one) where. Every user error is one line."""
+    a function of the config giving one) where. Every user error is one line. With `plan` (the
+    config -> a `cost.Plan`), the cost is printed first and `--yes` skips the question."""
     from steerable.configs import parse_config
 
+    args = list(ctx.args)
+    yes = plan is not None and any(arg in ("--yes", "-y") for arg in args)
+    if plan is not None:
+        args = [arg for arg in args if arg not in ("--yes", "-y")]
     with user_errors():
-        config = parse_config(config_cls, ctx.args, prog=ctx.command_path)
+        config = parse_config(config_cls, args, prog=ctx.command_path)
+        if plan is not None:
+            confirm_cost(plan(config), yes)
         claim(Path(config.output_dir), directory=True)
         out = run(config)
         console.print(f"{made(config) if callable(made) else made}: {out}")
@@ -408,7 +470,8 @@ def train_rm_command(ctx: typer.Context) -> None:
 
 @train_app.command("ric", context_settings=TRAIN_CONTEXT)
 def train_ric_command(ctx: typer.Context) -> None:
-    """Rewards-in-Context: reward-conditioned SFT + online rejection sampling (all options: --help)."""
+    """Rewards-in-Context: reward-conditioned SFT + online rejection sampling (all options: --help; --yes: start a long run without asking)."""
+    from steerable.cost import ric_plan
     from steerable.methods.ric.recipe import RiCConfig, train_ric
 
     def made(config: RiCConfig) -> str:
@@ -416,7 +479,7 @@ def train_ric_command(ctx: typer.Context) -> None:
             f"stopped after stage {config.stop_after}" if config.stop_after else "steerable model directory"
         )
 
-    run_config_command(ctx, RiCConfig, train_ric, made)
+    run_config_command(ctx, RiCConfig, train_ric, made, plan=ric_plan)
 
 
 @train_app.command("moslim", context_settings=TRAIN_CONTEXT)
@@ -626,7 +689,13 @@ def evaluate(
     ] = None,
     split: Annotated[str, typer.Option(help="Embedded prompt split.")] = "heldout",
     limit: Annotated[int | None, typer.Option(help="Use the first N prompts.")] = None,
-    resolution: Annotated[int, typer.Option(help="Grid resolution: K=2 gives resolution+1 points.")] = 10,
+    resolution: Annotated[
+        int,
+        typer.Option(
+            help="Grid resolution: each weight in steps of 1/resolution. K=2 gives resolution+1 points, "
+            "K=3 (resolution+1)(resolution+2)/2: 66 at 10, 15 at 4."
+        ),
+    ] = 10,
     adapter: Annotated[
         str | None,
         typer.Option(
@@ -662,6 +731,7 @@ def evaluate(
         int | None,
         typer.Option(help="moslim/tags: responses per prompt at each level (default: --samples)."),
     ] = None,
+    yes: Yes = False,
 ) -> None:
     """Sweep a preference grid on held-out prompts: mean score per objective per point, Pareto
     front, hypervolume, controllability, compute; for MOSLIM also each objective's levels.
@@ -696,6 +766,7 @@ def evaluate(
         prompt_limit=limit,
         levels=level_sweep,
         level_samples=level_samples,
+        before_sweep=lambda plan: confirm_cost(plan, yes),
     )
     result.save(out)
     report = write_report([result], out)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from steerable.cost import Plan, sweep_plan
 from steerable.data.prompts import refuse_trained_on
 from steerable.errors import SteerableError
 from steerable.evaluation.report import EvaluationResult, prompts_digest
@@ -266,16 +267,18 @@ def evaluate(
     levels: bool = True,
     level_samples: int | None = None,
     examples: int = FEWSHOT_EXAMPLES,
+    before_sweep: Callable[[Plan], None] | None = None,
 ) -> EvaluationResult:
     """Sweep the grid, score with the shared objectives, and summarise; `samples` responses
     per prompt at each point. MOSLIM models (and their tags floor) are also swept level by level
     with `level_samples` responses per prompt (default: `samples`), unless `levels` is False.
     `dtype` / `trust_remote_code`: see `method_generator`. The result records the prompts (a
     hash; `prompt_split` and `prompt_limit` say where they came from) and the sampling, so
-    that `steerable report` compares only results measured the same way."""
+    that `steerable report` compares only results measured the same way. `before_sweep` is
+    given what the sweep will generate (a `cost.Plan`) once the grid is known, before it starts."""
     from dataclasses import asdict
 
-    from tqdm.auto import tqdm
+    from steerable.progress import advance_to, stage_bar
 
     check_samples(samples)  # before any model is loaded
     level_samples = samples if level_samples is None else level_samples
@@ -293,38 +296,55 @@ def evaluate(
         grid = preference_grid(len(rewards), resolution)
     else:
         grid, resolution = np.asarray(grid, float), None  # a given grid has no resolution
-    bar = tqdm(total=len(grid), desc=f"evaluating {method}", unit="point", disable=not progress)
-    started = time.perf_counter()
-    points = sweep(
-        generate,
-        rewards,
-        prompts,
-        grid,
-        count_tokens=lambda texts: count_tokens(tokenizer, texts),
-        progress=lambda i, n: bar.update(1),
-        samples=samples,
-    )
-    bar.close()
     steering = getattr(generate, "levels", None)
+    if before_sweep is not None:
+        by_level = len(rewards) * steering["count"] * level_samples if steering is not None and levels else 0
+        before_sweep(
+            sweep_plan(len(grid), len(rewards), resolution, len(prompts), samples, by_level, sampling,
+                       tokenizer.name_or_path)
+        )  # fmt: skip
+    per_point = len(prompts) * samples * sampling.max_new_tokens  # token slots, as generation counts
+    started = time.perf_counter()
+    with stage_bar(len(grid) * per_point, f"evaluating {method}", "tok", disable=not progress) as bar:
+
+        def point_done(i: int, n: int) -> None:
+            advance_to(bar, i * per_point)
+            bar.set_postfix_str(f"{i}/{n} points", refresh=False)
+
+        points = sweep(
+            generate,
+            rewards,
+            prompts,
+            grid,
+            count_tokens=lambda texts: count_tokens(tokenizer, texts),
+            progress=point_done,
+            samples=samples,
+        )
     level_result = None
     if steering is not None and levels:
         from steerable.evaluation.levels import level_record, level_sweep
 
         count = steering["count"]
-        bar = tqdm(total=len(rewards) * count, desc=f"{method} by level", unit="level", disable=not progress)
-        level_points = level_sweep(
-            steering["generate"],
-            rewards,
-            prompts,
-            count,
-            level_samples,
-            classify=steering["classify"],
-            count_tokens=lambda texts: count_tokens(tokenizer, texts),
-            progress=lambda: bar.update(1),
-            others=steering["others"],
-            quality=answer_relevance(),
-        )
-        bar.close()
+        per_level = len(prompts) * level_samples * sampling.max_new_tokens
+        total = len(rewards) * count
+        with stage_bar(total * per_level, f"{method} by level", "tok", disable=not progress) as bar:
+            finished = iter(range(1, total + 1))
+
+            def level_done() -> None:
+                advance_to(bar, next(finished) * per_level)
+
+            level_points = level_sweep(
+                steering["generate"],
+                rewards,
+                prompts,
+                count,
+                level_samples,
+                classify=steering["classify"],
+                count_tokens=lambda texts: count_tokens(tokenizer, texts),
+                progress=level_done,
+                others=steering["others"],
+                quality=answer_relevance(),
+            )
         level_result = level_record(level_points, rewards.names, count, steering["others"])
     compute["eval_seconds"] = time.perf_counter() - started
     return EvaluationResult(
