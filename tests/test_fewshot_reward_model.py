@@ -22,10 +22,13 @@ from steerable.fewshot.reward_model import (
     target_accuracy,
 )
 from steerable.fewshot.tasks import (
+    ChoiceLog,
+    LogSource,
     PairPool,
     TaskBatch,
     TaskSource,
     UserTypes,
+    choice_log,
     sample_tasks,
     scored_pool,
     synthetic_rewards,
@@ -389,3 +392,165 @@ def test_train_np_rm_names_the_file_line_of_a_bad_scored_row(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "d.jsonl, line 6: column 'score_positive' is missing" in result.output, result.output
+
+
+# --- real users' logs ----------------------------------------------------------------------
+def log_rows(users=12, pairs=6, seed=0):
+    """A users' log: half the users choose the shorter answer, half the longer; user ids are
+    plain numbers for some (as a CSV gives them)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(users):
+        for p in range(pairs):
+            short, long = (
+                " ".join(["word"] * int(n)) + f" {u}.{p}" for n in sorted(rng.choice(30, 2, False))
+            )
+            chosen, rejected = (short, long) if u % 2 else (long, short)
+            rows.append(
+                {"user": f"u{u}", "prompt": f"question {u}.{p}", "chosen": chosen, "rejected": rejected}
+            )
+    return rows
+
+
+def test_a_log_is_split_by_user_deterministically_with_the_seed():
+    rows = log_rows(users=20)
+    log = choice_log(rows, seed=3)
+    again, other = choice_log(rows, seed=3), choice_log(rows, seed=4)
+    assert log.user_split.tolist() == again.user_split.tolist() != other.user_split.tolist()
+    assert {s: int((log.user_split == s).sum()) for s in ("train", "validation", "test")} == {
+        "train": 14,
+        "validation": 3,
+        "test": 3,
+    }
+    for p, (a, b) in enumerate(log.pairs):  # each pair is its user's row, chosen first
+        row = rows[p]
+        assert log.users[log.user[p]] == row["user"]
+        assert log.texts[a] == (row["prompt"], row["chosen"]) and log.texts[b] == (
+            row["prompt"],
+            row["rejected"],
+        )
+
+
+def test_a_log_task_is_one_users_own_choices_padded_to_the_targets():
+    log = choice_log(log_rows(users=12, pairs=6))
+    source = LogSource(log, np.zeros((len(log.texts), 2)), "none")
+    batch = source.sample("train", 40, np.random.default_rng(0), targets=10, context_sizes=(0, 9))
+    for b in range(len(batch)):
+        own = set(log.pairs_of[batch.types[b]].tolist())
+        assert log.user_split[batch.types[b]] == "train"
+        assert batch.valid[b].sum() == 6 and set(batch.pairs[b, batch.valid[b]].tolist()) == own
+        assert not (batch.context[b] & ~batch.valid[b]).any()
+        assert batch.scored()[b].sum() >= 1  # a context always leaves a target of the user's to score
+    assert source.largest_task("test") == 6
+    with pytest.raises(SteerableError, match="no test user has more than 6 pairs"):
+        source.sample("test", 4, np.random.default_rng(0), targets=10, context_sizes=6)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda rows: [r.pop("user") for r in rows], "logs.jsonl: no column 'user'; a users' log has"),
+        (lambda rows: rows[4].update(chosen=" "), "logs.jsonl, line 5: 'chosen' is empty"),
+        (
+            lambda rows: rows[2].update(rejected=rows[2]["chosen"]),
+            "line 3: 'chosen' and 'rejected' are the same",
+        ),
+        (lambda rows: rows.append({**rows[0], "user": "solo"}), "line 73: user 'solo' has only this pair"),
+    ],
+)
+def test_bad_log_rows_are_one_error_naming_the_row_and_the_fix(change, message, tmp_path):
+    rows = log_rows()
+    change(rows)
+    data = tmp_path / "logs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["train", "np-rm", "--task", "logs", "--data", str(data), "--output_dir", str(tmp_path / "x")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x" / "stages" / "np").exists()
+
+
+def synthetic_log(users=300, pairs=12, seed=0) -> LogSource:
+    """The authors' synthetic task as a log: each user of one of the two types chooses on pairs
+    of their own; no utilities or types reach the model, only who chose what."""
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(0.0, 1.0, size=(users * pairs, 2))
+    kind = np.repeat(np.arange(users) % 2, pairs)
+    rewards = synthetic_rewards(y.ravel()).reshape(-1, 2, 2)[np.arange(len(y)), :, kind]  # (P, 2)
+    first = rewards[:, 0] > rewards[:, 1]
+    options = np.arange(2 * len(y)).reshape(-1, 2)
+    chosen = np.where(first, options[:, 0], options[:, 1])
+    rejected = np.where(first, options[:, 1], options[:, 0])
+    split = np.array(["train"] * (users - 80) + ["validation"] * 40 + ["test"] * 40)
+    texts = [("", str(i)) for i in range(2 * len(y))]
+    log = ChoiceLog(
+        [f"u{u}" for u in range(users)],
+        split,
+        np.stack([chosen, rejected], 1),
+        np.repeat(np.arange(users), pairs),
+        texts,
+    )
+    return LogSource(log, y.reshape(-1, 1), "synthetic:y")
+
+
+def test_np_btl_trains_from_a_log_without_utilities_or_types_and_uses_the_context():
+    source = synthetic_log()
+    config = NPRewardConfig(
+        **{**SMALL, "hidden": 64, "latent_size": 16}, steps=250, learning_rate=1e-3, targets=12
+    )
+    untrained = NPRewardModel(1, config)
+    model = NPRewardModel.fit(source, config, progress=False)
+    assert model.types is None
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in untrained.state_dict().items())
+    points = context_curve({"np": model_margins(model)}, source, tasks=400, targets=12, sizes=(0, 5))
+    assert {p.type for p in points} == {"all"}
+    acc = {p.context: p.accuracy for p in points}
+    assert acc[5] > acc[0] + 0.08
+
+
+def test_batched_predictions_equal_one_user_at_a_time():
+    model = small_model(max_context=4)
+    rng = np.random.default_rng(5)
+    sizes, targets = [0, 2, 4, 1], [3, 1, 2, 3]  # context pairs and target pairs per user
+    c = rng.normal(size=(4, 4, 3)).astype(np.float32)  # (T, C, d)
+    r = rng.normal(size=(4, 4, 3)).astype(np.float32)
+    a = rng.normal(size=(4, 3, 3)).astype(np.float32)  # (T, N, d)
+    b = rng.normal(size=(4, 3, 3)).astype(np.float32)
+    context_mask = np.arange(4)[None] < np.array(sizes)[:, None]  # (T, C)
+    target_mask = np.arange(3)[None] < np.array(targets)[:, None]  # (T, N)
+    batched = model.predict(c, r, context_mask, a, b, target_mask)
+    assert batched.shape == (4, 3) and np.isnan(batched[~target_mask]).all()
+    for t in range(4):
+        n = targets[t]
+        ra = model.reward(c[t, : sizes[t]], r[t, : sizes[t]], a[t, :n])
+        rb = model.reward(c[t, : sizes[t]], r[t, : sizes[t]], b[t, :n])
+        np.testing.assert_allclose(batched[t, :n], 1 / (1 + np.exp(-(ra - rb))), atol=1e-5)
+    with pytest.raises(SteerableError, match=r"target_a \(4, 3, 2\)"):
+        model.predict(c, r, context_mask, a[..., :2], b[..., :2])
+    empty = model.predict(np.zeros((0,)), np.zeros((0,)), np.zeros((0,)), a, b)  # no context at all
+    np.testing.assert_allclose(empty[0], batched[0], atol=1e-5)  # user 0 had none either
+
+
+def test_train_np_rm_from_users_logs_reports_held_out_users(tmp_path):
+    data = tmp_path / "logs.csv"
+    import pandas as pd
+
+    pd.DataFrame(log_rows(users=16, pairs=8)).to_csv(data, index=False)
+    out = tmp_path / "np-rm"
+    small = "--steps 30 --hidden 32 --latent_size 8 --heads 2 --targets 8 --max_context 5 --eval_tasks 20"
+    args = ["train", "np-rm", "--task", "logs", "--data", str(data), "--output_dir", str(out), *small.split()]
+    args += ["--validation_tasks", "20", "--eval_every", "15"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "NP-BTL" in result.output and "no oracle" in result.output
+    report = json.loads((out / "stages" / "evaluation" / "accuracy.json").read_text())
+    assert report["users"] == {"train": 11, "validation": 2, "test": 3}
+    assert {p["model"] for p in report["curve"]} == {"NP-BTL", "BTL"}
+    assert {p["context"] for p in report["curve"]} == {0, 1, 3, 5} and {
+        p["type"] for p in report["curve"]
+    } == {"all"}
+    model = NPRewardModel.load(out / "stages" / "np" / "model")
+    assert model.types is None and model.split["task"] == "logs"
+    torch.manual_seed(0)  # the layers' initialisation at --seed 0, as fit makes them
+    untrained = NPRewardModel(model.dim, model.config)
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in untrained.state_dict().items())
+    assert CliRunner().invoke(app, args).exit_code == 0  # a finished run is reused

@@ -524,10 +524,11 @@ def train_moslim_rm_command(ctx: typer.Context) -> None:
 @train_app.command("np-rm", context_settings=TRAIN_CONTEXT)
 def train_np_rm_command(ctx: typer.Context) -> None:
     """Few-shot NP-BTL reward model with its BTL and per-type oracle baselines; prints held-out accuracy vs context size (all options: --help)."""
-    from steerable.methods.np_rm import NPRMConfig, accuracy_table, result, train_np_rm
+    from steerable.evaluation.fewshot import accuracy_table, result, run_np_rm
+    from steerable.methods.np_rm import NPRMConfig
 
     def run(config: NPRMConfig) -> Path:
-        out = train_np_rm(config)
+        out = run_np_rm(config)
         Console(width=150).print(accuracy_table(result(out)))
         return out
 
@@ -537,11 +538,12 @@ def train_np_rm_command(ctx: typer.Context) -> None:
 @train_app.command("np-dpo", context_settings=TRAIN_CONTEXT)
 def train_np_dpo_command(ctx: typer.Context) -> None:
     """Few-shot NP-DPO policy: FiLM-conditioned LoRA trained with DPO on tasks, steered by a user's examples; prints its evaluation (all options: --help)."""
-    from steerable.methods.np_dpo.recipe import NPDPOConfig, effects_table, result, train_np_dpo
+    from steerable.evaluation.fewshot import effects_table, np_dpo_result, run_np_dpo
+    from steerable.methods.np_dpo.recipe import NPDPOConfig
 
     def run(config: NPDPOConfig) -> Path:
-        out = train_np_dpo(config)
-        for table in effects_table(result(out)):
+        out = run_np_dpo(config)
+        for table in effects_table(np_dpo_result(out)):
             Console(width=150).print(table)
         return out
 

@@ -193,6 +193,63 @@ class NPRewardModel(nn.Module):
             z, _ = self.latent(c, r, torch.ones(c.shape[:2], dtype=torch.bool))
         return self.score(torch.from_numpy(options)[None], z)[0].numpy()
 
+    @torch.no_grad()
+    def predict(
+        self, context_chosen, context_rejected, context_mask, target_a, target_b, target_mask=None
+    ) -> np.ndarray:
+        """P(a is preferred to b) for many users' target pairs at once, each user's given their own
+        context: sigmoid(r(a | context) - r(b | context)).
+
+            context_chosen, context_rejected  [T, C, d]  T users' context pairs, padded to C
+            context_mask                      [T, C]     bool: the slots that hold a pair (a row
+                                                         of False is an empty context; C may be 0)
+            target_a, target_b                [T, N, d]  the pairs to judge, padded to N
+            target_mask                       [T, N]     bool: the slots that hold a pair
+                                                         (default: every slot)
+            returns                           [T, N]     probabilities; NaN where target_mask
+                                                         is False
+
+        Numbers match `reward` called user by user. A user with more than the trained
+        `max_context` pairs keeps their first max_context, with a warning."""
+        c, r, a, b = (
+            np.asarray(x, dtype=np.float32) for x in (context_chosen, context_rejected, target_a, target_b)
+        )
+        context_mask = np.asarray(context_mask, dtype=bool)
+        users = len(a)
+        if a.ndim != 3 or a.shape[2] != self.dim or b.shape != a.shape:
+            raise SteerableError(
+                f"target_a {a.shape} and target_b {b.shape}: each must be [T, N, {self.dim}] (users, "
+                f"pairs, the encoder's width)"
+            )
+        if c.size == 0 and context_mask.size == 0:  # no context at all: C = 0
+            c = r = np.zeros((users, 0, self.dim), dtype=np.float32)
+            context_mask = np.zeros((users, 0), dtype=bool)
+        if c.ndim != 3 or c.shape != r.shape or c.shape[0] != users or c.shape[2] != self.dim:
+            raise SteerableError(
+                f"context_chosen {c.shape} and context_rejected {r.shape}: each must be "
+                f"[{users}, C, {self.dim}] (the {users} users of the targets, C context slots)"
+            )
+        if context_mask.shape != c.shape[:2]:
+            raise SteerableError(f"context_mask {context_mask.shape}: must be {c.shape[:2]} (users, slots)")
+        target_mask = np.ones(a.shape[:2], dtype=bool) if target_mask is None else np.asarray(target_mask)
+        if target_mask.shape != a.shape[:2]:
+            raise SteerableError(f"target_mask {target_mask.shape}: must be {a.shape[:2]} (users, pairs)")
+        limit = self.config.max_context
+        if (context_mask.sum(axis=1) > limit).any():
+            warnings.warn(
+                f"a context of {int(context_mask.sum(axis=1).max())} pairs, more than the {limit} this "
+                f"model was trained with; each user keeps their first {limit}",
+                stacklevel=2,
+            )
+            context_mask = context_mask & (np.cumsum(context_mask, axis=1) <= limit)
+        self.eval()
+        z = None
+        if self.config.context == "np":
+            mask = torch.from_numpy(context_mask)
+            z, _ = self.latent(*pack_context(torch.from_numpy(c), torch.from_numpy(r), mask))  # (T, Z)
+        margin = self.score(torch.from_numpy(a), z) - self.score(torch.from_numpy(b), z)  # (T, N)
+        return np.where(target_mask.astype(bool), torch.sigmoid(margin).numpy(), np.nan)
+
     # --- tasks ------------------------------------------------------------------------
     def task_scores(
         self, embeddings: torch.Tensor, batch: TaskBatch, generator: torch.Generator | None = None
@@ -218,8 +275,9 @@ class NPRewardModel(nn.Module):
     def fit(
         cls, source: TaskSource, config: NPRewardConfig, type_probabilities=None, progress=True
     ) -> NPRewardModel:
-        """Train on `source`'s train split; return the checkpoint best on its validation split.
-        Seeded by `config.seed` alone: torch's global random state is left as it was."""
+        """Train on `source`'s train split (a `TaskSource`, or a `LogSource` of users' own
+        choices: no utilities or types needed); return the checkpoint best on its validation
+        split. Seeded by `config.seed` alone: torch's global random state is left as it was."""
         from tqdm.auto import tqdm
 
         rng = np.random.default_rng(config.seed)
@@ -227,7 +285,8 @@ class NPRewardModel(nn.Module):
         embeddings = torch.from_numpy(source.embeddings.astype(np.float32))
         with torch.random.fork_rng(devices=[]):  # the layers initialise from the global state
             torch.manual_seed(config.seed)
-            model = cls(embeddings.shape[1], config, source.types.to_dict(), source.encoder, source.split)
+            types = None if source.types is None else source.types.to_dict()  # logs have none
+            model = cls(embeddings.shape[1], config, types, source.encoder, source.split)
         optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         contexts = (0, config.max_context) if config.context == "np" else 0
         validation = source.sample(
@@ -250,7 +309,7 @@ class NPRewardModel(nn.Module):
                 "train", config.tasks_per_batch, rng, config.targets, contexts, type_probabilities
             )
             chosen, rejected, kl = model.task_scores(embeddings, batch, generator)
-            loss = bradley_terry_loss(chosen, rejected, torch.ones_like(chosen, dtype=torch.bool))
+            loss = bradley_terry_loss(chosen, rejected, torch.from_numpy(batch.valid))
             loss = loss + config.kl_weight * kl / config.targets
             optimiser.zero_grad()
             loss.backward()

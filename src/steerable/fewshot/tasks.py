@@ -17,6 +17,11 @@ types disagree, where a model that ignores the context can do no better than cha
 
 Builders: `synthetic_pool` (the authors' 1-D task) and `scored_pool` (pairs of responses to
 the same prompt from a scored JSONL, e.g. `steerable score` output).
+
+Real users' logs need neither utilities nor types: a `ChoiceLog` holds each user's own
+(chosen, rejected) pairs, a task is one user, and `LogSource` samples such tasks with the same
+`TaskBatch` (a user with fewer pairs than a task's targets fills the rest with padding that
+`valid` masks out). Its splits are by user, so a held-out user's choices never trained a model.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from steerable.reward_models.labels import raw_values
 SPLITS = ("train", "validation", "test")
 DEFAULT_TARGETS = 20
 DEFAULT_MAX_CONTEXT = 10
+CONTEXT_SIZES = (0, 1, 3, 5, 10)  # the context sizes held-out accuracy is reported at
 HELDOUT_PROMPTS = 0.3  # scored data: the share of prompts held out (halved into validation and test)
 
 
@@ -155,15 +161,22 @@ class PairPool:
 
 @dataclass
 class TaskBatch:
-    """B tasks over one pool. For task b: `types[b]` its hidden type, `pairs[b]` [N_T] pool pair
-    indices, `chosen[b]` / `rejected[b]` [N_T] option indices as the type chose, `context[b]`
-    [N_T] bool, whether that pair is in the task's context."""
+    """B tasks over one pool. For task b: `types[b]` its hidden type (a user's index for logs),
+    `pairs[b]` [N_T] pair indices, `chosen[b]` / `rejected[b]` [N_T] option indices as the type
+    chose, `context[b]` [N_T] bool, whether that pair is in the task's context, and `valid[b]`
+    [N_T] bool, whether the slot holds a pair at all (a user of logs may have fewer than N_T;
+    padding slots repeat the user's first pair and are never context or scored)."""
 
     types: np.ndarray  # (B,)
     pairs: np.ndarray  # (B, N_T)
     chosen: np.ndarray  # (B, N_T)
     rejected: np.ndarray  # (B, N_T)
     context: np.ndarray  # (B, N_T) bool
+    valid: np.ndarray | None = None  # (B, N_T) bool; None: every slot
+
+    def __post_init__(self):
+        if self.valid is None:
+            self.valid = np.ones(self.context.shape, dtype=bool)
 
     def __len__(self) -> int:
         return len(self.types)
@@ -173,9 +186,9 @@ class TaskBatch:
         return self.context.sum(axis=1)
 
     def scored(self) -> np.ndarray:
-        """[B, N_T]: the targets a task is scored on, those not in its context (by index, so a
+        """[B, N_T]: the targets a task is scored on, its pairs not in its context (by index, so a
         context pair never counts towards the accuracy it helped)."""
-        return ~self.context
+        return self.valid & ~self.context
 
 
 def sample_tasks(
@@ -264,6 +277,22 @@ class TaskSource:
             self.pool, self.types, split, count, rng, targets, context_sizes, type_probabilities, balanced
         )
 
+    @property
+    def texts(self) -> list[tuple[str, str]] | None:
+        return self.pool.texts
+
+    @property
+    def groups(self) -> list[str]:
+        """What accuracy is broken down by besides "all": the user types."""
+        return self.types.names
+
+    def pair_counts(self) -> dict[str, int]:
+        return {split: int(len(self.pool.split_indices(split))) for split in SPLITS}
+
+    def largest_task(self, split: str) -> int:
+        """The most pairs one task of `split` can hold."""
+        return int(len(self.pool.split_indices(split)))
+
 
 # --- builders ---------------------------------------------------------------------------
 SYNTHETIC_OBJECTIVES = ["type0", "type1"]
@@ -344,3 +373,201 @@ def scored_pool(
         raise SteerableError(f"{where}: no prompt has two different responses, so there are no pairs")
     utilities = (scores - scores.mean(axis=0)) / np.maximum(scores.std(axis=0), 1e-12)
     return PairPool(list(objectives), utilities, np.asarray(pairs), np.asarray(split), texts)
+
+
+# --- real users' logs -------------------------------------------------------------------
+LOG_COLUMNS = ("user", "prompt", "chosen", "rejected")
+HELDOUT_USERS = 0.3  # logs: the share of users held out (halved into validation and test)
+
+
+@dataclass
+class ChoiceLog:
+    """Real users' choices, no utilities and no types.
+
+    users: [U] user ids; user_split: [U] the split of each user ("train", ...);
+    pairs: [P, 2] option indices (chosen, rejected) as the user chose; user: [P] whose pair;
+    texts: [M] (prompt, response) of every option, what an encoder embeds.
+    """
+
+    users: list[str]
+    user_split: np.ndarray  # (U,)
+    pairs: np.ndarray  # (P, 2)
+    user: np.ndarray  # (P,)
+    texts: list[tuple[str, str]]
+
+    def __post_init__(self):
+        self.user_split = np.asarray(self.user_split)
+        self.pairs = np.asarray(self.pairs, dtype=int).reshape(-1, 2)
+        self.user = np.asarray(self.user, dtype=int)
+        # each user's pair indices, in the order of the table
+        self.pairs_of = [np.flatnonzero(self.user == u) for u in range(len(self.users))]
+
+    def users_in(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise SteerableError(f"split {split!r} unknown; choose from {SPLITS}")
+        return np.flatnonzero(self.user_split == split)
+
+
+def choice_log(
+    rows: list[dict],
+    where: str = "logs",
+    seed: int = 0,
+    heldout: float = HELDOUT_USERS,
+    places: Sequence[str] | None = None,
+) -> ChoiceLog:
+    """Users' choices from rows with columns `user`, `prompt`, `chosen` and `rejected` (one pair a
+    row). Every problem is one error naming its rows: a missing column, empty text, chosen equal
+    to rejected, a user with fewer than 2 pairs (one to condition on, one to score). The users
+    are split with `seed`: `heldout` of them (at least one each) into validation and test."""
+    if not rows:
+        raise SteerableError(f"{where}: no rows")
+    missing = [c for c in LOG_COLUMNS if all(c not in row for row in rows)]
+    if missing:
+        raise SteerableError(
+            f"{where}: no column {missing[0]!r}; a users' log has one row per choice with columns "
+            f"{', '.join(LOG_COLUMNS)} (the user's id, the prompt, the answer they chose, the other)"
+        )
+    places = row_places(len(rows)) if places is None else places
+    bad = []
+    for row, place in zip(rows, places, strict=True):
+        problem = text_problem(row, ("prompt", "chosen", "rejected"))
+        if problem is None and row["chosen"] == row["rejected"]:
+            problem = "'chosen' and 'rejected' are the same text (no choice was made)"
+        if problem is None and (row.get("user") is None or not str(row["user"]).strip()):
+            problem = "'user' is empty (every choice needs the id of the user who made it)"
+        bad.append((place, problem))
+    refuse_bad_rows(where, bad)
+    ids = [str(row["user"]) for row in rows]
+    count = defaultdict(int)
+    for user in ids:
+        count[user] += 1
+    refuse_bad_rows(
+        where,
+        [
+            (place, f"user {user!r} has only this pair; a user needs 2 or more (a context, a target)")
+            for user, place in zip(ids, places, strict=True)
+            if count[user] < 2
+        ],
+        hint=", or add choices of that user",
+    )
+    users = sorted(count)
+    if len(users) < 3:
+        raise SteerableError(
+            f"{where}: {len(users)} user(s); splitting by user needs at least 3 (train, validation, test)"
+        )
+    held = min(max(2, round(heldout * len(users))), len(users) - 1)
+    order = np.random.default_rng(seed).permutation(len(users))
+    user_split = np.full(len(users), "train", dtype=object)
+    user_split[order[: held // 2]] = "validation"
+    user_split[order[held // 2 : held]] = "test"
+    texts, option = [], {}
+    for row in rows:
+        for side in ("chosen", "rejected"):
+            key = (row["prompt"], row[side])
+            if key not in option:  # an answer given twice to one prompt is one option
+                option[key] = len(texts)
+                texts.append(key)
+    pairs = [(option[(r["prompt"], r["chosen"])], option[(r["prompt"], r["rejected"])]) for r in rows]
+    index = {user: u for u, user in enumerate(users)}
+    return ChoiceLog(users, user_split.astype(str), np.asarray(pairs), [index[u] for u in ids], texts)
+
+
+def sample_user_tasks(
+    log: ChoiceLog,
+    split: str,
+    count: int,
+    rng: np.random.Generator,
+    targets: int = DEFAULT_TARGETS,
+    context_sizes: int | tuple[int, int] = (0, DEFAULT_MAX_CONTEXT),
+    balanced: bool = False,
+) -> TaskBatch:
+    """`count` tasks of `split`'s users: a user (uniform; `balanced`: every user as often, in
+    random order), up to `targets` of their pairs, and a context of those: a fixed size or
+    uniform in (low, high), cut so that at least one pair stays out of it to score. Only users
+    with more than `low` pairs are drawn."""
+    low, high = (context_sizes, context_sizes) if isinstance(context_sizes, int) else context_sizes
+    if not 0 <= low <= high or high >= targets:
+        raise SteerableError(
+            f"context sizes {low}..{high} must lie in 0..{targets - 1} (fewer than the {targets} targets)"
+        )
+    users = [u for u in log.users_in(split) if len(log.pairs_of[u]) > low]
+    if not users:
+        raise SteerableError(
+            f"no {split} user has more than {low} pairs, as a context of {low} needs; "
+            "add choices per user or use smaller contexts"
+        )
+    if balanced:
+        kinds = rng.permutation(np.resize(np.asarray(users), count))  # (B,)
+    else:
+        kinds = rng.choice(np.asarray(users), size=count)  # (B,)
+    pairs = np.zeros((count, targets), dtype=int)
+    valid = np.zeros((count, targets), dtype=bool)
+    context = np.zeros((count, targets), dtype=bool)
+    for b, user in enumerate(kinds):
+        own = log.pairs_of[user]
+        n = min(targets, len(own))
+        pairs[b] = own[0]  # padding repeats the first pair; `valid` masks it
+        pairs[b, :n] = rng.choice(own, size=n, replace=False)
+        valid[b, :n] = True
+        size = int(rng.integers(low, min(high, n - 1) + 1))
+        context[b, rng.choice(n, size=size, replace=False)] = True
+    return TaskBatch(
+        types=kinds,
+        pairs=pairs,
+        chosen=log.pairs[pairs, 0],
+        rejected=log.pairs[pairs, 1],
+        context=context,
+        valid=valid,
+    )
+
+
+@dataclass
+class LogSource:
+    """Tasks from real users' logs (`ChoiceLog`) and an embedding [M, d] of every option; the
+    same interface as `TaskSource`, without types (`types` is None)."""
+
+    log: ChoiceLog
+    embeddings: np.ndarray  # (M, d)
+    encoder: str
+    split: dict | None = None
+    types: None = None
+
+    def __post_init__(self):
+        self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
+        if self.embeddings.ndim != 2 or len(self.embeddings) != len(self.log.texts):
+            raise SteerableError(
+                f"embeddings of shape {self.embeddings.shape} for {len(self.log.texts)} options; "
+                "embed every option once"
+            )
+
+    def sample(
+        self,
+        split,
+        count,
+        rng,
+        targets=DEFAULT_TARGETS,
+        context_sizes=(0, DEFAULT_MAX_CONTEXT),
+        type_probabilities=None,
+        balanced=False,
+    ) -> TaskBatch:
+        if type_probabilities is not None:
+            raise SteerableError("a users' log has no user types to weigh")
+        return sample_user_tasks(self.log, split, count, rng, targets, context_sizes, balanced)
+
+    @property
+    def texts(self) -> list[tuple[str, str]]:
+        return self.log.texts
+
+    @property
+    def groups(self) -> list[str]:
+        """No breakdown besides "all": users are too many and each has few tasks."""
+        return []
+
+    def pair_counts(self) -> dict[str, int]:
+        return {s: int(sum(len(self.log.pairs_of[u]) for u in self.log.users_in(s))) for s in SPLITS}
+
+    def user_counts(self) -> dict[str, int]:
+        return {s: int(len(self.log.users_in(s))) for s in SPLITS}
+
+    def largest_task(self, split: str) -> int:
+        return max((len(self.log.pairs_of[u]) for u in self.log.users_in(split)), default=0)

@@ -7,9 +7,12 @@ as one recipe in stages.
 3. policy       LoRA + FiLM + context encoder trained with the DPO loss on tasks: a user type,
                 a random context of 0..max_context of its choices, and `lm_targets` of its other
                 choices to learn from; checkpointed and resumed (transformers.Trainer)
-4. evaluation   implicit-reward accuracy on held-out tasks vs context size, per type (targets
-                not in the context), and generations on held-out prompts conditioned on each
-                type's held-out choices, scored by the objectives, against the base model
+
+Tasks come from scored pairs with user types (`--task scored`) or from real users' logs
+(`--task logs`: each user a task, their own choices, no types). The evaluation (implicit-reward
+accuracy on held-out tasks, and generations steered by each type's held-out choices) is
+`evaluation.fewshot.evaluate_np_dpo`; `evaluation.fewshot.run_np_dpo` runs both, as the
+command does.
 
 The trainer is transformers' `Trainer` with a small `compute_loss`, not TRL's `DPOTrainer`: a
 DPO example here is a task (a context of embedded pairs plus target pairs), and the loss needs
@@ -35,7 +38,6 @@ from steerable.configs import SEED, check_config
 from steerable.data.loading import read_placed
 from steerable.defaults import DEFAULT_MODEL, DTYPE_NAMES, absolute_if_local, load_causal_lm, load_tokenizer
 from steerable.errors import SteerableError
-from steerable.evaluation.fewshot import CONTEXT_SIZES, context_curve, mean_and_stderr, plot_curve
 from steerable.fewshot.embeddings import encoder_id
 from steerable.fewshot.policy import (
     FEWSHOT_DIR,
@@ -48,30 +50,30 @@ from steerable.fewshot.policy import (
     pad_sequences,
 )
 from steerable.fewshot.reward_model import NPRewardModel
-from steerable.fewshot.tasks import TaskBatch, TaskSource
+from steerable.fewshot.tasks import CONTEXT_SIZES, LogSource, TaskSource
 from steerable.io import atomic_write, atomic_write_text
-from steerable.methods.np_rm import TaskConfig, accuracy_table, build_source, split_record, task_inputs
-from steerable.methods.np_rm import result as stage_result
+from steerable.methods.np_rm import TaskConfig, build_source, split_record, task_inputs
 from steerable.methods.rl import load_rewards
 from steerable.objectives import scored_stats_path
 from steerable.stages import Stages, file_digest, fingerprint
 from steerable.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 
-RESULT_FILE = "evaluation.json"
 HELDOUT_PAIRS = "heldout_pairs.jsonl"
 POLICY_WEIGHTS = "stages/policy/weights"
 
 
 @dataclass
 class NPDPOConfig(TaskConfig):
-    """TaskConfig (the pairs and user types; task=scored, conflicting by default) and:
+    """TaskConfig (the pairs and user types, task=scored, conflicting by default; or users' own
+    choices, task=logs) and:
 
     Model:
         model: base policy (`smollm2`, `tiny`, a hub id or a local directory).
         dtype / trust_remote_code: as for the other trainers.
         stats: the objectives and statistics generations are scored with and recorded in
             steerable.json (a stats JSON or a model directory; default: DATA.stats.json, as
-            `steerable score` writes it, else stats.json beside DATA, as RiC's offline stage does).
+            `steerable score` writes it, else stats.json beside DATA, as RiC's offline stage does;
+            logs carry no scores, so with task=logs it is required unless one lies beside DATA).
         context_init: an `np-rm` output directory whose NP-BTL context encoder starts this one
             (same encoder and pairs); without it the encoder starts at random. Either way it
             trains jointly with the policy.
@@ -95,7 +97,9 @@ class NPDPOConfig(TaskConfig):
         max_new_tokens / temperature: sampling of the evaluation generations.
     """
 
-    task: str = field(default="scored", metadata={"help": "Task builder (scored).", "choices": ("scored",)})
+    task: str = field(
+        default="scored", metadata={"help": "Task builder (scored or logs).", "choices": ("scored", "logs")}
+    )
     conflicting: bool = field(default=True, metadata={"help": "Keep only pairs the types disagree on."})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "Base policy."})
     dtype: str = field(default="float32", metadata={"help": "Dtype of the weights.", "choices": DTYPE_NAMES})
@@ -132,11 +136,17 @@ class NPDPOConfig(TaskConfig):
 
     def __post_init__(self):
         check_config(self)
-        if self.task != "scored":
-            raise SteerableError("NP-DPO trains on text: --task must be scored (pairs of responses)")
+        if self.task not in ("scored", "logs"):
+            raise SteerableError("NP-DPO trains on text: --task must be scored or logs (pairs of responses)")
         super().__post_init__()
         if self.stats is None:
             self.stats = str(stats_beside(Path(self.data)))
+            if self.task == "logs" and not Path(self.stats).exists():
+                raise SteerableError(
+                    "--stats is required with --task logs: the objectives the model directory scores "
+                    "answers with (a `steerable score` stats JSON or a model directory); users' logs "
+                    "carry no scores"
+                )
         if not 0 <= self.max_context <= self.targets - self.lm_targets:
             raise SteerableError(
                 f"--max_context must be in 0..targets - lm_targets ({self.targets - self.lm_targets}), "
@@ -184,7 +194,14 @@ class NPDPOModule(nn.Module):
             return completion_logps(self.lm, input_ids, attention_mask, completion_mask)  # (N,)
 
 
-def context_path_for(config: NPDPOConfig, source: TaskSource, lm, rm: NPRewardModel | None) -> ContextPath:
+def types_record(source: TaskSource | LogSource) -> dict | None:
+    """The user types a model records (None for logs: users, not types)."""
+    return None if source.types is None else source.types.to_dict()
+
+
+def context_path_for(
+    config: NPDPOConfig, source: TaskSource | LogSource, lm, rm: NPRewardModel | None
+) -> ContextPath:
     """A new context path for `lm`: the encoder from `rm` (`context_init`'s NP-BTL), or at random."""
     from steerable.fewshot.policy import decoder_layers
 
@@ -195,7 +212,7 @@ def context_path_for(config: NPDPOConfig, source: TaskSource, lm, rm: NPRewardMo
         shape = ContextConfig(
             config.encoder, dim, config.hidden, config.latent_size, config.heads, config.max_context
         )
-        return ContextPath(shape, hidden_size, layers, source.types.to_dict())
+        return ContextPath(shape, hidden_size, layers, types_record(source))
     if rm.dim != dim:
         raise SteerableError(
             f"--context_init {config.context_init}: its NP-BTL reads {rm.dim}-d embeddings; this run's "
@@ -204,7 +221,7 @@ def context_path_for(config: NPDPOConfig, source: TaskSource, lm, rm: NPRewardMo
     shape = ContextConfig(
         config.encoder, dim, rm.config.hidden, rm.config.latent_size, rm.config.heads, config.max_context
     )
-    path = ContextPath(shape, hidden_size, layers, source.types.to_dict())
+    path = ContextPath(shape, hidden_size, layers, types_record(source))
     path.context_encoder.load_state_dict(rm.context_encoder.state_dict())
     return path
 
@@ -242,22 +259,24 @@ def split_words(split: dict) -> str:
     """A split record as a reader names it: (data DIGEST, seed N, SHARE of prompts held out)."""
     parts = [f"data {split['data'][:12]}" if "data" in split else split["task"], f"seed {split['seed']}"]
     if "heldout" in split:
-        parts.append(f"{split['heldout']:.0%} of prompts held out")
+        held = "users" if split["task"] == "logs" else "prompts"
+        parts.append(f"{split['heldout']:.0%} of {held} held out")
     return "(" + ", ".join(parts) + ")"
 
 
 # --- data -------------------------------------------------------------------------------
-def training_tasks(config: NPDPOConfig, source: TaskSource) -> list[dict]:
-    """max_steps x tasks_per_batch tasks from the train split: a type, a context, and lm_targets
-    target pairs outside it (option indices)."""
+def training_tasks(config: NPDPOConfig, source: TaskSource | LogSource) -> list[dict]:
+    """max_steps x tasks_per_batch tasks from the train split: a type (or a user of logs), a
+    context, and lm_targets target pairs outside it (fewer if a user has no more; option
+    indices)."""
     rng = np.random.default_rng(config.seed)
     batch = source.sample(
         "train", config.max_steps * config.tasks_per_batch, rng, config.targets, (0, config.max_context)
     )
     tasks = []
     for b in range(len(batch)):
-        outside = np.flatnonzero(~batch.context[b])
-        learn = rng.choice(outside, size=config.lm_targets, replace=False)
+        outside = np.flatnonzero(batch.scored()[b])
+        learn = rng.choice(outside, size=min(config.lm_targets, len(outside)), replace=False)
         inside = np.flatnonzero(batch.context[b])
         tasks.append(
             {
@@ -452,34 +471,25 @@ def policy_stage(config, stages, inputs, source, tasks, encoded, reference, toke
     return stages.finish("policy", inputs, info)
 
 
-def train_np_dpo(config: NPDPOConfig) -> Path:
-    """Run the recipe (module docstring) and write steerable.json; returns the output directory."""
-    from steerable.policy import MANIFEST, PolicyManifest
-
-    rewards = load_rewards(config.stats, config.trust_remote_code)
-    out = Path(config.output_dir)
-    stages = Stages(out, "train np-dpo")
+def run_inputs(config: NPDPOConfig) -> tuple[dict, dict]:
+    """(what the reference stage depends on, what the policy stage depends on)."""
     base = {
         "tasks": task_inputs(config),
         "model": config.model,
         "dtype": config.dtype,
         "max_completion_length": config.max_completion_length,
     }
-    settings = {
-        k: v
-        for k, v in asdict(config).items()
-        if k
-        not in (
-            "output_dir",
-            "stats",
-            "eval_tasks",
-            "eval_prompts",
-            "eval_contexts",
-            "eval_context_size",
-            "max_new_tokens",
-            "temperature",
-        )
-    }
+    evaluation_only = (
+        "output_dir",
+        "stats",
+        "eval_tasks",
+        "eval_prompts",
+        "eval_contexts",
+        "eval_context_size",
+        "max_new_tokens",
+        "temperature",
+    )
+    settings = {k: v for k, v in asdict(config).items() if k not in evaluation_only}
     policy_inputs = {
         **base,
         "settings": settings,
@@ -487,25 +497,43 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
         if config.context_init is None
         else file_digest(Path(config.context_init) / "stages" / "np" / "model" / "model.pt"),
     }
+    return base, policy_inputs
+
+
+def eval_sizes(config: NPDPOConfig) -> list[int]:
+    """The context sizes the evaluation reports (CONTEXT_SIZES up to max_context)."""
+    return [s for s in CONTEXT_SIZES if s <= config.max_context]
+
+
+def train_np_dpo(config: NPDPOConfig) -> Path:
+    """Run the recipe's training stages (module docstring) and write steerable.json; returns the
+    output directory."""
+    from steerable.policy import MANIFEST, PolicyManifest
+
+    rewards = load_rewards(config.stats, config.trust_remote_code)
+    out = Path(config.output_dir)
+    stages = Stages(out, "train np-dpo")
+    base, policy_inputs = run_inputs(config)
     trained = stages.done("policy", policy_inputs) is not None
     # the NP-BTL that starts the policy, refused before any work; a trained policy needs none
     context = None if config.context_init is None or trained else context_init_model(config)
     source = build_source(config, stages)
-    needs = {"train": config.targets, "test": max(config.targets, max(eval_sizes(config)) + 1)}
-    for split, count in needs.items():
-        if len(source.pool.split_indices(split)) < count:
+    if source.types is not None:
+        needs = {"train": config.targets, "test": max(config.targets, max(eval_sizes(config)) + 1)}
+        for split, count in needs.items():
+            if source.pair_counts()[split] < count:
+                raise SteerableError(
+                    f"the {split} split has {source.pair_counts()[split]} usable pairs, fewer than "
+                    f"the {count} a task needs; use more data, fewer --targets, or --conflicting false"
+                )
+        missing = [o for o in source.types.objectives if o not in rewards.names]
+        if missing:
             raise SteerableError(
-                f"the {split} split has {len(source.pool.split_indices(split))} usable pairs, fewer than "
-                f"the {count} a task needs; use more data, fewer --targets, or --conflicting false"
+                f"--stats {config.stats} has no objective(s) {missing} that the types care about"
             )
-    missing = [o for o in source.types.objectives if o not in rewards.names]
-    if missing:
-        raise SteerableError(
-            f"--stats {config.stats} has no objective(s) {missing} that the types care about"
-        )
     heldout = heldout_pairs(config, source, rewards.names)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    encoded = encode_options(tokenizer, source.pool.texts, config.max_completion_length)
+    encoded = encode_options(tokenizer, source.texts, config.max_completion_length)
     reference = reference_stage(config, stages, base, encoded, tokenizer.pad_token_id)
     if not trained:
         (out / MANIFEST).unlink(missing_ok=True)  # written again once the policy is trained
@@ -522,7 +550,7 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
         fewshot={
             "context": f"{POLICY_WEIGHTS}/{FEWSHOT_DIR}",
             "beta": config.beta,
-            "types": source.types.to_dict(),
+            "types": types_record(source),
             "heldout_pairs": HELDOUT_PAIRS,
         },
         training={
@@ -536,18 +564,31 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
         },
     )
     atomic_write_text(out / MANIFEST, json.dumps(asdict(manifest), indent=2) + "\n")
-    evaluate_np_dpo(
-        config, stages, {**policy_inputs, "policy": fingerprint(info)}, source, encoded, reference
-    )
     return out
 
 
-def heldout_pairs(config: NPDPOConfig, source: TaskSource, names: list[str]) -> str:
+def heldout_pairs(config: NPDPOConfig, source: TaskSource | LogSource, names: list[str]) -> str:
     """The test split's pairs with their raw scores of every objective in `names` (the policy's,
     which `evaluate` sweeps), as JSON Lines kept with the policy: what a simulated user chooses
-    from when `steerable evaluate`/`compare` turn a preference into examples."""
+    from when `steerable evaluate`/`compare` turn a preference into examples. Logs have no
+    scores: their held-out users' own choices are kept, {"user", "prompt", "chosen", "rejected"}."""
     from steerable.reward_models.labels import raw_values
 
+    if source.types is None:
+        log = source.log
+        held = np.flatnonzero(np.isin(log.user, log.users_in("test")))
+        return "".join(
+            json.dumps(
+                {
+                    "user": log.users[log.user[p]],
+                    "prompt": log.texts[log.pairs[p, 0]][0],
+                    "chosen": log.texts[log.pairs[p, 0]][1],
+                    "rejected": log.texts[log.pairs[p, 1]][1],
+                }
+            )
+            + "\n"
+            for p in held
+        )
     rows, places = read_placed(config.data)
     scores = {n: raw_values(rows, f"score_{n}", config.data, places) for n in names}  # (M,) per objective
     lines = []
@@ -565,180 +606,3 @@ def heldout_pairs(config: NPDPOConfig, source: TaskSource, names: list[str]) -> 
         pair["scores_b"] = {n: float(scores[n][b]) for n in names}
         lines.append(json.dumps(pair) + "\n")
     return "".join(lines)
-
-
-# --- evaluation -------------------------------------------------------------------------
-def eval_sizes(config: NPDPOConfig) -> list[int]:
-    return [s for s in CONTEXT_SIZES if s <= config.max_context]
-
-
-def implicit_margins(policy, encoded: Encoded, reference: np.ndarray, beta: float):
-    """The policy's implicit reward margin beta * [(pi_c - ref_c) - (pi_r - ref_r)] of every
-    target not in its task's context (others 0: they are not scored), as context_curve reads."""
-    pad_id = policy.tokenizer.pad_token_id
-
-    @torch.no_grad()
-    def margins(embeddings: torch.Tensor, batch: TaskBatch) -> np.ndarray:
-        out = np.zeros(batch.chosen.shape)
-        for b in range(len(batch)):
-            inside, scored = np.flatnonzero(batch.context[b]), np.flatnonzero(~batch.context[b])
-            z = policy.fewshot.latent_of(
-                embeddings[batch.chosen[b, inside]].numpy(), embeddings[batch.rejected[b, inside]].numpy()
-            )
-            rows = batch.chosen[b, scored].tolist() + batch.rejected[b, scored].tolist()
-            logps = option_logps(policy.model, encoded, rows, pad_id, z.expand(len(rows), -1), policy.fewshot)
-            implicit = beta * (logps - reference[rows])
-            out[b, scored] = implicit[: len(scored)] - implicit[len(scored) :]
-        return out
-
-    return margins
-
-
-def generation_effects(config: NPDPOConfig, policy, base, source: TaskSource) -> dict:
-    """Held-out prompts answered under contexts of each type's held-out choices, and by the base
-    model; per type, the mean change in each objective's normalised score (mean +- s.e. over
-    prompts, each prompt's answers averaged first)."""
-    from steerable.data import load_prompts
-    from steerable.generation import SamplingConfig, format_chat, generate_texts
-
-    prompts = load_prompts("heldout", config.eval_prompts)
-    names = policy.names
-    rng = np.random.default_rng([config.seed, 7])
-    sampling = SamplingConfig(
-        max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed
-    )
-    texts = format_chat(policy.tokenizer, prompts)
-
-    answers_of: dict[str, list[str]] = {}
-
-    def scores(answers: list[str], kind: str) -> np.ndarray:
-        answers_of.setdefault(kind, []).extend(answers)
-        return policy.rewards.normalise(policy.rewards.score(prompts, answers))  # (n, K)
-
-    runs = {"base": [], "no context": []}
-    prior = policy.latent_for([])  # z of an empty context
-    for r in range(config.eval_contexts):
-        sampling.seed = config.seed + r
-        runs["base"].append(scores(generate_texts(base, policy.tokenizer, texts, sampling, False), "base"))
-        with policy.fewshot.film.conditioned(prior):
-            answers = generate_texts(policy.model, policy.tokenizer, texts, sampling, False)
-            runs["no context"].append(scores(answers, "no context"))
-    for t, kind in enumerate(source.types.names):
-        runs[kind] = []
-        for r in range(config.eval_contexts):
-            batch = source.sample(
-                "test",
-                1,
-                rng,
-                config.targets,
-                config.eval_context_size,
-                type_probabilities=np.eye(len(source.types.names))[t],
-            )
-            inside = np.flatnonzero(batch.context[0])
-            z = policy.fewshot.latent_of(
-                source.embeddings[batch.chosen[0, inside]], source.embeddings[batch.rejected[0, inside]]
-            )
-            sampling.seed = config.seed + r
-            with policy.fewshot.film.conditioned(z):
-                answers = generate_texts(policy.model, policy.tokenizer, texts, sampling, progress=False)
-            runs[kind].append(scores(answers, kind))
-    means = {kind: np.mean(values, axis=0) for kind, values in runs.items()}  # (n, K) per run kind
-    effects = []
-    # each type against the base model, the policy's own prior (no context) and the other types
-    contrasts = [("no context", "base")]
-    contrasts += [(kind, vs) for kind in source.types.names for vs in ("base", "no context")]
-    contrasts += [
-        (kind, other) for kind in source.types.names for other in source.types.names if other != kind
-    ]
-    for kind, vs in contrasts:
-        for k, name in enumerate(names):
-            mean, stderr = mean_and_stderr(means[kind][:, k] - means[vs][:, k])
-            effects.append({"condition": kind, "objective": name, "vs": vs, "effect": mean, "stderr": stderr})
-    levels = {kind: {n: float(means[kind][:, k].mean()) for k, n in enumerate(names)} for kind in means}
-    return {
-        "prompts": len(prompts),
-        "contexts": config.eval_contexts,
-        "context_size": config.eval_context_size,
-        "mean_scores": levels,
-        "effects": effects,
-        # a score can be won with degenerate text: how often an answer holds a 25+ character
-        # run without a space (not a word), and the first answers of each condition to read
-        "run_on_share": {kind: run_on_share(a) for kind, a in answers_of.items()},
-        "per_prompt": {kind: m.tolist() for kind, m in means.items()},  # [prompt][objective]
-        "samples": {
-            kind: [{"prompt": p, "answer": a} for p, a in zip(prompts[:3], answers[:3], strict=False)]
-            for kind, answers in answers_of.items()
-        },  # fmt: skip
-    }
-
-
-def run_on_share(answers: list[str], length: int = 25) -> float:
-    """The share of answers with a run of `length` or more non-space characters (no word is that
-    long: it flags token soup that a word-count objective would score as brief)."""
-    return float(np.mean([any(len(w) >= length for w in a.split()) for a in answers])) if answers else 0.0
-
-
-def evaluate_np_dpo(
-    config, stages: Stages, inputs: dict, source: TaskSource, encoded: Encoded, reference: np.ndarray
-) -> dict:
-    from steerable.policy import SteerablePolicy
-
-    eval_inputs = {
-        **inputs,
-        "eval": [
-            config.eval_tasks,
-            config.eval_prompts,
-            config.eval_contexts,
-            config.eval_context_size,
-            config.max_new_tokens,
-            config.temperature,
-        ],
-        "sizes": list(CONTEXT_SIZES),
-    }
-
-    def work(folder: Path) -> dict:
-        policy = SteerablePolicy.from_pretrained(
-            config.output_dir, trust_remote_code=config.trust_remote_code
-        )
-        base, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
-        sizes = eval_sizes(config)
-        targets = max(sizes) + 1  # the largest context leaves one target to score
-        margins = implicit_margins(policy, encoded, reference, config.beta)
-        points = context_curve(
-            {"NP-DPO": margins}, source, "test", sizes, config.eval_tasks, targets, config.seed
-        )
-        record = {
-            "types": source.types.names,
-            "curve": [asdict(p) for p in points],
-            "generations": generation_effects(config, policy, base, source),
-        }
-        atomic_write_text(folder / RESULT_FILE, json.dumps(record, indent=2) + "\n")
-        plot_curve(points, folder / "implicit_accuracy.png", title="NP-DPO implicit reward, held-out targets")
-        return {"file": RESULT_FILE}
-
-    stages.run("evaluation", eval_inputs, work)
-    return result(config.output_dir)
-
-
-def result(out: str | Path) -> dict:
-    return stage_result(out, RESULT_FILE)
-
-
-def effects_table(data: dict):
-    """Rich tables: the implicit-reward accuracy curve per type, and the generation effects."""
-    from rich.table import Table
-
-    table = accuracy_table(data)
-    table.title = "NP-DPO implicit-reward accuracy (held-out targets not in the context), mean ± s.e."
-    gen = data["generations"]
-    effects = Table(
-        title=f"generations: change in normalised score, mean ± s.e. over {gen['prompts']} held-out prompts "
-        f"({gen['contexts']} contexts of {gen['context_size']} pairs per type)"
-    )
-    for column in ("conditioned on", "vs", "objective", "effect"):
-        effects.add_column(column, justify="right" if column == "effect" else "left")
-    for row in gen["effects"]:
-        effects.add_row(
-            row["condition"], row["vs"], row["objective"], f"{row['effect']:+.3f}±{row['stderr']:.3f}"
-        )
-    return table, effects
