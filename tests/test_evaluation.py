@@ -174,6 +174,40 @@ def test_report_from_a_fixed_result_set(tmp_path, fitted_rewards):
     assert EvaluationResult.load(tmp_path / "ric").means.tolist() == ric.means.tolist()
 
 
+def test_an_objective_that_does_not_vary_is_explained_not_nan(tmp_path, fitted_rewards):
+    """Every grid point's mean b is 0.0: no ranking, so its controllability is null in the JSON,
+    'n/a' in the tables, and the report says why instead of printing +nan."""
+    from steerable.cli import summary_table
+    from steerable.evaluation.report import EvaluationResult, summary, write_report
+
+    flat = _result("ric", [[2, 0.0], [5, 0.0], [8, 0.0]], fitted_rewards)
+    assert flat.controllability["a"] == pytest.approx(1.0) and flat.controllability["b"] is None
+    flat.save(tmp_path / "flat")
+    saved = (tmp_path / "flat" / "result.json").read_text()
+    assert "NaN" not in saved and json.loads(saved)["controllability"]["b"] is None
+    older = json.loads(saved)
+    older["controllability"]["b"] = float("nan")  # as results were written before
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    assert EvaluationResult.load(tmp_path / "old.json").controllability["b"] is None
+
+    row = summary([flat])[0]
+    assert row["controllability_b"] is None
+    assert row["notes"] == {"controllability_b": "constant: every grid point's mean b was 0, no ranking"}
+    write_report([flat], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "nan" not in text.lower()
+    assert "| +1.000 | n/a | - | - |" in text
+    assert "- ric, controllability of b: constant: every grid point's mean b was 0, no ranking" in text
+
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(summary_table(["a", "b"], np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])))
+    printed = console.export_text()
+    assert "nan" not in printed and "constant" in printed
+    assert "b is constant: every answer scored 0, no ranking" in printed
+
+
 def test_results_on_different_stats_or_objectives_are_not_compared(fitted_rewards):
     from steerable.evaluation.report import summary
 

@@ -96,10 +96,19 @@ def level_sweep(
     return points
 
 
-def _spearman(x, y) -> float:
-    with warnings.catch_warnings():  # a constant column gives nan, which is the honest answer
+def _spearman(x, y) -> float | None:
+    """None (JSON null) where the means are constant and there is no ranking."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(spearmanr(x, y).statistic)
+        rho = float(spearmanr(x, y).statistic)
+    return rho if np.isfinite(rho) else None
+
+
+def _cell(rho: float | None, means) -> str:
+    """A level Spearman for the report; where it has no value, why."""
+    if rho is not None and np.isfinite(rho):
+        return f"{rho:+.3f}"
+    return f"n/a: constant, every level's mean {means[0]:.4g}" if np.ptp(means) == 0 else "n/a"
 
 
 def level_controllability(points: Sequence[LevelPoint], names: Sequence[str]) -> dict[str, dict]:
@@ -159,9 +168,6 @@ def level_markdown(method: str, record: dict) -> list[str]:
                 notes.append(f"relevance {row['relevance'][i]:.2f}")
             note = f" ({', '.join(notes)})" if notes else ""
             cells.append(f"{mean:.4g} ± {row['stderrs'][i]:.2g}{note}")
-        lines.append(
-            f"| {name} | {row['spearman']:+.3f} | {row['spearman_prompts']:+.3f} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        rho = (_cell(row[key], row["means"]) for key in ("spearman", "spearman_prompts"))
+        lines.append(f"| {name} | " + " | ".join([*rho, *cells]) + " |")
     return lines

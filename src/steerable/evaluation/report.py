@@ -20,7 +20,7 @@ import numpy as np
 
 from steerable.errors import SteerableError
 from steerable.evaluation.pareto import hypervolume, non_dominated
-from steerable.evaluation.sweep import SweepPoint, points_to_rows, requested_controllability
+from steerable.evaluation.sweep import SweepPoint, points_to_rows, ranking_notes, requested_controllability
 from steerable.io import atomic_write, atomic_write_text
 
 RESULT_FILE = "result.json"
@@ -93,6 +93,8 @@ class EvaluationResult:
                     "recorded their prompts and sampling, so it cannot be compared; re-run the evaluation"
                 )
             data["points"] = [SweepPoint(**p) for p in data["points"]]
+            # written before a correlation without a ranking was null: NaN there means the same
+            data["controllability"] = {n: finite(v) for n, v in data["controllability"].items()}
             result = cls(**data)
         except FileNotFoundError:
             raise SteerableError(f"{path} does not exist; run `steerable evaluate` first")
@@ -191,8 +193,34 @@ def _pairs(a: dict, b: dict):
     return ((name, (a[name], b[name])) for name in a)
 
 
+def finite(value: float | None) -> float | None:
+    """A correlation, or None where it has no value (NaN)."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def undefined_notes(result: EvaluationResult) -> dict[str, str]:
+    """Why each of `result`'s correlations without a value has none: {column: why}, columns
+    named as in `summary` (controllability_NAME, requested_NAME)."""
+    notes = {f"controllability_{n}": why for n, why in ranking_notes(result.points, result.names).items()}
+    requested = ranking_notes(result.points, result.names, requested=True)
+    return notes | {f"requested_{n}": why for n, why in requested.items()}
+
+
+def notes_lines(rows: list[dict]) -> list[str]:
+    """The `notes` of `summary` rows as lines under a table: "ric, controllability of brief:
+    constant: ...". Empty when every correlation has a value."""
+    named = {"controllability": "controllability of {}", "requested": "{} vs requested"}
+    lines = []
+    for row in rows:
+        for column, why in row["notes"].items():
+            kind, _, name = column.partition("_")
+            lines.append(f"{row['method']}, {named[kind].format(name)}: {why}")
+    return lines
+
+
 def summary(results: list[EvaluationResult]) -> list[dict]:
-    """One row per method: hypervolume against the shared reference, front size, compute."""
+    """One row per method: hypervolume against the shared reference, front size, compute, and
+    `notes`: why a correlation has no value (an objective every answer scored the same, say)."""
     check_comparable(results)
     ref = reference_point(results[0].rewards)
     rows = []
@@ -206,21 +234,24 @@ def summary(results: list[EvaluationResult]) -> list[dict]:
                 "points": len(r.points),
                 "front": int(non_dominated(r.means).sum()),
                 "hypervolume": hv,
-                **{f"controllability_{n}": v for n, v in r.controllability.items()},
-                **{f"requested_{n}": requested.get(n) for n in r.names},
+                **{f"controllability_{n}": finite(v) for n, v in r.controllability.items()},
+                **{f"requested_{n}": finite(requested.get(n)) for n in r.names},
                 "train_seconds": r.compute.get("train_seconds", 0.0),
                 "trained_tokens": r.compute.get("trained_tokens", 0),
                 "train_generated_tokens": r.compute.get("generated_tokens", 0),
                 "eval_seconds": sum(p.seconds for p in r.points),
                 "hypervolume_per_train_hour": hv / hours if hours > 0 else None,
+                "notes": undefined_notes(r),
             }
         )
     return rows
 
 
-def signed(value: float | None) -> str:
-    """A correlation as +0.123, or '-' where there is none."""
-    return "-" if value is None else f"{value:+.3f}"
+def signed(value: float | None, undefined: bool = False) -> str:
+    """A correlation as +0.123; where there is none, 'n/a' when it is `undefined` (measured,
+    without a ranking: `undefined_notes` says why), else '-' (not measured)."""
+    value = None if value is None else finite(value)
+    return ("n/a" if undefined else "-") if value is None else f"{value:+.3f}"
 
 
 def plot_fronts(results: list[EvaluationResult], path: str | Path) -> None:
@@ -322,11 +353,17 @@ def markdown(results: list[EvaluationResult]) -> str:
     for row in rows:
         lines.append(
             f"| {row['method']} | {row['points']} | {row['front']} | {row['hypervolume']:.4g} | "
-            + " | ".join(f"{row[f'controllability_{n}']:+.3f}" for n in names)
+            + " | ".join(
+                signed(row[f"controllability_{n}"], f"controllability_{n}" in row["notes"]) for n in names
+            )
             + " | "
-            + " | ".join(signed(row[f"requested_{n}"]) for n in names)
+            + " | ".join(signed(row[f"requested_{n}"], f"requested_{n}" in row["notes"]) for n in names)
             + f" | {row['train_seconds']:.0f} | {row['trained_tokens']} | {row['eval_seconds']:.0f} |"
         )
+    undefined = notes_lines(rows)
+    if undefined:
+        lines += ["", "No value (n/a) where the scores give no ranking:", ""]
+        lines += [f"- {line}" for line in undefined]
     levelled = [r for r in results if r.levels is not None]
     if levelled:
         from steerable.evaluation.levels import level_markdown
@@ -364,9 +401,10 @@ def write_report(results: list[EvaluationResult], directory: str | Path) -> Path
     check_comparable(results)
     atomic_write_text(directory / "report.md", markdown(results))
     plot_fronts(results, directory / "front.png")
-    atomic_write(
-        directory / "summary.csv", lambda tmp: pd.DataFrame(summary(results)).to_csv(tmp, index=False)
-    )
+    rows = [
+        {**row, "notes": "; ".join(f"{k}: {v}" for k, v in row["notes"].items())} for row in summary(results)
+    ]
+    atomic_write(directory / "summary.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
     points = [{"method": r.method, **row} for r in results for row in points_to_rows(r.points, r.names)]
     atomic_write(directory / "points.csv", lambda tmp: pd.DataFrame(points).to_csv(tmp, index=False))
     return directory / "report.md"

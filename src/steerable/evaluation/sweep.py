@@ -99,12 +99,15 @@ def sweep(
     return points
 
 
-def controllability(points: Sequence[SweepPoint], names: Sequence[str]) -> dict[str, float]:
-    """Spearman correlation, per objective, between its requested weight and its achieved mean."""
+def controllability(points: Sequence[SweepPoint], names: Sequence[str]) -> dict[str, float | None]:
+    """Spearman correlation, per objective, between its requested weight and its achieved mean;
+    None where there is no ranking to correlate (`no_ranking` says why)."""
     return _spearman_columns(np.array([p.weights for p in points]), points, names)
 
 
-def requested_controllability(points: Sequence[SweepPoint], names: Sequence[str]) -> dict[str, float] | None:
+def requested_controllability(
+    points: Sequence[SweepPoint], names: Sequence[str]
+) -> dict[str, float | None] | None:
     """Spearman correlation, per objective, between what the model was asked for (its target tag
     or level) and its achieved mean; None unless every point records its request. Where a
     mapping saturates (linf asks for hi at every w_i >= 0.5) the equal requests share one rank,
@@ -116,11 +119,42 @@ def requested_controllability(points: Sequence[SweepPoint], names: Sequence[str]
 
 def _spearman_columns(
     asked: np.ndarray, points: Sequence[SweepPoint], names: Sequence[str]
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     means = np.array([p.mean for p in points])
-    with warnings.catch_warnings():  # a constant column gives nan, which is the honest answer
+    with warnings.catch_warnings():  # a constant column has no ranking: None (JSON null), not nan
         warnings.simplefilter("ignore")
-        return {name: float(spearmanr(asked[:, k], means[:, k]).statistic) for k, name in enumerate(names)}
+        rho = [float(spearmanr(asked[:, k], means[:, k]).statistic) for k in range(len(names))]
+    return {name: r if np.isfinite(r) else None for name, r in zip(names, rho, strict=True)}
+
+
+def no_ranking(
+    asked: Sequence[float], achieved: Sequence[float], name: str, what: str = "weight"
+) -> str | None:
+    """Why a Spearman correlation of `asked` (the `what` asked of objective `name` at each
+    point) with the `achieved` means has no value, in words; None where it has one. An
+    objective whose scorer gives every answer the same score is the usual case."""
+    asked, achieved = np.asarray(asked, float), np.asarray(achieved, float)
+    if len(achieved) < 2:
+        return "one grid point only, no ranking"
+    if np.ptp(achieved) == 0:
+        return f"constant: every grid point's mean {name} was {achieved[0]:.4g}, no ranking"
+    if np.ptp(asked) == 0:
+        return f"every grid point asked the same {what} of {name}, no ranking"
+    return None
+
+
+def ranking_notes(
+    points: Sequence[SweepPoint], names: Sequence[str], requested: bool = False
+) -> dict[str, str]:
+    """`no_ranking` for each objective whose controllability (with `requested`: against what the
+    model was asked for) has no value."""
+    if not points or (requested and any(p.requested is None for p in points)):
+        return {}
+    asked = np.array([p.requested if requested else p.weights for p in points])
+    means = np.array([p.mean for p in points])
+    what = "request" if requested else "weight"
+    notes = {name: no_ranking(asked[:, k], means[:, k], name, what) for k, name in enumerate(names)}
+    return {name: note for name, note in notes.items() if note is not None}
 
 
 def points_to_rows(points: Sequence[SweepPoint], names: Sequence[str]) -> list[dict]:
