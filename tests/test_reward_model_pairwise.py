@@ -12,6 +12,7 @@ from steerable.cli import app
 from steerable.data import write_table
 from steerable.data.loading import split_by_prompt
 from steerable.errors import SteerableError
+from steerable.reward_models.hf import PAD_TOKEN, HFRewardModel
 from steerable.reward_models.pairwise import (
     RECORD,
     RMConfig,
@@ -23,7 +24,6 @@ from steerable.reward_models.pairwise import (
     read_preference_pairs,
     train_rm,
 )
-from steerable.scorers.hf import PAD_TOKEN, HFRewardModel
 
 runner = CliRunner()
 WORDS = ["good", "fine", "nice", "happy", "sunny", "calm", "bright", "warm", "kind", "clear"]

@@ -238,7 +238,7 @@ def test_pairs_cut_on_two_threads_at_once_are_cut_as_each_alone(tiny_path):
 
     from transformers import AutoTokenizer
 
-    from steerable.scorers.hf import encode_pair_texts
+    from steerable.reward_models.hf import encode_pair_texts
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_path)
     prompts = ["one two three four five six seven eight nine ten eleven twelve"]

@@ -33,7 +33,7 @@ import numpy as np
 
 from steerable.data.loading import row_places
 from steerable.errors import SteerableError
-from steerable.scorers import _NAME
+from steerable.names import OBJECTIVE_NAME
 
 SOURCES = ("bins", "rating")
 MISSING = 0  # the level of a row without a label (levels are 1..L)
@@ -56,7 +56,7 @@ class LabelSource:
         """A `labels` entry; a rating scale must have exactly `levels` values."""
         name, sep, rest = text.partition("=")
         name = name.strip()
-        if not _NAME.match(name):
+        if not OBJECTIVE_NAME.match(name):
             raise SteerableError(
                 f"labels: {text!r} names no valid objective (letters, digits and _, starting with a "
                 f"letter); {_LABEL_HELP}"

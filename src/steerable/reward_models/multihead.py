@@ -51,8 +51,8 @@ from steerable.defaults import (
 )
 from steerable.errors import SteerableError, first_line
 from steerable.io import atomic_write_text, check_format_version
+from steerable.reward_models.hf import check_max_length, load_pair_model
 from steerable.reward_models.labels import MISSING, LabelSource, check_columns
-from steerable.scorers.hf import check_max_length, load_pair_model
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 from steerable.training import device_args, last_complete_checkpoint, stage_bar
 

@@ -61,7 +61,7 @@ from steerable.data.loading import (
 from steerable.defaults import DTYPE_NAMES, MINILM_MODEL, absolute_if_local
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
-from steerable.scorers.hf import HFRewardModel, check_max_length, encode_pair_texts, load_pair_model
+from steerable.reward_models.hf import HFRewardModel, check_max_length, encode_pair_texts, load_pair_model
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
 from steerable.training import device_args, last_complete_checkpoint, lora_config, stage_bar
 
@@ -336,7 +336,7 @@ def pair_collator(pad_token_id: int, pad_to_multiple_of: int | None = None):
 
 def load_backbone(config: RMConfig):
     """(model with one reward logit, tokenizer) for training. A tokenizer without a pad token
-    gets the hf scorer's dedicated one (not EOS: see steerable.scorers.hf), and the tokenizer
+    gets the hf scorer's dedicated one (not EOS: see steerable.reward_models.hf), and the tokenizer
     pads on the right, as TRL's collator does, so the saved directory scores as it trained."""
     from transformers import AutoModelForSequenceClassification, set_seed
 

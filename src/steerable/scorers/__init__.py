@@ -15,15 +15,14 @@ is either such a string or a mapping ``{name, kind, target, options}``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from steerable.errors import SteerableError
+from steerable.names import OBJECTIVE_NAME
 
 KINDS = ("builtin", "hf", "py", "moslim")
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _SPEC_HELP = "write it as NAME=KIND:TARGET[?opt=value&...] with KIND one of builtin, hf, py, moslim"
 
 
@@ -91,7 +90,7 @@ class ScorerSpec:
             check_builtin(target, options, origin)
             name = name or target
         elif kind == "hf":
-            from steerable.scorers.hf import check_hf_options
+            from steerable.reward_models.hf import check_hf_options
 
             check_hf_options(options, origin)
         elif kind == "py":
@@ -108,7 +107,7 @@ class ScorerSpec:
             check_moslim_options(options, origin)
         if not name:
             raise SteerableError(f"objective spec {origin!r} needs a name: NAME={kind}:{target}")
-        if not _NAME.match(name):
+        if not OBJECTIVE_NAME.match(name):
             raise SteerableError(
                 f"objective name {name!r} is not valid; use letters, digits and _ (starting with a letter)"
             )
@@ -149,7 +148,7 @@ def build_scorer(spec: ScorerSpec) -> Callable[[list[str], list[str]], Sequence[
 
         return build_builtin(spec.target, spec.options)
     if spec.kind == "hf":
-        from steerable.scorers.hf import HFRewardModel
+        from steerable.reward_models.hf import HFRewardModel
 
         return HFRewardModel.from_options(spec.target, spec.options)
     if spec.kind == "moslim":

@@ -39,7 +39,7 @@ _SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def check_moslim_options(options: dict[str, str], origin: object) -> None:
-    from steerable.scorers.hf import check_options
+    from steerable.reward_models.hf import check_options
 
     check_options(
         "moslim", options, origin, {"objective": None, "device": None, **_CHOICES}, {"batch_size": 1}
@@ -79,8 +79,8 @@ class MOSLIMScorer:
 
     @classmethod
     def from_options(cls, name: str, directory: str, options: dict[str, str]) -> MOSLIMScorer:
+        from steerable.reward_models.hf import scorer_device
         from steerable.reward_models.multihead import MultiHeadRM
-        from steerable.scorers.hf import scorer_device
 
         check_moslim_options(options, directory)
         device = scorer_device(options, directory)

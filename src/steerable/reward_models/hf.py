@@ -1,4 +1,6 @@
-"""`hf:` scorers: any Hugging Face sequence-classification reward model, batched.
+"""Hugging Face sequence-classification reward models: how every reward model here loads, how it
+reads (prompt, response) pairs, and `HFRewardModel`, the batched scorer behind `hf:` objectives
+(``NAME=hf:MODEL?opt=value``), which the reward model trainers also measure their models with.
 
 Options (in the spec's ``?opt=value`` part):
     input       pair (default: tokenizer(prompt, response)), response (response only), or
