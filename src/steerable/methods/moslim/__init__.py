@@ -1,2 +1,19 @@
 """MOSLIM: one multi-head classification reward model, intensity tags, and RL or DPO on an
 off-the-shelf policy."""
+
+from steerable.methods.base import Method
+
+METHOD = Method(
+    name="moslim",
+    title="MOSLIM",
+    summary="MOSLIM: GRPO (or DPO on a pool of answers) on an off-the-shelf policy with intensity tags "
+    "and a multi-head RM's mapped reward",
+    steering=("weights", "mapping", "levels"),
+    in_prompt=True,
+    policy="steerable.methods.moslim.steering",
+    config="steerable.methods.moslim.recipe:MOSLIMConfig",
+    recipe="steerable.methods.moslim.recipe:train_moslim",
+    check="steerable.methods.moslim.steering:check_manifest",
+    sweep="steerable.methods.tagged:trained_sweep",
+    evaluate_options=("adapter", "mapping"),
+)

@@ -1,1 +1,14 @@
 """Rewarded Soups: one RL policy per objective, interpolated in weight space at inference."""
+
+from steerable.methods.base import Method
+
+METHOD = Method(
+    name="soups",
+    title="Rewarded Soups",
+    summary="Rewarded Soups baseline: one GRPO LoRA policy per objective, interpolated at inference",
+    steering=("weights",),
+    config="steerable.methods.soups.recipe:SoupsConfig",
+    recipe="steerable.methods.soups.recipe:train_soups",
+    check="steerable.methods.base:needs_policies",
+    sweep="steerable.methods.soups.sweep:sweep",
+)

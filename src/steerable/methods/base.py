@@ -1,0 +1,144 @@
+"""What a method is to the rest of steerable: one `Method` record in the registry
+(`steerable.methods`), and the `Steering` a `SteerablePolicy` of it delegates to.
+
+The record names its heavy pieces as "module:attribute" strings, resolved only when used, so
+importing the registry imports neither torch nor TRL.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from steerable.errors import SteerableError
+
+
+@dataclass(frozen=True)
+class Method:
+    """One steering method, as every command sees it.
+
+    Identity:
+        name: what the user types (`steerable train NAME`, `--method NAME`) and what a model
+            directory's steerable.json records as its `method`.
+        title: how prose writes it (RiC, MOSLIM), in messages.
+        summary: one line, shown by `steerable train --help`.
+
+    Steering (what a request may carry; `GET /v1/models` lists it as the card's `steering`):
+        steering: the request keys it takes, among `weights` (a preference), `mapping` (how
+            weights become tags), `targets` (RiC's normalised targets), `levels` (MOSLIM's
+            intensity levels) and `examples` (NP-DPO's {prompt, chosen, rejected} choices).
+        in_prompt: its steering is text in the prompt (tags), so a server can render it and
+            proxy the request to an engine serving the merged model (`serve --upstream`,
+            `steerable export`).
+        policy: the module implementing its `Steering`, when a `SteerablePolicy` loads its directory;
+            None when it does not (the RL baselines answer through their `sweep` builder).
+
+    Training (`steerable train NAME`; both None for a method that is only evaluated):
+        config: "module:attr" of its config dataclass (every field a command-line option).
+        recipe: "module:attr" of `recipe(config) -> Path`, the model directory it wrote.
+        plan: "module:attr" of `plan(config) -> cost.Plan`: what a run will cost, printed
+            (and asked about, unless --yes) before it starts (None: it starts at once).
+        report: "module:attr"s of functions applied in turn to the model directory, the last
+            giving the rich renderables printed after training (empty: only the path).
+
+    Model directories:
+        check: "module:attr" of `check(manifest, path)`, raising SteerableError for a
+            steerable.json that lacks what this method needs (None: nothing beyond the shared
+            checks of `policy.load_manifest`).
+
+    Evaluation (`steerable evaluate --method NAME`):
+        sweep: "module:attr" of `sweep(model, sampling, **options) -> Generator`; `options`
+            are stats, adapter, mapping, dtype, trust_remote_code and examples (each builder
+            takes what applies to it and ignores the rest).
+        trained: `--model` is a directory this method trained (False: a base model, as for
+            the prompting floor).
+        evaluate_options: the evaluate options beyond the shared ones that apply to it
+            (`adapter`, `mapping`); any other given is refused before a model loads.
+    """
+
+    name: str
+    title: str
+    summary: str
+    steering: tuple[str, ...]
+    sweep: str
+    in_prompt: bool = False
+    policy: str | None = None
+    config: str | None = None
+    recipe: str | None = None
+    plan: str | None = None
+    report: tuple[str, ...] = ()
+    check: str | None = None
+    trained: bool = True
+    evaluate_options: tuple[str, ...] = ()
+
+    @property
+    def trainable(self) -> bool:
+        return self.recipe is not None
+
+    def steering_of(self) -> Steering:
+        if self.policy is None:
+            raise SteerableError(f"a {self.name} model is not loaded as a SteerablePolicy")
+        return resolve(self.policy)
+
+    def check_manifest(self, manifest, path) -> None:
+        if self.check is not None:
+            resolve(self.check)(manifest, path)
+
+
+def resolve(reference: str) -> Any:
+    """The object a "module:attr" reference names (a bare "module": the module), imported now."""
+    module, _, attr = reference.partition(":")
+    found = importlib.import_module(module)
+    return getattr(found, attr) if attr else found
+
+
+class Generator(NamedTuple):
+    """What `evaluate` sweeps for one method: `generate(prompts, weights) -> responses`, and the
+    objectives (with statistics), tokenizer and dtype it is measured with. `manifest`: the
+    trained directory's (its training compute is recorded), None for an untrained floor.
+    `generate` may carry `grid` (the only weights it answers at), `requested` (weights -> what
+    each objective was asked for) and `levels` (a MOSLIM level sweep's pieces)."""
+
+    generate: Callable[[list[str], Any], list[str]]
+    rewards: Any
+    tokenizer: Any
+    manifest: Any
+    dtype: str
+
+
+class Steering(Protocol):
+    """How a `SteerablePolicy` of one method is steered; the policy passes itself as `policy`.
+    A module of these functions implements it (e.g. `methods/ric/steering.py`)."""
+
+    def levels(self, manifest) -> int | None:
+        """L, the number of intensity levels it reads (None: it reads no levels)."""
+
+    def adapter(self, manifest) -> str:
+        """The adapter folder, inside the model directory, loaded by default."""
+
+    def attach(self, policy, directory) -> None:
+        """After the weights are loaded: what else the directory holds (NP-DPO's context path)."""
+
+    def steering_for(self, policy, preference, targets, levels, mapping) -> dict | None:
+        """A request's steering checked and made concrete (at most one of preference, targets,
+        levels is given; none: equal weights)."""
+
+    def tags(self, policy, steering: Mapping | None) -> str | None:
+        """The tag text `steering` renders to in the prompt (None: no tags)."""
+
+    def request(self, policy, steering: Mapping) -> tuple[dict | None, Any, dict]:
+        """A served request's `steering` body, checked: (what `tags` renders, the latent the
+        model is conditioned on or None, what the response echoes as applied)."""
+
+    def generate(
+        self, policy, prompts: Sequence[str], sampling, system, progress: bool, **steering
+    ) -> list[str]:
+        """Responses steered by `steering` (preference, targets, levels, examples, mapping)."""
+
+
+def needs_policies(manifest, path) -> None:
+    """A model directory of one or more trained policies lists them in its manifest."""
+    if not manifest.policies:
+        raise SteerableError(f"{path}: a {manifest.method} model needs its 'policies' list")
