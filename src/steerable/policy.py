@@ -20,18 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from steerable.conditioning import (
-    MAPPINGS,
-    TagFormat,
-    check_levels,
-    format_levels,
-    format_tags,
-    preference_to_levels,
-    preference_to_targets,
-    tag_chat,
-)
+from steerable import methods
+from steerable.conditioning import MAPPINGS, TagFormat, preference_to_levels, preference_to_targets, tag_chat
 from steerable.errors import SteerableError
-from steerable.generation import SamplingConfig, format_chat, generate_texts, render_chat
+from steerable.generation import SamplingConfig, render_chat
 from steerable.io import atomic_write_text, check_format_version
 from steerable.objectives import RewardSet
 from steerable.preferences import Preference
@@ -79,11 +71,9 @@ class PolicyManifest:
     training: dict = field(default_factory=dict)
 
 
-METHODS = ("ric", "moslim", "soups", "morlhf", "np-dpo")
-# Methods steered through the prompt (tags), loaded as one SteerablePolicy.
-TAGGED_METHODS = ("ric", "moslim")
-# Methods one SteerablePolicy loads: the tagged ones, and NP-DPO (steered by a user's examples).
-POLICY_METHODS = (*TAGGED_METHODS, "np-dpo")
+def loadable(method) -> bool:
+    """A method whose model directory one SteerablePolicy loads."""
+    return method.policy is not None
 
 
 def load_manifest(directory: str | Path, method: str | None = None) -> PolicyManifest:
@@ -105,21 +95,15 @@ def load_manifest(directory: str | Path, method: str | None = None) -> PolicyMan
         manifest = PolicyManifest(**data)
     except (json.JSONDecodeError, TypeError, AttributeError) as err:
         raise SteerableError(f"{path} is malformed ({err}); re-run the training that wrote it")
-    if manifest.method not in METHODS:
-        raise SteerableError(f"{path}: unknown method {manifest.method!r}; known: {list(METHODS)}")
-    if method is not None and manifest.method != method:
+    known = methods.names(lambda m: m.trainable)  # the methods whose training writes a model directory
+    if manifest.method not in known:
+        raise SteerableError(f"{path}: unknown method {manifest.method!r}; known: {known}")
+    if method not in (None, manifest.method):
         raise SteerableError(
             f"{directory} holds a {manifest.method!r} model, not a {method!r} one "
             f"(use --method {manifest.method})"
         )
-    if manifest.method != "ric" and not manifest.policies:
-        raise SteerableError(f"{path}: a {manifest.method} model needs its 'policies' list")
-    if manifest.method == "moslim":
-        levels = (manifest.moslim or {}).get("levels")
-        if not isinstance(levels, int) or levels < 2:
-            raise SteerableError(f"{path}: a moslim model needs 'moslim': {{'levels': L}} with L >= 2")
-    if manifest.method == "np-dpo" and not isinstance((manifest.fewshot or {}).get("context"), str):
-        raise SteerableError(f"{path}: an np-dpo model needs 'fewshot': {{'context': FOLDER}}")
+    methods.get(manifest.method).check_manifest(manifest, path)
     from steerable.defaults import torch_dtype
 
     torch_dtype(manifest.dtype)
@@ -154,6 +138,8 @@ class SteerablePolicy:
         self.tag_format = TagFormat(**manifest.tags)
         self.mapping = MappingConfig(**manifest.mapping)
         self.fewshot = None  # NP-DPO: the context encoder and FiLM layers (fewshot.policy.ContextPath)
+        # how this method is steered (methods.base.Steering)
+        self.steering = methods.get(manifest.method).steering_of()
 
     @property
     def names(self) -> list[str]:
@@ -162,7 +148,7 @@ class SteerablePolicy:
     @property
     def levels(self) -> int | None:
         """L, the number of intensity levels of a MOSLIM policy (None for RiC)."""
-        return self.manifest.moslim["levels"] if self.manifest.method == "moslim" else None
+        return self.steering.levels(self.manifest)
 
     # --- loading and saving -------------------------------------------------------------
     @classmethod
@@ -188,11 +174,13 @@ class SteerablePolicy:
 
         directory = Path(directory)
         manifest = load_manifest(directory)
-        if manifest.method not in POLICY_METHODS:
+        if not loadable(methods.get(manifest.method)):
             raise SteerableError(
                 f"{directory} holds a {manifest.method!r} model; SteerablePolicy loads "
-                f"{', '.join(POLICY_METHODS)} models (evaluate the others with --method {manifest.method})"
+                f"{', '.join(methods.names(loadable))} models (evaluate the others with --method "
+                f"{manifest.method})"
             )
+        steering = methods.get(manifest.method).steering_of()
         if dtype is not None:
             torch_dtype(dtype)
             manifest.dtype = dtype
@@ -203,8 +191,7 @@ class SteerablePolicy:
         else:
             from peft import PeftModel
 
-            default = manifest.policies[0]["adapter"] if manifest.method != "ric" else "adapter"
-            adapter = Path(adapter or directory / default)
+            adapter = Path(adapter or directory / steering.adapter(manifest))
             if not (adapter / "adapter_config.json").is_file():
                 raise SteerableError(f"adapter {adapter} does not exist (no adapter_config.json in it)")
             base = AutoModelForCausalLM.from_pretrained(resolve_model(manifest.base_model), **load)
@@ -212,11 +199,7 @@ class SteerablePolicy:
             if merge:
                 model = model.merge_and_unload()
         policy = cls(model.to(device or default_device()).eval(), tokenizer, manifest, trust_remote_code)
-        if manifest.method == "np-dpo":
-            from steerable.fewshot.policy import ContextPath
-
-            policy.fewshot = ContextPath.load(directory / manifest.fewshot["context"]).to(policy.model.device)
-            policy.fewshot.film.attach(policy.model)
+        policy.steering.attach(policy, directory)
         return policy
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -315,13 +298,8 @@ class SteerablePolicy:
         messages = [dict(m) for m in messages]
         if system and not (messages and messages[0]["role"] == "system"):
             messages = [{"role": "system", "content": system}, *messages]
-        if steering is None or (self.manifest.method == "moslim" and not steering):  # no levels: no tags
-            return messages
-        if self.manifest.method == "moslim":
-            tags = format_levels(check_levels(steering, self.names, self.levels))
-        else:
-            tags = format_tags({n: steering[n] for n in self.names}, self.tag_format.decimals)
-        return tag_chat(messages, tags, self.tag_format)
+        tags = self.steering.tags(self, steering)
+        return messages if tags is None else tag_chat(messages, tags, self.tag_format)
 
     def steering_for(
         self,
@@ -335,22 +313,7 @@ class SteerablePolicy:
         the untagged prompt); with neither, equal weights."""
         if sum(x is not None for x in (preference, targets, levels)) > 1:
             raise SteerableError("give one of a preference, targets or levels")
-        equal = [1] * len(self.names)
-        if self.manifest.method == "moslim":
-            if targets is not None:
-                raise SteerableError(
-                    "targets steer RiC models; steer a MOSLIM model with levels or a preference"
-                )
-            if isinstance(levels, Mapping) and not levels:  # no levels: no tags, the untagged prompt
-                return {}
-            if levels is not None:
-                return check_levels(levels, self.names, self.levels)
-            return self.levels_for(preference if preference is not None else equal, mapping)
-        if levels is not None:
-            raise SteerableError("levels steer MOSLIM models; steer a RiC model with targets or a preference")
-        if targets is None:
-            targets = self.targets_for(preference if preference is not None else equal, mapping)
-        return self.check_targets(targets)
+        return self.steering.steering_for(self, preference, targets, levels, mapping)
 
     def generate(
         self,
@@ -391,23 +354,23 @@ class SteerablePolicy:
             seed=seed,
         )
         system = system if system is not None else self.manifest.system
-        if self.manifest.method == "np-dpo":
-            if any(x is not None for x in (preference, targets, levels)):
-                raise SteerableError(
-                    "an np-dpo model is steered by a user's examples ({prompt, chosen, rejected}), "
-                    "not by a preference, targets or levels"
-                )
-            with self.fewshot.film.conditioned(self.latent_for(examples or [])):
-                texts = format_chat(self.tokenizer, prompts, system)
-                return generate_texts(self.model, self.tokenizer, texts, sampling, progress)
-        if examples is not None:
-            raise SteerableError(
-                f"examples steer np-dpo models; this is a {self.manifest.method} model (steer it with "
-                "a preference, targets or levels)"
-            )
-        steering = self.steering_for(preference, targets, levels, mapping)
-        texts = self.prompts_with_tags(prompts, steering, system)
-        return generate_texts(self.model, self.tokenizer, texts, sampling, progress)
+        return self.steering.generate(
+            self,
+            prompts,
+            sampling,
+            system,
+            progress,
+            preference=preference,
+            targets=targets,
+            levels=levels,
+            examples=examples,
+            mapping=mapping,
+        )
+
+    def request(self, steering: Mapping) -> tuple[dict | None, object, dict]:
+        """A served request's `steering` body, checked: (the tags' steering for
+        `steered_messages`, the latent the model is conditioned on or None, what was applied)."""
+        return self.steering.request(self, steering)
 
     def latent_for(self, examples: Sequence[Mapping[str, str]]):
         """NP-DPO: the z (1, Z) of a user's examples, checked and embedded by the policy's pair
