@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import sys
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -212,6 +213,14 @@ Dtype = Annotated[
         help="Dtype of the model weights: float32, bfloat16 or float16 (default: the one a model directory records, else float32)."
     ),
 ]
+PromptsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Your prompt file: .jsonl/.csv/.parquet/dataset directory with a 'prompt' column and an "
+        "optional 'split' column (train or heldout), or .txt with one prompt a line. Default: the "
+        "embedded prompt set."
+    ),
+]
 TrustRemoteCode = Annotated[
     bool,
     typer.Option(
@@ -251,14 +260,13 @@ def confirm_cost(plan, yes: bool) -> None:
 @command
 def sample(
     out: Annotated[Path, typer.Option(help="Output table (.jsonl, .parquet, .csv).")],
-    model: Annotated[str, typer.Option(help="smollm2, tiny, a hub id or a local directory.")] = "smollm2",
-    prompts: Annotated[
-        Path | None,
-        typer.Option(
-            help="Prompt file (.txt one per line, or a table with a 'prompt' column). Default: the embedded prompt set."
-        ),
-    ] = None,
-    split: Annotated[str, typer.Option(help="Embedded prompt split: train, heldout or all.")] = "train",
+    model: Annotated[
+        str, typer.Option(help="Base model: smollm2, tiny, a hub id or a local model directory.")
+    ] = "smollm2",
+    prompts: PromptsOpt = None,
+    split: Annotated[
+        str, typer.Option(help="Prompt split: train, heldout or all (of --prompts when given).")
+    ] = "train",
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
     n_per_prompt: Annotated[int, typer.Option(help="Responses sampled per prompt.")] = 1,
     system: Annotated[str | None, typer.Option(help="System prompt for every request.")] = None,
@@ -272,13 +280,20 @@ def sample(
     trust_remote_code: TrustRemoteCode = False,
     yes: Yes = False,
 ) -> None:
-    """Sample responses from a model for a set of prompts (batched, left-padded)."""
+    """Sample responses from a base model for a set of prompts (batched, left-padded), e.g. the
+    data `steerable score` scores. A trained steerable model answers with `steerable generate`."""
     from steerable.configs import check_value
     from steerable.cost import Plan
-    from steerable.data import load_prompts, read_table, write_table
+    from steerable.data import load_prompts, write_table
     from steerable.defaults import load_causal_lm
     from steerable.generation import format_chat, generate_texts, generation_model_id
 
+    if (Path(model) / "steerable.json").is_file():
+        raise SteerableError(
+            f"--model {model} is a steerable model directory; sample answers from a base model. To "
+            f"answer prompts with this model: steerable generate --model {model} --prompts "
+            f"{prompts or 'PROMPTS.jsonl'} --out {out.with_suffix('.jsonl')}"
+        )
     check_value("--limit", limit, ge=1)
     claim(out, {"--prompts": prompts}, table=True)
     config = SamplingConfig(
@@ -290,17 +305,7 @@ def sample(
         seed=seed,
     )
 
-    if prompts is None:
-        prompt_list = load_prompts(split, limit)
-    elif prompts.suffix == ".txt":
-        prompt_list = [line.strip() for line in prompts.read_text().splitlines() if line.strip()][:limit]
-    else:
-        rows = read_table(prompts)
-        if rows and "prompt" not in rows[0]:
-            raise SteerableError(f"{prompts}: missing column 'prompt' (found {sorted(rows[0])})")
-        prompt_list = [str(r["prompt"]) for r in rows][:limit]
-    if not prompt_list:
-        raise SteerableError("no prompts to sample from")
+    prompt_list = load_prompts(split, limit, prompts)
     if n_per_prompt < 1:
         raise SteerableError("--n-per-prompt must be at least 1")
     lm, tokenizer = load_causal_lm(model, dtype or "float32", trust_remote_code=trust_remote_code)
@@ -411,22 +416,16 @@ def summary_table(names: list[str], raw: np.ndarray) -> Table:
         *[f"rho vs {n}" for n in names],
         title=f"{raw.shape[0]} scored pairs",
     )
-    # Spearman = Pearson on ranks; a K x K matrix for any K. A constant column has no ranking:
-    # its correlations read "constant", and the caption says which score every answer got.
+    # Spearman = Pearson on ranks; a K x K matrix for any K (a constant column gives nan).
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         rho = np.atleast_2d(np.corrcoef(rankdata(raw, axis=0), rowvar=False))
-    constant = [k for k in range(len(names)) if raw.shape[0] and np.ptp(raw[:, k]) == 0]
     for k, name in enumerate(names):
         col = raw[:, k]
         table.add_row(
             name,
             *(f"{v:.3f}" for v in (col.mean(), col.std(), col.min(), col.max())),
-            *("constant" if {k, j} & set(constant) else f"{rho[k, j]:+.3f}" for j in range(len(names))),
-        )
-    if constant:
-        table.caption = "; ".join(
-            f"{names[k]} is constant: every answer scored {raw[0, k]:.4g}, no ranking" for k in constant
+            *(f"{rho[k, j]:+.3f}" for j in range(len(names))),
         )
     return table
 
@@ -558,8 +557,23 @@ def train_np_dpo_command(ctx: typer.Context) -> None:
 
 @command
 def generate(
-    prompts: Annotated[list[str], typer.Argument(help="Prompt(s) to answer.")],
     model: Annotated[Path, typer.Option(help="Steerable model directory (any method; has steerable.json).")],
+    prompts: Annotated[list[str] | None, typer.Argument(help="Prompt(s) to answer (or --prompts).")] = None,
+    prompts_file: Annotated[
+        str | None,
+        typer.Option(
+            "--prompts",
+            help="Answer the prompts of a file (as sample's --prompts: every row, whatever its split), or "
+            "- for stdin: one prompt a line, or JSON lines with a 'prompt' each.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write one row per prompt (prompt, response, the steering applied) to this table "
+            "(.jsonl) instead of printing them."
+        ),
+    ] = None,
     prefer: Annotated[
         str | None, typer.Option(help="Preference, e.g. brief=0.7,positive=0.3 (or 0.7,0.3).")
     ] = None,
@@ -602,8 +616,10 @@ def generate(
     from steerable.policy import TAGGED_METHODS, SteerablePolicy, load_manifest
     from steerable.preferences import Preference, parse_targets
 
-    if not [p for p in prompts if p.strip()]:
-        raise SteerableError("no prompts given")
+    prompts = prompts_to_answer(prompts, prompts_file)
+    if out is not None:
+        source = None if prompts_file in (None, "-") else Path(prompts_file)
+        claim(out, {"--model": model, "--prompts": source, "--examples": examples}, table=True)
     sampling = SamplingConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -633,6 +649,7 @@ def generate(
         console.print(
             f"examples: {len(rows)} of your choices" if rows else "examples: none (the policy's prior)"
         )
+        applied = {"examples": len(rows)}
     elif manifest.method not in TAGGED_METHODS:
         from steerable.evaluation.evaluate import method_generator
 
@@ -646,6 +663,7 @@ def generate(
         )
         preference = Preference.parse(prefer or [1.0] * len(rewards), rewards.names)
         console.print(f"preference: {preference}")
+        applied = {"preference": dict(zip(preference.names, preference.weights, strict=True))}
         responses = steer(list(prompts), np.array(preference.weights))
     else:
         policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -663,14 +681,37 @@ def generate(
             console.print("levels: " + ", ".join(f"{n}={v}" for n, v in steering.items()))
         else:
             console.print("targets: " + ", ".join(f"{n}={v:+.2f}" for n, v in steering.items()))
+        applied = {"levels" if manifest.method == "moslim" else "targets": dict(steering)}
         responses = policy.generate(
             prompts,
             **{"levels" if manifest.method == "moslim" else "targets": steering},
             system=system,
             sampling=sampling,
         )
+    if out is not None:
+        from steerable.data import write_table
+
+        rows = [{"prompt": p, "response": r, **applied} for p, r in zip(prompts, responses, strict=True)]
+        write_table(out, rows)
+        console.print(f"wrote {len(rows)} responses to {out}")
+        return
     for prompt, response in zip(prompts, responses, strict=True):
         Console().print(f"[bold]> {prompt}[/]\n{response}\n", highlight=False)
+
+
+def prompts_to_answer(given: list[str] | None, source: str | None) -> list[str]:
+    """generate's prompts: the arguments, the prompts of a file, or stdin's (`source` "-")."""
+    from steerable.data.prompts import load_prompts, parse_prompt_lines
+
+    if given and source is not None:
+        raise SteerableError("give prompts as arguments or with --prompts, not both")
+    if source == "-":
+        return parse_prompt_lines(sys.stdin.read(), "stdin")
+    if source is not None:
+        return load_prompts("all", None, source)
+    if not [p for p in given or [] if p.strip()]:
+        raise SteerableError("no prompts given: pass them as arguments, or --prompts FILE (- reads stdin)")
+    return list(given)
 
 
 @command
@@ -695,7 +736,13 @@ def evaluate(
             help="Objectives + statistics shared by the comparison: a stats JSON or a steerable model directory (prompting needs it)."
         ),
     ] = None,
-    split: Annotated[str, typer.Option(help="Embedded prompt split.")] = "heldout",
+    prompts: PromptsOpt = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="Prompt split (of --prompts when given); prompts the model trained on are refused."
+        ),
+    ] = "heldout",
     limit: Annotated[int | None, typer.Option(help="Use the first N prompts.")] = None,
     resolution: Annotated[
         int,
@@ -745,16 +792,18 @@ def evaluate(
     front, hypervolume, controllability, compute; for MOSLIM also each objective's levels.
     JSON, CSV, PNG and Markdown."""
     from steerable.configs import check_value
-    from steerable.data import load_prompts
+    from steerable.data.prompts import load_prompts, prompt_source
     from steerable.evaluation.evaluate import evaluate as run_evaluation
     from steerable.evaluation.report import write_report
 
     check_value("--limit", limit, ge=1)
-    claim(out, {"--model": model, "--stats": stats, "--adapter": adapter}, directory=True)
+    claim(
+        out, {"--model": model, "--stats": stats, "--adapter": adapter, "--prompts": prompts}, directory=True
+    )
     result = run_evaluation(
         method,
         model,
-        load_prompts(split, limit),
+        load_prompts(split, limit, prompts),
         resolution,
         SamplingConfig(
             max_new_tokens=max_new_tokens,
@@ -770,7 +819,7 @@ def evaluate(
         samples=samples,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
-        prompt_split=split,
+        prompt_split=prompt_source(split, prompts),
         prompt_limit=limit,
         levels=level_sweep,
         level_samples=level_samples,
@@ -798,10 +847,9 @@ def report(
 def _print_comparison(results, out: Path) -> None:
     from rich import box
 
-    from steerable.evaluation.report import notes_lines, signed, summary
+    from steerable.evaluation.report import signed, summary
 
     names = results[0].names
-    rows = summary(results)
     table = Table(
         "method",
         "points",
@@ -817,22 +865,20 @@ def _print_comparison(results, out: Path) -> None:
         "the front; ctrl: controllability (Spearman of weight vs. achieved score); asked: Spearman of "
         "the requested target or level vs. achieved score (models steered by tags)",
     )
-    for row in rows:
+    for row in summary(results):
         table.add_row(
             row["method"],
             str(row["points"]),
             str(row["front"]),
             f"{row['hypervolume']:.4g}",
-            *[signed(row[f"controllability_{n}"], f"controllability_{n}" in row["notes"]) for n in names],
-            *[signed(row[f"requested_{n}"], f"requested_{n}" in row["notes"]) for n in names],
+            *[f"{row[f'controllability_{n}']:+.3f}" for n in names],
+            *[signed(row[f"requested_{n}"]) for n in names],
             f"{row['train_seconds']:.0f}",
             f"{row['eval_seconds']:.0f}",
         )
     # not a terminal (a log file, CI): wide enough that no number is cut short
     wide = Console() if Console().is_terminal else Console(width=160)
     wide.print(table)
-    for line in notes_lines(rows):  # a correlation shown as n/a, and why
-        wide.print(f"n/a: {line}", highlight=False)
     wide.print(f"report: {out / 'report.md'}   plot: {out / 'front.png'}")
 
 

@@ -85,6 +85,33 @@ def read_prompt_file(path: str | Path) -> list[dict]:
     return rows
 
 
+def parse_prompt_lines(text: str, where: str) -> list[str]:
+    """Prompts typed or piped in (`where` names the source in errors): JSON lines with a
+    ``prompt`` each when the first line is a JSON object, else one prompt a line."""
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise SteerableError(f"{where} has no prompts")
+    try:
+        first = json.loads(lines[0][1])
+    except json.JSONDecodeError:
+        first = None
+    if not isinstance(first, dict):
+        return [line.strip() for _, line in lines]
+    rows, bad = [], []
+    for n, line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            row, problem = {}, f"not valid JSON ({err.msg}), as line {lines[0][0]} is"
+        else:
+            row = row if isinstance(row, dict) else {}
+            problem = text_problem(row, ("prompt",))
+        rows.append(row)
+        bad.append((f"line {n}", problem))
+    refuse_bad_rows(where, bad)
+    return [row["prompt"] for row in rows]
+
+
 def split_problem(value: object) -> str | None:
     if value in FILE_SPLITS:
         return None
