@@ -416,16 +416,22 @@ def summary_table(names: list[str], raw: np.ndarray) -> Table:
         *[f"rho vs {n}" for n in names],
         title=f"{raw.shape[0]} scored pairs",
     )
-    # Spearman = Pearson on ranks; a K x K matrix for any K (a constant column gives nan).
+    # Spearman = Pearson on ranks; a K x K matrix for any K. A constant column has no ranking:
+    # its correlations read "constant", and the caption says which score every answer got.
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         rho = np.atleast_2d(np.corrcoef(rankdata(raw, axis=0), rowvar=False))
+    constant = [k for k in range(len(names)) if raw.shape[0] and np.ptp(raw[:, k]) == 0]
     for k, name in enumerate(names):
         col = raw[:, k]
         table.add_row(
             name,
             *(f"{v:.3f}" for v in (col.mean(), col.std(), col.min(), col.max())),
-            *(f"{rho[k, j]:+.3f}" for j in range(len(names))),
+            *("constant" if {k, j} & set(constant) else f"{rho[k, j]:+.3f}" for j in range(len(names))),
+        )
+    if constant:
+        table.caption = "; ".join(
+            f"{names[k]} is constant: every answer scored {raw[0, k]:.4g}, no ranking" for k in constant
         )
     return table
 
@@ -847,9 +853,10 @@ def report(
 def _print_comparison(results, out: Path) -> None:
     from rich import box
 
-    from steerable.evaluation.report import signed, summary
+    from steerable.evaluation.report import notes_lines, signed, summary
 
     names = results[0].names
+    rows = summary(results)
     table = Table(
         "method",
         "points",
@@ -865,20 +872,22 @@ def _print_comparison(results, out: Path) -> None:
         "the front; ctrl: controllability (Spearman of weight vs. achieved score); asked: Spearman of "
         "the requested target or level vs. achieved score (models steered by tags)",
     )
-    for row in summary(results):
+    for row in rows:
         table.add_row(
             row["method"],
             str(row["points"]),
             str(row["front"]),
             f"{row['hypervolume']:.4g}",
-            *[f"{row[f'controllability_{n}']:+.3f}" for n in names],
-            *[signed(row[f"requested_{n}"]) for n in names],
+            *[signed(row[f"controllability_{n}"], f"controllability_{n}" in row["notes"]) for n in names],
+            *[signed(row[f"requested_{n}"], f"requested_{n}" in row["notes"]) for n in names],
             f"{row['train_seconds']:.0f}",
             f"{row['eval_seconds']:.0f}",
         )
     # not a terminal (a log file, CI): wide enough that no number is cut short
     wide = Console() if Console().is_terminal else Console(width=160)
     wide.print(table)
+    for line in notes_lines(rows):  # a correlation shown as n/a, and why
+        wide.print(f"n/a: {line}", highlight=False)
     wide.print(f"report: {out / 'report.md'}   plot: {out / 'front.png'}")
 
 
