@@ -22,9 +22,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from steerable.data import load_prompts  # noqa: E402
-from steerable.evaluation.evaluate import answer_relevance, level_steering, tagged_policy  # noqa: E402
+from steerable.evaluation.evaluate import answer_relevance  # noqa: E402
 from steerable.evaluation.levels import level_markdown, level_record, level_sweep  # noqa: E402
 from steerable.generation import SamplingConfig, count_tokens  # noqa: E402
+from steerable.methods.moslim.steering import level_steering  # noqa: E402
+from steerable.methods.tags.sweep import floor_policy  # noqa: E402
+from steerable.policy import SteerablePolicy  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     prompts = load_prompts("heldout", args.limit)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, seed=args.seed)
-    policy = tagged_policy(args.method, args.model, None, None, False)
+    if args.method == "tags":
+        policy = floor_policy(args.model, None, None, False)
+    else:
+        policy = SteerablePolicy.from_pretrained(args.model)
     steering = level_steering(policy, sampling)
     others = args.others if args.others is not None else steering["others"]
     points = level_sweep(

@@ -33,7 +33,7 @@ def main(model_dir: str, out: str) -> None:
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#panel-a .controls *"))
         if model.method == "np-dpo":
             from steerable.data.loading import read_table
-            from steerable.evaluation.fewshot import simulated_examples
+            from steerable.methods.np_dpo.steering import simulated_examples
 
             pairs = read_table(Path(model_dir) / model.policy.manifest.fewshot["heldout_pairs"])
             for panel, weights in (("a", [1, 0]), ("b", [0, 1])):

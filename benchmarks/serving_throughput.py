@@ -28,7 +28,7 @@ from steerable.serving.local import BackgroundServer
 def steering_for(model: ServedModel, i: int) -> dict:
     if model.method == "np-dpo":
         from steerable.data.loading import read_table
-        from steerable.evaluation.fewshot import simulated_examples
+        from steerable.methods.np_dpo.steering import simulated_examples
 
         pairs = read_table(Path(ARGS.model) / model.policy.manifest.fewshot["heldout_pairs"])
         w = i / 31

@@ -398,7 +398,7 @@ def test_train_np_dpo_refuses_bad_settings(args, message, tmp_path, scored_table
 
 
 def test_a_simulated_user_chooses_by_its_weighted_objectives():
-    from steerable.evaluation.fewshot import simulated_examples
+    from steerable.methods.np_dpo.steering import simulated_examples
     from steerable.objectives import RewardSet
 
     rewards = RewardSet.from_specs(["brief=builtin:brevity", "positive=builtin:sentiment"])

@@ -47,13 +47,15 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from steerable import methods
 from steerable.configs import SEED, check_config, config_from_dict
 from steerable.data.prompts import SPLITS
 from steerable.defaults import DTYPE_NAMES
 from steerable.errors import SteerableError
 from steerable.evaluation.report import EvaluationResult, record_front, write_report
 
-METHOD_ORDER = ("ric", "moslim", "np-dpo", "soups", "morlhf", "prompting")
+# every method a comparison trains, or evaluates on the base model (the prompting floor)
+METHOD_ORDER = tuple(methods.names(lambda m: m.trainable or not m.trained))
 
 
 @dataclass
@@ -316,10 +318,11 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
     statistics = fingerprint(load_rewards(plan.stats).to_dict())
     results = []
     for method in plan.methods:
-        model = config.model if method == "prompting" else str(trained[method])
+        own = methods.get(method).trained  # evaluated on the directory it trained, or on the base model
+        model = str(trained[method]) if own else config.model
         inputs = {
             "method": method,
-            "model": model if method == "prompting" else model_key(Path(model)),
+            "model": model_key(Path(model)) if own else model,
             "eval": asdict(plan.settings),
             "statistics": statistics,
         }
@@ -348,7 +351,7 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
 
         stages.run(f"eval_{method}", inputs, work)
         results.append(EvaluationResult.load(stages.path(f"eval_{method}")))
-        if method != "prompting" and Path(model).resolve().is_relative_to(out.resolve()):
+        if own and Path(model).resolve().is_relative_to(out.resolve()):
             record_front(results[-1], model)  # a model this run trained carries its measured front
     write_report(results, out)
     atomic_write_text(out / "compare.json", json.dumps(asdict(config), indent=2) + "\n")
