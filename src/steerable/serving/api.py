@@ -58,16 +58,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from steerable import methods
 from steerable.errors import SteerableError
 from steerable.serving.engine import BatchEngine, Job
 from steerable.serving.protocol import ApiError, ChatCompletionRequest, ScoreRequest, validation_error
 
-STEERING_KEYS = {
-    "ric": ("weights", "mapping", "targets"),
-    "moslim": ("weights", "mapping", "levels"),
-    "np-dpo": ("examples",),
-    "base": (),
-}
 GENERATION_FAILED = "generation failed; the server's log has the details"  # a 500's whole message
 log = logging.getLogger(__name__)
 PLAYGROUND = (files("steerable.serving") / "playground.html").read_text()
@@ -103,13 +98,14 @@ class ServedModel:
         ending in /v1) that serves its merged model (`steerable export`): the steering is
         rendered into the messages here and the request forwarded; no weights are loaded."""
         from steerable.defaults import load_tokenizer
-        from steerable.policy import TAGGED_METHODS, SteerablePolicy, load_manifest
+        from steerable.policy import SteerablePolicy, load_manifest
 
         manifest = load_manifest(spec)
-        if manifest.method not in TAGGED_METHODS:
+        if not methods.get(manifest.method).in_prompt:
+            in_prompt = methods.names(lambda method: method.in_prompt and method.trainable)
             raise SteerableError(
                 f"{spec} holds a {manifest.method!r} model; proxy mode serves models steered through "
-                f"the prompt ({', '.join(TAGGED_METHODS)}): serve it without --upstream"
+                f"the prompt ({', '.join(in_prompt)}): serve it without --upstream"
             )
         policy = SteerablePolicy(None, load_tokenizer(str(spec)), manifest)
         name = Path(spec).resolve().name
@@ -147,7 +143,8 @@ class ServedModel:
             model, tokenizer = load_causal_lm(spec, trust_remote_code=trust_remote_code)
             name = spec if not path.exists() else path.resolve().name
             served = cls(name, "base", model, tokenizer, max_queue=max_queue)
-        film = served.policy.fewshot.film if served.method == "np-dpo" else None
+        fewshot = getattr(served.policy, "fewshot", None)  # NP-DPO's context path, conditioning the model
+        film = fewshot.film if fewshot is not None else None
         served.engine = BatchEngine(served.model, served.tokenizer, film, max_batch, max_queue)
         if served.engine.prefixes is not None:  # the prompt prefix every request shares, cached once
             served.engine.prefixes.learn(
@@ -168,10 +165,15 @@ class ServedModel:
             card["objectives"] = self.policy.names
             card["levels"] = self.policy.levels
             card["default_mapping"] = self.policy.mapping.default
-        card["steering"] = list(STEERING_KEYS[self.method])
+        card["steering"] = list(self.accepts)
         if self.front is not None:
             card["front"] = self.front
         return card
+
+    @property
+    def accepts(self) -> tuple[str, ...]:
+        """The steering keys a request may carry (a base model takes none)."""
+        return () if self.policy is None else methods.get(self.method).steering
 
     @property
     def context_length(self) -> int | None:
@@ -184,39 +186,20 @@ class ServedModel:
         """(the conversation with its steering's tags, the steering applied, NP-DPO's z or None)
         for a checked request."""
         steering = dict(steering or {})
-        allowed = STEERING_KEYS[self.method]
+        allowed = self.accepts
         unknown = [k for k in steering if k not in allowed]
         if unknown:
             takes = f"it takes {list(allowed)}" if allowed else "it takes no steering"
             raise ApiError(400, f"steering {unknown} does not apply to {self.id} ({self.method}); {takes}",
                            f"steering.{unknown[0]}", "invalid_steering")  # fmt: skip
-        if self.method == "base":
+        if self.policy is None:  # a base model, as it is
             return messages, {}, None
-        if self.method == "np-dpo":
-            examples = steering.get("examples", [])
-            z = with_param("steering.examples", lambda: self.policy.latent_for(examples))
-            # the policy reads the first max_context examples (the rest are never embedded): echo those
-            used = min(len(examples), self.policy.fewshot.config.max_context)
-            return self.policy.steered_messages(messages, None), {"examples": used}, z
-        weights, mapping = steering.get("weights"), steering.get("mapping")  # typed by ChatCompletionRequest
-        given = [k for k in ("weights", "targets", "levels") if steering.get(k) is not None]
+        # a refused value is reported on the first steering key given (the one it most likely is)
+        given = [k for k in allowed if k != "mapping" and steering.get(k) is not None]
         param = f"steering.{given[0]}" if given else "steering"
-        applied = with_param(
-            param,
-            lambda: self.policy.steering_for(
-                preference=weights,
-                targets=steering.get("targets"),
-                levels=steering.get("levels"),
-                mapping=mapping,
-            ),
-        )
+        applied, z, echo = with_param(param, lambda: self.policy.request(steering))
         steered = with_param("messages", lambda: self.policy.steered_messages(messages, applied))
-        key = "levels" if self.method == "moslim" else "targets"
-        echo = {key: applied}
-        if weights is not None:
-            echo["weights"] = dict(zip(self.policy.names, self.policy_weights(weights), strict=True))
-            echo["mapping"] = mapping or self.policy.mapping.default
-        return steered, echo, None
+        return steered, echo, z
 
     async def run(self, fn, *args):
         """`fn(*args)` on this model's own worker thread (vLLM gives each server its own
@@ -234,11 +217,6 @@ class ServedModel:
         from steerable.generation import render_chat
 
         return with_param("messages", lambda: render_chat(self.tokenizer, messages))
-
-    def policy_weights(self, weights) -> tuple[float, ...]:
-        from steerable.preferences import Preference
-
-        return Preference.parse(weights, self.policy.names).weights
 
 
 def with_param(param: str, fn):
