@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from steerable import methods
 from steerable.errors import SteerableError
 from steerable.generation import SamplingConfig
 from steerable.serving.local import LIMIT_CONCURRENCY, READ_TIMEOUT, TIMEOUT_KEEP_ALIVE
@@ -479,44 +480,6 @@ def train_rm_command(ctx: typer.Context) -> None:
     run_config_command(ctx, RMConfig, run, made="reward model directory")
 
 
-@train_app.command("ric", context_settings=TRAIN_CONTEXT)
-def train_ric_command(ctx: typer.Context) -> None:
-    """Rewards-in-Context: reward-conditioned SFT + online rejection sampling (all options: --help; --yes: start a long run without asking)."""
-    from steerable.cost import ric_plan
-    from steerable.methods.ric.recipe import RiCConfig, train_ric
-
-    def made(config: RiCConfig) -> str:
-        return (
-            f"stopped after stage {config.stop_after}" if config.stop_after else "steerable model directory"
-        )
-
-    run_config_command(ctx, RiCConfig, train_ric, made, plan=ric_plan)
-
-
-@train_app.command("moslim", context_settings=TRAIN_CONTEXT)
-def train_moslim_command(ctx: typer.Context) -> None:
-    """MOSLIM: GRPO (or DPO on a pool of answers) on an off-the-shelf policy with intensity tags and a multi-head RM's mapped reward (all options: --help)."""
-    from steerable.methods.moslim.recipe import MOSLIMConfig, train_moslim
-
-    run_config_command(ctx, MOSLIMConfig, train_moslim)
-
-
-@train_app.command("morlhf", context_settings=TRAIN_CONTEXT)
-def train_morlhf_command(ctx: typer.Context) -> None:
-    """MORLHF baseline: GRPO on a weighted sum of normalised rewards, one policy per weight vector (all options: --help)."""
-    from steerable.methods.morlhf.recipe import MORLHFConfig, train_morlhf
-
-    run_config_command(ctx, MORLHFConfig, train_morlhf)
-
-
-@train_app.command("soups", context_settings=TRAIN_CONTEXT)
-def train_soups_command(ctx: typer.Context) -> None:
-    """Rewarded Soups baseline: one GRPO LoRA policy per objective, interpolated at inference (all options: --help)."""
-    from steerable.methods.soups.recipe import SoupsConfig, train_soups
-
-    run_config_command(ctx, SoupsConfig, train_soups)
-
-
 @train_app.command("moslim-rm", context_settings=TRAIN_CONTEXT)
 def train_moslim_rm_command(ctx: typer.Context) -> None:
     """MOSLIM's reward model: one softmax head per objective over L levels on a shared backbone; prints the held-out report (all options: --help)."""
@@ -546,19 +509,37 @@ def train_np_rm_command(ctx: typer.Context) -> None:
     run_config_command(ctx, NPRMConfig, run, made="NP reward model directory")
 
 
-@train_app.command("np-dpo", context_settings=TRAIN_CONTEXT)
-def train_np_dpo_command(ctx: typer.Context) -> None:
-    """Few-shot NP-DPO policy: FiLM-conditioned LoRA trained with DPO on tasks, steered by a user's examples; prints its evaluation (all options: --help)."""
-    from steerable.evaluation.fewshot import effects_table, np_dpo_result, run_np_dpo
-    from steerable.methods.np_dpo.recipe import NPDPOConfig
+def train_method_command(method) -> None:
+    """`steerable train NAME` for a registered method: its config's fields are the options, its
+    recipe runs, and what its `report` makes is printed."""
+    from steerable.methods.base import resolve
 
-    def run(config: NPDPOConfig) -> Path:
-        out = run_np_dpo(config)
-        for table in effects_table(np_dpo_result(out)):
-            Console(width=150).print(table)
-        return out
+    def run_command(ctx: typer.Context) -> None:
+        def run(config) -> Path:
+            out = resolve(method.recipe)(config)
+            if method.report:
+                made = out
+                for step in method.report:  # the model directory, read and made into tables
+                    made = resolve(step)(made)
+                for table in made:
+                    Console(width=150).print(table)
+            return out
 
-    run_config_command(ctx, NPDPOConfig, run)
+        def made(config) -> str:  # a run told to stop early says where it stopped
+            stop = getattr(config, "stop_after", None)
+            return f"stopped after stage {stop}" if stop else "steerable model directory"
+
+        plan = resolve(method.plan) if method.plan else None
+        run_config_command(ctx, resolve(method.config), run, made, plan=plan)
+
+    extra = "; --yes: start a long run without asking" if method.plan else ""
+    help = f"{method.summary} (all options: --help{extra})."
+    train_app.command(method.name, context_settings=TRAIN_CONTEXT, help=help)(run_command)
+
+
+for _method in methods.METHODS.values():
+    if _method.trainable:
+        train_method_command(_method)
 
 
 @command
@@ -619,7 +600,7 @@ def generate(
     Soups interpolates its adapters; MORLHF answers at the weight vectors it was trained for;
     NP-DPO follows the choices in --examples (without them, its prior)."""
     from steerable.conditioning import parse_levels_text
-    from steerable.policy import TAGGED_METHODS, SteerablePolicy, load_manifest
+    from steerable.policy import SteerablePolicy, load_manifest
     from steerable.preferences import Preference, parse_targets
 
     prompts = prompts_to_answer(prompts, prompts_file)
@@ -635,16 +616,20 @@ def generate(
         seed=seed,
     )
     manifest = load_manifest(model)
-    steers = (("--target", target, "ric"), ("--levels", levels, "moslim"), ("--examples", examples, "np-dpo"))
-    for option, value, method in steers:
-        if value is not None and manifest.method != method:
-            raise SteerableError(f"{option} steers {method} models; {model} is a {manifest.method} model")
-    if manifest.method == "np-dpo":
+    steered_by = methods.get(manifest.method).steering
+    for option, value, key in (("--target", target, "targets"), ("--levels", levels, "levels"),
+                               ("--examples", examples, "examples")):  # fmt: skip
+        if value is not None and key not in steered_by:
+            takes = ", ".join(methods.names(lambda m, key=key: m.trainable and key in m.steering))
+            raise SteerableError(f"{option} steers {takes} models; {model} is a {manifest.method} model")
+    if "examples" in steered_by:
         from steerable.data.loading import read_table
 
         for option, value in (("--prefer", prefer), ("--mapping", mapping)):
             if value is not None:
-                raise SteerableError(f"{option} does not steer an np-dpo model; give --examples FILE")
+                raise SteerableError(
+                    f"{option} does not steer an {manifest.method} model; give --examples FILE"
+                )
         rows = read_table(examples) if examples is not None else []
         policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
         with warnings.catch_warnings(record=True) as caught:
@@ -656,13 +641,17 @@ def generate(
             f"examples: {len(rows)} of your choices" if rows else "examples: none (the policy's prior)"
         )
         applied = {"examples": len(rows)}
-    elif manifest.method not in TAGGED_METHODS:
+    elif not methods.get(manifest.method).in_prompt:
         from steerable.evaluation.evaluate import method_generator
 
         for option, value in (("--mapping", mapping), ("--system", system)):
             if value is not None:
+                tagged = " and ".join(
+                    m.title for m in methods.METHODS.values() if m.trainable and m.in_prompt
+                )
                 raise SteerableError(
-                    f"{option} applies to RiC and MOSLIM models; {model} is a {manifest.method} model (steer it with --prefer)"
+                    f"{option} applies to {tagged} models; {model} is a {manifest.method} model "
+                    "(steer it with --prefer)"
                 )
         steer, rewards, *_ = method_generator(
             manifest.method, str(model), sampling, None, dtype=dtype, trust_remote_code=trust_remote_code
@@ -683,14 +672,15 @@ def generate(
             )
         for warning in caught:  # e.g. a target clipped to the trained range
             _warn(warning.message)
-        if manifest.method == "moslim":
+        key = "levels" if "levels" in steered_by else "targets"  # what the tags hold
+        if key == "levels":
             console.print("levels: " + ", ".join(f"{n}={v}" for n, v in steering.items()))
         else:
             console.print("targets: " + ", ".join(f"{n}={v:+.2f}" for n, v in steering.items()))
-        applied = {"levels" if manifest.method == "moslim" else "targets": dict(steering)}
+        applied = {key: dict(steering)}
         responses = policy.generate(
             prompts,
-            **{"levels" if manifest.method == "moslim" else "targets": steering},
+            **{key: steering},
             system=system,
             sampling=sampling,
         )
@@ -1050,14 +1040,15 @@ def export(
     import shutil
 
     from steerable.io import atomic_write_text
-    from steerable.policy import TAGGED_METHODS, SteerablePolicy, load_manifest
+    from steerable.policy import SteerablePolicy, load_manifest
     from steerable.stages import EXPORT_RECORD
 
     manifest = load_manifest(model)
-    if manifest.method not in TAGGED_METHODS:
+    if not methods.get(manifest.method).in_prompt:
+        in_prompt = methods.names(lambda m: m.trainable and m.in_prompt)
         raise SteerableError(
             f"{model} holds a {manifest.method!r} model; export writes models steered through the prompt "
-            f"({', '.join(TAGGED_METHODS)})"
+            f"({', '.join(in_prompt)})"
         )
     claim(out, {"MODEL": model}, directory=True, inside_inputs=False)  # no model inside the model
     if out.exists() and any(out.iterdir()):
