@@ -1,0 +1,151 @@
+"""The code's layout: one registry of methods that every command asks (no branch on a method's
+name outside `steerable/methods/`), registry entries that resolve, and no import cycle between
+the packages."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from steerable import methods
+from steerable.methods.base import resolve
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "steerable"
+
+# A method's name compared or looked up outside the registry: `x.method == "ric"`, `method != ...`,
+# `method in ("ric", ...)`, and the playground's `card.method === "ric"`.
+NAME_BRANCH = re.compile(r"\.method\s*(==|!=)|\bmethod\s*(!=|===|!==)|\bmethod\s+in\s+\(")
+
+
+def test_no_code_outside_the_registry_branches_on_a_method_name():
+    found = []
+    for path in sorted(SRC.rglob("*")):
+        if path.suffix not in (".py", ".html") or (SRC / "methods") in path.parents:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if NAME_BRANCH.search(line):
+                found.append(f"{path.relative_to(SRC)}:{number}: {line.strip()}")
+    assert not found, "branches on a method's name (ask steerable.methods instead):\n" + "\n".join(found)
+
+
+def test_the_name_branch_pattern_finds_what_it_should():
+    for line in (
+        'if manifest.method == "ric":',
+        'if card.method === "np-dpo") {',
+        'if method in ("a", "b"):',
+    ):
+        assert NAME_BRANCH.search(line), line
+    assert not NAME_BRANCH.search("if methods.get(manifest.method).in_prompt:")
+
+
+@pytest.mark.parametrize("name", list(methods.METHODS))
+def test_every_registered_method_resolves(name):
+    method = methods.get(name)
+    assert method.name == name and method.summary and method.title
+    assert set(method.steering) <= {"weights", "mapping", "targets", "levels", "examples"}
+    assert callable(resolve(method.sweep))
+    references = [method.check, method.plan, *method.report]
+    if method.trainable:
+        config = resolve(method.config)
+        assert "output_dir" in config.__dataclass_fields__ and callable(resolve(method.recipe))
+    else:
+        assert method.config is None and method.plan is None and not method.report
+    for reference in filter(None, references):
+        assert callable(resolve(reference)), reference
+    if method.policy is not None:
+        steering = method.steering_of()
+        for function in ("levels", "adapter", "attach", "steering_for", "tags", "request", "generate"):
+            assert callable(getattr(steering, function)), f"{method.policy} has no {function}"
+    assert set(method.evaluate_options) <= {"adapter", "mapping"}
+
+
+def test_an_unknown_method_lists_the_choices():
+    with pytest.raises(methods.SteerableError, match=r"unknown method 'dpo'; choose from \['ric', 'moslim'"):
+        methods.get("dpo")
+
+
+def test_the_registry_imports_no_heavy_library():
+    import subprocess
+    import sys
+
+    heavy = "('torch', 'trl', 'transformers')"
+    code = f"import sys, steerable.methods; print(sorted(m for m in {heavy} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """steerable's subpackages and top-level modules, each with those it imports (at module
+    level or inside a function)."""
+
+    def node(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if parts[0] == "steerable" and len(parts) > 1 else None
+
+    graph: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        relative = path.relative_to(SRC)
+        if relative.name == "__init__.py" and len(relative.parts) == 1:
+            continue
+        source = relative.parts[0].removesuffix(".py")
+        edges = graph.setdefault(source, set())
+        for statement in ast.walk(ast.parse(path.read_text())):
+            if isinstance(statement, ast.Import):
+                targets = [alias.name for alias in statement.names]
+            elif isinstance(statement, ast.ImportFrom) and statement.module and not statement.level:
+                base = statement.module
+                targets = [
+                    f"{base}.{alias.name}" if base == "steerable" else base for alias in statement.names
+                ]
+            else:
+                continue
+            edges.update(t for t in map(node, targets) if t is not None and t != source)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan), each sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_between_packages():
+    graph = import_graph()
+    packages = {name for name in graph if (SRC / name).is_dir()}
+    assert {"methods", "evaluation", "serving", "scorers", "reward_models"} <= packages
+    between_packages = cycles({p: graph[p] & packages for p in packages})
+    every = cycles(graph)
+    assert not between_packages, (
+        f"import cycles between packages: {between_packages}; every cycle with the top-level modules: {every}"
+    )
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
