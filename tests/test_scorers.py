@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -270,3 +272,12 @@ def test_pairs_cut_on_two_threads_at_once_are_cut_as_each_alone(tiny_path):
     for thread in threads:
         thread.join()
     assert together == alone
+
+
+def test_reward_models_import_nothing_from_scorers():
+    """One direction between the two packages: scorers build on reward_models (the hf: and moslim:
+    scorers load its models), never the reverse, so neither needs the other half-imported."""
+    import steerable.reward_models
+
+    for path in Path(steerable.reward_models.__file__).parent.glob("*.py"):
+        assert "steerable.scorers" not in path.read_text(), path.name
