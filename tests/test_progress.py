@@ -193,3 +193,32 @@ def test_train_ric_prints_its_cost_and_takes_yes(tiny_path, tmp_path, monkeypatc
     started = runner.invoke(app, [*args, "--yes"])
     assert started.exit_code == 0, started.output
     assert "start it?" not in started.output
+
+
+def test_compare_counts_ric_sampling_and_every_methods_sweep():
+    from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig
+
+    config = CompareConfig(**DEMO_CONFIG)
+    plan = cost.compare_plan(config, "runs/demo")
+    # RiC: 96 prompts x 2 samples offline + 96 in its MORS round, of 48 tokens; evaluation:
+    # ric and prompting, 6 points each (K = 2, resolution 5) x 22 prompts x 2 samples, 48 tokens
+    assert plan.generations == 96 * 2 + 96 + 2 * 6 * 22 * 2
+    assert plan.slots == plan.generations * 48
+    assert "evaluation: 2 methods, 12 grid points x 22 prompts" in plan.what
+    three = CompareConfig(**{**DEMO_CONFIG, "ric": {**DEMO_CONFIG["ric"], "objectives": [
+        "brief=builtin:brevity", "positive=builtin:sentiment", "long=builtin:length"]}})  # fmt: skip
+    assert cost.compare_plan(three, "runs/demo").note == (
+        "3 objectives at eval: {resolution: 5} make 21 grid points; eval: {resolution: 4} gives 15"
+    )
+
+
+def test_a_declined_compare_starts_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(cost, "interactive", lambda: True)
+    cost.record_rate("tiny-llama", cost.this_device(), tokens=1, seconds=100.0)
+    config = tmp_path / "c.yaml"
+    config.write_text("model: tiny\nmethods: [ric, prompting]\neval: {limit: 2, resolution: 2}\n")
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", "--config", str(config), "--out", str(out)], input="n\n")
+    assert result.exit_code == 1, result.output
+    assert "this run generates" in " ".join(result.output.split())
+    assert not out.exists()

@@ -104,6 +104,11 @@ class Plan:
     model: str
     what: str
     note: str | None = None  # a cheaper way to run it, said beside the estimate
+    tokens: int | None = None  # token slots where answers differ in length (default: all at max)
+
+    @property
+    def slots(self) -> int:
+        return self.tokens if self.tokens is not None else self.generations * self.max_new_tokens
 
 
 @dataclass
@@ -146,7 +151,7 @@ def estimate(plan: Plan, device: str | None = None) -> Estimate:
         measured = None
     if not rate > 0:
         rate, measured = DEFAULT_TOKENS_PER_SECOND["cpu"], None
-    seconds = plan.generations * plan.max_new_tokens / rate
+    seconds = plan.slots / rate
     return Estimate(plan, seconds, rate, measured)
 
 
@@ -169,15 +174,16 @@ def grid_points(k: int, resolution: int) -> int:
     return math.comb(resolution + k - 1, k - 1)
 
 
-def coarser_lattice(k: int, resolution: int) -> str | None:
-    """For K >= 3: the grid's size, and the size a coarser `--resolution` would give."""
+def coarser_lattice(k: int, resolution: int, option: str = "--resolution {}") -> str | None:
+    """For K >= 3: the grid's size, and the size a coarser resolution would give, set with
+    `option` (a format with the resolution's place)."""
     if k < 3 or resolution <= 2:
         return None
     options = [r for r in (resolution // 2, 4, 3) if 1 < r < resolution]
     coarse = max(options) if options else resolution - 1
     return (
-        f"{k} objectives at --resolution {resolution} make {grid_points(k, resolution):,} grid points; "
-        f"--resolution {coarse} gives {grid_points(k, coarse):,}"
+        f"{k} objectives at {option.format(resolution)} make {grid_points(k, resolution):,} grid points; "
+        f"{option.format(coarse)} gives {grid_points(k, coarse):,}"
     )
 
 
@@ -218,3 +224,44 @@ def ric_plan(config) -> Plan:
         generations += config.online_iterations * config.online_samples
         parts.append(f"MORS: {config.online_iterations} rounds x {config.online_samples}")
     return Plan(generations, config.max_new_tokens, config.model, "; ".join(parts) or "none")
+
+
+def _objective_count(stats: str) -> int | None:
+    """K of a stats JSON or a model directory's manifest, read without building scorers."""
+    path = Path(stats)
+    try:
+        data = json.loads((path / "steerable.json" if path.is_dir() else path).read_text())
+    except (OSError, ValueError):
+        return None
+    rewards = data.get("rewards", data) if isinstance(data, dict) else None
+    objectives = rewards.get("objectives") if isinstance(rewards, dict) else None
+    return len(objectives) if isinstance(objectives, list) else None
+
+
+def compare_plan(config, out) -> Plan:
+    """What `compare` (and `demo`) generate: RiC's offline data and MORS rounds, and every
+    method's sweep of the grid on the held-out prompts. The GRPO trainers' own sampling is
+    shown by their step bars, not counted here."""
+    from steerable.data import load_prompts
+    from steerable.evaluation.compare import plan_compare
+
+    plan = plan_compare(config, Path(out))
+    settings = plan.settings
+    prompts = len(load_prompts(settings.split, settings.limit, config.prompts))
+    k = len(plan.ric.objectives) if plan.ric is not None else _objective_count(plan.stats) or 2
+    points = {m: grid_points(k, settings.resolution) for m in plan.methods}
+    if plan.morlhf is not None:
+        points["morlhf"] = len(plan.morlhf.weight_vectors) or k + 1  # its own vectors only
+    swept = sum(points.values()) * prompts * settings.samples
+    parts = [f"evaluation: {len(points)} methods, {sum(points.values())} grid points x {prompts} prompts"]
+    tokens = swept * settings.max_new_tokens
+    generations, longest = swept, settings.max_new_tokens
+    if plan.ric is not None:
+        ric = ric_plan(plan.ric)
+        generations, tokens = generations + ric.generations, tokens + ric.slots
+        longest = max(longest, ric.max_new_tokens)
+        parts.insert(0, f"RiC {ric.what}")
+    if {"soups", "morlhf", "moslim"} & set(plan.methods):
+        parts.append("GRPO sampling not counted")
+    note = coarser_lattice(k, settings.resolution, "eval: {{resolution: {}}}")
+    return Plan(generations, longest, config.model, "; ".join(parts), note, tokens)
