@@ -891,14 +891,18 @@ def compare(
         str | None, typer.Option(help="Comma-separated methods: ric, moslim, soups, morlhf, prompting.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Base model for every method.")] = None,
+    yes: Yes = False,
 ) -> None:
     """Train and evaluate several methods on one configuration; one report with overlaid fronts,
     hypervolume, controllability and compute per method. Re-runs skip finished stages."""
+    from steerable.cost import compare_plan
     from steerable.evaluation.compare import CompareConfig, run_compare
 
-    claim(out, {"--config": config}, directory=True)
     overrides = {"model": model, "methods": methods.split(",") if methods else None}
-    results = run_compare(CompareConfig.from_yaml(config, overrides), out)
+    settings = CompareConfig.from_yaml(config, overrides)
+    confirm_cost(compare_plan(settings, out), yes)
+    claim(out, {"--config": config}, directory=True)
+    results = run_compare(settings, out)
     _print_comparison(results, out)
 
 
