@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from steerable import methods
+from steerable.errors import SteerableError
 from steerable.methods.base import resolve
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "steerable"
@@ -61,7 +62,7 @@ def test_every_registered_method_resolves(name):
 
 
 def test_an_unknown_method_lists_the_choices():
-    with pytest.raises(methods.SteerableError, match=r"unknown method 'dpo'; choose from \['ric', 'moslim'"):
+    with pytest.raises(SteerableError, match=r"unknown method 'dpo'; choose from \['ric', 'moslim'"):
         methods.get("dpo")
 
 
