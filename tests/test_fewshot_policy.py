@@ -563,8 +563,49 @@ def test_evaluate_sweeps_np_dpo_over_more_objectives_than_its_types_know(tiny_pa
 
 
 def test_the_sft_term_is_the_chosen_answers_nll_per_token():
-    from steerable.methods.np_dpo.recipe import run_on_share, sft_loss
+    from steerable.evaluation.fewshot import run_on_share
+    from steerable.methods.np_dpo.recipe import sft_loss
 
     # two chosen answers with log-probs -3 and -5 over 2 + 2 tokens: 8 / 4 = 2 nats per token
     assert sft_loss(torch.tensor([-3.0, -5.0]), torch.tensor(4)).item() == pytest.approx(2.0)
     assert run_on_share(["a fine answer", "usalemhipshipshipshipshipshipships", "ok"]) == pytest.approx(1 / 3)
+
+
+def test_train_np_dpo_from_users_logs_evaluates_on_held_out_users(tiny_path, scored_table, tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(12):  # half the users choose the shorter answer, half the longer
+        for p in range(6):
+            short, long = ("great " * n + f"{u}.{p}" for n in sorted(rng.choice(8, 2, replace=False) + 1))
+            chosen, rejected = (short, long) if u % 2 else (long, short)
+            rows.append({"user": u, "prompt": f"Tell me about {p}.", "chosen": chosen, "rejected": rejected})
+    data = tmp_path / "logs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "np-dpo"
+    args = ["train", "np-dpo", "--task", "logs", "--data", str(data), "--model", tiny_path,
+            "--output_dir", str(out), *TINY_ARGS]  # fmt: skip
+    refused = CliRunner().invoke(app, args)  # logs carry no scores: the objectives must be named
+    assert refused.exit_code == 2 and "--stats is required with --task logs" in refused.output
+    result = CliRunner().invoke(app, [*args, "--stats", str(scored_table.parent / "stats.json")])
+    assert result.exit_code == 0, result.output
+    assert "implicit-reward accuracy" in result.output and "not measured" in result.output
+    manifest = json.loads((out / "steerable.json").read_text())
+    assert manifest["fewshot"]["types"] is None
+    report = json.loads((out / "stages" / "evaluation" / "evaluation.json").read_text())
+    assert {p["context"] for p in report["curve"]} == {0, 1, 3} and "generations" not in report
+    assert report["users"]["test"] >= 1 and "no types" in report["not_measured"]
+    held = [json.loads(line) for line in (out / "heldout_pairs.jsonl").read_text().splitlines()]
+    assert len(held) == 6 * report["users"]["test"]  # the held-out users' own choices, unscored
+    assert set(held[0]) == {"user", "prompt", "chosen", "rejected"}
+    saved = ContextPath.load(out / manifest["fewshot"]["context"])
+    assert all(p.abs().sum() > 0 for p in saved.film.parameters())  # FiLM starts at zero: it trained
+    from safetensors.torch import load_file
+
+    lora = load_file(out / "stages" / "policy" / "weights" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in lora.items())  # LoRA B starts at zero
+    from steerable.evaluation.evaluate import evaluate
+    from steerable.generation import SamplingConfig
+
+    with pytest.raises(SteerableError, match="trained from users' logs"):
+        evaluate("np-dpo", str(out), ["Say hi."], resolution=1, sampling=SamplingConfig(max_new_tokens=2),
+                 progress=False, examples=2)  # fmt: skip
