@@ -37,6 +37,18 @@ def score_with_typed_objective(tmp_path, name="positive"):
     return stats, module
 
 
+def model_with_typed_objective(tmp_path, tiny_ric):
+    """A copy of the tiny RiC model whose objective 'positive' is the py: scorer typed in
+    `score_with_typed_objective` (the same names, so the model's tags still apply)."""
+    stats, module = score_with_typed_objective(tmp_path)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_ric[1], model)
+    manifest = json.loads((model / "steerable.json").read_text())
+    manifest["rewards"] = json.loads(stats.read_text())
+    (model / "steerable.json").write_text(json.dumps(manifest))
+    return model, module
+
+
 def test_a_typed_objective_is_recorded_and_what_was_made_from_it_runs_without_the_flag(tmp_path):
     stats, module = score_with_typed_objective(tmp_path)
     digest = file_sha256(module)
@@ -128,12 +140,7 @@ def test_serve_scores_with_a_trusted_scorer_and_answers_403_naming_the_flag_for_
 ):
     from steerable.serving.api import ServedModel, create_app
 
-    stats, _ = score_with_typed_objective(tmp_path)
-    model = tmp_path / "model"
-    shutil.copytree(tiny_ric[1], model)
-    manifest = json.loads((model / "steerable.json").read_text())
-    manifest["rewards"] = json.loads(stats.read_text())  # the same objective names, a py: scorer
-    (model / "steerable.json").write_text(json.dumps(manifest))
+    model, _ = model_with_typed_objective(tmp_path, tiny_ric)
     body = {"model": "model", "prompt": "Say hi", "responses": ["Hi!", "Hello there."]}
 
     served = ServedModel.load(str(model), max_batch=2, max_queue=8)
@@ -149,3 +156,22 @@ def test_serve_scores_with_a_trusted_scorer_and_answers_403_naming_the_flag_for_
     assert "--trust-remote-code" in error["message"] and "not trusted on this machine" in error["message"]
     trusted = ServedModel.load(str(model), max_batch=2, max_queue=8, trust_remote_code=True)
     assert TestClient(create_app([trusted])).post("/v1/score", json=body).status_code == 200
+
+
+def test_serve_says_at_start_that_an_untrusted_scorer_will_be_refused(tmp_path, tiny_ric, monkeypatch):
+    import uvicorn
+
+    from steerable.serving.local import free_port
+
+    model, module = model_with_typed_objective(tmp_path, tiny_ric)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)  # start, then stop at once
+    command = ["serve", str(model), "--port", str(free_port())]
+    started = CliRunner().invoke(app, command)
+    assert started.exit_code == 0, started.output
+    assert "warning" not in started.output
+    store_path().unlink()
+    started = CliRunner().invoke(app, command)
+    assert started.exit_code == 0, started.output
+    warning = " ".join(started.output.split())
+    assert warning.count("warning:") == 1 and "POST /v1/score will answer 403" in warning
+    assert str(module.resolve()) in warning and "--trust-remote-code" in warning
