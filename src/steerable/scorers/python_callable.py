@@ -3,6 +3,10 @@
 The function is the user's code: whatever goes wrong while importing or calling it (a syntax
 error, a failing import inside the module, an exception) is reported as one line naming the
 objective, not as a traceback from inside steerable.
+
+A py: objective the user typed runs as given; one read back from a statistics file or a model
+directory runs only where this machine trusts its file as it is (`steerable.trust`), or with
+--trust-remote-code.
 """
 
 from __future__ import annotations
