@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from steerable.cli import app
+from steerable.data.loading import read_placed, write_table
 from steerable.errors import SteerableError
 from steerable.evaluation.fewshot import context_curve, model_margins, oracle_margins
 from steerable.fewshot.embeddings import embed_options, write_cache
@@ -429,6 +430,26 @@ def test_a_log_is_split_by_user_deterministically_with_the_seed():
             row["prompt"],
             row["rejected"],
         )
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet", ""])
+def test_a_log_reads_from_every_table_format_alike(suffix, tmp_path):
+    rows = log_rows(users=6, pairs=3)
+    path = tmp_path / f"logs{suffix}"
+    if suffix:
+        write_table(path, rows)
+    else:  # a dataset saved with `datasets`
+        import datasets
+
+        datasets.Dataset.from_list(rows).save_to_disk(str(path))
+    read, places = read_placed(path)
+    log = choice_log(read, str(path), seed=1, places=places)
+    expected = choice_log(rows, seed=1)
+    assert log.users == expected.users and log.texts == expected.texts
+    assert (
+        log.pairs.tolist() == expected.pairs.tolist()
+        and log.user_split.tolist() == expected.user_split.tolist()
+    )
 
 
 def test_a_log_task_is_one_users_own_choices_padded_to_the_targets():
