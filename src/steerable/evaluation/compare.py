@@ -308,13 +308,11 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
             train_moslim_rm(plan.moslim_rm)
         trained["moslim"] = train_moslim(plan.moslim)
     if plan.np_dpo is not None:
-        from steerable.methods.np_dpo.recipe import train_np_dpo
+        from steerable.evaluation.fewshot import run_np_dpo, run_np_rm
 
         if plan.np_rm is not None:
-            from steerable.methods.np_rm import train_np_rm
-
-            train_np_rm(plan.np_rm)
-        trained["np-dpo"] = train_np_dpo(plan.np_dpo)
+            run_np_rm(plan.np_rm)
+        trained["np-dpo"] = run_np_dpo(plan.np_dpo)
     statistics = fingerprint(load_rewards(plan.stats).to_dict())
     results = []
     for method in plan.methods:
