@@ -23,11 +23,83 @@ from steerable.serving.local import LIMIT_CONCURRENCY, READ_TIMEOUT, TIMEOUT_KEE
 console = Console(stderr=True)
 
 
+# Runnable examples that end each command's --help, keyed by the command as typed after
+# `steerable`. From a fresh clone they run in order: the smoke run first, then what uses it.
+SCORED = "runs/ric-smoke/stages/offline/scored.jsonl"
+EXAMPLES = {
+    "": ("steerable demo --preset smoke", "steerable train ric --preset smoke"),
+    "objectives": ("steerable objectives",),
+    "prepare": ("steerable prepare --model smollm2",),
+    "sample": ("steerable sample --limit 8 --n-per-prompt 2 --out answers.jsonl",),
+    "score": (
+        "steerable score answers.jsonl --out scored.jsonl",
+        "steerable score answers.jsonl --out scored.jsonl -o brief=builtin:brevity",
+    ),
+    "train": (
+        "steerable train ric --preset smoke",
+        "steerable train ric --data scored.jsonl --output_dir runs/mine",
+    ),
+    "train rm": (f"steerable train rm --data {SCORED} --objective brief --output_dir runs/rm-brief",),
+    "train ric": (
+        "steerable train ric --preset smoke",
+        "steerable train ric --output_dir runs/ric --objectives brief=builtin:brevity positive=builtin:sentiment",
+    ),
+    "train moslim": (
+        "steerable train moslim --stats runs/ric-smoke --reward_model runs/moslim-rm --output_dir runs/moslim",
+    ),
+    "train morlhf": ("steerable train morlhf --stats runs/ric-smoke --output_dir runs/morlhf",),
+    "train soups": ("steerable train soups --stats runs/ric-smoke --output_dir runs/soups",),
+    "train moslim-rm": (
+        f"steerable train moslim-rm --data {SCORED} --labels brief positive --output_dir runs/moslim-rm",
+    ),
+    "train np-rm": (
+        "steerable train np-rm --task synthetic --output_dir runs/np-rm-synthetic",
+        f"steerable train np-rm --task scored --data {SCORED} --output_dir runs/np-rm",
+    ),
+    "train np-dpo": (
+        f"steerable train np-dpo --data {SCORED} --context_init runs/np-rm --output_dir runs/np-dpo",
+    ),
+    "generate": (
+        'steerable generate "How do tides work?" --model runs/ric-smoke \\\n    --prefer brief=0.8,positive=0.2',
+    ),
+    "evaluate": (
+        "steerable evaluate --method ric --model runs/ric-smoke --limit 8 \\\n"
+        "    --resolution 4 --out runs/eval-ric",
+        "steerable evaluate --method prompting --model smollm2 --stats runs/ric-smoke \\\n"
+        "    --limit 8 --resolution 4 --out runs/eval-p",
+    ),
+    "report": ("steerable report runs/eval-ric runs/eval-p --out runs/eval-both",),
+    "compare": ("steerable compare --methods ric,prompting --out runs/compare",),
+    "demo": ("steerable demo --preset smoke", "steerable demo --out runs/demo"),
+    "serve": ("steerable serve runs/ric-smoke", "steerable serve runs/demo/ric smollm2 --port 8001"),
+    "export": ("steerable export runs/ric-smoke runs/ric-smoke-merged",),
+}
+
+
+def examples(name: str, markup: bool = True) -> str:
+    """The `--help` epilog of command `name` (a key of EXAMPLES): one command a line (a long
+    one continued with a backslash), escaped for typer's rich help (`markup`) so that it prints
+    as written. A command without examples gets none (tests/test_presets.py asks for them)."""
+    from rich.markup import escape
+
+    text = "Examples:\n\n" + "\n".join(EXAMPLES[name]) if name in EXAMPLES else ""
+    return escape(text) if markup else text
+
+
 app = typer.Typer(
     help="Steer one language model across several objectives at inference time.",
+    epilog=examples(""),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        Console().print(f"steerable {version('steerable')}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
@@ -39,6 +111,10 @@ def main(
             help="Before the command (steerable --verbose CMD): keep the libraries' own progress bars "
             "and deprecation warnings.",
         ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=print_version),
     ] = False,
 ) -> None:
     if not verbose:
@@ -69,7 +145,7 @@ def command(fn):
         with user_errors():
             return fn(*args, **kwargs)
 
-    return app.command()(run)
+    return app.command(epilog=examples(fn.__name__.replace("_", "-")))(run)
 
 
 # What the running command has claimed (its outputs' locks), released when it ends.
@@ -437,7 +513,7 @@ def summary_table(names: list[str], raw: np.ndarray) -> Table:
     return table
 
 
-train_app = typer.Typer(help="Train a steerable model.", no_args_is_help=True)
+train_app = typer.Typer(help="Train a steerable model.", epilog=examples("train"), no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 
@@ -451,20 +527,36 @@ def run_config_command(
     every field is an option and `--help` lists them with their docs; `--config FILE.yaml` sets
     fields that flags then override -- then run the recipe and print what it `made` (a name, or
     a function of the config giving one) where. Every user error is one line. With `plan` (the
-    config -> a `cost.Plan`), the cost is printed first and `--yes` skips the question."""
+    config -> a `cost.Plan`), the cost is printed first and `--yes` skips the question.
+    `--preset NAME` starts from a shipped preset's values (steerable.presets) as `--config`
+    would; the preset's note is printed when the run starts and when it ends."""
+    from rich.markup import escape
+
     from steerable.configs import parse_config
+    from steerable.presets import names, with_preset
 
     args = list(ctx.args)
     yes = plan is not None and any(arg in ("--yes", "-y") for arg in args)
     if plan is not None:
         args = [arg for arg in args if arg not in ("--yes", "-y")]
     with user_errors():
-        config = parse_config(config_cls, args, prog=ctx.command_path)
+        args, note = with_preset(ctx.info_name, args, ctx.command_path)
+        epilog = examples(f"train {ctx.info_name}", markup=False)
+        if names(ctx.info_name):
+            epilog += (
+                f"\n\n--preset NAME starts from a shipped preset's values ({', '.join(names(ctx.info_name))}); "
+                "the options you give override them."
+            )
+        config = parse_config(config_cls, args, prog=ctx.command_path, epilog=epilog)
+        if note:
+            console.print(f"[bold]preset:[/] {escape(note)}", highlight=False, soft_wrap=True)
         if plan is not None:
             confirm_cost(plan(config), yes)
         claim(Path(config.output_dir), directory=True)
         out = run(config)
         console.print(f"{made(config) if callable(made) else made}: {out}")
+        if note:
+            console.print(f"[bold]preset:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 @train_app.command("rm", context_settings=TRAIN_CONTEXT)
@@ -908,17 +1000,45 @@ def compare(
 
 @command
 def demo(
-    out: Annotated[Path, typer.Option(help="Output directory (re-runs resume finished stages).")] = Path(
-        "runs/demo"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output directory (re-runs resume finished stages). Default: runs/demo, with a preset "
+            "runs/demo-PRESET."
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from a shipped preset: smoke runs every stage in under 3 minutes on 2 cores, to "
+            "show the pipeline works (not steering quality)."
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Base model instead of the demo's (smollm2).")] = None,
 ) -> None:
     """RiC on the embedded SmolLM2 (offline data, reward-conditioned SFT), evaluated against the
     prompting floor: table, front plot and report, and the command that serves the model."""
-    from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig, run_compare
+    from rich.markup import escape
 
+    from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig, run_compare
+    from steerable.io import atomic_write_text
+    from steerable.presets import preset_file, preset_note
+
+    # a preset is read as `compare --config` reads its YAML; without one, the demo's own values
+    path = None if preset is None else preset_file("demo", preset, "steerable demo")
+    config = CompareConfig.from_yaml(path, {**(DEMO_CONFIG if path is None else {}), "model": model})
+    out = out or Path("runs/demo" if preset is None else f"runs/demo-{preset}")
     claim(out, directory=True)
-    results = run_compare(CompareConfig(**DEMO_CONFIG), out)
+    note = None if path is None else preset_note(path)
+    if note:
+        console.print(f"[bold]preset:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    results = run_compare(config, out)
+    if note:  # the report says what the run was, wherever it is read
+        report = out / "report.md"
+        atomic_write_text(report, f"> **preset {preset}:** {note}\n\n{report.read_text()}")
     _print_comparison(results, out)
+    if note:
+        Console().print(f"[bold]preset:[/] {escape(note)}", highlight=False, soft_wrap=True)
     Console().print(
         f"try it: steerable serve {out / 'ric'}   then open http://127.0.0.1:8000/ (the playground)",
         highlight=False,
@@ -1009,12 +1129,20 @@ def serve(
                 f"two models have the same id in {ids}; serve directories with different names"
             )
         app_ = create_app(served, api_key=api_key, max_tokens_limit=max_tokens)
+        for line in start_message([(m.id, m.method) for m in served], host, port):
+            console.print(line, highlight=False, soft_wrap=True)
         for model in served:
-            console.print(f"serving [bold]{model.id}[/] ({model.method}) at http://{host}:{port}/v1")
             if model.policy is not None and model.policy.rewards.refusal is not None:
                 _warn(f"{model.id}: POST /v1/score will answer 403: {model.policy.rewards.refusal}")
         config = uvicorn_config(app_, host, port, limit_concurrency, timeout_keep_alive, read_timeout)
         uvicorn.Server(config).run(sockets=[sock])
+
+
+def start_message(served: list[tuple[str, str]], host: str, port: int) -> list[str]:
+    """What `serve` prints when it starts: each (model id, method)'s API and the playground's URL."""
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"  # an IPv6 address goes in brackets
+    lines = [f"serving {model} ({method}) at {base}/v1" for model, method in served]
+    return [*lines, f"playground: {base}/ (open it in a browser)"]
 
 
 def check_url(option: str, url: str) -> None:

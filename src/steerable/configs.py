@@ -21,11 +21,17 @@ from pathlib import Path
 from steerable.errors import SteerableError
 
 
-def parse_config(config_cls, args: list[str], prog: str):
+def parse_config(config_cls, args: list[str], prog: str, epilog: str | None = None):
     """A config dataclass from command-line `args` (and `--config FILE.yaml`, which flags
-    override); bad options, values, keys and files raise one SteerableError."""
+    override); bad options, values, keys and files raise one SteerableError. `epilog` ends
+    `--help` as written (examples stay one command a line)."""
+    import argparse
+
     import yaml
     from trl import TrlParser
+
+    class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """Defaults shown (TRL's choice), the epilog left as written."""
 
     class Parser(TrlParser):
         def error(self, message):  # argparse calls this for bad options and values
@@ -42,8 +48,9 @@ def parse_config(config_cls, args: list[str], prog: str):
         index = args.index("--config")
         if index + 1 >= len(args) or not Path(args[index + 1]).is_file():
             raise SteerableError("--config needs an existing YAML file")
+    parser = Parser(config_cls, prog=prog, allow_abbrev=False, epilog=epilog, formatter_class=HelpFormatter)
     try:
-        (config,) = Parser(config_cls, prog=prog, allow_abbrev=False).parse_args_and_config(args)
+        (config,) = parser.parse_args_and_config(args)
     except yaml.YAMLError as err:
         raise SteerableError(f"--config: not valid YAML ({err})")
     except ValueError as err:  # unknown keys in the YAML or arguments, a YAML that is no mapping
