@@ -302,7 +302,8 @@ TrustRemoteCode = Annotated[
     bool,
     typer.Option(
         "--trust-remote-code",
-        help="Let models run their own code and objectives' py: scorers from files you did not write run (off).",
+        help="Let models run their own code, and py: scorers named in a model or statistics file run "
+        "though this machine has not scored with that file as it is now (off).",
     ),
 ]
 
@@ -428,7 +429,8 @@ def score(
     trust_remote_code: Annotated[
         bool,
         typer.Option(
-            help="Let py: scorers (and hf: ones with trust_remote_code) named in --stats-from run their code; only for files you trust."
+            help="Let py: scorers named in --stats-from that this machine has not scored with as they are "
+            "now (and hf: ones with trust_remote_code) run their code; only for files you trust."
         ),
     ] = False,
 ) -> None:
