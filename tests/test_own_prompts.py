@@ -94,11 +94,13 @@ def test_bad_prompt_files_are_refused_naming_the_row(tmp_path, tiny_path, rows, 
         ["sample", "--model", tiny_path, "--prompts", bad, "--out", tmp_path / "s.jsonl"],
         ["evaluate", "--model", tmp_path, "--prompts", bad, "--out", tmp_path / "e"],
         ["train", "ric", "--model", tiny_path, "--prompts", bad, "--output_dir", tmp_path / "r"],
+        ["demo", "--model", tiny_path, "--prompts", bad, "--out", tmp_path / "d", "--yes"],
     ):
         result = invoke(command)
         assert result.exit_code == 2, (command, result.output)
         assert expected in " ".join(result.output.split()), (command, result.output)
-    assert not (tmp_path / "r" / "stages" / "offline").exists()  # refused before any stage ran
+    for run in ("r", "d"):  # refused before any stage ran
+        assert not (tmp_path / run / "stages").exists() and not (tmp_path / run / "ric").exists()
 
 
 def test_sample_answers_the_files_prompts_of_the_split(tmp_path, tiny_path, own_file):

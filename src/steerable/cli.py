@@ -1017,9 +1017,11 @@ def demo(
         ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Base model instead of the demo's (smollm2).")] = None,
+    prompts: PromptsOpt = None,
 ) -> None:
     """RiC on the embedded SmolLM2 (offline data, reward-conditioned SFT), evaluated against the
-    prompting floor: table, front plot and report, and the command that serves the model."""
+    prompting floor: table, front plot and report, and the command that serves the model. With
+    --prompts, on your prompts: their train split trains, their heldout split evaluates."""
     from rich.markup import escape
 
     from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig, run_compare
@@ -1028,9 +1030,16 @@ def demo(
 
     # a preset is read as `compare --config` reads its YAML; without one, the demo's own values
     path = None if preset is None else preset_file("demo", preset, "steerable demo")
-    config = CompareConfig.from_yaml(path, {**(DEMO_CONFIG if path is None else {}), "model": model})
+    config = CompareConfig.from_yaml(
+        path,
+        {
+            **(DEMO_CONFIG if path is None else {}),
+            "model": model,
+            "prompts": None if prompts is None else str(prompts),
+        },
+    )
     out = out or Path("runs/demo" if preset is None else f"runs/demo-{preset}")
-    claim(out, directory=True)
+    claim(out, {"--prompts": prompts}, directory=True)
     note = None if path is None else preset_note(path)
     if note:
         console.print(f"[bold]preset:[/] {escape(note)}", highlight=False, soft_wrap=True)
