@@ -170,13 +170,16 @@ def test_a_long_run_asks_in_an_interactive_shell_unless_yes(
         assert "not started (--yes starts without asking)" in said
 
 
-def test_a_short_run_prints_its_cost_and_goes_on(tmp_path, monkeypatch, tiny_path):
+@pytest.mark.parametrize(("seconds", "said"), [(0.5, False), (20.0, True)])
+def test_a_run_under_the_threshold_goes_on_without_asking(tmp_path, monkeypatch, tiny_path, seconds, said):
+    """Estimates of 4 s (nothing said) and of 160 s (said, not asked: under ten minutes)."""
     monkeypatch.setattr(cost, "interactive", lambda: True)
+    cost.record_rate("tiny-llama", cost.this_device(), tokens=1 * 8, seconds=seconds * 8)
     out = tmp_path / "s.jsonl"
-    result = runner.invoke(app, ["sample", "--model", "tiny", "--limit", "2", "--max-new-tokens", "2",
+    result = runner.invoke(app, ["sample", "--model", "tiny", "--limit", "2", "--max-new-tokens", "4",
                                  "--out", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "this run generates 2 answers" in " ".join(result.output.split())
+    assert ("this run generates 2 answers" in " ".join(result.output.split())) == said
     assert "start it?" not in result.output
 
 

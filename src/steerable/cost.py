@@ -5,8 +5,9 @@ Every generation records its rate (`record_rate`, called by `generate_texts`) in
 `$STEERABLE_HOME/rates.json`: decoded tokens per second, per model and device, the newest
 measurement of each. A command's `Plan` (how many answers of how many tokens) becomes an
 `Estimate` at that rate, or at a stated default where this machine has not measured the model
-yet. Generation is most of a run's time on a small model; training steps are shown by their
-own bars as they go.
+yet. A run expected to take over a minute says so before it starts; over ten minutes, in an
+interactive shell, it asks first (the command line's `confirm_cost`). Generation is most of a
+run's time on a small model; training steps are shown by their own bars as they go.
 
 The time is an upper estimate: it counts every answer at max_new_tokens, and a batch stops
 early when all its answers have ended.
@@ -29,7 +30,8 @@ RATES = "rates.json"
 # cores makes about 150 tokens/s; one GPU, an order of magnitude more.
 DEFAULT_TOKENS_PER_SECOND = {"cpu": 150.0, "cuda": 2000.0}
 MIN_SECONDS = 1.0  # a shorter generation is mostly start-up, not a rate
-ASK_ABOVE_SECONDS = 600.0  # an interactive run expected to take longer asks before it starts
+SAY_ABOVE_SECONDS = 60.0  # a run expected to take longer says so before it starts
+ASK_ABOVE_SECONDS = 600.0  # an interactive one expected to take longer asks first
 
 
 def rates_path() -> Path:
@@ -134,6 +136,10 @@ class Estimate:
             f"this run generates {plan.generations:,} answers ({plan.what}) of up to "
             f"{plan.max_new_tokens} tokens: at most about {duration(self.seconds)} at {rate}"
         )
+
+    @property
+    def worth_saying(self) -> bool:
+        return self.seconds > SAY_ABOVE_SECONDS
 
     @property
     def long(self) -> bool:
