@@ -321,11 +321,13 @@ Yes = Annotated[
 
 def confirm_cost(plan, yes: bool) -> None:
     """Print what `plan` will cost (answers, time at the measured rate) and a cheaper way where
-    there is one; above the threshold in an interactive shell, ask unless `yes`. Not starting
-    is exit status 1, before anything is generated."""
+    there is one, for a run of over a minute; over ten, in an interactive shell, ask unless
+    `yes`. Not starting is exit status 1, before anything is generated."""
     from steerable import cost
 
     estimate = cost.estimate(plan)
+    if not estimate.worth_saying:
+        return
     console.print(estimate.line(), highlight=False, soft_wrap=True)
     if plan.note:
         console.print(plan.note, highlight=False, soft_wrap=True)
