@@ -1020,12 +1020,14 @@ def demo(
     ] = None,
     model: Annotated[str | None, typer.Option(help="Base model instead of the demo's (smollm2).")] = None,
     prompts: PromptsOpt = None,
+    yes: Yes = False,
 ) -> None:
     """RiC on the embedded SmolLM2 (offline data, reward-conditioned SFT), evaluated against the
     prompting floor: table, front plot and report, and the command that serves the model. With
     --prompts, on your prompts: their train split trains, their heldout split evaluates."""
     from rich.markup import escape
 
+    from steerable.cost import compare_plan
     from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig, run_compare
     from steerable.io import atomic_write_text
     from steerable.presets import preset_file, preset_note
@@ -1041,6 +1043,7 @@ def demo(
         },
     )
     out = out or Path("runs/demo" if preset is None else f"runs/demo-{preset}")
+    confirm_cost(compare_plan(config, out), yes)
     claim(out, {"--prompts": prompts}, directory=True)
     note = None if path is None else preset_note(path)
     if note:
