@@ -162,7 +162,7 @@ def test_a_long_run_asks_in_an_interactive_shell_unless_yes(
     result = runner.invoke(app, args, input=answer)
     said = " ".join(result.output.split())
     assert "this run generates 4 answers (4 prompts x 1 per prompt) of up to 2 tokens" in said
-    assert "at most about 14 min at 0.01 tokens/s, measured for tiny-llama" in said
+    assert "at most about 14 min of generation at 0.01 tokens/s, measured for tiny-llama" in said
     assert ("start it?" in said) == (tty and not yes)
     assert out.exists() == started
     assert result.exit_code == (0 if started else 1), result.output
@@ -191,7 +191,8 @@ def test_train_ric_prints_its_cost_and_takes_yes(tiny_path, tmp_path, monkeypatc
     refused = runner.invoke(app, args, input="n\n")
     assert refused.exit_code == 1, refused.output
     said = " ".join(refused.output.split())
-    assert "this run generates 4 answers (offline: 4 prompts x 1 samples)" in said
+    assert "this run generates 4 answers (offline: 4 prompts x 1 sample)" in said
+    assert "training takes" not in said  # --stop_after offline: sampling and scoring only
     assert not (tmp_path / "r").exists()
     started = runner.invoke(app, [*args, "--yes"])
     assert started.exit_code == 0, started.output
@@ -207,7 +208,7 @@ def test_compare_counts_ric_sampling_and_every_methods_sweep():
     # ric and prompting, 6 points each (K = 2, resolution 5) x 22 prompts x 2 samples, 48 tokens
     assert plan.generations == 96 * 2 + 96 + 2 * 6 * 22 * 2
     assert plan.slots == plan.generations * 48
-    assert "evaluation: 2 methods, 12 grid points x 22 prompts" in plan.what
+    assert "evaluation: 2 methods, 12 grid points x 22 prompts x 2 samples" in plan.what
     three = CompareConfig(**{**DEMO_CONFIG, "ric": {**DEMO_CONFIG["ric"], "objectives": [
         "brief=builtin:brevity", "positive=builtin:sentiment", "long=builtin:length"]}})  # fmt: skip
     assert cost.compare_plan(three, "runs/demo").note == (

@@ -107,6 +107,7 @@ class Plan:
     what: str
     note: str | None = None  # a cheaper way to run it, said beside the estimate
     tokens: int | None = None  # token slots where answers differ in length (default: all at max)
+    trains: bool = False  # the run trains too, which the estimate does not count
 
     @property
     def slots(self) -> int:
@@ -134,7 +135,8 @@ class Estimate:
             )
         return (
             f"this run generates {plan.generations:,} answers ({plan.what}) of up to "
-            f"{plan.max_new_tokens} tokens: at most about {duration(self.seconds)} at {rate}"
+            f"{plan.max_new_tokens} tokens: at most about {duration(self.seconds)} of generation at {rate}"
+            + ("; training takes its own time besides" if plan.trains else "")
         )
 
     @property
@@ -225,11 +227,14 @@ def ric_plan(config) -> Plan:
     if config.data is None:
         prompts = len(load_prompts(config.prompt_split, config.prompt_limit, config.prompts))
         generations += prompts * config.samples_per_prompt
-        parts.append(f"offline: {prompts} prompts x {config.samples_per_prompt} samples")
+        samples = config.samples_per_prompt
+        parts.append(f"offline: {prompts} prompts x {samples} sample{'s' * (samples != 1)}")
     if config.stop_after is None and config.online_iterations:
         generations += config.online_iterations * config.online_samples
-        parts.append(f"MORS: {config.online_iterations} rounds x {config.online_samples}")
-    return Plan(generations, config.max_new_tokens, config.model, "; ".join(parts) or "none")
+        rounds = config.online_iterations
+        parts.append(f"MORS: {rounds} round{'s' * (rounds != 1)} x {config.online_samples}")
+    what = "; ".join(parts) or "none: the data is given"
+    return Plan(generations, config.max_new_tokens, config.model, what, trains=config.stop_after != "offline")
 
 
 def _objective_count(stats: str) -> int | None:
@@ -259,7 +264,9 @@ def compare_plan(config, out) -> Plan:
     if plan.morlhf is not None:
         points["morlhf"] = len(plan.morlhf.weight_vectors) or k + 1  # its own vectors only
     swept = sum(points.values()) * prompts * settings.samples
-    parts = [f"evaluation: {len(points)} methods, {sum(points.values())} grid points x {prompts} prompts"]
+    samples = f"{settings.samples} sample{'s' * (settings.samples != 1)}"
+    swept_points = sum(points.values())
+    parts = [f"evaluation: {len(points)} methods, {swept_points} grid points x {prompts} prompts x {samples}"]
     tokens = swept * settings.max_new_tokens
     generations, longest = swept, settings.max_new_tokens
     if plan.ric is not None:
@@ -270,4 +277,4 @@ def compare_plan(config, out) -> Plan:
     if {"soups", "morlhf", "moslim"} & set(plan.methods):
         parts.append("GRPO sampling not counted")
     note = coarser_lattice(k, settings.resolution, "eval: {{resolution: {}}}")
-    return Plan(generations, longest, config.model, "; ".join(parts), note, tokens)
+    return Plan(generations, longest, config.model, "; ".join(parts), note, tokens, trains=True)
