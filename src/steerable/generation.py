@@ -311,7 +311,8 @@ def _generate(model, tokenizer, texts: Sequence[str], sampling: SamplingConfig, 
             decoded += len(idx) * ticker.steps
             # answers that all ended early leave their batch's slots short
             advance_to(bar, base + (start + len(idx)) * sampling.max_new_tokens)
-            bar.set_postfix_str(f"{start + len(idx)}/{len(texts)} answers", refresh=False)
+            if outer is None:  # a stage's bar keeps the stage's own postfix
+                bar.set_postfix_str(f"{start + len(idx)}/{len(texts)} answers", refresh=False)
     record_rate(generation_model_id(model), device_name(model.device), decoded, time.perf_counter() - started)
     return outputs
 
