@@ -50,6 +50,19 @@ def test_the_generation_bar_moves_at_every_decoding_step_within_one_batch(tiny_p
     assert sum(recorded) == 3 * 6
 
 
+def test_a_shown_generation_records_its_rate_and_a_quiet_one_does_not(tiny_path, monkeypatch):
+    model, tokenizer = load_causal_lm(tiny_path, device="cpu")
+    texts = format_chat(tokenizer, ["Name a fruit.", "What is rain?"])
+    sampling = SamplingConfig(max_new_tokens=4, batch_size=8, temperature=0.7, seed=0)
+    monkeypatch.setattr(cost, "MIN_SECONDS", 0.0)  # the tiny model is faster than a real rate
+    generate_texts(model, tokenizer, texts, sampling, progress=False)  # as a server answers
+    assert not cost.rates_path().exists()
+    generate_texts(model, tokenizer, texts, sampling, progress=True)
+    (rate,) = json.loads(cost.rates_path().read_text()).values()
+    assert rate["model"] == "tiny-llama" and rate["device"] == cost.this_device()
+    assert 2 <= rate["tokens"] <= 2 * 4 and rate["tokens_per_second"] > 0
+
+
 def test_a_stage_bar_is_moved_by_the_generation_inside_it_not_replaced(tiny_path, recorded):
     from steerable.progress import stage_bar
 

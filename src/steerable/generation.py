@@ -266,7 +266,8 @@ class DecodeTicker(StoppingCriteria):
 def _generate(model, tokenizer, texts: Sequence[str], sampling: SamplingConfig, progress: bool) -> list[str]:
     """Batched generation, shown on the running stage's bar (`progress.stage_bar`) or, outside
     one and with `progress`, a bar of its own; both count token slots (rows x max_new_tokens)
-    and move at every decoding step. The measured rate goes to `cost.record_rate`."""
+    and move at every decoding step. The rate of a shown generation (a command's stage, not a
+    served request) goes to `cost.record_rate`."""
     from steerable.cost import record_rate
     from steerable.progress import active_bar, advance_to, stage_bar
 
@@ -313,7 +314,10 @@ def _generate(model, tokenizer, texts: Sequence[str], sampling: SamplingConfig, 
             advance_to(bar, base + (start + len(idx)) * sampling.max_new_tokens)
             if outer is None:  # a stage's bar keeps the stage's own postfix
                 bar.set_postfix_str(f"{start + len(idx)}/{len(texts)} answers", refresh=False)
-    record_rate(generation_model_id(model), device_name(model.device), decoded, time.perf_counter() - started)
+    if progress or outer is not None:  # a command's generation stage, not a served request
+        record_rate(
+            generation_model_id(model), device_name(model.device), decoded, time.perf_counter() - started
+        )
     return outputs
 
 
