@@ -64,6 +64,8 @@ def run_block(block: Block, cwd: Path) -> subprocess.CompletedProcess:
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        # the page's own trust store and measured rates, not the user's (the model cache is shared)
+        "STEERABLE_HOME": str(cwd / ".steerable-home"),
     }
     if block.kind == "python":
         command = [str(BIN / "python"), "-c", block.code]
