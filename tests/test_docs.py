@@ -90,6 +90,15 @@ def test_the_readme_is_a_short_guide():
     assert size <= 15 * 1024, f"README.md is {size} bytes; reference material belongs in docs/"
 
 
+def test_the_readmes_links_lead_to_files_of_the_repository():
+    """The README is read on its own (outside the site): its relative links must resolve."""
+    links = re.findall(r"\]\(([^)#\s]+)[^)]*\)", (ROOT / "README.md").read_text())
+    local = [link for link in links if "://" not in link]
+    assert local, "the README links to no documentation page"
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
+
+
 def test_the_site_builds_strictly(tmp_path):
     """No broken link or anchor, no page left out of the nav (mkdocs.yml turns those into
     warnings, and --strict makes a warning fail the build)."""
