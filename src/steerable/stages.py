@@ -47,13 +47,6 @@ from steerable.io import atomic_write_text
 DONE, STARTED = "done.json", "started.json"
 RUN = "run.json"  # ROOT/stages/run.json: {"command": "train ric"}, the command that made the run
 EXPORT_RECORD = "steerable_export.json"  # what `steerable export` writes beside a merged model
-METHOD_NAMES = {
-    "ric": "RiC",
-    "moslim": "MOSLIM",
-    "soups": "Rewarded Soups",
-    "morlhf": "MORLHF",
-    "np-dpo": "NP-DPO",
-}
 # What `Stages.start` created inside the running `tidy_on_failure`, undone if the command fails;
 # None outside one (the Python API), where nothing would undo it.
 _began: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("began", default=None)
@@ -130,6 +123,7 @@ def _json(path: Path) -> dict | None:
 def made_by(root: str | Path) -> list[tuple[str | None, str]]:
     """What a directory holds that a command made, as (the command, what it is) for each sign of
     one; the command is None for what no training command makes (an export, a plain model)."""
+    from steerable import methods
     from steerable.policy import MANIFEST
     from steerable.reward_models.multihead import MANIFEST as MOSLIM_RM_MANIFEST
     from steerable.reward_models.pairwise import RECORD
@@ -139,7 +133,8 @@ def made_by(root: str | Path) -> list[tuple[str | None, str]]:
     manifest = _json(root / MANIFEST)
     if manifest is not None:
         method = manifest.get("method")
-        model = f"a {METHOD_NAMES.get(method, method)} model ({MANIFEST}, method {method})"
+        title = methods.METHODS[method].title if method in methods.METHODS else method
+        model = f"a {title} model ({MANIFEST}, method {method})"
         found.append((f"train {method}", model))
     if (root / MOSLIM_RM_MANIFEST).is_file():
         found.append(("train moslim-rm", f"a MOSLIM reward model ({MOSLIM_RM_MANIFEST})"))
