@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from steerable import SteerableError
-from steerable import training
+from steerable import SteerableError, training
 
 
 def test_bf16_is_off_on_a_cpu_unless_asked_for_and_refused_where_not_native(monkeypatch):
