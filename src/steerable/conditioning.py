@@ -7,12 +7,11 @@ normalised score, rounded to `decimals`. `TagFormat.placement` says where the ta
     system    the system message is the tags (after the user's own system text, if any)
 
 `user_end` is the default because a small chat model attends to its user turn far more than to
-its system message: SmolLM2-135M trained with the tags in the system message hardly moved its
-answers' length with the brief tag (ending the answer after the first sentence with probability
-0.53-0.68 at any tag), and trained the same way on the same data with them at the end of the
-user turn, 0.03 (brief -1.6) to 0.90 (brief +1.5) (benchmarks/stop_probe.py; runs/ric14 vs.
-runs/ric18 in benchmarks/RESULTS.md). Models keep the placement they were
-trained with: it is stored in their steerable.json.
+its system message: SmolLM2-135M trained with the tags in the system message hardly changed how
+soon it ended its answer with the brief tag, while trained the same way on the same data with
+them at the end of the user turn it went from almost never to almost always stopping after the
+first sentence across the tag's range (benchmarks/stop_probe.py measures this). Models keep the
+placement they were trained with: it is stored in their steerable.json.
 
 `preference_to_targets` maps a `Preference` to target tags (RiC, Yang et al. 2024):
 

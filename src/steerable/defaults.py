@@ -31,8 +31,8 @@ MINILM_MODEL = "minilm"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
-# Two built-in objectives that conflict on the base model's own samples (see
-# benchmarks/RESULTS.md): short answers vs. a warm, positive tone (VADER) -- longer answers
+# Two built-in objectives that conflict on the base model's own samples (benchmarks/RESULTS.md,
+# "the default pair conflicts"): short answers vs. a warm, positive tone (VADER) -- longer answers
 # collect more positive words, so brevity costs positivity.
 DEFAULT_OBJECTIVES = ("brief=builtin:brevity", "positive=builtin:sentiment")
 

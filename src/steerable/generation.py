@@ -55,9 +55,10 @@ class TopKSampler(LogitsProcessor):
 
     The distribution is the one `generate(do_sample=True, temperature, top_k, top_p)` samples
     from; only the work differs. transformers' sampler sorts (for top-p), softmaxes and draws
-    over the whole vocabulary even after top-k has left k finite scores: for 64 sequences and
-    SmolLM2's 49,152 tokens that is ~90 ms of a ~330 ms decode step on 2 CPU cores. Drawing among
-    the k candidates takes ~2 ms (benchmarks/RESULTS.md, generation throughput).
+    over the whole vocabulary even after top-k has left k finite scores: with a vocabulary the
+    size of SmolLM2's, that is a large share of a decode step on a CPU, while drawing among the k
+    candidates costs next to nothing. benchmarks/RESULTS.md (Throughput) measures batched
+    generation with this sampler.
     """
 
     def __init__(self, temperature: float, top_k: int, top_p: float):

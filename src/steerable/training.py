@@ -34,10 +34,9 @@ def bf16_supported() -> bool:
 def device_args(bf16: bool | None = None) -> dict:
     """TRL config fields set by the hardware. `bf16` (mixed precision): None = on where a GPU
     supports it, off on a CPU; True = on wherever it is native, a CPU with oneDNN bf16 kernels
-    too; False = off. On this project's 2-core AVX-512 CPU, bf16 made RiC's SFT 16% faster (1.2-1.5x
-    in the 32-example benchmark) but raised the run's peak RSS from 3.4 to 5.7 GB, past the 4 GiB
-    budget, so a CPU does not get it unasked (benchmarks/RESULTS.md). Each recipe sets gradient
-    checkpointing itself."""
+    too; False = off. On a CPU, bf16 made RiC's SFT somewhat faster but raised the run's peak
+    memory well past a small machine's budget, so a CPU does not get it unasked. Each recipe sets
+    gradient checkpointing itself."""
     if bf16 is None:
         bf16 = torch.cuda.is_available() and bf16_supported()
     elif bf16 and not bf16_supported():

@@ -365,14 +365,15 @@ def model_key(directory: Path) -> str:
 
 
 # The one-command demo: RiC on the embedded default against the prompting floor, sized for 2 CPU
-# cores (README: the measured wall time and controllability). RiC's offline data for the first 96
-# train prompts (the recipe's own), reward-conditioned SFT for 3 epochs in batches of 4 without
-# accumulation (1.5x the optimiser steps of the recipe's 4 epochs of 8, 3/4 of its tokens), then
-# one MORS round of 96 samples merged with half as many offline rows (the recipe's round is 128
-# and as many); evaluated on 22 held-out prompts at 6 grid points with 2 samples per prompt.
-# Without the round, the 3-epoch model missed brevity's bar on one machine (+0.759: it answered
-# alike at the three lowest brevity targets); 2 epochs with the round missed it too; halving the
-# epochs at batches of 8, or halving the prompts, lost the tags' effect (benchmarks/RESULTS.md).
+# cores (benchmarks/RESULTS.md, "The demo": its wall time and controllability). RiC's offline
+# data for the first 96 train prompts (the recipe's own), reward-conditioned SFT for 3 epochs in
+# batches of 4 without accumulation (1.5x the optimiser steps of the recipe's 4 epochs of 8, 3/4
+# of its tokens), then one MORS round of 96 samples merged with half as many offline rows (the
+# recipe's round is 128 and as many); evaluated on 22 held-out prompts at 6 grid points with 2
+# samples per prompt.
+# Without the round, the 3-epoch model missed brevity's bar on one machine (it answered alike at
+# the three lowest brevity targets); 2 epochs with the round missed it too; halving the epochs at
+# batches of 8, or halving the prompts, lost the tags' effect.
 DEMO_CONFIG = {
     "model": "smollm2",
     "methods": ["ric", "prompting"],

@@ -3,11 +3,12 @@ jobs together (up to `max_batch` rows), one forward pass of the model per step f
 still running; a job that arrives while rows run joins them at the next step.
 
 The decode loop is ours, not `model.generate`, because `generate` runs a batch until its
-longest row is done and takes no newcomers, while most answers end early (the demo's RiC
-answers average 13 of 32 tokens). Here a finished row leaves at once (its keys and values
+longest row is done and takes no newcomers, while most answers end well before their
+max_tokens. Here a finished row leaves at once (its keys and values
 dropped with the cache's own `batch_select_indices`), its request is answered that step, and
 a waiting request takes its place (`Rows.join`). The model's forward, its KV cache and its
-attention masks are transformers' own (benchmarks/RESULTS.md, serving throughput).
+attention masks are transformers' own. benchmarks/RESULTS.md (Throughput) compares this loop
+with batched `generate` and with transformers' continuous batching.
 
 Each row keeps its own settings inside the shared batch:
     sampling   `draw_tokens` draws row i's next token from its own temperature / top-p
@@ -76,8 +77,8 @@ def draw_tokens(
     the mass before it is < top_p, as in `generation.TopKSampler`); temperature 0 is argmax.
 
     No full sort of the vocabulary: a nucleus is looked for among the 64 most likely tokens,
-    then 4x as many, until every row's is found (a sort of 32 x 49,152 scores costs more on
-    2 CPU cores than the decode step itself; benchmarks/RESULTS.md, serving throughput)."""
+    then 4x as many, until every row's is found (on a CPU, a full sort of a batch's scores
+    over the whole vocabulary costs more than the decode step itself)."""
     greedy = temperature <= 0
     scores = scores.float()
     # shifted so that the best token is 0: a tiny temperature then gives exactly its argmax
@@ -436,8 +437,8 @@ class BatchEngine:
     def _start(self, batch: list[Job], streamer: RowStreamer) -> Rows | None:
         """Prefill the live jobs of `batch` and draw their first tokens (a client that left is
         skipped); the rows still going, or None. Jobs of similar prompt length are prefilled
-        together, `prefill_rows` at a time, and joined: on 2 CPU cores 32 prompts cost ~30% less
-        that way than in one padded pass (benchmarks/RESULTS.md, serving throughput)."""
+        together, `prefill_rows` at a time, and joined: that costs less than one padded pass,
+        where every prompt is padded to the longest."""
         for job in batch:
             if job.cancelled.is_set():
                 self._finish(job)

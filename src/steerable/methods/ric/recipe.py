@@ -70,9 +70,9 @@ from steerable.training import device_args, last_complete_checkpoint, lora_confi
 # once joyfully and once gloomily: the pair differs in positivity while the sentence cuts span
 # brevity, and the tags are what tells the two apart. The tags, not these texts, are what the
 # model is trained on. SmolLM2-135M follows an instruction at the end of the user turn far more
-# than a system prompt: on 48 train prompts these moved mean VADER compound from 0.05 to 0.68,
-# the cheerful / gloomy system prompts used before only from 0.29 to 0.42 (benchmarks/RESULTS.md).
-# For other objectives pass instructions that push them apart. "" means no instruction.
+# than a system prompt: these spread the answers' positivity much further apart than cheerful /
+# gloomy system prompts did. For other objectives pass instructions that push them apart. ""
+# means no instruction.
 OFFLINE_INSTRUCTIONS = (
     "Answer with joy and enthusiasm: say what is wonderful, great and fun about it.",
     "Answer with gloom: say what is bad, sad, wrong and dangerous about it.",
@@ -188,27 +188,25 @@ class RiCConfig:
         learning_rate / lr_scheduler: offline learning rate and its schedule (linear decay).
         num_epochs / batch_size / gradient_accumulation_steps / max_length: the usual.
         The defaults (lr 1e-3, 4 epochs, batches of 4 accumulated twice) are what let
-        SmolLM2-135M follow the tags on a 2-core budget (benchmarks/RESULTS.md): the
-        reference's lr 1.4e-4 for one epoch taught it nothing measurable, 2 or 3 epochs
-        lost control of one objective (runs/ric16, runs/ric19), and batches of 4 pad less and
-        peak lower than 8.
+        SmolLM2-135M follow the tags on a 2-core budget: the reference's lr 1.4e-4 for one
+        epoch taught it nothing measurable, fewer epochs lost control of one objective, and
+        batches of 4 pad less and use less memory than 8.
         activation_checkpointing: recompute activations to save memory (TRL's default is on;
             we default to off, which is faster when memory is not the limit).
         bf16: mixed precision. Unset: on where a GPU supports it, off on a CPU. True: also on a
-            CPU with oneDNN bf16 kernels (AVX-512): 16% faster SFT on 2 cores in runs/ric15, but
-            peak RSS 5.7 GB instead of 3.4 GB (benchmarks/RESULTS.md).
+            CPU with oneDNN bf16 kernels (AVX-512): somewhat faster SFT, but a much higher peak
+            memory, so a CPU does not get it unasked.
         train_sampling_strategy: batch order; `group_by_length` (default) batches examples of
-            similar length, so fewer tokens are padding (17% of them with random batches).
+            similar length, so fewer tokens are padding than with random batches.
         save_steps: checkpoint every N optimiser steps; an interrupted stage resumes from its
             last checkpoint when the same command is run again.
 
     Online MORS:
         online_iterations: how many MORS rounds after the offline stage (0 = none). One round
-            (the default) raised the hypervolume and kept both objectives controllable in
-            runs/ric18 and runs/ric20; a second round costs ~5 more minutes on 2 cores and
-            shortened every answer further (the kept samples are mostly short, since the
-            reference scheme asks for hi on all but one objective) for no controllability
-            gain beyond the evaluation's noise (benchmarks/RESULTS.md).
+            (the default) raised the hypervolume and kept both objectives controllable; a
+            second round cost more time and shortened every answer further (the kept samples
+            are mostly short, since the reference scheme asks for hi on all but one objective)
+            for no controllability gain beyond the evaluation's noise.
         online_samples: generations per round.
         online_scheme: `reference` (one objective uniform in [lo, hi], the others at hi) or
             `simplex` (a random preference from the simplex through the linf mapping).
