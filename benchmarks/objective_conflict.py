@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from steerable.data import load_pairs  # noqa: E402
+from steerable.data.text import sentence_cuts  # noqa: E402
 from steerable.defaults import DEFAULT_OBJECTIVES  # noqa: E402
-from steerable.methods.ric.recipe import sentence_cuts  # noqa: E402
 from steerable.objectives import RewardSet  # noqa: E402
 from steerable.scorers import ScorerSpec  # noqa: E402
 

@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from steerable.data import load_prompts, read_table  # noqa: E402
+from steerable.data.text import SENTENCE_END  # noqa: E402
 from steerable.generation import SamplingConfig  # noqa: E402
-from steerable.methods.ric.recipe import SENTENCE_END  # noqa: E402
 from steerable.policy import SteerablePolicy  # noqa: E402
 
 

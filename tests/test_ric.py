@@ -12,14 +12,13 @@ from steerable import SteerableError
 from steerable.cli import app
 from steerable.conditioning import TagFormat, parse_tags
 from steerable.data import read_table
+from steerable.data.text import first_clause, sentence_cuts
 from steerable.methods.ric.recipe import (
     OFFLINE_INSTRUCTIONS,
     RiCConfig,
-    first_clause,
     instructed_messages,
     mors_keep,
     sample_targets,
-    sentence_cuts,
     sft_example,
     train_ric,
 )
