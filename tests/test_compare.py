@@ -175,7 +175,7 @@ def test_compare_plans_moslim_dpo_on_rics_scored_data(tmp_path):
     config = CompareConfig(model="tiny", methods=["ric", "moslim"], moslim={"algorithm": "dpo"})
     plan = plan_compare(config, out)
     scored = (out / "ric/stages/offline/scored.jsonl").resolve()
-    assert plan.moslim.pool == str(scored) and plan.moslim_rm.data == str(
+    assert plan.configs["moslim"].pool == str(scored) and plan.configs["moslim_rm"].data == str(
         out / "ric/stages/offline/scored.jsonl"
     )
     alone = CompareConfig(
@@ -187,7 +187,7 @@ def test_compare_plans_moslim_dpo_on_rics_scored_data(tmp_path):
     with pytest.raises(SteerableError, match="moslim's dpo ranks a pool"):
         plan_compare(alone, out)
     given = CompareConfig(**{**alone.__dict__, "moslim": {**alone.moslim, "pool": str(tmp_path / "p.jsonl")}})
-    assert plan_compare(given, out).moslim.pool == str(tmp_path / "p.jsonl")
+    assert plan_compare(given, out).configs["moslim"].pool == str(tmp_path / "p.jsonl")
 
 
 def test_compare_refuses_another_commands_model_before_training_into_it(tmp_path, tiny_path, scored_table):

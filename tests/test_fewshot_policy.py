@@ -528,8 +528,8 @@ def test_compare_fits_the_np_btl_that_starts_np_dpo_on_np_dpos_split(scored_tabl
         methods=["np-dpo"], stats=str(scored_table.with_name("stats.json")),
         np_dpo={"data": str(scored_table), "seed": 3},
     )  # fmt: skip
-    plan = plan_compare(config, tmp_path)
-    assert plan.np_rm.seed == plan.np_dpo.seed == 3 and plan.np_rm.data == plan.np_dpo.data
+    rm, dpo = (plan_compare(config, tmp_path).configs[name] for name in ("np_rm", "np_dpo"))
+    assert rm.seed == dpo.seed == 3 and rm.data == dpo.data
     config.np_dpo, config.np_rm = {"data": str(scored_table)}, {"seed": 2}
     with pytest.raises(SteerableError, match="np_rm: seed 2 but np_dpo's is 0"):
         plan_compare(config, tmp_path)

@@ -213,10 +213,10 @@ def test_train_ric_prints_its_cost_and_takes_yes(tiny_path, tmp_path, monkeypatc
 
 
 def test_compare_counts_ric_sampling_and_every_methods_sweep():
-    from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig
+    from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig, compare_cost
 
     config = CompareConfig(**DEMO_CONFIG)
-    plan = cost.compare_plan(config, "runs/demo")
+    plan = compare_cost(config, "runs/demo")
     # RiC: 96 prompts x 2 samples offline + 96 in its MORS round, of 48 tokens; evaluation:
     # ric and prompting, 6 points each (K = 2, resolution 5) x 22 prompts x 2 samples, 48 tokens
     assert plan.generations == 96 * 2 + 96 + 2 * 6 * 22 * 2
@@ -224,7 +224,7 @@ def test_compare_counts_ric_sampling_and_every_methods_sweep():
     assert "evaluation: 2 methods, 12 grid points x 22 prompts x 2 samples" in plan.what
     three = CompareConfig(**{**DEMO_CONFIG, "ric": {**DEMO_CONFIG["ric"], "objectives": [
         "brief=builtin:brevity", "positive=builtin:sentiment", "long=builtin:length"]}})  # fmt: skip
-    assert cost.compare_plan(three, "runs/demo").note == (
+    assert compare_cost(three, "runs/demo").note == (
         "3 objectives at eval: {resolution: 5} make 21 grid points; eval: {resolution: 4} gives 15"
     )
 

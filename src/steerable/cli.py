@@ -991,12 +991,11 @@ def compare(
 ) -> None:
     """Train and evaluate several methods on one configuration; one report with overlaid fronts,
     hypervolume, controllability and compute per method. Re-runs skip finished stages."""
-    from steerable.cost import compare_plan
-    from steerable.evaluation.compare import CompareConfig, run_compare
+    from steerable.evaluation.compare import CompareConfig, compare_cost, run_compare
 
     overrides = {"model": model, "methods": methods.split(",") if methods else None}
     settings = CompareConfig.from_yaml(config, overrides)
-    confirm_cost(compare_plan(settings, out), yes)
+    confirm_cost(compare_cost(settings, out), yes)
     claim(out, {"--config": config}, directory=True)
     results = run_compare(settings, out)
     _print_comparison(results, out)
@@ -1027,8 +1026,7 @@ def demo(
     --prompts, on your prompts: their train split trains, their heldout split evaluates."""
     from rich.markup import escape
 
-    from steerable.cost import compare_plan
-    from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig, run_compare
+    from steerable.evaluation.compare import DEMO_CONFIG, CompareConfig, compare_cost, run_compare
     from steerable.io import atomic_write_text
     from steerable.presets import preset_file, preset_note
 
@@ -1043,7 +1041,7 @@ def demo(
         },
     )
     out = out or Path("runs/demo" if preset is None else f"runs/demo-{preset}")
-    confirm_cost(compare_plan(config, out), yes)
+    confirm_cost(compare_cost(config, out), yes)
     claim(out, {"--prompts": prompts}, directory=True)
     note = None if path is None else preset_note(path)
     if note:

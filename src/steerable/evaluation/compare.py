@@ -49,13 +49,15 @@ from pathlib import Path
 
 from steerable import methods
 from steerable.configs import SEED, check_config, config_from_dict
+from steerable.cost import Plan, coarser_lattice, grid_points
 from steerable.data.prompts import SPLITS
 from steerable.defaults import DTYPE_NAMES
 from steerable.errors import SteerableError
 from steerable.evaluation.report import EvaluationResult, record_front, write_report
+from steerable.methods.base import CompareInputs, Comparing, resolve
 
 # every method a comparison trains, or evaluates on the base model (the prompting floor)
-METHOD_ORDER = tuple(methods.names(lambda m: m.trainable or not m.trained))
+METHOD_ORDER = tuple(methods.names(lambda m: m.compare is not None or not m.trained))
 
 
 @dataclass
@@ -135,143 +137,36 @@ class CompareConfig:
 
 @dataclass
 class ComparePlan:
-    """Every stage's configuration, built (and so checked) before anything trains."""
+    """Every stage's configuration, built (and so checked) before anything trains: `trainings`,
+    how each method of the comparison that trains is trained, in the order they train."""
 
     methods: list[str]
     settings: EvalSettings
     stats: str
-    ric: object | None = None
-    soups: object | None = None
-    morlhf: object | None = None
-    moslim: object | None = None
-    moslim_rm: object | None = None
-    np_dpo: object | None = None
-    np_rm: object | None = None
+    trainings: dict[str, Comparing] = field(default_factory=dict)
+
+    @property
+    def configs(self) -> dict[str, object]:
+        """Each training stage's config, by its folder's name (ric, moslim_rm, moslim, ...)."""
+        return {step.name: step.config for training in self.trainings.values() for step in training.steps}
 
 
 def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
-    """Check every section of `config` and build the configurations of its stages."""
-    methods = [m for m in METHOD_ORDER if m in config.methods]
+    """Check every section of `config` and build the configurations of its stages: each method's
+    `compare` hook, given what the methods before it made (statistics, scored data), in registry
+    order with those that use another's scored data last."""
+    chosen = [m for m in METHOD_ORDER if m in config.methods]
     settings = config_from_dict(EvalSettings, config.eval, "eval")
-    stats = config.stats or (str((out / "ric").resolve()) if "ric" in methods else None)
-    if stats is None:
-        raise SteerableError(
-            "without ric in the methods, the config needs stats: (a stats JSON or model dir)"
-        )
-    plan = ComparePlan(methods, settings, stats)
-    if "ric" in methods:
-        from steerable.methods.ric.recipe import RiCConfig
-
-        fixed = {
-            "model": config.model,
-            "output_dir": str(out / "ric"),
-            "trust_remote_code": config.trust_remote_code,
-            **({"prompts": config.prompts} if config.prompts is not None else {}),
-        }
-        plan.ric = config_from_dict(RiCConfig, {**config.ric, **fixed}, "ric")
-    rl = {**config.rl, "model": config.model, "stats": stats, "trust_remote_code": config.trust_remote_code}
-    if config.prompts is not None:
-        rl["prompts"] = config.prompts
-    if "soups" in methods:
-        from steerable.methods.soups.recipe import SoupsConfig
-
-        plan.soups = config_from_dict(SoupsConfig, {**rl, "output_dir": str(out / "soups")}, "rl")
-    if "morlhf" in methods:
-        from steerable.methods.morlhf.recipe import MORLHFConfig
-
-        plan.morlhf = config_from_dict(
-            MORLHFConfig, {**rl, **config.morlhf, "output_dir": str(out / "morlhf")}, "rl/morlhf"
-        )
-    if "moslim" in methods:
-        plan_moslim(config, plan, rl, out)
-    if "np-dpo" in methods:
-        plan_np_dpo(config, plan, out)
-    return plan
-
-
-def ric_data(plan: ComparePlan, given: str | None, out: Path, missing: str) -> str:
-    """A section's scored data: as given, or RiC's scored offline data when RiC is compared
-    (`missing`: the error when it is neither)."""
-    if given is None and "ric" not in plan.methods:
-        raise SteerableError(missing)
-    return given or str(out / "ric" / "stages" / "offline" / "scored.jsonl")
-
-
-def plan_np_dpo(config: CompareConfig, plan: ComparePlan, out: Path) -> None:
-    """NP-DPO's config and, unless it names a context_init, the NP-BTL run that starts it."""
-    from steerable.methods.np_dpo.recipe import NPDPOConfig
-
-    fixed = {
-        "model": config.model,
-        "data": ric_data(
-            plan,
-            config.np_dpo.get("data"),
-            out,
-            "np-dpo needs data: set np_dpo: {data: TABLE} (a `steerable score` output), or add ric "
-            "to the methods to use its scored offline data",
-        ),
-        "stats": config.np_dpo.get("stats") or plan.stats,
-        "output_dir": str(out / "np_dpo"),
-        "trust_remote_code": config.trust_remote_code,
-    }
-    section = {**config.np_dpo, **fixed}
-    if section.get("context_init") is None:
-        from steerable.methods.np_rm import NPRMConfig
-
-        # the same pairs, split the same way (data and seed), so no pair it trained on is held out
-        shared = {
-            k: section[k] for k in ("types", "conflicting", "encoder", "objectives", "seed") if k in section
-        }
-        rm = {
-            **config.np_rm,
-            **shared,
-            "task": "scored",
-            "data": fixed["data"],
-            "output_dir": str(out / "np_rm"),
-        }
-        plan.np_rm = config_from_dict(NPRMConfig, rm, "np_rm")
-        section["context_init"] = plan.np_rm.output_dir
-    plan.np_dpo = config_from_dict(NPDPOConfig, section, "np_dpo")
-    if plan.np_rm is not None and plan.np_rm.seed != plan.np_dpo.seed:
-        raise SteerableError(
-            f"np_rm: seed {plan.np_rm.seed} but np_dpo's is {plan.np_dpo.seed}; the NP-BTL that starts "
-            "NP-DPO must split the pairs as NP-DPO does: set seed in np_dpo only (np_rm takes it from there)"
-        )
-
-
-def plan_moslim(config: CompareConfig, plan: ComparePlan, rl: dict, out: Path) -> None:
-    """MOSLIM's policy config and, unless it names a reward model, the RM it trains first;
-    under algorithm dpo without a pool, the pool is RiC's scored offline data."""
-    from steerable.methods.moslim.recipe import MOSLIMConfig
-
-    section = {**rl, **config.moslim, "output_dir": str(out / "moslim")}
-    if section.get("reward", "mapped") == "mapped" and section.get("reward_model") is None:
-        from steerable.reward_models.multihead import MOSLIMRMConfig
-
-        data = ric_data(
-            plan,
-            config.moslim_rm.get("data"),
-            out,
-            "moslim needs a reward model: set moslim: {reward_model: DIR}, or moslim_rm: {data: "
-            "TABLE} to train one (with ric in the methods it trains on RiC's scored offline data)",
-        )
-        fixed = {
-            "data": data,
-            "output_dir": str(out / "moslim_rm"),
-            "trust_remote_code": config.trust_remote_code,
-        }
-        plan.moslim_rm = config_from_dict(MOSLIMRMConfig, {**config.moslim_rm, **fixed}, "moslim_rm")
-        section["reward_model"] = plan.moslim_rm.output_dir
-    if section.get("algorithm") == "dpo":
-        section.pop("prompts", None)  # DPO trains on the pool's prompts
-        section["pool"] = ric_data(
-            plan,
-            section.get("pool"),
-            out,
-            "moslim's dpo ranks a pool of answers: set moslim: {pool: TABLE} (prompt/response rows, "
-            "several per prompt), or put ric in the methods to rank RiC's scored offline data",
-        )
-    plan.moslim = config_from_dict(MOSLIMConfig, section, "rl/moslim")
+    inputs = CompareInputs(config, out)
+    trainings = {}
+    for method in sorted(map(methods.get, chosen), key=lambda method: method.uses_scored):
+        if method.compare is None:
+            continue
+        training = resolve(method.compare)(inputs)
+        inputs.made_stats = inputs.made_stats or training.stats
+        inputs.made_scored = inputs.made_scored or training.scored
+        trainings[method.name] = training
+    return ComparePlan(chosen, settings, inputs.stats, trainings)
 
 
 def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
@@ -286,33 +181,9 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
     plan = plan_compare(config, out)
     prompts = load_prompts(plan.settings.split, plan.settings.limit, config.prompts)
     trained: dict[str, Path] = {}
-    if plan.ric is not None:
-        from steerable.methods.ric.recipe import check_inputs, train_ric
-
-        check_inputs(plan.ric)
-        trained["ric"] = train_ric(plan.ric)
-    if plan.soups is not None:
-        from steerable.methods.soups.recipe import train_soups
-
-        trained["soups"] = train_soups(plan.soups)
-    if plan.morlhf is not None:
-        from steerable.methods.morlhf.recipe import train_morlhf
-
-        trained["morlhf"] = train_morlhf(plan.morlhf)
-    if plan.moslim is not None:
-        from steerable.methods.moslim.recipe import train_moslim
-
-        if plan.moslim_rm is not None:
-            from steerable.reward_models.multihead import train_moslim_rm
-
-            train_moslim_rm(plan.moslim_rm)
-        trained["moslim"] = train_moslim(plan.moslim)
-    if plan.np_dpo is not None:
-        from steerable.evaluation.fewshot import run_np_dpo, run_np_rm
-
-        if plan.np_rm is not None:
-            run_np_rm(plan.np_rm)
-        trained["np-dpo"] = run_np_dpo(plan.np_dpo)
+    for name, training in plan.trainings.items():
+        for step in training.steps:  # the last writes the model directory that is evaluated
+            trained[name] = resolve(step.train)(step.config)
     statistics = fingerprint(load_rewards(plan.stats).to_dict())
     results = []
     for method in plan.methods:
@@ -354,6 +225,53 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
     write_report(results, out)
     atomic_write_text(out / "compare.json", json.dumps(asdict(config), indent=2) + "\n")
     return results
+
+
+def compare_cost(config: CompareConfig, out: str | Path) -> Plan:
+    """What `compare` (and `demo`) generate: what each method's training generates (its `plan`,
+    RiC's offline data and MORS rounds), and every method's sweep of the grid on the held-out
+    prompts. What a method's training generates without a plan (GRPO's sampling) is named, not
+    counted: its step bars show it."""
+    from steerable.data import load_prompts
+
+    plan = plan_compare(config, Path(out))
+    settings = plan.settings
+    prompts = len(load_prompts(settings.split, settings.limit, config.prompts))
+    trainings = plan.trainings.values()
+    given_k = next((t.objectives for t in trainings if t.objectives is not None), None)
+    k = given_k or objective_count(plan.stats) or 2
+    points = {}
+    for method in plan.methods:
+        training = plan.trainings.get(method)
+        own = training.points if training is not None else None
+        points[method] = own(k) if own is not None else grid_points(k, settings.resolution)
+    swept = sum(points.values()) * prompts * settings.samples
+    samples = f"{settings.samples} sample{'s' * (settings.samples != 1)}"
+    swept_points = sum(points.values())
+    parts = [f"evaluation: {len(points)} methods, {swept_points} grid points x {prompts} prompts x {samples}"]
+    generations, tokens, longest = swept, swept * settings.max_new_tokens, settings.max_new_tokens
+    for method, training in reversed(plan.trainings.items()):
+        cost_of = methods.get(method).plan
+        if cost_of is not None:
+            trains = resolve(cost_of)(training.steps[-1].config)
+            generations, tokens = generations + trains.generations, tokens + trains.slots
+            longest = max(longest, trains.max_new_tokens)
+            parts.insert(0, f"{methods.get(method).title} {trains.what}")
+    parts += sorted({f"{t.uncounted} not counted" for t in trainings if t.uncounted is not None})
+    note = coarser_lattice(k, settings.resolution, "eval: {{resolution: {}}}")
+    return Plan(generations, longest, config.model, "; ".join(parts), note, tokens, trains=True)
+
+
+def objective_count(stats: str) -> int | None:
+    """K of a stats JSON or a model directory's manifest, read without building scorers."""
+    path = Path(stats)
+    try:
+        data = json.loads((path / "steerable.json" if path.is_dir() else path).read_text())
+    except (OSError, ValueError):
+        return None
+    rewards = data.get("rewards", data) if isinstance(data, dict) else None
+    objectives = rewards.get("objectives") if isinstance(rewards, dict) else None
+    return len(objectives) if isinstance(objectives, list) else None
 
 
 def model_key(directory: Path) -> str:

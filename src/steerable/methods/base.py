@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from steerable.errors import SteerableError
@@ -43,6 +44,13 @@ class Method:
         report: "module:attr"s of functions applied in turn to the model directory, the last
             giving the rich renderables printed after training (empty: only the path).
 
+    Comparison (`steerable compare`, `steerable demo`):
+        compare: "module:attr" of `compare(inputs: CompareInputs) -> Comparing`: the stages that
+            train it inside a comparison, built (and so checked) from the comparison's shared
+            inputs before anything trains (None: a comparison does not train it).
+        uses_scored: its hook takes the scored data a method before it made (RiC's offline
+            data) by default, so a comparison plans and trains it after the methods that do not.
+
     Model directories:
         check: "module:attr" of `check(manifest, path)`, raising SteerableError for a
             steerable.json that lacks what this method needs (None: nothing beyond the shared
@@ -69,6 +77,8 @@ class Method:
     recipe: str | None = None
     plan: str | None = None
     report: tuple[str, ...] = ()
+    compare: str | None = None
+    uses_scored: bool = False
     check: str | None = None
     trained: bool = True
     evaluate_options: tuple[str, ...] = ()
@@ -92,6 +102,82 @@ def resolve(reference: str) -> Any:
     module, _, attr = reference.partition(":")
     found = importlib.import_module(module)
     return getattr(found, attr) if attr else found
+
+
+class Step(NamedTuple):
+    """One training stage of a comparison: its folder's `name` under the comparison's output
+    directory (also its config section's, in messages), its checked `config`, and "module:attr"
+    of the function `train(config)` that runs it and returns the directory it wrote."""
+
+    name: str
+    config: Any
+    train: str
+
+
+class Comparing(NamedTuple):
+    """How a comparison trains one method: `steps` run in turn, the last writing the model
+    directory that is evaluated.
+
+    What it gives the methods after it (registry order):
+        stats: its model directory, the comparison's statistics when `stats:` is not given.
+        scored: its scored offline data (a table), the default data of methods trained on one.
+    What it adds to the comparison's cost (`evaluation.compare.compare_cost`):
+        objectives: K, when its config names the objectives (the grid is built on K).
+        points: K -> the grid points its evaluation sweeps (None: the whole grid).
+        uncounted: what its training generates that the estimate leaves out.
+    """
+
+    steps: tuple[Step, ...]
+    stats: str | None = None
+    scored: str | None = None
+    objectives: int | None = None
+    points: Callable[[int], int] | None = None
+    uncounted: str | None = None
+
+
+@dataclass
+class CompareInputs:
+    """What a comparison shares with each method's `compare` hook: its configuration (`model`,
+    `prompts`, `trust_remote_code` and the sections), its output directory, and what the
+    methods before it gave (`made_stats`, `made_scored`)."""
+
+    config: Any  # evaluation.compare.CompareConfig
+    out: Path
+    made_stats: str | None = None
+    made_scored: str | None = None
+
+    @property
+    def stats(self) -> str:
+        """The comparison's statistics: as given, else those of a method before this one."""
+        stats = self.config.stats or self.made_stats
+        if stats is None:
+            raise SteerableError(
+                "without ric in the methods, the config needs stats: (a stats JSON or model dir)"
+            )
+        return stats
+
+    def scored(self, given: str | None, missing: str) -> str:
+        """A section's scored data: as `given`, else what a method before this one scored
+        (`missing`: the error when there is neither)."""
+        if given is None and self.made_scored is None:
+            raise SteerableError(missing)
+        return given or self.made_scored
+
+    def shared(self, **section) -> dict:
+        """`section` with the comparison's model, trust and prompts (a prompt file given to the
+        comparison is every method's)."""
+        prompts = {"prompts": self.config.prompts} if self.config.prompts is not None else {}
+        return {
+            **section,
+            "model": self.config.model,
+            "trust_remote_code": self.config.trust_remote_code,
+            **prompts,
+        }
+
+    def rl(self) -> dict:
+        """The rl: section, shared by the GRPO-trained methods (the same RL budget), with the
+        comparison's statistics."""
+        return {**self.shared(**self.config.rl), "stats": self.stats}
 
 
 class Generator(NamedTuple):

@@ -9,6 +9,7 @@ METHOD = Method(
     steering=("weights",),
     config="steerable.methods.morlhf.recipe:MORLHFConfig",
     recipe="steerable.methods.morlhf.recipe:train_morlhf",
+    compare="steerable.methods.morlhf.compare:compare",
     check="steerable.methods.base:needs_policies",
     sweep="steerable.methods.morlhf.sweep:sweep",
 )

@@ -12,6 +12,8 @@ METHOD = Method(
     config="steerable.methods.np_dpo.recipe:NPDPOConfig",
     # `train np-dpo` trains, then evaluates (implicit-reward accuracy and generation effects)
     recipe="steerable.evaluation.fewshot:run_np_dpo",
+    compare="steerable.methods.np_dpo.compare:compare",
+    uses_scored=True,
     report=("steerable.evaluation.fewshot:np_dpo_result", "steerable.evaluation.fewshot:effects_table"),
     check="steerable.methods.np_dpo.steering:check_manifest",
     sweep="steerable.methods.np_dpo.steering:sweep",

@@ -12,6 +12,7 @@ METHOD = Method(
     policy="steerable.methods.ric.steering",
     config="steerable.methods.ric.recipe:RiCConfig",
     recipe="steerable.methods.ric.recipe:train_ric",
+    compare="steerable.methods.ric.compare:compare",
     plan="steerable.cost:ric_plan",
     sweep="steerable.methods.tagged:trained_sweep",
     evaluate_options=("adapter", "mapping"),

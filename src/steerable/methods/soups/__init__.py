@@ -9,6 +9,7 @@ METHOD = Method(
     steering=("weights",),
     config="steerable.methods.soups.recipe:SoupsConfig",
     recipe="steerable.methods.soups.recipe:train_soups",
+    compare="steerable.methods.soups.compare:compare",
     check="steerable.methods.base:needs_policies",
     sweep="steerable.methods.soups.sweep:sweep",
 )

@@ -1,0 +1,41 @@
+"""MOSLIM inside a comparison: the rl: section with the moslim: one over it. Without a
+reward_model, the multi-head RM is trained first (moslim_rm:), by default on the scored data of
+a method before it (RiC's offline data); under algorithm dpo without a pool, that data is the
+pool it ranks."""
+
+from steerable.configs import config_from_dict
+from steerable.methods.base import CompareInputs, Comparing, Step
+
+
+def compare(inputs: CompareInputs) -> Comparing:
+    from steerable.methods.moslim.recipe import MOSLIMConfig
+
+    steps = []
+    section = {**inputs.rl(), **inputs.config.moslim, "output_dir": str(inputs.out / "moslim")}
+    if section.get("reward", "mapped") == "mapped" and section.get("reward_model") is None:
+        from steerable.reward_models.multihead import MOSLIMRMConfig
+
+        given = inputs.config.moslim_rm
+        data = inputs.scored(
+            given.get("data"),
+            "moslim needs a reward model: set moslim: {reward_model: DIR}, or moslim_rm: {data: "
+            "TABLE} to train one (with ric in the methods it trains on RiC's scored offline data)",
+        )
+        fixed = {
+            "data": data,
+            "output_dir": str(inputs.out / "moslim_rm"),
+            "trust_remote_code": inputs.config.trust_remote_code,
+        }
+        rm = config_from_dict(MOSLIMRMConfig, {**given, **fixed}, "moslim_rm")
+        steps.append(Step("moslim_rm", rm, "steerable.reward_models.multihead:train_moslim_rm"))
+        section["reward_model"] = rm.output_dir
+    if section.get("algorithm") == "dpo":
+        section.pop("prompts", None)  # DPO trains on the pool's prompts
+        section["pool"] = inputs.scored(
+            section.get("pool"),
+            "moslim's dpo ranks a pool of answers: set moslim: {pool: TABLE} (prompt/response rows, "
+            "several per prompt), or put ric in the methods to rank RiC's scored offline data",
+        )
+    config = config_from_dict(MOSLIMConfig, section, "rl/moslim")
+    steps.append(Step("moslim", config, "steerable.methods.moslim.recipe:train_moslim"))
+    return Comparing(steps=tuple(steps), uncounted="GRPO sampling")
