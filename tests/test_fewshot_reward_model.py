@@ -575,3 +575,17 @@ def test_train_np_rm_from_users_logs_reports_held_out_users(tmp_path):
     untrained = NPRewardModel(model.dim, model.config)
     assert any(not torch.equal(v, model.state_dict()[k]) for k, v in untrained.state_dict().items())
     assert CliRunner().invoke(app, args).exit_code == 0  # a finished run is reused
+
+
+def test_padding_of_any_value_in_masked_context_slots_changes_no_prediction():
+    model = small_model(max_context=4)
+    rng = np.random.default_rng(6)
+    c = rng.normal(size=(3, 4, 3)).astype(np.float32)  # (T, C, d)
+    r = rng.normal(size=(3, 4, 3)).astype(np.float32)
+    a, b = rng.normal(size=(2, 3, 2, 3)).astype(np.float32)  # (T, N, d) each
+    context_mask = np.arange(4)[None] < np.array([0, 2, 4])[:, None]  # user 0: an empty context
+    zeros_c, zeros_r = np.where(context_mask[..., None], c, 0), np.where(context_mask[..., None], r, 0)
+    nan_c, nan_r = np.where(context_mask[..., None], c, np.nan), np.where(context_mask[..., None], r, np.nan)
+    with_zeros = model.predict(zeros_c, zeros_r, context_mask, a, b)
+    assert np.isfinite(with_zeros).all()
+    np.testing.assert_allclose(model.predict(nan_c, nan_r, context_mask, a, b), with_zeros, atol=1e-6)

@@ -111,7 +111,9 @@ class ContextEncoder(nn.Module):
 
     def forward(self, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """chosen, rejected: (B, C, d); mask: (B, C) bool, which context slots hold a pair."""
-        x = self.pair(torch.cat([chosen, rejected], dim=-1))  # (B, C, H)
+        # Padding may hold anything (NaN too); zeroed, it cannot leak through 0 * NaN below.
+        pairs = torch.where(mask[..., None], torch.cat([chosen, rejected], dim=-1), 0.0)  # (B, C, 2d)
+        x = self.pair(pairs)  # (B, C, H)
         if x.shape[1]:
             # A task with no context would mask every key (NaN); let it attend to its padding,
             # whose output the mask then drops from the sum.
