@@ -40,6 +40,59 @@ def test_the_name_branch_pattern_finds_what_it_should():
     assert not NAME_BRANCH.search("if methods.get(manifest.method).in_prompt:")
 
 
+def name_tests(source: str) -> list[str]:
+    """Where `source` tests a method against a registered name written out: `"ric" in methods`,
+    `"ric" not in plan.methods`, `method == "ric"`, `{"soups", "morlhf"} & set(plan.methods)`
+    (one side a name literal or a literal collection holding one, the other naming a method)."""
+
+    def literal(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in methods.METHODS
+        return isinstance(node, ast.Tuple | ast.List | ast.Set) and any(map(literal, node.elts))
+
+    def about_methods(node) -> bool:
+        return any(
+            "method" in (part.id if isinstance(part, ast.Name) else part.attr)
+            for part in ast.walk(node)
+            if isinstance(part, ast.Name | ast.Attribute)
+        )
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd | ast.BitOr | ast.Sub):
+            sides = [node.left, node.right]
+        else:
+            continue
+        if any(map(literal, sides)) and any(about_methods(side) for side in sides if not literal(side)):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_code_outside_the_registry_tests_a_method_against_a_name():
+    found = [
+        f"{path.relative_to(SRC)}:{where}"
+        for path in sorted(SRC.rglob("*.py"))
+        if (SRC / "methods") not in path.parents
+        for where in name_tests(path.read_text())
+    ]
+    ask = "tests of a method against its name (ask steerable.methods instead):\n"
+    assert not found, ask + "\n".join(found)
+
+
+def test_the_name_test_finder_finds_what_it_should():
+    source = """
+if "ric" in methods: pass
+if "ric" not in plan.methods: pass
+if {"soups", "morlhf", "moslim"} & set(plan.methods): pass
+if manifest.method in ("moslim", "tags"): pass
+if spec.kind == "moslim": pass
+if methods.get(name).in_prompt: pass
+"""
+    assert [line.split(":")[0] for line in name_tests(source)] == ["2", "3", "4", "5"]
+
+
 @pytest.mark.parametrize("name", list(methods.METHODS))
 def test_every_registered_method_resolves(name):
     method = methods.get(name)
