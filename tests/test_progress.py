@@ -8,7 +8,7 @@ import pytest
 import tqdm.auto
 from typer.testing import CliRunner
 
-from steerable import cost
+from steerable import cost, rates
 from steerable.cli import app
 from steerable.defaults import load_causal_lm
 from steerable.generation import SamplingConfig, format_chat, generate_texts
@@ -54,11 +54,11 @@ def test_a_shown_generation_records_its_rate_and_a_quiet_one_does_not(tiny_path,
     model, tokenizer = load_causal_lm(tiny_path, device="cpu")
     texts = format_chat(tokenizer, ["Name a fruit.", "What is rain?"])
     sampling = SamplingConfig(max_new_tokens=4, batch_size=8, temperature=0.7, seed=0)
-    monkeypatch.setattr(cost, "MIN_SECONDS", 0.0)  # the tiny model is faster than a real rate
+    monkeypatch.setattr(rates, "MIN_SECONDS", 0.0)  # the tiny model is faster than a real rate
     generate_texts(model, tokenizer, texts, sampling, progress=False)  # as a server answers
-    assert not cost.rates_path().exists()
+    assert not rates.rates_path().exists()
     generate_texts(model, tokenizer, texts, sampling, progress=True)
-    (rate,) = json.loads(cost.rates_path().read_text()).values()
+    (rate,) = json.loads(rates.rates_path().read_text()).values()
     assert rate["model"] == "tiny-llama" and rate["device"] == cost.this_device()
     assert 2 <= rate["tokens"] <= 2 * 4 and rate["tokens_per_second"] > 0
 
@@ -137,9 +137,9 @@ def test_generation_rates_are_recorded_and_used_for_the_estimate():
     assert "not measured on this machine yet" in unmeasured.line()
     assert unmeasured.seconds == pytest.approx(100 * 50 / cost.DEFAULT_TOKENS_PER_SECOND["cpu"])
 
-    cost.record_rate("/somewhere/some-model", "cpu x2 threads", tokens=1000, seconds=4.0)
-    cost.record_rate("/somewhere/some-model", "cpu x2 threads", tokens=10, seconds=0.1)  # too short
-    stored = json.loads(cost.rates_path().read_text())
+    rates.record_rate("/somewhere/some-model", "cpu x2 threads", tokens=1000, seconds=4.0)
+    rates.record_rate("/somewhere/some-model", "cpu x2 threads", tokens=10, seconds=0.1)  # too short
+    stored = json.loads(rates.rates_path().read_text())
     assert stored["some-model on cpu x2 threads"]["tokens_per_second"] == pytest.approx(250.0)
     measured = cost.estimate(plan, device="cpu x2 threads")
     assert measured.seconds == pytest.approx(100 * 50 / 250.0)
@@ -156,7 +156,7 @@ def test_the_lattice_note_offers_a_coarser_resolution():
 
 def long_plan(generations):
     """A sample command long enough to ask: rates say this machine makes a token in 100 s."""
-    cost.record_rate("tiny-llama", cost.this_device(), tokens=1, seconds=100.0)
+    rates.record_rate("tiny-llama", cost.this_device(), tokens=1, seconds=100.0)
     return ["sample", "--model", "tiny", "--limit", str(generations), "--max-new-tokens", "2"]
 
 
@@ -187,7 +187,7 @@ def test_a_long_run_asks_in_an_interactive_shell_unless_yes(
 def test_a_run_under_the_threshold_goes_on_without_asking(tmp_path, monkeypatch, tiny_path, seconds, said):
     """Estimates of 4 s (nothing said) and of 160 s (said, not asked: under ten minutes)."""
     monkeypatch.setattr(cost, "interactive", lambda: True)
-    cost.record_rate("tiny-llama", cost.this_device(), tokens=1 * 8, seconds=seconds * 8)
+    rates.record_rate("tiny-llama", cost.this_device(), tokens=1 * 8, seconds=seconds * 8)
     out = tmp_path / "s.jsonl"
     result = runner.invoke(app, ["sample", "--model", "tiny", "--limit", "2", "--max-new-tokens", "4",
                                  "--out", str(out)])  # fmt: skip
@@ -198,7 +198,7 @@ def test_a_run_under_the_threshold_goes_on_without_asking(tmp_path, monkeypatch,
 
 def test_train_ric_prints_its_cost_and_takes_yes(tiny_path, tmp_path, monkeypatch):
     monkeypatch.setattr(cost, "interactive", lambda: True)
-    cost.record_rate("tiny-llama", cost.this_device(), tokens=1, seconds=100.0)
+    rates.record_rate("tiny-llama", cost.this_device(), tokens=1, seconds=100.0)
     args = ["train", "ric", "--model", tiny_path, *TINY_RIC, "--output_dir", str(tmp_path / "r"),
             "--stop_after", "offline"]  # fmt: skip
     refused = runner.invoke(app, args, input="n\n")
@@ -231,7 +231,7 @@ def test_compare_counts_ric_sampling_and_every_methods_sweep():
 
 def test_a_declined_compare_starts_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(cost, "interactive", lambda: True)
-    cost.record_rate("tiny-llama", cost.this_device(), tokens=1, seconds=100.0)
+    rates.record_rate("tiny-llama", cost.this_device(), tokens=1, seconds=100.0)
     config = tmp_path / "c.yaml"
     config.write_text("model: tiny\nmethods: [ric, prompting]\neval: {limit: 2, resolution: 2}\n")
     out = tmp_path / "cmp"

@@ -1,7 +1,7 @@
 """What a long run will cost, said before it starts: how many answers it generates and about how
 long that takes at the generation rate measured on this machine.
 
-Every generation records its rate (`record_rate`, called by `generate_texts`) in
+Every generation records its rate (`rates.record_rate`, called by `generate_texts`) in
 `$STEERABLE_HOME/rates.json`: decoded tokens per second, per model and device, the newest
 measurement of each. A command's `Plan` (how many answers of how many tokens) becomes an
 `Estimate` at that rate, or at a stated default where this machine has not measured the model
@@ -15,75 +15,27 @@ early when all its answers have ended.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import json
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from steerable.io import atomic_write_text
+from steerable import rates
 
-RATES = "rates.json"
 # Assumed where nothing was measured: SmolLM2-135M decoding 64 answers at once on 2 CPU
 # cores makes about 150 tokens/s; one GPU, an order of magnitude more.
 DEFAULT_TOKENS_PER_SECOND = {"cpu": 150.0, "cuda": 2000.0}
-MIN_SECONDS = 1.0  # a shorter generation is mostly start-up, not a rate
 SAY_ABOVE_SECONDS = 60.0  # a run expected to take longer says so before it starts
 ASK_ABOVE_SECONDS = 600.0  # an interactive one expected to take longer asks first
 
 
-def rates_path() -> Path:
-    from steerable.trust import steerable_home
-
-    return steerable_home() / RATES
-
-
 def model_key(name_or_path: str) -> str:
-    """The name a rate is filed under: a directory's or hub id's last part (`tiny-llama`,
-    `SmolLM2-135M-Instruct`), so a model measured from its path is found by its name too. An
-    alias (smollm2, tiny) is its cached directory; a steerable model directory, its base model,
-    which is what generates."""
+    """The name a rate is filed under (`rates.model_key`), an alias (smollm2, tiny) read as its
+    cached directory."""
     from steerable.defaults import DEFAULT_MODEL, TINY_MODEL, resolve_model
 
-    name = str(name_or_path)
-    try:
-        base = json.loads((Path(name) / "steerable.json").read_text())["base_model"]
-    except (OSError, ValueError, KeyError, TypeError):
-        base = None
-    if isinstance(base, str) and base != name:
-        return model_key(base)
-    if name in (DEFAULT_MODEL, TINY_MODEL):
-        name = resolve_model(name)
-    return Path(name.rstrip("/")).name or name
-
-
-def _read() -> dict:
-    try:
-        data = json.loads(rates_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def record_rate(model: str, device: str, tokens: int, seconds: float) -> None:
-    """Keep `tokens` decoded in `seconds` as the rate of `model` on `device` (atomically, the
-    newest measurement replacing the last). Too short a run is not a rate and is skipped; a
-    store that cannot be written is skipped too: measuring must never stop a generation."""
-    if tokens <= 0 or seconds < MIN_SECONDS:
-        return
-    rates = _read()
-    rates[f"{model_key(model)} on {device}"] = {
-        "model": model_key(model),
-        "device": device,
-        "tokens_per_second": tokens / seconds,
-        "tokens": tokens,
-        "seconds": round(seconds, 3),
-        "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-    with contextlib.suppress(OSError):
-        atomic_write_text(rates_path(), json.dumps(rates, indent=2, sort_keys=True) + "\n")
+    return rates.model_key(
+        name_or_path, lambda name: resolve_model(name) if name in (DEFAULT_MODEL, TINY_MODEL) else name
+    )
 
 
 def this_device() -> str:
@@ -151,7 +103,7 @@ class Estimate:
 def estimate(plan: Plan, device: str | None = None) -> Estimate:
     """`plan` at this machine's measured rate for its model, else the stated default."""
     device = device or this_device()
-    found = _read().get(f"{model_key(plan.model)} on {device}")
+    found = rates.read_rates().get(f"{model_key(plan.model)} on {device}")
     try:
         rate, measured = float(found["tokens_per_second"]), str(found["measured"])
     except (TypeError, KeyError, ValueError):

@@ -268,9 +268,9 @@ def _generate(model, tokenizer, texts: Sequence[str], sampling: SamplingConfig, 
     """Batched generation, shown on the running stage's bar (`progress.stage_bar`) or, outside
     one and with `progress`, a bar of its own; both count token slots (rows x max_new_tokens)
     and move at every decoding step. The rate of a shown generation (a command's stage, not a
-    served request) goes to `cost.record_rate`."""
-    from steerable.cost import record_rate
+    served request) goes to `rates.record_rate`."""
     from steerable.progress import active_bar, advance_to, stage_bar
+    from steerable.rates import record_rate
 
     lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
