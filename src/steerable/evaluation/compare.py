@@ -16,6 +16,8 @@ Every stage is cached under the output directory and records what produced it
 A re-run skips finished stages and trains or evaluates only what is missing (another list of
 methods is fine); a stage whose settings changed is refused with the fix. RiC's statistics are
 the comparison's statistics; without RiC, `stats:` must name a stats JSON or model directory.
+How a method trains here is its registry entry's `compare` hook (`methods/NAME/compare.py`),
+which reads its sections below and what the methods before it made.
 
 The configuration (YAML, every key optional):
 
