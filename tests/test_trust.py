@@ -4,6 +4,7 @@ from elsewhere, or one that changed since, is refused with the reason and the fi
 
 import json
 import shutil
+import sys
 
 import pytest
 from fastapi.testclient import TestClient
@@ -175,3 +176,44 @@ def test_serve_says_at_start_that_an_untrusted_scorer_will_be_refused(tmp_path, 
     warning = " ".join(started.output.split())
     assert warning.count("warning:") == 1 and "POST /v1/score will answer 403" in warning
     assert str(module.resolve()) in warning and "--trust-remote-code" in warning
+
+
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        ("def f(prompts, responses):\n    raise ValueError('no model')\n", "raised ValueError: no model"),
+        ("def f(prompts, responses):\n    return [float('nan')] * len(responses)\n", "gave nan for row 1"),
+        ("def f(prompts, responses):\n    return [1.0]\n", "returned 1 scores for 2 pairs"),
+    ],
+)
+def test_a_scorer_that_fails_at_serve_time_is_a_400_naming_the_objective(tmp_path, tiny_ric, code, message):
+    from steerable.serving.api import ServedModel, create_app
+
+    model, module = model_with_typed_objective(tmp_path, tiny_ric)
+    module.write_text(code)
+    served = ServedModel.load(str(model), max_batch=2, max_queue=8, trust_remote_code=True)
+    body = {"model": "model", "prompt": "Say hi", "responses": ["Hi!", "Hello there."]}
+    answer = TestClient(create_app([served])).post("/v1/score", json=body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "scoring_failed" and error["param"] == "model"
+    assert "objective 'positive'" in error["message"] and message in error["message"]
+
+
+def test_a_scorer_whose_code_is_missing_says_so_and_not_to_pass_the_flag(tmp_path, monkeypatch):
+    stats, module = score_with_typed_objective(tmp_path)
+    module.unlink()
+    refusal = RewardSet.load(stats).refusal
+    assert f"{module.resolve()} is missing on this machine" in refusal
+    assert "--trust-remote-code" not in refusal
+    package = tmp_path / "my_scorers"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "chars.py").write_text(CHARS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rewards = RewardSet.from_specs(["mine=py:my_scorers.chars:f"])
+    rewards.fit_stats(rewards.score(PROMPTS, RESPONSES))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])  # another machine
+    refusal = RewardSet.from_dict(rewards.to_dict(), where="stats.json").refusal
+    assert "module my_scorers.chars is missing on this machine" in refusal and "PYTHONPATH" in refusal
+    assert "--trust-remote-code" not in refusal

@@ -90,19 +90,26 @@ def untrusted_reason(name: str, target: str, recorded: str | None, where: str) -
     py: `target` and the file hash `recorded` there, may not run here, with the fix; None when
     this machine trusts that very file."""
     path = code_file(target)
-    if path is None:
-        why = f"its code ({target.rpartition(':')[0]}) is not found on this machine"
-    else:
-        digest, trusted = file_sha256(path), _trusted_files().get(str(path))
-        if trusted is None:
-            why = f"{path} is not trusted on this machine (made elsewhere, or before steerable recorded it)"
-        elif trusted != digest:
-            why = f"{path} changed since it was trusted here"
-        elif recorded != digest:
-            made = "another version of" if recorded else "no recorded hash of"
-            why = f"{where} was made with {made} {path}"
+    if path is None:  # no flag makes missing code run: say what is missing and how to provide it
+        code = target.rpartition(":")[0]
+        if code.endswith(".py"):
+            missing, fix = code, "put the file back there"
         else:
-            return None
+            missing, fix = f"module {code}", "install it, or set PYTHONPATH to the folder that holds it"
+        return (
+            f"objective {name!r} from {where} runs code from py:{target}, but {missing} is missing on "
+            f"this machine; {fix}"
+        )
+    digest, trusted = file_sha256(path), _trusted_files().get(str(path))
+    if trusted is None:
+        why = f"{path} is not trusted on this machine (made elsewhere, or before steerable recorded it)"
+    elif trusted != digest:
+        why = f"{path} changed since it was trusted here"
+    elif recorded != digest:
+        made = "another version of" if recorded else "no recorded hash of"
+        why = f"{where} was made with {made} {path}"
+    else:
+        return None
     return (
         f"objective {name!r} from {where} would run code from py:{target}, but {why}; if you trust "
         "that file, pass --trust-remote-code at the CLI or trust_remote_code=True in Python, or "

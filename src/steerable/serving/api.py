@@ -23,15 +23,16 @@ method, on FastAPI.
 Request bodies are typed by the pydantic models of `protocol.py` (a field cannot skip
 validation); steering is checked by the library's own code (`Preference`, the tag checks, the
 examples check), so the server and the Python API refuse the same things. Errors use OpenAI's
-body, {"error": {"message", "type", "param", "code"}}: 400 for bad values and steering, 401 for a
-missing or wrong API key, 403 from /v1/score for a model whose py: scorer is not trusted here (the
-server needs --trust-remote-code), 404 for an unknown model or path, 405 for a wrong method, 413 for a body
-over the limit, 422 for a body that is not JSON Python can read, 502 for an upstream (proxy mode)
-that fails, 503 with Retry-After when a queue is full (the engine's, or the requests waiting for a
-model's steering thread) or, from `local.py`'s protocol, when the server is at its concurrency
-limit; a generic 500 (the cause goes to the server's log). A client that disconnects cancels its
-request, streamed or not; one that left before its answer shows as 499 in the access log
-(nginx's "client closed request").
+body, {"error": {"message", "type", "param", "code"}}: 400 for bad values and steering, 400 (code
+scoring_failed) from /v1/score when an objective's scorer fails (the message names the objective),
+401 for a missing or wrong API key, 403 from /v1/score for a model whose py: scorer is not trusted
+here (the server needs --trust-remote-code), 404 for an unknown model or path, 405 for a wrong
+method, 413 for a body over the limit, 422 for a body that is not JSON Python can read, 502 for an
+upstream (proxy mode) that fails, 503 with Retry-After when a queue is full (the engine's, or the
+requests waiting for a model's steering thread) or, from `local.py`'s protocol, when the server
+is at its concurrency limit; a generic 500 (the cause goes to the server's log). A client that
+disconnects cancels its request, streamed or not; one that left before its answer shows as 499 in
+the access log (nginx's "client closed request").
 
 Steering, prompt rendering and scoring run on each model's own one-thread executor, off the event
 loop: a model whose steering is slow (NP-DPO's pair encoder) makes only its own requests wait.
@@ -382,7 +383,10 @@ def create_app(
         rewards = model.policy.rewards
         if rewards.refusal is not None:  # a scorer this machine does not trust: the fix is the server's flag
             raise ApiError(403, rewards.refusal, "model", "untrusted_scorer")
-        raw = await model.run(rewards.score, [prompt] * len(responses), responses)
+        try:  # the objectives' own failures (a py: function raising, a NaN score): the scorer's fault
+            raw = await model.run(rewards.score, [prompt] * len(responses), responses)
+        except SteerableError as err:
+            raise ApiError(400, str(err), "model", "scoring_failed")
         return {
             "objectives": rewards.names,
             "raw": raw.tolist(),
