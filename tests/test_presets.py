@@ -136,3 +136,21 @@ def test_serve_start_message_gives_the_playground_url_it_serves():
     path = message[-1].split()[1].removeprefix("http://127.0.0.1:8000")
     page = TestClient(create_app([], max_tokens_limit=64)).get(path)
     assert page.status_code == 200 and "<html" in page.text
+
+
+def test_a_preset_value_that_your_options_replace_is_dropped(tmp_path):
+    from steerable.configs import parse_config
+    from steerable.presets import with_preset
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n")
+    for given in (["--data", str(data)], [f"--data={data}"]):
+        args, note = with_preset("ric", ["--preset", "smoke", *given], "steerable train ric")
+        config = parse_config(RiCConfig, args, prog="steerable train ric")
+        assert config.data == str(data.resolve()) and config.prompt_limit is None
+        assert config.max_new_tokens == 24 and NOT_QUALITY in note  # the rest of the preset applies
+    # without --data the preset's prompt_limit picks the prompts, and yours still wins
+    args, _ = with_preset("ric", ["--preset", "smoke"], "steerable train ric")
+    assert parse_config(RiCConfig, args, prog="steerable train ric").prompt_limit == 16
+    args, _ = with_preset("ric", ["--preset", "smoke", "--prompt_limit", "4"], "steerable train ric")
+    assert parse_config(RiCConfig, args, prog="steerable train ric").prompt_limit == 4

@@ -42,7 +42,8 @@ def preset_note(path: Path) -> str:
 def with_preset(command: str, args: list[str], prog: str) -> tuple[list[str], str | None]:
     """Command-line `args` with `--preset NAME` (or `--preset=NAME`) replaced by `--config` and
     the preset's file, which TRL's parser reads before the other options, so they override it;
-    and the preset's note (None without a preset)."""
+    and the preset's note (None without a preset). A preset value that an option given
+    replaces (`REPLACED_BY`) is left out."""
     args = [part for arg in args for part in (arg.split("=", 1) if arg.startswith("--preset=") else [arg])]
     if "--preset" not in args:
         return args, None
@@ -55,4 +56,29 @@ def with_preset(command: str, args: list[str], prog: str) -> tuple[list[str], st
             "is a --config file: copy it from steerable/presets/ to start your own)"
         )
     path = preset_file(command, args[index + 1], prog)
-    return [*args[:index], "--config", str(path), *args[index + 2 :]], preset_note(path)
+    note, args = preset_note(path), [*args[:index], *args[index + 2 :]]
+    given = {arg.split("=", 1)[0] for arg in args if arg.startswith("--")}
+    dropped = {key for option, keys in REPLACED_BY.items() if option in given for key in keys}
+    return ["--config", str(without_keys(path, dropped) if dropped else path), *args], note
+
+
+# Preset keys that an option the user gives makes wrong, not merely overridden: given --data (the
+# table to train on), a preset's prompt_limit and prompts (which pick the prompts to sample
+# for) no longer apply, and the method would refuse the pair as if the user had given both.
+REPLACED_BY = {"--data": ("prompt_limit", "prompts")}
+
+
+def without_keys(path: Path, keys: set[str]) -> Path:
+    """A copy of preset `path` without `keys`, in a temporary file removed when the process exits."""
+    import atexit
+    import os
+    import tempfile
+
+    import yaml
+
+    values = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k not in keys}
+    handle, name = tempfile.mkstemp(prefix=f"steerable-{path.stem}-", suffix=".yaml")
+    with os.fdopen(handle, "w") as file:
+        yaml.safe_dump(values, file)
+    atexit.register(Path(name).unlink, missing_ok=True)
+    return Path(name)
