@@ -288,3 +288,16 @@ def test_score_names_the_file_line_of_an_hh_pair_whose_answer_gave_nan(tmp_path)
     result = invoke(["score", data, "--out", tmp_path / "out.jsonl", "-o", f"x=py:{module}:f"])
     assert result.exit_code == 2
     assert f"'x' gave nan for {data}, line 2 (prompt" in "".join(result.output.split("\n")), result.output
+
+
+@pytest.mark.parametrize(("host", "shown"), [("0.0.0.0", "127.0.0.1"), ("::", "[::1]")])
+def test_serve_on_every_address_prints_a_url_a_browser_can_open(host, shown):
+    from steerable.cli import start_message
+
+    message = start_message([("ric-smoke", "ric")], host, 8000)
+    assert message[:2] == [
+        f"serving ric-smoke (ric) at http://{shown}:8000/v1",
+        f"playground: http://{shown}:8000/ (open it in a browser)",
+    ]
+    assert "listening on every address" in message[2] and host in message[2]
+    assert len(start_message([], "127.0.0.1", 8000)) == 1  # a named address: no such line

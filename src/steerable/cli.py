@@ -1152,11 +1152,23 @@ def serve(
         uvicorn.Server(config).run(sockets=[sock])
 
 
+# A wildcard bind listens on every address; a browser cannot open it, so its loopback is shown.
+WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
 def start_message(served: list[tuple[str, str]], host: str, port: int) -> list[str]:
-    """What `serve` prints when it starts: each (model id, method)'s API and the playground's URL."""
-    base = f"http://{f'[{host}]' if ':' in host else host}:{port}"  # an IPv6 address goes in brackets
+    """What `serve` prints when it starts: each (model id, method)'s API and the playground's URL
+    (for a wildcard bind, this machine's loopback, and a line saying it listens on every address)."""
+    shown = WILDCARD.get(host, host)
+    base = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"  # an IPv6 address goes in brackets
     lines = [f"serving {model} ({method}) at {base}/v1" for model, method in served]
-    return [*lines, f"playground: {base}/ (open it in a browser)"]
+    lines.append(f"playground: {base}/ (open it in a browser)")
+    if host in WILDCARD:
+        lines.append(
+            f"listening on every address of this machine ({host or 'all'}:{port}); from another "
+            f"machine use this machine's address in place of {shown}"
+        )
+    return lines
 
 
 def check_url(option: str, url: str) -> None:
