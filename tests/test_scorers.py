@@ -116,6 +116,22 @@ def test_python_callable_by_module(tmp_path, monkeypatch):
     assert s.tolist() == [2, 0]
 
 
+def test_a_module_named_like_a_folder_here_stays_a_module_and_a_file_is_made_absolute(tmp_path, monkeypatch):
+    (tmp_path / "rewards").mkdir()
+    (tmp_path / "rewards" / "__init__.py").write_text(
+        "def f(prompts, responses):\n    return [1.0] * len(responses)\n"
+    )
+    (tmp_path / "chars.py").write_text(
+        "def f(prompts, responses):\n    return [float(len(r)) for r in responses]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rewards = RewardSet.from_specs(["mine=py:rewards:f", "size=py:chars.py:f"])
+    assert rewards["mine"].spec.target == "rewards:f"
+    assert rewards["size"].spec.target == f"{tmp_path.resolve() / 'chars.py'}:f"
+    assert rewards.score(["q"], ["abc"]).tolist() == [[1.0, 3.0]]
+
+
 def test_python_callable_errors(tmp_path):
     with pytest.raises(SteerableError, match="cannot import"):
         build_scorer(ScorerSpec.parse("e=py:no_such_module_xyz:f"))

@@ -131,12 +131,12 @@ class ScorerSpec:
     def with_absolute_paths(self) -> ScorerSpec:
         """The spec with a local target (an hf: or moslim: model directory, a py: file) made
         absolute, so it still resolves from another working directory; hub ids and modules are
-        unchanged."""
+        unchanged (a py: module stays one even where a folder here has its name)."""
         from dataclasses import replace
         from pathlib import Path
 
         where, sep, function = self.target.rpartition(":") if self.kind == "py" else (self.target, "", "")
-        if not Path(where).exists():
+        if not Path(where).exists() or (self.kind == "py" and not where.endswith(".py")):
             return self
         return replace(self, target=str(Path(where).resolve()) + sep + function)
 
