@@ -132,6 +132,23 @@ def test_a_module_named_like_a_folder_here_stays_a_module_and_a_file_is_made_abs
     assert rewards.score(["q"], ["abc"]).tolist() == [[1.0, 3.0]]
 
 
+def test_a_scorer_file_with_a_dataclass_under_postponed_annotations_loads(tmp_path):
+    # dataclasses look the module up in sys.modules to read its string annotations
+    (tmp_path / "typed.py").write_text(
+        "from __future__ import annotations\nfrom dataclasses import dataclass\n\n\n"
+        "@dataclass\nclass Weight:\n    value: float\n\n\n"
+        "def f(prompts, responses):\n    return [Weight(len(r)).value for r in responses]\n"
+    )
+    (tmp_path / "other").mkdir()  # a file of the same name elsewhere is another module
+    (tmp_path / "other" / "typed.py").write_text(
+        "def f(prompts, responses):\n    return [0.0] * len(responses)\n"
+    )
+    scores = _score(f"mine=py:{tmp_path}/typed.py:f", ["q", "q"], ["ab", "abc"])
+    assert scores.tolist() == [2.0, 3.0]
+    assert _score(f"mine=py:{tmp_path}/other/typed.py:f", ["q"], ["ab"]).tolist() == [0.0]
+    assert _score(f"mine=py:{tmp_path}/typed.py:f", ["q"], ["ab"]).tolist() == [2.0]
+
+
 def test_python_callable_errors(tmp_path):
     with pytest.raises(SteerableError, match="cannot import"):
         build_scorer(ScorerSpec.parse("e=py:no_such_module_xyz:f"))

@@ -12,8 +12,10 @@ directory runs only where this machine trusts its file as it is (`steerable.trus
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import importlib.util
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,8 +49,17 @@ def load_callable(name: str, target: str) -> Callable[[list[str], list[str]], Se
 def _import(where: str):
     if not where.endswith(".py"):
         return importlib.import_module(where)
-    path = Path(where)
-    module_spec = importlib.util.spec_from_file_location(f"steerable_user_{path.stem}", path)
+    path = Path(where).resolve()
+    # registered as an import would be (dataclasses and pickle look a module up by name), under a
+    # name of its own for each file, so two files both named rewards.py stay two modules
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    name = f"steerable_user_{path.stem}_{digest}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
