@@ -432,6 +432,19 @@ def test_a_log_is_split_by_user_deterministically_with_the_seed():
         )
 
 
+def test_a_choice_logged_twice_is_one_pair_so_it_cannot_be_its_own_context_and_target():
+    rows = log_rows(users=12, pairs=4)
+    logged = [*rows, dict(rows[0]), dict(rows[5]), dict(rows[5])]
+    with pytest.warns(UserWarning, match="3 duplicate row"):
+        log = choice_log(logged, seed=2)
+    expected = choice_log(rows, seed=2)
+    assert log.pairs.tolist() == expected.pairs.tolist() and log.user.tolist() == expected.user.tolist()
+    assert log.user_split.tolist() == expected.user_split.tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choice_log(rows, seed=2)  # nothing said when nothing is dropped
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet", ""])
 def test_a_log_reads_from_every_table_format_alike(suffix, tmp_path):
     rows = log_rows(users=6, pairs=3)

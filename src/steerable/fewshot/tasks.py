@@ -26,6 +26,7 @@ Real users' logs need neither utilities nor types: a `ChoiceLog` holds each user
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -419,8 +420,10 @@ def choice_log(
 ) -> ChoiceLog:
     """Users' choices from rows with columns `user`, `prompt`, `chosen` and `rejected` (one pair a
     row). Every problem is one error naming its rows: a missing column, empty text, chosen equal
-    to rejected, a user with fewer than 2 pairs (one to condition on, one to score). The users
-    are split with `seed`: `heldout` of them (at least one each) into validation and test."""
+    to rejected, a user with fewer than 2 pairs (one to condition on, one to score). A row that
+    repeats an earlier one (user, prompt, chosen and rejected) is dropped, with a warning saying
+    how many. The users are split with `seed`: `heldout` of them (at least one each) into
+    validation and test."""
     if not rows:
         raise SteerableError(f"{where}: no rows")
     missing = [c for c in LOG_COLUMNS if all(c not in row for row in rows)]
@@ -439,6 +442,20 @@ def choice_log(
             problem = "'user' is empty (every choice needs the id of the user who made it)"
         bad.append((place, problem))
     refuse_bad_rows(where, bad)
+    # a choice logged twice is one pair: kept twice, it could be a task's context and its target
+    seen, kept = set(), []
+    for i, row in enumerate(rows):
+        key = (str(row["user"]), row["prompt"], row["chosen"], row["rejected"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(i)
+    if len(kept) < len(rows):
+        warnings.warn(
+            f"{where}: dropped {len(rows) - len(kept)} duplicate row(s) (the same user, prompt, chosen "
+            "and rejected as an earlier row)",
+            stacklevel=2,
+        )
+        rows, places = [rows[i] for i in kept], [places[i] for i in kept]
     ids = [str(row["user"]) for row in rows]
     count = defaultdict(int)
     for user in ids:
