@@ -301,3 +301,22 @@ def test_serve_on_every_address_prints_a_url_a_browser_can_open(host, shown):
     ]
     assert "listening on every address" in message[2] and host in message[2]
     assert len(start_message([], "127.0.0.1", 8000)) == 1  # a named address: no such line
+
+
+@pytest.mark.parametrize("name", ["soups", "morlhf"])
+def test_every_trainer_takes_yes_though_it_has_no_cost_to_ask(name, scored_table, tmp_path, monkeypatch):
+    from steerable import methods
+    from steerable.methods.base import resolve
+
+    method = methods.get(name)
+    assert method.plan is None  # nothing to confirm: --yes is still accepted (scripts pass it to all)
+    module, _, attr = method.recipe.partition(":")
+    ran = []
+    monkeypatch.setattr(resolve(module), attr, lambda config: ran.append(config) or tmp_path / "made")
+    stats = scored_table.parent / "stats.json"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["train", name, "--yes", "--stats", str(stats), "--model", "tiny", "--output_dir", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(ran) == 1 and str(tmp_path / "made") in result.output.replace("\n", "")

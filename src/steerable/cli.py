@@ -531,7 +531,8 @@ def run_config_command(
     every field is an option and `--help` lists them with their docs; `--config FILE.yaml` sets
     fields that flags then override -- then run the recipe and print what it `made` (a name, or
     a function of the config giving one) where. Every user error is one line. With `plan` (the
-    config -> a `cost.Plan`), the cost is printed first and `--yes` skips the question.
+    config -> a `cost.Plan`), the cost is printed first and `--yes` skips the question (without
+    one, `--yes` is accepted and does nothing).
     `--preset NAME` starts from a shipped preset's values (steerable.presets) as `--config`
     would; the preset's note is printed when the run starts and when it ends."""
     from rich.markup import escape
@@ -539,10 +540,10 @@ def run_config_command(
     from steerable.configs import parse_config
     from steerable.presets import names, with_preset
 
-    args = list(ctx.args)
-    yes = plan is not None and any(arg in ("--yes", "-y") for arg in args)
-    if plan is not None:
-        args = [arg for arg in args if arg not in ("--yes", "-y")]
+    # --yes is taken by every trainer (a script may pass it to all of them); without a plan
+    # there is nothing to ask, so it does nothing
+    args = [arg for arg in ctx.args if arg not in ("--yes", "-y")]
+    yes = len(args) < len(ctx.args)
     with user_errors():
         args, note = with_preset(ctx.info_name, args, ctx.command_path)
         epilog = examples(f"train {ctx.info_name}", markup=False)
