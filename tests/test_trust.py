@@ -217,3 +217,26 @@ def test_a_scorer_whose_code_is_missing_says_so_and_not_to_pass_the_flag(tmp_pat
     refusal = RewardSet.from_dict(rewards.to_dict(), where="stats.json").refusal
     assert "module my_scorers.chars is missing on this machine" in refusal and "PYTHONPATH" in refusal
     assert "--trust-remote-code" not in refusal
+
+
+def test_a_broken_trust_store_or_unreadable_scorer_stops_only_scoring(tmp_path, tiny_ric, monkeypatch):
+    from steerable.policy import SteerablePolicy, load_manifest
+
+    model, module = model_with_typed_objective(tmp_path, tiny_ric)
+    store_path().write_text("{not json")
+    load_manifest(model)  # generate and serve read the manifest first
+    for trust in (False, True):
+        policy = SteerablePolicy.from_pretrained(model, trust_remote_code=trust)
+        assert len(policy.generate(["Say hi"], {"brief": 1.0, "positive": 0.0}, max_new_tokens=2)) == 1
+    refusal = SteerablePolicy.from_pretrained(model).rewards.refusal
+    assert f"trust store {store_path()} cannot be read" in refusal and "delete it" in refusal
+    store_path().unlink()
+    RewardSet.from_specs([f"positive=py:{module}:f"])  # trusted again
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("steerable.trust.file_sha256", unreadable)
+    load_manifest(model)
+    refusal = SteerablePolicy.from_pretrained(model).rewards.refusal
+    assert f"{module.resolve()} cannot be read (Permission denied)" in refusal

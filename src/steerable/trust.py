@@ -89,18 +89,22 @@ def untrusted_reason(name: str, target: str, recorded: str | None, where: str) -
     """Why objective `name`, read from `where` (a statistics file, a model directory) with
     py: `target` and the file hash `recorded` there, may not run here, with the fix; None when
     this machine trusts that very file."""
+    origin = f"objective {name!r} from {where} would run code from py:{target}, but"
     path = code_file(target)
     if path is None:  # no flag makes missing code run: say what is missing and how to provide it
         code = target.rpartition(":")[0]
         if code.endswith(".py"):
-            missing, fix = code, "put the file back there"
-        else:
-            missing, fix = f"module {code}", "install it, or set PYTHONPATH to the folder that holds it"
+            return f"{origin} {code} is missing on this machine; put the file back there"
         return (
-            f"objective {name!r} from {where} runs code from py:{target}, but {missing} is missing on "
-            f"this machine; {fix}"
+            f"{origin} module {code} is missing on this machine; install it, or set PYTHONPATH to "
+            "the folder that holds it"
         )
-    digest, trusted = file_sha256(path), _trusted_files().get(str(path))
+    try:  # a broken store or file stops only the scoring: what was read from `where` still loads
+        digest, trusted = file_sha256(path), _trusted_files().get(str(path))
+    except OSError as err:
+        return f"{origin} {path} cannot be read ({err.strerror}); make it readable"
+    except SteerableError as err:
+        return f"{origin} {err}"
     if trusted is None:
         why = f"{path} is not trusted on this machine (made elsewhere, or before steerable recorded it)"
     elif trusted != digest:
@@ -111,9 +115,9 @@ def untrusted_reason(name: str, target: str, recorded: str | None, where: str) -
     else:
         return None
     return (
-        f"objective {name!r} from {where} would run code from py:{target}, but {why}; if you trust "
-        "that file, pass --trust-remote-code at the CLI or trust_remote_code=True in Python, or "
-        f"re-run the scoring on this machine (steerable score -o {name}=py:{target}) and train from it"
+        f"{origin} {why}; if you trust that file, pass --trust-remote-code at the CLI or "
+        "trust_remote_code=True in Python, or re-run the scoring on this machine "
+        f"(steerable score -o {name}=py:{target}) and train from it"
     )
 
 
