@@ -76,7 +76,7 @@ def test_a_model_directory_of_another_or_unknown_format_is_refused_in_one_line(t
     from dataclasses import asdict
 
     from steerable import SteerableError
-    from steerable.policy import PolicyManifest, load_manifest
+    from steerable.manifest import PolicyManifest, load_manifest
 
     manifest = asdict(PolicyManifest(method="ric", base_model="tiny", rewards=_fitted_rewards().to_dict()))
     (tmp_path / "steerable.json").write_text(json.dumps(manifest))

@@ -12,103 +12,31 @@ Directory layout (written by the trainers, read by `SteerablePolicy.from_pretrai
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from steerable import methods
-from steerable.conditioning import MAPPINGS, TagFormat, preference_to_levels, preference_to_targets, tag_chat
+from steerable.conditioning import TagFormat, preference_to_levels, preference_to_targets, tag_chat
 from steerable.errors import SteerableError
 from steerable.generation import SamplingConfig, render_chat
-from steerable.io import atomic_write_text, check_format_version
+from steerable.manifest import (  # noqa: F401 -- MANIFEST, load_manifest: read from here too
+    FORMAT_VERSION,
+    MANIFEST,
+    MappingConfig,
+    PolicyManifest,
+    load_manifest,
+    write_manifest,
+)
 from steerable.objectives import RewardSet
 from steerable.preferences import Preference
-
-MANIFEST = "steerable.json"
-FORMAT_VERSION = 1
-
-
-@dataclass
-class MappingConfig:
-    """How a preference becomes target tags: the mapping and the stats quantiles used as lo/hi."""
-
-    default: str = "linf"
-    lo_quantile: float = 0.05
-    hi_quantile: float = 0.95
-
-    def __post_init__(self):
-        if self.default not in MAPPINGS:
-            raise SteerableError(f"mapping {self.default!r} unknown; choose from {MAPPINGS}")
-        if not 0 <= self.lo_quantile < self.hi_quantile <= 1:
-            raise SteerableError("need 0 <= lo_quantile < hi_quantile <= 1")
-
-
-@dataclass
-class PolicyManifest:
-    """The contents of steerable.json."""
-
-    method: str
-    base_model: str
-    rewards: dict
-    tags: dict = field(default_factory=lambda: TagFormat().to_dict())
-    mapping: dict = field(default_factory=lambda: asdict(MappingConfig()))
-    weights: str = "adapter"  # "adapter" or "model"
-    policies: list[dict] | None = (
-        None  # baselines: [{"weights": [...], "adapter": "stages/policy_0/weights"}]
-    )
-    system: str | None = None
-    dtype: str = "float32"  # the dtype the weights are loaded in (training and inference alike)
-    # MOSLIM: {"levels": L, "reward", "reward_model", "reward_stats"} (methods/moslim.py; the
-    # running statistics of p_i, None for a reward that keeps none: zscore, normalisation none)
-    moslim: dict | None = None
-    # NP-DPO: {"context": the context path's folder (fewshot.policy.ContextPath), "beta", "types"}
-    fewshot: dict | None = None
-    format_version: int = FORMAT_VERSION
-    training: dict = field(default_factory=dict)
 
 
 def loadable(method) -> bool:
     """A method whose model directory one SteerablePolicy loads."""
     return method.policy is not None
-
-
-def load_manifest(directory: str | Path, method: str | None = None) -> PolicyManifest:
-    """The one reader of a model directory's steerable.json, checked: well-formed, a known
-    method (`method`, when given), parseable objectives with statistics, and the policies a
-    baseline needs. Every command that opens a model directory goes through it."""
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise SteerableError(
-            f"{directory} has no {MANIFEST}: it is not a finished steerable model directory "
-            "(train one with `steerable train ric|moslim|soups|morlhf`, or finish the interrupted run "
-            "by running its command again)"
-        )
-    try:
-        data = json.loads(path.read_text())
-        # first: a newer steerable's manifest may hold fields this one does not know
-        check_format_version(data.get("format_version", FORMAT_VERSION), FORMAT_VERSION, path, "retrain it")
-        manifest = PolicyManifest(**data)
-    except (json.JSONDecodeError, TypeError, AttributeError) as err:
-        raise SteerableError(f"{path} is malformed ({err}); re-run the training that wrote it")
-    known = methods.names(lambda m: m.trainable)  # the methods whose training writes a model directory
-    if manifest.method not in known:
-        raise SteerableError(f"{path}: unknown method {manifest.method!r}; known: {known}")
-    if method not in (None, manifest.method):
-        raise SteerableError(
-            f"{directory} holds a {manifest.method!r} model, not a {method!r} one "
-            f"(use --method {manifest.method})"
-        )
-    methods.get(manifest.method).check_manifest(manifest, path)
-    from steerable.defaults import torch_dtype
-
-    torch_dtype(manifest.dtype)
-    RewardSet.from_dict(manifest.rewards, where=str(path))
-    return manifest
 
 
 def sampling_with(sampling: SamplingConfig | None, **options) -> SamplingConfig:
@@ -212,8 +140,7 @@ class SteerablePolicy:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory / self.manifest.weights)
         self.tokenizer.save_pretrained(directory)
-        # The manifest goes last: a directory with steerable.json is complete.
-        atomic_write_text(directory / MANIFEST, json.dumps(asdict(self.manifest), indent=2) + "\n")
+        write_manifest(directory, self.manifest)  # last: a directory with steerable.json is complete
 
     # --- steering ---------------------------------------------------------------------
     def target_range(self, lo_q: float | None = None, hi_q: float | None = None):
