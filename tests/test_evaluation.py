@@ -79,8 +79,8 @@ def test_controllability_against_the_request_ranks_equal_requests_together():
         words = target(weights[0]) + (next(plateau_noise) if weights[0] >= 0.5 else 0)
         return [" ".join(["word"] * words) for _ in prompts]
 
-    generate.requested = lambda weights: [target(weights[0]), -target(weights[1])]
-    points = sweep(generate, rewards, ["a"], preference_grid(2))
+    requested = lambda weights: [target(weights[0]), -target(weights[1])]  # noqa: E731
+    points = sweep(generate, rewards, ["a"], preference_grid(2), requested=requested)
     assert [p.requested[0] for p in points] == [target(w) for w in np.linspace(0, 1, 11)]
     asked = requested_controllability(points, rewards.names)
     by_weight = controllability(points, rewards.names)
@@ -393,3 +393,30 @@ def test_three_objectives_evaluated_and_reported_on_a_template_without_a_system_
     assert "| controllability brief | controllability positive | controllability easy |" in text
     assert "| prompting | 3 |" in text and "2 prompts (heldout, first 2)" in text
     assert (tmp_path / "report" / "front.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_sweeps_a_generators_own_grid_and_records_its_requests(fitted_rewards, monkeypatch):
+    """A method's `Generator` says where it answers (`grid`) and what each point asked for
+    (`requested`); `evaluate` takes both from it."""
+    from steerable.evaluation import evaluate as evaluation
+    from steerable.methods.base import Generator
+
+    class Tokenizer:
+        name_or_path = "fake"
+
+        def __call__(self, texts, **_):
+            from types import SimpleNamespace
+
+            return SimpleNamespace(input_ids=[t.split() for t in texts])
+
+    def generate(prompts, weights):
+        return [" ".join(["word"] * (1 + int(10 * weights[0]))) for _ in prompts]
+
+    trained_at = np.array([[1.0, 0.0], [0.3, 0.7]])
+    built = Generator(generate, fitted_rewards, Tokenizer(), None, "float32", grid=trained_at,
+                      requested=lambda weights: [2 * weights[0], 2 * weights[1]])  # fmt: skip
+    monkeypatch.setattr(evaluation, "method_generator", lambda *args, **kwargs: built)
+    monkeypatch.setattr(evaluation, "refuse_trained_on", lambda prompts, model: None)
+    result = evaluation.evaluate("morlhf", "dir", ["a", "b"], progress=False)
+    assert [p.weights for p in result.points] == trained_at.tolist()
+    assert [p.requested for p in result.points] == [[2.0, 0.0], [0.6, 1.4]]

@@ -59,7 +59,7 @@ from steerable.evaluation.report import EvaluationResult, record_front, write_re
 from steerable.methods.base import CompareInputs, Comparing, resolve
 
 # every method a comparison trains, or evaluates on the base model (the prompting floor)
-METHOD_ORDER = tuple(methods.names(lambda m: m.compare is not None or not m.trained))
+METHOD_ORDER = tuple(methods.names(lambda m: m.compare is not None or not m.own_directory))
 
 
 @dataclass
@@ -189,7 +189,7 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
     statistics = fingerprint(load_rewards(plan.stats).to_dict())
     results = []
     for method in plan.methods:
-        own = methods.get(method).trained  # evaluated on the directory it trained, or on the base model
+        own = methods.get(method).own_directory  # evaluated on the directory it trained, or on the base model
         model = str(trained[method]) if own else config.model
         inputs = {
             "method": method,

@@ -132,18 +132,18 @@ def evaluate(
     prompts = list(prompts)
     refuse_trained_on(prompts, model)  # held-out prompts the model trained on would flatter it
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
-    generate, rewards, tokenizer, manifest, dtype = method_generator(
+    built = method_generator(
         method, model, sampling, stats, adapter, mapping, dtype, trust_remote_code, examples
     )
+    generate, rewards, tokenizer, manifest, dtype = built[:5]
     compute = compute_record(manifest)
     if grid is None:
-        # MORLHF can only be asked for the vectors it was trained at.
-        grid = getattr(generate, "grid", None)
+        grid = built.grid  # MORLHF can only be asked for the vectors it was trained at
     if grid is None:
         grid = preference_grid(len(rewards), resolution)
     else:
         grid, resolution = np.asarray(grid, float), None  # a given grid has no resolution
-    steering = getattr(generate, "levels", None)
+    steering = built.levels
     if before_sweep is not None:
         by_level = len(rewards) * steering["count"] * level_samples if steering is not None and levels else 0
         before_sweep(
@@ -166,6 +166,7 @@ def evaluate(
             count_tokens=lambda texts: count_tokens(tokenizer, texts),
             progress=point_done,
             samples=samples,
+            requested=built.requested,
         )
     level_result = None
     if steering is not None and levels:

@@ -59,11 +59,12 @@ def sweep(
     count_tokens: Callable[[list[str]], int] = lambda texts: sum(len(t.split()) for t in texts),
     progress: Callable[[int, int], None] | None = None,
     samples: int = 1,
+    requested: Callable[[np.ndarray], Sequence[float]] | None = None,
 ) -> list[SweepPoint]:
     """Evaluate `generate(prompts, weights) -> responses` at every grid point, with `samples`
     responses per prompt (each prompt repeated in one call): a point's mean is over all of
-    them, and more samples make the means, and the controllability, less noisy. A `generate`
-    with a `requested(weights) -> [K]` attribute has each point's request recorded."""
+    them, and more samples make the means, and the controllability, less noisy. With
+    `requested(weights) -> [K]` (a `Generator`'s), each point's request is recorded."""
     grid = np.asarray(grid, dtype=float)
     if grid.ndim != 2 or grid.shape[1] != len(rewards):
         raise SteerableError(
@@ -73,7 +74,6 @@ def sweep(
     prompts = list(prompts)
     n_prompts = len(prompts)
     repeated = [p for p in prompts for _ in range(samples)]
-    requested = getattr(generate, "requested", None)
     points = []
     for i, weights in enumerate(grid):
         started = time.perf_counter()

@@ -58,10 +58,11 @@ class Method:
 
     Evaluation (`steerable evaluate --method NAME`):
         sweep: "module:attr" of `sweep(model, sampling, **options) -> Generator`; `options`
-            are stats, adapter, mapping, dtype, trust_remote_code and examples (each builder
-            takes what applies to it and ignores the rest).
-        trained: `--model` is a directory this method trained (False: a base model, as for
-            the prompting floor).
+            are method (the name it was asked by, which a builder shared by several methods
+            checks the directory against), stats, adapter, mapping, dtype, trust_remote_code
+            and examples (each builder takes what applies to it and ignores the rest).
+        own_directory: `--model` is a model directory this method wrote (False: a base model,
+            as for the prompting floor).
         evaluate_options: the evaluate options beyond the shared ones that apply to it
             (`adapter`, `mapping`); any other given is refused before a model loads.
     """
@@ -80,7 +81,7 @@ class Method:
     compare: str | None = None
     uses_scored: bool = False
     check: str | None = None
-    trained: bool = True
+    own_directory: bool = True
     evaluate_options: tuple[str, ...] = ()
 
     @property
@@ -184,14 +185,24 @@ class Generator(NamedTuple):
     """What `evaluate` sweeps for one method: `generate(prompts, weights) -> responses`, and the
     objectives (with statistics), tokenizer and dtype it is measured with. `manifest`: the
     trained directory's (its training compute is recorded), None for an untrained floor.
-    `generate` may carry `grid` (the only weights it answers at), `requested` (weights -> what
-    each objective was asked for) and `levels` (a MOSLIM level sweep's pieces)."""
+
+    What some methods add:
+        grid: the only weight vectors it answers at (MORLHF's; the evaluation grid does not
+            apply), an array [points, K].
+        requested: weights -> what each objective was asked for ([K]: a tagged method's target
+            or level), recorded at each point for the controllability against requests.
+        levels: what a level sweep needs (`moslim.steering.level_steering`): count, generate,
+            others, classify; None: it reads no levels.
+    """
 
     generate: Callable[[list[str], Any], list[str]]
     rewards: Any
     tokenizer: Any
     manifest: Any
     dtype: str
+    grid: Any = None
+    requested: Callable[[Any], list[float]] | None = None
+    levels: dict | None = None
 
 
 class Steering(Protocol):

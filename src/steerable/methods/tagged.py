@@ -66,12 +66,14 @@ def policy_sweep(policy, sampling, mapping: str | None, manifest) -> Generator:
         steering = policy.steering_for(preference=list(weights), mapping=mapping)
         return [steering[name] for name in policy.names]
 
-    generate.requested = requested
+    levels = None
     if policy.levels is not None:
         from steerable.methods.moslim.steering import level_steering
 
-        generate.levels = level_steering(policy, sampling)
-    return Generator(generate, policy.rewards, policy.tokenizer, manifest, policy.manifest.dtype)
+        levels = level_steering(policy, sampling)
+    return Generator(
+        generate, policy.rewards, policy.tokenizer, manifest, policy.manifest.dtype, None, requested, levels
+    )
 
 
 def trained_sweep(

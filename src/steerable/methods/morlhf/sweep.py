@@ -1,5 +1,5 @@
 """A MORLHF directory swept: one policy per weight vector, so it answers only at the vectors it
-was trained for (`generate.grid`; the evaluation grid does not apply)."""
+was trained for (its `Generator.grid`; the evaluation grid does not apply)."""
 
 from __future__ import annotations
 
@@ -29,5 +29,4 @@ def sweep(model: str, sampling, dtype: str | None = None, trust_remote_code: boo
         policies.set_adapter(str(matches[0]))
         return generate_texts(policies, tokenizer, format_chat(tokenizer, prompts), sampling, progress=False)
 
-    generate.grid = np.array(vectors)
-    return Generator(generate, rewards, tokenizer, manifest, dtype)
+    return Generator(generate, rewards, tokenizer, manifest, dtype, grid=np.array(vectors))

@@ -9,5 +9,5 @@ METHOD = Method(
     summary="the base model, with the preference written into the system prompt (the floor)",
     steering=("weights",),
     sweep="steerable.methods.prompting.sweep:sweep",
-    trained=False,
+    own_directory=False,
 )
