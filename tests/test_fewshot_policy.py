@@ -342,10 +342,10 @@ def test_the_server_batches_np_dpo_rows_each_with_its_own_z(tiny_np_dpo):
 
     def answers(rows, lengths):
         jobs = [
-            Job(text=served.render(m), max_tokens=n, temperature=1.0, seed=3, latent=z)
+            Job(text=served.render(m), max_tokens=n, temperature=1.0, seed=3, condition=z)
             for (m, _, z), n in zip(rows, lengths, strict=True)
         ]
-        run_batch(served.model, served.tokenizer, jobs, served.engine.film)
+        run_batch(served.model, served.tokenizer, jobs, served.engine.conditioner)
         return [j.output for j in jobs]
 
     together = answers(steered, [2, 8])

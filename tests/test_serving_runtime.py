@@ -536,3 +536,58 @@ def test_steering_examples_are_embedded_without_a_progress_bar(capfd):
     chosen, rejected = embed_examples([example, {**example, "chosen": "Hi!"}], "minilm")
     assert chosen.shape == rejected.shape and chosen.shape[0] == 2
     assert capfd.readouterr().err == ""
+
+
+def test_each_row_is_given_its_own_condition_as_rows_leave(tiny):
+    """What a method conditions its model on besides the prompt (any object, not only NP-DPO's
+    z) reaches every forward pass, one per row in row order, also after a row has left; a job
+    with a condition and no conditioner fails rather than being answered unconditioned."""
+    import contextlib
+
+    seen = []
+
+    @contextlib.contextmanager
+    def conditioned(conditions):
+        seen.append(list(conditions))
+        yield
+
+    jobs = [
+        Job(text=tiny.render(QUESTION), max_tokens=n, temperature=1.0, seed=0, condition=c)
+        for n, c in ((1, "short"), (6, "long"))
+    ]
+    run_batch(tiny.model, tiny.tokenizer, jobs, conditioned)
+    assert seen[0] == ["short", "long"]
+    assert len(seen) == jobs[1].completion_tokens + (jobs[1].finish_reason == "stop")
+    assert all(step == ["long"] for step in seen[1:])
+    with pytest.raises(ValueError, match="no conditioner"):
+        run_batch(tiny.model, tiny.tokenizer, [Job(text="hi", max_tokens=1, condition="lost")])
+
+
+def test_a_served_method_conditions_its_rows_through_its_steering(tiny_ric, monkeypatch):
+    """The server asks the method's `Steering` for its conditioner and hands each row the
+    condition `request` returned: no method's attributes are named by the server."""
+    import contextlib
+
+    from fastapi.testclient import TestClient
+
+    from steerable.methods.ric import steering
+
+    seen = []
+
+    @contextlib.contextmanager
+    def conditioned(conditions):
+        seen.append(list(conditions))
+        yield
+
+    request = steering.request
+    monkeypatch.setattr(steering, "conditioner", lambda policy: conditioned)
+    monkeypatch.setattr(
+        steering, "request", lambda policy, s: (*request(policy, s)[:1], "mine", request(policy, s)[2])
+    )
+    _, ric = tiny_ric
+    served = ServedModel.load(str(ric), max_batch=4, max_queue=8)
+    assert served.engine.prefixes is None  # a condition may change every layer: no shared prefix
+    body = {"model": served.id, "messages": QUESTION, "max_tokens": 2, "steering": {"weights": [1, 0]}}
+    answer = TestClient(create_app([served], max_tokens_limit=8)).post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert seen and all(step == ["mine"] for step in seen)

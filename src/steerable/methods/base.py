@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -226,8 +227,14 @@ class Steering(Protocol):
         """The tag text `steering` renders to in the prompt (None: no tags)."""
 
     def request(self, policy, steering: Mapping) -> tuple[dict | None, Any, dict]:
-        """A served request's `steering` body, checked: (what `tags` renders, the latent the
-        model is conditioned on or None, what the response echoes as applied)."""
+        """A served request's `steering` body, checked: (what `tags` renders, the condition the
+        model is conditioned on besides the prompt or None, what the response echoes as applied)."""
+
+    def conditioner(self, policy) -> Callable[[Sequence[Any]], AbstractContextManager] | None:
+        """What the server enters around each forward pass of a batch, given its rows'
+        conditions (each what `request` returned for the row's request) in row order, so that
+        every row is conditioned on its own (NP-DPO: FiLM on the rows' z, stacked). None: the
+        model is steered by the prompt alone, and `request` returns no condition."""
 
     def generate(
         self, policy, prompts: Sequence[str], sampling, system, progress: bool, **steering

@@ -13,6 +13,11 @@ def attach(policy, directory) -> None:
     """A tagged model is its weights and its tokenizer: nothing more to load."""
 
 
+def conditioner(policy) -> None:
+    """A tagged model is steered by its prompt alone: nothing conditions its forward pass."""
+    return None
+
+
 def request(policy, steering: Mapping, key: str) -> tuple[dict, None, dict]:
     """A served request's weights / mapping / `key` (targets or levels), checked; the echo
     holds the tags applied under `key`, and the weights and mapping when weights were given."""

@@ -144,9 +144,9 @@ class ServedModel:
             model, tokenizer = load_causal_lm(spec, trust_remote_code=trust_remote_code)
             name = spec if not path.exists() else path.resolve().name
             served = cls(name, "base", model, tokenizer, max_queue=max_queue)
-        fewshot = getattr(served.policy, "fewshot", None)  # NP-DPO's context path, conditioning the model
-        film = fewshot.film if fewshot is not None else None
-        served.engine = BatchEngine(served.model, served.tokenizer, film, max_batch, max_queue)
+        # what conditions the model on each row's steering besides the prompt (None: nothing)
+        conditioner = served.policy.steering.conditioner(served.policy) if served.policy is not None else None
+        served.engine = BatchEngine(served.model, served.tokenizer, conditioner, max_batch, max_queue)
         if served.engine.prefixes is not None:  # the prompt prefix every request shares, cached once
             served.engine.prefixes.learn(
                 [served.render(served.steer([{"role": "user", "content": q}], None)[0]) for q in ("a", "b")]
@@ -184,7 +184,8 @@ class ServedModel:
         return getattr(config, "max_position_embeddings", None)
 
     def steer(self, messages: list[dict], steering: Mapping | None) -> tuple[list[dict], dict, object]:
-        """(the conversation with its steering's tags, the steering applied, NP-DPO's z or None)
+        """(the conversation with its steering's tags, the steering applied, the condition its
+        rows carry: what the method's conditioner is given, None for steering in the prompt)
         for a checked request."""
         steering = dict(steering or {})
         allowed = self.accepts
@@ -198,9 +199,9 @@ class ServedModel:
         # a refused value is reported on the first steering key given (the one it most likely is)
         given = [k for k in allowed if k != "mapping" and steering.get(k) is not None]
         param = f"steering.{given[0]}" if given else "steering"
-        applied, z, echo = with_param(param, lambda: self.policy.request(steering))
+        applied, condition, echo = with_param(param, lambda: self.policy.request(steering))
         steered = with_param("messages", lambda: self.policy.steered_messages(messages, applied))
-        return steered, echo, z
+        return steered, echo, condition
 
     async def run(self, fn, *args):
         """`fn(*args)` on this model's own worker thread (vLLM gives each server its own
@@ -303,7 +304,7 @@ def parse_score(body: object, models: dict[str, ServedModel]) -> tuple[ServedMod
     return model, request.prompt, request.responses
 
 
-def make_jobs(request: ChatRequest, steered: list[dict], z) -> list[Job]:
+def make_jobs(request: ChatRequest, steered: list[dict], condition) -> list[Job]:
     """The request's n jobs for its `steered` conversation: its own seed for the first, seed + i
     for the i-th."""
     model = request.model
@@ -326,7 +327,7 @@ def make_jobs(request: ChatRequest, steered: list[dict], z) -> list[Job]:
             top_p=request.top_p,
             seed=None if request.seed is None else request.seed + i,
             stop=request.stop,
-            latent=z,
+            condition=condition,
         )
         for i in range(request.n)
     ]
@@ -410,12 +411,12 @@ def create_app(
         body = parse_json(await read_body(request, max_body_bytes))
         parsed = parse_request(body, served, max_tokens_limit)
         model = parsed.model
-        steered, applied, z = await model.run(model.steer, parsed.messages, parsed.steering)
+        steered, applied, condition = await model.run(model.steer, parsed.messages, parsed.steering)
         # the body's `steering` again, for clients that keep only the text (LangChain's ChatOpenAI)
         headers = {"x-steering": json.dumps(applied, ensure_ascii=True)}
         if model.upstream is not None:
             return await forward(model, body, steered, applied, headers)
-        jobs = await model.run(make_jobs, parsed, steered, z)
+        jobs = await model.run(make_jobs, parsed, steered, condition)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model.id}
         if parsed.stream:
             # queued before the response starts: a full queue is a 503, not an empty 200 stream

@@ -17,14 +17,16 @@ Each row keeps its own settings inside the shared batch:
     stopping   a row ends at its own max_tokens, at a stop string, at the end of its turn, or
                when its client has gone (a client that disconnects frees its rows at the next step)
     streaming  `RowStreamer` hands each row its new text as it comes
-    latent     NP-DPO rows carry their own z, stacked for the FiLM layers
+    condition  what the model is conditioned on besides the prompt (what the method's
+               `Steering.request` returned: NP-DPO's z), its own per row; the method's
+               `conditioner` is given the rows' conditions, in order, around every forward pass
     prefix     `PrefixCache` keeps the keys and values of prompt prefixes that requests share
                (the chat template's system turn); a batch whose rows all start with one skips
-               its prefill, solo and batched requests alike (not for NP-DPO: FiLM changes every
-               layer's keys and values with the row's z)
+               its prefill, solo and batched requests alike (not for a conditioned model: its
+               condition changes every layer's keys and values, as NP-DPO's FiLM does)
 
-Steering itself is prompt text (RiC, MOSLIM) or z (NP-DPO), so requests with different
-steering share one batch.
+Steering itself is prompt text (RiC, MOSLIM) or a condition (NP-DPO), so requests with
+different steering share one batch.
 """
 
 from __future__ import annotations
@@ -35,14 +37,18 @@ import secrets
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicLayer
 
 from steerable.generation import cut_to_top_p, stop_token_ids
+
+# A method's conditioner (`Steering.conditioner`): the rows' conditions, in row order -> a
+# context in which the model's forward pass is conditioned on them
+Conditioner = Callable[[Sequence[object]], AbstractContextManager]
 
 
 @dataclass
@@ -55,7 +61,7 @@ class Job:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
-    latent: torch.Tensor | None = None  # (1, Z), NP-DPO
+    condition: object = None  # what `Steering.request` conditions the model on (NP-DPO's z); None: nothing
     on_text: Callable[[str], None] | None = None  # each new piece of text, from the worker thread
     on_done: Callable[[], None] | None = None  # called (from the worker thread) once it is done
     # filled in by the engine
@@ -224,6 +230,9 @@ class Rows:
     """The rows being decoded together and everything each one carries: its job, its generator,
     temperature, top-p and z, its attention mask and position, and the shared KV cache.
 
+    `conditioned`: the model's conditioner (None: it reads its steering from the prompt alone),
+    entered around each forward pass with the rows' `conditions`.
+
     `Rows.prefill(...)` lays new jobs out as [shared prefix | padding | the rest of the prompt]
     (every prompt ends at the same position; positions follow the mask, so the padding is
     skipped) and passes a cached prefix's keys and values in; its first `step()` prefills the
@@ -233,10 +242,11 @@ class Rows:
     batch runs start at the next step: the shorter of the two caches is padded on the left
     (masked) to the other's length."""
 
-    def __init__(self, model, streamer: RowStreamer, film=None):
-        self.model, self.streamer, self.film = model, streamer, film
+    def __init__(self, model, streamer: RowStreamer, conditioned: Conditioner | None = None):
+        self.model, self.streamer, self.conditioned = model, streamer, conditioned
         self.jobs: list[Job] = []
         self.generators: list[torch.Generator] = []
+        self.conditions: list[object] = []
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -244,9 +254,12 @@ class Rows:
     @classmethod
     @torch.inference_mode()
     def prefill(
-        cls, model, tokenizer, jobs, streamer, film=None, prefixes: PrefixCache | None = None
+        cls, model, tokenizer, jobs, streamer, conditioned=None, prefixes: PrefixCache | None = None
     ) -> Rows:
-        rows = cls(model, streamer, film)
+        if conditioned is None and any(j.condition is not None for j in jobs):
+            # never silently dropped: the answer would be the unconditioned model's
+            raise ValueError("a job carries a condition but the model has no conditioner to apply it")
+        rows = cls(model, streamer, conditioned)
         ids = tokenizer([j.text for j in jobs], add_special_tokens=False)["input_ids"]
         for job, row in zip(jobs, ids, strict=True):
             job.prompt_tokens = len(row)
@@ -272,13 +285,13 @@ class Rows:
             rows.generators.append(generator)
         rows.temperature = torch.tensor([j.temperature for j in jobs], device=device)
         rows.top_p = torch.tensor([j.top_p for j in jobs], device=device)
-        rows.z = torch.cat([j.latent for j in jobs]).to(device) if film is not None else None  # (B, Z)
+        rows.conditions = [j.condition for j in jobs]
         return rows
 
     @torch.inference_mode()
     def step(self) -> list[Job]:
         """One forward pass and draw for every row; returns the jobs that ended (they have left)."""
-        with self.film.conditioned(self.z) if self.film is not None else nullcontext():
+        with self.conditioned(self.conditions) if self.conditioned is not None else nullcontext():
             out = self.model(input_ids=self.inputs, attention_mask=self.mask, position_ids=self.positions,
                              cache=self.cache, use_cache=True, logits_to_keep=1)  # fmt: skip
         self.cache = out.cache
@@ -294,7 +307,7 @@ class Rows:
                 self.cache.batch_select_indices(index)
             self.mask, self.positions, tokens = self.mask[index], self.positions[index], tokens[index]
             self.temperature, self.top_p = self.temperature[index], self.top_p[index]
-            self.z = self.z[index] if self.z is not None else None
+            self.conditions = [self.conditions[k] for k in keep]
             self.jobs = [self.jobs[k] for k in keep]
             self.generators = [self.generators[k] for k in keep]
             for job in ended:
@@ -337,7 +350,7 @@ class Rows:
         self.inputs = torch.cat([self.inputs, other.inputs])
         self.temperature = torch.cat([self.temperature, other.temperature])
         self.top_p = torch.cat([self.top_p, other.top_p])
-        self.z = torch.cat([self.z, other.z]) if self.z is not None else None
+        self.conditions += other.conditions
         self.jobs += other.jobs
         self.generators += other.generators
 
@@ -361,10 +374,16 @@ def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
-def run_batch(model, tokenizer, jobs: list[Job], film=None, prefixes: PrefixCache | None = None) -> None:
+def run_batch(
+    model,
+    tokenizer,
+    jobs: list[Job],
+    conditioned: Conditioner | None = None,
+    prefixes: PrefixCache | None = None,
+) -> None:
     """Decode `jobs` together to the end (no newcomers): what the engine's worker does, in one call."""
     streamer = RowStreamer(tokenizer, set(stop_token_ids(model, tokenizer)))
-    rows = Rows.prefill(model, tokenizer, jobs, streamer, film, prefixes)
+    rows = Rows.prefill(model, tokenizer, jobs, streamer, conditioned, prefixes)
     while rows.jobs:
         rows.step()
 
@@ -375,25 +394,27 @@ class BatchEngine:
     (unless the previous batch was a single job: a client sending one request at a time does not
     pay it); jobs queued while rows run join them at the next step, as rows leave room.
     `submit` raises queue.Full when `max_queue` jobs already wait. `prefix_cache` keeps shared
-    prompt prefixes' keys and values (`PrefixCache`); it is off for NP-DPO (`film`). New jobs
-    are prefilled `prefill_rows` at a time, shortest prompts first (0: all at once)."""
+    prompt prefixes' keys and values (`PrefixCache`); it is off for a model with a
+    `conditioner` (the method's `Steering.conditioner`: NP-DPO's FiLM), whose condition changes
+    every layer's keys and values. New jobs are prefilled `prefill_rows` at a time, shortest
+    prompts first (0: all at once)."""
 
     def __init__(
         self,
         model,
         tokenizer,
-        film=None,
+        conditioner: Conditioner | None = None,
         max_batch: int = 32,
         max_queue: int = 256,
         batch_wait: float = 0.02,
         prefix_cache: bool = True,
         prefill_rows: int = 8,
     ):
-        self.model, self.tokenizer, self.film = model, tokenizer, film
-        self.prefixes = PrefixCache(model, tokenizer) if prefix_cache and film is None else None
+        self.model, self.tokenizer, self.conditioner = model, tokenizer, conditioner
+        self.prefixes = PrefixCache(model, tokenizer) if prefix_cache and conditioner is None else None
         self.max_batch, self.batch_wait, self.prefill_rows = max_batch, batch_wait, prefill_rows
-        # whether prefill groups can be joined (NP-DPO's are prefilled whole, as before)
-        self.can_join = film is None and prefill_rows > 0 and cache_joinable(model)
+        # whether prefill groups can be joined (a conditioned model's are prefilled whole)
+        self.can_join = conditioner is None and prefill_rows > 0 and cache_joinable(model)
         self.jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.lock = threading.Lock()  # one forward pass at a time on the model
         self.queueing = threading.Lock()  # a request's jobs enter the queue together
@@ -447,7 +468,9 @@ class BatchEngine:
         for chunk in self._chunks(live):
             try:
                 with self.lock:
-                    part = Rows.prefill(self.model, self.tokenizer, chunk, streamer, self.film, self.prefixes)
+                    part = Rows.prefill(
+                        self.model, self.tokenizer, chunk, streamer, self.conditioner, self.prefixes
+                    )
                 self._step(part)
             except Exception as err:  # its jobs fail, not the rows already running
                 for job in chunk:
@@ -502,7 +525,8 @@ class BatchEngine:
                     room = self.max_batch - len(rows)
                     newcomers = self._newcomers(room) if room > 0 and rows.joinable() else []
                     if newcomers:
-                        rows.join(self._start(newcomers, streamer) or Rows(self.model, streamer, self.film))
+                        empty = Rows(self.model, streamer, self.conditioner)
+                        rows.join(self._start(newcomers, streamer) or empty)
                     if rows.jobs:
                         self._step(rows)
                 if rows is not None:

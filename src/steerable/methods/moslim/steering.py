@@ -14,6 +14,7 @@ from steerable.methods import tagged
 from steerable.methods.base import needs_policies
 
 attach = tagged.attach
+conditioner = tagged.conditioner
 generate = tagged.generate
 request = partial(tagged.request, key="levels")
 

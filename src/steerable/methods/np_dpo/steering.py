@@ -63,6 +63,18 @@ def request(policy, steering: Mapping) -> tuple[None, object, dict]:
     return None, z, {"examples": min(len(examples), policy.fewshot.config.max_context)}
 
 
+def conditioner(policy):
+    """FiLM conditioned on each row's z (what `request` returned, (1, Z) each), stacked (B, Z)."""
+    import torch
+
+    film = policy.fewshot.film
+
+    def conditioned(latents):
+        return film.conditioned(torch.cat(list(latents)).to(policy.model.device))  # (B, Z)
+
+    return conditioned
+
+
 def generate(
     policy,
     prompts: Sequence[str],

@@ -11,6 +11,7 @@ from steerable.errors import SteerableError
 from steerable.methods import tagged
 
 attach = tagged.attach
+conditioner = tagged.conditioner
 generate = tagged.generate
 request = partial(tagged.request, key="targets")
 
