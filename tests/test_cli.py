@@ -320,3 +320,43 @@ def test_every_trainer_takes_yes_though_it_has_no_cost_to_ask(name, scored_table
     )
     assert result.exit_code == 0, result.output
     assert len(ran) == 1 and str(tmp_path / "made") in result.output.replace("\n", "")
+
+
+@pytest.fixture(scope="module")
+def served_ric(tiny_ric):
+    from steerable.serving.api import ServedModel
+
+    return ServedModel.load(str(tiny_ric[1]), max_batch=2, max_queue=4)
+
+
+@pytest.mark.parametrize(
+    ("options", "steering"),
+    [
+        (["--prefer", "brief=0.7,positive=0.3"], {"weights": {"brief": 0.7, "positive": 0.3}}),
+        (["--prefer", "0.7,0.3", "--mapping", "l2"], {"weights": [0.7, 0.3], "mapping": "l2"}),
+        (["--target", "brief=0.5,positive=-0.2"], {"targets": {"brief": 0.5, "positive": -0.2}}),
+        ([], {}),
+    ],
+)
+def test_generate_writes_the_steering_the_server_echoes(served_ric, tiny_ric, tmp_path, options, steering):
+    out = tmp_path / "answers.jsonl"
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_ric[1]),
+            *options,
+            "--max-new-tokens",
+            "2",
+            "--out",
+            str(out),
+            "Hi",
+            "Yo",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    _, echoed, _ = served_ric.steer([{"role": "user", "content": "Hi"}], steering)
+    assert [{k: v for k, v in row.items() if k not in ("prompt", "response")} for row in rows] == [echoed] * 2
+    assert all(f"{key}: " in result.output for key in echoed)

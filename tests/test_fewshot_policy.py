@@ -283,7 +283,7 @@ def test_generate_steers_from_examples(tiny_np_dpo, tmp_path):
         ["generate", "Say something.", "--model", str(out), "--examples", str(path), "--max-new-tokens", "4"],
     )
     assert result.exit_code == 0, result.output
-    assert "examples: 2 of your choices" in result.output
+    assert "examples: 2" in result.output  # what the server echoes
     path.write_text(json.dumps({"prompt": "Hi?", "chosen": "", "rejected": "Bad."}) + "\n")
     bad = CliRunner().invoke(app, ["generate", "x", "--model", str(out), "--examples", str(path)])
     assert bad.exit_code == 2 and "field 'chosen' is missing or empty" in bad.output

@@ -695,10 +695,9 @@ def generate(
     """Generate steered responses from a trained model directory: RiC maps the preference to
     target tags and MOSLIM to intensity levels (or take --target / --levels as given); Rewarded
     Soups interpolates its adapters; MORLHF answers at the weight vectors it was trained for;
-    NP-DPO follows the choices in --examples (without them, its prior)."""
-    from steerable.conditioning import parse_levels_text
-    from steerable.policy import SteerablePolicy, load_manifest
-    from steerable.preferences import Preference, parse_targets
+    NP-DPO follows the choices in --examples (without them, its prior). The steering applied is
+    printed (and written in each --out row) as the server echoes it."""
+    from steerable.policy import load_manifest
 
     prompts = prompts_to_answer(prompts, prompts_file)
     if out is not None:
@@ -713,74 +712,29 @@ def generate(
         seed=seed,
     )
     manifest = load_manifest(model)
-    steered_by = methods.get(manifest.method).steering
-    for option, value, key in (("--target", target, "targets"), ("--levels", levels, "levels"),
-                               ("--examples", examples, "examples")):  # fmt: skip
-        if value is not None and key not in steered_by:
+    steering = steering_of_options(prefer, target, levels, mapping, examples)
+    method = methods.get(manifest.method)
+    for key in steering:
+        if key not in method.steering:
             takes = ", ".join(methods.names(lambda m, key=key: m.trainable and key in m.steering))
-            raise SteerableError(f"{option} steers {takes} models; {model} is a {manifest.method} model")
-    if "examples" in steered_by:
-        from steerable.data.loading import read_table
-
-        for option, value in (("--prefer", prefer), ("--mapping", mapping)):
-            if value is not None:
-                raise SteerableError(
-                    f"{option} does not steer an {manifest.method} model; give --examples FILE"
-                )
-        rows = read_table(examples) if examples is not None else []
-        policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            responses = policy.generate(prompts, examples=rows, system=system, sampling=sampling)
-        for warning in caught:  # e.g. more examples than the policy's max_context
-            _warn(warning.message)
-        console.print(
-            f"examples: {len(rows)} of your choices" if rows else "examples: none (the policy's prior)"
-        )
-        applied = {"examples": len(rows)}
-    elif not methods.get(manifest.method).in_prompt:
-        from steerable.evaluation.evaluate import method_generator
-
-        for option, value in (("--mapping", mapping), ("--system", system)):
-            if value is not None:
-                tagged = " and ".join(
-                    m.title for m in methods.METHODS.values() if m.trainable and m.in_prompt
-                )
-                raise SteerableError(
-                    f"{option} applies to {tagged} models; {model} is a {manifest.method} model "
-                    "(steer it with --prefer)"
-                )
-        steer, rewards, *_ = method_generator(
-            manifest.method, str(model), sampling, None, dtype=dtype, trust_remote_code=trust_remote_code
-        )
-        preference = Preference.parse(prefer or [1.0] * len(rewards), rewards.names)
-        console.print(f"preference: {preference}")
-        applied = {"preference": dict(zip(preference.names, preference.weights, strict=True))}
-        responses = steer(list(prompts), np.array(preference.weights))
-    else:
-        policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            steering = policy.steering_for(
-                preference=prefer,
-                targets=None if target is None else parse_targets(target),
-                levels=None if levels is None else parse_levels_text(levels),
-                mapping=mapping,
+            raise SteerableError(
+                f"{STEERING_OPTIONS[key]} steers {takes} models; {model} is a {method.name} model"
             )
-        for warning in caught:  # e.g. a target clipped to the trained range
-            _warn(warning.message)
-        key = "levels" if "levels" in steered_by else "targets"  # what the tags hold
-        if key == "levels":
-            console.print("levels: " + ", ".join(f"{n}={v}" for n, v in steering.items()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if method.policy is not None:
+            responses, applied = generate_with_policy(
+                model, prompts, steering, system, sampling, dtype, trust_remote_code
+            )
         else:
-            console.print("targets: " + ", ".join(f"{n}={v:+.2f}" for n, v in steering.items()))
-        applied = {key: dict(steering)}
-        responses = policy.generate(
-            prompts,
-            **{key: steering},
-            system=system,
-            sampling=sampling,
-        )
+            responses, applied = generate_with_sweep(
+                model, method, prompts, steering, system, sampling, dtype, trust_remote_code
+            )
+    # e.g. a target clipped to the trained range (once: the steering is checked, then applied)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        _warn(message)
+    for key, value in applied.items():
+        console.print(steering_line(key, value), highlight=False, soft_wrap=True)
     if out is not None:
         from steerable.data import write_table
 
@@ -790,6 +744,81 @@ def generate(
         return
     for prompt, response in zip(prompts, responses, strict=True):
         Console().print(f"[bold]> {prompt}[/]\n{response}\n", highlight=False)
+
+
+# generate's steering options, by the request key each gives (the server's `steering` keys)
+STEERING_OPTIONS = {
+    "weights": "--prefer",
+    "mapping": "--mapping",
+    "targets": "--target",
+    "levels": "--levels",
+    "examples": "--examples",
+}
+
+
+def steering_of_options(prefer, target, levels, mapping, examples) -> dict:
+    """generate's options as one request `steering` (the keys of a served request), those given."""
+    from steerable.conditioning import parse_levels_text
+    from steerable.preferences import parse_targets
+
+    steering = {
+        "weights": prefer,
+        "mapping": mapping,
+        "targets": None if target is None else parse_targets(target),
+        "levels": None if levels is None else parse_levels_text(levels),
+    }
+    if examples is not None:
+        from steerable.data.loading import read_table
+
+        steering["examples"] = read_table(examples)
+    return {key: value for key, value in steering.items() if value is not None}
+
+
+def generate_with_policy(model, prompts, steering, system, sampling, dtype, trust_remote_code):
+    """(responses, the steering applied) of a model a SteerablePolicy loads: the steering checked
+    by its method's `request`, as the server checks a request's, and its echo."""
+    from steerable.policy import SteerablePolicy
+
+    policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    _, _, applied = policy.request(steering)
+    responses = policy.generate(
+        prompts,
+        preference=steering.get("weights"),
+        targets=steering.get("targets"),
+        levels=steering.get("levels"),
+        examples=steering.get("examples"),
+        mapping=steering.get("mapping"),
+        system=system,
+        sampling=sampling,
+    )
+    return responses, applied
+
+
+def generate_with_sweep(model, method, prompts, steering, system, sampling, dtype, trust_remote_code):
+    """(responses, the steering applied) of a model only its `sweep` builder answers for (the RL
+    baselines): steered by weights alone, echoed as the server names them."""
+    from steerable.evaluation.evaluate import method_generator
+    from steerable.preferences import Preference
+
+    if system is not None:
+        tagged = " and ".join(m.title for m in methods.METHODS.values() if m.policy is not None)
+        raise SteerableError(
+            f"--system applies to {tagged} models; {model} is a {method.name} model (steer it with --prefer)"
+        )
+    built = method_generator(
+        method.name, str(model), sampling, None, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    names = built.rewards.names
+    preference = Preference.parse(steering.get("weights", [1.0] * len(names)), names)
+    responses = built.generate(list(prompts), np.array(preference.weights))
+    return responses, {"weights": dict(zip(names, preference.weights, strict=True))}
+
+
+def steering_line(key: str, value) -> str:
+    """One key of the steering applied, as generate prints it."""
+    if isinstance(value, dict):
+        value = ", ".join(f"{n}={v:+.2f}" if isinstance(v, float) else f"{n}={v}" for n, v in value.items())
+    return f"{key}: {value if value != '' else 'none'}"
 
 
 def prompts_to_answer(given: list[str] | None, source: str | None) -> list[str]:
