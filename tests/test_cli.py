@@ -360,3 +360,22 @@ def test_generate_writes_the_steering_the_server_echoes(served_ric, tiny_ric, tm
     _, echoed, _ = served_ric.steer([{"role": "user", "content": "Hi"}], steering)
     assert [{k: v for k, v in row.items() if k not in ("prompt", "response")} for row in rows] == [echoed] * 2
     assert all(f"{key}: " in result.output for key in echoed)
+
+
+def test_help_lists_the_methods_the_registry_holds():
+    """A method added to the registry shows up in every help that lists methods, with no
+    list written by hand."""
+    from steerable import methods
+
+    def help_of(*command):
+        result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    evaluate = help_of("evaluate")
+    assert all(name in evaluate for name in methods.names())
+    for option in ("adapter", "mapping"):
+        takes = "/".join(methods.names(lambda m, option=option: option in m.evaluate_options))
+        assert f"--{option} <str> {takes}" in evaluate
+    compared = methods.names(lambda m: m.compare is not None or not m.own_directory)
+    assert "np-dpo" in compared and f"methods: {', '.join(compared)}." in help_of("compare")

@@ -275,6 +275,27 @@ def prepare(
     console.print(f"{model}: {resolve_model(model)}")
 
 
+def titles(where) -> str:
+    """The titles of the registered methods `where` accepts, as prose lists them (RiC and MOSLIM)."""
+    found = [method.title for method in methods.METHODS.values() if where(method)]
+    return " and ".join(filter(None, [", ".join(found[:-1]), *found[-1:]]))
+
+
+def steered_by(key: str) -> str:
+    """Who a request's steering `key` steers, for an option's help: "RiC only", "RiC and MOSLIM"."""
+    found = [m for m in methods.METHODS.values() if m.policy is not None and key in m.steering]
+    return titles(lambda m: m in found) + (" only" if len(found) == 1 else "")
+
+
+def evaluated_with(option: str) -> str:
+    """Who `evaluate --OPTION` applies to, for its help (its registry entries' evaluate_options)."""
+    found = methods.names(lambda m: option in m.evaluate_options)
+    return "/".join(found) + (" only" if len(found) == 1 else "")
+
+
+LEVELLED = "/".join(methods.names(lambda m: "levels" in m.steering))  # the methods swept level by level
+
+
 # The sampling options of `sample`, `generate` and `evaluate`: defined once, with the defaults
 # of SamplingConfig.
 SAMPLING = SamplingConfig()
@@ -662,25 +683,32 @@ def generate(
         str | None, typer.Option(help="Preference, e.g. brief=0.7,positive=0.3 (or 0.7,0.3).")
     ] = None,
     target: Annotated[
-        str | None, typer.Option(help="RiC only: explicit normalised targets, e.g. brief=1.0,positive=-0.5.")
+        str | None,
+        typer.Option(
+            help=f"{steered_by('targets')}: explicit normalised targets, e.g. brief=1.0,positive=-0.5."
+        ),
     ] = None,
     levels: Annotated[
         str | None,
-        typer.Option(help="MOSLIM only: intensity levels 1..L for any objectives, e.g. brief=4,positive=2."),
+        typer.Option(
+            help=f"{steered_by('levels')}: intensity levels 1..L for any objectives, e.g. brief=4,positive=2."
+        ),
     ] = None,
     mapping: Annotated[
         str | None,
         typer.Option(
-            help="RiC and MOSLIM: how --prefer becomes tags: linf, l2 or linear (default: the model's)."
+            help=f"{steered_by('mapping')}: how --prefer becomes tags: linf, l2 or linear (default: the model's)."
         ),
     ] = None,
     system: Annotated[
-        str | None, typer.Option(help="RiC, MOSLIM and NP-DPO: system text (before the tags).")
+        str | None,
+        typer.Option(help=f"{titles(lambda m: m.policy is not None)}: system text (before any tags)."),
     ] = None,
     examples: Annotated[
         Path | None,
         typer.Option(
-            help="NP-DPO only: a JSONL (or JSON list) of your choices, {prompt, chosen, rejected} per row."
+            help=f"{steered_by('examples')}: a JSONL (or JSON list) of your choices, {{prompt, chosen, rejected}} "
+            "per row."
         ),
     ] = None,
     max_new_tokens: MaxNewTokens = SAMPLING.max_new_tokens,
@@ -841,15 +869,13 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Directory for result.json, report.md, front.png, CSVs.")],
     method: Annotated[
         str,
-        typer.Option(
-            help="ric, moslim, tags (a MOSLIM directory's base model given its tags: the floor), prompting, "
-            "soups, morlhf or np-dpo (each grid point: 5 choices of a simulated user)."
-        ),
+        typer.Option(help=f"The method evaluated: {', '.join(methods.names())}."),
     ] = "ric",
     model: Annotated[
         str,
         typer.Option(
-            help="ric/moslim/tags/soups/morlhf/np-dpo: the trained directory. prompting: the base model."
+            help=f"{'/'.join(methods.names(lambda m: m.own_directory))}: the model directory it wrote. "
+            f"{'/'.join(methods.names(lambda m: not m.own_directory))}: the base model."
         ),
     ] = "runs/ric",
     stats: Annotated[
@@ -876,12 +902,15 @@ def evaluate(
     adapter: Annotated[
         str | None,
         typer.Option(
-            help="RiC only: evaluate this adapter instead (e.g. MODEL/stages/sft/weights, before online MORS)."
+            help=f"{evaluated_with('adapter')}: evaluate this adapter instead (e.g. MODEL/stages/sft/weights, "
+            "RiC's before online MORS)."
         ),
     ] = None,
     mapping: Annotated[
         str | None,
-        typer.Option(help="RiC only: linf, l2 or linear instead of the model's stored mapping."),
+        typer.Option(
+            help=f"{evaluated_with('mapping')}: linf, l2 or linear instead of the model's stored mapping."
+        ),
     ] = None,
     max_new_tokens: MaxNewTokens = SAMPLING.max_new_tokens,
     temperature: Temperature = SAMPLING.temperature,
@@ -901,12 +930,12 @@ def evaluate(
     level_sweep: Annotated[
         bool,
         typer.Option(
-            help="moslim/tags: also answer at each objective's levels 1..L alone (controllability by level)."
+            help=f"{LEVELLED}: also answer at each objective's levels 1..L alone (controllability by level)."
         ),
     ] = True,
     level_samples: Annotated[
         int | None,
-        typer.Option(help="moslim/tags: responses per prompt at each level (default: --samples)."),
+        typer.Option(help=f"{LEVELLED}: responses per prompt at each level (default: --samples)."),
     ] = None,
     yes: Yes = False,
 ) -> None:
@@ -1014,7 +1043,13 @@ def compare(
         Path | None, typer.Option(help="YAML configuration (see steerable.evaluation.compare).")
     ] = None,
     methods: Annotated[
-        str | None, typer.Option(help="Comma-separated methods: ric, moslim, soups, morlhf, prompting.")
+        str | None,
+        typer.Option(
+            # evaluation.compare.METHOD_ORDER, without importing it here
+            help="Comma-separated methods: "
+            + ", ".join(methods.names(lambda m: m.compare is not None or not m.own_directory))
+            + "."
+        ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Base model for every method.")] = None,
     yes: Yes = False,
