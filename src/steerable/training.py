@@ -1,9 +1,15 @@
-"""Pieces every trainer recipe shares: the LoRA shape, the TRL arguments that depend on the
-device rather than on the method, and the stage's progress bar."""
+"""Pieces every trainer recipe shares: the model and LoRA arguments of its config, the LoRA
+shape, the TRL arguments that depend on the device rather than on the method, the stage's
+progress bar, and `train_stage`, the one way a stage trains (start, resume, train, save,
+record, finish)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import Field, asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +17,77 @@ import torch
 from transformers import ProgressCallback, TrainerCallback
 from transformers.trainer_callback import ExportableState, PrinterCallback
 
+from steerable.defaults import DEFAULT_MODEL, DTYPE_NAMES
 from steerable.errors import SteerableError
+
+
+@dataclass
+class ModelArguments:
+    """The model a trainer starts from; every trainer's config has these fields.
+
+    model: the base model (`smollm2`, `tiny`, `minilm`, a hub id or a local directory; a
+        local path is stored absolute, so a run can be resumed from another directory).
+    dtype: the dtype its weights are loaded and trained in, and the one the saved model
+        records (float32; bfloat16 or float16 halve the memory).
+    trust_remote_code: let a hub model run its own modelling code (off, as it should stay
+        unless you trust the model's author).
+    """
+
+    model: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "Base model: smollm2, tiny, minilm, hub id or directory."}
+    )
+    dtype: str = field(
+        default="float32", metadata={"help": "Dtype of the model weights.", "choices": DTYPE_NAMES}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Let a hub model run its own code (off unless you trust it)."}
+    )
+
+
+@dataclass
+class LoraArguments:
+    """The LoRA adapter a trainer trains on every linear layer (`lora_config`).
+
+    lora_r / lora_alpha / lora_dropout: its rank, scaling and dropout (RiC's reference shape,
+        64 / 128 / 0.05, by default; a config sets its own defaults with `with_default`).
+    """
+
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank.", "ge": 1})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha.", "ge": 1})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout.", "ge": 0, "lt": 1})
+
+
+def with_default(arguments: type, name: str, default, **metadata) -> Field:
+    """The field `name` of the dataclass `arguments` with another default, its help and
+    bounds kept (or changed by `metadata`): a config that wants a different default declares
+    the field again with this instead of writing its help a second time."""
+    return field(default=default, metadata={**arguments.__dataclass_fields__[name].metadata, **metadata})
+
+
+def config_inputs(
+    config,
+    names: Iterable[str] | None = None,
+    exclude: Collection[str] = (),
+    files: Collection[str] = (),
+    later: Mapping[str, object] | None = None,
+) -> dict:
+    """What a stage depends on in `config` (a dataclass), the one way every recipe computes
+    it: the fields `names` (None: every field) but `exclude` (where outputs go, what only an
+    evaluation reads); the fields in `files` by content (`steerable.stages.file_digest`) where
+    they name an existing file or directory, so one edited in place is noticed (unset, or a hub
+    id, as it is); and `later`, fields added after stages were first recorded with the value
+    every run had before, only where they differ from it, so a stage recorded before they
+    existed still matches. The recipe adds the keys of the stages it builds on."""
+    from steerable.stages import file_digest
+
+    values, later = asdict(config), later or {}
+    inputs = {}
+    for name in values if names is None else names:
+        value = values[name]
+        if name in exclude or (name in later and value == later[name]):
+            continue
+        inputs[name] = file_digest(value) if name in files and value and Path(value).exists() else value
+    return inputs
 
 
 def lora_config(r: int, alpha: int, dropout: float, task_type: str = "CAUSAL_LM"):
@@ -148,3 +224,53 @@ def stage_bar(trainer, desc: str):
         trainer.remove_callback(callback)
     trainer.add_callback(StageBar(desc))
     return trainer
+
+
+def save_model(trainer, folder: Path, info: dict) -> None:
+    """The usual save: the trainer's model (an adapter, or the whole model) into folder/weights."""
+    trainer.save_model(str(folder / "weights"))
+
+
+def train_stage(
+    stages,
+    name: str,
+    inputs: dict,
+    trainer_for: Callable[[Path], object],
+    label: str,
+    describe: Callable[[object, object], dict] | None = None,
+    save: Callable[[object, Path, dict], None] = save_model,
+    drop_checkpoints: bool = False,
+    finish: bool = True,
+):
+    """Train one stage of `stages` (a `steerable.stages.Stages`) and finish it; returns
+    (trainer, the stage's info). Every process trains (under `accelerate launch`).
+
+    The stage is started (partial work of the same inputs kept), `trainer_for(folder)` builds
+    the trainer, whose checkpoints go to folder/checkpoints, and it trains under a bar named
+    `label`, resumed from the last complete checkpoint there. The info holds the steps, the
+    tokens trained on (as the trainer counts them), what `describe(trainer, result)` adds, and
+    the seconds; every process calls `describe`, before anything is saved, so a sum over the
+    processes belongs there. `save(trainer, folder, info)` writes the weights where the stage's
+    readers expect them (default: folder/weights) and may add to `info` what it measures on
+    them. With `drop_checkpoints` the checkpoints are removed once the stage is marked finished:
+    resuming a finished stage never happens, so they are spent. With `finish=False` the caller
+    finishes the stage, adding its own record to the info. The caller checks `stages.done`
+    first."""
+    started = time.perf_counter()
+    folder = stages.start(name, inputs)
+    trainer = trainer_for(folder)
+    checkpoint = last_complete_checkpoint(folder / "checkpoints")
+    result = stage_bar(trainer, label).train(resume_from_checkpoint=checkpoint)
+    info = {"steps": trainer.state.global_step, "trained_tokens": int(trainer.state.num_input_tokens_seen)}
+    info.update(describe(trainer, result) if describe is not None else {})
+    save(trainer, folder, info)
+    info["seconds"] = time.perf_counter() - started
+    if not finish:
+        return trainer, info
+    info = stages.finish(name, inputs, info)
+    if drop_checkpoints:
+        from steerable.stages import is_main_process
+
+        if is_main_process():
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return trainer, info

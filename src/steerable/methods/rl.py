@@ -8,11 +8,9 @@ logs every objective separately.
 
 from __future__ import annotations
 
-import json
-import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,27 +18,29 @@ import numpy as np
 
 from steerable.configs import SEED, check_config
 from steerable.data import load_prompts
-from steerable.data.prompts import SPLITS, prompt_digests
+from steerable.data.prompts import SPLITS
 from steerable.defaults import (
-    DEFAULT_MODEL,
-    DTYPE_NAMES,
     absolute_if_local,
     load_causal_lm,
     load_tokenizer,
 )
 from steerable.errors import SteerableError
-from steerable.io import atomic_write_text
+from steerable.manifest import MANIFEST, PolicyManifest, load_manifest, training_record, write_model_directory
 from steerable.objectives import RewardSet
-from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
+from steerable.stages import Stages, fingerprint, is_main_process
 from steerable.training import (
     CheckpointedState,
+    LoraArguments,
+    ModelArguments,
     checkpoint_args,
+    config_inputs,
     device_args,
     last_complete_checkpoint,
     lora_config,
     saved_callback_state,
-    stage_bar,
     summed_over_processes,
+    train_stage,
+    with_default,
 )
 
 # GRPO settings the baselines rely on, pinned (TRL's defaults have changed between releases)
@@ -51,13 +51,11 @@ SCALE_REWARDS = ("group", "batch", "none")
 
 
 @dataclass
-class RLConfig:
+class RLConfig(LoraArguments, ModelArguments):
     """Configuration shared by the RL baselines (MORLHF, Rewarded Soups).
 
-    model: base policy (`smollm2`, `tiny`, a hub id or a local directory; stored absolute).
-    dtype: the dtype the model's weights are loaded in.
-    trust_remote_code: let a hub model run its own code, and the py: scorers named in `stats`
-        run (off unless you trust their author).
+    model / dtype / trust_remote_code: the base policy (`ModelArguments`); trust_remote_code
+        also lets the py: scorers named in `stats` run (off unless you trust their author).
     output_dir: where the policies (LoRA adapters) and steerable.json are written.
     stats: objectives + normalisation statistics to optimise and to be compared under: a stats
         JSON (`steerable score`) or a steerable model directory (e.g. the RiC model).
@@ -72,17 +70,10 @@ class RLConfig:
     scale_rewards: what divides the group-centred rewards (TRL's option): group (each group's
         std, GRPO as published), batch (the whole batch's std, so a group whose rewards hardly
         differ gets small advantages instead of amplified noise) or none.
-    lora_r / lora_alpha / lora_dropout: LoRA shape of each policy.
+    lora_r / lora_alpha / lora_dropout: LoRA shape of each policy (`LoraArguments`; 16 / 32 / 0.05).
     seed: random seed.
     """
 
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Base policy."})
-    dtype: str = field(
-        default="float32", metadata={"help": "Dtype of the model weights.", "choices": DTYPE_NAMES}
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Let a hub model run its own code (off unless you trust it)."}
-    )
     output_dir: str = field(default="runs/rl", metadata={"help": "Output directory."})
     stats: str | None = field(
         default=None, metadata={"help": "Stats JSON or steerable model dir (required)."}
@@ -112,9 +103,8 @@ class RLConfig:
     # inputs while at them, so a stage trained before they existed still matches (scale_rewards
     # is in the inputs' "grpo" entry anyway). A recipe's config adds its own.
     later_fields: ClassVar[dict] = {"scale_rewards": "group", "prompts": None}
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "ge": 1})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "ge": 1})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout.", "ge": 0, "lt": 1})
+    lora_r: int = with_default(LoraArguments, "lora_r", 16)
+    lora_alpha: int = with_default(LoraArguments, "lora_alpha", 32)
     seed: int = field(default=0, metadata={"help": "Random seed.", **SEED})
 
     def __post_init__(self):
@@ -174,8 +164,6 @@ def reward_functions(rewards: RewardSet, counter: dict, tokenizer) -> list:
 
 def load_rewards(stats: str | Path, trust_remote_code: bool = False) -> RewardSet:
     """Objectives + statistics from a stats JSON or a steerable model directory."""
-    from steerable.policy import load_manifest
-
     path = Path(stats)
     if path.is_dir():
         manifest = load_manifest(path)
@@ -186,8 +174,6 @@ def load_rewards(stats: str | Path, trust_remote_code: bool = False) -> RewardSe
 def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) -> Path:
     """Train one policy per weight vector (a stage each: OUT/stages/policy_I) and write the
     method's steerable.json once every policy is trained."""
-    from steerable.policy import MANIFEST, PolicyManifest
-
     rewards = load_rewards(config.stats, config.trust_remote_code)
     for weights in vectors:
         if len(weights) != len(rewards):
@@ -216,34 +202,21 @@ def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) ->
             for name, weights in zip(plan, vectors, strict=True)
         ],
         dtype=config.dtype,
-        training={
-            "config": asdict(config),
-            "grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards},
-            "stages": {name: fingerprint(inputs) for name, inputs in plan.items()},
-            "compute": {
-                "seconds": {name: info["seconds"] for name, info in infos.items()},
-                "trained_tokens": sum(info["trained_tokens"] for info in infos.values()),
-                "generated_tokens": sum(info["generated_tokens"] for info in infos.values()),
-            },
-            "prompt_digests": prompt_digests(prompts),
-        },
+        training=training_record(
+            config,
+            {name: fingerprint(inputs) for name, inputs in plan.items()},
+            infos,
+            prompts,
+            grpo={"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards},
+        ),
     )
-    if is_main_process():
-        atomic_write_text(out / MANIFEST, json.dumps(asdict(manifest), indent=2) + "\n")
-    wait_for_everyone()
-    return out
+    return write_model_directory(out, manifest)
 
 
 def stage_settings(config: RLConfig, exclude: Sequence[str]) -> dict:
-    """The settings of `config` a stage depends on: every field but `exclude`, and its
-    `later_fields` only where they differ from their default."""
-    later = config.later_fields
-    settings = {
-        k: v for k, v in asdict(config).items() if k not in exclude and not (k in later and v == later[k])
-    }
-    if "prompts" in settings:  # the prompt file by content, so a file edited in place is noticed
-        settings["prompts"] = file_digest(settings["prompts"])
-    return settings
+    """The settings of `config` a stage depends on (`config_inputs`): every field but `exclude`,
+    its `later_fields` only where they differ from their default, the prompt file by content."""
+    return config_inputs(config, exclude=exclude, files=("prompts",), later=config.later_fields)
 
 
 def training_prompts(config: RLConfig) -> list[str]:
@@ -279,17 +252,8 @@ def train_rl_policy(
     prompts = training_prompts(config)
     rows = [{"prompt": [{"role": "user", "content": p}]} for p in prompts]
     counter = {"completions": 0, "tokens": 0}
-    info = train_grpo(
-        config,
-        stages,
-        name,
-        inputs,
-        tokenizer,
-        rows,
-        reward_functions(rewards, counter, tokenizer),
-        weights,
-        counter,
-    )
+    reward_funcs = reward_functions(rewards, counter, tokenizer)
+    info = train_grpo(config, stages, name, inputs, tokenizer, rows, reward_funcs, weights, counter)
     return stages.finish(name, inputs, {"weights": list(weights), **info})
 
 
@@ -308,40 +272,37 @@ def train_grpo(
 ) -> dict:
     """The GRPO run every RL recipe shares: a LoRA policy on `config.model` trained on `rows`
     (TRL dataset rows: a `prompt` and any columns the reward functions read) with
-    `reward_funcs` weighted by `reward_weights`, into stages/NAME/weights, resumed from the
-    stage's last complete checkpoint. Returns the compute record; the caller finishes the stage
-    (`counter` is the one its reward functions fill through `count_completions`). shuffle=False
-    keeps the rows in order, so each step takes the next batch_size / num_generations rows."""
+    `reward_funcs` weighted by `reward_weights`, into stages/NAME/weights (`train_stage`).
+    Returns the compute record; the caller finishes the stage (`counter` is the one its reward
+    functions fill through `count_completions`). shuffle=False keeps the rows in order, so each
+    step takes the next batch_size / num_generations rows."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    started = time.perf_counter()
-    stage = stages.start(name, inputs)
-    model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
-    args = grpo_args(config, reward_weights, stage / "checkpoints", shuffle)
-    checkpoint = last_complete_checkpoint(args.output_dir)
-    generated = generated_counts(counter, checkpoint)
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout),
-        callbacks=[*callbacks, generated],
-    )
-    stage_bar(trainer, f"{name} GRPO").train(resume_from_checkpoint=checkpoint)
-    # summed over the processes before saving, so nothing of the stage is written until every
-    # step that needs all processes has passed
-    completions, tokens = generated.total()
-    trainer.save_model(str(stage / "weights"))
-    return {
-        "seconds": time.perf_counter() - started,
-        "steps": trainer.state.global_step,
-        "trained_tokens": int(trainer.state.num_input_tokens_seen),
-        "generated_completions": int(completions),
-        "generated_tokens": int(tokens),
-    }
+    generated = None
+
+    def trainer_for(stage: Path):
+        nonlocal generated
+        model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
+        args = grpo_args(config, reward_weights, stage / "checkpoints", shuffle)
+        generated = generated_counts(counter, last_complete_checkpoint(args.output_dir))
+        return GRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout),
+            callbacks=[*callbacks, generated],
+        )
+
+    def describe(trainer, result) -> dict:
+        # summed over the processes before saving, so nothing of the stage is written until
+        # every step that needs all processes has passed
+        completions, tokens = generated.total()
+        return {"generated_completions": int(completions), "generated_tokens": int(tokens)}
+
+    return train_stage(stages, name, inputs, trainer_for, f"{name} GRPO", describe, finish=False)[1]
 
 
 def generated_counts(counter: dict, checkpoint: str | None):

@@ -31,8 +31,6 @@ save_pretrained, the heads in heads.safetensors). `MultiHeadRM.load` reads it ba
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,7 +41,6 @@ from torch import nn
 from steerable.configs import SEED, check_config
 from steerable.data.loading import load_placed_pairs, split_by_prompt
 from steerable.defaults import (
-    DTYPE_NAMES,
     MINILM_MODEL,
     absolute_if_local,
     default_device,
@@ -53,8 +50,8 @@ from steerable.errors import SteerableError, first_line
 from steerable.io import atomic_write_text, check_format_version
 from steerable.reward_models.hf import check_max_length, load_pair_model
 from steerable.reward_models.labels import MISSING, LabelSource, check_columns
-from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
-from steerable.training import device_args, last_complete_checkpoint, stage_bar
+from steerable.stages import Stages, fingerprint, is_main_process, wait_for_everyone
+from steerable.training import ModelArguments, config_inputs, device_args, train_stage, with_default
 
 FORMAT_VERSION = 1
 MANIFEST = "moslim_rm.json"
@@ -65,14 +62,13 @@ IGNORE = -100  # the class index of a missing label (cross-entropy skips it)
 
 
 @dataclass
-class MOSLIMRMConfig:
+class MOSLIMRMConfig(ModelArguments):
     """Configuration of MOSLIM's multi-head classification reward model.
 
-    Model:
+    Model (`ModelArguments`):
         model: the backbone: `minilm` (the local all-MiniLM-L6-v2 encoder), `tiny`, `smollm2`,
             a hub id or a local directory (stored absolute); loaded with AutoModel.
-        dtype: the dtype the backbone's weights are loaded in.
-        trust_remote_code: let a hub backbone run its own code (off unless you trust it).
+        dtype / trust_remote_code: as for every trainer.
         pooling: how the heads read the backbone: auto (mean for an encoder, last non-pad token
             for a decoder), mean, last or cls.
         levels: L, the ordered levels 1..L each head classifies into.
@@ -95,13 +91,7 @@ class MOSLIMRMConfig:
     output_dir: the reward model directory to write.
     """
 
-    model: str = field(default=MINILM_MODEL, metadata={"help": "Backbone: minilm, hub id or directory."})
-    dtype: str = field(
-        default="float32", metadata={"help": "Dtype of the backbone weights.", "choices": DTYPE_NAMES}
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Let a hub model run its own code (off unless you trust it)."}
-    )
+    model: str = with_default(ModelArguments, "model", MINILM_MODEL)
     pooling: str = field(
         default="auto", metadata={"help": "How heads read the backbone.", "choices": POOLINGS}
     )
@@ -469,15 +459,12 @@ def train_moslim_rm(config: MOSLIMRMConfig) -> Path:
 
     out = Path(config.output_dir)
     stages = Stages(out, "train moslim-rm")
-    inputs = {
-        **{k: v for k, v in asdict(config).items() if k != "output_dir"},
-        "data": file_digest(config.data),
-    }
+    inputs = config_inputs(config, exclude=("output_dir",), files=("data",))
     stages.done(STAGE, inputs)  # refuse a stale stage before any work
     if is_main_process():
         (out / MANIFEST).unlink(missing_ok=True)  # written again once the model is trained
     wait_for_everyone()
-    info = stages.done(STAGE, inputs) or train_stage(
+    info = stages.done(STAGE, inputs) or train_heads(
         config, rows, levels, train_rows, heldout_rows, sources, stages, inputs
     )
     manifest = {
@@ -510,7 +497,7 @@ def train_moslim_rm(config: MOSLIMRMConfig) -> Path:
     return out
 
 
-def train_stage(
+def train_heads(
     config: MOSLIMRMConfig,
     rows: list[dict],
     levels: np.ndarray,
@@ -520,73 +507,72 @@ def train_stage(
     stages: Stages,
     inputs: dict,
 ) -> dict:
-    """Train with transformers' Trainer (resuming from the stage's last complete checkpoint),
-    save the weights, and measure the held-out split."""
+    """Train with transformers' Trainer (`train_stage`), measure the held-out split, and save
+    the weights (backbone and heads) to stages/train/weights."""
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    started = time.perf_counter()
-    folder = stages.start(STAGE, inputs)
-    backbone, tokenizer = load_backbone(config.model, config.dtype, config.trust_remote_code)
     pooling = config.pooling
-    if pooling == "auto":
-        pooling = "last" if is_decoder(backbone.config) else "mean"
-    torch.manual_seed(config.seed)
-    model = MultiHeadModel(backbone, len(sources), config.levels, pooling)
-    encoded = encode_pairs(
-        tokenizer,
-        [rows[i]["prompt"] for i in train_rows],
-        [rows[i]["response"] for i in train_rows],
-        config.max_length,
-    )
-    classes = np.where(levels == MISSING, IGNORE, levels - 1)  # (n, K) class indices
-    dataset = Dataset.from_dict({**encoded, "labels": classes[train_rows].tolist()})
-    args = TrainingArguments(
-        output_dir=str(folder / "checkpoints"),
-        num_train_epochs=config.num_epochs,
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        warmup_steps=0.1,
-        weight_decay=0.01,
-        lr_scheduler_type="linear",
-        train_sampling_strategy="group_by_length",  # batches of similar length pad less
-        logging_steps=10,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=1,
-        seed=config.seed,
-        label_names=["labels"],
-        **device_args(),
-    )
-    trainer = Trainer(
-        model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer)
-    )
-    stage_bar(trainer, "multi-head RM").train(
-        resume_from_checkpoint=last_complete_checkpoint(args.output_dir)
-    )
-    if is_main_process():
-        save_weights(model, tokenizer, folder / "weights")
-    rm = MultiHeadRM(model, tokenizer, [s.name for s in sources], config.levels, config.max_length, sources)
-    predicted = np.zeros((len(heldout_rows), len(sources)), dtype=np.int64)
-    if len(heldout_rows):
-        probs = rm.probabilities(
-            [rows[i]["prompt"] for i in heldout_rows], [rows[i]["response"] for i in heldout_rows]
+    model = tokenizer = None
+
+    def trainer_for(folder: Path):
+        nonlocal pooling, model, tokenizer
+        backbone, tokenizer = load_backbone(config.model, config.dtype, config.trust_remote_code)
+        if pooling == "auto":
+            pooling = "last" if is_decoder(backbone.config) else "mean"
+        torch.manual_seed(config.seed)
+        model = MultiHeadModel(backbone, len(sources), config.levels, pooling)
+        encoded = encode_pairs(
+            tokenizer,
+            [rows[i]["prompt"] for i in train_rows],
+            [rows[i]["response"] for i in train_rows],
+            config.max_length,
         )
-        predicted = probs.argmax(axis=-1) + 1  # (n_heldout, K) levels
-    metrics = {
-        s.name: head_metrics(predicted[:, k], levels[heldout_rows, k], levels[train_rows, k])
-        for k, s in enumerate(sources)
-    }
-    info = {
-        "pooling": pooling,
-        "metrics": metrics,
-        "steps": trainer.state.global_step,
-        "trained_tokens": int(trainer.state.num_input_tokens_seen),
-        "seconds": time.perf_counter() - started,
-    }
-    info = stages.finish(STAGE, inputs, info)
-    # Only now, with the stage marked finished: an interruption before this (held-out scoring
-    # included) resumes from the last checkpoint instead of training from step 0.
-    if is_main_process():
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    return info
+        classes = np.where(levels == MISSING, IGNORE, levels - 1)  # (n, K) class indices
+        dataset = Dataset.from_dict({**encoded, "labels": classes[train_rows].tolist()})
+        args = TrainingArguments(
+            output_dir=str(folder / "checkpoints"),
+            num_train_epochs=config.num_epochs,
+            learning_rate=config.learning_rate,
+            per_device_train_batch_size=config.batch_size,
+            warmup_steps=0.1,
+            weight_decay=0.01,
+            lr_scheduler_type="linear",
+            train_sampling_strategy="group_by_length",  # batches of similar length pad less
+            logging_steps=10,
+            save_strategy="steps",
+            save_steps=config.save_steps,
+            save_total_limit=1,
+            seed=config.seed,
+            label_names=["labels"],
+            **device_args(),
+        )
+        return Trainer(
+            model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer)
+        )
+
+    def describe(trainer, result) -> dict:
+        """The held-out split measured, on every process."""
+        names = [s.name for s in sources]
+        rm = MultiHeadRM(model, tokenizer, names, config.levels, config.max_length, sources)
+        predicted = np.zeros((len(heldout_rows), len(sources)), dtype=np.int64)
+        if len(heldout_rows):
+            probs = rm.probabilities(
+                [rows[i]["prompt"] for i in heldout_rows], [rows[i]["response"] for i in heldout_rows]
+            )
+            predicted = probs.argmax(axis=-1) + 1  # (n_heldout, K) levels
+        metrics = {
+            s.name: head_metrics(predicted[:, k], levels[heldout_rows, k], levels[train_rows, k])
+            for k, s in enumerate(sources)
+        }
+        return {"pooling": pooling, "metrics": metrics}
+
+    def save(trainer, folder: Path, info: dict) -> None:
+        if is_main_process():
+            save_weights(model, tokenizer, folder / "weights")
+
+    # The checkpoints go only once the stage is marked finished: an interruption before then
+    # (held-out scoring included) resumes from the last checkpoint instead of from step 0.
+    return train_stage(
+        stages, STAGE, inputs, trainer_for, "multi-head RM", describe, save, drop_checkpoints=True
+    )[1]

@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from numbers import Real
 from pathlib import Path
@@ -58,12 +56,20 @@ from steerable.data.loading import (
     split_by_prompt,
     text_problem,
 )
-from steerable.defaults import DTYPE_NAMES, MINILM_MODEL, absolute_if_local
+from steerable.defaults import MINILM_MODEL, absolute_if_local
 from steerable.errors import SteerableError
 from steerable.io import atomic_write_text
 from steerable.reward_models.hf import HFRewardModel, check_max_length, encode_pair_texts, load_pair_model
 from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
-from steerable.training import device_args, last_complete_checkpoint, lora_config, stage_bar
+from steerable.training import (
+    LoraArguments,
+    ModelArguments,
+    config_inputs,
+    device_args,
+    lora_config,
+    train_stage,
+    with_default,
+)
 
 STAGE = "train"
 RECORD = "reward_model.json"
@@ -76,14 +82,13 @@ DEFAULT_NAME = "reward"
 
 
 @dataclass
-class RMConfig:
+class RMConfig(ModelArguments):
     """Configuration of a scalar Bradley-Terry reward model (`steerable train rm`).
 
-    Model:
+    Model (`ModelArguments`):
         model: backbone: `minilm` (all-MiniLM-L6-v2, the small local encoder), a hub id or a
             local directory of any encoder or decoder (stored absolute).
-        dtype: the dtype the weights are loaded and trained in.
-        trust_remote_code: let a hub model run its own code (off unless you trust its author).
+        dtype / trust_remote_code: as for every trainer.
 
     Data:
         data: the preference table (required): columns prompt/chosen/rejected, HH-RLHF
@@ -118,13 +123,7 @@ class RMConfig:
     output_dir: the reward model directory to write (an hf: objective as it is).
     """
 
-    model: str = field(default=MINILM_MODEL, metadata={"help": "Backbone: minilm, hub id or directory."})
-    dtype: str = field(
-        default="float32", metadata={"help": "Dtype of the model weights.", "choices": DTYPE_NAMES}
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Let a hub model run its own code (off unless you trust it)."}
-    )
+    model: str = with_default(ModelArguments, "model", MINILM_MODEL)
     output_dir: str = field(default="runs/rm", metadata={"help": "Reward model directory to write."})
     data: str | None = field(default=None, metadata={"help": "Preference pairs or scored table (required)."})
     split: str | None = field(default=None, metadata={"help": "Split of a saved DatasetDict."})
@@ -147,8 +146,10 @@ class RMConfig:
         default=SCORER_MAX_LENGTH,
         metadata={"help": "Truncate each (prompt, response) to this many tokens.", "ge": 1},
     )
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0 = train the whole model).", "ge": 0})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (with lora_r > 0).", "ge": 1})
+    lora_r: int = with_default(
+        LoraArguments, "lora_r", 0, help="LoRA rank (0 = train the whole model).", ge=0
+    )
+    lora_alpha: int = with_default(LoraArguments, "lora_alpha", 32)
     seed: int = field(default=0, metadata={"help": "Random seed.", **SEED})
 
     def __post_init__(self):
@@ -418,12 +419,12 @@ def train_rm(config: RMConfig) -> Path:
     out = Path(config.output_dir)
     stages = Stages(out, "train rm")
     inputs = {  # what the trained model depends on (not the test file it is measured on)
-        **{k: v for k, v in asdict(config).items() if k not in ("output_dir", "eval")},
+        **config_inputs(config, exclude=("output_dir", "eval")),
         "data_digest": file_digest(config.data),
     }
     info = stages.done(STAGE, inputs)  # refuses a model trained on other inputs
     if info is None:
-        train_stage(config, train, heldout, stages, inputs)
+        train_model(config, train, heldout, stages, inputs)
         info = stages.done(STAGE, inputs)
     if is_main_process():
         model_dir = stages.path(STAGE) / "model"  # moved into OUTPUT_DIR once published
@@ -451,50 +452,53 @@ def train_rm(config: RMConfig) -> Path:
     return out
 
 
-def train_stage(
+def train_model(
     config: RMConfig, train: list[dict], heldout: list[dict], stages: Stages, inputs: dict
 ) -> None:
-    """Train, save to stages/train/model and measure held-out accuracy there, resuming from the
-    stage's last complete checkpoint. Every process trains (under `accelerate launch`); the
-    main one saves and measures."""
+    """Train (`train_stage`), save the merged model to stages/train/model and measure held-out
+    accuracy there. Every process trains (under `accelerate launch`); the main one saves and
+    measures."""
     from peft import PeftModel
     from trl import RewardTrainer
 
-    started = time.perf_counter()
     model, tokenizer = load_backbone(config)  # before anything is written: it may be refused
-    stage = stages.start(STAGE, inputs)
-    if is_main_process():  # a new model is trained: the old one must not look finished
-        for name in ("config.json", RECORD):
-            (stages.root / name).unlink(missing_ok=True)
-    args = reward_args(config, stage / "checkpoints")
-    peft_config = None
-    if config.lora_r > 0:
-        # TRL disables dropout in the model it trains, LoRA's included: ask for none.
-        peft_config = lora_config(config.lora_r, config.lora_alpha, 0.0, task_type="SEQ_CLS")
-    dataset, truncated = encode_pairs(tokenizer, train, config.max_length)
-    trainer = RewardTrainer(
-        model=model,
-        args=args,
-        data_collator=pair_collator(tokenizer.pad_token_id, args.pad_to_multiple_of),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    result = stage_bar(trainer, "reward model").train(
-        resume_from_checkpoint=last_complete_checkpoint(args.output_dir)
-    )
-    info = {
-        "pairs": {"train": len(train), "heldout": len(heldout)},
-        "prompts": {
-            "train": len({p["prompt"] for p in train}),
-            "heldout": len({p["prompt"] for p in heldout}),
-        },
-        "truncated": truncated,
-        "steps": trainer.state.global_step,
-        "trained_tokens": int(trainer.state.num_input_tokens_seen),
-        "metrics": {"train_loss": result.training_loss},
-    }
-    if is_main_process():
+    truncated = 0
+
+    def trainer_for(stage: Path):
+        nonlocal truncated
+        if is_main_process():  # a new model is trained: the old one must not look finished
+            for name in ("config.json", RECORD):
+                (stages.root / name).unlink(missing_ok=True)
+        args = reward_args(config, stage / "checkpoints")
+        peft_config = None
+        if config.lora_r > 0:
+            # TRL disables dropout in the model it trains, LoRA's included: ask for none.
+            peft_config = lora_config(config.lora_r, config.lora_alpha, 0.0, task_type="SEQ_CLS")
+        dataset, truncated = encode_pairs(tokenizer, train, config.max_length)
+        return RewardTrainer(
+            model=model,
+            args=args,
+            data_collator=pair_collator(tokenizer.pad_token_id, args.pad_to_multiple_of),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+
+    def describe(trainer, result) -> dict:
+        return {
+            "pairs": {"train": len(train), "heldout": len(heldout)},
+            "prompts": {
+                "train": len({p["prompt"] for p in train}),
+                "heldout": len({p["prompt"] for p in heldout}),
+            },
+            "truncated": truncated,
+            "metrics": {"train_loss": result.training_loss},
+        }
+
+    def save(trainer, stage: Path, info: dict) -> None:
+        """The merged model into stages/train/model, measured on the held-out pairs there."""
+        if not is_main_process():
+            return
         trained = trainer.model
         if isinstance(trained, PeftModel):
             trained = trained.merge_and_unload()
@@ -503,10 +507,8 @@ def train_stage(
         if heldout:
             scorer = HFRewardModel.from_options(str(stage / "model"), scorer_options(config))
             info["metrics"]["heldout_accuracy"] = pairwise_accuracy(scorer, heldout)
-        info["seconds"] = time.perf_counter() - started
-    stages.finish(STAGE, inputs, info)
-    if is_main_process():  # resuming a finished stage never happens: its checkpoints are spent
-        shutil.rmtree(stage / "checkpoints", ignore_errors=True)
+
+    train_stage(stages, STAGE, inputs, trainer_for, "reward model", describe, save, drop_checkpoints=True)
 
 
 def publish(model_dir: Path, out: Path, record: dict) -> None:

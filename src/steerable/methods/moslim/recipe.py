@@ -58,17 +58,15 @@ MOSLIM policy becomes levels through `conditioning.preference_to_levels`.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from steerable.conditioning import PLACEMENTS, TagFormat, format_levels, tagged_messages
-from steerable.data.prompts import prompt_digests
 from steerable.errors import SteerableError
-from steerable.io import atomic_write_text
+from steerable.manifest import MANIFEST, PolicyManifest, training_record, write_model_directory
 from steerable.methods.rl import (
     GRPO_LOSS_TYPE,
     RLConfig,
@@ -80,7 +78,7 @@ from steerable.methods.rl import (
     training_prompts,
 )
 from steerable.objectives import RewardSet
-from steerable.stages import Stages, file_digest, fingerprint, is_main_process, wait_for_everyone
+from steerable.stages import Stages, file_digest, fingerprint, is_main_process
 from steerable.training import (
     CheckpointedState,
     last_complete_checkpoint,
@@ -557,52 +555,47 @@ def train_dpo(
 ) -> dict:
     """TRL's DPO on `rows` (prompt/chosen/rejected chats): a LoRA policy on `config.model`,
     reference = the starting policy (the adapter switched off), into stages/NAME/weights, resumed
-    from the stage's last complete checkpoint. The pairs are kept as stages/NAME/pairs.jsonl."""
+    from the stage's last complete checkpoint (`train_stage`); returns the compute record (the
+    caller finishes the stage). The pairs are kept as stages/NAME/pairs.jsonl."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from steerable.data import write_table
     from steerable.defaults import load_causal_lm
-    from steerable.training import checkpoint_args, device_args, lora_config, stage_bar
+    from steerable.training import checkpoint_args, device_args, lora_config, train_stage
 
-    started = time.perf_counter()
-    stage = stages.start(name, inputs)
-    if is_main_process():
-        write_table(stage / "pairs.jsonl", rows)
-    model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
-    args = DPOConfig(
-        output_dir=str(stage / "checkpoints"),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        beta=config.dpo_beta,
-        **config.dpo_loss,
-        seed=config.seed,
-        gradient_checkpointing=False,
-        # mirrored pairs stay next to each other, so each batch holds both tags of a prompt
-        train_sampling_strategy="sequential" if config.mirror_levels else "random",
-        **checkpoint_args(),
-        **device_args(),
-    )
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(
-            [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows]
-        ),
-        processing_class=tokenizer,
-        peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout),
-    )
-    stage_bar(trainer, f"{name} DPO").train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
-    trainer.save_model(str(stage / "weights"))
-    return {
-        "seconds": time.perf_counter() - started,
-        "steps": trainer.state.global_step,
-        "pairs": len(rows),
-        "trained_tokens": int(trainer.state.num_input_tokens_seen),
-        "generated_completions": 0,
-        "generated_tokens": 0,
-    }
+    def trainer_for(stage: Path):
+        if is_main_process():
+            write_table(stage / "pairs.jsonl", rows)
+        model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
+        args = DPOConfig(
+            output_dir=str(stage / "checkpoints"),
+            max_steps=config.max_steps,
+            per_device_train_batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            beta=config.dpo_beta,
+            **config.dpo_loss,
+            seed=config.seed,
+            gradient_checkpointing=False,
+            # mirrored pairs stay next to each other, so each batch holds both tags of a prompt
+            train_sampling_strategy="sequential" if config.mirror_levels else "random",
+            **checkpoint_args(),
+            **device_args(),
+        )
+        return DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(
+                [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows]
+            ),
+            processing_class=tokenizer,
+            peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout),
+        )
+
+    def describe(trainer, result) -> dict:
+        return {"pairs": len(rows), "generated_completions": 0, "generated_tokens": 0}
+
+    return train_stage(stages, name, inputs, trainer_for, f"{name} DPO", describe, finish=False)[1]
 
 
 def moslim_reward_function(
@@ -667,7 +660,6 @@ def resumed_stats(stage: Path, stats: RewardStats) -> RewardStats:
 def train_moslim(config: MOSLIMConfig) -> Path:
     """Train the MOSLIM policy (one stage, `policy`, by GRPO or DPO) and write steerable.json."""
     from steerable.defaults import load_tokenizer
-    from steerable.policy import MANIFEST, PolicyManifest
 
     rewards = load_rewards(config.stats, config.trust_remote_code)
     rm = load_reward_model(config, rewards)
@@ -719,48 +711,36 @@ def train_moslim(config: MOSLIMConfig) -> Path:
             )
         reward_stats = stats.to_dict() if config.keeps_stats else None
         info = stages.finish("policy", inputs, {**info, "reward_stats": reward_stats})
-    if is_main_process():
-        tokenizer.save_pretrained(out)
-        recipe = (
-            {"grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards}}
-            if config.grpo
-            else {
-                "dpo": {
-                    **config.dpo_loss,
-                    "beta": config.dpo_beta,
-                    "rejected": config.rejected,
-                    "pairs": info["pairs"],
-                }
+    recipe = (
+        {"grpo": {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards}}
+        if config.grpo
+        else {
+            "dpo": {
+                **config.dpo_loss,
+                "beta": config.dpo_beta,
+                "rejected": config.rejected,
+                "pairs": info["pairs"],
             }
-        )
-        manifest = PolicyManifest(
-            method="moslim",
-            base_model=config.model,
-            rewards=rewards.to_dict(),
-            tags=TagFormat(config.placement).to_dict(),
-            policies=[{"adapter": "stages/policy/weights"}],
-            system=config.system,
-            dtype=config.dtype,
-            moslim={
-                "levels": count,
-                "reward": config.reward,
-                "algorithm": config.algorithm,
-                "tag_sampling": config.tag_sampling,
-                "reward_model": config.reward_model,
-                "reward_stats": info["reward_stats"],
-            },
-            training={
-                "config": asdict(config),
-                **recipe,
-                "stages": {"policy": fingerprint(inputs)},
-                "compute": {
-                    "seconds": {"policy": info["seconds"]},
-                    "trained_tokens": info["trained_tokens"],
-                    "generated_tokens": info["generated_tokens"],
-                },
-                "prompt_digests": prompt_digests(prompts),
-            },
-        )
-        atomic_write_text(out / MANIFEST, json.dumps(asdict(manifest), indent=2) + "\n")
-    wait_for_everyone()
-    return out
+        }
+    )
+    manifest = PolicyManifest(
+        method="moslim",
+        base_model=config.model,
+        rewards=rewards.to_dict(),
+        tags=TagFormat(config.placement).to_dict(),
+        policies=[{"adapter": "stages/policy/weights"}],
+        system=config.system,
+        dtype=config.dtype,
+        moslim={
+            "levels": count,
+            "reward": config.reward,
+            "algorithm": config.algorithm,
+            "tag_sampling": config.tag_sampling,
+            "reward_model": config.reward_model,
+            "reward_stats": info["reward_stats"],
+        },
+        training=training_record(
+            config, {"policy": fingerprint(inputs)}, {"policy": info}, prompts, **recipe
+        ),
+    )
+    return write_model_directory(out, manifest, tokenizer)

@@ -26,8 +26,7 @@ Every stage records its inputs and is reused only when they match.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from torch import nn
 
 from steerable.configs import SEED, check_config
 from steerable.data.loading import read_placed
-from steerable.defaults import DEFAULT_MODEL, DTYPE_NAMES, absolute_if_local, load_causal_lm, load_tokenizer
+from steerable.defaults import absolute_if_local, load_causal_lm, load_tokenizer
 from steerable.errors import SteerableError
 from steerable.fewshot.embeddings import encoder_id
 from steerable.fewshot.policy import (
@@ -51,25 +50,33 @@ from steerable.fewshot.policy import (
 )
 from steerable.fewshot.reward_model import NPRewardModel
 from steerable.fewshot.tasks import CONTEXT_SIZES, LogSource, TaskSource
-from steerable.io import atomic_write, atomic_write_text
+from steerable.io import atomic_write
+from steerable.manifest import MANIFEST, PolicyManifest, training_record, write_model_directory
 from steerable.methods.np_rm import TaskConfig, build_source, split_record, task_inputs
 from steerable.methods.rl import load_rewards
 from steerable.objectives import scored_stats_path
 from steerable.stages import Stages, file_digest, fingerprint
-from steerable.training import device_args, last_complete_checkpoint, lora_config, stage_bar
+from steerable.training import (
+    LoraArguments,
+    ModelArguments,
+    config_inputs,
+    device_args,
+    lora_config,
+    train_stage,
+    with_default,
+)
 
 HELDOUT_PAIRS = "heldout_pairs.jsonl"
 POLICY_WEIGHTS = "stages/policy/weights"
 
 
 @dataclass
-class NPDPOConfig(TaskConfig):
+class NPDPOConfig(TaskConfig, ModelArguments):
     """TaskConfig (the pairs and user types, task=scored, conflicting by default; or users' own
     choices, task=logs) and:
 
     Model:
-        model: base policy (`smollm2`, `tiny`, a hub id or a local directory).
-        dtype / trust_remote_code: as for the other trainers.
+        model / dtype / trust_remote_code: the base policy (`ModelArguments`).
         stats: the objectives and statistics generations are scored with and recorded in
             steerable.json (a stats JSON or a model directory; default: DATA.stats.json, as
             `steerable score` writes it, else stats.json beside DATA, as RiC's offline stage does;
@@ -88,7 +95,8 @@ class NPDPOConfig(TaskConfig):
             loss (TRL's DPO loss_type ["sigmoid", "sft"], RPO): without it, DPO on a small pool
             can push a type's answers into degenerate text that still scores well (0 turns it off).
         max_completion_length: response tokens kept per option.
-        lora_r / lora_alpha: the LoRA shape (no dropout: DPO trains without it, as TRL's does).
+        lora_r / lora_alpha: the LoRA shape (`LoraArguments`; 16 / 32, and no dropout: DPO
+            trains without it, as TRL's does).
         save_steps: steps between checkpoints (an interrupted run resumes from the last).
     Evaluation:
         eval_tasks: held-out tasks per context size for the implicit-reward accuracy.
@@ -101,9 +109,6 @@ class NPDPOConfig(TaskConfig):
         default="scored", metadata={"help": "Task builder (scored or logs).", "choices": ("scored", "logs")}
     )
     conflicting: bool = field(default=True, metadata={"help": "Keep only pairs the types disagree on."})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Base policy."})
-    dtype: str = field(default="float32", metadata={"help": "Dtype of the weights.", "choices": DTYPE_NAMES})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Let a hub model run its own code."})
     stats: str | None = field(
         default=None, metadata={"help": "Stats JSON or model dir (default: beside data)."}
     )
@@ -122,8 +127,8 @@ class NPDPOConfig(TaskConfig):
     beta: float = field(default=0.05, metadata={"help": "DPO beta.", "gt": 0})
     sft_weight: float = field(default=1.0, metadata={"help": "Weight of the chosen answers' NLL.", "ge": 0})
     max_completion_length: int = field(default=48, metadata={"help": "Response tokens per option.", "ge": 1})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank.", "ge": 1})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha.", "ge": 1})
+    lora_r: int = with_default(LoraArguments, "lora_r", 16)
+    lora_alpha: int = with_default(LoraArguments, "lora_alpha", 32)
     save_steps: int = field(default=10, metadata={"help": "Steps between checkpoints.", "ge": 1})
     eval_tasks: int = field(default=40, metadata={"help": "Held-out tasks per context size.", "ge": 1})
     eval_prompts: int = field(default=32, metadata={"help": "Held-out prompts for generations.", "ge": 1})
@@ -422,53 +427,55 @@ def policy_stage(config, stages, inputs, source, tasks, encoded, reference, toke
     info = stages.done("policy", inputs)
     if info is not None:
         return info
-    started = time.perf_counter()
-    stage = stages.start("policy", inputs)
-    torch.manual_seed(config.seed)
-    lm, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
-    lm = get_peft_model(lm, lora_config(config.lora_r, config.lora_alpha, 0.0))
-    module = NPDPOModule(lm, context_path_for(config, source, lm, context))
-    # DPO trains without dropout, LoRA's and the base model's, as TRL's DPOTrainer does
-    # (`disable_dropout`): a dropped input would make the log-probs it compares noisy
-    disable_dropout_in_model(module)
-    args = TrainingArguments(
-        output_dir=str(stage / "checkpoints"),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.tasks_per_batch,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=min(10, config.max_steps // 10),
-        logging_steps=5,
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        remove_unused_columns=False,
-        seed=config.seed,
-        dataloader_num_workers=0,
-        label_names=[],
-        **{k: v for k, v in device_args().items() if k != "include_num_input_tokens_seen"},
-    )
-    trainer = dpo_trainer_class()(
-        model=module,
-        args=args,
-        train_dataset=tasks,
-        data_collator=TaskCollator(source.embeddings, encoded, reference, tokenizer.pad_token_id),
-        beta=config.beta,
-        sft_weight=config.sft_weight,
-    )
-    stage_bar(trainer, "NP-DPO policy").train(
-        resume_from_checkpoint=last_complete_checkpoint(args.output_dir)
-    )
-    weights = stage / "weights"
-    lm.save_pretrained(weights)
-    module.path.save(weights / FEWSHOT_DIR)
-    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    info = {
-        "seconds": time.perf_counter() - started,
-        "steps": trainer.state.global_step,
-        "loss_first": losses[0] if losses else None,
-        "loss_last": losses[-1] if losses else None,
-    }
-    return stages.finish("policy", inputs, info)
+
+    def trainer_for(stage: Path):
+        torch.manual_seed(config.seed)
+        lm, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
+        lm = get_peft_model(lm, lora_config(config.lora_r, config.lora_alpha, 0.0))
+        module = NPDPOModule(lm, context_path_for(config, source, lm, context))
+        # DPO trains without dropout, LoRA's and the base model's, as TRL's DPOTrainer does
+        # (`disable_dropout`): a dropped input would make the log-probs it compares noisy
+        disable_dropout_in_model(module)
+        args = TrainingArguments(
+            output_dir=str(stage / "checkpoints"),
+            max_steps=config.max_steps,
+            per_device_train_batch_size=config.tasks_per_batch,
+            learning_rate=config.learning_rate,
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=min(10, config.max_steps // 10),
+            logging_steps=5,
+            save_steps=config.save_steps,
+            save_total_limit=2,
+            remove_unused_columns=False,
+            seed=config.seed,
+            dataloader_num_workers=0,
+            label_names=[],
+            **{k: v for k, v in device_args().items() if k != "include_num_input_tokens_seen"},
+        )
+        return dpo_trainer_class()(
+            model=module,
+            args=args,
+            train_dataset=tasks,
+            data_collator=TaskCollator(source.embeddings, encoded, reference, tokenizer.pad_token_id),
+            beta=config.beta,
+            sft_weight=config.sft_weight,
+        )
+
+    def describe(trainer, result) -> dict:
+        losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+        return {
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            # the collator builds each task's rows, so the Trainer counts no tokens: they are counted here
+            "trained_tokens": trained_tokens(tasks, encoded),
+        }
+
+    def save(trainer, stage: Path, info: dict) -> None:
+        """The adapter, and the context encoder beside it."""
+        trainer.model.lm.save_pretrained(stage / "weights")
+        trainer.model.path.save(stage / "weights" / FEWSHOT_DIR)
+
+    return train_stage(stages, "policy", inputs, trainer_for, "NP-DPO policy", describe, save)[1]
 
 
 def run_inputs(config: NPDPOConfig) -> tuple[dict, dict]:
@@ -489,10 +496,9 @@ def run_inputs(config: NPDPOConfig) -> tuple[dict, dict]:
         "max_new_tokens",
         "temperature",
     )
-    settings = {k: v for k, v in asdict(config).items() if k not in evaluation_only}
     policy_inputs = {
         **base,
-        "settings": settings,
+        "settings": config_inputs(config, exclude=evaluation_only),
         "context_init": None
         if config.context_init is None
         else file_digest(Path(config.context_init) / "stages" / "np" / "model" / "model.pt"),
@@ -508,8 +514,6 @@ def eval_sizes(config: NPDPOConfig) -> list[int]:
 def train_np_dpo(config: NPDPOConfig) -> Path:
     """Run the recipe's training stages (module docstring) and write steerable.json; returns the
     output directory."""
-    from steerable.policy import MANIFEST, PolicyManifest
-
     rewards = load_rewards(config.stats, config.trust_remote_code)
     out = Path(config.output_dir)
     stages = Stages(out, "train np-dpo")
@@ -539,8 +543,8 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
         (out / MANIFEST).unlink(missing_ok=True)  # written again once the policy is trained
     tasks = training_tasks(config, source)
     info = policy_stage(config, stages, policy_inputs, source, tasks, encoded, reference, tokenizer, context)
-    tokenizer.save_pretrained(out)
-    atomic_write_text(out / HELDOUT_PAIRS, heldout)
+    # counted here too: a stage finished by an earlier version does not record them
+    compute = {**info, "trained_tokens": trained_tokens(tasks, encoded)}
     manifest = PolicyManifest(
         method="np-dpo",
         base_model=config.model,
@@ -553,18 +557,9 @@ def train_np_dpo(config: NPDPOConfig) -> Path:
             "types": types_record(source),
             "heldout_pairs": HELDOUT_PAIRS,
         },
-        training={
-            "config": asdict(config),
-            "stages": {"policy": fingerprint(policy_inputs)},
-            "compute": {
-                "seconds": {"policy": info["seconds"]},
-                "trained_tokens": trained_tokens(tasks, encoded),
-                "generated_tokens": 0,
-            },
-        },
+        training=training_record(config, {"policy": fingerprint(policy_inputs)}, {"policy": compute}),
     )
-    atomic_write_text(out / MANIFEST, json.dumps(asdict(manifest), indent=2) + "\n")
-    return out
+    return write_model_directory(out, manifest, tokenizer, {HELDOUT_PAIRS: heldout})
 
 
 def heldout_pairs(config: NPDPOConfig, source: TaskSource | LogSource, names: list[str]) -> str:

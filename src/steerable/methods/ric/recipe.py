@@ -38,12 +38,10 @@ from steerable.conditioning import (
 from steerable.configs import SEED, check_config
 from steerable.data import load_pairs, load_prompts, read_table, write_table
 from steerable.data.loading import load_placed_pairs
-from steerable.data.prompts import SPLITS, prompt_digests
+from steerable.data.prompts import SPLITS
 from steerable.data.text import sentence_cuts
 from steerable.defaults import (
-    DEFAULT_MODEL,
     DEFAULT_OBJECTIVES,
-    DTYPE_NAMES,
     absolute_if_local,
     load_causal_lm,
     load_tokenizer,
@@ -51,18 +49,25 @@ from steerable.defaults import (
 )
 from steerable.errors import SteerableError
 from steerable.generation import SamplingConfig, count_tokens, generate_texts, render_chat, template_messages
+from steerable.manifest import MANIFEST, MappingConfig, PolicyManifest, training_record
 from steerable.objectives import RewardSet
-from steerable.policy import MANIFEST, MappingConfig, PolicyManifest, SteerablePolicy
+from steerable.policy import SteerablePolicy
 from steerable.preferences import Preference
 from steerable.stages import (
     Stages,
     changed_fields,
-    file_digest,
     fingerprint,
     is_main_process,
     wait_for_everyone,
 )
-from steerable.training import device_args, last_complete_checkpoint, lora_config, stage_bar
+from steerable.training import (
+    LoraArguments,
+    ModelArguments,
+    config_inputs,
+    device_args,
+    lora_config,
+    train_stage,
+)
 
 # Tone instructions used when sampling offline data from the base model, placed where
 # `offline_instruction_placement` says (default: appended to the user turn). A prompt's samples
@@ -94,16 +99,11 @@ STOP_STAGES = ("offline", "sft")
 
 
 @dataclass
-class RiCConfig:
+class RiCConfig(LoraArguments, ModelArguments):
     """Configuration of a Rewards-in-Context run.
 
     Model and objectives:
-        model: base policy (`smollm2`, `tiny`, a hub id or a local directory; a local path is
-            stored absolute, so the run can be resumed from another working directory).
-        dtype: the dtype the model's weights are loaded in, for training and in the saved
-            model's steerable.json (float32; bfloat16 or float16 halve the memory).
-        trust_remote_code: let a hub model run its own modelling code (off, as it should stay
-            unless you trust the model's author).
+        model / dtype / trust_remote_code: the base policy (`ModelArguments`).
         chat_template_path: a Jinja chat template file (or a tokenizer directory to take it
             from) for a model without one; RiC refuses a model with no chat template.
         output_dir: the steerable model directory to write (stages go to output_dir/stages).
@@ -136,7 +136,7 @@ class RiCConfig:
 
     Offline SFT:
         use_lora: train a LoRA adapter (True) or the full model (False).
-        lora_r / lora_alpha / lora_dropout: LoRA shape (reference: 64 / 128 / 0.05).
+        lora_r / lora_alpha / lora_dropout: LoRA shape (`LoraArguments`; reference: 64 / 128 / 0.05).
         learning_rate / lr_scheduler: offline learning rate and its schedule (linear decay).
         num_epochs / batch_size / gradient_accumulation_steps / max_length: the usual.
         The defaults (lr 1e-3, 4 epochs, batches of 4 accumulated twice) are what let
@@ -180,15 +180,6 @@ class RiCConfig:
         the same command without it goes on from there.
     """
 
-    model: str = field(
-        default=DEFAULT_MODEL, metadata={"help": "Base policy: smollm2, tiny, hub id or directory."}
-    )
-    dtype: str = field(
-        default="float32", metadata={"help": "Dtype of the model weights.", "choices": DTYPE_NAMES}
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Let a hub model run its own code (off unless you trust it)."}
-    )
     chat_template_path: str | None = field(
         default=None,
         metadata={"help": "Chat template (.jinja file or tokenizer dir) for a model without one."},
@@ -244,9 +235,6 @@ class RiCConfig:
         default=0.95, metadata={"help": "Stats quantile used as hi target.", "ge": 0, "le": 1}
     )
     use_lora: bool = field(default=True, metadata={"help": "LoRA adapter (True) or full fine-tune."})
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank.", "ge": 1})
-    lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha.", "ge": 1})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout.", "ge": 0, "lt": 1})
     learning_rate: float = field(default=1e-3, metadata={"help": "Offline SFT learning rate.", "gt": 0})
     lr_scheduler: str = field(
         default="linear", metadata={"help": "Offline SFT schedule.", "choices": LR_SCHEDULERS}
@@ -427,34 +415,30 @@ ONLINE_DATA_FIELDS = (
 ONLINE_TRAIN_FIELDS = ("online_learning_rate", "online_epochs")
 UNSTAGED_FIELDS = ("output_dir", "save_steps", "online_iterations", "mapping", "stop_after")
 # Files, recorded by content: the --data table and the prompt file (offline) and the chat
-# template (SFT). The prompt file came later: recorded only when given, so that runs made
-# before it still match.
+# template (SFT).
 CONTENT_FIELDS = {"data": "offline", "chat_template_path": "sft", "prompts": "offline"}
+# Fields that came after stages were first recorded, with the value every run had before: left
+# out while at it, so that runs made before them still match (the prompt file: recorded only
+# when given; the MORS threshold rule: only when it is not the one rule there was).
+LATER_FIELDS = {"prompts": None, "online_threshold": "offline"}
 
 
 def stage_plan(config: RiCConfig) -> dict[str, dict]:
     """Every stage's inputs, in the order they run: `offline`, `sft`, then per MORS round i
     `online_i_data` (generations, scores, the merged training set) and `online_i` (training).
     Input files count by content, so a --data file edited in place is noticed."""
-    values = asdict(config)
 
-    def pick(names):
-        return {name: values[name] for name in names}
+    def pick(stage: str, names: tuple[str, ...]) -> dict:
+        files = [name for name, read_by in CONTENT_FIELDS.items() if read_by == stage]
+        return config_inputs(config, [*names, *files], files=files, later=LATER_FIELDS)
 
-    plan = {"offline": pick(OFFLINE_FIELDS), "sft": pick(SFT_FIELDS)}
-    for name, stage in CONTENT_FIELDS.items():
-        value = values[name]  # a file by content; a hub id (a chat template's source) as it is
-        if name == "prompts" and value is None:
-            continue
-        plan[stage][name] = file_digest(value) if value and Path(value).exists() else value
+    plan = {"offline": pick("offline", OFFLINE_FIELDS), "sft": pick("sft", SFT_FIELDS)}
     plan["sft"]["after"] = fingerprint(plan["offline"])
     previous = "sft"
     for i in range(1, config.online_iterations + 1):
-        data = {**pick(ONLINE_DATA_FIELDS), "round": i, "after": fingerprint(plan[previous])}
-        if config.online_threshold == "offline":  # the one rule before the option: old rounds match
-            del data["online_threshold"]
+        data = {**pick("online_data", ONLINE_DATA_FIELDS), "round": i, "after": fingerprint(plan[previous])}
         plan[f"online_{i}_data"] = data
-        plan[f"online_{i}"] = {**pick(ONLINE_TRAIN_FIELDS), "after": fingerprint(data)}
+        plan[f"online_{i}"] = {**pick("online", ONLINE_TRAIN_FIELDS), "after": fingerprint(data)}
         previous = f"online_{i}"
     return plan
 
@@ -714,30 +698,25 @@ def run_sft(
         return load_stage_weights(model, stages.path(name), config), done
     if not examples:
         raise SteerableError(f"stage {name}: no training examples")
-    started = time.perf_counter()
-    stage = stages.start(name, inputs)
-    args = sft_args(config, stage / "checkpoints", offline)
     peft_config = None
     if config.use_lora and not isinstance(model, PeftModel):
         peft_config = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout)
     model.train()
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(examples),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+
+    def trainer_for(stage: Path):
+        return SFTTrainer(
+            model=model,
+            args=sft_args(config, stage / "checkpoints", offline),
+            train_dataset=Dataset.from_list(examples),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+
     label = "offline SFT" if offline else f"{name} SFT"
-    stage_bar(trainer, label).train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
-    trainer.save_model(str(stage / "weights"))
-    info = {
-        "examples": len(examples),
-        "trained_tokens": int(trainer.state.num_input_tokens_seen),
-        "steps": trainer.state.global_step,
-        "seconds": time.perf_counter() - started,
-    }
-    return trainer.model, stages.finish(name, inputs, info)
+    trainer, info = train_stage(
+        stages, name, inputs, trainer_for, label, describe=lambda *_: {"examples": len(examples)}
+    )
+    return trainer.model, info
 
 
 def sft_args(config: RiCConfig, output_dir: Path, offline: bool):
@@ -787,11 +766,6 @@ def manifest(
 ):
     """steerable.json's contents: the compute is summed from the stages' records; the prompts
     trained on (the offline rows', which MORS samples too) are kept as digests."""
-    compute = {
-        "seconds": {name: info["seconds"] for name, info in infos.items()},
-        "generated_tokens": sum(info.get("generated_tokens", 0) for info in infos.values()),
-        "trained_tokens": sum(info.get("trained_tokens", 0) for info in infos.values()),
-    }
     return PolicyManifest(
         method="ric",
         base_model=config.model,
@@ -800,10 +774,5 @@ def manifest(
         mapping=asdict(MappingConfig(config.mapping, config.lo_quantile, config.hi_quantile)),
         weights="adapter" if config.use_lora else "model",
         dtype=config.dtype,
-        training={
-            "config": asdict(config),
-            "stages": keys,
-            "compute": compute,
-            "prompt_digests": prompt_digests([r["prompt"] for r in offline]),
-        },
+        training=training_record(config, keys, infos, [r["prompt"] for r in offline]),
     )
