@@ -115,3 +115,47 @@ def test_sums_over_processes_use_the_process_state_the_stages_use(monkeypatch):
     values = np.ones(3)
     assert training.summed_over_processes(values) is values
     assert asked == [{"cpu": not torch.cuda.is_available()}]
+
+
+def test_a_stage_depends_on_its_fields_its_files_by_content_and_later_fields_only_off_their_old_value(
+    tmp_path,
+):
+    from dataclasses import dataclass
+
+    @dataclass
+    class Config:
+        data: str | None = None
+        lr: float = 0.1
+        added: str = "old"
+        output_dir: str = "out"
+
+    table = tmp_path / "table.jsonl"
+    table.write_text('{"prompt": "a"}\n')
+
+    def inputs(config):
+        later = {"added": "old"}
+        return training.config_inputs(config, exclude=("output_dir",), files=("data",), later=later)
+
+    assert inputs(Config()) == {"data": None, "lr": 0.1}  # a stage recorded before `added` matches
+    assert inputs(Config(added="new"))["added"] == "new"
+    digest = inputs(Config(data=str(table)))["data"]
+    assert digest != str(table) and len(digest) == 64
+    table.write_text('{"prompt": "b"}\n')  # the same path, edited in place, is another input
+    assert inputs(Config(data=str(table)))["data"] != digest
+    assert inputs(Config(data="org/hub-id"))["data"] == "org/hub-id"  # not a file: as it is
+    assert training.config_inputs(Config(lr=0.5), ["lr"]) == {"lr": 0.5}
+
+
+def test_a_config_changes_a_shared_arguments_default_and_keeps_its_help_and_bounds():
+    from steerable.methods.ric.recipe import RiCConfig
+    from steerable.methods.rl import RLConfig
+    from steerable.reward_models.pairwise import RMConfig
+
+    fields = {c: c.__dataclass_fields__ for c in (RiCConfig, RLConfig, RMConfig)}
+    assert [fields[c]["lora_r"].default for c in (RiCConfig, RLConfig, RMConfig)] == [64, 16, 0]
+    assert fields[RLConfig]["lora_r"].metadata == fields[RiCConfig]["lora_r"].metadata
+    assert fields[RMConfig]["lora_r"].metadata["ge"] == 0 and fields[RLConfig]["lora_r"].metadata["ge"] == 1
+    assert fields[RMConfig]["model"].default == "minilm"
+    assert fields[RMConfig]["model"].metadata == fields[RiCConfig]["model"].metadata
+    with pytest.raises(SteerableError, match="--lora_r must be >= 1"):
+        RLConfig(model="tiny", stats="s.json", lora_r=0)
