@@ -379,3 +379,14 @@ def test_help_lists_the_methods_the_registry_holds():
         assert f"--{option} <str> {takes}" in evaluate
     compared = methods.names(lambda m: m.compare is not None or not m.own_directory)
     assert "np-dpo" in compared and f"methods: {', '.join(compared)}." in help_of("compare")
+
+
+def test_a_trainer_without_examples_still_ends_its_help_with_one():
+    from steerable import methods
+    from steerable.cli import EXAMPLES, train_examples
+    from steerable.methods.base import Method
+
+    new = Method(name="new", title="New", summary="a new method", steering=("weights",), sweep="m:sweep")
+    assert train_examples(new) == ("steerable train new --help",)
+    for name in methods.names(lambda m: m.trainable):  # every trainer's, from its record
+        assert EXAMPLES[f"train {name}"] == train_examples(methods.get(name))

@@ -23,6 +23,12 @@ from steerable.serving.local import LIMIT_CONCURRENCY, READ_TIMEOUT, TIMEOUT_KEE
 console = Console(stderr=True)
 
 
+def train_examples(method) -> tuple[str, ...]:
+    """The examples ending `steerable train NAME --help`: the method record's, else its --help
+    (which lists every option), so a new method needs no entry here."""
+    return method.examples or (f"steerable train {method.name} --help",)
+
+
 # Runnable examples that end each command's --help, keyed by the command as typed after
 # `steerable`. From a fresh clone they run in order: the smoke run first, then what uses it.
 SCORED = "runs/ric-smoke/stages/offline/scored.jsonl"
@@ -40,24 +46,12 @@ EXAMPLES = {
         "steerable train ric --data scored.jsonl --output_dir runs/mine",
     ),
     "train rm": (f"steerable train rm --data {SCORED} --objective brief --output_dir runs/rm-brief",),
-    "train ric": (
-        "steerable train ric --preset smoke",
-        "steerable train ric --output_dir runs/ric --objectives brief=builtin:brevity positive=builtin:sentiment",
-    ),
-    "train moslim": (
-        "steerable train moslim --stats runs/ric-smoke --reward_model runs/moslim-rm --output_dir runs/moslim",
-    ),
-    "train morlhf": ("steerable train morlhf --stats runs/ric-smoke --output_dir runs/morlhf",),
-    "train soups": ("steerable train soups --stats runs/ric-smoke --output_dir runs/soups",),
     "train moslim-rm": (
         f"steerable train moslim-rm --data {SCORED} --labels brief positive --output_dir runs/moslim-rm",
     ),
     "train np-rm": (
         "steerable train np-rm --task synthetic --output_dir runs/np-rm-synthetic",
         f"steerable train np-rm --task scored --data {SCORED} --output_dir runs/np-rm",
-    ),
-    "train np-dpo": (
-        f"steerable train np-dpo --data {SCORED} --context_init runs/np-rm --output_dir runs/np-dpo",
     ),
     "generate": (
         'steerable generate "How do tides work?" --model runs/ric-smoke \\\n    --prefer brief=0.8,positive=0.2',
@@ -73,6 +67,12 @@ EXAMPLES = {
     "demo": ("steerable demo --preset smoke", "steerable demo --out runs/demo"),
     "serve": ("steerable serve runs/ric-smoke", "steerable serve runs/demo/ric smollm2 --port 8001"),
     "export": ("steerable export runs/ric-smoke runs/ric-smoke-merged",),
+    # each registered method's, from its record
+    **{
+        f"train {method.name}": train_examples(method)
+        for method in methods.METHODS.values()
+        if method.trainable
+    },
 }
 
 

@@ -26,6 +26,8 @@ class Method:
             directory's steerable.json records as its `method`.
         title: how prose writes it (RiC, MOSLIM), in messages.
         summary: one line, shown by `steerable train --help`.
+        examples: runnable `steerable train NAME ...` lines its `--help` ends with (none given:
+            `steerable train NAME --help`, which lists every option).
 
     Steering (what a request may carry; `GET /v1/models` lists it as the card's `steering`):
         steering: the request keys it takes, among `weights` (a preference), `mapping` (how
@@ -73,6 +75,7 @@ class Method:
     summary: str
     steering: tuple[str, ...]
     sweep: str
+    examples: tuple[str, ...] = ()
     in_prompt: bool = False
     policy: str | None = None
     config: str | None = None

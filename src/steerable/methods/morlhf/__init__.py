@@ -7,6 +7,7 @@ METHOD = Method(
     title="MORLHF",
     summary="MORLHF baseline: GRPO on a weighted sum of normalised rewards, one policy per weight vector",
     steering=("weights",),
+    examples=("steerable train morlhf --stats runs/ric-smoke --output_dir runs/morlhf",),
     config="steerable.methods.morlhf.recipe:MORLHFConfig",
     recipe="steerable.methods.morlhf.recipe:train_morlhf",
     compare="steerable.methods.morlhf.compare:compare",

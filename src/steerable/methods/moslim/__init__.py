@@ -9,6 +9,9 @@ METHOD = Method(
     summary="MOSLIM: GRPO (or DPO on a pool of answers) on an off-the-shelf policy with intensity tags "
     "and a multi-head RM's mapped reward",
     steering=("weights", "mapping", "levels"),
+    examples=(
+        "steerable train moslim --stats runs/ric-smoke --reward_model runs/moslim-rm --output_dir runs/moslim",  # noqa: E501 -- one command as typed
+    ),
     in_prompt=True,
     policy="steerable.methods.moslim.steering",
     config="steerable.methods.moslim.recipe:MOSLIMConfig",

@@ -8,6 +8,10 @@ METHOD = Method(
     summary="Few-shot NP-DPO policy: FiLM-conditioned LoRA trained with DPO on tasks, steered by a "
     "user's examples; prints its evaluation",
     steering=("examples",),
+    examples=(
+        "steerable train np-dpo --data runs/ric-smoke/stages/offline/scored.jsonl --context_init runs/np-rm "
+        "--output_dir runs/np-dpo",
+    ),
     policy="steerable.methods.np_dpo.steering",
     config="steerable.methods.np_dpo.recipe:NPDPOConfig",
     # `train np-dpo` trains, then evaluates (implicit-reward accuracy and generation effects)

@@ -8,6 +8,10 @@ METHOD = Method(
     title="RiC",
     summary="Rewards-in-Context: reward-conditioned SFT + online rejection sampling",
     steering=("weights", "mapping", "targets"),
+    examples=(
+        "steerable train ric --preset smoke",
+        "steerable train ric --output_dir runs/ric --objectives brief=builtin:brevity positive=builtin:sentiment",  # noqa: E501 -- one command as typed
+    ),
     in_prompt=True,
     policy="steerable.methods.ric.steering",
     config="steerable.methods.ric.recipe:RiCConfig",

@@ -7,6 +7,7 @@ METHOD = Method(
     title="Rewarded Soups",
     summary="Rewarded Soups baseline: one GRPO LoRA policy per objective, interpolated at inference",
     steering=("weights",),
+    examples=("steerable train soups --stats runs/ric-smoke --output_dir runs/soups",),
     config="steerable.methods.soups.recipe:SoupsConfig",
     recipe="steerable.methods.soups.recipe:train_soups",
     compare="steerable.methods.soups.compare:compare",
