@@ -111,7 +111,8 @@ def test_every_registered_method_resolves(name):
         assert callable(resolve(reference)), reference
     if method.policy is not None:
         steering = method.steering_of()
-        for function in ("levels", "adapter", "attach", "steering_for", "tags", "request", "generate"):
+        protocol = ("levels", "adapter", "attach", "steering_for", "tags", "request", "conditioner")
+        for function in (*protocol, "generate"):
             assert callable(getattr(steering, function)), f"{method.policy} has no {function}"
     assert set(method.evaluate_options) <= {"adapter", "mapping"}
 
