@@ -55,8 +55,8 @@ def test_two_processes_train_ric_and_soups(tiny_path, tmp_path):
         "--num_epochs", "1", "--batch_size", "2", "--online_samples", "8", "--online_quantile", "0.5",
     )  # fmt: skip
     assert log.count("steerable model directory") == 2  # both processes finished
-    # the offline samples were generated once, by the main process (16 = 8 prompts x 2)
-    assert log.count("generating:   0%|          | 0/16") == 1
+    # the offline samples were generated once, by the main process: 8 prompts x 2 answers x 8 tokens
+    assert log.count("generating:   0%|          | 0/128") == 1
     offline = (ric / "stages/offline/scored.jsonl").read_text().splitlines()
     assert len({json.loads(line)["response"] for line in offline}) == len(offline) > 0
     # SFT was sharded: 16 examples, batches of 2 per process accumulated twice -> 2 steps, not 4
