@@ -240,3 +240,17 @@ def test_a_broken_trust_store_or_unreadable_scorer_stops_only_scoring(tmp_path, 
     load_manifest(model)
     refusal = SteerablePolicy.from_pretrained(model).rewards.refusal
     assert f"{module.resolve()} cannot be read (Permission denied)" in refusal
+
+
+def test_reading_a_manifest_checks_its_objectives_without_asking_whether_they_may_run(
+    tmp_path, tiny_ric, monkeypatch
+):
+    from steerable.manifest import load_manifest
+
+    model, _ = model_with_typed_objective(tmp_path, tiny_ric)
+
+    def asked(*args):
+        raise AssertionError("trust was decided while only reading the manifest")
+
+    monkeypatch.setattr("steerable.objectives._refusal", asked)
+    assert load_manifest(model).rewards["objectives"][1]["name"] == "positive"

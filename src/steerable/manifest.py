@@ -91,7 +91,9 @@ def load_manifest(directory: str | Path, method: str | None = None) -> PolicyMan
         )
     methods.get(manifest.method).check_manifest(manifest, path)
     torch_dtype(manifest.dtype)
-    RewardSet.from_dict(manifest.rewards, where=str(path))
+    # parsed only: whether its scorers may run is asked where they are built (SteerablePolicy, with
+    # the caller's trust_remote_code), so a broken trust store never stops a directory from loading
+    RewardSet.from_dict(manifest.rewards, where=str(path), trust_remote_code=True)
     return manifest
 
 
