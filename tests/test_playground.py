@@ -368,3 +368,26 @@ def test_the_models_measured_front_is_drawn_on_the_plane(tiny_ric, tmp_path):
         x = [float(c.get_attribute("cx")) for c in drawn]
         assert (x[0] > x[1] > x[2]) == (expected[0][0] > expected[1][0] > expected[2][0])
         assert "measured front" in driver.find_element(By.ID, "plane-caption").text
+
+
+def test_a_model_steered_by_keys_the_page_cannot_set_gets_no_sliders_and_no_weights(ric):
+    """Controls follow the keys a card lists: a model that takes targets alone gets no weight
+    sliders, its requests carry no weights (which it would refuse), and the caption says what it
+    asks in without guessing examples."""
+    from dataclasses import fields
+
+    class TargetsOnly(ServedModel):
+        accepts = ("targets",)
+
+    only = TargetsOnly(**{f.name: getattr(ric, f.name) for f in fields(ServedModel)})
+    seen = []
+    with page([only], wrap=recorded(seen)) as (driver, _):
+        WebDriverWait(driver, 60).until(
+            lambda d: "cannot set its steering (targets)" in d.find_element(By.ID, "panel-a").text
+        )
+        assert not driver.find_elements(By.CSS_SELECTOR, ".panel [data-objective]")
+        driver.find_element(By.ID, "go").click()
+        assert finished(driver) == "done"  # a request with {weights} would have been refused
+        assert ("POST", CHAT, 200, "text/event-stream; charset=utf-8") in seen
+        assert "targets" in applied(driver, "a")
+        assert "examples" not in driver.find_element(By.ID, "plane-caption").get_property("textContent")
