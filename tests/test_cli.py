@@ -390,3 +390,19 @@ def test_a_trainer_without_examples_still_ends_its_help_with_one():
     assert train_examples(new) == ("steerable train new --help",)
     for name in methods.names(lambda m: m.trainable):  # every trainer's, from its record
         assert EXAMPLES[f"train {name}"] == train_examples(methods.get(name))
+
+
+def test_a_policy_trainers_model_help_does_not_offer_the_reward_model_encoder():
+    from steerable import methods
+
+    def model_help(name):
+        result = CliRunner().invoke(app, ["train", name, "--help"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.output.split())
+        return text.split("--model MODEL ")[-1].split(" --")[0]  # the option's line, not the usage
+
+    for name in methods.names(lambda m: m.trainable):
+        shown = model_help(name)
+        assert "Base policy" in shown and "minilm" not in shown, (name, shown)
+    for name in ("rm", "moslim-rm"):
+        assert "minilm" in model_help(name) and "policy" not in model_help(name)

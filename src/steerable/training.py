@@ -25,8 +25,9 @@ from steerable.errors import SteerableError
 class ModelArguments:
     """The model a trainer starts from; every trainer's config has these fields.
 
-    model: the base model (`smollm2`, `tiny`, `minilm`, a hub id or a local directory; a
-        local path is stored absolute, so a run can be resumed from another directory).
+    model: the base policy (`smollm2`, `tiny`, a hub id or a local directory of a causal
+        LM; a local path is stored absolute, so a run can be resumed from another directory).
+        A reward model's config declares its own (an encoder backbone, `minilm` by default).
     dtype: the dtype its weights are loaded and trained in, and the one the saved model
         records (float32; bfloat16 or float16 halve the memory).
     trust_remote_code: let a hub model run its own modelling code (off, as it should stay
@@ -34,7 +35,7 @@ class ModelArguments:
     """
 
     model: str = field(
-        default=DEFAULT_MODEL, metadata={"help": "Base model: smollm2, tiny, minilm, hub id or directory."}
+        default=DEFAULT_MODEL, metadata={"help": "Base policy: smollm2, tiny, a hub id or a local directory."}
     )
     dtype: str = field(
         default="float32", metadata={"help": "Dtype of the model weights.", "choices": DTYPE_NAMES}

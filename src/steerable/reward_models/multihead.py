@@ -91,7 +91,12 @@ class MOSLIMRMConfig(ModelArguments):
     output_dir: the reward model directory to write.
     """
 
-    model: str = with_default(ModelArguments, "model", MINILM_MODEL)
+    model: str = with_default(
+        ModelArguments,
+        "model",
+        MINILM_MODEL,
+        help="Backbone: minilm, tiny, smollm2, a hub id or a local directory.",
+    )
     pooling: str = field(
         default="auto", metadata={"help": "How heads read the backbone.", "choices": POOLINGS}
     )

@@ -123,7 +123,9 @@ class RMConfig(ModelArguments):
     output_dir: the reward model directory to write (an hf: objective as it is).
     """
 
-    model: str = with_default(ModelArguments, "model", MINILM_MODEL)
+    model: str = with_default(
+        ModelArguments, "model", MINILM_MODEL, help="Backbone: minilm, a hub id or a local directory."
+    )
     output_dir: str = field(default="runs/rm", metadata={"help": "Reward model directory to write."})
     data: str | None = field(default=None, metadata={"help": "Preference pairs or scored table (required)."})
     split: str | None = field(default=None, metadata={"help": "Split of a saved DatasetDict."})
