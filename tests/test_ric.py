@@ -789,3 +789,41 @@ def test_a_nan_score_of_the_given_data_names_its_line_in_the_file(make_tiny_ric_
     )
     with pytest.raises(SteerableError, match=rf"'x' gave nan for {data}, line 3 \(prompt"):
         train_ric(config)
+
+
+def given_rows(tmp_path) -> Path:
+    """A small prompt/response table for --data (the offline stage then only scores it)."""
+    rows = [
+        {"prompt": f"Question {i}?", "response": r}
+        for i, r in enumerate(["Yes, great.", "No. It is bad and sad.", "Maybe.", "A wonderful idea!"])
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+def test_editing_a_py_scorer_is_noticed_and_runs_without_one_keep_their_stage_keys(
+    make_tiny_ric_config, tmp_path
+):
+    from steerable.methods.ric.recipe import stage_plan
+    from steerable.trust import file_sha256
+
+    module = tmp_path / "chars.py"
+    module.write_text("def f(p, r):\n    return [float(len(x)) for x in r]\n")
+    settings = dict(
+        data=str(given_rows(tmp_path)), prompt_limit=None, online_iterations=1, stop_after="offline"
+    )
+    config = make_tiny_ric_config(
+        tmp_path / "run", objectives=[f"size=py:{module}:f", "brief=builtin:brevity"], **settings
+    )
+    plan = stage_plan(config)
+    for stage in ("offline", "online_1_data"):
+        assert plan[stage]["scorer_sha256"] == {"size": file_sha256(module)}
+    builtins = make_tiny_ric_config(tmp_path / "other", **settings)
+    assert all("scorer_sha256" not in inputs for inputs in stage_plan(builtins).values())
+    train_ric(config)
+    module.write_text("def f(p, r):\n    return [-float(len(x)) for x in r]\n")
+    with pytest.raises(
+        SteerableError, match=r"stages/offline was made with other inputs \(scorer_sha256 differ"
+    ):
+        train_ric(config)

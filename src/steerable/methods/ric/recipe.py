@@ -426,11 +426,14 @@ LATER_FIELDS = {"prompts": None, "online_threshold": "offline"}
 def stage_plan(config: RiCConfig) -> dict[str, dict]:
     """Every stage's inputs, in the order they run: `offline`, `sft`, then per MORS round i
     `online_i_data` (generations, scores, the merged training set) and `online_i` (training).
-    Input files count by content, so a --data file edited in place is noticed."""
+    Input files count by content, so a --data file edited in place is noticed, and so do the
+    py: scorers of the stages that score (`scorer_hashes`)."""
+    scorers = scorer_hashes(config.objectives)
 
     def pick(stage: str, names: tuple[str, ...]) -> dict:
         files = [name for name, read_by in CONTENT_FIELDS.items() if read_by == stage]
-        return config_inputs(config, [*names, *files], files=files, later=LATER_FIELDS)
+        inputs = config_inputs(config, [*names, *files], files=files, later=LATER_FIELDS)
+        return {**inputs, "scorer_sha256": scorers} if scorers and stage in SCORING_STAGES else inputs
 
     plan = {"offline": pick("offline", OFFLINE_FIELDS), "sft": pick("sft", SFT_FIELDS)}
     plan["sft"]["after"] = fingerprint(plan["offline"])
@@ -441,6 +444,21 @@ def stage_plan(config: RiCConfig) -> dict[str, dict]:
         plan[f"online_{i}"] = {**pick("online", ONLINE_TRAIN_FIELDS), "after": fingerprint(data)}
         previous = f"online_{i}"
     return plan
+
+
+# The stages that run the scorers: a py: scorer's file, edited, makes their scores stale.
+SCORING_STAGES = ("offline", "online_data")
+
+
+def scorer_hashes(objectives: list[str]) -> dict[str, str | None]:
+    """{name: sha256 of its file} of the py: objectives (none for other scorers, so the stage
+    keys of runs without py: objectives stay as they were)."""
+    from steerable.scorers import ScorerSpec
+    from steerable.trust import code_file, file_sha256
+
+    specs = [ScorerSpec.parse(spec) for spec in objectives]
+    files = {spec.name: code_file(spec.target) for spec in specs if spec.kind == "py"}
+    return {name: None if path is None else file_sha256(path) for name, path in files.items()}
 
 
 def threshold_hint(made: dict | None, inputs: dict) -> str:
