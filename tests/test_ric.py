@@ -827,3 +827,25 @@ def test_editing_a_py_scorer_is_noticed_and_runs_without_one_keep_their_stage_ke
         SteerableError, match=r"stages/offline was made with other inputs \(scorer_sha256 differ"
     ):
         train_ric(config)
+
+
+def test_mors_scores_with_the_runs_own_objectives_not_the_specs_its_stats_file_holds(
+    make_tiny_ric_config, tmp_path
+):
+    config = make_tiny_ric_config(
+        tmp_path / "run", data=str(given_rows(tmp_path)), prompt_limit=None, stop_after="offline"
+    )
+    train_ric(config)
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n\ndef f(p, r):\n    return [0.0] * len(r)\n"
+    )
+    stats = tmp_path / "run" / "stages" / "offline" / "stats.json"
+    data = json.loads(stats.read_text())
+    data["objectives"][1]["spec"] = {"kind": "py", "target": f"{tmp_path / 'evil.py'}:f", "options": {}}
+    stats.write_text(json.dumps(data))  # a copied run directory, say
+    with pytest.raises(SteerableError, match=rf"{stats}.*positive"):
+        train_ric(make_tiny_ric_config(
+            tmp_path / "run", data=str(given_rows(tmp_path)), prompt_limit=None, stop_after="sft"
+        ))  # fmt: skip
+    assert not marker.exists()

@@ -493,10 +493,9 @@ def train_ric(config: RiCConfig) -> Path:
 
     # 1. offline data ---------------------------------------------------------------------------
     infos = {"offline": stages.run("offline", plan["offline"], lambda folder: offline_data(config, folder))}
-    # the objectives are this run's own (config.objectives), so their code may run
     if config.stop_after == "offline":
         return stages.path("offline")
-    rewards = RewardSet.load(stages.path("offline") / "stats.json", trust_remote_code=True)
+    rewards = offline_rewards(config, stages.path("offline") / "stats.json")
     offline = read_table(stages.path("offline") / "scored.jsonl")
     names = rewards.names
 
@@ -533,6 +532,22 @@ def train_ric(config: RiCConfig) -> Path:
         policy.save_pretrained(out)
     wait_for_everyone()
     return out
+
+
+def offline_rewards(config: RiCConfig, path: Path) -> RewardSet:
+    """This run's own objectives (config.objectives, whose code may run) with the statistics the
+    offline stage fitted at `path`; the file's specs only checked, never run: a run directory
+    copied from elsewhere could name any scorer there."""
+    rewards, fitted = RewardSet.from_specs(config.objectives), RewardSet.load(path)
+    made = [(o.name, str(o.spec)) for o in fitted.objectives]
+    if made != [(o.name, str(o.spec)) for o in rewards.objectives]:
+        raise SteerableError(
+            f"{path} holds objectives {[spec for _, spec in made]}, not this run's "
+            f"{config.objectives}; delete {path.parent} to score the offline data again"
+        )
+    for objective, stats in zip(rewards.objectives, fitted.objectives, strict=True):
+        objective.stats = stats.stats
+    return rewards
 
 
 def check_inputs(config: RiCConfig):
