@@ -284,3 +284,16 @@ def test_compare_trains_and_evaluates_on_the_files_splits(tmp_path, tiny_path, o
     for method in ("ric", "prompting"):
         recorded = json.loads((out / f"stages/eval_{method}/result.json").read_text())
         assert (recorded["num_prompts"], recorded["prompt_split"]) == (len(HELDOUT), "heldout of mine.jsonl")
+
+
+def test_demo_on_a_prompt_file_without_a_split_is_refused_before_anything_trains(tmp_path):
+    prompts = tmp_path / "mine.txt"
+    prompts.write_text("".join(f"{p}\n" for p in TRAIN))
+    out = tmp_path / "demo"
+    result = invoke(
+        ["demo", "--preset", "smoke", "--model", "tiny", "--prompts", prompts, "--out", out, "--yes"]
+    )
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"{len(TRAIN)} of the evaluation prompts" in said and "add a split column" in said, said
+    assert not (out / "ric").exists()

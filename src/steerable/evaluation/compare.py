@@ -25,7 +25,9 @@ The configuration (YAML, every key optional):
     methods: [ric, moslim, np-dpo, soups, morlhf, prompting]
     stats: null
     prompts: null   your prompt file (a prompt column, an optional split column): every method
-           trains on its train split and is evaluated on its heldout split (eval's split)
+           trains on its train split and is evaluated on its heldout split (eval's split);
+           evaluation prompts that are also training prompts (a file without a split column)
+           are refused before anything trains
     eval: {split: heldout, limit: null, resolution: 10, max_new_tokens: 64, temperature: 0.7,
            top_p: 0.95, top_k: 50, seed: 0, samples: 1, dtype: float32}
            samples: responses per prompt at each grid point; examples: NP-DPO's examples
@@ -168,7 +170,32 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
         inputs.made_stats = inputs.made_stats or training.stats
         inputs.made_scored = inputs.made_scored or training.scored
         trainings[method.name] = training
+    if trainings and config.prompts is not None:
+        refuse_training_prompts(config.prompts, settings)
     return ComparePlan(chosen, settings, inputs.stats, trainings)
+
+
+def refuse_training_prompts(path: str, settings: EvalSettings) -> None:
+    """Refuse, before anything trains, evaluation prompts of the prompt file at `path` that the
+    methods train on (its train split), by digest: evaluating them would be refused only after
+    every method had trained."""
+    from steerable.data.prompts import load_prompts, prompt_digest, read_prompt_file
+
+    trained = {prompt_digest(p) for p in load_prompts("train", None, path)}
+    shared = [p for p in load_prompts(settings.split, settings.limit, path) if prompt_digest(p) in trained]
+    if not shared:
+        return
+    if all("split" not in row for row in read_prompt_file(path)):
+        fix = (
+            "it has no split column, so every prompt trains and evaluates; add a split column "
+            "(train or heldout for each row)"
+        )
+    else:
+        fix = "evaluate on its heldout split (eval: {split: heldout})"
+    raise SteerableError(
+        f"prompt file {path}: {len(shared)} of the evaluation prompts ({settings.split}) are training "
+        f"prompts too, the first {shared[0][:60]!r}; {fix}"
+    )
 
 
 def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
