@@ -156,6 +156,8 @@ def test_a_config_changes_a_shared_arguments_default_and_keeps_its_help_and_boun
     assert fields[RLConfig]["lora_r"].metadata == fields[RiCConfig]["lora_r"].metadata
     assert fields[RMConfig]["lora_r"].metadata["ge"] == 0 and fields[RLConfig]["lora_r"].metadata["ge"] == 1
     assert fields[RMConfig]["model"].default == "minilm"
-    assert fields[RMConfig]["model"].metadata == fields[RiCConfig]["model"].metadata
+    assert fields[RLConfig]["model"].metadata == fields[RiCConfig]["model"].metadata  # one help for policies
+    assert "minilm" in fields[RMConfig]["model"].metadata["help"]  # a reward model's backbone says its own
+    assert "minilm" not in fields[RiCConfig]["model"].metadata["help"]
     with pytest.raises(SteerableError, match="--lora_r must be >= 1"):
         RLConfig(model="tiny", stats="s.json", lora_r=0)
