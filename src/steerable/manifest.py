@@ -71,8 +71,8 @@ def load_manifest(directory: str | Path, method: str | None = None) -> PolicyMan
     if not path.is_file():
         raise SteerableError(
             f"{directory} has no {MANIFEST}: it is not a finished steerable model directory "
-            "(train one with `steerable train ric|moslim|soups|morlhf`, or finish the interrupted run "
-            "by running its command again)"
+            f"(train one with `steerable train {'|'.join(methods.names(lambda m: m.trainable))}`, or finish "
+            "the interrupted run by running its command again)"
         )
     try:
         data = json.loads(path.read_text())
