@@ -1,0 +1,123 @@
+"""Built-in image scorers: `(prompts, images) -> one float per image`, batched, offline. An
+image is a PIL image (what `steerable.methods.ric_image` generates) or anything
+`PIL.Image.fromarray` takes; higher is always "more of it".
+
+    jpeg_compressibility  minus the JPEG size in kilobytes after resizing to 512x512 and saving
+                          at quality 95 (RiC's compressibility)
+    brightness            mean pixel value, in [0, 1]
+    contrast              standard deviation of the pixel values, in [0, 1]
+    recognizability       probability of the digit the prompt names ("a handwritten digit seven")
+                          under a classifier fitted on the held-out digits
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from functools import cache
+
+import numpy as np
+
+from steerable.errors import SteerableError
+
+
+def as_image(image, row: int):
+    """`image` as a PIL image; anything that is not one (or an array PIL reads) is an error
+    naming the row."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    try:
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            array = np.clip(np.round(array.astype(float) * 255), 0, 255).astype(np.uint8)
+        return Image.fromarray(array)
+    except (TypeError, ValueError) as err:
+        raise SteerableError(
+            f"row {row + 1}: an image scorer was given {type(image).__name__}, not an image ({err})"
+        )
+
+
+def gray_pixels(images: Sequence) -> np.ndarray:
+    """The images as grayscale floats in [0, 1], (N, H, W) (all the same size)."""
+    pictures = [as_image(image, i).convert("L") for i, image in enumerate(images)]
+    sizes = {p.size for p in pictures}
+    if len(sizes) > 1:
+        raise SteerableError(f"the images have different sizes {sorted(sizes)}; score one size at a time")
+    return np.stack([np.asarray(p, dtype=np.float32) / 255.0 for p in pictures]) if pictures else np.zeros(0)
+
+
+def _jpeg_compressibility(size: str = "512", quality: str = "95"):
+    side, level = int(size), int(quality)
+
+    def score(prompts: list[str], images: list) -> list[float]:
+        sizes = []
+        for i, image in enumerate(images):
+            buffer = io.BytesIO()
+            as_image(image, i).resize((side, side)).save(buffer, "JPEG", quality=level)
+            sizes.append(-buffer.tell() / 1000.0)
+        return sizes
+
+    return score
+
+
+def _brightness():
+    return lambda prompts, images: gray_pixels(images).reshape(len(images), -1).mean(axis=1).tolist()
+
+
+def _contrast():
+    return lambda prompts, images: gray_pixels(images).reshape(len(images), -1).std(axis=1).tolist()
+
+
+@cache
+def digit_classifier():
+    """Logistic regression on the held-out digits (16x16, lightly augmented copies, so a faint
+    or blurred digit gets a lower, not a random, probability); fitted once per process."""
+    from sklearn.linear_model import LogisticRegression
+
+    from steerable.data.digits import digit_images, label_of
+
+    images, captions = digit_images("heldout", copies=4, seed=1)
+    labels = [label_of(c) for c in captions]
+    model = LogisticRegression(C=0.05, max_iter=2000)
+    model.fit(images.reshape(len(images), -1) / 255.0, labels)
+    return model
+
+
+def _recognizability():
+    from steerable.data.digits import SIZE, label_of
+
+    def score(prompts: list[str], images: list) -> list[float]:
+        labels = []
+        for i, prompt in enumerate(prompts):
+            label = label_of(prompt)
+            if label is None:
+                raise SteerableError(
+                    f"row {i + 1}: recognizability needs a prompt naming a digit "
+                    f"('a handwritten digit seven'), got {prompt[:60]!r}"
+                )
+            labels.append(label)
+        pictures = [as_image(image, i).convert("L").resize((SIZE, SIZE)) for i, image in enumerate(images)]
+        pixels = np.stack([np.asarray(p, dtype=np.float32).ravel() / 255.0 for p in pictures])
+        probabilities = digit_classifier().predict_proba(pixels)  # (N, 10)
+        return probabilities[np.arange(len(labels)), labels].tolist()
+
+    return score
+
+
+# name -> (factory, allowed options, one-line description), merged into the built-in table
+IMAGE_BUILTINS = {
+    "jpeg_compressibility": (
+        _jpeg_compressibility,
+        ("size", "quality"),
+        "minus the JPEG kilobytes at 512x512, quality 95 (RiC's compressibility)",
+    ),
+    "brightness": (_brightness, (), "mean pixel value of the image, in [0, 1]"),
+    "contrast": (_contrast, (), "standard deviation of the image's pixel values"),
+    "recognizability": (
+        _recognizability,
+        (),
+        "probability of the digit the prompt names, under a classifier of held-out digits",
+    ),
+}
