@@ -18,6 +18,10 @@ placement they were trained with: it is stored in their steerable.json.
     linf    R_i = lo_i + min(K * w_i, 1) * (hi_i - lo_i)     (default, the paper's closed form)
     l2      R_i = lo_i + (w_i / ||w||_2) * (hi_i - lo_i)
     linear  R_i = lo_i + w_i * (hi_i - lo_i)
+    quantile R_i = Q_i(min(K * w_i, 1)), Q_i the objective's empirical quantile function on the
+            training data (normalised): the reference's rule for images, where the dominant
+            objective asks for its training maximum and each other one for its quantile at
+            2 w_i (K = 2); the same as linf with quantiles in place of a straight line
 
 MOSLIM conditions on intensity tags, e.g. ``<brief 4> <positive 2>``: a level in 1..L for any
 non-empty subset of the objectives (those not named are masked out), in the same places as
@@ -30,14 +34,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from steerable.errors import SteerableError
 from steerable.preferences import Preference
 
 PLACEMENTS = ("system", "user_end")
-MAPPINGS = ("linf", "l2", "linear")
+MAPPINGS = ("linf", "l2", "linear", "quantile")
 _TAG = re.compile(r"<([A-Za-z][A-Za-z0-9_]*)>\s*(-?\d+(?:\.\d+)?)")
 _LEVEL_TAG = re.compile(r"<([A-Za-z][A-Za-z0-9_]*) (\d+)>")
 
@@ -102,15 +106,27 @@ def tag_chat(messages: Sequence[Mapping[str, str]], tags: str, fmt: TagFormat) -
 
 
 def preference_to_targets(
-    preference: Preference, lo: Sequence[float], hi: Sequence[float], mapping: str = "linf"
+    preference: Preference,
+    lo: Sequence[float],
+    hi: Sequence[float],
+    mapping: str = "linf",
+    quantile: Callable[[int, float], float] | None = None,
 ) -> dict[str, float]:
-    """Map simplex weights to per-objective target tags between lo_i and hi_i."""
+    """Map simplex weights to per-objective target tags between lo_i and hi_i; the `quantile`
+    mapping reads `quantile(i, q)`, objective i's (normalised) q-quantile, instead."""
     if mapping not in MAPPINGS:
         raise SteerableError(f"mapping {mapping!r} unknown; choose from {MAPPINGS}")
     w = preference.weights
     k = len(w)
     if len(lo) != k or len(hi) != k:
         raise SteerableError(f"lo/hi need {k} values each, got {len(lo)} and {len(hi)}")
+    if mapping == "quantile":
+        if quantile is None:
+            raise SteerableError(
+                "the quantile mapping needs the objectives' statistics; use linf, l2 or linear"
+            )
+        pairs = enumerate(zip(preference.names, w, strict=True))
+        return {name: quantile(i, min(k * wi, 1.0)) for i, (name, wi) in pairs}
     if mapping == "linf":
         scale = [min(k * wi, 1.0) for wi in w]
     elif mapping == "l2":
@@ -178,6 +194,8 @@ def parse_levels_text(text: str) -> dict[str, int]:
 def preference_to_levels(preference: Preference, count: int, mapping: str = "linf") -> dict[str, int]:
     """Map simplex weights to a level 1..count for every objective: the RiC mapping between
     level 1 and level `count`, rounded to the nearest level (halves up)."""
+    if mapping == "quantile":
+        raise SteerableError("levels have no quantiles; map a preference to levels with linf, l2 or linear")
     k = len(preference.weights)
     targets = preference_to_targets(preference, [1.0] * k, [float(count)] * k, mapping)
     return {name: min(count, max(1, int(math.floor(v + 0.5 + 1e-9)))) for name, v in targets.items()}

@@ -55,6 +55,9 @@ class PolicyManifest:
     moslim: dict | None = None
     # NP-DPO: {"context": the context path's folder (fewshot.policy.ContextPath), "beta", "types"}
     fewshot: dict | None = None
+    # RiC on images: {"guidance", "steps", "base_unet"} (methods/ric_image: the sampling defaults,
+    # and the folder of the caption-only base model's UNet)
+    image: dict | None = None
     format_version: int = FORMAT_VERSION
     training: dict = field(default_factory=dict)
 

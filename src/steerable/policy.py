@@ -50,7 +50,73 @@ def sampling_with(sampling: SamplingConfig | None, **options) -> SamplingConfig:
     return sampling if sampling is not None else SamplingConfig(**given)
 
 
-class SteerablePolicy:
+class TargetSteering:
+    """A preference turned into normalised targets, and targets checked, from a model's objectives
+    (`rewards`, with statistics) and its `mapping` (a MappingConfig): what every model steered by
+    reward tags shares (a language model's and an image model's RiC)."""
+
+    rewards: RewardSet
+    mapping: MappingConfig
+
+    @property
+    def names(self) -> list[str]:
+        return self.rewards.names
+
+    def target_range(self, lo_q: float | None = None, hi_q: float | None = None):
+        """Per-objective (lo, hi) in normalised units, from the stored quantiles."""
+        lo_q = self.mapping.lo_quantile if lo_q is None else lo_q
+        hi_q = self.mapping.hi_quantile if hi_q is None else hi_q
+        lo, hi = [], []
+        for objective in self.rewards.objectives:
+            stats = objective.stats
+            lo.append(float(stats.normalise(np.array([stats.quantile(lo_q)]))[0]))
+            hi.append(float(stats.normalise(np.array([stats.quantile(hi_q)]))[0]))
+        return lo, hi
+
+    def targets_for(
+        self, preference: Preference | Mapping | Sequence | str, mapping: str | None = None
+    ) -> dict[str, float]:
+        pref = preference if isinstance(preference, Preference) else Preference.parse(preference, self.names)
+        if pref.names != tuple(self.names):
+            raise SteerableError(f"preference is over {pref.names}; this model steers {self.names}")
+        lo, hi = self.target_range()
+        return preference_to_targets(pref, lo, hi, mapping or self.mapping.default, self.quantile)
+
+    def quantile(self, k: int, q: float) -> float:
+        """Objective k's q-quantile on the training data, normalised (the quantile mapping's Q_k)."""
+        stats = self.rewards.objectives[k].stats
+        return float(stats.normalise(np.array([stats.quantile(q)]))[0])
+
+    def check_targets(self, targets: Mapping[str, float]) -> dict[str, float]:
+        """Validate explicit targets; clip those outside the trained range, with a warning."""
+        unknown = [n for n in targets if n not in self.names]
+        missing = [n for n in self.names if n not in targets]
+        if unknown or missing:
+            raise SteerableError(
+                f"targets must name exactly the objectives {self.names}; "
+                f"unknown: {unknown}, missing: {missing}"
+            )
+        out = {}
+        for objective in self.rewards.objectives:
+            stats, value = objective.stats, float(targets[objective.name])
+            if not np.isfinite(value):
+                raise SteerableError(f"target for {objective.name!r} is {value}; use a finite number")
+            lo, hi = stats.normalise(np.array([stats.min, stats.max]))
+            # A small tolerance: preference-mapped targets at a 0/1 quantile equal min/max up to
+            # floating-point error, and those are not worth a warning.
+            if not lo - 1e-6 <= value <= hi + 1e-6:
+                clipped = float(np.clip(value, lo, hi))
+                warnings.warn(
+                    f"target {objective.name}={value:g} is outside the trained range "
+                    f"[{lo:.2f}, {hi:.2f}]; clipped to {clipped:.2f}",
+                    stacklevel=2,
+                )
+                value = clipped
+            out[objective.name] = value
+        return out
+
+
+class SteerablePolicy(TargetSteering):
     """Generate responses steered by a preference over the objectives, or by explicit targets."""
 
     def __init__(self, model, tokenizer, manifest: PolicyManifest, trust_remote_code: bool = False):
@@ -68,10 +134,6 @@ class SteerablePolicy:
         self.fewshot = None  # NP-DPO: the context encoder and FiLM layers (fewshot.policy.ContextPath)
         # how this method is steered (methods.base.Steering)
         self.steering = methods.get(manifest.method).steering_of()
-
-    @property
-    def names(self) -> list[str]:
-        return self.rewards.names
 
     @property
     def levels(self) -> int | None:
@@ -143,54 +205,6 @@ class SteerablePolicy:
         write_manifest(directory, self.manifest)  # last: a directory with steerable.json is complete
 
     # --- steering ---------------------------------------------------------------------
-    def target_range(self, lo_q: float | None = None, hi_q: float | None = None):
-        """Per-objective (lo, hi) in normalised units, from the stored quantiles."""
-        lo_q = self.mapping.lo_quantile if lo_q is None else lo_q
-        hi_q = self.mapping.hi_quantile if hi_q is None else hi_q
-        lo, hi = [], []
-        for objective in self.rewards.objectives:
-            stats = objective.stats
-            lo.append(float(stats.normalise(np.array([stats.quantile(lo_q)]))[0]))
-            hi.append(float(stats.normalise(np.array([stats.quantile(hi_q)]))[0]))
-        return lo, hi
-
-    def targets_for(
-        self, preference: Preference | Mapping | Sequence | str, mapping: str | None = None
-    ) -> dict[str, float]:
-        pref = preference if isinstance(preference, Preference) else Preference.parse(preference, self.names)
-        if pref.names != tuple(self.names):
-            raise SteerableError(f"preference is over {pref.names}; this model steers {self.names}")
-        lo, hi = self.target_range()
-        return preference_to_targets(pref, lo, hi, mapping or self.mapping.default)
-
-    def check_targets(self, targets: Mapping[str, float]) -> dict[str, float]:
-        """Validate explicit targets; clip those outside the trained range, with a warning."""
-        unknown = [n for n in targets if n not in self.names]
-        missing = [n for n in self.names if n not in targets]
-        if unknown or missing:
-            raise SteerableError(
-                f"targets must name exactly the objectives {self.names}; "
-                f"unknown: {unknown}, missing: {missing}"
-            )
-        out = {}
-        for objective in self.rewards.objectives:
-            stats, value = objective.stats, float(targets[objective.name])
-            if not np.isfinite(value):
-                raise SteerableError(f"target for {objective.name!r} is {value}; use a finite number")
-            lo, hi = stats.normalise(np.array([stats.min, stats.max]))
-            # A small tolerance: preference-mapped targets at a 0/1 quantile equal min/max up to
-            # floating-point error, and those are not worth a warning.
-            if not lo - 1e-6 <= value <= hi + 1e-6:
-                clipped = float(np.clip(value, lo, hi))
-                warnings.warn(
-                    f"target {objective.name}={value:g} is outside the trained range "
-                    f"[{lo:.2f}, {hi:.2f}]; clipped to {clipped:.2f}",
-                    stacklevel=2,
-                )
-                value = clipped
-            out[objective.name] = value
-        return out
-
     def levels_for(
         self, preference: Preference | Mapping | Sequence | str, mapping: str | None = None
     ) -> dict[str, int]:

@@ -1,0 +1,472 @@
+"""RiC for text-to-image diffusion: score the training images with each objective, train a
+caption-only base model, then fine-tune it on captions carrying the images' normalised scores
+as tags (`caption <rm1> z1 <rm2> z2`, both dropped together for 10% of the rows, the
+unconditional branch of classifier-free guidance), keeping an EMA of the UNet's weights. At
+inference a preference becomes target tags (`steering.py`).
+
+    data    the images and captions (the embedded digits, or a folder of yours), scored, with
+            the statistics of every objective
+    base    the caption-only model: the point RiC is compared against
+    tagged  the reward-conditioned fine-tune, starting from the base model's EMA weights
+
+Each stage trains through `transformers.Trainer` (the shared `train_stage`: checkpoints,
+resumption, the stage's bar), so an interrupted stage resumes from its last checkpoint, and
+`accelerate launch` spreads a real Stable Diffusion folder over GPUs. The text encoder (and a
+VAE) stay frozen, as in the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from steerable.configs import SEED, check_config
+from steerable.errors import SteerableError
+from steerable.manifest import MANIFEST, PolicyManifest, training_record, write_model_directory
+from steerable.methods.ric_image.miniature import NAME as MINIATURE
+from steerable.methods.ric_image.pipeline import DiffusionParts, check_guidance, to_pixels
+from steerable.objectives import RewardSet
+from steerable.stages import Stages, fingerprint, is_main_process, say
+from steerable.training import (
+    CheckpointedState,
+    config_inputs,
+    device_args,
+    last_complete_checkpoint,
+    train_stage,
+)
+
+DEFAULT_OBJECTIVES = (
+    "recognizability=builtin:recognizability",
+    "compressibility=builtin:jpeg_compressibility",
+)
+IMAGE_MAPPINGS = ("quantile", "linf", "l2", "linear")
+PIPELINE_PARTS = ("model_index.json", "tokenizer", "text_encoder", "scheduler", "vae")
+
+
+@dataclass
+class RiCImageConfig:
+    """Configuration of a RiC text-to-image run.
+
+    Model and data:
+        model: `miniature` (the embedded pixel-space model, built here) or a local diffusers
+            pipeline folder (model_index.json, tokenizer, text_encoder, unet, scheduler, vae),
+            e.g. a Stable Diffusion folder.
+        data: a folder of your images with a metadata.jsonl of `file_name` and `text` (the
+            caption) per image, as diffusers' own text-to-image training reads; unset: the
+            embedded digits.
+        copies: augmented copies of each embedded digit (stroke width, gamma and contrast,
+            blur, noise), which widen the rewards' spread; ignored with `data`.
+        resolution: the side images are resized to (unset: the UNet's own sample size, times
+            the VAE's downsampling when there is one).
+        output_dir: the model directory to write (stages go to output_dir/stages).
+        objectives: image objective specs, NAME=KIND:TARGET[?opt=v] (K >= 2); their order
+            numbers the tags `<rm1>`, `<rm2>`, ...
+
+    Training (both stages):
+        base_steps: optimiser steps of the caption-only base model (0: the given pipeline is the
+            base, as Stable Diffusion 1.5 is the reference's).
+        steps: optimiser steps of the reward-tagged fine-tune.
+        batch_size: images per step.
+        base_learning_rate / learning_rate: the stages' constant learning rates (the reference
+            fine-tunes Stable Diffusion at 1e-5; the miniature learns from scratch, so faster).
+        drop_probability: share of rows whose caption and tags are both dropped (the empty
+            prompt), which teaches the unconditional prediction guidance needs.
+        ema_decay: decay of the exponential moving average of the UNet's weights, which is
+            what is saved and sampled.
+        tag_decimals: decimals of the tag values (the reference rounds to one).
+        save_steps: checkpoint every N steps (the resume point).
+
+    Inference defaults, stored with the model:
+        mapping: how a preference becomes targets: `quantile` (the reference's: the dominant
+            objective asks for its training maximum, each other for its empirical quantile at
+            K w_i) or the language-model path's `linf`, `l2`, `linear` between the stats'
+            lo and hi quantiles.
+        lo_quantile / hi_quantile: those lo and hi quantiles.
+        guidance: classifier-free guidance scale (the reference's 7.5).
+        sampling_steps: DDIM steps per image (the reference's 50).
+
+    seed: seeds the data's augmentations, the noise and the drops.
+    """
+
+    output_dir: str = field(default="runs/ric-image", metadata={"help": "Model directory to write."})
+    model: str = field(
+        default=MINIATURE, metadata={"help": "miniature, or a local diffusers pipeline folder."}
+    )
+    data: str | None = field(
+        default=None, metadata={"help": "Folder of images + metadata.jsonl; unset = the digits."}
+    )
+    copies: int = field(default=6, metadata={"help": "Augmented copies per embedded digit.", "ge": 1})
+    resolution: int | None = field(
+        default=None, metadata={"help": "Image side (unset: the UNet's).", "ge": 8}
+    )
+    objectives: list[str] = field(
+        default_factory=lambda: list(DEFAULT_OBJECTIVES),
+        metadata={"help": "Image objective specs NAME=KIND:TARGET[?opt=v] (K >= 2)."},
+    )
+    base_steps: int = field(default=1200, metadata={"help": "Steps of the caption-only base.", "ge": 0})
+    steps: int = field(default=2400, metadata={"help": "Steps of the reward-tagged fine-tune.", "ge": 1})
+    batch_size: int = field(default=64, metadata={"help": "Images per step.", "ge": 1})
+    base_learning_rate: float = field(default=1e-3, metadata={"help": "Base stage lr.", "gt": 0})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Tagged stage lr.", "gt": 0})
+    drop_probability: float = field(
+        default=0.1, metadata={"help": "Share of rows with caption and tags dropped.", "ge": 0, "lt": 1}
+    )
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the UNet.", "ge": 0, "lt": 1})
+    tag_decimals: int = field(default=1, metadata={"help": "Decimals of tag values.", "ge": 0, "le": 4})
+    save_steps: int = field(default=200, metadata={"help": "Checkpoint every N steps.", "ge": 1})
+    mapping: str = field(
+        default="quantile", metadata={"help": "Default preference mapping.", "choices": IMAGE_MAPPINGS}
+    )
+    lo_quantile: float = field(default=0.05, metadata={"help": "lo target quantile.", "ge": 0, "le": 1})
+    hi_quantile: float = field(default=0.95, metadata={"help": "hi target quantile.", "ge": 0, "le": 1})
+    guidance: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale.", "ge": 0})
+    sampling_steps: int = field(default=50, metadata={"help": "DDIM steps per image.", "ge": 1})
+    seed: int = field(default=0, metadata={"help": "Random seed.", **SEED})
+
+    def __post_init__(self):
+        check_config(self)
+        if len(self.objectives) < 2:
+            raise SteerableError("RiC needs at least two objectives (--objectives a=... b=...)")
+        check_guidance(self.guidance)
+        if not 0 <= self.lo_quantile < self.hi_quantile <= 1:
+            raise SteerableError("need 0 <= lo_quantile < hi_quantile <= 1")
+        if self.model != MINIATURE:
+            self.model = str(Path(self.model).resolve())
+            if not (Path(self.model) / "model_index.json").is_file():
+                raise SteerableError(
+                    f"--model {self.model}: not a diffusers pipeline folder (no model_index.json); "
+                    f"give a local Stable Diffusion folder or '{MINIATURE}'"
+                )
+        if self.data is not None:
+            self.data = str(Path(self.data).resolve())
+        self.objectives = [str(o.spec) for o in RewardSet.from_specs(self.objectives).objectives]
+        check_image_objectives(RewardSet.from_specs(self.objectives))
+
+
+def check_image_objectives(rewards: RewardSet) -> None:
+    """Every objective scores images (a text built-in cannot judge a picture)."""
+    from steerable.scorers import modality
+
+    for objective in rewards.objectives:
+        if modality(objective.spec) == "text":
+            raise SteerableError(
+                f"objective {objective.name!r} ({objective.spec}) scores text, not images; use an "
+                "image objective (builtin:jpeg_compressibility, brightness, contrast, recognizability, "
+                "a py: function of (prompts, images) or an hf: image classifier)"
+            )
+
+
+# --- pure pieces (tested directly) -------------------------------------------------------------
+def tag_text(caption: str, z: np.ndarray, decimals: int = 1) -> str:
+    """`caption <rm1> z1 <rm2> z2 ...`: the caption with each objective's normalised score."""
+    tags = " ".join(f"<rm{k + 1}> {_number(v, decimals)}" for k, v in enumerate(z))
+    return f"{caption} {tags}"
+
+
+def _number(value: float, decimals: int) -> str:
+    if not np.isfinite(value):
+        raise SteerableError(f"a tag value is {value}; targets must be finite")
+    text = f"{round(float(value), decimals):.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def drop_rows(texts: list[str], probability: float, generator: torch.Generator | None = None) -> list[str]:
+    """Each text replaced by the empty prompt with `probability`: caption and tags go together,
+    so the model also learns the unconditional prediction of classifier-free guidance."""
+    keep = torch.rand(len(texts), generator=generator) >= probability
+    return [text if kept else "" for text, kept in zip(texts, keep.tolist(), strict=True)]
+
+
+# --- the model trained by transformers.Trainer --------------------------------------------------
+class DenoisingLoss(torch.nn.Module):
+    """The UNet with what the epsilon-MSE loss needs: a random timestep per image, the noised
+    image, the frozen text encoder's reading of the (possibly dropped) caption. Its `forward` is
+    what `transformers.Trainer` calls with each batch."""
+
+    def __init__(self, parts: DiffusionParts):
+        super().__init__()
+        self.unet = parts.unet
+        self.parts = parts  # the frozen parts, outside the trained modules
+        self.timesteps = parts.scheduler.config.num_train_timesteps
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> dict:
+        latents = self.parts.to_latents(pixel_values)  # (B, C, H, W)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, self.timesteps, (len(latents),), device=latents.device)
+        noisy = self.parts.scheduler.add_noise(latents, noise, t)
+        with torch.no_grad():
+            hidden = self.parts.text_encoder(input_ids).last_hidden_state  # (B, T, d)
+        prediction = self.unet(noisy, t, hidden).sample
+        if self.parts.scheduler.config.prediction_type == "v_prediction":
+            target = self.parts.scheduler.get_velocity(latents, noise, t)
+        else:
+            target = noise
+        return {"loss": torch.nn.functional.mse_loss(prediction.float(), target.float())}
+
+
+class EMA(CheckpointedState):
+    """The EMA of the UNet's weights (diffusers' `EMAModel`), updated after every optimiser
+    step and saved in every checkpoint, so a resumed stage continues the same average."""
+
+    def __init__(self, unet: torch.nn.Module, decay: float, checkpoint: str | None):
+        from diffusers.training_utils import EMAModel
+
+        self.ema = EMAModel(unet.parameters(), decay=decay, use_ema_warmup=True, power=3 / 4)
+        if checkpoint is not None and (Path(checkpoint) / "ema.pt").is_file():
+            self.ema.load_state_dict(torch.load(Path(checkpoint) / "ema.pt", weights_only=False))
+        self.unet = unet
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {}}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ema.step(self.unet.parameters())
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero:
+            torch.save(self.ema.state_dict(), folder / "ema.pt")
+
+    def averaged(self) -> torch.nn.Module:
+        """A copy of the UNet holding the averaged weights."""
+        import copy
+
+        unet = copy.deepcopy(self.unet)
+        self.ema.copy_to(unet.parameters())
+        return unet
+
+
+class ImageRows(torch.utils.data.Dataset):
+    def __init__(self, pixels: torch.Tensor, texts: list[str]):
+        self.pixels, self.texts = pixels, texts
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.pixels[i], "text": self.texts[i]}
+
+
+def _collate(parts: DiffusionParts, probability: float):
+    def collate(rows: list[dict]) -> dict:
+        texts = drop_rows([r["text"] for r in rows], probability)
+        return {
+            "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+            "input_ids": parts.token_ids(texts),
+        }
+
+    return collate
+
+
+def train_unet(
+    parts: DiffusionParts,
+    rows: ImageRows,
+    config: RiCImageConfig,
+    stages: Stages,
+    name: str,
+    inputs: dict,
+    steps: int,
+    learning_rate: float,
+) -> dict:
+    """One stage: `steps` steps of the epsilon loss on `rows`, then the EMA UNet saved to
+    STAGE/unet."""
+    from transformers import Trainer, TrainingArguments
+
+    parts.token_ids([rows.texts[int(np.argmax([len(t) for t in rows.texts]))]])  # budget, before training
+    holder = {}
+
+    def trainer_for(folder: Path):
+        checkpoint = last_complete_checkpoint(folder / "checkpoints")
+        ema = EMA(parts.unet, config.ema_decay, checkpoint)
+        holder["ema"] = ema
+        args = TrainingArguments(
+            output_dir=str(folder / "checkpoints"),
+            max_steps=steps,
+            per_device_train_batch_size=config.batch_size,
+            learning_rate=learning_rate,
+            lr_scheduler_type="constant",
+            weight_decay=1e-2,
+            max_grad_norm=1.0,
+            seed=config.seed,
+            remove_unused_columns=False,
+            dataloader_drop_last=True,
+            logging_steps=10,
+            save_strategy="steps",
+            save_steps=config.save_steps,
+            save_total_limit=1,
+            **{k: v for k, v in device_args().items() if k != "include_num_input_tokens_seen"},
+        )
+        trainer = Trainer(
+            model=DenoisingLoss(parts),
+            args=args,
+            train_dataset=rows,
+            data_collator=_collate(parts, config.drop_probability),
+        )
+        trainer.add_callback(ema)
+        return trainer
+
+    def save(trainer, folder: Path, info: dict) -> None:
+        if is_main_process():
+            holder["ema"].averaged().save_pretrained(folder / "unet")
+        info["images"] = int(trainer.state.global_step * config.batch_size)
+
+    _, info = train_stage(
+        stages, name, inputs, trainer_for, f"train ric-image: {name}", save=save, drop_checkpoints=True
+    )
+    return info
+
+
+# --- the recipe -----------------------------------------------------------------------------
+def source_folder(config: RiCImageConfig, stages: Stages) -> Path:
+    """The pipeline folder training starts from: the user's, or the miniature built (once, from
+    the seed) into the stages folder."""
+    if config.model != MINIATURE:
+        return Path(config.model)
+    folder = stages.root / "stages" / "miniature"
+    if not (folder / "model_index.json").is_file():
+        from steerable.methods.ric_image.miniature import build_miniature
+
+        tmp = folder.with_name("miniature.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build_miniature(tmp, seed=config.seed)
+        tmp.rename(folder)
+    return folder
+
+
+def load_images(config: RiCImageConfig) -> tuple[list, list[str], str]:
+    """The training images (PIL), their captions, and where they came from."""
+    if config.data is None:
+        from steerable.data.digits import digit_images, to_pil
+
+        images, captions = digit_images("train", copies=config.copies, seed=config.seed)
+        return to_pil(images), captions, f"embedded digits, {config.copies} copies"
+    from steerable.data.images import load_image_folder
+
+    images, captions = load_image_folder(config.data)
+    return images, captions, config.data
+
+
+def score_data(config: RiCImageConfig, folder: Path) -> dict:
+    """The `data` stage: every training image scored with every objective; the statistics fitted."""
+    started = time.perf_counter()
+    images, captions, origin = load_images(config)
+    rewards = RewardSet.from_specs(config.objectives)
+    raw = rewards.score(captions, images, progress=True)
+    rewards.fit_stats(raw)
+    flat = [o.name for o in rewards.objectives if o.stats.std == 0]
+    if flat:
+        raise SteerableError(
+            f"objective(s) {flat} give every training image the same score (zero spread): their "
+            "tags would carry nothing to learn; choose objectives that vary over your images"
+        )
+    np.save(folder / "scores.npy", raw)
+    rewards.save(folder / "stats.json")
+    return {"images": len(images), "origin": origin, "seconds": time.perf_counter() - started}
+
+
+def train_ric_image(config: RiCImageConfig) -> Path:
+    """Run (or resume) the recipe; returns the model directory (steerable.json written last)."""
+    out = Path(config.output_dir)
+    stages = Stages(out, "train ric-image")
+    source = source_folder(config, stages)
+    data_inputs = config_inputs(config, ["model", "data", "copies", "objectives", "seed"], files=["data"])
+    base_inputs = {
+        **config_inputs(config, ["model", "resolution", "base_steps", "batch_size", "base_learning_rate",
+                                 "drop_probability", "ema_decay", "seed"]),
+        "data": fingerprint(data_inputs),
+    }  # fmt: skip
+    tagged_inputs = {
+        **config_inputs(config, ["steps", "batch_size", "learning_rate", "drop_probability", "ema_decay",
+                                 "tag_decimals"]),
+        "base": fingerprint(base_inputs),
+    }  # fmt: skip
+    plan = {"data": data_inputs, "base": base_inputs, "tagged": tagged_inputs}
+    for name, inputs in plan.items():
+        stages.done(name, inputs)  # a stale stage is refused before any work
+    infos = {"data": stages.run("data", data_inputs, lambda folder: score_data(config, folder))}
+    images, captions, _ = load_images(config)
+    rewards = RewardSet.from_specs(config.objectives)
+    fitted = RewardSet.load(stages.path("data") / "stats.json")
+    for objective, stats in zip(rewards.objectives, fitted.objectives, strict=True):
+        objective.stats = stats.stats
+    z = rewards.normalise(np.load(stages.path("data") / "scores.npy"))
+
+    parts = DiffusionParts.load(source)
+    side = config.resolution or parts.shape[1] * (8 if parts.vae is not None else 1)
+    pixels = to_pixels(images, 3 if parts.vae is not None else parts.shape[0], side)  # (N, C, H, W)
+    torch.manual_seed(config.seed)
+
+    # the caption-only base model
+    if config.base_steps == 0:
+        base_unet = Path(source) / "unet"
+        infos["base"] = stages.run("base", base_inputs, lambda folder: {"steps": 0, "seconds": 0.0})
+    else:
+        done = stages.done("base", base_inputs)
+        if done is None:
+            infos["base"] = train_unet(
+                parts, ImageRows(pixels, captions), config, stages, "base", base_inputs,
+                config.base_steps, config.base_learning_rate,
+            )  # fmt: skip
+        else:
+            infos["base"] = done
+        base_unet = stages.path("base") / "unet"
+
+    # the reward-tagged fine-tune, from the base model's averaged weights
+    parts = DiffusionParts.load(source, unet=base_unet)
+    texts = [tag_text(c, row, config.tag_decimals) for c, row in zip(captions, z, strict=True)]
+    done = stages.done("tagged", tagged_inputs)
+    if done is None:
+        infos["tagged"] = train_unet(
+            parts, ImageRows(pixels, texts), config, stages, "tagged", tagged_inputs,
+            config.steps, config.learning_rate,
+        )  # fmt: skip
+    else:
+        infos["tagged"] = done
+    return write_image_model(out, source, base_unet, stages.path("tagged") / "unet", config, rewards, infos,
+                             {n: fingerprint(i) for n, i in plan.items()})  # fmt: skip
+
+
+def write_image_model(
+    out: Path, source: Path, base_unet: Path, unet: Path, config, rewards, infos, keys
+) -> Path:
+    """The model directory: a pipeline folder (the source's frozen parts, the tagged UNet) with
+    the base model's UNet beside it in base_unet/, and steerable.json last."""
+    if is_main_process():
+        for part in PIPELINE_PARTS:
+            target = out / part
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            if (source / part).is_dir():
+                shutil.copytree(source / part, target)
+            elif (source / part).is_file():
+                shutil.copy(source / part, target)
+        for name, folder in (("unet", unet), ("base_unet", base_unet)):
+            shutil.rmtree(out / name, ignore_errors=True)
+            shutil.copytree(folder, out / name)
+    from dataclasses import asdict
+
+    from steerable.manifest import MappingConfig
+
+    manifest = PolicyManifest(
+        method="ric-image",
+        base_model=config.model,
+        rewards=rewards.to_dict(),
+        tags={"placement": "caption_end", "decimals": config.tag_decimals},
+        mapping=asdict(MappingConfig("linf", config.lo_quantile, config.hi_quantile))
+        | {"default": config.mapping},
+        weights="model",
+        image={"guidance": config.guidance, "steps": config.sampling_steps, "base_unet": "base_unet"},
+        training=training_record(config, keys, infos),
+    )
+    say(f"ric-image model written to {out}")
+    return write_model_directory(out, manifest)
+
+
+def read_manifest_file(directory: Path) -> dict:
+    return json.loads((directory / MANIFEST).read_text())
