@@ -4,7 +4,8 @@ reads (prompt, response) pairs, and `HFRewardModel`, the batched scorer behind `
 
 Options (in the spec's ``?opt=value`` part):
     input       pair (default: tokenizer(prompt, response)), response (response only), or
-                chat (the model's chat template over a user/assistant exchange)
+                chat (the model's chat template over a user/assistant exchange); image and
+                clip score images instead (`steerable.reward_models.hf_image`, its own options)
     index       which logit is the reward (default 0)
     batch_size  pairs per forward pass (default 16)
     max_length  truncation length in tokens (default 512)
@@ -31,9 +32,10 @@ from steerable.defaults import DTYPE_NAMES, resolve_model, torch_dtype
 from steerable.errors import SteerableError, first_line
 
 INPUTS = ("pair", "response", "chat")
+IMAGE_INPUTS = ("image", "clip")  # image scorers: steerable.reward_models.hf_image
 # integer option -> its smallest valid value
 _INTS = {"index": 0, "batch_size": 1, "max_length": 1}
-_CHOICES = {"input": INPUTS, "dtype": DTYPE_NAMES, "trust_remote_code": ("true", "false")}
+_CHOICES = {"input": INPUTS + IMAGE_INPUTS, "dtype": DTYPE_NAMES, "trust_remote_code": ("true", "false")}
 PAD_TOKEN = "<|steerable_pad|>"
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 # A fast tokenizer's call sets truncation on its backend (a Rust object its copies share) and
@@ -42,6 +44,10 @@ _CUTTING = threading.Lock()
 
 
 def check_hf_options(options: dict[str, str], origin: object) -> None:
+    if options.get("input") in IMAGE_INPUTS:
+        from steerable.reward_models.hf_image import check_image_options
+
+        return check_image_options(options, origin)
     check_options("hf", options, origin, {**_CHOICES, "device": None}, _INTS)
 
 

@@ -1,4 +1,5 @@
-"""Scorers: turn (prompts, responses) into one float per pair.
+"""Scorers: turn (prompts, responses) into one float per pair. A response is text, or an image
+for an image scorer (`modality` says which a spec scores).
 
 A scorer is chosen by a short spec, on the CLI or in YAML:
 
@@ -7,6 +8,8 @@ A scorer is chosen by a short spec, on the CLI or in YAML:
     brief=builtin:brevity
     helpful=hf:OpenAssistant/reward-model-deberta-v3-large-v2?input=pair&index=0
     mine=py:my_package.rewards:politeness        (or py:path/to/file.py:function)
+    small=builtin:jpeg_compressibility           (an image scorer)
+    digit=hf:./my-classifier?input=image&index=3 (an image classifier; input=clip for CLIP)
     honest=moslim:runs/moslim-rm?objective=honest   (a head of a `steerable train moslim-rm` model)
 
 `NAME=` may be left out for a built-in (the name is then the built-in's). In YAML an objective
@@ -141,12 +144,52 @@ class ScorerSpec:
         return replace(self, target=str(Path(where).resolve()) + sep + function)
 
 
+MODALITIES = ("text", "image")
+
+
+def modality(spec: str | dict | ScorerSpec) -> str | None:
+    """What an objective scores: "text", "image", or None where the spec does not say (a py:
+    function may score either)."""
+    spec = ScorerSpec.parse(spec)
+    if spec.kind == "builtin":
+        from steerable.scorers.builtin import builtin_modality
+
+        return builtin_modality(spec.target)
+    if spec.kind == "hf":
+        from steerable.reward_models.hf import IMAGE_INPUTS
+
+        return "image" if spec.options.get("input") in IMAGE_INPUTS else "text"
+    return "text" if spec.kind == "moslim" else None
+
+
+def check_modality(specs: Sequence[str | dict | ScorerSpec], wanted: str, who: str) -> None:
+    """Refuse, in one line naming the objective, a spec that scores another modality than
+    `wanted` ("text" or "image"); `who` names what refuses it (a method, a command)."""
+    if wanted not in MODALITIES:
+        raise ValueError(f"modality {wanted!r} is not one of {MODALITIES}")
+    for spec in specs:
+        spec = ScorerSpec.parse(spec)
+        found = modality(spec)
+        if found not in (None, wanted):
+            examples = "builtin:jpeg_compressibility, builtin:recognizability, hf:DIR?input=image"
+            if wanted == "text":
+                examples = "builtin:sentiment, builtin:brevity, hf:MODEL"
+            raise SteerableError(
+                f"objective {spec.name!r} ({spec}) scores {found}s, but {who} scores {wanted}s; "
+                f"give {wanted} objectives such as {examples}"
+            )
+
+
 def build_scorer(spec: ScorerSpec) -> Callable[[list[str], list[str]], Sequence[float]]:
     """Instantiate the scorer a spec names (loads models; may take seconds)."""
     if spec.kind == "builtin":
         from steerable.scorers.builtin import build_builtin
 
         return build_builtin(spec.target, spec.options)
+    if spec.kind == "hf" and modality(spec) == "image":
+        from steerable.reward_models.hf_image import HFImageScorer
+
+        return HFImageScorer.from_options(spec.target, spec.options)
     if spec.kind == "hf":
         from steerable.reward_models.hf import HFRewardModel
 

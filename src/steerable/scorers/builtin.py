@@ -1,6 +1,8 @@
-"""Built-in scorers that run offline from PyPI packages. Higher is always "more of it".
+"""Built-in scorers that run offline from PyPI packages. Higher is always "more of it". Each
+scores one modality: text responses (below) or images (`steerable.scorers.images`:
+jpeg_compressibility, brightness, contrast, recognizability); `modality` says which.
 
-| name        | raw score                                                          |
+| name        | raw score (text)                                                   |
 |-------------|--------------------------------------------------------------------|
 | sentiment   | VADER compound polarity of the response, in [-1, 1]                |
 | readability | Flesch reading ease of the response (textstat; higher = easier)    |
@@ -19,6 +21,7 @@ from functools import cache
 import numpy as np
 
 from steerable.errors import SteerableError
+from steerable.scorers.images import IMAGE_BUILTINS
 
 ScoreFn = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -77,7 +80,7 @@ def _toxicity(sign: float) -> ScoreFn:
 
 
 # name -> (factory, allowed options, one-line description)
-BUILTINS: dict[str, tuple[Callable[..., ScoreFn], tuple[str, ...], str]] = {
+TEXT_BUILTINS: dict[str, tuple[Callable[..., ScoreFn], tuple[str, ...], str]] = {
     "sentiment": (_sentiment, (), "VADER compound polarity of the response, in [-1, 1]"),
     "readability": (_readability, (), "Flesch reading ease of the response (higher = easier)"),
     "brevity": (lambda: _word_count(-1.0), (), "minus the number of words in the response"),
@@ -90,6 +93,14 @@ BUILTINS: dict[str, tuple[Callable[..., ScoreFn], tuple[str, ...], str]] = {
     "toxicity": (lambda: _toxicity(1.0), (), "probability the response is offensive"),
     "harmless": (lambda: _toxicity(-1.0), (), "1 - probability the response is offensive"),
 }
+BUILTINS = {**TEXT_BUILTINS, **IMAGE_BUILTINS}
+# option -> its least value, for the options that are integers (quality is JPEG's 1..100)
+_INTEGERS = {"batch_size": 1, "size": 1, "quality": 1}
+
+
+def builtin_modality(name: str) -> str:
+    """What built-in `name` scores: "text" or "image"."""
+    return "image" if name in IMAGE_BUILTINS else "text"
 
 
 # How each built-in reads as an instruction, for baselines that state a preference in words.
@@ -116,8 +127,11 @@ def check_builtin(name: str, options: dict[str, str], origin: object) -> None:
             f"objective spec {origin!r}: built-in {name!r} has no option(s) {unknown}"
             + (f"; it accepts {list(allowed)}" if allowed else "; it takes none")
         )
-    if "batch_size" in options and not (options["batch_size"].isdigit() and int(options["batch_size"]) > 0):
-        raise SteerableError(f"objective spec {origin!r}: batch_size must be a positive integer")
+    for key, least in _INTEGERS.items():
+        if key in options and not (options[key].isdigit() and int(options[key]) >= least):
+            raise SteerableError(f"objective spec {origin!r}: {key} must be a positive integer")
+    if int(options.get("quality", 95)) > 100:
+        raise SteerableError(f"objective spec {origin!r}: quality must be at most 100 (JPEG's scale)")
 
 
 def build_builtin(name: str, options: dict[str, str]) -> ScoreFn:

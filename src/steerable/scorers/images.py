@@ -1,6 +1,6 @@
 """Built-in image scorers: `(prompts, images) -> one float per image`, batched, offline. An
-image is a PIL image (what `steerable.methods.ric_image` generates) or anything
-`PIL.Image.fromarray` takes; higher is always "more of it".
+image is a PIL image (what `steerable.methods.ric_image` generates) or an array of pixels
+(`steerable.reward_models.hf_image.as_images` says which); higher is always "more of it".
 
     jpeg_compressibility  minus the JPEG size in kilobytes after resizing to 512x512 and saving
                           at quality 95 (RiC's compressibility)
@@ -21,53 +21,44 @@ import numpy as np
 from steerable.errors import SteerableError
 
 
-def as_image(image, row: int):
-    """`image` as a PIL image; anything that is not one (or an array PIL reads) is an error
-    naming the row."""
-    from PIL import Image
+def pictures_of(images: Sequence) -> list:
+    """The images as PIL images of one size, else one error naming the row or the sizes
+    (`as_images`, imported only when scoring, so that reading a spec does not import torch)."""
+    from steerable.reward_models.hf_image import as_images
 
-    if isinstance(image, Image.Image):
-        return image
-    try:
-        array = np.asarray(image)
-        if array.dtype != np.uint8:
-            array = np.clip(np.round(array.astype(float) * 255), 0, 255).astype(np.uint8)
-        return Image.fromarray(array)
-    except (TypeError, ValueError) as err:
-        raise SteerableError(
-            f"row {row + 1}: an image scorer was given {type(image).__name__}, not an image ({err})"
-        )
+    return as_images(images)
 
 
 def gray_pixels(images: Sequence) -> np.ndarray:
-    """The images as grayscale floats in [0, 1], (N, H, W) (all the same size)."""
-    pictures = [as_image(image, i).convert("L") for i, image in enumerate(images)]
-    sizes = {p.size for p in pictures}
-    if len(sizes) > 1:
-        raise SteerableError(f"the images have different sizes {sorted(sizes)}; score one size at a time")
-    return np.stack([np.asarray(p, dtype=np.float32) / 255.0 for p in pictures]) if pictures else np.zeros(0)
+    """The images as grayscale floats in [0, 1], one row of pixels per image: (N, H*W)."""
+    pictures = [p.convert("L") for p in pictures_of(images)]
+    if not pictures:
+        return np.zeros((0, 1), dtype=np.float32)
+    return np.stack([np.asarray(p, dtype=np.float32).ravel() / 255.0 for p in pictures])
 
 
 def _jpeg_compressibility(size: str = "512", quality: str = "95"):
     side, level = int(size), int(quality)
 
     def score(prompts: list[str], images: list) -> list[float]:
-        sizes = []
-        for i, image in enumerate(images):
+        kilobytes = []
+        for image in pictures_of(images):
+            if image.mode not in ("RGB", "L"):  # JPEG has no alpha or palette
+                image = image.convert("RGB")
             buffer = io.BytesIO()
-            as_image(image, i).resize((side, side)).save(buffer, "JPEG", quality=level)
-            sizes.append(-buffer.tell() / 1000.0)
-        return sizes
+            image.resize((side, side)).save(buffer, "JPEG", quality=level)
+            kilobytes.append(-buffer.tell() / 1000.0)
+        return kilobytes
 
     return score
 
 
 def _brightness():
-    return lambda prompts, images: gray_pixels(images).reshape(len(images), -1).mean(axis=1).tolist()
+    return lambda prompts, images: gray_pixels(images).mean(axis=1).tolist()
 
 
 def _contrast():
-    return lambda prompts, images: gray_pixels(images).reshape(len(images), -1).std(axis=1).tolist()
+    return lambda prompts, images: gray_pixels(images).std(axis=1).tolist()
 
 
 @cache
@@ -98,8 +89,10 @@ def _recognizability():
                     f"('a handwritten digit seven'), got {prompt[:60]!r}"
                 )
             labels.append(label)
-        pictures = [as_image(image, i).convert("L").resize((SIZE, SIZE)) for i, image in enumerate(images)]
-        pixels = np.stack([np.asarray(p, dtype=np.float32).ravel() / 255.0 for p in pictures])
+        if not labels:
+            return []
+        pictures = [p.convert("L").resize((SIZE, SIZE)) for p in pictures_of(images)]
+        pixels = np.stack([np.asarray(p, dtype=np.float32).ravel() / 255.0 for p in pictures])  # (N, 256)
         probabilities = digit_classifier().predict_proba(pixels)  # (N, 10)
         return probabilities[np.arange(len(labels)), labels].tolist()
 
