@@ -4,7 +4,7 @@
 record holds."""
 
 from steerable.errors import SteerableError
-from steerable.methods import morlhf, moslim, np_dpo, prompting, ric, soups, tags
+from steerable.methods import morlhf, moslim, np_dpo, prompting, ric, ric_image, soups, tags
 from steerable.methods.base import Method
 
 METHODS: dict[str, Method] = {
@@ -17,6 +17,7 @@ METHODS: dict[str, Method] = {
         morlhf.METHOD,
         prompting.METHOD,
         tags.METHOD,
+        ric_image.METHOD,
     )
 }
 

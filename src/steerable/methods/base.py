@@ -38,6 +38,10 @@ class Method:
             `steerable export`).
         policy: the module implementing its `Steering`, when a `SteerablePolicy` loads its directory;
             None when it does not (the RL baselines answer through their `sweep` builder).
+        images: "module:attr" of the class that loads its model directory when it makes images,
+            not text (RiC on images: `ImagePolicy`, with `from_pretrained(directory, base=...)`,
+            `request(steering)`, `generate(prompts, ...)` and `sample(texts, ...)`); None for a
+            text method. `generate`, `serve` and `evaluate` ask `modality`.
 
     Training (`steerable train NAME`; both None for a method that is only evaluated):
         config: "module:attr" of its config dataclass (every field a command-line option).
@@ -78,6 +82,7 @@ class Method:
     examples: tuple[str, ...] = ()
     in_prompt: bool = False
     policy: str | None = None
+    images: str | None = None
     config: str | None = None
     recipe: str | None = None
     plan: str | None = None
@@ -91,6 +96,17 @@ class Method:
     @property
     def trainable(self) -> bool:
         return self.recipe is not None
+
+    @property
+    def modality(self) -> str:
+        """What its models make: "image" or "text"."""
+        return "image" if self.images is not None else "text"
+
+    def image_policy(self) -> type:
+        """The class loading its image model directories (`images`)."""
+        if self.images is None:
+            raise SteerableError(f"a {self.name} model makes text, not images")
+        return resolve(self.images)
 
     def steering_of(self) -> Steering:
         if self.policy is None:
@@ -197,6 +213,8 @@ class Generator(NamedTuple):
             or level), recorded at each point for the controllability against requests.
         levels: what a level sweep needs (`moslim.steering.level_steering`): count, generate,
             others, classify; None: it reads no levels.
+        baseline: prompts -> what the model it was fine-tuned from makes for them, unsteered (RiC
+            on images: the caption-only base model), evaluated beside the grid as its own point.
     """
 
     generate: Callable[[list[str], Any], list[str]]
@@ -207,6 +225,7 @@ class Generator(NamedTuple):
     grid: Any = None
     requested: Callable[[Any], list[float]] | None = None
     levels: dict | None = None
+    baseline: Callable[[list[str]], list] | None = None
 
 
 class Steering(Protocol):

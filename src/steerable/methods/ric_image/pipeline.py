@@ -10,6 +10,7 @@ miniature (`miniature.py`) has no VAE and denoises pixels directly.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,12 +124,13 @@ class DiffusionParts:
         prompts: list[str],
         guidance: float = 7.5,
         steps: int = 50,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         batch_size: int = 64,
     ) -> list:
         """One image per prompt (PIL), by DDIM in `steps` steps with classifier-free guidance at
         `guidance` (the unconditional branch reads the empty prompt, as training dropped captions
-        and tags together). The same seed gives the same images for the same prompts."""
+        and tags together). `seed`: one for all (row i starts from the noise of seed + i), or one
+        per prompt, so a row's image does not depend on what it is batched with."""
         from diffusers import DDIMScheduler
 
         guidance = check_guidance(guidance)
@@ -136,11 +138,16 @@ class DiffusionParts:
             raise SteerableError(f"sampling steps must be >= 1, got {steps}")
         scheduler = DDIMScheduler.from_config(self.scheduler.config)
         device = next(self.unet.parameters()).device
-        generator = torch.Generator().manual_seed(seed)
+        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+        if len(seeds) != len(prompts):
+            raise SteerableError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         images = []
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start : start + batch_size])
-            noise = torch.randn((len(batch), *self.shape), generator=generator).to(device)  # (B, C, H, W)
+            noise = torch.cat(
+                [torch.randn((1, *self.shape), generator=torch.Generator().manual_seed(s)) for s in
+                 seeds[start : start + batch_size]]
+            ).to(device)  # (B, C, H, W)  # fmt: skip
             condition = torch.cat([self.encode([""] * len(batch)), self.encode(batch)])  # (2B, T, d)
             scheduler.set_timesteps(steps)
             x = noise * scheduler.init_noise_sigma

@@ -31,6 +31,7 @@ from steerable.errors import SteerableError
 from steerable.manifest import MANIFEST, PolicyManifest, training_record, write_model_directory
 from steerable.methods.ric_image.miniature import NAME as MINIATURE
 from steerable.methods.ric_image.pipeline import DiffusionParts, check_guidance, to_pixels
+from steerable.methods.ric_image.policy import tag_text
 from steerable.objectives import RewardSet
 from steerable.stages import Stages, fingerprint, is_main_process, say
 from steerable.training import (
@@ -163,19 +164,6 @@ def check_image_objectives(rewards: RewardSet) -> None:
 
 
 # --- pure pieces (tested directly) -------------------------------------------------------------
-def tag_text(caption: str, z: np.ndarray, decimals: int = 1) -> str:
-    """`caption <rm1> z1 <rm2> z2 ...`: the caption with each objective's normalised score."""
-    tags = " ".join(f"<rm{k + 1}> {_number(v, decimals)}" for k, v in enumerate(z))
-    return f"{caption} {tags}"
-
-
-def _number(value: float, decimals: int) -> str:
-    if not np.isfinite(value):
-        raise SteerableError(f"a tag value is {value}; targets must be finite")
-    text = f"{round(float(value), decimals):.{decimals}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text
-
-
 def drop_rows(texts: list[str], probability: float, generator: torch.Generator | None = None) -> list[str]:
     """Each text replaced by the empty prompt with `probability`: caption and tags go together,
     so the model also learns the unconditional prediction of classifier-free guidance."""

@@ -1,0 +1,132 @@
+"""`ImagePolicy`: a RiC text-to-image model directory loaded for steering. A preference (or
+explicit normalised targets) becomes tags appended to each caption, `caption <rm1> z1 <rm2> z2`,
+and images are sampled with classifier-free guidance against the empty prompt.
+
+Model directory (written by `steerable train ric-image`):
+
+    steerable.json                  method ric-image, objectives with statistics, tag decimals,
+                                    the default mapping, the sampling defaults (`image`)
+    model_index.json, tokenizer/,   the pipeline folder the run started from (its frozen parts)
+    text_encoder/, scheduler/, vae/
+    unet/                           the reward-conditioned UNet (EMA weights)
+    base_unet/                      the caption-only base model's UNet, the point RiC is
+                                    compared against
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from steerable.errors import SteerableError
+from steerable.manifest import MANIFEST, MappingConfig, load_manifest
+from steerable.methods.ric_image.pipeline import DiffusionParts, check_guidance
+from steerable.objectives import RewardSet
+from steerable.policy import TargetSteering
+
+
+def tag_text(caption: str, z: Sequence[float], decimals: int = 1) -> str:
+    """`caption <rm1> z1 <rm2> z2 ...`: the caption with each objective's normalised score, in
+    the objectives' order, rounded to `decimals` ("-0.0" written "0.0")."""
+    values = []
+    for value in z:
+        if not np.isfinite(value):
+            raise SteerableError(f"a tag value is {value}; targets must be finite")
+        text = f"{round(float(value), decimals):.{decimals}f}"
+        values.append(text[1:] if text.startswith("-") and float(text) == 0 else text)
+    return " ".join([caption, *(f"<rm{k + 1}> {v}" for k, v in enumerate(values))])
+
+
+class ImagePolicy(TargetSteering):
+    """Images steered by a preference over the objectives, or by explicit targets; `base=True`
+    loads the caption-only base model of the same directory instead (no tags)."""
+
+    def __init__(self, parts: DiffusionParts, manifest, directory: Path, base: bool = False,
+                 trust_remote_code: bool = False):  # fmt: skip
+        self.parts, self.manifest, self.directory, self.base = parts, manifest, Path(directory), base
+        self.rewards = RewardSet.from_dict(
+            manifest.rewards, where=MANIFEST, trust_remote_code=trust_remote_code
+        )
+        self.mapping = MappingConfig(**manifest.mapping)
+        self.decimals = int(manifest.tags.get("decimals", 1))
+        self.guidance = float(manifest.image["guidance"])
+        self.steps = int(manifest.image["steps"])
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        base: bool = False,
+        trust_remote_code: bool = False,
+        device: str | None = None,
+    ) -> ImagePolicy:
+        import torch
+
+        directory = Path(directory)
+        manifest = load_manifest(directory, method="ric-image")
+        unet = directory / (manifest.image["base_unet"] if base else "unet")
+        parts = DiffusionParts.load(directory, unet=unet)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        for module in (parts.unet, parts.text_encoder, parts.vae):
+            if module is not None:
+                module.to(device).eval()
+        return cls(parts, manifest, directory, base, trust_remote_code)
+
+    # --- steering -------------------------------------------------------------------------
+    def steering_for(self, preference=None, targets=None, levels=None, mapping=None) -> dict[str, float]:
+        """The normalised targets a request asks for, checked: explicit, or mapped from the
+        preference (none: equal weights)."""
+        if levels is not None:
+            raise SteerableError(
+                "levels steer MOSLIM models; steer a ric-image model with targets or weights"
+            )
+        if preference is not None and targets is not None:
+            raise SteerableError("give one of a preference or targets")
+        if targets is None:
+            targets = self.targets_for(
+                preference if preference is not None else [1] * len(self.names), mapping
+            )
+        return self.check_targets(targets)
+
+    def request(self, steering: Mapping) -> tuple[dict, dict]:
+        """A request's `steering` (weights, mapping, targets), checked: (the targets, the echo)."""
+        from steerable.methods.tagged import request
+
+        targets, _, echo = request(self, steering, key="targets")
+        return targets, echo
+
+    def prompt(self, caption: str, targets: Mapping[str, float] | None) -> str:
+        """What the text encoder reads: the caption, with the tags unless this is the base model."""
+        if self.base or targets is None:
+            return caption
+        return tag_text(caption, [targets[n] for n in self.names], self.decimals)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        preference=None,
+        targets: Mapping[str, float] | None = None,
+        mapping: str | None = None,
+        guidance: float | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+    ) -> list:
+        """One image (PIL) per prompt, steered by `preference` (through `mapping`) or `targets`;
+        `guidance` and `steps` default to the model's."""
+        prompts = list(prompts)
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise SteerableError("every prompt must be non-empty text")
+        steering = None if self.base else self.steering_for(preference, targets, None, mapping)
+        texts = [self.prompt(p, steering) for p in prompts]
+        return self.sample(texts, guidance, steps, seed, batch_size)
+
+    def sample(self, texts: Sequence[str], guidance=None, steps=None, seed=0, batch_size: int = 64):
+        """Images for prompts that already carry their tags (rows of different steering mix in
+        one batch); `seed` as `DiffusionParts.sample` takes it (one, or one per row)."""
+        guidance = self.guidance if guidance is None else check_guidance(guidance)
+        return self.parts.sample(
+            list(texts), guidance, self.steps if steps is None else steps, seed, batch_size
+        )
