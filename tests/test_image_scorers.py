@@ -276,3 +276,17 @@ def test_hf_image_scorers_refuse_what_they_cannot_score(vit_classifier, tmp_path
     score = build_scorer(ScorerSpec.parse(f"d=hf:{vit_classifier}?input=image"))
     with pytest.raises(SteerableError, match="row 1: an image scorer was given str"):
         score([""], ["not a picture"])
+
+
+def test_steerable_score_refuses_an_image_objective_for_its_text_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from steerable.cli import app
+
+    data = tmp_path / "answers.jsonl"
+    data.write_text('{"prompt": "Say hi", "response": "Hi!"}\n')
+    out = tmp_path / "scored.jsonl"
+    result = CliRunner().invoke(app, ["score", str(data), "--out", str(out), "-o", "builtin:brightness"])
+    assert result.exit_code == 2
+    assert "objective 'brightness' (brightness=builtin:brightness) scores images" in result.output
+    assert not out.exists()

@@ -228,6 +228,7 @@ ConfigOpt = Annotated[
 def _reward_set(objectives: list[str] | None, config: Path | None):
     from steerable.defaults import DEFAULT_OBJECTIVES
     from steerable.objectives import RewardSet
+    from steerable.scorers import check_modality
 
     specs: list = list(objectives or [])
     if config is not None:
@@ -245,7 +246,9 @@ def _reward_set(objectives: list[str] | None, config: Path | None):
                 "(or leave out --config for the default objectives)"
             )
         specs += data["objectives"]
-    return RewardSet.from_specs(specs or list(DEFAULT_OBJECTIVES))
+    rewards = RewardSet.from_specs(specs or list(DEFAULT_OBJECTIVES))
+    check_modality([o.spec for o in rewards.objectives], "text", "steerable score")
+    return rewards
 
 
 @command
