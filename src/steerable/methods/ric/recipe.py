@@ -53,6 +53,7 @@ from steerable.manifest import MANIFEST, MappingConfig, PolicyManifest, training
 from steerable.objectives import RewardSet
 from steerable.policy import SteerablePolicy
 from steerable.preferences import Preference
+from steerable.scorers import check_modality
 from steerable.stages import (
     Stages,
     changed_fields,
@@ -306,6 +307,7 @@ class RiCConfig(LoraArguments, ModelArguments):
         if self.chat_template_path is not None:
             self.chat_template_path = absolute_if_local(self.chat_template_path)
         self.objectives = [str(o.spec) for o in RewardSet.from_specs(self.objectives).objectives]
+        check_modality(self.objectives, "text", "train ric")  # images: train ric-image
         TagFormat(self.tag_placement, self.tag_decimals)
         TagFormat(self.offline_instruction_placement)
         MappingConfig(self.mapping, self.lo_quantile, self.hi_quantile)
