@@ -22,8 +22,8 @@ from steerable.errors import SteerableError
 
 def guided(unconditional: torch.Tensor, conditional: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance: eps_u + s (eps_c - eps_u); scale 1 is the conditional
-    prediction, scale 0 the unconditional one."""
-    return unconditional + scale * (conditional - unconditional)
+    prediction, scale 0 the unconditional one (written so that both hold exactly in floats)."""
+    return scale * conditional + (1 - scale) * unconditional
 
 
 def check_guidance(scale: float) -> float:

@@ -173,17 +173,22 @@ def drop_rows(texts: list[str], probability: float, generator: torch.Generator |
 
 # --- the model trained by transformers.Trainer --------------------------------------------------
 class DenoisingLoss(torch.nn.Module):
-    """The UNet with what the epsilon-MSE loss needs: a random timestep per image, the noised
-    image, the frozen text encoder's reading of the (possibly dropped) caption. Its `forward` is
-    what `transformers.Trainer` calls with each batch."""
+    """The UNet with what the epsilon-MSE loss needs: the captions dropped with `drop_probability`,
+    a random timestep per image, the noised image, the frozen text encoder's reading of the
+    captions. Its `forward` is what `transformers.Trainer` calls with each batch. Every random
+    draw happens here, not in the data collator: the trainer restores the random state of a
+    checkpoint only after fetching the first batch of a resumed run, so a drop drawn while
+    collating would differ from the uninterrupted run's."""
 
-    def __init__(self, parts: DiffusionParts):
+    def __init__(self, parts: DiffusionParts, drop_probability: float):
         super().__init__()
         self.unet = parts.unet
         self.parts = parts  # the frozen parts, outside the trained modules
         self.timesteps = parts.scheduler.config.num_train_timesteps
+        self.drop_probability = drop_probability
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> dict:
+    def forward(self, pixel_values: torch.Tensor, texts: list[str]) -> dict:
+        input_ids = self.parts.token_ids(drop_rows(texts, self.drop_probability)).to(pixel_values.device)
         latents = self.parts.to_latents(pixel_values)  # (B, C, H, W)
         noise = torch.randn_like(latents)
         t = torch.randint(0, self.timesteps, (len(latents),), device=latents.device)
@@ -241,15 +246,9 @@ class ImageRows(torch.utils.data.Dataset):
         return {"pixel_values": self.pixels[i], "text": self.texts[i]}
 
 
-def _collate(parts: DiffusionParts, probability: float):
-    def collate(rows: list[dict]) -> dict:
-        texts = drop_rows([r["text"] for r in rows], probability)
-        return {
-            "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "input_ids": parts.token_ids(texts),
-        }
-
-    return collate
+def _collate(rows: list[dict]) -> dict:
+    pixels = torch.stack([r["pixel_values"] for r in rows])  # (B, C, H, W)
+    return {"pixel_values": pixels, "texts": [r["text"] for r in rows]}
 
 
 def train_unet(
@@ -271,6 +270,10 @@ def train_unet(
 
     def trainer_for(folder: Path):
         checkpoint = last_complete_checkpoint(folder / "checkpoints")
+        while checkpoint is not None and not (Path(checkpoint) / "ema.pt").is_file():
+            # stopped between the trainer's save and the average's: an older one, or start over
+            shutil.rmtree(checkpoint)
+            checkpoint = last_complete_checkpoint(folder / "checkpoints")
         ema = EMA(parts.unet, config.ema_decay, checkpoint)
         holder["ema"] = ema
         args = TrainingArguments(
@@ -291,10 +294,10 @@ def train_unet(
             **{k: v for k, v in device_args().items() if k != "include_num_input_tokens_seen"},
         )
         trainer = Trainer(
-            model=DenoisingLoss(parts),
+            model=DenoisingLoss(parts, config.drop_probability),
             args=args,
             train_dataset=rows,
-            data_collator=_collate(parts, config.drop_probability),
+            data_collator=_collate,
         )
         trainer.add_callback(ema)
         return trainer
