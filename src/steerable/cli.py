@@ -663,8 +663,13 @@ for _method in methods.METHODS.values():
         train_method_command(_method)
 
 
+# Who generate's image options apply to, for their help: "RiC (images) only"
+IMAGES_ONLY = titles(lambda m: m.modality == "image") + " only"
+
+
 @command
 def generate(
+    ctx: typer.Context,
     model: Annotated[Path, typer.Option(help="Steerable model directory (any method; has steerable.json).")],
     prompts: Annotated[list[str] | None, typer.Argument(help="Prompt(s) to answer (or --prompts).")] = None,
     prompts_file: Annotated[
@@ -679,7 +684,8 @@ def generate(
         Path | None,
         typer.Option(
             help="Write one row per prompt (prompt, response, the steering applied) to this table "
-            "(.jsonl) instead of printing them."
+            "(.jsonl) instead of printing them. An image model needs it: a folder for grid.png, each "
+            "image as PNG and images.jsonl (prompt, file, the steering applied, each objective's score)."
         ),
     ] = None,
     prefer: Annotated[
@@ -722,18 +728,45 @@ def generate(
     seed: Seed = SAMPLING.seed,
     dtype: Dtype = None,
     trust_remote_code: TrustRemoteCode = False,
+    n: Annotated[int | None, typer.Option(help=f"{IMAGES_ONLY}: images per prompt (default 4).")] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(help=f"{IMAGES_ONLY}: classifier-free guidance scale >= 0 (default: the model's)."),
+    ] = None,
+    sampling_steps: Annotated[
+        int | None, typer.Option(help=f"{IMAGES_ONLY}: denoising steps per image (default: the model's).")
+    ] = None,
 ) -> None:
     """Generate steered responses from a trained model directory: RiC maps the preference to
     target tags and MOSLIM to intensity levels (or take --target / --levels as given); Rewarded
     Soups interpolates its adapters; MORLHF answers at the weight vectors it was trained for;
     NP-DPO follows the choices in --examples (without them, its prior). The steering applied is
-    printed (and written in each --out row) as the server echoes it."""
+    printed (and written in each --out row) as the server echoes it. An image model (RiC on
+    images) makes --n images per prompt into the --out folder, with a grid and their scores."""
     from steerable.policy import load_manifest
 
     prompts = prompts_to_answer(prompts, prompts_file)
+    manifest = load_manifest(model)
+    method = methods.get(manifest.method)
+    image = method.modality == "image"
+    refuse_options_of_other_modality(ctx, method, model)
+    if image:
+        from steerable.configs import check_value
+
+        if out is None:
+            raise SteerableError(
+                f"{model} makes images: give --out FOLDER for the grid, the images and their scores"
+            )
+        check_value("--n", n, ge=1)
+        check_value("--guidance", guidance, ge=0)
+        check_value("--sampling-steps", sampling_steps, ge=1)
+        check_value("--batch-size", batch_size, ge=1)
     if out is not None:
         source = None if prompts_file in (None, "-") else Path(prompts_file)
-        claim(out, {"--model": model, "--prompts": source, "--examples": examples}, table=True)
+        inputs = {"--model": model, "--prompts": source, "--examples": examples}
+        claim(out, inputs, directory=image, table=not image, inside_inputs=not image)
+        if image:
+            check_images_folder(out)
     sampling = SamplingConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -742,9 +775,7 @@ def generate(
         batch_size=batch_size,
         seed=seed,
     )
-    manifest = load_manifest(model)
     steering = steering_of_options(prefer, target, levels, mapping, examples)
-    method = methods.get(manifest.method)
     for key in steering:
         if key not in method.steering:
             takes = ", ".join(methods.names(lambda m, key=key: m.trainable and key in m.steering))
@@ -753,7 +784,12 @@ def generate(
             )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if method.policy is not None:
+        if image:
+            options = {"n": n or 4, "guidance": guidance, "steps": sampling_steps, "seed": seed}
+            made, applied = generate_images(
+                model, method, prompts, steering, options, batch_size, trust_remote_code
+            )
+        elif method.policy is not None:
             responses, applied = generate_with_policy(
                 model, prompts, steering, system, sampling, dtype, trust_remote_code
             )
@@ -766,6 +802,9 @@ def generate(
         _warn(message)
     for key, value in applied.items():
         console.print(steering_line(key, value), highlight=False, soft_wrap=True)
+    if image:
+        write_images(out, made)
+        return
     if out is not None:
         from steerable.data import write_table
 
@@ -843,6 +882,137 @@ def generate_with_sweep(model, method, prompts, steering, system, sampling, dtyp
     preference = Preference.parse(steering.get("weights", [1.0] * len(names)), names)
     responses = built.generate(list(prompts), np.array(preference.weights))
     return responses, {"weights": dict(zip(names, preference.weights, strict=True))}
+
+
+# generate's options read by one kind of model only (option -> parameter), refused on the other
+TEXT_OPTIONS = {
+    "--system": "system",
+    "--max-new-tokens": "max_new_tokens",
+    "--temperature": "temperature",
+    "--top-p": "top_p",
+    "--top-k": "top_k",
+}
+IMAGE_OPTIONS = {"--n": "n", "--guidance": "guidance", "--sampling-steps": "sampling_steps"}
+IMAGES_TABLE = "images.jsonl"
+GRID = "grid.png"
+
+
+def refuse_options_of_other_modality(ctx: typer.Context, method, model) -> None:
+    """generate's options given on the command line that the model cannot read (text sampling
+    for an image model, guidance for a language model): one line naming them."""
+    image = method.modality == "image"
+    given = [
+        option
+        for option, name in (TEXT_OPTIONS if image else IMAGE_OPTIONS).items()
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+    ]
+    if not given:
+        return
+    if image:
+        raise SteerableError(
+            f"{', '.join(given)} steer text generation; {model} is a {method.name} model, which makes "
+            "images: leave them out (it takes --n, --guidance, --sampling-steps and --seed)"
+        )
+    makers = ", ".join(methods.names(lambda m: m.modality == "image"))
+    raise SteerableError(
+        f"{', '.join(given)} apply to image models ({makers}); {model} is a {method.name} model, which "
+        "makes text: leave them out"
+    )
+
+
+def check_images_folder(out: Path) -> None:
+    """generate's image folder is new, empty, or one an earlier generate wrote (it is replaced
+    whole), never a folder of other files."""
+    if out.is_dir() and any(out.iterdir()) and not (out / IMAGES_TABLE).is_file():
+        raise SteerableError(f"--out {out} holds other files; give a new or empty folder for the images")
+
+
+def generate_images(model, method, prompts, steering, options, batch_size, trust_remote_code):
+    """(the images, a list of (image, row) per prompt, and the steering applied) of an image
+    model: `options["n"]` images per prompt, image j of every prompt from seed + j (so grids of
+    two steerings differ by the steering alone), each scored by the model's objectives unless
+    one may not run here (an untrusted py: scorer), which is said and leaves the scores out."""
+    policy = method.image_policy().from_pretrained(model, trust_remote_code=trust_remote_code)
+    targets, applied = policy.request(steering)
+    n, seed = options["n"], options["seed"] or 0
+    repeated = [prompt for prompt in prompts for _ in range(n)]
+    seeds = [seed + j for _ in prompts for j in range(n)]
+    images = policy.generate(
+        repeated, targets=targets, guidance=options["guidance"], steps=options["steps"], seed=seeds,
+        batch_size=batch_size,
+    )  # fmt: skip
+    rewards = policy.rewards
+    if rewards.refusal is None:
+        raw = rewards.score(repeated, images)
+        scores = [
+            {f"score_{name}": float(v) for name, v in zip(rewards.names, row, strict=True)} for row in raw
+        ]
+    else:
+        _warn(f"the images are not scored: {rewards.refusal}")
+        scores = [{} for _ in repeated]
+    width = len(str(len(prompts)))
+    made = []
+    for i, prompt in enumerate(prompts):
+        row = []
+        for j in range(n):
+            k = i * n + j
+            record = {"prompt": prompt, "file": f"{i + 1:0{width}d}-{j + 1}.png", "seed": seeds[k], **applied}
+            row.append((images[k], {**record, **scores[k]}))
+        made.append(row)
+    return made, applied
+
+
+def image_grid(rows: list[list], gap: int = 2, least: int = 64):
+    """The images as one picture, a row of images per prompt; small images scaled up (nearest
+    neighbour, so pixels stay sharp) to cells at least `least` pixels wide."""
+    from PIL import Image
+
+    width, height = rows[0][0].size
+    scale = max(1, -(-least // width))
+    cell_w, cell_h = width * scale, height * scale
+    columns = max(len(row) for row in rows)
+    size = (columns * cell_w + (columns + 1) * gap, len(rows) * cell_h + (len(rows) + 1) * gap)
+    grid = Image.new("RGB", size, "white")
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            cell = image.convert("RGB").resize((cell_w, cell_h), Image.Resampling.NEAREST)
+            grid.paste(cell, (gap + j * (cell_w + gap), gap + i * (cell_h + gap)))
+    return grid
+
+
+def write_images(out: Path, made: list[list[tuple]]) -> None:
+    """generate's image folder, whole or not at all: written beside `out`, then moved into place
+    (replacing an earlier run's folder), so an error leaves no half-written folder."""
+    import json
+    import shutil
+
+    tmp, old = out.with_name(f".{out.name}.writing"), out.with_name(f".{out.name}.replaced")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        for row in made:
+            for image, record in row:
+                image.save(tmp / record["file"])
+        image_grid([[image for image, _ in row] for row in made]).save(tmp / GRID)
+        lines = [json.dumps(record) + "\n" for row in made for _, record in row]
+        (tmp / IMAGES_TABLE).write_text("".join(lines))
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if old.exists():
+                old.rename(out)  # the earlier run's folder back
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    count = sum(len(row) for row in made)
+    scored = "with their scores" if any("score_" in key for key in made[0][0][1]) else "not scored"
+    console.print(
+        f"wrote {count} images of {len(made)} prompt(s) to {out}: {GRID}, {IMAGES_TABLE} ({scored})"
+    )
 
 
 def steering_line(key: str, value) -> str:
