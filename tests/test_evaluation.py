@@ -348,7 +348,8 @@ def test_evaluate_overrides_the_ric_mapping_and_labels_it(tiny_ric, tmp_path):
     assert result.method == "ric-linear" and len(result.points) == 3
     with pytest.raises(SteerableError, match="mapping 'cosine' unknown"):
         evaluate("ric", str(model_dir), ["Hi"], 2, sampling, mapping="cosine", progress=False)
-    with pytest.raises(SteerableError, match="--mapping applies to RiC and MOSLIM models only"):
+    applies = r"--mapping applies to RiC, MOSLIM and RiC \(images\) models only"
+    with pytest.raises(SteerableError, match=applies):
         evaluate("prompting", str(model_dir), ["Hi"], 2, sampling, mapping="l2", progress=False)
 
 

@@ -114,7 +114,7 @@ def test_every_registered_method_resolves(name):
         protocol = ("levels", "adapter", "attach", "steering_for", "tags", "request", "conditioner")
         for function in (*protocol, "generate"):
             assert callable(getattr(steering, function)), f"{method.policy} has no {function}"
-    assert set(method.evaluate_options) <= {"adapter", "mapping"}
+    assert set(method.evaluate_options) <= {"adapter", "mapping", "guidance", "sampling_steps"}
 
 
 def test_an_unknown_method_lists_the_choices():

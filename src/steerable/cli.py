@@ -1085,6 +1085,18 @@ def evaluate(
             help=f"{evaluated_with('mapping')}: linf, l2 or linear instead of the model's stored mapping."
         ),
     ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(
+            help=f"{evaluated_with('guidance')}: classifier-free guidance scale, >= 0 (default: the model's)."
+        ),
+    ] = None,
+    sampling_steps: Annotated[
+        int | None,
+        typer.Option(
+            help=f"{evaluated_with('sampling_steps')}: denoising steps per image (default: the model's)."
+        ),
+    ] = None,
     max_new_tokens: MaxNewTokens = SAMPLING.max_new_tokens,
     temperature: Temperature = SAMPLING.temperature,
     top_p: TopP = SAMPLING.top_p,
@@ -1094,7 +1106,7 @@ def evaluate(
     samples: Annotated[
         int,
         typer.Option(
-            help="Responses per prompt at each point: their mean is the prompt's score; more "
+            help="Responses (images) per prompt at each point: their mean is the prompt's score; more "
             "samples make the means and the controllability less noisy (and cost as much more)."
         ),
     ] = 1,
@@ -1113,21 +1125,23 @@ def evaluate(
     yes: Yes = False,
 ) -> None:
     """Sweep a preference grid on held-out prompts: mean score per objective per point, Pareto
-    front, hypervolume, controllability, compute; for MOSLIM also each objective's levels.
-    JSON, CSV, PNG and Markdown."""
+    front, hypervolume, controllability, compute; for MOSLIM also each objective's levels; for
+    an image method (default prompts: the ten digit captions) the base model's point and a
+    front of thumbnails, each point's images under OUT/images. JSON, CSV, PNG and Markdown."""
     from steerable.configs import check_value
-    from steerable.data.prompts import load_prompts, prompt_source
     from steerable.evaluation.evaluate import evaluate as run_evaluation
+    from steerable.evaluation.evaluate import evaluation_prompts
     from steerable.evaluation.report import write_report
 
     check_value("--limit", limit, ge=1)
     claim(
         out, {"--model": model, "--stats": stats, "--adapter": adapter, "--prompts": prompts}, directory=True
     )
+    prompt_list, source = evaluation_prompts(method, split, limit, prompts)
     result = run_evaluation(
         method,
         model,
-        load_prompts(split, limit, prompts),
+        prompt_list,
         resolution,
         SamplingConfig(
             max_new_tokens=max_new_tokens,
@@ -1143,11 +1157,14 @@ def evaluate(
         samples=samples,
         dtype=dtype,
         trust_remote_code=trust_remote_code,
-        prompt_split=prompt_source(split, prompts),
+        prompt_split=source,
         prompt_limit=limit,
         levels=level_sweep,
         level_samples=level_samples,
         before_sweep=lambda plan: confirm_cost(plan, yes),
+        guidance=guidance,
+        sampling_steps=sampling_steps,
+        images_to=out,
     )
     result.save(out)
     report = write_report([result], out)

@@ -16,21 +16,36 @@ entry's `sweep` (`steerable.methods`):
     np-dpo     an NP-DPO directory: weights -> `examples` choices of a simulated user whose
                utility is the weighted normalised objectives, drawn from the held-out pairs the
                directory keeps (`methods.np_dpo.steering.simulated_examples`)
+    ric-image  a RiC text-to-image directory: weights -> target tags on the captions; its
+               caption-only base model's images are scored as one more point, the baseline
+
+A method whose models make images (`Method.modality`) answers the digit captions by default,
+counts images, not tokens, and keeps a few images of each point (`evaluation.images`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from steerable import methods
 from steerable.cost import Plan, sweep_plan
-from steerable.data.prompts import refuse_trained_on
+from steerable.data.prompts import load_prompts, prompt_source, refuse_trained_on
 from steerable.errors import SteerableError
-from steerable.evaluation.report import EvaluationResult, prompts_digest
-from steerable.evaluation.sweep import check_samples, controllability, preference_grid, sweep
+from steerable.evaluation.images import IMAGE_FOLDER, keep_images
+from steerable.evaluation.report import EvaluationResult, finite, prompts_digest, versus_baseline
+from steerable.evaluation.sweep import (
+    SweepPoint,
+    check_samples,
+    controllability,
+    preference_grid,
+    requested_controllability,
+    summarise,
+    sweep,
+)
 from steerable.generation import SamplingConfig, count_tokens
 from steerable.methods.base import Generator, resolve
 from steerable.methods.np_dpo.steering import EXAMPLES as FEWSHOT_EXAMPLES
@@ -58,21 +73,27 @@ def method_generator(
     dtype: str | None = None,
     trust_remote_code: bool = False,
     examples: int = FEWSHOT_EXAMPLES,
+    guidance: float | None = None,
+    sampling_steps: int | None = None,
 ) -> Generator:
     """What `evaluate` sweeps for one method, built by its registry entry (`methods.base.Method`):
     `adapter` evaluates another stage's adapter, e.g. DIR/stages/sft/weights for the model
-    before online MORS; `mapping` (linf, l2, linear) overrides the model's stored mapping (both
-    where the method takes them). `dtype` overrides the dtype a model directory records
-    (float32 for the prompting floor); `trust_remote_code` lets models and the objectives' py:
-    scorers run their own code. NP-DPO only: `examples` choices of the simulated user per grid
-    point."""
+    before online MORS; `mapping` (linf, l2, linear) overrides the model's stored mapping;
+    `guidance` and `sampling_steps` override an image model's guidance scale and denoising
+    steps (each where the method takes it, else refused). `dtype` overrides the dtype a model
+    directory records (float32 for the prompting floor); `trust_remote_code` lets models and the
+    objectives' py: scorers run their own code. NP-DPO only: `examples` choices of the simulated
+    user per grid point."""
     entry = methods.get(method)
-    for option, value in (("adapter", adapter), ("mapping", mapping)):
+    given = {"adapter": adapter, "mapping": mapping, "guidance": guidance, "sampling_steps": sampling_steps}
+    for option, value in given.items():
         if value is not None and option not in entry.evaluate_options:
             takes = [
                 m.title for m in methods.METHODS.values() if m.trainable and option in m.evaluate_options
             ]
-            raise SteerableError(f"--{option} applies to {' and '.join(takes)} models only")
+            flag, who = "--" + option.replace("_", "-"), ", ".join(takes[:-1])
+            who = f"{who} and {takes[-1]}" if who else takes[-1]
+            raise SteerableError(f"{flag} applies to {who} models only, not to {entry.title}; leave it out")
     return resolve(entry.sweep)(
         model,
         sampling,
@@ -83,7 +104,21 @@ def method_generator(
         dtype=dtype,
         trust_remote_code=trust_remote_code,
         examples=examples,
+        guidance=guidance,
+        steps=sampling_steps,
     )
+
+
+def evaluation_prompts(method: str, split: str, limit: int | None, path) -> tuple[list[str], str]:
+    """The prompts an evaluation answers, the first `limit`, and where they came from: `split`
+    of the prompt file at `path`, else of the embedded set; for a method that makes images the
+    embedded set is the digit captions, one per class (the recognizability classifier was
+    fitted on held-out digits of each)."""
+    if path is None and methods.get(method).modality == "image":
+        from steerable.data.digits import CLASS_NAMES, caption
+
+        return [caption(label) for label in range(len(CLASS_NAMES))][:limit], "digit captions"
+    return load_prompts(split, limit, path), prompt_source(split, path)
 
 
 def answer_relevance():
@@ -114,6 +149,9 @@ def evaluate(
     level_samples: int | None = None,
     examples: int = FEWSHOT_EXAMPLES,
     before_sweep: Callable[[Plan], None] | None = None,
+    guidance: float | None = None,
+    sampling_steps: int | None = None,
+    images_to: str | Path | None = None,
 ) -> EvaluationResult:
     """Sweep the grid, score with the shared objectives, and summarise; `samples` responses
     per prompt at each point. MOSLIM models (and their tags floor) are also swept level by level
@@ -121,7 +159,13 @@ def evaluate(
     `dtype` / `trust_remote_code`: see `method_generator`. The result records the prompts (a
     hash; `prompt_split` and `prompt_limit` say where they came from) and the sampling, so
     that `steerable report` compares only results measured the same way. `before_sweep` is
-    given what the sweep will generate (a `cost.Plan`) once the grid is known, before it starts."""
+    given what the sweep will generate (a `cost.Plan`) once the grid is known, before it starts
+    (a text method's: its estimate is in tokens).
+
+    A method that makes images: `guidance` and `sampling_steps` override the model's; each
+    point keeps a thumbnail and writes its grid PNG under `images_to` (`evaluation.images`); a
+    method with a base model (`Generator.baseline`) has it answer the same prompts and samples
+    from the same seed, recorded as the result's `baseline` beside the front."""
     from dataclasses import asdict
 
     from steerable.progress import advance_to, stage_bar
@@ -132,9 +176,11 @@ def evaluate(
     prompts = list(prompts)
     refuse_trained_on(prompts, model)  # held-out prompts the model trained on would flatter it
     sampling = sampling or SamplingConfig(max_new_tokens=64, temperature=0.7)
+    images = methods.get(method).modality == "image"
     built = method_generator(
-        method, model, sampling, stats, adapter, mapping, dtype, trust_remote_code, examples
-    )
+        method, model, sampling, stats, adapter, mapping, dtype, trust_remote_code, examples, guidance,
+        sampling_steps,
+    )  # fmt: skip
     generate, rewards, tokenizer, manifest, dtype = built[:5]
     compute = compute_record(manifest)
     if grid is None:
@@ -144,30 +190,50 @@ def evaluate(
     else:
         grid, resolution = np.asarray(grid, float), None  # a given grid has no resolution
     steering = built.levels
-    if before_sweep is not None:
+    if before_sweep is not None and not images:
         by_level = len(rewards) * steering["count"] * level_samples if steering is not None and levels else 0
         before_sweep(
             sweep_plan(len(grid), len(rewards), resolution, len(prompts), samples, by_level, sampling,
                        tokenizer.name_or_path)
         )  # fmt: skip
-    per_point = len(prompts) * samples * sampling.max_new_tokens  # token slots, as generation counts
+    folder = None if images_to is None or not images else Path(images_to) / IMAGE_FOLDER
+    if images:  # the bar counts images; a point records the images it kept, and no tokens
+        per_point, unit, count = len(prompts) * samples, "img", lambda answers: 0
+        kept: list[dict] = []
+
+        def answer(texts, weights):
+            made = generate(texts, weights)
+            kept.append(keep_images(made, len(prompts), samples, folder, f"point_{len(kept):02d}"))
+            return made
+    else:
+        per_point, unit, answer = len(prompts) * samples * sampling.max_new_tokens, "tok", generate
+        count = lambda texts: count_tokens(tokenizer, texts)  # noqa: E731 -- as the sweep takes it
+    base_points = 1 if built.baseline is not None else 0
     started = time.perf_counter()
-    with stage_bar(len(grid) * per_point, f"evaluating {method}", "tok", disable=not progress) as bar:
+    total = (len(grid) + base_points) * per_point
+    with stage_bar(total, f"evaluating {method}", unit, disable=not progress) as bar:
 
         def point_done(i: int, n: int) -> None:
             advance_to(bar, i * per_point)
             bar.set_postfix_str(f"{i}/{n} points", refresh=False)
 
         points = sweep(
-            generate,
+            answer,
             rewards,
             prompts,
             grid,
-            count_tokens=lambda texts: count_tokens(tokenizer, texts),
+            count_tokens=count,
             progress=point_done,
             samples=samples,
             requested=built.requested,
         )
+        if images:
+            for point, point_images in zip(points, kept, strict=True):
+                point.thumbnail, point.images = point_images["thumbnail"], point_images["images"]
+        baseline = None
+        if built.baseline is not None:
+            baseline = base_point(built.baseline, rewards, prompts, samples, images, folder)
+            advance_to(bar, total)
     level_result = None
     if steering is not None and levels:
         from steerable.evaluation.levels import level_record, level_sweep
@@ -195,6 +261,7 @@ def evaluate(
             )
         level_result = level_record(level_points, rewards.names, count, steering["others"])
     compute["eval_seconds"] = time.perf_counter() - started
+    requested = requested_controllability(points, rewards.names)
     return EvaluationResult(
         method=method if mapping is None else f"{method}-{mapping}",
         model=str(model) if adapter is None else f"{model}, adapter {adapter}",
@@ -204,7 +271,7 @@ def evaluate(
         controllability=controllability(points, rewards.names),
         prompts_sha256=prompts_digest(prompts),
         num_prompts=len(prompts),
-        sampling=asdict(sampling),
+        sampling=image_sampling(manifest, sampling, guidance, sampling_steps) if images else asdict(sampling),
         samples=samples,
         resolution=resolution,
         prompt_split=prompt_split,
@@ -212,4 +279,38 @@ def evaluate(
         dtype=dtype,
         compute=compute,
         levels=level_result,
+        requested_controllability=None if requested is None else {n: finite(v) for n, v in requested.items()},
+        baseline=None if baseline is None else versus_baseline(baseline, points, rewards.to_dict()),
     )
+
+
+def image_sampling(manifest, sampling: SamplingConfig, guidance: float | None, steps: int | None) -> dict:
+    """How an image model sampled, as its result records it: the guidance scale and denoising
+    steps it used (given, else the model directory's), the seed and the batch size."""
+    return {
+        "guidance": float(manifest.image["guidance"] if guidance is None else guidance),
+        "steps": int(manifest.image["steps"] if steps is None else steps),
+        "seed": sampling.seed,
+        "batch_size": sampling.batch_size,
+    }
+
+
+def base_point(
+    baseline: Callable[[list[str]], list],
+    rewards,
+    prompts: list[str],
+    samples: int,
+    images: bool,
+    folder: Path | None,
+) -> SweepPoint:
+    """The base model's answers to the sweep's prompts and samples, scored as a point without
+    weights; `images`: it keeps a thumbnail, and writes its grid as base.png in `folder`."""
+    started = time.perf_counter()
+    made = baseline([p for p in prompts for _ in range(samples)])
+    seconds = time.perf_counter() - started
+    point = SweepPoint([], **summarise(rewards, prompts, samples, made), n=len(made), seconds=seconds,
+                       generated_tokens=0, samples=samples)  # fmt: skip
+    if images:
+        kept = keep_images(made, len(prompts), samples, folder, "base")
+        point.thumbnail, point.images = kept["thumbnail"], kept["images"]
+    return point

@@ -34,3 +34,27 @@ def hypervolume(points, reference) -> float:
     if reference.shape != (points.shape[1],):
         raise SteerableError(f"reference point has {reference.size} values; points have {points.shape[1]}")
     return float(moocore.hypervolume(-points, ref=-reference))
+
+
+def beats_base(points, base, scale) -> list[dict]:
+    """How `points` [n, K] fare against one `base` point [K], per objective k, in units of
+    `scale` [K] (each objective's training std): of the points above the base on k, the one
+    that loses least on the other objectives, as {"index", "gain" on k, "loss": the largest
+    shortfall on another objective, 0 where it loses nothing}. Where no point is above the
+    base on k: index and loss None, gain the best (<= 0)."""
+    points, base = _points(points), np.asarray(base, dtype=float)
+    scale = np.asarray(scale, dtype=float)
+    if base.shape != (points.shape[1],) or scale.shape != base.shape or not (scale > 0).all():
+        raise SteerableError(f"base and scale need {points.shape[1]} values (scale > 0)")
+    gain = (points - base) / scale  # (n, K)
+    found = []
+    for k in range(points.shape[1]):
+        others = np.delete(-gain, k, axis=1)  # shortfall on every other objective
+        loss = np.clip(others.max(axis=1), 0, None) if others.size else np.zeros(len(points))
+        above = np.flatnonzero(gain[:, k] > 0)
+        if not above.size:
+            found.append({"index": None, "gain": float(gain[:, k].max()), "loss": None})
+            continue
+        best = above[np.lexsort((-gain[above, k], loss[above]))[0]]  # least loss, then most gain
+        found.append({"index": int(best), "gain": float(gain[best, k]), "loss": float(loss[best])})
+    return found

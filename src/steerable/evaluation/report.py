@@ -1,5 +1,7 @@
 """Evaluation results on disk: JSON (the record), CSV (one row per grid point), a PNG of the
-fronts, and a Markdown report. One result per method; `compare` overlays several.
+fronts, and a Markdown report. One result per method; `compare` overlays several. A method with
+a base model (RiC on images) records the base model's point beside its front; a method that
+makes images draws each point of the front as a thumbnail of its images.
 
 A result records what it was measured on (a hash of the prompts in order, the sampling settings,
 samples per prompt), so results measured differently are refused rather than overlaid: a front
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from steerable.errors import SteerableError
-from steerable.evaluation.pareto import hypervolume, non_dominated
+from steerable.evaluation.pareto import beats_base, hypervolume, non_dominated
 from steerable.evaluation.sweep import SweepPoint, points_to_rows, ranking_notes, requested_controllability
 from steerable.io import atomic_write, atomic_write_text
 
@@ -27,9 +29,11 @@ RESULT_FILE = "result.json"
 FRONT_FILE = "front.json"  # a model's measured front, beside it (`steerable serve` plots it)
 # SamplingConfig fields that change what is sampled; batch size and seed do not change the
 # distribution, so results that differ only in them stay comparable.
-COMPARED_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k")
+# An image model's result records guidance and steps instead of the text settings.
+COMPARED_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "guidance", "steps")
 # Fields a result may lack and still be compared (added after results recorded their prompts).
-OPTIONAL = ("levels",)
+OPTIONAL = ("levels", "requested_controllability", "baseline")
+TOLERANCE_STD = 0.5  # what the front may lose on another objective and still beat the base point
 
 
 def prompts_digest(prompts: Sequence[str]) -> str:
@@ -47,6 +51,10 @@ class EvaluationResult:
     resolution: the grid's resolution; None when the grid was given (MORLHF's own vectors).
     dtype: the dtype the model ran in.
     levels: the level sweep of a MOSLIM model or its tags floor (None for other methods).
+    requested_controllability: Spearman, per objective, of what each point asked for (a target
+        or level) against its mean; None for a method that asks nothing but the weights.
+    baseline: the base model's point and how the front fares against it (`versus_baseline`);
+        None for a method without one.
     """
 
     method: str
@@ -65,6 +73,8 @@ class EvaluationResult:
     dtype: str = "float32"
     compute: dict = field(default_factory=dict)  # train/eval seconds and tokens
     levels: dict | None = None  # MOSLIM's level sweep (evaluation.levels.level_record)
+    requested_controllability: dict[str, float | None] | None = None
+    baseline: dict | None = None
 
     @property
     def means(self) -> np.ndarray:
@@ -73,6 +83,11 @@ class EvaluationResult:
     def stats_key(self) -> str:
         """A fingerprint of the objectives and their statistics."""
         return hashlib.sha256(json.dumps(self.rewards, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def base(self) -> SweepPoint | None:
+        """The base model's point (`baseline`), None without one."""
+        return None if self.baseline is None else self.baseline["point"]
 
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
@@ -95,6 +110,8 @@ class EvaluationResult:
             data["points"] = [SweepPoint(**p) for p in data["points"]]
             # written before a correlation without a ranking was null: NaN there means the same
             data["controllability"] = {n: finite(v) for n, v in data["controllability"].items()}
+            if data.get("baseline") is not None:
+                data["baseline"]["point"] = SweepPoint(**data["baseline"]["point"])
             result = cls(**data)
         except FileNotFoundError:
             raise SteerableError(f"{path} does not exist; run `steerable evaluate` first")
@@ -148,6 +165,36 @@ def reference_point(rewards: dict, quantile: float = 0.05) -> list[float]:
 
     reward_set = RewardSet.from_dict(rewards)
     return [o.stats.quantile(quantile) for o in reward_set.objectives]
+
+
+def versus_baseline(base: SweepPoint, points: Sequence[SweepPoint], rewards: dict) -> dict:
+    """The base model's point as a result records it: the point (no weights), the hypervolume
+    of it alone and of the front, against the same reference point, and, per objective, the
+    grid point that beats it there losing least on the others (`pareto.beats_base`, in units
+    of the training std): `dominates` where one is above it and loses at most TOLERANCE_STD."""
+    from steerable.objectives import RewardSet
+
+    reference = reference_point(rewards)
+    means = np.array([p.mean for p in points])
+    objectives = RewardSet.from_dict(rewards).objectives
+    scale = [o.stats.std if o.stats.std > 0 else 1.0 for o in objectives]
+    margins = beats_base(means, base.mean, scale)
+    return {
+        "point": base,
+        "hypervolume": hypervolume([base.mean], reference),
+        "front_hypervolume": hypervolume(means, reference),
+        "reference": reference,
+        "tolerance_std": TOLERANCE_STD,
+        "dominates_baseline": {
+            name: {
+                "dominates": m["index"] is not None and m["loss"] <= TOLERANCE_STD,
+                "weights": None if m["index"] is None else points[m["index"]].weights,
+                "gain_std": m["gain"],
+                "loss_std": m["loss"],
+            }
+            for name, m in zip([o.name for o in objectives], margins, strict=True)
+        },
+    }
 
 
 def describe_prompts(result: EvaluationResult) -> str:
@@ -241,6 +288,7 @@ def summary(results: list[EvaluationResult]) -> list[dict]:
                 "train_generated_tokens": r.compute.get("generated_tokens", 0),
                 "eval_seconds": sum(p.seconds for p in r.points),
                 "hypervolume_per_train_hour": hv / hours if hours > 0 else None,
+                "base_hypervolume": None if r.baseline is None else r.baseline["hypervolume"],
                 "notes": undefined_notes(r),
             }
         )
@@ -268,7 +316,9 @@ def front_figure(results: list[EvaluationResult]):
     one plane, each method's sweep joined in weight order with the weights written beside its
     points, its non-dominated points ringed. K >= 3: one panel per pair of objectives, points only:
     the projection of a K-dimensional front is not a front (a point on it can be dominated in the
-    plane), so a line joining it would mislead."""
+    plane), so a line joining it would mislead. A base model's point is a star; a point that
+    kept a thumbnail of its images (an image method's) shows it beside the point, the base
+    model's framed in red."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -280,7 +330,9 @@ def front_figure(results: list[EvaluationResult]):
     pairs = list(itertools.combinations(range(len(names)), 2))
     cols = min(3, len(pairs))
     rows = math.ceil(len(pairs) / cols)
+    pictured = any(p.thumbnail is not None for r in results for p in [*r.points, *filter(None, [r.base])])
     size = (6, 4.5) if len(pairs) == 1 else (4 * cols, 3.6 * rows)
+    size = (size[0] * 1.5, size[1] * 1.5) if pictured else size
     fig, axes = plt.subplots(rows, cols, figsize=size, dpi=120, squeeze=False)
     for ax, (i, j) in zip(axes.flat[: len(pairs)], pairs, strict=True):
         for r in results:
@@ -308,6 +360,12 @@ def front_figure(results: list[EvaluationResult]):
                 ax.scatter(
                     front[:, 0], front[:, 1], s=90, facecolors="none", edgecolors=color, linewidths=1.2
                 )
+            if r.base is not None:
+                ax.errorbar(*np.array(r.base.mean)[[i, j]], xerr=r.base.stderr[i], yerr=r.base.stderr[j],
+                            fmt="*", ms=12, color=drawn.lines[0].get_color(), mec="k", capsize=2,
+                            label=f"{r.method}: base model")  # fmt: skip
+            if pictured:
+                draw_thumbnails(ax, r, i, j)
         ax.plot(ref[i], ref[j], "kx", label="HV reference")
         ax.set_xlabel(f"{names[i]} (mean raw score)")
         ax.set_ylabel(f"{names[j]} (mean raw score)")
@@ -325,6 +383,29 @@ def front_figure(results: list[EvaluationResult]):
     return fig
 
 
+def draw_thumbnails(ax, result: EvaluationResult, i: int, j: int) -> None:
+    """Each point's thumbnail (`evaluation.images`) beside it on the plane of objectives i, j,
+    joined to it by a line: placed alternately up-right and down-left, across a front that
+    falls from left to right, so that neighbours overlap less. The base model's is framed red."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    from steerable.evaluation.images import thumbnail_pixels
+
+    drawn = sorted((p for p in result.points if p.thumbnail is not None), key=lambda p: p.mean[i])
+    placed = [(p, (34, 34) if n % 2 else (-34, -34), "0.5") for n, p in enumerate(drawn)]
+    if result.base is not None and result.base.thumbnail is not None:
+        placed.append((result.base, (34, -34), "red"))
+    for point, offset, edge in placed:
+        pixels = thumbnail_pixels(point.thumbnail)
+        image = OffsetImage(pixels, zoom=40 / max(pixels.shape[:2]), cmap="gray", interpolation="nearest")
+        image.get_children()[0].set_clim(0, 255)  # grayscale as stored, not stretched
+        box = AnnotationBbox(image, (point.mean[i], point.mean[j]), xybox=offset, boxcoords="offset points",
+                             pad=0.1, bboxprops={"edgecolor": edge},
+                             arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})  # fmt: skip
+        ax.add_artist(box)
+    ax.margins(0.2)  # room for the thumbnails of the outermost points
+
+
 def markdown(results: list[EvaluationResult]) -> str:
     rows = summary(results)
     first = results[0]
@@ -337,7 +418,7 @@ def markdown(results: list[EvaluationResult]) -> str:
         f"training scores): {', '.join(f'{n}={v:.4g}' for n, v in zip(names, ref, strict=True))}.",
         "",
         f"Measured on {describe_prompts(first)}, {first.samples} sample(s) per prompt, sampling "
-        + ", ".join(f"{name} {first.sampling.get(name)}" for name in COMPARED_SAMPLING)
+        + ", ".join(f"{name} {first.sampling[name]}" for name in COMPARED_SAMPLING if name in first.sampling)
         + ".",
         "",
         "Controllability: Spearman, per objective, of the weight (and, for a model steered by tags, "
@@ -364,6 +445,11 @@ def markdown(results: list[EvaluationResult]) -> str:
     if undefined:
         lines += ["", "No value (n/a) where the scores give no ranking:", ""]
         lines += [f"- {line}" for line in undefined]
+    based = [r for r in results if r.baseline is not None]
+    if based:
+        lines += ["", "## The base model's point", ""]
+        for r in based:
+            lines += [*baseline_markdown(r), ""]
     levelled = [r for r in results if r.levels is not None]
     if levelled:
         from steerable.evaluation.levels import level_markdown
@@ -373,24 +459,48 @@ def markdown(results: list[EvaluationResult]) -> str:
             lines += [*level_markdown(r.method, r.levels), ""]
     for r in results:
         lines += ["", f"## {r.method} ({r.model}, {r.dtype})", ""]
-        table = points_to_rows(r.points, names)
+        pictured = any(p.images is not None for p in r.points)
         lines.append(
             "| "
             + " | ".join(f"w_{n}" for n in names)
             + " | "
             + " | ".join(f"{n} mean ± se" for n in names)
-            + " |"
+            + (" | images |" if pictured else " |")
         )
-        lines.append("|" + "---|" * (2 * len(names)))
-        for row in table:
-            lines.append(
-                "| "
-                + " | ".join(f"{row[f'w_{n}']:.2f}" for n in names)
-                + " | "
-                + " | ".join(f"{row[f'mean_{n}']:.4g} ± {row[f'stderr_{n}']:.2g}" for n in names)
-                + " |"
-            )
+        lines.append("|" + "---|" * (2 * len(names) + pictured))
+        base = [] if r.base is None else [r.base]
+        for point in [*r.points, *base]:
+            weights = [f"{w:.2f}" for w in point.weights] or ["base model", *[""] * (len(names) - 1)]
+            scores = [f"{m:.4g} ± {e:.2g}" for m, e in zip(point.mean, point.stderr, strict=True)]
+            images = [point.images or ""] if pictured else []
+            lines.append("| " + " | ".join([*weights, *scores, *images]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def baseline_markdown(result: EvaluationResult) -> list[str]:
+    """The lines saying how `result`'s front fares against its base model's point."""
+    record, base = result.baseline, result.base
+    scores = ", ".join(
+        f"{n} {m:.4g} ± {e:.2g}" for n, m, e in zip(result.names, base.mean, base.stderr, strict=True)
+    )
+    lines = [
+        f"{result.method}: the base model scores {scores} ({base.n} answers). Hypervolume against the "
+        f"same reference: base point {record['hypervolume']:.4g}, front {record['front_hypervolume']:.4g}.",
+        "",
+    ]
+    tolerance = record["tolerance_std"]
+    for name, beat in record["dominates_baseline"].items():
+        if beat["weights"] is None:
+            best = f"{beat['gain_std']:+.2f}"
+            lines.append(f"- {name}: no grid point is above the base point (best {best} std)")
+            continue
+        verdict = "beats it" if beat["dominates"] else f"loses more than {tolerance:g} std"
+        weights = ", ".join(f"{w:.2f}" for w in beat["weights"])
+        lines.append(
+            f"- {name}: weights ({weights}) are {beat['gain_std']:+.2f} std above the base point, "
+            f"losing {beat['loss_std']:.2f} std on the others: {verdict}"
+        )
+    return lines
 
 
 def write_report(results: list[EvaluationResult], directory: str | Path) -> Path:

@@ -34,7 +34,11 @@ class SweepPoint:
     """One grid point: the weights asked for and what the responses achieved. `n` responses,
     `samples` per prompt; `stderr` is over prompts (of each prompt's mean over its samples).
     `requested`: what the weights became, per objective, for a method that turns them into a
-    request the model was trained to follow (RiC's target tags, MOSLIM's levels); else None."""
+    request the model was trained to follow (RiC's target tags, MOSLIM's levels); else None.
+    `normalised_mean` / `normalised_stderr`: the same in units of the training statistics (None
+    where an objective has none). An image method's point also keeps a `thumbnail` (a base64 PNG
+    of a few of its images) and `images`, its grid PNG in the output folder
+    (`evaluation.images`)."""
 
     weights: list[float]
     mean: list[float]
@@ -44,6 +48,29 @@ class SweepPoint:
     generated_tokens: int
     samples: int = 1
     requested: list[float] | None = None
+    normalised_mean: list[float] | None = None
+    normalised_stderr: list[float] | None = None
+    thumbnail: str | None = None
+    images: str | None = None
+
+
+def summarise(rewards: RewardSet, prompts: Sequence[str], samples: int, responses: Sequence) -> dict:
+    """The scores of the answers to `prompts` (each repeated `samples` times, in a row), as a
+    point records them: mean and standard error per objective, raw and normalised. The standard
+    error is over prompts, of each prompt's mean over its samples."""
+    repeated = [p for p in prompts for _ in range(samples)]
+    per_prompt = rewards.score(repeated, list(responses)).reshape(len(prompts), samples, -1).mean(axis=1)
+
+    def mean_stderr(values: np.ndarray) -> tuple[list[float], list[float]]:
+        if len(prompts) < 2:
+            return values.mean(axis=0).tolist(), [0.0] * len(rewards)
+        return values.mean(axis=0).tolist(), (values.std(axis=0, ddof=1) / np.sqrt(len(prompts))).tolist()
+
+    mean, stderr = mean_stderr(per_prompt)
+    normalised = {"normalised_mean": None, "normalised_stderr": None}
+    if all(o.stats is not None for o in rewards.objectives):
+        normalised = dict(zip(normalised, mean_stderr(rewards.normalise(per_prompt)), strict=True))
+    return {"mean": mean, "stderr": stderr, **normalised}
 
 
 def check_samples(samples: int) -> None:
@@ -72,21 +99,16 @@ def sweep(
         )
     check_samples(samples)
     prompts = list(prompts)
-    n_prompts = len(prompts)
     repeated = [p for p in prompts for _ in range(samples)]
     points = []
     for i, weights in enumerate(grid):
         started = time.perf_counter()
         responses = generate(repeated, weights)
         seconds = time.perf_counter() - started
-        per_prompt = rewards.score(repeated, responses).reshape(n_prompts, samples, -1).mean(axis=1)
         points.append(
             SweepPoint(
                 weights=weights.tolist(),
-                mean=per_prompt.mean(axis=0).tolist(),
-                stderr=(per_prompt.std(axis=0, ddof=1) / np.sqrt(n_prompts)).tolist()
-                if n_prompts > 1
-                else [0.0] * len(rewards),
+                **summarise(rewards, prompts, samples, responses),
                 n=len(repeated),
                 seconds=seconds,
                 generated_tokens=count_tokens(responses),
@@ -164,6 +186,12 @@ def points_to_rows(points: Sequence[SweepPoint], names: Sequence[str]) -> list[d
         row = {f"w_{n}": w for n, w in zip(names, point.weights, strict=True)}
         for k, n in enumerate(names):
             row[f"mean_{n}"], row[f"stderr_{n}"] = point.mean[k], point.stderr[k]
+        if point.normalised_mean is not None:
+            for k, n in enumerate(names):
+                row[f"normalised_mean_{n}"] = point.normalised_mean[k]
+                row[f"normalised_stderr_{n}"] = point.normalised_stderr[k]
         counts = ("n", "samples", "seconds", "generated_tokens")
         rows.append({**row, **{k: v for k, v in asdict(point).items() if k in counts}})
+        if point.images is not None:
+            rows[-1]["images"] = point.images
     return rows

@@ -71,7 +71,8 @@ class Method:
         own_directory: `--model` is a model directory this method wrote (False: a base model,
             as for the prompting floor).
         evaluate_options: the evaluate options beyond the shared ones that apply to it
-            (`adapter`, `mapping`); any other given is refused before a model loads.
+            (`adapter`, `mapping`; an image method's `guidance`, `sampling_steps`); any other
+            given is refused before a model loads.
     """
 
     name: str

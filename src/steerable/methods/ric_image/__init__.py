@@ -17,5 +17,5 @@ METHOD = Method(
     config="steerable.methods.ric_image.recipe:RiCImageConfig",
     recipe="steerable.methods.ric_image.recipe:train_ric_image",
     sweep="steerable.methods.ric_image.sweep:image_sweep",
-    evaluate_options=("mapping",),
+    evaluate_options=("mapping", "guidance", "sampling_steps"),
 )

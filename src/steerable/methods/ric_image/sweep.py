@@ -18,9 +18,15 @@ def image_sweep(
     **_,
 ) -> Generator:
     """A ric-image directory swept over weights (`mapping` overrides the stored mapping; the
-    guidance scale and DDIM steps default to the model's). Each point's images use the same
-    seed, so points differ by their tags alone."""
+    guidance scale and DDIM steps default to the model's, and are checked before anything
+    loads). Each point's images use the same seed, so points differ by their tags alone."""
+    from steerable.methods.ric_image.pipeline import check_guidance
     from steerable.methods.ric_image.policy import ImagePolicy
+
+    if guidance is not None:
+        check_guidance(guidance)
+    if steps is not None and steps < 1:
+        raise SteerableError(f"--sampling-steps must be >= 1 (denoising steps per image), got {steps}")
 
     policy = ImagePolicy.from_pretrained(model, trust_remote_code=trust_remote_code)
     if policy.manifest.method != method:

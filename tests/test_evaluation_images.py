@@ -1,0 +1,182 @@
+"""`steerable evaluate` on a RiC image model: the grid, the base model's point beside the front,
+hypervolumes against one reference, controllability, and a front plot of thumbnails."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from steerable.cli import app
+from steerable.errors import SteerableError
+
+FAST = ["--resolution", "2", "--samples", "1", "--sampling-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory) -> str:
+    """A RiC image model trained for a few steps on the embedded digits (about 10 s)."""
+    from steerable.methods.ric_image.recipe import RiCImageConfig, train_ric_image
+
+    out = tmp_path_factory.mktemp("ric_image") / "model"
+    config = RiCImageConfig(
+        output_dir=str(out), base_steps=4, steps=4, batch_size=8, copies=1, save_steps=10, sampling_steps=2
+    )
+    return str(train_ric_image(config))
+
+
+def evaluate(*args):
+    result = CliRunner().invoke(app, ["evaluate", *map(str, args)])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def valid_png(path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+        return image.size
+
+
+def test_evaluate_a_ric_image_model_through_the_cli(image_model, tmp_path):
+    from matplotlib.offsetbox import AnnotationBbox
+
+    from steerable.evaluation.images import thumbnail_pixels
+    from steerable.evaluation.pareto import hypervolume
+    from steerable.evaluation.report import EvaluationResult, front_figure, reference_point
+    from steerable.objectives import RewardSet
+
+    out = tmp_path / "eval"
+    run = evaluate("--method", "ric-image", "--model", image_model, "--limit", 3, *FAST, "--out", out)
+    assert run.exit_code == 0, run.output
+    record = json.loads((out / "result.json").read_text())
+    names = ["recognizability", "compressibility"]
+    assert record["names"] == names
+    assert [p["weights"] for p in record["points"]] == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    # the default prompts are the digit captions; --limit 3 keeps the first three
+    assert record["num_prompts"] == 3 and record["prompt_split"] == "digit captions"
+    # the model's guidance scale (7.5, as trained), the steps asked for
+    assert record["sampling"]["guidance"] == 7.5 and record["sampling"]["steps"] == 2
+    rewards = RewardSet.from_dict(record["rewards"])
+    for point in record["points"]:
+        assert point["n"] == 3 and point["generated_tokens"] == 0  # images, not tokens
+        assert len(point["requested"]) == 2 and len(point["stderr"]) == 2
+        assert np.allclose(point["normalised_mean"], rewards.normalise(np.array([point["mean"]]))[0])
+        assert thumbnail_pixels(point["thumbnail"]).shape[:2] == (33, 33)  # 2x2 of 16 px, 1 px apart
+    assert set(record["controllability"]) == set(record["requested_controllability"]) == set(names)
+
+    baseline = record["baseline"]
+    base = baseline["point"]
+    assert base["weights"] == [] and base["n"] == 3 and len(base["mean"]) == 2
+    reference = reference_point(record["rewards"])
+    means = np.array([p["mean"] for p in record["points"]])
+    assert baseline["reference"] == pytest.approx(reference)
+    assert baseline["hypervolume"] == pytest.approx(hypervolume([base["mean"]], reference))
+    assert baseline["front_hypervolume"] == pytest.approx(hypervolume(means, reference))
+    stds = np.array([o.stats.std for o in rewards.objectives])
+    for k, name in enumerate(names):
+        beat = baseline["dominates_baseline"][name]
+        gain = (means[:, k] - base["mean"][k]) / stds[k]
+        loss = np.clip((base["mean"][1 - k] - means[:, 1 - k]) / stds[1 - k], 0, None)
+        above = gain > 0
+        assert (beat["weights"] is not None) == bool(above.any())
+        assert beat["dominates"] == bool((above & (loss <= 0.5)).any())
+        if above.any():
+            assert beat["loss_std"] == pytest.approx(loss[above].min())
+
+    # the images: one grid per point and the base model's, prompts as rows, enlarged 4x
+    for name in ("point_00", "point_01", "point_02", "base"):
+        assert valid_png(out / "images" / f"{name}.png") == (64, 3 * 65 - 1)
+    assert [p["images"] for p in record["points"]] == [f"images/point_0{i}.png" for i in range(3)]
+    assert valid_png(out / "front.png")[0] > 0
+    report = (out / "report.md").read_text()
+    assert "## The base model's point" in report and "| base model |" in report
+    assert "images/base.png" in report and "sampling guidance 7.5, steps 2" in report
+    assert (out / "points.csv").read_text().splitlines()[0].endswith(",images")
+
+    # the front plot draws every point's thumbnail and the base model's, framed red
+    result = EvaluationResult.load(out)
+    figure = front_figure([result])
+    boxes = [a for a in figure.axes[0].artists if isinstance(a, AnnotationBbox)]
+    assert len(boxes) == 4
+    assert [b.patch.get_edgecolor()[:3] for b in boxes].count((1.0, 0.0, 0.0)) == 1
+
+
+def test_a_prompt_file_replaces_the_captions(image_model, tmp_path):
+    from steerable.data.digits import label_of
+    from steerable.evaluation.evaluate import evaluation_prompts
+
+    captions, source = evaluation_prompts("ric-image", "heldout", None, None)
+    # one caption per digit: --samples 7 makes 70 images per point
+    assert [label_of(c) for c in captions] == list(range(10)) and source == "digit captions"
+    assert captions[7] == "a handwritten digit seven"
+    prompts = tmp_path / "captions.txt"
+    prompts.write_text("a handwritten digit seven\na handwritten digit one\n")
+    out = tmp_path / "eval"
+    options = ["--resolution", 1, "--samples", 2, "--sampling-steps", 1, "--guidance", 2]
+    run = evaluate("--method", "ric-image", "--model", image_model, "--prompts", prompts, "--split", "all",
+                   *options, "--out", out)  # fmt: skip
+    assert run.exit_code == 0, run.output
+    record = json.loads((out / "result.json").read_text())
+    assert record["num_prompts"] == 2 and record["prompt_split"] == "all of captions.txt"
+    assert record["sampling"]["guidance"] == 2.0 and record["sampling"]["steps"] == 1
+    assert [p["n"] for p in record["points"]] == [4, 4] and record["baseline"]["point"]["n"] == 4
+    assert valid_png(out / "images" / "point_01.png") == (2 * 65 - 1, 2 * 65 - 1)  # 2 prompts x 2 samples
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--guidance", "-1"], "guidance scale must be a finite number >= 0"),
+        (["--guidance", "nan"], "guidance scale must be a finite number >= 0"),
+        (["--sampling-steps", "0"], "--sampling-steps must be >= 1"),
+    ],
+)
+def test_bad_image_sampling_is_refused_before_anything_is_written(image_model, tmp_path, option, message):
+    out = tmp_path / "eval"
+    run = evaluate("--method", "ric-image", "--model", image_model, *option, "--out", out)
+    assert run.exit_code == 2 and message in run.output
+    assert not (out / "result.json").exists() and not (out / "images").exists()
+
+
+@pytest.mark.parametrize("option", [["--guidance", "3"], ["--sampling-steps", "4"]])
+def test_image_options_are_refused_for_a_text_method(tmp_path, option):
+    run = evaluate("--method", "ric", "--model", tmp_path / "no-model", *option, "--out", tmp_path / "eval")
+    flag = option[0]
+    assert run.exit_code == 2
+    assert f"{flag} applies to RiC (images) models only, not to RiC" in run.output
+
+
+def test_beats_base_hand_computed():
+    from steerable.evaluation.pareto import beats_base
+
+    points = [[1.0, 0.0], [0.5, 0.8], [0.2, 1.0]]
+    base = [0.4, 0.9]
+    found = beats_base(points, base, scale=[0.5, 0.2])
+    # objective 0: points 0 (+1.2 std, loses 4.5 on 1) and 1 (+0.2, loses 0.5): the one losing least
+    assert found[0] == {"index": 1, "gain": pytest.approx(0.2), "loss": pytest.approx(0.5)}
+    # objective 1: only point 2 is above (+0.5), and it loses 0.4 std on objective 0
+    assert found[1] == {"index": 2, "gain": pytest.approx(0.5), "loss": pytest.approx(0.4)}
+    nothing = beats_base([[0.0, 0.0]], [1.0, 1.0], scale=[1.0, 2.0])
+    assert nothing[0] == {"index": None, "gain": -1.0, "loss": None}
+    with pytest.raises(SteerableError, match="scale > 0"):
+        beats_base(points, base, scale=[0.0, 1.0])
+
+
+def test_a_point_keeps_a_few_small_images_and_writes_its_grid(tmp_path):
+    from steerable.evaluation.images import keep_images, picked, thumbnail_pixels
+
+    # 10 prompts x 3 samples: the thumbnail shows the first sample of 4 prompts spread over the set
+    assert picked(10, 3, 4) == [0, 9, 18, 27]
+    # 1 prompt x 4 samples: its samples
+    assert picked(1, 4, 4) == [0, 1, 2, 3]
+    assert picked(1, 1, 4) == [0]
+    images = [Image.new("RGB", (120, 60), (10 * i, 0, 0)) for i in range(6)]  # 3 prompts x 2 samples
+    kept = keep_images(images, 3, 2, tmp_path / "images", "point_07")
+    pixels = thumbnail_pixels(kept["thumbnail"])
+    assert pixels.shape == (2 * 24 + 1, 2 * 48 + 1, 3)  # 2x2, each at most 48 px a side
+    assert pixels[0, 0, 0] == 0 and pixels[0, -1, 0] == 20  # prompt 0, then prompt 1, first samples
+    assert kept["images"] == "images/point_07.png"
+    assert valid_png(tmp_path / "images" / "point_07.png") == (2 * 121 - 1, 3 * 61 - 1)  # not enlarged
