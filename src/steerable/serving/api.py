@@ -1,5 +1,5 @@
-"""`steerable serve`: an OpenAI-compatible chat completions API with one `steering` field for every
-method, on FastAPI.
+"""`steerable serve`: an OpenAI-compatible chat completions API (and images API, for image
+models) with one `steering` field for every method, on FastAPI.
 
     POST /v1/chat/completions   messages, max_tokens, temperature, top_p, seed, n, stop, stream
                                 (SSE, ending `data: [DONE]`; the usage chunk only with
@@ -13,6 +13,12 @@ method, on FastAPI.
                                 The response echoes what was applied: `steering` in the body
                                 (streamed: the first chunk) and the `x-steering` header (JSON),
                                 which clients that keep only the text can still read.
+    POST /v1/images/generations model, prompt, n, size (the model's own), response_format
+                                (b64_json), seed, steering as above, and guidance_scale /
+                                num_inference_steps (unset: the model's); the reply's data
+                                holds base64 PNGs, beside the steering applied and each
+                                image's objective scores. Rows of different steering are
+                                sampled together (`engine.ImageEngine`), each from its own seed.
     POST /v1/score              {model, prompt, responses}: each objective's raw and normalised
                                 score of each response (what the playground plots)
     GET  /v1/models             each model's method, objectives, levels and accepted steering
@@ -41,9 +47,12 @@ loop: a model whose steering is slow (NP-DPO's pair encoder) makes only its own 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import logging
 import queue
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -61,8 +70,14 @@ from starlette.requests import ClientDisconnect
 
 from steerable import methods
 from steerable.errors import SteerableError
-from steerable.serving.engine import BatchEngine, Job
-from steerable.serving.protocol import ApiError, ChatCompletionRequest, ScoreRequest, validation_error
+from steerable.serving.engine import BatchEngine, ImageEngine, ImageJob, Job
+from steerable.serving.protocol import (
+    ApiError,
+    ChatCompletionRequest,
+    ImageGenerationRequest,
+    ScoreRequest,
+    validation_error,
+)
 
 GENERATION_FAILED = "generation failed; the server's log has the details"  # a 500's whole message
 log = logging.getLogger(__name__)
@@ -71,15 +86,17 @@ PLAYGROUND = (files("steerable.serving") / "playground.html").read_text()
 
 @dataclass
 class ServedModel:
-    """A model the server answers for: a steerable model directory (its SteerablePolicy) or a
-    base model by id or alias (no steering: the prompting floor's model, as it is)."""
+    """A model the server answers for: a steerable model directory (its SteerablePolicy, or for
+    a method whose `modality` is image, its image policy) or a base model by id or alias (no
+    steering: the prompting floor's model, as it is)."""
 
     id: str
     method: str
     model: object
     tokenizer: object
     policy: object | None = None
-    engine: BatchEngine | None = field(default=None, repr=False)
+    engine: BatchEngine | ImageEngine | None = field(default=None, repr=False)
+    modality: str = "text"  # what it makes: text (chat completions) or image (images generations)
     upstream: str | None = None  # proxy mode: the OpenAI-compatible engine that generates
     upstream_model: str | None = None
     front: dict | None = None  # the measured front recorded beside the model (the playground plots it)
@@ -124,10 +141,18 @@ class ServedModel:
     @classmethod
     def load(cls, spec: str, max_batch: int = 32, max_queue: int = 256, trust_remote_code: bool = False):
         from steerable.evaluation.report import read_front
-        from steerable.policy import MANIFEST, SteerablePolicy
+        from steerable.policy import MANIFEST, SteerablePolicy, load_manifest
 
         path = Path(spec)
-        if (path / MANIFEST).is_file():
+        method = methods.get(load_manifest(path).method) if (path / MANIFEST).is_file() else None
+        if method is not None and method.modality == "image":  # its method's image policy loads it
+            policy = method.image_policy().from_pretrained(path, trust_remote_code=trust_remote_code)
+            served = cls(path.resolve().name, method.name, None, None, policy, modality="image",
+                         max_queue=max_queue)  # fmt: skip
+            served.front = read_front(path, policy.rewards)
+            served.engine = ImageEngine(policy, max_batch, max_queue)
+            return served
+        if method is not None:
             policy = SteerablePolicy.from_pretrained(path, trust_remote_code=trust_remote_code)
             served = cls(
                 path.resolve().name,
@@ -161,7 +186,12 @@ class ServedModel:
             "created": 0,
             "owned_by": "steerable",
             "method": self.method,
+            "modality": self.modality,
         }
+        if self.modality == "image":  # what an images request may ask, and its defaults
+            size = self.policy.size
+            card.update(size=f"{size}x{size}", guidance_scale=self.policy.guidance,
+                        num_inference_steps=self.policy.steps)  # fmt: skip
         if self.policy is not None:
             card["objectives"] = self.policy.names
             card["levels"] = self.policy.levels
@@ -187,6 +217,17 @@ class ServedModel:
         """(the conversation with its steering's tags, the steering applied, the condition its
         rows carry: what the method's conditioner is given, None for steering in the prompt)
         for a checked request."""
+        if self.policy is None:  # a base model, as it is
+            self.checked(steering)
+            return messages, {}, None
+        applied, condition, echo = self.checked(steering)
+        steered = with_param("messages", lambda: self.policy.steered_messages(messages, applied))
+        return steered, echo, condition
+
+    def checked(self, steering: Mapping | None):
+        """The policy's `request` of a request's `steering` (what it applies, for a text policy
+        with the condition its rows carry, and the echo), its keys checked against what this
+        model takes; None for a base model (which takes no steering)."""
         steering = dict(steering or {})
         allowed = self.accepts
         unknown = [k for k in steering if k not in allowed]
@@ -194,14 +235,12 @@ class ServedModel:
             takes = f"it takes {list(allowed)}" if allowed else "it takes no steering"
             raise ApiError(400, f"steering {unknown} does not apply to {self.id} ({self.method}); {takes}",
                            f"steering.{unknown[0]}", "invalid_steering")  # fmt: skip
-        if self.policy is None:  # a base model, as it is
-            return messages, {}, None
+        if self.policy is None:
+            return None
         # a refused value is reported on the first steering key given (the one it most likely is)
         given = [k for k in allowed if k != "mapping" and steering.get(k) is not None]
         param = f"steering.{given[0]}" if given else "steering"
-        applied, condition, echo = with_param(param, lambda: self.policy.request(steering))
-        steered = with_param("messages", lambda: self.policy.steered_messages(messages, applied))
-        return steered, echo, condition
+        return with_param(param, lambda: self.policy.request(steering))
 
     async def run(self, fn, *args):
         """`fn(*args)` on this model's own worker thread (vLLM gives each server its own
@@ -271,6 +310,8 @@ def parse_request(body: object, models: dict[str, ServedModel], max_tokens_limit
     """A /v1/chat/completions body checked against `ChatCompletionRequest` (400 naming the field)."""
     request = validated(ChatCompletionRequest, body)
     model = served_model(request.model, models)
+    if model.modality == "image":
+        raise ApiError(400, f"{model.id} makes images, not text: POST /v1/images/generations", "model")
     if request.model_extra:
         log.debug("fields present in the request but ignored: %s", sorted(request.model_extra))
     messages = [{"role": m.role, "content": m.text()} for m in request.messages]
@@ -301,6 +342,10 @@ def parse_score(body: object, models: dict[str, ServedModel]) -> tuple[ServedMod
     model = served_model(request.model, models)
     if model.policy is None:
         raise ApiError(400, f"{model.id} is a base model: it has no objectives to score with", "model")
+    if model.modality == "image":
+        raise ApiError(
+            400, f"{model.id} makes images: /v1/images/generations answers with their scores", "model"
+        )
     return model, request.prompt, request.responses
 
 
@@ -331,6 +376,85 @@ def make_jobs(request: ChatRequest, steered: list[dict], condition) -> list[Job]
         )
         for i in range(request.n)
     ]
+
+
+# --- images -----------------------------------------------------------------------------------
+@dataclass
+class ImageRequest:
+    model: ServedModel
+    prompt: str
+    n: int
+    seed: int | None
+    guidance: float
+    steps: int
+    steering: dict
+
+
+def parse_images(body: object, models: dict[str, ServedModel]) -> ImageRequest:
+    """A /v1/images/generations body checked against `ImageGenerationRequest` and the model (an
+    image model; its own size; base64 only; no more steps than its scheduler has)."""
+    request = validated(ImageGenerationRequest, body)
+    model = served_model(request.model, models)
+    if model.modality != "image":
+        raise ApiError(400, f"{model.id} makes text, not images: POST /v1/chat/completions", "model")
+    if not request.prompt.strip():
+        raise ApiError(400, "prompt must have text", "prompt")
+    size = f"{model.policy.size}x{model.policy.size}"
+    if request.size is not None and request.size != size:
+        raise ApiError(400, f"size must be {size!r}, the size {model.id} makes, got {request.size!r}", "size")
+    if request.response_format != "b64_json":
+        raise ApiError(
+            400,
+            f"response_format {request.response_format!r} is not served: images come back inline as "
+            "base64 PNGs; ask for 'b64_json'",
+            "response_format",
+        )
+    steps = model.policy.steps if request.num_inference_steps is None else request.num_inference_steps
+    if steps > model.policy.max_steps:
+        raise ApiError(400, f"num_inference_steps must be at most {model.policy.max_steps}, got {steps}",
+                       "num_inference_steps")  # fmt: skip
+    return ImageRequest(
+        model=model,
+        prompt=request.prompt,
+        n=request.n,
+        seed=request.seed,
+        guidance=model.policy.guidance if request.guidance_scale is None else request.guidance_scale,
+        steps=steps,
+        steering=request.steering.model_dump(exclude_none=True),
+    )
+
+
+def image_jobs(request: ImageRequest) -> tuple[list[ImageJob], dict, int]:
+    """(the request's rows, the steering applied, the seed of its first row): its caption with
+    the steering's tags, checked against the text encoder's budget now (not a 500 later), and
+    row i seeded seed + i."""
+    policy = request.model.policy
+    targets, echo = request.model.checked(request.steering)
+    text = with_param("prompt", lambda: policy.prompt(request.prompt, targets))
+    with_param("prompt", lambda: policy.parts.token_ids([text]))
+    seed = secrets.randbits(62) if request.seed is None else request.seed
+    rows = [ImageJob(text, seed + i, request.guidance, request.steps) for i in range(request.n)]
+    return rows, echo, seed
+
+
+def image_data(model: ServedModel, prompt: str, jobs: list[ImageJob]) -> tuple[list[dict], dict | None]:
+    """Each image as base64 PNG, and their objectives' scores ({objectives, raw, normalised}, a
+    row per image); no scores where a scorer may not run here or fails (the images still come)."""
+    data = []
+    for job in jobs:
+        png = io.BytesIO()
+        job.image.save(png, format="PNG")
+        data.append({"b64_json": base64.b64encode(png.getvalue()).decode()})
+    rewards = model.policy.rewards
+    if rewards.refusal is not None:
+        return data, None
+    try:
+        raw = rewards.score([prompt] * len(jobs), [j.image for j in jobs])
+    except SteerableError as err:
+        log.warning("%s: the images' scores are left out: %s", model.id, err)
+        return data, None
+    normalised = rewards.normalise(raw).tolist()
+    return data, {"objectives": rewards.names, "raw": raw.tolist(), "normalised": normalised}
 
 
 # --- the app --------------------------------------------------------------------------------
@@ -442,6 +566,28 @@ def create_app(
             "steering": applied,
         }
         return JSONResponse(answer, headers=headers)
+
+    @v1.post("/images/generations")
+    async def images(request: Request):
+        parsed = parse_images(parse_json(await read_body(request, max_body_bytes)), served)
+        model = parsed.model
+        jobs, applied, seed = await model.run(image_jobs, parsed)
+        await finished_unless_gone(request, model, jobs)
+        if any(j.error is not None for j in jobs):
+            raise ApiError(500, GENERATION_FAILED)
+        data, scores = await model.run(image_data, model, parsed.prompt, jobs)
+        answer = {
+            "created": int(time.time()),
+            "data": data,
+            "model": model.id,
+            "steering": applied,
+            "seed": seed,
+            "guidance_scale": parsed.guidance,
+            "num_inference_steps": parsed.steps,
+        }
+        if scores is not None:
+            answer["scores"] = scores
+        return JSONResponse(answer, headers={"x-steering": json.dumps(applied, ensure_ascii=True)})
 
     app.include_router(v1)
     return app

@@ -27,6 +27,10 @@ Each row keeps its own settings inside the shared batch:
 
 Steering itself is prompt text (RiC, MOSLIM) or a condition (NP-DPO), so requests with
 different steering share one batch.
+
+Images (`ImageEngine`) take the same bounded queue and batching (`JobQueue`): each row is a
+caption with its tags and its own seed, so rows of different steering are sampled together,
+grouped only by guidance scale and step count, and a row's image does not depend on its batch.
 """
 
 from __future__ import annotations
@@ -388,42 +392,26 @@ def run_batch(
         rows.step()
 
 
-class BatchEngine:
-    """A bounded queue of jobs and the worker thread that decodes them, up to `max_batch` rows at
-    a time. An idle worker starts on the first job after waiting `batch_wait` seconds for others
-    (unless the previous batch was a single job: a client sending one request at a time does not
-    pay it); jobs queued while rows run join them at the next step, as rows leave room.
-    `submit` raises queue.Full when `max_queue` jobs already wait. `prefix_cache` keeps shared
-    prompt prefixes' keys and values (`PrefixCache`); it is off for a model with a
-    `conditioner` (the method's `Steering.conditioner`: NP-DPO's FiLM), whose condition changes
-    every layer's keys and values. New jobs are prefilled `prefill_rows` at a time, shortest
-    prompts first (0: all at once)."""
+class JobQueue:
+    """A bounded queue of jobs and one worker thread that takes them in batches of up to
+    `max_batch` rows: what the text and the image engines share. `submit` queues a request's
+    jobs all or none and raises queue.Full when `max_queue` jobs already wait; an idle worker
+    starts on the first job after waiting `batch_wait` seconds for others (unless the previous
+    batch was a single job: a client sending one request at a time does not pay it). A
+    subclass's `_work` is the worker's loop; `_finish` marks a job done."""
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        conditioner: Conditioner | None = None,
-        max_batch: int = 32,
-        max_queue: int = 256,
-        batch_wait: float = 0.02,
-        prefix_cache: bool = True,
-        prefill_rows: int = 8,
-    ):
-        self.model, self.tokenizer, self.conditioner = model, tokenizer, conditioner
-        self.prefixes = PrefixCache(model, tokenizer) if prefix_cache and conditioner is None else None
-        self.max_batch, self.batch_wait, self.prefill_rows = max_batch, batch_wait, prefill_rows
-        # whether prefill groups can be joined (a conditioned model's are prefilled whole)
-        self.can_join = conditioner is None and prefill_rows > 0 and cache_joinable(model)
-        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
-        self.lock = threading.Lock()  # one forward pass at a time on the model
+    def __init__(self, max_batch: int, max_queue: int, batch_wait: float):
+        self.max_batch, self.batch_wait = max_batch, batch_wait
+        self.jobs: queue.Queue = queue.Queue(maxsize=max_queue)
         self.queueing = threading.Lock()  # a request's jobs enter the queue together
-        self.largest_batch = 0  # the most rows decoded together (observability, tests)
-        self.finish_reasons: Counter[str] = Counter()  # stop / length / cancelled, so far
+        self.largest_batch = 0  # the most rows run together (observability, tests)
+        self.finish_reasons: Counter[str] = Counter()  # stop / length / cancelled / done, so far
         self.worker = threading.Thread(target=self._work, daemon=True, name="steerable-batch")
-        self.worker.start()
 
-    def submit(self, jobs: list[Job]) -> None:
+    def _work(self) -> None:
+        raise NotImplementedError
+
+    def submit(self, jobs: list) -> None:
         """Queue all of `jobs` or none (a request with n > 1 is not half-queued)."""
         with self.queueing:
             if self.jobs.maxsize and self.jobs.qsize() + len(jobs) > self.jobs.maxsize:
@@ -431,7 +419,7 @@ class BatchEngine:
             for job in jobs:
                 self.jobs.put_nowait(job)
 
-    def _gather(self, last: int | None) -> list[Job]:
+    def _gather(self, last: int | None) -> list:
         """The next batch to start: waits for a first job; requests that arrive together (a burst
         of clients) start together: while others are about, it waits up to `batch_wait` seconds
         for more; a lone client (the previous batch was one job too) does not pay the wait."""
@@ -445,7 +433,7 @@ class BatchEngine:
                 break
         return batch
 
-    def _newcomers(self, room: int) -> list[Job]:
+    def _newcomers(self, room: int) -> list:
         """Jobs already waiting, up to `room`, without waiting for more."""
         batch = []
         while len(batch) < room:
@@ -454,6 +442,42 @@ class BatchEngine:
             except queue.Empty:
                 break
         return batch
+
+    def _finish(self, job) -> None:
+        job.finish_reason = job.finish_reason or "cancelled"
+        self.finish_reasons[job.finish_reason] += 1
+        job.done.set()
+        if job.on_done is not None:
+            job.on_done()
+
+
+class BatchEngine(JobQueue):
+    """Text: the jobs decoded together, up to `max_batch` rows at a time (`JobQueue`'s queue and
+    batching); jobs queued while rows run join them at the next step, as rows leave room.
+    `prefix_cache` keeps shared prompt prefixes' keys and values (`PrefixCache`); it is off for
+    a model with a `conditioner` (the method's `Steering.conditioner`: NP-DPO's FiLM), whose
+    condition changes every layer's keys and values. New jobs are prefilled `prefill_rows` at a
+    time, shortest prompts first (0: all at once)."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        conditioner: Conditioner | None = None,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        batch_wait: float = 0.02,
+        prefix_cache: bool = True,
+        prefill_rows: int = 8,
+    ):
+        super().__init__(max_batch, max_queue, batch_wait)
+        self.model, self.tokenizer, self.conditioner = model, tokenizer, conditioner
+        self.prefixes = PrefixCache(model, tokenizer) if prefix_cache and conditioner is None else None
+        self.prefill_rows = prefill_rows
+        # whether prefill groups can be joined (a conditioned model's are prefilled whole)
+        self.can_join = conditioner is None and prefill_rows > 0 and cache_joinable(model)
+        self.lock = threading.Lock()  # one forward pass at a time on the model
+        self.worker.start()
 
     def _start(self, batch: list[Job], streamer: RowStreamer) -> Rows | None:
         """Prefill the live jobs of `batch` and draw their first tokens (a client that left is
@@ -504,13 +528,6 @@ class BatchEngine:
         for job in ended:
             self._finish(job)
 
-    def _finish(self, job: Job) -> None:
-        job.finish_reason = job.finish_reason or "cancelled"
-        self.finish_reasons[job.finish_reason] += 1
-        job.done.set()
-        if job.on_done is not None:
-            job.on_done()
-
     def _work(self) -> None:
         streamer = RowStreamer(self.tokenizer, set(stop_token_ids(self.model, self.tokenizer)))
         rows, last = None, None  # the rows being decoded; the size of the last batch started
@@ -537,3 +554,59 @@ class BatchEngine:
                         job.error = err
                         self._finish(job)
                 rows = None
+
+
+@dataclass
+class ImageJob:
+    """One image to make: the caption with its tags (what the text encoder reads), its own seed
+    (its starting noise, so its image does not depend on its batch mates), and the sampling it
+    is grouped by."""
+
+    text: str
+    seed: int
+    guidance: float
+    steps: int
+    on_done: Callable[[], None] | None = None  # called (from the worker thread) once it is done
+    # filled in by the engine
+    image: object = None  # a PIL image
+    finish_reason: str | None = None
+    error: BaseException | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class ImageEngine(JobQueue):
+    """Images: the waiting jobs sampled together by `policy.sample(texts, guidance, steps, seeds,
+    batch_size)` (an image policy, such as RiC's `ImagePolicy`), up to `max_batch` rows, in one
+    group per (guidance, steps); a job whose client left before its batch started is skipped."""
+
+    def __init__(self, policy, max_batch: int = 32, max_queue: int = 256, batch_wait: float = 0.02):
+        super().__init__(max_batch, max_queue, batch_wait)
+        self.policy = policy
+        self.worker.start()
+
+    def _work(self) -> None:
+        last = None  # the size of the last batch started
+        while True:
+            batch = self._gather(last)
+            last = len(batch)
+            groups: dict[tuple[float, int], list[ImageJob]] = {}
+            for job in batch:
+                if job.cancelled.is_set():
+                    self._finish(job)
+                else:
+                    groups.setdefault((job.guidance, job.steps), []).append(job)
+            for (guidance, steps), jobs in groups.items():
+                self.largest_batch = max(self.largest_batch, len(jobs))
+                try:
+                    images = self.policy.sample(
+                        [j.text for j in jobs], guidance, steps, [j.seed for j in jobs], self.max_batch
+                    )
+                except Exception as err:  # a failure fails its requests, never the worker
+                    for job in jobs:
+                        job.error = err
+                else:
+                    for job, image in zip(jobs, images, strict=True):
+                        job.image, job.finish_reason = image, "done"
+                for job in jobs:
+                    self._finish(job)

@@ -38,6 +38,7 @@ from pydantic_core import PydanticCustomError
 
 MAX_STOP = 4
 MAX_SCORED = 64
+MAX_IMAGES = 10  # per images request, as OpenAI's images API
 
 
 class ApiError(Exception):
@@ -168,6 +169,23 @@ class ChatCompletionRequest(Body):
     ] = None
     stream: bool = False
     stream_options: StreamOptions = Field(default_factory=StreamOptions)
+    steering: Steering = Field(default_factory=Steering)
+
+
+class ImageGenerationRequest(Body):
+    """POST /v1/images/generations, OpenAI's images API: `n` images of `prompt`, as base64 PNGs,
+    with our `steering` and two extensions, `guidance_scale` (classifier-free guidance, >= 0) and
+    `num_inference_steps` (unset: the model's own). `size` (the model's own only),
+    `response_format` (b64_json only) and the step count's bound are the model's to check."""
+
+    model: Text
+    prompt: Text = Field(min_length=1)
+    n: int = Field(1, ge=1, le=MAX_IMAGES)
+    size: Text | None = None
+    response_format: Text = "b64_json"
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    guidance_scale: float | None = Field(None, ge=0)
+    num_inference_steps: int | None = Field(None, ge=1)
     steering: Steering = Field(default_factory=Steering)
 
 

@@ -43,6 +43,8 @@ class ImagePolicy(TargetSteering):
     """Images steered by a preference over the objectives, or by explicit targets; `base=True`
     loads the caption-only base model of the same directory instead (no tags)."""
 
+    levels = None  # steered by targets, never by MOSLIM's levels (what a served model's card lists)
+
     def __init__(self, parts: DiffusionParts, manifest, directory: Path, base: bool = False,
                  trust_remote_code: bool = False):  # fmt: skip
         self.parts, self.manifest, self.directory, self.base = parts, manifest, Path(directory), base
@@ -73,6 +75,19 @@ class ImagePolicy(TargetSteering):
             if module is not None:
                 module.to(device).eval()
         return cls(parts, manifest, directory, base, trust_remote_code)
+
+    @property
+    def size(self) -> int:
+        """The side, in pixels, of the square images it makes (the UNet's sample size, times the
+        VAE's downsampling where there is one)."""
+        _, _, side = self.parts.shape
+        vae = self.parts.vae
+        return side if vae is None else side * 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @property
+    def max_steps(self) -> int:
+        """The most sampling steps it can take (its scheduler's training timesteps)."""
+        return int(self.parts.scheduler.config.num_train_timesteps)
 
     # --- steering -------------------------------------------------------------------------
     def steering_for(self, preference=None, targets=None, levels=None, mapping=None) -> dict[str, float]:
