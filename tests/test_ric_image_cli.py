@@ -244,3 +244,24 @@ def test_train_refuses_a_data_folder_with_a_file_that_is_not_an_image(tmp_path):
     out = tmp_path / "model"
     refused(["train", "ric-image", "--output_dir", out, "--data", folder, *TINY], "line 2", "notes.txt")
     assert no_finished_stage(out)
+
+
+def test_train_on_a_folder_of_images_of_different_sizes(tmp_path):
+    from steerable.data.digits import digit_images, to_pil
+
+    pixels, captions = digit_images("train", copies=1, seed=0)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    lines = []
+    for i, (image, caption) in enumerate(zip(to_pil(pixels[:8]), captions, strict=False)):
+        (image.resize((24, 24)) if i % 2 else image).save(folder / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "caption": caption}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "model"
+    small = ["--base_steps", "1", "--steps", "1", "--batch_size", "4", "--sampling_steps", "2"]
+    result = invoke(["train", "ric-image", "--output_dir", out, "--data", folder, *small])
+    assert result.exit_code == 0, result.output
+    assert np.load(out / "stages" / "data" / "scores.npy").shape == (8, 2)  # scored at one size
+    made = invoke(["generate", "--model", out, captions[0], "--n", "1", "--out", tmp_path / "images"])
+    assert made.exit_code == 0, made.output
+    assert Image.open(tmp_path / "images" / "1-1.png").size == (16, 16)  # the model's size

@@ -30,7 +30,7 @@ from steerable.configs import SEED, check_config
 from steerable.errors import SteerableError
 from steerable.manifest import MANIFEST, PolicyManifest, training_record, write_model_directory
 from steerable.methods.ric_image.miniature import NAME as MINIATURE
-from steerable.methods.ric_image.pipeline import DiffusionParts, check_guidance, to_pixels
+from steerable.methods.ric_image.pipeline import DiffusionParts, check_guidance, to_pil, to_pixels
 from steerable.methods.ric_image.policy import tag_text
 from steerable.objectives import RewardSet
 from steerable.stages import Stages, fingerprint, is_main_process, say
@@ -343,19 +343,20 @@ def load_images(config: RiCImageConfig) -> tuple[list, list[str], str]:
     return images, captions, config.data
 
 
-def score_data(config: RiCImageConfig, folder: Path) -> dict:
-    """The `data` stage: every training image scored with every objective; the statistics fitted."""
+def score_data(config: RiCImageConfig, folder: Path, channels: int, side: int) -> dict:
+    """The `data` stage: every training image scored with every objective, as the model sees it
+    (`channels` at `side` pixels: a folder's images may differ in size); the statistics fitted."""
     started = time.perf_counter()
     images, captions, origin = load_images(config)
     rewards = RewardSet.from_specs(config.objectives)
-    raw = rewards.score(captions, images, progress=True)
-    rewards.fit_stats(raw)
-    flat = [o.name for o in rewards.objectives if o.stats.std == 0]
+    raw = rewards.score(captions, to_pil(to_pixels(images, channels, side)), progress=True)
+    flat = [o.name for k, o in enumerate(rewards.objectives) if np.ptp(raw[:, k]) == 0]
     if flat:
         raise SteerableError(
             f"objective(s) {flat} give every training image the same score (zero spread): their "
             "tags would carry nothing to learn; choose objectives that vary over your images"
         )
+    rewards.fit_stats(raw)
     np.save(folder / "scores.npy", raw)
     rewards.save(folder / "stats.json")
     return {"images": len(images), "origin": origin, "seconds": time.perf_counter() - started}
@@ -366,7 +367,12 @@ def train_ric_image(config: RiCImageConfig) -> Path:
     out = Path(config.output_dir)
     stages = Stages(out, "train ric-image")
     source = source_folder(config, stages)
-    data_inputs = config_inputs(config, ["model", "data", "copies", "objectives", "seed"], files=["data"])
+    data_inputs = config_inputs(
+        config,
+        ["model", "data", "copies", "resolution", "objectives", "seed"],
+        files=["data"],
+        later={"resolution": None},
+    )
     base_inputs = {
         **config_inputs(config, ["model", "resolution", "base_steps", "batch_size", "base_learning_rate",
                                  "drop_probability", "ema_decay", "seed"]),
@@ -380,7 +386,12 @@ def train_ric_image(config: RiCImageConfig) -> Path:
     plan = {"data": data_inputs, "base": base_inputs, "tagged": tagged_inputs}
     for name, inputs in plan.items():
         stages.done(name, inputs)  # a stale stage is refused before any work
-    infos = {"data": stages.run("data", data_inputs, lambda folder: score_data(config, folder))}
+    parts = DiffusionParts.load(source)
+    side = config.resolution or parts.shape[1] * (8 if parts.vae is not None else 1)
+    channels = 3 if parts.vae is not None else parts.shape[0]
+    infos = {
+        "data": stages.run("data", data_inputs, lambda folder: score_data(config, folder, channels, side))
+    }
     images, captions, _ = load_images(config)
     rewards = RewardSet.from_specs(config.objectives)
     fitted = RewardSet.load(stages.path("data") / "stats.json")
@@ -388,9 +399,7 @@ def train_ric_image(config: RiCImageConfig) -> Path:
         objective.stats = stats.stats
     z = rewards.normalise(np.load(stages.path("data") / "scores.npy"))
 
-    parts = DiffusionParts.load(source)
-    side = config.resolution or parts.shape[1] * (8 if parts.vae is not None else 1)
-    pixels = to_pixels(images, 3 if parts.vae is not None else parts.shape[0], side)  # (N, C, H, W)
+    pixels = to_pixels(images, channels, side)  # (N, C, H, W)
     torch.manual_seed(config.seed)
 
     # the caption-only base model
