@@ -55,6 +55,8 @@ EXAMPLES = {
     ),
     "generate": (
         'steerable generate "How do tides work?" --model runs/ric-smoke \\\n    --prefer brief=0.8,positive=0.2',
+        'steerable generate "a handwritten digit seven" --model runs/ric-image \\\n'
+        "    --prefer recognizability=0.8,compressibility=0.2 --out runs/seven",
     ),
     "evaluate": (
         "steerable evaluate --method ric --model runs/ric-smoke --limit 8 \\\n"
