@@ -180,3 +180,59 @@ def test_a_point_keeps_a_few_small_images_and_writes_its_grid(tmp_path):
     assert pixels[0, 0, 0] == 0 and pixels[0, -1, 0] == 20  # prompt 0, then prompt 1, first samples
     assert kept["images"] == "images/point_07.png"
     assert valid_png(tmp_path / "images" / "point_07.png") == (2 * 121 - 1, 3 * 61 - 1)  # not enlarged
+
+
+def fake_image_result(guidance: float = 7.5):
+    """A K = 3 image result built by hand: 6 lattice points and the base model's, each with a
+    thumbnail of flat gray images as bright as its first mean."""
+    from steerable.evaluation.images import keep_images
+    from steerable.evaluation.report import EvaluationResult, versus_baseline
+    from steerable.evaluation.sweep import SweepPoint, controllability, preference_grid
+    from steerable.objectives import RewardSet
+
+    specs = ["a=builtin:brightness", "b=builtin:contrast", "c=builtin:jpeg_compressibility"]
+    rewards = RewardSet.from_specs(specs)
+    rewards.fit_stats(np.array([[float(i), float(-i), float(i % 5)] for i in range(21)]))
+    grid = preference_grid(3, 2)
+
+    def point(weights, mean):
+        images = [Image.new("L", (16, 16), int(12 * mean[0])) for _ in range(2)]
+        kept = keep_images(images, 2, 1, None, "unused")
+        return SweepPoint(list(weights), list(mean), [0.1] * 3, 2, 1.0, 0, 1, **kept)
+
+    points = [point(w, [10 * w[0] + 5, -10 * w[1] - 5, 4 * w[2]]) for w in grid]
+    base = point([], [6.0, -6.0, 1.0])
+    return EvaluationResult(
+        method="ric-image", model="fake", names=rewards.names, rewards=rewards.to_dict(), points=points,
+        controllability=controllability(points, rewards.names), prompts_sha256="0" * 64, num_prompts=2,
+        sampling={"guidance": guidance, "steps": 2, "seed": 0, "batch_size": 16}, samples=1, resolution=2,
+        baseline=versus_baseline(base, points, rewards.to_dict()),
+    )  # fmt: skip
+
+
+def test_three_objectives_plot_thumbnails_in_every_panel_and_report_the_base_point(tmp_path):
+    from matplotlib.offsetbox import AnnotationBbox
+
+    from steerable.evaluation.report import EvaluationResult, check_comparable, front_figure, write_report
+
+    result = fake_image_result()
+    # w = (0.5, 0, 0.5) scores (10, -5, 2) against the base's (6, -6, 1): above it everywhere, so
+    # it is the point that beats it on each objective losing nothing on the others
+    stds = [o["stats"]["std"] for o in result.rewards["objectives"]]
+    beat = result.baseline["dominates_baseline"]
+    for k, name in enumerate("abc"):
+        assert beat[name]["weights"] == [0.5, 0.0, 0.5] and beat[name]["loss_std"] == 0
+        assert beat[name]["dominates"] and beat[name]["gain_std"] == pytest.approx([4, 1, 1][k] / stds[k])
+    result.save(tmp_path / "eval")
+    loaded = EvaluationResult.load(tmp_path / "eval")
+    assert loaded.base.mean == [6.0, -6.0, 1.0] and loaded.base.thumbnail == result.base.thumbnail
+    figure = front_figure([loaded])
+    assert len(figure.axes) == 3  # a-b, a-c, b-c
+    for ax in figure.axes:
+        assert len([a for a in ax.artists if isinstance(a, AnnotationBbox)]) == 7  # 6 points + base
+    write_report([loaded], tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| base model |  |  | 6 ± 0.1 | -6 ± 0.1 | 1 ± 0.1 |" in text
+    assert "base point" in text and "sampling guidance 7.5, steps 2" in text
+    with pytest.raises(SteerableError, match="guidance differs"):
+        check_comparable([loaded, fake_image_result(guidance=3.0)])
