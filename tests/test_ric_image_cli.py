@@ -112,6 +112,7 @@ def test_generate_says_it_cannot_score_with_an_untrusted_scorer_and_writes_no_sc
         (["--target", "sharpness=1.0"], ["sharpness"]),
         (["--system", "Be brief.", "--max-new-tokens", "8"], ["--system, --max-new-tokens", "makes images"]),
         (["--temperature", "0.5"], ["--temperature", "makes images"]),
+        (["--dtype", "float32"], ["--dtype", "makes images"]),
         (["--levels", "recognizability=2"], ["--levels", "ric-image model"]),
     ],
 )

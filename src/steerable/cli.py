@@ -288,7 +288,8 @@ def titles(where) -> str:
 
 def steered_by(key: str) -> str:
     """Who a request's steering `key` steers, for an option's help: "RiC only", "RiC and MOSLIM"."""
-    found = [m for m in methods.METHODS.values() if m.policy is not None and key in m.steering]
+    steered = (m for m in methods.METHODS.values() if m.policy is not None or m.modality == "image")
+    found = [m for m in steered if key in m.steering]
     return titles(lambda m: m in found) + (" only" if len(found) == 1 else "")
 
 
@@ -708,7 +709,7 @@ def generate(
     mapping: Annotated[
         str | None,
         typer.Option(
-            help=f"{steered_by('mapping')}: how --prefer becomes tags: linf, l2 or linear (default: the model's)."
+            help=f"{steered_by('mapping')}: how --prefer becomes tags: linf, l2, linear, or quantile for images (default: the model's)."
         ),
     ] = None,
     system: Annotated[
@@ -893,6 +894,7 @@ TEXT_OPTIONS = {
     "--temperature": "temperature",
     "--top-p": "top_p",
     "--top-k": "top_k",
+    "--dtype": "dtype",
 }
 IMAGE_OPTIONS = {"--n": "n", "--guidance": "guidance", "--sampling-steps": "sampling_steps"}
 IMAGES_TABLE = "images.jsonl"
