@@ -316,9 +316,9 @@ def front_figure(results: list[EvaluationResult]):
     one plane, each method's sweep joined in weight order with the weights written beside its
     points, its non-dominated points ringed. K >= 3: one panel per pair of objectives, points only:
     the projection of a K-dimensional front is not a front (a point on it can be dominated in the
-    plane), so a line joining it would mislead. A base model's point is a star; a point that
-    kept a thumbnail of its images (an image method's) shows it beside the point, the base
-    model's framed in red."""
+    plane), so a line joining it would mislead. A base model's point is a star. The points of
+    an image method show thumbnails of their images, joined to them by lines (`draw_thumbnails`):
+    for K = 2 in a row above the plot, in weight order; for K >= 3 beside each point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -365,7 +365,7 @@ def front_figure(results: list[EvaluationResult]):
                             fmt="*", ms=12, color=drawn.lines[0].get_color(), mec="k", capsize=2,
                             label=f"{r.method}: base model")  # fmt: skip
             if pictured:
-                draw_thumbnails(ax, r, i, j)
+                draw_thumbnails(ax, r, i, j, results.index(r) if len(pairs) == 1 else None)
         ax.plot(ref[i], ref[j], "kx", label="HV reference")
         ax.set_xlabel(f"{names[i]} (mean raw score)")
         ax.set_ylabel(f"{names[j]} (mean raw score)")
@@ -374,36 +374,50 @@ def front_figure(results: list[EvaluationResult]):
         ax.remove()
     axes.flat[0].legend(fontsize=8)
     if len(names) == 2:
-        axes.flat[0].set_title(
+        title = (
             f"each sweep joined in weight order, labelled with the weight on {names[0]}; "
-            "rings: non-dominated points",
-            fontsize=7,
+            "rings: non-dominated points"
         )
+        if pictured:  # the thumbnails' row is above the plot: the title goes above them
+            fig.suptitle(title + "; above: a few images of each point, by their weights", fontsize=7)
+        else:
+            axes.flat[0].set_title(title, fontsize=7)
     fig.tight_layout()
     return fig
 
 
-def draw_thumbnails(ax, result: EvaluationResult, i: int, j: int) -> None:
-    """Each point's thumbnail (`evaluation.images`) beside it on the plane of objectives i, j,
-    joined to it by a line: placed alternately up-right and down-left, across a front that
-    falls from left to right, so that neighbours overlap less. The base model's is framed red."""
+def draw_thumbnails(ax, result: EvaluationResult, i: int, j: int, row: int | None = None) -> None:
+    """Each point's thumbnail (`evaluation.images`), joined by a line to the point it came from on
+    the plane of objectives i, j; the base model's framed in red. With `row` (one plane, K = 2):
+    in a row above the plot, in weight order, each labelled with its weights, so that points
+    close together keep their thumbnails apart (`row` counts up for the results overlaid).
+    Without: beside each point, alternately up-right and down-left."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     from steerable.evaluation.images import thumbnail_pixels
 
-    drawn = sorted((p for p in result.points if p.thumbnail is not None), key=lambda p: p.mean[i])
-    placed = [(p, (34, 34) if n % 2 else (-34, -34), "0.5") for n, p in enumerate(drawn)]
+    placed = [(p, "0.5") for p in sorted(result.points, key=lambda p: p.weights) if p.thumbnail is not None]
     if result.base is not None and result.base.thumbnail is not None:
-        placed.append((result.base, (34, -34), "red"))
-    for point, offset, edge in placed:
+        placed.append((result.base, "red"))
+    side = 40 if row is None else min(64, 0.7 * ax.figure.bbox.width / max(len(placed), 1))
+    for n, (point, edge) in enumerate(placed):
         pixels = thumbnail_pixels(point.thumbnail)
-        image = OffsetImage(pixels, zoom=40 / max(pixels.shape[:2]), cmap="gray", interpolation="nearest")
+        image = OffsetImage(pixels, zoom=side / max(pixels.shape[:2]), cmap="gray", interpolation="nearest")
         image.get_children()[0].set_clim(0, 255)  # grayscale as stored, not stretched
-        box = AnnotationBbox(image, (point.mean[i], point.mean[j]), xybox=offset, boxcoords="offset points",
-                             pad=0.1, bboxprops={"edgecolor": edge},
-                             arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})  # fmt: skip
+        if row is None:
+            offset = (34, -34) if edge == "red" else (34, 34) if n % 2 else (-34, -34)
+            where = {"xybox": offset, "boxcoords": "offset points"}
+        else:
+            where = {"xybox": ((n + 0.5) / len(placed), 1.04 + 0.28 * row), "boxcoords": "axes fraction",
+                     "box_alignment": (0.5, 0)}  # fmt: skip
+            label = "base" if not point.weights else "/".join(f"{w:g}" for w in point.weights)
+            ax.annotate(label, where["xybox"], xycoords="axes fraction", ha="center", va="top", fontsize=6,
+                        xytext=(0, -1), textcoords="offset points", color=edge)  # fmt: skip
+        box = AnnotationBbox(image, (point.mean[i], point.mean[j]), pad=0.1, bboxprops={"edgecolor": edge},
+                             arrowprops={"arrowstyle": "-", "color": "0.75", "lw": 0.5}, **where)  # fmt: skip
         ax.add_artist(box)
-    ax.margins(0.2)  # room for the thumbnails of the outermost points
+    if row is None:
+        ax.margins(0.2)  # room for the thumbnails of the outermost points
 
 
 def markdown(results: list[EvaluationResult]) -> str:
