@@ -103,7 +103,8 @@ def test_every_registered_method_resolves(name):
     if method.trainable:
         config = resolve(method.config)
         assert "output_dir" in config.__dataclass_fields__ and callable(resolve(method.recipe))
-        assert method.compare is not None, "a method that trains says how a comparison trains it"
+        if method.modality == "text":  # a comparison trains text methods on shared prompts
+            assert method.compare is not None, "a method that trains says how a comparison trains it"
     else:
         assert method.config is None and method.plan is None and not method.report
         assert method.compare is None and not method.uses_scored
@@ -114,6 +115,10 @@ def test_every_registered_method_resolves(name):
         protocol = ("levels", "adapter", "attach", "steering_for", "tags", "request", "conditioner")
         for function in (*protocol, "generate"):
             assert callable(getattr(steering, function)), f"{method.policy} has no {function}"
+    if method.images is not None:
+        loader = method.image_policy()
+        for function in ("from_pretrained", "request", "generate", "sample", "steering_for"):
+            assert callable(getattr(loader, function)), f"{method.images} has no {function}"
     assert set(method.evaluate_options) <= {"adapter", "mapping", "guidance", "sampling_steps"}
 
 
