@@ -213,6 +213,17 @@ def test_bad_image_requests_are_400s_naming_the_field(server, fields, param, mes
     assert error["type"] == "invalid_request_error"
 
 
+def test_the_steering_header_matches_the_body_and_any_64_bit_seed_is_taken(server):
+    _, models = server
+    for seed in (-(2**63), 2**63 - 1):
+        body = {"model": models[0].id, "prompt": CAPTION, "n": 2, "seed": seed}
+        body["steering"] = {"weights": [1, 3]}
+        reply = post(server, "/v1/images/generations", body)
+        assert reply.status_code == 200, reply.text
+        assert json.loads(reply.headers["x-steering"]) == reply.json()["steering"]
+        assert reply.json()["seed"] == seed and len(reply.json()["data"]) == 2
+
+
 def test_a_nan_guidance_scale_is_refused_naming_it(server):
     _, models = server
     raw = json.dumps({"model": models[0].id, "prompt": CAPTION})[:-1] + ', "guidance_scale": NaN}'
