@@ -236,3 +236,11 @@ def test_three_objectives_plot_thumbnails_in_every_panel_and_report_the_base_poi
     assert "base point" in text and "sampling guidance 7.5, steps 2" in text
     with pytest.raises(SteerableError, match="guidance differs"):
         check_comparable([loaded, fake_image_result(guidance=3.0)])
+
+
+@pytest.mark.parametrize("option", [["--max-new-tokens", 8], ["--temperature", 0.2], ["--dtype", "float16"]])
+def test_text_sampling_options_are_refused_for_an_image_method(tmp_path, option):
+    model = tmp_path / "no-model"
+    run = evaluate("--method", "ric-image", "--model", model, *option, "--out", tmp_path / "eval")
+    assert run.exit_code == 2
+    assert f"{option[0]} steer text generation; ric-image makes images: leave them out" in run.output

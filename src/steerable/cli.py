@@ -1043,6 +1043,7 @@ def prompts_to_answer(given: list[str] | None, source: str | None) -> list[str]:
 
 @command
 def evaluate(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Directory for result.json, report.md, front.png, CSVs.")],
     method: Annotated[
         str,
@@ -1138,6 +1139,16 @@ def evaluate(
     from steerable.evaluation.report import write_report
 
     check_value("--limit", limit, ge=1)
+    given = {
+        flag: getattr(ctx.get_parameter_source(name), "name", "DEFAULT")
+        for flag, name in TEXT_OPTIONS.items()
+    }
+    text_only = [flag for flag, source in given.items() if source != "DEFAULT"]
+    if text_only and methods.get(method).modality == "image":
+        raise SteerableError(
+            f"{', '.join(text_only)} steer text generation; {method} makes images: leave them out (it "
+            "samples with --guidance, --sampling-steps, --seed and --samples)"
+        )
     claim(
         out, {"--model": model, "--stats": stats, "--adapter": adapter, "--prompts": prompts}, directory=True
     )
