@@ -401,8 +401,10 @@ def test_a_policy_trainers_model_help_does_not_offer_the_reward_model_encoder():
         text = " ".join(result.output.split())
         return text.split("--model MODEL ")[-1].split(" --")[0]  # the option's line, not the usage
 
-    for name in methods.names(lambda m: m.trainable):
+    for name in methods.names(lambda m: m.trainable and m.modality == "text"):
         shown = model_help(name)
         assert "Base policy" in shown and "minilm" not in shown, (name, shown)
+    for name in methods.names(lambda m: m.trainable and m.modality == "image"):
+        assert "diffusers pipeline" in model_help(name) and "minilm" not in model_help(name)
     for name in ("rm", "moslim-rm"):
         assert "minilm" in model_help(name) and "policy" not in model_help(name)
