@@ -198,7 +198,7 @@ def evaluate(
         )  # fmt: skip
     folder = None if images_to is None or not images else Path(images_to) / IMAGE_FOLDER
     if images:  # the bar counts images; a point records the images it kept, and no tokens
-        per_point, unit, count = len(prompts) * samples, "img", lambda answers: 0
+        per_point, unit, tokens = len(prompts) * samples, "img", lambda answers: 0
         kept: list[dict] = []
 
         def answer(texts, weights):
@@ -207,7 +207,7 @@ def evaluate(
             return made
     else:
         per_point, unit, answer = len(prompts) * samples * sampling.max_new_tokens, "tok", generate
-        count = lambda texts: count_tokens(tokenizer, texts)  # noqa: E731 -- as the sweep takes it
+        tokens = lambda texts: count_tokens(tokenizer, texts)  # noqa: E731 -- as the sweep takes it
     base_points = 1 if built.baseline is not None else 0
     started = time.perf_counter()
     total = (len(grid) + base_points) * per_point
@@ -222,7 +222,7 @@ def evaluate(
             rewards,
             prompts,
             grid,
-            count_tokens=count,
+            count_tokens=tokens,
             progress=point_done,
             samples=samples,
             requested=built.requested,
