@@ -180,6 +180,9 @@ def test_a_point_keeps_a_few_small_images_and_writes_its_grid(tmp_path):
     assert pixels[0, 0, 0] == 0 and pixels[0, -1, 0] == 20  # prompt 0, then prompt 1, first samples
     assert kept["images"] == "images/point_07.png"
     assert valid_png(tmp_path / "images" / "point_07.png") == (2 * 121 - 1, 3 * 61 - 1)  # not enlarged
+    large = [Image.new("RGB", (512, 512)) for _ in range(2)]  # Stable Diffusion's size: shrunk to 256
+    keep_images(large, 1, 2, tmp_path / "images", "large")
+    assert valid_png(tmp_path / "images" / "large.png") == (2 * 257 - 1, 256)
 
 
 def fake_image_result(guidance: float = 7.5):

@@ -21,6 +21,7 @@ from steerable.io import atomic_write
 GRID_ROWS = 10  # prompts shown in a point's grid (spread over the prompts)
 GRID_COLUMNS = 8  # samples of each prompt shown
 GRID_PIXELS = 64  # smaller images are enlarged to about this side in a grid, to be seen
+GRID_LARGEST = 256  # larger ones are shrunk to this side in a grid
 THUMBNAIL_IMAGES = 4  # a 2x2 thumbnail
 THUMBNAIL_PIXELS = 48  # an image's longer side in a thumbnail (smaller images are kept as they are)
 IMAGE_FOLDER = "images"
@@ -58,20 +59,26 @@ def image_grid(rows: Sequence[Sequence], scale: int = 1):
 
 def point_grid(images: Sequence, prompts: int, samples: int):
     """A point's images as a grid: up to GRID_ROWS prompts spread over the set, one a row, with
-    up to GRID_COLUMNS of each prompt's samples; images under GRID_PIXELS a side enlarged."""
+    up to GRID_COLUMNS of each prompt's samples; images under GRID_PIXELS a side enlarged, over
+    GRID_LARGEST shrunk (a grid of 80 Stable Diffusion images at full size is 5k pixels a side)."""
     columns = min(samples, GRID_COLUMNS)
     rows = [[images[p * samples + s] for s in range(columns)] for p in spread(prompts, GRID_ROWS)]
-    return image_grid(rows, scale=max(1, GRID_PIXELS // max(images[0].size)))
+    if max(images[0].size) > GRID_LARGEST:
+        rows = [[shrunk(image, GRID_LARGEST) for image in row] for row in rows]
+    return image_grid(rows, scale=max(1, GRID_PIXELS // max(rows[0][0].size)))
+
+
+def shrunk(image, side: int):
+    """A copy of `image` at most `side` pixels a side, its proportions kept."""
+    image = image.copy()
+    image.thumbnail((side, side))
+    return image
 
 
 def thumbnail(images: Sequence, prompts: int, samples: int) -> str:
     """A few of a point's images (`picked`) in a square grid, each at most THUMBNAIL_PIXELS a
     side, as a base64 PNG (small enough to live in result.json)."""
-    chosen = []
-    for i in picked(prompts, samples, THUMBNAIL_IMAGES):
-        image = images[i].copy()
-        image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
-        chosen.append(image)
+    chosen = [shrunk(images[i], THUMBNAIL_PIXELS) for i in picked(prompts, samples, THUMBNAIL_IMAGES)]
     side = math.ceil(math.sqrt(len(chosen)))
     grid = image_grid([chosen[i : i + side] for i in range(0, len(chosen), side)])
     buffer = io.BytesIO()
