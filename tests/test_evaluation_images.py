@@ -77,12 +77,12 @@ def test_evaluate_a_ric_image_model_through_the_cli(image_model, tmp_path):
     assert baseline["front_hypervolume"] == pytest.approx(hypervolume(means, reference))
     stds = np.array([o.stats.std for o in rewards.objectives])
     for k, name in enumerate(names):
-        beat = baseline["dominates_baseline"][name]
+        beat = baseline["beats_baseline"][name]
         gain = (means[:, k] - base["mean"][k]) / stds[k]
         loss = np.clip((base["mean"][1 - k] - means[:, 1 - k]) / stds[1 - k], 0, None)
         above = gain > 0
         assert (beat["weights"] is not None) == bool(above.any())
-        assert beat["dominates"] == bool((above & (loss <= 0.5)).any())
+        assert beat["beats"] == bool((above & (loss <= 0.5)).any())
         if above.any():
             assert beat["loss_std"] == pytest.approx(loss[above].min())
 
@@ -222,10 +222,10 @@ def test_three_objectives_plot_thumbnails_in_every_panel_and_report_the_base_poi
     # w = (0.5, 0, 0.5) scores (10, -5, 2) against the base's (6, -6, 1): above it everywhere, so
     # it is the point that beats it on each objective losing nothing on the others
     stds = [o["stats"]["std"] for o in result.rewards["objectives"]]
-    beat = result.baseline["dominates_baseline"]
+    beat = result.baseline["beats_baseline"]
     for k, name in enumerate("abc"):
         assert beat[name]["weights"] == [0.5, 0.0, 0.5] and beat[name]["loss_std"] == 0
-        assert beat[name]["dominates"] and beat[name]["gain_std"] == pytest.approx([4, 1, 1][k] / stds[k])
+        assert beat[name]["beats"] and beat[name]["gain_std"] == pytest.approx([4, 1, 1][k] / stds[k])
     result.save(tmp_path / "eval")
     loaded = EvaluationResult.load(tmp_path / "eval")
     assert loaded.base.mean == [6.0, -6.0, 1.0] and loaded.base.thumbnail == result.base.thumbnail

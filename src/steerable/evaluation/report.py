@@ -171,7 +171,7 @@ def versus_baseline(base: SweepPoint, points: Sequence[SweepPoint], rewards: dic
     """The base model's point as a result records it: the point (no weights), the hypervolume
     of it alone and of the front, against the same reference point, and, per objective, the
     grid point that beats it there losing least on the others (`pareto.beats_base`, in units
-    of the training std): `dominates` where one is above it and loses at most TOLERANCE_STD."""
+    of the training std): `beats` where one is above it and loses at most TOLERANCE_STD."""
     from steerable.objectives import RewardSet
 
     reference = reference_point(rewards)
@@ -185,9 +185,9 @@ def versus_baseline(base: SweepPoint, points: Sequence[SweepPoint], rewards: dic
         "front_hypervolume": hypervolume(means, reference),
         "reference": reference,
         "tolerance_std": TOLERANCE_STD,
-        "dominates_baseline": {
+        "beats_baseline": {
             name: {
-                "dominates": m["index"] is not None and m["loss"] <= TOLERANCE_STD,
+                "beats": m["index"] is not None and m["loss"] <= TOLERANCE_STD,
                 "weights": None if m["index"] is None else points[m["index"]].weights,
                 "gain_std": m["gain"],
                 "loss_std": m["loss"],
@@ -503,12 +503,12 @@ def baseline_markdown(result: EvaluationResult) -> list[str]:
         "",
     ]
     tolerance = record["tolerance_std"]
-    for name, beat in record["dominates_baseline"].items():
+    for name, beat in record["beats_baseline"].items():
         if beat["weights"] is None:
             best = f"{beat['gain_std']:+.2f}"
             lines.append(f"- {name}: no grid point is above the base point (best {best} std)")
             continue
-        verdict = "beats it" if beat["dominates"] else f"loses more than {tolerance:g} std"
+        verdict = "beats it" if beat["beats"] else f"loses more than {tolerance:g} std"
         weights = ", ".join(f"{w:.2f}" for w in beat["weights"])
         lines.append(
             f"- {name}: weights ({weights}) are {beat['gain_std']:+.2f} std above the base point, "
