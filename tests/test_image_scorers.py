@@ -86,6 +86,24 @@ def test_jpeg_compressibility_is_rics():
     assert lower(["a picture"], [picture])[0] > expected
 
 
+def jpeg_kilobytes(picture: Image.Image) -> float:
+    buffer = io.BytesIO()
+    picture.resize((512, 512)).save(buffer, format="JPEG", quality=95)
+    return -len(buffer.getvalue()) / 1000
+
+
+def test_jpeg_compressibility_of_grayscale_and_rgba_images():
+    """A grayscale ('L') image is saved as it is; an RGBA one (JPEG has no alpha) as its RGB."""
+    score = build_scorer(ScorerSpec.parse("builtin:jpeg_compressibility"))
+    gray = gradient(16, 16).convert("L")
+    rgba = gradient()
+    rgba.putalpha(Image.fromarray(np.arange(30 * 40, dtype=np.uint8).reshape(30, 40)))
+    assert gray.mode == "L" and rgba.mode == "RGBA"
+    assert score([""], [gray]) == [jpeg_kilobytes(gray)]
+    assert score([""], [rgba]) == [jpeg_kilobytes(rgba.convert("RGB"))]
+    assert jpeg_kilobytes(gray) != jpeg_kilobytes(gray.convert("RGB"))  # the mode is kept
+
+
 def test_jpeg_options_are_checked():
     with pytest.raises(SteerableError, match="quality must be at most 100"):
         ScorerSpec.parse("builtin:jpeg_compressibility?quality=101")
@@ -112,6 +130,13 @@ def test_recognizability_prefers_the_digit_the_prompt_names():
     right = np.asarray(score([caption(n) for n in labels], pictures))
     wrong = np.asarray(score([caption((n + 1) % 10) for n in labels], pictures))
     assert right.mean() > 0.5 > wrong.mean()
+    # by hand: grayscale, resized to 16x16, in [0, 1], the classifier's probability of the named digit
+    from steerable.scorers.images import digit_classifier
+
+    odd = [gradient(40, 40), pictures[0].convert("RGB").resize((40, 40))]
+    pixels = np.stack([np.asarray(p.convert("L").resize((16, 16)), np.float32).ravel() / 255 for p in odd])
+    expected = digit_classifier().predict_proba(pixels)[[0, 1], [3, labels[0]]]
+    assert score([caption(3), caption(labels[0])], odd) == pytest.approx(expected.tolist())
     with pytest.raises(SteerableError, match=r"row 2: recognizability needs a prompt naming a digit"):
         score([caption(1), "a cat"], pictures[:2])
 
