@@ -51,6 +51,10 @@ def test_evaluate_a_ric_image_model_through_the_cli(image_model, tmp_path):
     out = tmp_path / "eval"
     run = evaluate("--method", "ric-image", "--model", image_model, "--limit", 3, *FAST, "--out", out)
     assert run.exit_code == 0, run.output
+    # said before it starts: 3 points and the base model's x 3 captions, 2 steps x 2 UNet passes each
+    said = " ".join(run.output.split())
+    assert "this run makes 12 images (3 grid points and the base model x 3 prompts x 1 sample) of 2 " in said
+    assert "denoising steps each: 48 UNet passes" in said and "start it?" not in said
     record = json.loads((out / "result.json").read_text())
     names = ["recognizability", "compressibility"]
     assert record["names"] == names
@@ -147,6 +151,24 @@ def test_image_options_are_refused_for_a_text_method(tmp_path, option):
     flag = option[0]
     assert run.exit_code == 2
     assert f"{flag} applies to RiC (images) models only, not to RiC" in run.output
+
+
+def test_a_long_image_evaluation_asks_first_unless_yes(image_model, tmp_path, monkeypatch):
+    from steerable import cost
+    from steerable.evaluation import images
+
+    monkeypatch.setattr(cost, "interactive", lambda: True)
+    # (2 points and the base model's) x 1 prompt x 1 sample x 2 steps x 2 passes: 12 UNet passes
+    monkeypatch.setattr(images, "ASK_ABOVE_UNET_PASSES", 10)
+    out = tmp_path / "eval"
+    args = ["--method", "ric-image", "--model", image_model, "--limit", 1, *FAST, "--resolution", 1]
+    declined = CliRunner().invoke(app, ["evaluate", *map(str, args), "--out", str(out)], input="n\n")
+    assert declined.exit_code == 1, declined.output
+    assert "start it?" in declined.output and "12 UNet passes" in " ".join(declined.output.split())
+    assert not (out / "result.json").exists() and not (out / "images").exists()
+    started = evaluate(*args, "--out", out, "--yes")
+    assert started.exit_code == 0, started.output
+    assert "start it?" not in started.output and (out / "result.json").is_file()
 
 
 def test_beats_base_hand_computed():

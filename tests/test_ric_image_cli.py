@@ -66,8 +66,8 @@ def test_generate_writes_a_grid_and_each_image_with_its_scores(trained, tmp_path
     expected = rewards.score([SEVEN] * 2, images)
     found = np.array([[r["score_recognizability"], r["score_compressibility"]] for r in rows])
     np.testing.assert_allclose(found, expected)
-    # the grid: one row (the prompt), two columns (its images), each 16 px scaled to 64 with 2 px gaps
-    assert Image.open(out / "grid.png").size == (2 * 64 + 3 * 2, 64 + 2 * 2)
+    # the grid: one row (the prompt), two columns (its images), each 16 px scaled to 64, 1 px apart
+    assert Image.open(out / "grid.png").size == (2 * 64 + 1, 64)
 
 
 def test_generate_replaces_its_own_folder_and_keeps_the_same_noise_per_column(trained, tmp_path):
@@ -75,15 +75,20 @@ def test_generate_replaces_its_own_folder_and_keeps_the_same_noise_per_column(tr
     out = tmp_path / "digits"
     first = invoke(["generate", "--model", model, SEVEN, "a handwritten digit two", "--n", "2", "--out", out])
     assert first.exit_code == 0, first.output
-    seven = np.asarray(Image.open(out / "1-1.png"))
+    seven = [(out / f"1-{j}.png").read_bytes() for j in (1, 2)]
     again = invoke(["generate", "--model", model, SEVEN, "--n", "1", "--out", out, "--target",
                     "recognizability=0.0,compressibility=0.0"])  # fmt: skip
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in out.iterdir()) == ["1-1.png", "grid.png", "images.jsonl"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]  # nothing beside it
-    assert not np.array_equal(np.asarray(Image.open(out / "1-1.png")), seven)  # other tags, same noise
+    assert (out / "1-1.png").read_bytes() != seven[0]  # other tags, same noise
     row = json.loads((out / "images.jsonl").read_text())
     assert row["targets"] == {"recognizability": 0.0, "compressibility": 0.0} and "weights" not in row
+    # the same steering again, without the second prompt: column j's noise is seed + j whatever the
+    # other prompts, so the same bytes
+    same = invoke(["generate", "--model", model, SEVEN, "--n", "2", "--out", tmp_path / "same"])
+    assert same.exit_code == 0, same.output
+    assert [(tmp_path / "same" / f"1-{j}.png").read_bytes() for j in (1, 2)] == seven
 
 
 def test_generate_says_it_cannot_score_with_an_untrusted_scorer_and_writes_no_scores(trained, tmp_path):
@@ -147,7 +152,7 @@ def test_image_options_on_a_text_model_are_refused(trained, tmp_path):
 def test_train_again_reuses_the_finished_stages_and_refuses_a_changed_learning_rate(trained):
     model, args = trained
     marks = sorted((model / "stages").glob("*/done.json"))
-    assert [p.parent.name for p in marks] == ["base", "data", "tagged"]
+    assert [p.parent.name for p in marks] == ["base", "data", "miniature", "tagged"]
     finished = {path: path.stat().st_mtime_ns for path in marks}
     again = invoke(args)
     assert again.exit_code == 0, again.output

@@ -106,8 +106,11 @@ def pixels(raw: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(raw)), dtype=int)
 
 
-def test_requests_of_different_steering_batched_together_give_the_images_they_give_alone(server, client):
+def test_requests_of_different_steering_batched_together_give_the_images_they_give_alone(
+    server, client, monkeypatch
+):
     _, models = server
+    engine = models[0].engine
     requests = [({"weights": [w, 1 - w]}, 10 + k, None) for k, w in enumerate((0.0, 0.25, 0.5, 0.75, 1.0))]
     requests += [({"targets": {"recognizability": 1.5, "compressibility": -1}}, 3, None), (None, 4, 2.0)]
 
@@ -117,10 +120,14 @@ def test_requests_of_different_steering_batched_together_give_the_images_they_gi
         return png_bytes(draw(client, models[0].id, steering, extra, n=2))
 
     solo = [one(item) for item in requests]
-    before = models[0].engine.largest_batch
+    # the worker waits for all 14 rows (however slowly the requests arrive), then starts them
+    # together: the 12 of the model's guidance in one batch, the 2 of guidance 2.0 in another
+    monkeypatch.setattr(engine, "batch_wait", 120.0)
+    monkeypatch.setattr(engine, "max_batch", 2 * len(requests))
+    monkeypatch.setattr(engine, "largest_batch", 0)
     with ThreadPoolExecutor(len(requests)) as pool:
         together = list(pool.map(one, requests))
-    assert models[0].engine.largest_batch > max(before, 2)  # rows of several requests shared a batch
+    assert engine.largest_batch == 12
     # the same images: the CPU's kernels for one row and for many sum in another order, which can
     # move a rare pixel by one grey level (never more); which mates share the batch changes nothing
     # (the next test)

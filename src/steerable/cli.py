@@ -349,16 +349,22 @@ Yes = Annotated[
 def confirm_cost(plan, yes: bool) -> None:
     """Print what `plan` will cost (answers, time at the measured rate) and a cheaper way where
     there is one, for a run of over a minute; over ten, in an interactive shell, ask unless
-    `yes`. Not starting is exit status 1, before anything is generated."""
+    `yes`. Not starting is exit status 1, before anything is generated. An image evaluation's
+    `ImagePlan` is always said, and asks above ASK_ABOVE_UNET_PASSES in the same way."""
     from steerable import cost
+    from steerable.evaluation.images import ImagePlan
 
-    estimate = cost.estimate(plan)
-    if not estimate.worth_saying:
-        return
-    console.print(estimate.line(), highlight=False, soft_wrap=True)
+    if isinstance(plan, ImagePlan):  # no measured rate: the images and UNet passes, always said
+        line, long = plan.line(), plan.long
+    else:
+        estimate = cost.estimate(plan)
+        if not estimate.worth_saying:
+            return
+        line, long = estimate.line(), estimate.long
+    console.print(line, highlight=False, soft_wrap=True)
     if plan.note:
         console.print(plan.note, highlight=False, soft_wrap=True)
-    asked = estimate.long and not yes and cost.interactive()
+    asked = long and not yes and cost.interactive()
     if asked and not typer.confirm("start it?", default=False, err=True):
         console.print("not started (--yes starts without asking)", highlight=False)
         raise typer.Exit(1)
@@ -709,7 +715,8 @@ def generate(
     mapping: Annotated[
         str | None,
         typer.Option(
-            help=f"{steered_by('mapping')}: how --prefer becomes tags: linf, l2, linear, or quantile for images (default: the model's)."
+            help=f"{steered_by('mapping')}: how --prefer becomes tags: linf, l2, linear or quantile "
+            "(each objective's training quantile at min(K w, 1)) (default: the model's)."
         ),
     ] = None,
     system: Annotated[
@@ -752,7 +759,7 @@ def generate(
     manifest = load_manifest(model)
     method = methods.get(manifest.method)
     image = method.modality == "image"
-    refuse_options_of_other_modality(ctx, method, model)
+    refuse_options_of_other_modality(ctx, method.modality, f"{model} (a {method.name} model)")
     if image:
         from steerable.configs import check_value
 
@@ -887,7 +894,8 @@ def generate_with_sweep(model, method, prompts, steering, system, sampling, dtyp
     return responses, {"weights": dict(zip(names, preference.weights, strict=True))}
 
 
-# generate's options read by one kind of model only (option -> parameter), refused on the other
+# generate's and evaluate's options read by one kind of model only (option -> parameter), refused
+# on the other
 TEXT_OPTIONS = {
     "--system": "system",
     "--max-new-tokens": "max_new_tokens",
@@ -901,10 +909,11 @@ IMAGES_TABLE = "images.jsonl"
 GRID = "grid.png"
 
 
-def refuse_options_of_other_modality(ctx: typer.Context, method, model) -> None:
-    """generate's options given on the command line that the model cannot read (text sampling
-    for an image model, guidance for a language model): one line naming them."""
-    image = method.modality == "image"
+def refuse_options_of_other_modality(ctx: typer.Context, modality: str, model: str) -> None:
+    """The options given on the command line that a model of `modality` cannot read (text
+    sampling for an image model, --n, --guidance, --sampling-steps for a language model),
+    refused in one line naming them; `model` names the model (or method) in it."""
+    image = modality == "image"
     given = [
         option
         for option, name in (TEXT_OPTIONS if image else IMAGE_OPTIONS).items()
@@ -914,13 +923,12 @@ def refuse_options_of_other_modality(ctx: typer.Context, method, model) -> None:
         return
     if image:
         raise SteerableError(
-            f"{', '.join(given)} steer text generation; {model} is a {method.name} model, which makes "
-            "images: leave them out (it takes --n, --guidance, --sampling-steps and --seed)"
+            f"{', '.join(given)} steer text generation; {model} makes images: leave them out (it samples "
+            "with --guidance, --sampling-steps and --seed)"
         )
     makers = ", ".join(methods.names(lambda m: m.modality == "image"))
     raise SteerableError(
-        f"{', '.join(given)} apply to image models ({makers}); {model} is a {method.name} model, which "
-        "makes text: leave them out"
+        f"{', '.join(given)} apply to image models ({makers}); {model} makes text: leave them out"
     )
 
 
@@ -936,6 +944,8 @@ def generate_images(model, method, prompts, steering, options, batch_size, trust
     model: `options["n"]` images per prompt, image j of every prompt from seed + j (so grids of
     two steerings differ by the steering alone), each scored by the model's objectives unless
     one may not run here (an untrusted py: scorer), which is said and leaves the scores out."""
+    from steerable.evaluation.images import image_scores
+
     policy = method.image_policy().from_pretrained(model, trust_remote_code=trust_remote_code)
     targets, applied = policy.request(steering)
     n, seed = options["n"], options["seed"] or 0
@@ -945,15 +955,13 @@ def generate_images(model, method, prompts, steering, options, batch_size, trust
         repeated, targets=targets, guidance=options["guidance"], steps=options["steps"], seed=seeds,
         batch_size=batch_size,
     )  # fmt: skip
-    rewards = policy.rewards
-    if rewards.refusal is None:
-        raw = rewards.score(repeated, images)
-        scores = [
-            {f"score_{name}": float(v) for name, v in zip(rewards.names, row, strict=True)} for row in raw
-        ]
-    else:
-        _warn(f"the images are not scored: {rewards.refusal}")
+    raw, why = image_scores(policy.rewards, repeated, images)
+    if raw is None:
+        _warn(f"the images are not scored: {why}")
         scores = [{} for _ in repeated]
+    else:
+        names = policy.rewards.names
+        scores = [{f"score_{name}": float(v) for name, v in zip(names, row, strict=True)} for row in raw]
     width = len(str(len(prompts)))
     made = []
     for i, prompt in enumerate(prompts):
@@ -966,29 +974,13 @@ def generate_images(model, method, prompts, steering, options, batch_size, trust
     return made, applied
 
 
-def image_grid(rows: list[list], gap: int = 2, least: int = 64):
-    """The images as one picture, a row of images per prompt; small images scaled up (nearest
-    neighbour, so pixels stay sharp) to cells at least `least` pixels wide."""
-    from PIL import Image
-
-    width, height = rows[0][0].size
-    scale = max(1, -(-least // width))
-    cell_w, cell_h = width * scale, height * scale
-    columns = max(len(row) for row in rows)
-    size = (columns * cell_w + (columns + 1) * gap, len(rows) * cell_h + (len(rows) + 1) * gap)
-    grid = Image.new("RGB", size, "white")
-    for i, row in enumerate(rows):
-        for j, image in enumerate(row):
-            cell = image.convert("RGB").resize((cell_w, cell_h), Image.Resampling.NEAREST)
-            grid.paste(cell, (gap + j * (cell_w + gap), gap + i * (cell_h + gap)))
-    return grid
-
-
 def write_images(out: Path, made: list[list[tuple]]) -> None:
     """generate's image folder, whole or not at all: written beside `out`, then moved into place
     (replacing an earlier run's folder), so an error leaves no half-written folder."""
     import json
     import shutil
+
+    from steerable.evaluation.images import readable_grid
 
     tmp, old = out.with_name(f".{out.name}.writing"), out.with_name(f".{out.name}.replaced")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -997,7 +989,7 @@ def write_images(out: Path, made: list[list[tuple]]) -> None:
         for row in made:
             for image, record in row:
                 image.save(tmp / record["file"])
-        image_grid([[image for image, _ in row] for row in made]).save(tmp / GRID)
+        readable_grid([[image for image, _ in row] for row in made]).save(tmp / GRID)
         lines = [json.dumps(record) + "\n" for row in made for _, record in row]
         (tmp / IMAGES_TABLE).write_text("".join(lines))
         shutil.rmtree(old, ignore_errors=True)
@@ -1087,7 +1079,8 @@ def evaluate(
     mapping: Annotated[
         str | None,
         typer.Option(
-            help=f"{evaluated_with('mapping')}: linf, l2 or linear instead of the model's stored mapping."
+            help=f"{evaluated_with('mapping')}: linf, l2, linear or quantile (each objective's training "
+            "quantile at min(K w, 1)) instead of the model's stored mapping."
         ),
     ] = None,
     guidance: Annotated[
@@ -1139,16 +1132,8 @@ def evaluate(
     from steerable.evaluation.report import write_report
 
     check_value("--limit", limit, ge=1)
-    given = {
-        flag: getattr(ctx.get_parameter_source(name), "name", "DEFAULT")
-        for flag, name in TEXT_OPTIONS.items()
-    }
-    text_only = [flag for flag, source in given.items() if source != "DEFAULT"]
-    if text_only and methods.get(method).modality == "image":
-        raise SteerableError(
-            f"{', '.join(text_only)} steer text generation; {method} makes images: leave them out (it "
-            "samples with --guidance, --sampling-steps, --seed and --samples)"
-        )
+    if methods.get(method).modality == "image":  # a text method's image options: `method_generator`
+        refuse_options_of_other_modality(ctx, "image", method)
     claim(
         out, {"--model": model, "--stats": stats, "--adapter": adapter, "--prompts": prompts}, directory=True
     )

@@ -35,7 +35,7 @@ from steerable import methods
 from steerable.cost import Plan, sweep_plan
 from steerable.data.prompts import load_prompts, prompt_source, refuse_trained_on
 from steerable.errors import SteerableError
-from steerable.evaluation.images import IMAGE_FOLDER, keep_images
+from steerable.evaluation.images import IMAGE_FOLDER, ImagePlan, keep_images
 from steerable.evaluation.report import EvaluationResult, finite, prompts_digest, versus_baseline
 from steerable.evaluation.sweep import (
     SweepPoint,
@@ -78,7 +78,7 @@ def method_generator(
 ) -> Generator:
     """What `evaluate` sweeps for one method, built by its registry entry (`methods.base.Method`):
     `adapter` evaluates another stage's adapter, e.g. DIR/stages/sft/weights for the model
-    before online MORS; `mapping` (linf, l2, linear) overrides the model's stored mapping;
+    before online MORS; `mapping` (linf, l2, linear, quantile) overrides the model's stored mapping;
     `guidance` and `sampling_steps` override an image model's guidance scale and denoising
     steps (each where the method takes it, else refused). `dtype` overrides the dtype a model
     directory records (float32 for the prompting floor); `trust_remote_code` lets models and the
@@ -148,7 +148,7 @@ def evaluate(
     levels: bool = True,
     level_samples: int | None = None,
     examples: int = FEWSHOT_EXAMPLES,
-    before_sweep: Callable[[Plan], None] | None = None,
+    before_sweep: Callable[[Plan | ImagePlan], None] | None = None,
     guidance: float | None = None,
     sampling_steps: int | None = None,
     images_to: str | Path | None = None,
@@ -159,8 +159,8 @@ def evaluate(
     `dtype` / `trust_remote_code`: see `method_generator`. The result records the prompts (a
     hash; `prompt_split` and `prompt_limit` say where they came from) and the sampling, so
     that `steerable report` compares only results measured the same way. `before_sweep` is
-    given what the sweep will generate (a `cost.Plan`) once the grid is known, before it starts
-    (a text method's: its estimate is in tokens).
+    given what the sweep will generate once the grid is known, before it starts: a text
+    method's `cost.Plan` (its estimate is in tokens), an image method's `images.ImagePlan`.
 
     A method that makes images: `guidance` and `sampling_steps` override the model's; each
     point keeps a thumbnail and writes its grid PNG under `images_to` (`evaluation.images`); a
@@ -190,7 +190,10 @@ def evaluate(
     else:
         grid, resolution = np.asarray(grid, float), None  # a given grid has no resolution
     steering = built.levels
-    if before_sweep is not None and not images:
+    if before_sweep is not None and images:
+        steps = image_sampling(manifest, sampling, guidance, sampling_steps)["steps"]
+        before_sweep(image_plan(len(grid), built.baseline is not None, len(prompts), samples, steps))
+    elif before_sweep is not None:
         by_level = len(rewards) * steering["count"] * level_samples if steering is not None and levels else 0
         before_sweep(
             sweep_plan(len(grid), len(rewards), resolution, len(prompts), samples, by_level, sampling,
@@ -293,6 +296,14 @@ def image_sampling(manifest, sampling: SamplingConfig, guidance: float | None, s
         "seed": sampling.seed,
         "batch_size": sampling.batch_size,
     }
+
+
+def image_plan(points: int, baseline: bool, prompts: int, samples: int, steps: int) -> ImagePlan:
+    """What an image method's evaluation makes: every grid point's images and, with a base
+    model, its own, `samples` of each prompt, `steps` denoising steps each."""
+    what = f"{points:,} grid points{' and the base model' * baseline} x {prompts} prompts x {samples} "
+    what += f"sample{'s' * (samples != 1)}"
+    return ImagePlan((points + baseline) * prompts * samples, steps, what)
 
 
 def base_point(

@@ -3,7 +3,8 @@ them: a grid PNG per point in the output folder (prompts as rows, samples as col
 small thumbnail embedded in the result, which the front plot draws at the point it came from.
 
 Every point's images are sampled from the same seeds on the same prompts, so the same cell of
-two points' grids differs by the steering alone.
+two points' grids differs by the steering alone. `generate` and the server draw their grids and
+score their images with the same pieces (`readable_grid`, `image_scores`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import base64
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from steerable.errors import SteerableError
 from steerable.io import atomic_write
 
 GRID_ROWS = 10  # prompts shown in a point's grid (spread over the prompts)
@@ -25,6 +28,36 @@ GRID_LARGEST = 256  # larger ones are shrunk to this side in a grid
 THUMBNAIL_IMAGES = 4  # a 2x2 thumbnail
 THUMBNAIL_PIXELS = 48  # an image's longer side in a thumbnail (smaller images are kept as they are)
 IMAGE_FOLDER = "images"
+# an interactive evaluation of more UNet passes asks first (`ImagePlan.long`): e.g. 1,000 images
+# of 50 guided steps, a long run for a Stable Diffusion UNet
+ASK_ABOVE_UNET_PASSES = 100_000
+
+
+@dataclass
+class ImagePlan:
+    """What an evaluation of an image method will make, said before it starts (as `cost.Plan`
+    says a text method's answers): `images` images (`what`: where the count comes from), each of
+    `steps` denoising steps, two UNet passes a step (classifier-free guidance: the caption and
+    the empty prompt)."""
+
+    images: int
+    steps: int
+    what: str
+    note: str | None = None
+
+    @property
+    def unet_passes(self) -> int:
+        return self.images * self.steps * 2
+
+    def line(self) -> str:
+        return (
+            f"this run makes {self.images:,} images ({self.what}) of {self.steps} denoising steps each: "
+            f"{self.unet_passes:,} UNet passes (2 a step, for classifier-free guidance)"
+        )
+
+    @property
+    def long(self) -> bool:
+        return self.unet_passes > ASK_ABOVE_UNET_PASSES
 
 
 def spread(count: int, keep: int) -> list[int]:
@@ -59,11 +92,18 @@ def image_grid(rows: Sequence[Sequence], scale: int = 1):
 
 def point_grid(images: Sequence, prompts: int, samples: int):
     """A point's images as a grid: up to GRID_ROWS prompts spread over the set, one a row, with
-    up to GRID_COLUMNS of each prompt's samples; images under GRID_PIXELS a side enlarged, over
-    GRID_LARGEST shrunk (a grid of 80 Stable Diffusion images at full size is 5k pixels a side)."""
+    up to GRID_COLUMNS of each prompt's samples (`readable_grid`)."""
     columns = min(samples, GRID_COLUMNS)
-    rows = [[images[p * samples + s] for s in range(columns)] for p in spread(prompts, GRID_ROWS)]
-    if max(images[0].size) > GRID_LARGEST:
+    return readable_grid(
+        [[images[p * samples + s] for s in range(columns)] for p in spread(prompts, GRID_ROWS)]
+    )
+
+
+def readable_grid(rows: Sequence[Sequence]):
+    """`image_grid` of rows of images at a size to look at: images under GRID_PIXELS a side
+    enlarged, over GRID_LARGEST shrunk (a grid of 80 Stable Diffusion images at full size is 5k
+    pixels a side)."""
+    if max(rows[0][0].size) > GRID_LARGEST:
         rows = [[shrunk(image, GRID_LARGEST) for image in row] for row in rows]
     return image_grid(rows, scale=max(1, GRID_PIXELS // max(rows[0][0].size)))
 
@@ -102,3 +142,15 @@ def keep_images(images: Sequence, prompts: int, samples: int, folder: Path | Non
         atomic_write(Path(folder) / f"{name}.png", lambda tmp: grid.save(tmp, format="PNG"))
         kept["images"] = f"{Path(folder).name}/{name}.png"
     return kept
+
+
+def image_scores(rewards, prompts: Sequence[str], images: Sequence) -> tuple[np.ndarray | None, str | None]:
+    """(the objectives' raw scores of the images, a row each; None) or (None, why not): a scorer
+    that may not run here (an untrusted py: scorer, `RewardSet.refusal`) or that fails leaves
+    the scores out, and the images are still given."""
+    if rewards.refusal is not None:
+        return None, rewards.refusal
+    try:
+        return rewards.score(list(prompts), list(images)), None
+    except SteerableError as err:
+        return None, str(err)

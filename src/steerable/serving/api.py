@@ -70,6 +70,7 @@ from starlette.requests import ClientDisconnect
 
 from steerable import methods
 from steerable.errors import SteerableError
+from steerable.evaluation.images import image_scores
 from steerable.serving.engine import BatchEngine, ImageEngine, ImageJob, Job
 from steerable.serving.protocol import (
     ApiError,
@@ -446,12 +447,9 @@ def image_data(model: ServedModel, prompt: str, jobs: list[ImageJob]) -> tuple[l
         job.image.save(png, format="PNG")
         data.append({"b64_json": base64.b64encode(png.getvalue()).decode()})
     rewards = model.policy.rewards
-    if rewards.refusal is not None:
-        return data, None
-    try:
-        raw = rewards.score([prompt] * len(jobs), [j.image for j in jobs])
-    except SteerableError as err:
-        log.warning("%s: the images' scores are left out: %s", model.id, err)
+    raw, why = image_scores(rewards, [prompt] * len(jobs), [j.image for j in jobs])
+    if raw is None:
+        log.warning("%s: the images' scores are left out: %s", model.id, why)
         return data, None
     normalised = rewards.normalise(raw).tolist()
     return data, {"objectives": rewards.names, "raw": raw.tolist(), "normalised": normalised}

@@ -132,7 +132,8 @@ class RiCConfig(LoraArguments, ModelArguments):
         tag_placement: where the tags go: `user_end` (default: the end of the user turn) or
             `system` (the system message); steerable.conditioning says why the user turn.
         tag_decimals: decimals of the tag values (the paper rounds to one).
-        mapping: default preference-to-target mapping stored with the model (linf, l2, linear).
+        mapping: default preference-to-target mapping stored with the model (linf, l2, linear,
+            quantile: each objective's training quantile at min(K w_i, 1), `conditioning`).
         lo_quantile / hi_quantile: stats quantiles used as each objective's lo and hi target.
 
     Offline SFT:
