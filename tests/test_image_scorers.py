@@ -253,8 +253,14 @@ def test_hf_image_classifier_without_a_processor_resizes_to_its_image_size(vit_c
 
     ViTForImageClassification.from_pretrained(vit_classifier).save_pretrained(tmp_path)
     score = build_scorer(ScorerSpec.parse(f"d=hf:{tmp_path}?input=image&score=logit"))
-    values = score(["", ""], [gradient(), Image.new("L", (40, 30), 128)])
-    assert len(values) == 2 and values[0] != values[1]
+    pictures = [gradient(), Image.new("L", (40, 30), 128)]
+    values = score(["", ""], pictures)
+    # by hand: RGB, resized to the config's 16x16, pixels in [0, 1], label 0's logit
+    model = ViTForImageClassification.from_pretrained(tmp_path).eval()
+    arrays = [np.asarray(p.convert("RGB").resize((16, 16)), np.float32) / 255 for p in pictures]
+    with torch.no_grad():
+        logits = model(pixel_values=torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)).logits
+    assert values == pytest.approx(logits[:, 0].tolist(), abs=1e-5)
     assert score([], []) == []
 
 
