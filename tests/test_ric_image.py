@@ -362,3 +362,101 @@ def test_a_finished_run_is_not_retrained(trained, tmp_path):
     before = (moved / "stages" / "tagged" / "done.json").read_text()
     assert train_ric_image(tiny_config(moved)) == moved
     assert (moved / "stages" / "tagged" / "done.json").read_text() == before
+
+
+# --- what the trainer is fed, and what it saves -------------------------------------------------
+@pytest.fixture(scope="module")
+def spied(tmp_path_factory) -> dict:
+    """A tagged-only run (the miniature's own UNet is the base) with a third of the rows dropped,
+    recording the token ids each step's loss reads (after the drop) and the raw UNet weights after
+    each optimiser step."""
+    import steerable.methods.ric_image.recipe as recipe
+
+    fed, raw = [], []
+    original_drop, original_step = recipe.drop_rows, recipe.EMA.on_step_end
+
+    def drop(rows, *args, **kwargs):
+        kept = original_drop(rows, *args, **kwargs)
+        fed.extend(row.tolist() for row in kept)
+        return kept
+
+    def step_end(self, *args, **kwargs):
+        raw.append({k: v.detach().clone() for k, v in self.unet.named_parameters()})
+        return original_step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(recipe, "drop_rows", drop)
+        patch.setattr(recipe.EMA, "on_step_end", step_end)
+        out = train_ric_image(
+            tiny_config(tmp_path_factory.mktemp("spied") / "model", base_steps=0, drop_probability=0.3)
+        )
+    return {"out": out, "fed": fed, "raw": raw}
+
+
+def test_the_trainer_reads_each_caption_with_its_rounded_normalised_scores_or_the_empty_prompt(spied):
+    from steerable.data.digits import digit_images
+
+    out = spied["out"]
+    _, captions = digit_images("train", copies=1, seed=0)
+    scores = np.load(out / "stages" / "data" / "scores.npy")
+    stats = RewardSet.load(out / "stages" / "data" / "stats.json")
+    mean = np.array([o.stats.mean for o in stats.objectives])
+    std = np.array([o.stats.std for o in stats.objectives])
+    z = (scores - mean) / std
+    texts = [f"{c} <rm1> {round(a, 1):.1f} <rm2> {round(b, 1):.1f}".replace("-0.0", "0.0") for c, (a, b) in
+             zip(captions, z, strict=True)]  # fmt: skip
+    parts = DiffusionParts.load(out)
+    tagged = {tuple(row) for row in parts.token_ids(texts).tolist()}
+    empty = tuple(parts.token_ids([""])[0].tolist())
+    fed = [tuple(row) for row in spied["fed"]]
+    assert len(fed) == 4 * 8  # every row of every step
+    assert all(row == empty or row in tagged for row in fed)
+    assert 0 < fed.count(empty) < len(fed)
+    assert len({row for row in fed if row != empty}) > 1
+
+
+def test_the_saved_unet_is_the_exponential_average_of_the_trained_weights(spied):
+    """diffusers' EMA with warmup: decay d_n = min(0.999, 1 - n ** -0.75) after the first step,
+    which copies the weights; the saved UNet is that average, not the last weights."""
+    raw = spied["raw"]
+    assert len(raw) == 4
+    average = {k: v.clone() for k, v in raw[0].items()}
+    for n, weights in enumerate(raw[1:], start=1):
+        decay = min(0.999, 1 - (1 + n) ** -0.75)
+        for k in average:
+            average[k] = decay * average[k] + (1 - decay) * weights[k]
+    saved = unet_weights(spied["out"] / "unet")
+    assert same_weights(saved, average, atol=1e-6)
+    assert not same_weights(saved, raw[-1], atol=1e-6)
+
+
+def test_a_caption_over_the_token_budget_is_refused_before_any_stage_runs(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for i, caption in enumerate(["a handwritten digit one", "a handwritten digit two " * 12]):
+        Image.new("L", (16, 16), color=40 * i).save(data / f"{i}.png")
+        rows.append(f'{{"file_name": "{i}.png", "text": "{caption.strip()}"}}')
+    (data / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(SteerableError, match=r"training row 2 \('a handwritten digit two"):
+        train_ric_image(tiny_config(out, data=str(data)))
+    assert not any((out / "stages" / name / "done.json").exists() for name in ("data", "base", "tagged"))
+    assert not (out / "steerable.json").exists()
+
+
+def test_a_manifest_with_a_bad_image_entry_is_refused_naming_the_field(trained, tmp_path):
+    import json
+
+    from steerable.manifest import load_manifest
+
+    for field_name, value in (("guidance", -1), ("steps", 0), ("steps", 2.5), ("base_unet", "nowhere")):
+        moved = tmp_path / f"{field_name}-{value}"
+        shutil.copytree(trained, moved, ignore=shutil.ignore_patterns("stages"))
+        manifest = json.loads((moved / "steerable.json").read_text())
+        manifest["image"][field_name] = value
+        (moved / "steerable.json").write_text(json.dumps(manifest))
+        with pytest.raises(SteerableError, match=f"image.{field_name}"):
+            load_manifest(moved)

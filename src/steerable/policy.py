@@ -66,12 +66,8 @@ class TargetSteering:
         """Per-objective (lo, hi) in normalised units, from the stored quantiles."""
         lo_q = self.mapping.lo_quantile if lo_q is None else lo_q
         hi_q = self.mapping.hi_quantile if hi_q is None else hi_q
-        lo, hi = [], []
-        for objective in self.rewards.objectives:
-            stats = objective.stats
-            lo.append(float(stats.normalise(np.array([stats.quantile(lo_q)]))[0]))
-            hi.append(float(stats.normalise(np.array([stats.quantile(hi_q)]))[0]))
-        return lo, hi
+        ks = range(len(self.rewards.objectives))
+        return [self.quantile(k, lo_q) for k in ks], [self.quantile(k, hi_q) for k in ks]
 
     def targets_for(
         self, preference: Preference | Mapping | Sequence | str, mapping: str | None = None

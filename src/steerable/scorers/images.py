@@ -29,9 +29,12 @@ def pictures_of(images: Sequence) -> list:
     return as_images(images)
 
 
-def gray_pixels(images: Sequence) -> np.ndarray:
-    """The images as grayscale floats in [0, 1], one row of pixels per image: (N, H*W)."""
+def gray_pixels(images: Sequence, size: int | None = None) -> np.ndarray:
+    """The images as grayscale floats in [0, 1] (resized to `size` x `size` when given), one row
+    of pixels per image: (N, H*W)."""
     pictures = [p.convert("L") for p in pictures_of(images)]
+    if size is not None:
+        pictures = [p.resize((size, size)) for p in pictures]
     if not pictures:
         return np.zeros((0, 1), dtype=np.float32)
     return np.stack([np.asarray(p, dtype=np.float32).ravel() / 255.0 for p in pictures])
@@ -91,9 +94,7 @@ def _recognizability():
             labels.append(label)
         if not labels:
             return []
-        pictures = [p.convert("L").resize((SIZE, SIZE)) for p in pictures_of(images)]
-        pixels = np.stack([np.asarray(p, dtype=np.float32).ravel() / 255.0 for p in pictures])  # (N, 256)
-        probabilities = digit_classifier().predict_proba(pixels)  # (N, 10)
+        probabilities = digit_classifier().predict_proba(gray_pixels(images, SIZE))  # (N, 10)
         return probabilities[np.arange(len(labels)), labels].tolist()
 
     return score

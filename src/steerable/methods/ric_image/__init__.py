@@ -13,6 +13,7 @@ METHOD = Method(
         "steerable train ric-image --output_dir runs/ric-image",
         "steerable train ric-image --output_dir runs/ric-image-3 --objectives recognizability=builtin:recognizability compressibility=builtin:jpeg_compressibility brightness=builtin:brightness",  # noqa: E501 -- one command as typed
     ),
+    check="steerable.methods.ric_image.policy:check_manifest",
     images="steerable.methods.ric_image.policy:ImagePolicy",
     config="steerable.methods.ric_image.recipe:RiCImageConfig",
     recipe="steerable.methods.ric_image.recipe:train_ric_image",

@@ -7,7 +7,7 @@ as a Stable Diffusion folder, in pixel space (16x16 grayscale digits, no VAE).
   vocabulary built from the captions' words, the tag pieces and every character.
 - text_encoder: a small `CLIPTextModel`, randomly initialised from a fixed seed and frozen, as
   Stable Diffusion's is; the UNet learns to read it.
-- unet: a `UNet2DConditionModel` of about 1M parameters cross-attending to the text encoder.
+- unet: a `UNet2DConditionModel` of about 1.7M parameters cross-attending to the text encoder.
 - scheduler: DDPM with the cosine schedule, which suits small images.
 """
 

@@ -80,15 +80,16 @@ class DiffusionParts:
     def max_tokens(self) -> int:
         return min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
 
-    def token_ids(self, prompts: list[str]) -> torch.Tensor:
+    def token_ids(self, prompts: list[str], what: str = "prompt") -> torch.Tensor:
         """The prompts' token ids padded to the token budget, (B, T); a prompt over the budget is
-        an error naming it (its tags would be cut off and the model steered by half a request)."""
+        an error naming it as `what` and its number (its tags would be cut off and the model
+        steered by half a request)."""
         budget = self.max_tokens
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=budget, truncation=False)
         for i, row in enumerate(ids.input_ids):
             if len(row) > budget:
                 raise SteerableError(
-                    f"prompt {i + 1} ({prompts[i][:50]!r}...) is {len(row)} tokens with its tags; the "
+                    f"{what} {i + 1} ({prompts[i][:50]!r}...) is {len(row)} tokens with its tags; the "
                     f"text encoder reads {budget}: shorten the caption"
                 )
         return torch.tensor(ids.input_ids)
@@ -99,15 +100,23 @@ class DiffusionParts:
         device = next(self.unet.parameters()).device
         return self.text_encoder(self.token_ids(prompts).to(device)).last_hidden_state
 
+    def to(self, device) -> DiffusionParts:
+        """Every part on `device` (the frozen ones too, which a trainer does not move)."""
+        for module in (self.unet, self.text_encoder, self.vae):
+            if module is not None:
+                module.to(device)
+        return self
+
     @torch.no_grad()
-    def to_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] to what the UNet denoises (the VAE's scaled latents, or the pixels)."""
         if self.vae is None:
             return pixels
         return self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """What the UNet denoises back to images in [-1, 1]."""
         if self.vae is None:
             return latents
         return self.vae.decode(latents / self.vae.config.scaling_factor).sample
@@ -117,6 +126,18 @@ class DiffusionParts:
         """(C, H, W) of what the UNet denoises."""
         config = self.unet.config
         return config.in_channels, config.sample_size, config.sample_size
+
+    @property
+    def image_size(self) -> int:
+        """The side, in pixels, of the images it makes: the UNet's sample size, times the VAE's
+        downsampling (2 per block after the first) where there is one."""
+        side = self.unet.config.sample_size
+        return side if self.vae is None else side * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images it makes: RGB through a VAE, else what the UNet denoises."""
+        return 3 if self.vae is not None else self.unet.config.in_channels
 
     @torch.no_grad()
     def sample(
@@ -155,7 +176,7 @@ class DiffusionParts:
                 both = self.unet(torch.cat([x, x]), t, condition).sample  # (2B, C, H, W)
                 unconditional, conditional = both.chunk(2)
                 x = scheduler.step(guided(unconditional, conditional, guidance), t, x).prev_sample
-            images += to_pil(self.to_pixels(x))
+            images += to_pil(self.decode(x))
         return images
 
 
@@ -168,14 +189,14 @@ def to_pil(pixels: torch.Tensor) -> list:
     return [Image.fromarray(image) for image in array]
 
 
-def to_pixels(images: list, channels: int, size: int) -> torch.Tensor:
-    """PIL images (or uint8 arrays) as a (B, C, H, W) tensor in [-1, 1] at `size`."""
-    from PIL import Image
+def images_to_tensor(images: Sequence, channels: int, size: int) -> torch.Tensor:
+    """PIL images (or arrays of pixels) as a (B, C, H, W) tensor in [-1, 1] at `size`."""
+    from steerable.reward_models.hf_image import as_image
 
     mode = "L" if channels == 1 else "RGB"
     rows = []
-    for image in images:
-        picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-        array = np.asarray(picture.convert(mode).resize((size, size)), dtype=np.float32) / 127.5 - 1
+    for i, image in enumerate(images):
+        picture = as_image(image, i).convert(mode).resize((size, size))
+        array = np.asarray(picture, dtype=np.float32) / 127.5 - 1
         rows.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
     return torch.tensor(np.stack(rows))

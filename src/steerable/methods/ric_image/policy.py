@@ -15,11 +15,11 @@ Model directory (written by `steerable train ric-image`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
+from steerable.conditioning import format_tags
 from steerable.errors import SteerableError
 from steerable.manifest import MANIFEST, MappingConfig, load_manifest
 from steerable.methods.ric_image.pipeline import DiffusionParts, check_guidance
@@ -29,14 +29,24 @@ from steerable.policy import TargetSteering
 
 def tag_text(caption: str, z: Sequence[float], decimals: int = 1) -> str:
     """`caption <rm1> z1 <rm2> z2 ...`: the caption with each objective's normalised score, in
-    the objectives' order, rounded to `decimals` ("-0.0" written "0.0")."""
-    values = []
-    for value in z:
-        if not np.isfinite(value):
-            raise SteerableError(f"a tag value is {value}; targets must be finite")
-        text = f"{round(float(value), decimals):.{decimals}f}"
-        values.append(text[1:] if text.startswith("-") and float(text) == 0 else text)
-    return " ".join([caption, *(f"<rm{k + 1}> {v}" for k, v in enumerate(values))])
+    the objectives' order, as `format_tags` writes tags."""
+    return f"{caption} {format_tags({f'rm{k + 1}': value for k, value in enumerate(z)}, decimals)}"
+
+
+def check_manifest(manifest, path) -> None:
+    """A ric-image steerable.json's `image` entry: a finite guidance scale >= 0, a whole number of
+    sampling steps >= 1, and the base model's UNet folder beside it; else one error naming the
+    field."""
+    image = manifest.image if isinstance(manifest.image, dict) else {}
+    guidance, steps, base = image.get("guidance"), image.get("steps"), image.get("base_unet")
+    fix = "re-run `steerable train ric-image` to rewrite it"
+    number = isinstance(guidance, (int, float)) and not isinstance(guidance, bool)
+    if not number or not math.isfinite(guidance) or guidance < 0:
+        raise SteerableError(f"{path}: image.guidance must be a finite number >= 0, got {guidance!r}; {fix}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SteerableError(f"{path}: image.steps must be a whole number >= 1, got {steps!r}; {fix}")
+    if not isinstance(base, str) or not (Path(path).parent / base).is_dir():
+        raise SteerableError(f"{path}: image.base_unet {base!r} is not a folder beside it; {fix}")
 
 
 class ImagePolicy(TargetSteering):
@@ -63,26 +73,33 @@ class ImagePolicy(TargetSteering):
         base: bool = False,
         trust_remote_code: bool = False,
         device: str | None = None,
+        parts: DiffusionParts | None = None,
     ) -> ImagePolicy:
+        """Load `directory`'s tagged model (`base=True`: its caption-only base model). `parts`: a
+        loaded policy's parts whose frozen ones (tokenizer, text encoder, scheduler, VAE) are
+        shared, so only the UNet is read."""
+        import dataclasses
+
         import torch
+        from diffusers import UNet2DConditionModel
 
         directory = Path(directory)
         manifest = load_manifest(directory, method="ric-image")
         unet = directory / (manifest.image["base_unet"] if base else "unet")
-        parts = DiffusionParts.load(directory, unet=unet)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        for module in (parts.unet, parts.text_encoder, parts.vae):
-            if module is not None:
-                module.to(device).eval()
+        if parts is None:
+            parts = DiffusionParts.load(directory, unet=unet)
+            parts.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        else:
+            device = device or next(parts.unet.parameters()).device
+            parts = dataclasses.replace(parts, unet=UNet2DConditionModel.from_pretrained(unet).to(device))
+        parts.unet.eval()
         return cls(parts, manifest, directory, base, trust_remote_code)
 
     @property
     def size(self) -> int:
         """The side, in pixels, of the square images it makes (the UNet's sample size, times the
         VAE's downsampling where there is one)."""
-        _, _, side = self.parts.shape
-        vae = self.parts.vae
-        return side if vae is None else side * 2 ** (len(vae.config.block_out_channels) - 1)
+        return self.parts.image_size
 
     @property
     def max_steps(self) -> int:
@@ -126,11 +143,12 @@ class ImagePolicy(TargetSteering):
         mapping: str | None = None,
         guidance: float | None = None,
         steps: int | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         batch_size: int = 64,
     ) -> list:
         """One image (PIL) per prompt, steered by `preference` (through `mapping`) or `targets`;
-        `guidance` and `steps` default to the model's."""
+        `guidance` and `steps` default to the model's; `seed` as `DiffusionParts.sample` takes
+        it (one, or one per prompt)."""
         prompts = list(prompts)
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise SteerableError("every prompt must be non-empty text")

@@ -2,8 +2,9 @@
 caption-only base model, then fine-tune it on captions carrying the images' normalised scores
 as tags (`caption <rm1> z1 <rm2> z2`, both dropped together for 10% of the rows, the
 unconditional branch of classifier-free guidance), keeping an EMA of the UNet's weights. At
-inference a preference becomes target tags (`steering.py`).
+inference a preference becomes target tags (`policy.py`).
 
+    miniature  the embedded pipeline folder, built from the seed (only with --model miniature)
     data    the images and captions (the embedded digits, or a folder of yours), scored, with
             the statistics of every objective
     base    the caption-only model: the point RiC is compared against
@@ -17,30 +18,26 @@ VAE) stay frozen, as in the reference.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from steerable.configs import SEED, check_config
 from steerable.errors import SteerableError
-from steerable.manifest import MANIFEST, PolicyManifest, training_record, write_model_directory
+from steerable.manifest import MANIFEST, MappingConfig, PolicyManifest, training_record, write_model_directory
 from steerable.methods.ric_image.miniature import NAME as MINIATURE
-from steerable.methods.ric_image.pipeline import DiffusionParts, check_guidance, to_pil, to_pixels
+from steerable.methods.ric_image.pipeline import DiffusionParts, check_guidance, images_to_tensor, to_pil
 from steerable.methods.ric_image.policy import tag_text
 from steerable.objectives import RewardSet
+from steerable.scorers import check_modality
 from steerable.stages import Stages, fingerprint, is_main_process, say
-from steerable.training import (
-    CheckpointedState,
-    config_inputs,
-    device_args,
-    last_complete_checkpoint,
-    train_stage,
-)
+from steerable.training import config_inputs, device_args, last_complete_checkpoint, train_stage
 
 DEFAULT_OBJECTIVES = (
     "recognizability=builtin:recognizability",
@@ -147,28 +144,16 @@ class RiCImageConfig:
         if self.data is not None:
             self.data = str(Path(self.data).resolve())
         self.objectives = [str(o.spec) for o in RewardSet.from_specs(self.objectives).objectives]
-        check_image_objectives(RewardSet.from_specs(self.objectives))
-
-
-def check_image_objectives(rewards: RewardSet) -> None:
-    """Every objective scores images (a text built-in cannot judge a picture)."""
-    from steerable.scorers import modality
-
-    for objective in rewards.objectives:
-        if modality(objective.spec) == "text":
-            raise SteerableError(
-                f"objective {objective.name!r} ({objective.spec}) scores text, not images; use an "
-                "image objective (builtin:jpeg_compressibility, brightness, contrast, recognizability, "
-                "a py: function of (prompts, images) or an hf: image classifier)"
-            )
+        check_modality(self.objectives, "image", "train ric-image")
 
 
 # --- pure pieces (tested directly) -------------------------------------------------------------
-def drop_rows(texts: list[str], probability: float, generator: torch.Generator | None = None) -> list[str]:
-    """Each text replaced by the empty prompt with `probability`: caption and tags go together,
-    so the model also learns the unconditional prediction of classifier-free guidance."""
-    keep = torch.rand(len(texts), generator=generator) >= probability
-    return [text if kept else "" for text, kept in zip(texts, keep.tolist(), strict=True)]
+def drop_rows(rows: Sequence, probability: float, generator: torch.Generator | None = None, empty="") -> list:
+    """Each row replaced by `empty` (the empty prompt, or its token ids) with `probability`:
+    caption and tags go together, so the model also learns the unconditional prediction of
+    classifier-free guidance."""
+    keep = torch.rand(len(rows), generator=generator) >= probability
+    return [row if kept else empty for row, kept in zip(rows, keep.tolist(), strict=True)]
 
 
 # --- the model trained by transformers.Trainer --------------------------------------------------
@@ -183,18 +168,22 @@ class DenoisingLoss(torch.nn.Module):
     def __init__(self, parts: DiffusionParts, drop_probability: float):
         super().__init__()
         self.unet = parts.unet
-        self.parts = parts  # the frozen parts, outside the trained modules
+        self.parts = parts  # the frozen parts, outside the trained modules (the trainer moves the UNet only)
+        self.empty = parts.token_ids([""])[0]  # (T,) the empty prompt a dropped row reads
         self.timesteps = parts.scheduler.config.num_train_timesteps
         self.drop_probability = drop_probability
 
-    def forward(self, pixel_values: torch.Tensor, texts: list[str]) -> dict:
-        input_ids = self.parts.token_ids(drop_rows(texts, self.drop_probability)).to(pixel_values.device)
-        latents = self.parts.to_latents(pixel_values)  # (B, C, H, W)
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> dict:
+        device = pixel_values.device
+        if self.parts.text_encoder.device != device:  # once: the frozen parts join the UNet
+            self.parts.to(device)
+        input_ids = torch.stack(drop_rows(input_ids.cpu(), self.drop_probability, empty=self.empty))  # (B, T)
+        latents = self.parts.encode_images(pixel_values)  # (B, C, H, W)
         noise = torch.randn_like(latents)
         t = torch.randint(0, self.timesteps, (len(latents),), device=latents.device)
         noisy = self.parts.scheduler.add_noise(latents, noise, t)
         with torch.no_grad():
-            hidden = self.parts.text_encoder(input_ids).last_hidden_state  # (B, T, d)
+            hidden = self.parts.text_encoder(input_ids.to(device)).last_hidden_state  # (B, T, d)
         prediction = self.unet(noisy, t, hidden).sample
         if self.parts.scheduler.config.prediction_type == "v_prediction":
             target = self.parts.scheduler.get_velocity(latents, noise, t)
@@ -203,20 +192,20 @@ class DenoisingLoss(torch.nn.Module):
         return {"loss": torch.nn.functional.mse_loss(prediction.float(), target.float())}
 
 
-class EMA(CheckpointedState):
+class EMA(TrainerCallback):
     """The EMA of the UNet's weights (diffusers' `EMAModel`), updated after every optimiser
-    step and saved in every checkpoint, so a resumed stage continues the same average."""
+    step and saved as ema.pt in every checkpoint, so a resumed stage continues the same average."""
 
     def __init__(self, unet: torch.nn.Module, decay: float, checkpoint: str | None):
         from diffusers.training_utils import EMAModel
 
         self.ema = EMAModel(unet.parameters(), decay=decay, use_ema_warmup=True, power=3 / 4)
-        if checkpoint is not None and (Path(checkpoint) / "ema.pt").is_file():
-            self.ema.load_state_dict(torch.load(Path(checkpoint) / "ema.pt", weights_only=False))
+        if checkpoint is not None:
+            self.ema.load_state_dict(torch.load(Path(checkpoint) / "ema.pt", weights_only=True))
         self.unet = unet
 
-    def state(self) -> dict:
-        return {"args": {}, "attributes": {}}
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.ema.to(next(self.unet.parameters()).device)  # where the trainer put the UNet
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ema.step(self.unet.parameters())
@@ -236,19 +225,25 @@ class EMA(CheckpointedState):
 
 
 class ImageRows(torch.utils.data.Dataset):
-    def __init__(self, pixels: torch.Tensor, texts: list[str]):
-        self.pixels, self.texts = pixels, texts
+    """The training rows: each image (PIL, or an array of pixels) made a tensor only when the
+    loader asks for it, and its text's token ids, tokenised once."""
+
+    def __init__(self, images: list, input_ids: torch.Tensor, channels: int, side: int):
+        self.images, self.input_ids, self.channels, self.side = images, input_ids, channels, side
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        return {"pixel_values": self.pixels[i], "text": self.texts[i]}
+        pixels = images_to_tensor([self.images[i]], self.channels, self.side)[0]  # (C, H, W)
+        return {"pixel_values": pixels, "input_ids": self.input_ids[i]}
 
 
 def _collate(rows: list[dict]) -> dict:
-    pixels = torch.stack([r["pixel_values"] for r in rows])  # (B, C, H, W)
-    return {"pixel_values": pixels, "texts": [r["text"] for r in rows]}
+    return {
+        "pixel_values": torch.stack([r["pixel_values"] for r in rows]),  # (B, C, H, W)
+        "input_ids": torch.stack([r["input_ids"] for r in rows]),  # (B, T)
+    }
 
 
 def train_unet(
@@ -265,7 +260,6 @@ def train_unet(
     STAGE/unet."""
     from transformers import Trainer, TrainingArguments
 
-    parts.token_ids([rows.texts[int(np.argmax([len(t) for t in rows.texts]))]])  # budget, before training
     holder = {}
 
     def trainer_for(folder: Path):
@@ -290,7 +284,7 @@ def train_unet(
             logging_steps=10,
             save_strategy="steps",
             save_steps=config.save_steps,
-            save_total_limit=1,
+            save_total_limit=2,  # ema.pt joins a checkpoint after the trainer rotated the older one
             **{k: v for k, v in device_args().items() if k != "include_num_input_tokens_seen"},
         )
         trainer = Trainer(
@@ -315,41 +309,43 @@ def train_unet(
 
 # --- the recipe -----------------------------------------------------------------------------
 def source_folder(config: RiCImageConfig, stages: Stages) -> Path:
-    """The pipeline folder training starts from: the user's, or the miniature built (once, from
-    the seed) into the stages folder."""
+    """The pipeline folder training starts from: the user's, or the miniature built from the
+    seed (the `miniature` stage)."""
     if config.model != MINIATURE:
         return Path(config.model)
-    folder = stages.root / "stages" / "miniature"
-    if not (folder / "model_index.json").is_file():
-        from steerable.methods.ric_image.miniature import build_miniature
+    from steerable.methods.ric_image.miniature import build_miniature
 
-        tmp = folder.with_name("miniature.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        build_miniature(tmp, seed=config.seed)
-        tmp.rename(folder)
-    return folder
+    def build(folder: Path) -> dict:
+        build_miniature(folder, seed=config.seed)
+        return {"seed": config.seed}
+
+    stages.run("miniature", {"seed": config.seed}, build)
+    return stages.path("miniature")
 
 
 def load_images(config: RiCImageConfig) -> tuple[list, list[str], str]:
-    """The training images (PIL), their captions, and where they came from."""
+    """The training images (PIL, or uint8 arrays of pixels), their captions, and where they came
+    from."""
     if config.data is None:
-        from steerable.data.digits import digit_images, to_pil
+        from steerable.data.digits import digit_images
 
         images, captions = digit_images("train", copies=config.copies, seed=config.seed)
-        return to_pil(images), captions, f"embedded digits, {config.copies} copies"
+        return list(images), captions, f"embedded digits, {config.copies} copies"
     from steerable.data.images import load_image_folder
 
     images, captions = load_image_folder(config.data)
     return images, captions, config.data
 
 
-def score_data(config: RiCImageConfig, folder: Path, channels: int, side: int) -> dict:
+def score_data(
+    images: list, captions: list[str], origin: str, config, folder: Path, channels: int, side: int
+) -> dict:
     """The `data` stage: every training image scored with every objective, as the model sees it
     (`channels` at `side` pixels: a folder's images may differ in size); the statistics fitted."""
     started = time.perf_counter()
-    images, captions, origin = load_images(config)
     rewards = RewardSet.from_specs(config.objectives)
-    raw = rewards.score(captions, to_pil(to_pixels(images, channels, side)), progress=True)
+    seen = [to_pil(images_to_tensor(images[i : i + 256], channels, side)) for i in range(0, len(images), 256)]
+    raw = rewards.score(captions, [image for batch in seen for image in batch], progress=True)
     flat = [o.name for k, o in enumerate(rewards.objectives) if np.ptp(raw[:, k]) == 0]
     if flat:
         raise SteerableError(
@@ -366,40 +362,49 @@ def train_ric_image(config: RiCImageConfig) -> Path:
     """Run (or resume) the recipe; returns the model directory (steerable.json written last)."""
     out = Path(config.output_dir)
     stages = Stages(out, "train ric-image")
-    source = source_folder(config, stages)
-    data_inputs = config_inputs(
-        config,
-        ["model", "data", "copies", "resolution", "objectives", "seed"],
+    # what the images are (the base stage reads nothing else of the data)
+    images_key = config_inputs(
+        config, ["model", "data", *(["copies"] if config.data is None else []), "resolution", "seed"],
         files=["data"],
-        later={"resolution": None},
-    )
+    )  # fmt: skip
+    data_inputs = {**images_key, **config_inputs(config, ["objectives"])}
     base_inputs = {
-        **config_inputs(config, ["model", "resolution", "base_steps", "batch_size", "base_learning_rate",
-                                 "drop_probability", "ema_decay", "seed"]),
-        "data": fingerprint(data_inputs),
+        **images_key,
+        **config_inputs(config, ["base_steps", "batch_size", "base_learning_rate", "drop_probability",
+                                 "ema_decay"]),
     }  # fmt: skip
     tagged_inputs = {
         **config_inputs(config, ["steps", "batch_size", "learning_rate", "drop_probability", "ema_decay",
                                  "tag_decimals"]),
         "base": fingerprint(base_inputs),
+        "data": fingerprint(data_inputs),
     }  # fmt: skip
     plan = {"data": data_inputs, "base": base_inputs, "tagged": tagged_inputs}
     for name, inputs in plan.items():
         stages.done(name, inputs)  # a stale stage is refused before any work
+    source = source_folder(config, stages)
     parts = DiffusionParts.load(source)
-    side = config.resolution or parts.shape[1] * (8 if parts.vae is not None else 1)
-    channels = 3 if parts.vae is not None else parts.shape[0]
+    side, channels = config.resolution or parts.image_size, parts.image_channels
+    images, captions, origin = load_images(config)
+    caption_ids = parts.token_ids(
+        captions, what="training row"
+    )  # (N, T) every caption within the budget, before any work
     infos = {
-        "data": stages.run("data", data_inputs, lambda folder: score_data(config, folder, channels, side))
+        "data": stages.run(
+            "data",
+            data_inputs,
+            lambda folder: score_data(images, captions, origin, config, folder, channels, side),
+        )
     }
-    images, captions, _ = load_images(config)
     rewards = RewardSet.from_specs(config.objectives)
     fitted = RewardSet.load(stages.path("data") / "stats.json")
     for objective, stats in zip(rewards.objectives, fitted.objectives, strict=True):
         objective.stats = stats.stats
-    z = rewards.normalise(np.load(stages.path("data") / "scores.npy"))
-
-    pixels = to_pixels(images, channels, side)  # (N, C, H, W)
+    z = rewards.normalise(np.load(stages.path("data") / "scores.npy"))  # (N, K)
+    texts = [tag_text(c, row, config.tag_decimals) for c, row in zip(captions, z, strict=True)]
+    tagged_ids = parts.token_ids(
+        texts, what="training row"
+    )  # (N, T) the tags within the budget too, before training
     torch.manual_seed(config.seed)
 
     # the caption-only base model
@@ -407,27 +412,18 @@ def train_ric_image(config: RiCImageConfig) -> Path:
         base_unet = Path(source) / "unet"
         infos["base"] = stages.run("base", base_inputs, lambda folder: {"steps": 0, "seconds": 0.0})
     else:
-        done = stages.done("base", base_inputs)
-        if done is None:
-            infos["base"] = train_unet(
-                parts, ImageRows(pixels, captions), config, stages, "base", base_inputs,
-                config.base_steps, config.base_learning_rate,
-            )  # fmt: skip
-        else:
-            infos["base"] = done
+        infos["base"] = stages.done("base", base_inputs) or train_unet(
+            parts, ImageRows(images, caption_ids, channels, side), config, stages, "base", base_inputs,
+            config.base_steps, config.base_learning_rate,
+        )  # fmt: skip
         base_unet = stages.path("base") / "unet"
 
     # the reward-tagged fine-tune, from the base model's averaged weights
     parts = DiffusionParts.load(source, unet=base_unet)
-    texts = [tag_text(c, row, config.tag_decimals) for c, row in zip(captions, z, strict=True)]
-    done = stages.done("tagged", tagged_inputs)
-    if done is None:
-        infos["tagged"] = train_unet(
-            parts, ImageRows(pixels, texts), config, stages, "tagged", tagged_inputs,
-            config.steps, config.learning_rate,
-        )  # fmt: skip
-    else:
-        infos["tagged"] = done
+    infos["tagged"] = stages.done("tagged", tagged_inputs) or train_unet(
+        parts, ImageRows(images, tagged_ids, channels, side), config, stages, "tagged", tagged_inputs,
+        config.steps, config.learning_rate,
+    )  # fmt: skip
     return write_image_model(out, source, base_unet, stages.path("tagged") / "unet", config, rewards, infos,
                              {n: fingerprint(i) for n, i in plan.items()})  # fmt: skip
 
@@ -436,8 +432,10 @@ def write_image_model(
     out: Path, source: Path, base_unet: Path, unet: Path, config, rewards, infos, keys
 ) -> Path:
     """The model directory: a pipeline folder (the source's frozen parts, the tagged UNet) with
-    the base model's UNet beside it in base_unet/, and steerable.json last."""
+    the base model's UNet beside it in base_unet/, and steerable.json last (removed first, so an
+    interrupted rewrite leaves an unfinished directory, never a finished one with mixed parts)."""
     if is_main_process():
+        (out / MANIFEST).unlink(missing_ok=True)
         for part in PIPELINE_PARTS:
             target = out / part
             if target.exists():
@@ -449,24 +447,15 @@ def write_image_model(
         for name, folder in (("unet", unet), ("base_unet", base_unet)):
             shutil.rmtree(out / name, ignore_errors=True)
             shutil.copytree(folder, out / name)
-    from dataclasses import asdict
-
-    from steerable.manifest import MappingConfig
-
     manifest = PolicyManifest(
         method="ric-image",
         base_model=config.model,
         rewards=rewards.to_dict(),
-        tags={"placement": "caption_end", "decimals": config.tag_decimals},
-        mapping=asdict(MappingConfig("linf", config.lo_quantile, config.hi_quantile))
-        | {"default": config.mapping},
+        tags={"decimals": config.tag_decimals},  # after the caption, always
+        mapping=asdict(MappingConfig(config.mapping, config.lo_quantile, config.hi_quantile)),
         weights="model",
         image={"guidance": config.guidance, "steps": config.sampling_steps, "base_unet": "base_unet"},
         training=training_record(config, keys, infos),
     )
     say(f"ric-image model written to {out}")
     return write_model_directory(out, manifest)
-
-
-def read_manifest_file(directory: Path) -> dict:
-    return json.loads((directory / MANIFEST).read_text())

@@ -10,7 +10,6 @@ from steerable.methods.base import Generator
 def image_sweep(
     model: str,
     sampling,
-    method: str,
     mapping: str | None = None,
     trust_remote_code: bool = False,
     guidance: float | None = None,
@@ -19,7 +18,8 @@ def image_sweep(
 ) -> Generator:
     """A ric-image directory swept over weights (`mapping` overrides the stored mapping; the
     guidance scale and DDIM steps default to the model's, and are checked before anything
-    loads). Each point's images use the same seed, so points differ by their tags alone."""
+    loads; the base model shares the tagged one's frozen parts). Each point's images use the
+    same seed, so points differ by their tags alone."""
     from steerable.methods.ric_image.pipeline import check_guidance
     from steerable.methods.ric_image.policy import ImagePolicy
 
@@ -29,10 +29,6 @@ def image_sweep(
         raise SteerableError(f"--sampling-steps must be >= 1 (denoising steps per image), got {steps}")
 
     policy = ImagePolicy.from_pretrained(model, trust_remote_code=trust_remote_code)
-    if policy.manifest.method != method:
-        raise SteerableError(
-            f"{model} holds a {policy.manifest.method!r} model (use --method {policy.manifest.method})"
-        )
     seed = getattr(sampling, "seed", 0) or 0
     batch = getattr(sampling, "batch_size", 64) or 64
 
@@ -44,7 +40,9 @@ def image_sweep(
         targets = policy.steering_for(preference=list(weights), mapping=mapping)
         return [targets[name] for name in policy.names]
 
-    base = ImagePolicy.from_pretrained(model, base=True, trust_remote_code=trust_remote_code)
+    base = ImagePolicy.from_pretrained(
+        model, base=True, trust_remote_code=trust_remote_code, parts=policy.parts
+    )  # its own UNet, the tagged model's frozen parts
 
     def baseline(prompts):
         return base.generate(prompts, guidance=guidance, steps=steps, seed=seed, batch_size=batch)
