@@ -243,17 +243,22 @@ def test_the_quantile_mapping_reads_the_fitted_statistics():
     assert linf == pytest.approx({"bright": 9 / std, "sharp": -9 / std})
 
 
-def test_a_trained_model_steers_with_the_quantile_mapping_by_default(trained):
+def test_a_trained_model_steers_with_linf_by_default_and_the_quantile_rule_when_asked(trained):
     from steerable.methods.ric_image.policy import ImagePolicy
 
     policy = ImagePolicy.from_pretrained(trained, device="cpu")
-    assert policy.mapping.default == "quantile"
+    assert policy.mapping.default == "linf"
     low, high = (o.stats for o in policy.rewards.objectives)
-    expected = [
-        float(low.normalise(np.array([low.quantile(0.5)]))[0]),
-        float(high.normalise(np.array([high.max]))[0]),
-    ]
-    assert list(policy.steering_for([0.25, 0.75]).values()) == pytest.approx(expected)
+
+    def z(stats, raw):
+        return float(stats.normalise(np.array([raw]))[0])
+
+    lo = [z(s, s.quantile(0.05)) for s in (low, high)]
+    hi = [z(s, s.quantile(0.95)) for s in (low, high)]
+    linf = [lo[0] + 0.5 * (hi[0] - lo[0]), hi[1]]  # min(K w, 1) = 0.5 and 1
+    assert list(policy.steering_for([0.25, 0.75]).values()) == pytest.approx(linf)
+    quantile = [z(low, low.quantile(0.5)), z(high, high.max)]
+    assert list(policy.steering_for([0.25, 0.75], mapping="quantile").values()) == pytest.approx(quantile)
     with pytest.raises(SteerableError, match="levels"):
         policy.steering_for(levels={"recognizability": 2})
 

@@ -56,7 +56,7 @@ def test_generate_steers_by_three_weights(model, tmp_path):
     from steerable.objectives import RewardSet
 
     out = tmp_path / "threes"
-    prefer = ["--prefer", "0.2,0.3,0.5"]
+    prefer = ["--prefer", "0.2,0.3,0.5", "--mapping", "quantile"]
     result = invoke(["generate", "--model", model, THREE, *prefer, "--n", "2", "--out", out])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]

@@ -81,12 +81,16 @@ class RiCImageConfig:
         save_steps: checkpoint every N steps (the resume point).
 
     Inference defaults, stored with the model:
-        mapping: how a preference becomes targets: `quantile` (the reference's: the dominant
-            objective asks for its training maximum, each other for its empirical quantile at
-            K w_i) or the language-model path's `linf`, `l2`, `linear` between the stats'
-            lo and hi quantiles.
+        mapping: how a preference becomes targets: `linf` (default), `l2`, `linear` between
+            the stats' lo and hi quantiles, as for language models, or `quantile` (the
+            reference's: the dominant objective asks for its training maximum, each other for
+            its empirical quantile at K w_i). On the miniature the maximum is a rare outlier
+            the model seldom saw tagged, and linf followed the requests more closely
+            (benchmarks/RESULTS.md).
         lo_quantile / hi_quantile: those lo and hi quantiles.
-        guidance: classifier-free guidance scale (the reference's 7.5).
+        guidance: classifier-free guidance scale. The reference samples Stable Diffusion at
+            7.5; the miniature's images saturate and lose their digit far below that, so its
+            default is lower (benchmarks/RESULTS.md compares scales).
         sampling_steps: DDIM steps per image (the reference's 50).
 
     seed: seeds the data's augmentations, the noise and the drops.
@@ -119,11 +123,11 @@ class RiCImageConfig:
     tag_decimals: int = field(default=1, metadata={"help": "Decimals of tag values.", "ge": 0, "le": 4})
     save_steps: int = field(default=200, metadata={"help": "Checkpoint every N steps.", "ge": 1})
     mapping: str = field(
-        default="quantile", metadata={"help": "Default preference mapping.", "choices": IMAGE_MAPPINGS}
+        default="linf", metadata={"help": "Default preference mapping.", "choices": IMAGE_MAPPINGS}
     )
     lo_quantile: float = field(default=0.05, metadata={"help": "lo target quantile.", "ge": 0, "le": 1})
     hi_quantile: float = field(default=0.95, metadata={"help": "hi target quantile.", "ge": 0, "le": 1})
-    guidance: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale.", "ge": 0})
+    guidance: float = field(default=2.0, metadata={"help": "Classifier-free guidance scale.", "ge": 0})
     sampling_steps: int = field(default=50, metadata={"help": "DDIM steps per image.", "ge": 1})
     seed: int = field(default=0, metadata={"help": "Random seed.", **SEED})
 
