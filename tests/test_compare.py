@@ -164,7 +164,7 @@ def test_generate_steers_every_method(compared):
     target = runner.invoke(
         app, ["generate", "--model", str(out / "soups"), "--target", "brief=1,positive=0", "Hi"]
     )
-    assert target.exit_code == 2 and "--target steers ric models" in target.output, target.output
+    assert target.exit_code == 2 and "--target steers ric, ric-image models" in target.output, target.output
 
 
 def test_compare_plans_moslim_dpo_on_rics_scored_data(tmp_path):

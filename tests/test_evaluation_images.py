@@ -61,8 +61,8 @@ def test_evaluate_a_ric_image_model_through_the_cli(image_model, tmp_path):
     assert [p["weights"] for p in record["points"]] == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
     # the default prompts are the digit captions; --limit 3 keeps the first three
     assert record["num_prompts"] == 3 and record["prompt_split"] == "digit captions"
-    # the model's guidance scale (7.5, as trained), the steps asked for
-    assert record["sampling"]["guidance"] == 7.5 and record["sampling"]["steps"] == 2
+    # the model's guidance scale (2.0, as trained), the steps asked for
+    assert record["sampling"]["guidance"] == 2.0 and record["sampling"]["steps"] == 2
     rewards = RewardSet.from_dict(record["rewards"])
     for point in record["points"]:
         assert point["n"] == 3 and point["generated_tokens"] == 0  # images, not tokens
@@ -97,7 +97,7 @@ def test_evaluate_a_ric_image_model_through_the_cli(image_model, tmp_path):
     assert valid_png(out / "front.png")[0] > 0
     report = (out / "report.md").read_text()
     assert "## The base model's point" in report and "| base model |" in report
-    assert "images/base.png" in report and "sampling guidance 7.5, steps 2" in report
+    assert "images/base.png" in report and "sampling guidance 2.0, steps 2" in report
     assert (out / "points.csv").read_text().splitlines()[0].endswith(",images")
 
     # the front plot draws every point's thumbnail and the base model's, framed red

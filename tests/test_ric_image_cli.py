@@ -49,7 +49,7 @@ def test_generate_writes_a_grid_and_each_image_with_its_scores(trained, tmp_path
     result = invoke(["generate", "--model", model, SEVEN, "--prefer", prefer, "--n", "2", "--out", out])
     assert result.exit_code == 0, result.output
     assert "weights: recognizability=+0.80, compressibility=+0.20" in result.output
-    assert "targets: recognizability=" in result.output and "mapping: quantile" in result.output
+    assert "targets: recognizability=" in result.output and "mapping: linf" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["1-1.png", "1-2.png", "grid.png", "images.jsonl"]
     rows = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
     assert [(r["prompt"], r["file"], r["seed"]) for r in rows] == [

@@ -63,7 +63,7 @@ def test_the_image_model_is_listed_with_its_method_objectives_steering_and_size(
     assert card["method"] == "ric-image" and card["modality"] == "image"
     assert card["objectives"] == ["recognizability", "compressibility"]
     assert card["steering"] == ["weights", "mapping", "targets"]
-    assert card["size"] == "16x16" and card["num_inference_steps"] == 2 and card["guidance_scale"] == 7.5
+    assert card["size"] == "16x16" and card["num_inference_steps"] == 2 and card["guidance_scale"] == 2.0
     assert {m.id: m.model_extra for m in client.models.list().data}[models[1].id]["modality"] == "text"
 
 
@@ -112,7 +112,7 @@ def test_requests_of_different_steering_batched_together_give_the_images_they_gi
     _, models = server
     engine = models[0].engine
     requests = [({"weights": [w, 1 - w]}, 10 + k, None) for k, w in enumerate((0.0, 0.25, 0.5, 0.75, 1.0))]
-    requests += [({"targets": {"recognizability": 1.5, "compressibility": -1}}, 3, None), (None, 4, 2.0)]
+    requests += [({"targets": {"recognizability": 1.5, "compressibility": -1}}, 3, None), (None, 4, 3.0)]
 
     def one(item):
         steering, seed, guidance = item
@@ -121,7 +121,7 @@ def test_requests_of_different_steering_batched_together_give_the_images_they_gi
 
     solo = [one(item) for item in requests]
     # the worker waits for all 14 rows (however slowly the requests arrive), then starts them
-    # together: the 12 of the model's guidance in one batch, the 2 of guidance 2.0 in another
+    # together: the 12 of the model's guidance in one batch, the 2 of guidance 3.0 in another
     monkeypatch.setattr(engine, "batch_wait", 120.0)
     monkeypatch.setattr(engine, "max_batch", 2 * len(requests))
     monkeypatch.setattr(engine, "largest_batch", 0)
