@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import json
 import shutil
@@ -101,7 +102,22 @@ def process_state():
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes > 1:
+        _leave_group_at_exit()
+    return state
+
+
+@functools.cache
+def _leave_group_at_exit() -> None:
+    """Destroy the process group before the interpreter exits: left to the exit itself, gloo's
+    threads can outlive it and the process aborts ("terminate called without an active
+    exception") after its work is done."""
+    import atexit
+
+    import torch.distributed as dist
+
+    atexit.register(lambda: dist.destroy_process_group() if dist.is_initialized() else None)
 
 
 def is_main_process() -> bool:
