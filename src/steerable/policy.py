@@ -115,7 +115,14 @@ class TargetSteering:
 class SteerablePolicy(TargetSteering):
     """Generate responses steered by a preference over the objectives, or by explicit targets."""
 
-    def __init__(self, model, tokenizer, manifest: PolicyManifest, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        manifest: PolicyManifest,
+        trust_remote_code: bool = False,
+        method: str | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.manifest = manifest
@@ -128,8 +135,10 @@ class SteerablePolicy(TargetSteering):
         self.tag_format = TagFormat(**manifest.tags)
         self.mapping = MappingConfig(**manifest.mapping)
         self.fewshot = None  # NP-DPO: the context encoder and FiLM layers (fewshot.policy.ContextPath)
-        # how this method is steered (methods.base.Steering)
-        self.steering = methods.get(manifest.method).steering_of()
+        # the method it is steered as: its directory's, or one that reads that method's
+        # directories (MOD mixes a Rewarded Soups directory's experts); how (methods.base.Steering)
+        self.method = method or manifest.method
+        self.steering = methods.get(self.method).steering_of()
 
     @property
     def levels(self) -> int | None:
@@ -146,8 +155,11 @@ class SteerablePolicy(TargetSteering):
         merge: bool = True,
         dtype: str | None = None,
         trust_remote_code: bool = False,
+        method: str | None = None,
     ) -> SteerablePolicy:
-        """Load a RiC or MOSLIM model directory. `adapter` swaps in another adapter trained for
+        """Load a steerable model directory, as `method` (default: the method that wrote it; or
+        one that reads its directories, e.g. "mod" for a "soups" directory of experts, see
+        `Method.reads`). `adapter` swaps in another adapter trained for
         the same manifest (e.g. an intermediate stage: DIR/stages/sft/weights). `merge` folds a LoRA
         adapter into the base weights (faster generation), but the policy can then not be saved
         or trained further as an adapter. `dtype` overrides the dtype recorded in steerable.json
@@ -160,19 +172,26 @@ class SteerablePolicy(TargetSteering):
 
         directory = Path(directory)
         manifest = load_manifest(directory)
-        if not loadable(methods.get(manifest.method)):
+        record = methods.get(method or manifest.method)
+        record.check_reads(manifest.method, directory)
+        if not loadable(record):
             raise SteerableError(
                 f"{directory} holds a {manifest.method!r} model; SteerablePolicy loads "
                 f"{', '.join(methods.names(loadable))} models (evaluate the others with --method "
                 f"{manifest.method})"
             )
-        steering = methods.get(manifest.method).steering_of()
+        steering = record.steering_of()
         if dtype is not None:
             torch_dtype(dtype)
             manifest.dtype = dtype
         load = dict(dtype=torch_dtype(manifest.dtype), trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(str(directory), trust_remote_code)
-        if manifest.weights == "model":
+        if record.mixture is not None:  # its experts, unmerged, mixed at every decoding step
+            from steerable.experts.steering import load_experts
+
+            experts = load_experts(directory, manifest, load, device or default_device())
+            model = record.mix(experts, [str(k) for k in range(len(manifest.policies))])
+        elif manifest.weights == "model":
             model = AutoModelForCausalLM.from_pretrained(directory / "model", **load)
         else:
             from peft import PeftModel
@@ -184,7 +203,9 @@ class SteerablePolicy(TargetSteering):
             model = PeftModel.from_pretrained(base, adapter)
             if merge:
                 model = model.merge_and_unload()
-        policy = cls(model.to(device or default_device()).eval(), tokenizer, manifest, trust_remote_code)
+        policy = cls(
+            model.to(device or default_device()).eval(), tokenizer, manifest, trust_remote_code, record.name
+        )
         policy.steering.attach(policy, directory)
         return policy
 

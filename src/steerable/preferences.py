@@ -23,7 +23,11 @@ class Preference:
     weights: tuple[float, ...]
 
     @classmethod
-    def parse(cls, value: Mapping[str, float] | Sequence[float] | str, names: Sequence[str]) -> Preference:
+    def parse(
+        cls, value: Mapping[str, float] | Sequence[float] | str, names: Sequence[str], signed: bool = False
+    ) -> Preference:
+        """`signed`: negative weights are allowed ("less of this", where a method defines them),
+        as long as the weights add up to more than zero; they are divided by their sum."""
         names = tuple(names)
         if isinstance(value, str):
             value = _parse_text(value)
@@ -51,13 +55,17 @@ class Preference:
                 raise SteerableError(f"preference weight for {name!r} is too large; use a finite number")
             if not math.isfinite(weight):
                 raise SteerableError(f"preference weight for {name!r} is {weight}; use a finite number")
-            if weight < 0:
+            if weight < 0 and not signed:
                 raise SteerableError(
                     f"preference weight for {name!r} is negative ({weight}); weights must be >= 0"
                 )
             weights.append(weight)
         total = sum(weights)
         if total <= 0:
+            if signed and any(weights):
+                raise SteerableError(
+                    f"preference weights add up to {total:g}; signed weights must add up to more than zero"
+                )
             raise SteerableError("preference weights are all zero; give at least one positive weight")
         if not math.isfinite(total):  # normalised by an infinite sum, every weight would be zero
             given = ", ".join(f"{n}={w:g}" for n, w in zip(names, weights, strict=True))

@@ -4,7 +4,19 @@
 record holds."""
 
 from steerable.errors import SteerableError
-from steerable.methods import morlhf, moslim, np_dpo, prompting, ric, ric_image, soups, tags
+from steerable.methods import (
+    genarm,
+    lora_mix,
+    mod,
+    morlhf,
+    moslim,
+    np_dpo,
+    prompting,
+    ric,
+    ric_image,
+    soups,
+    tags,
+)
 from steerable.methods.base import Method
 
 METHODS: dict[str, Method] = {
@@ -14,6 +26,9 @@ METHODS: dict[str, Method] = {
         moslim.METHOD,
         np_dpo.METHOD,
         soups.METHOD,
+        mod.METHOD,
+        lora_mix.METHOD,
+        genarm.METHOD,
         morlhf.METHOD,
         prompting.METHOD,
         tags.METHOD,

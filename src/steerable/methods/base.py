@@ -59,6 +59,11 @@ class Method:
             data) by default, so a comparison plans and trains it after the methods that do not.
 
     Model directories:
+        reads: the other methods whose model directories it loads as its own (MOD, LoRA output
+            mixing: the experts `steerable train soups` writes); `--method NAME --model DIR`.
+        mixture: "module:attr" of `mix(peft_model, expert_names) -> experts.mixture.Mixture`:
+            its policy mixes the directory's experts (its `policies` adapters, loaded unmerged) at
+            every decoding step instead of loading one adapter (None: one adapter, or none).
         check: "module:attr" of `check(manifest, path)`, raising SteerableError for a
             steerable.json that lacks what this method needs (None: nothing beyond the shared
             checks of `policy.load_manifest`).
@@ -90,6 +95,8 @@ class Method:
     report: tuple[str, ...] = ()
     compare: str | None = None
     uses_scored: bool = False
+    reads: tuple[str, ...] = ()
+    mixture: str | None = None
     check: str | None = None
     own_directory: bool = True
     evaluate_options: tuple[str, ...] = ()
@@ -113,6 +120,21 @@ class Method:
         if self.policy is None:
             raise SteerableError(f"a {self.name} model is not loaded as a SteerablePolicy")
         return resolve(self.policy)
+
+    def check_reads(self, written_by: str, path) -> None:
+        """Refuse a directory written by a method it does not load (its own, or `reads`)."""
+        if written_by != self.name and written_by not in self.reads:
+            takes = " or ".join(repr(m) for m in (self.name, *self.reads))
+            raise SteerableError(
+                f"{path} holds a {written_by!r} model; --method {self.name} loads {takes} directories "
+                f"(use --method {written_by})"
+            )
+
+    def mix(self, model, experts: list[str]):
+        """Its mixture of a directory's experts (`mixture`)."""
+        if self.mixture is None:
+            raise SteerableError(f"a {self.name} model does not mix experts")
+        return resolve(self.mixture)(model, experts)
 
     def check_manifest(self, manifest, path) -> None:
         if self.check is not None:

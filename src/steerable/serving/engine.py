@@ -65,6 +65,7 @@ class Job:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    top_k: int = 0  # sample among the k most likely tokens only (0: the whole vocabulary)
     condition: object = None  # what `Steering.request` conditions the model on (NP-DPO's z); None: nothing
     on_text: Callable[[str], None] | None = None  # each new piece of text, from the worker thread
     on_done: Callable[[], None] | None = None  # called (from the worker thread) once it is done
@@ -80,17 +81,24 @@ class Job:
 
 
 def draw_tokens(
-    scores: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor
+    scores: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    uniform: torch.Tensor,
+    top_k: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each row's next token (B,) by inverse-CDF sampling with its own `uniform` number in [0, 1)
-    from its temperature-scaled distribution, cut to its top-p nucleus (a token is kept while
-    the mass before it is < top_p, as in `generation.TopKSampler`); temperature 0 is argmax.
+    from its temperature-scaled distribution, cut to its `top_k` most likely tokens (0: all)
+    and to its top-p nucleus (a token is kept while the mass before it is < top_p, as in
+    `generation.TopKSampler`); temperature 0 is argmax.
 
     No full sort of the vocabulary: a nucleus is looked for among the 64 most likely tokens,
     then 4x as many, until every row's is found (on a CPU, a full sort of a batch's scores
     over the whole vocabulary costs more than the decode step itself)."""
     greedy = temperature <= 0
     scores = scores.float()
+    if top_k is not None and bool((top_k > 0).any()):
+        scores = _cut_to_top_k(scores, top_k)
     # shifted so that the best token is 0: a tiny temperature then gives exactly its argmax
     shifted = scores - scores.amax(dim=-1, keepdim=True)
     probs = torch.softmax(shifted / torch.where(greedy, 1.0, temperature)[:, None], dim=-1)
@@ -104,6 +112,14 @@ def draw_tokens(
         rows = greedy.nonzero()[:, 0]
         tokens[rows] = scores[rows].argmax(dim=-1)
     return tokens
+
+
+def _cut_to_top_k(scores: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """`scores` with every token below its row's k-th best at -inf (rows with top_k 0 as they are)."""
+    k = torch.where(top_k > 0, top_k, scores.shape[-1]).clamp(max=scores.shape[-1])
+    best = torch.topk(scores, int(k.max()), dim=-1).values
+    kth = best.gather(-1, (k - 1)[:, None])
+    return scores.masked_fill(scores < kth, float("-inf"))
 
 
 def _draw_nucleus(probs: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -232,7 +248,7 @@ class PrefixCache:
 
 class Rows:
     """The rows being decoded together and everything each one carries: its job, its generator,
-    temperature, top-p and z, its attention mask and position, and the shared KV cache.
+    temperature, top-p, top-k and z, its attention mask and position, and the shared KV cache.
 
     `conditioned`: the model's conditioner (None: it reads its steering from the prompt alone),
     entered around each forward pass with the rows' `conditions`.
@@ -289,6 +305,7 @@ class Rows:
             rows.generators.append(generator)
         rows.temperature = torch.tensor([j.temperature for j in jobs], device=device)
         rows.top_p = torch.tensor([j.top_p for j in jobs], device=device)
+        rows.top_k = torch.tensor([j.top_k for j in jobs], device=device)
         rows.conditions = [j.condition for j in jobs]
         return rows
 
@@ -300,7 +317,7 @@ class Rows:
                              cache=self.cache, use_cache=True, logits_to_keep=1)  # fmt: skip
         self.cache = out.cache
         uniform = torch.cat([torch.rand(1, generator=g, device=self.mask.device) for g in self.generators])
-        tokens = draw_tokens(out.logits[:, -1], self.temperature, self.top_p, uniform)
+        tokens = draw_tokens(out.logits[:, -1], self.temperature, self.top_p, uniform, self.top_k)
         self.streamer.put(self.jobs, tokens.tolist())
         going = [j.finish_reason is None and not j.cancelled.is_set() for j in self.jobs]
         ended = [j for j, on in zip(self.jobs, going, strict=True) if not on]
@@ -310,7 +327,11 @@ class Rows:
             if keep:
                 self.cache.batch_select_indices(index)
             self.mask, self.positions, tokens = self.mask[index], self.positions[index], tokens[index]
-            self.temperature, self.top_p = self.temperature[index], self.top_p[index]
+            self.temperature, self.top_p, self.top_k = (
+                self.temperature[index],
+                self.top_p[index],
+                self.top_k[index],
+            )
             self.conditions = [self.conditions[k] for k in keep]
             self.jobs = [self.jobs[k] for k in keep]
             self.generators = [self.generators[k] for k in keep]
@@ -354,6 +375,7 @@ class Rows:
         self.inputs = torch.cat([self.inputs, other.inputs])
         self.temperature = torch.cat([self.temperature, other.temperature])
         self.top_p = torch.cat([self.top_p, other.top_p])
+        self.top_k = torch.cat([self.top_k, other.top_k])
         self.conditions += other.conditions
         self.jobs += other.jobs
         self.generators += other.generators

@@ -1,0 +1,19 @@
+"""MOD (Shi et al. 2024): the experts of a Rewarded Soups directory mixed at decode time, next
+token scored by sum_k w_k log pi_k (or the alpha-divergence power mean), every request's K
+expert rows in one batched forward."""
+
+from steerable.methods.base import Method
+
+METHOD = Method(
+    name="mod",
+    title="MOD",
+    summary="MOD: a soups directory's experts mixed per token, sum_k w_k log pi_k (K forwards a token)",
+    steering=("weights", "divergence"),
+    examples=("steerable evaluate --method mod --model runs/soups --out runs/eval/mod",),
+    policy="steerable.experts.steering",
+    reads=("soups",),
+    mixture="steerable.experts.mixture:mod_mixture",
+    check="steerable.methods.base:needs_policies",
+    sweep="steerable.experts.steering:sweep",
+    evaluate_options=("divergence",),
+)
