@@ -1,0 +1,93 @@
+"""Decode throughput of mixing K experts per request, against one expert alone, in one run: the
+same prompts (batch 32 by default, greedy, a fixed number of new tokens) decoded by the serving
+engine's loop (`serving.engine.run_batch`, the loop `evaluate` and `serve` use) for
+
+    one expert   expert 0's adapter merged into the base: the cost of one model
+    mod          MOD, K copies of every row in one mixed-batch forward (K forwards a token)
+    lora-mix     every adapter active, outputs weighted per row (one forward, K LoRA paths)
+    soups        rows routed to their merged adapter (one forward, one LoRA path of rank sum r_k)
+
+each row with its own weights (spread over the simplex), so nothing is shared but the batch.
+
+    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/expert_mixing.py SOUPS_DIR
+        [--batch 32] [--tokens 48] [--repeats 2]
+
+Prints tokens/s per method and its ratio to one expert; MOD's floor is 1/K (the K forwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from steerable.data import load_prompts
+from steerable.experts.mixture import RowWeights
+from steerable.generation import format_chat
+from steerable.policy import SteerablePolicy, load_manifest
+from steerable.serving.engine import Job, Rows, RowStreamer
+
+METHODS = ("mod", "lora-mix", "soups")
+
+
+def decode(model, tokenizer, texts: list[str], rows: list | None) -> float:
+    """Generated tokens per second for `texts` decoded together, every row to `--tokens` (no
+    stop token: rows that ended unevenly would leave batches of different sizes)."""
+    jobs = [Job(text, ARGS.tokens, temperature=0.0) for text in texts]
+    for job, row in zip(jobs, rows or [None] * len(jobs), strict=True):
+        job.condition = row
+    conditioned = None if rows is None else model.weighted
+    started = time.perf_counter()
+    batch = Rows.prefill(model, tokenizer, jobs, RowStreamer(tokenizer, set()), conditioned)
+    while batch.jobs:
+        batch.step()
+    return sum(job.completion_tokens for job in jobs) / (time.perf_counter() - started)
+
+
+def one_expert(directory: str):
+    """Expert 0 alone: its adapter merged into the base."""
+    from peft import PeftModel
+
+    from steerable.defaults import load_causal_lm
+
+    manifest = load_manifest(directory)
+    base, tokenizer = load_causal_lm(manifest.base_model, manifest.dtype)
+    model = PeftModel.from_pretrained(base, f"{directory}/{manifest.policies[0]['adapter']}")
+    return model.merge_and_unload().eval(), tokenizer
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    prompts = load_prompts(split="heldout")
+    prompts = (prompts * (ARGS.batch // len(prompts) + 1))[: ARGS.batch]
+    single, tokenizer = one_expert(ARGS.model)
+    texts = format_chat(tokenizer, prompts)
+    policies = {m: SteerablePolicy.from_pretrained(ARGS.model, method=m) for m in METHODS}
+    k = len(policies["mod"].names)
+    # every row its own weights, spread over the simplex
+    rows = [RowWeights((w := (i % 11) / 10, *[(1 - w) / (k - 1)] * (k - 1))) for i in range(len(texts))]
+    rates: dict[str, list[float]] = {name: [] for name in ("one expert", *METHODS)}
+    decode(single, tokenizer, texts[:2], None)  # warm-up
+    for _ in range(ARGS.repeats):  # interleaved, so drift in the machine's speed hits all alike
+        rates["one expert"].append(decode(single, tokenizer, texts, None))
+        for method, policy in policies.items():
+            rates[method].append(decode(policy.model, policy.tokenizer, texts, rows))
+    base = max(rates["one expert"])
+    print(f"K = {k} experts, batch {len(texts)}, {ARGS.tokens} tokens a row, best of {ARGS.repeats}")
+    print("| decoding | forwards / token | tokens/s | vs one expert |")
+    print("|---|---:|---:|---:|")
+    print(f"| one expert (merged) | 1 | {base:.0f} | 1.00x |")
+    for method, policy in policies.items():
+        rate = max(rates[method])
+        print(f"| {method} | {policy.model.forwards} | {rate:.0f} | {rate / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="A Rewarded Soups directory (its experts).")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=2)
+    ARGS = parser.parse_args()
+    main()
