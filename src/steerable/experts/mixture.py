@@ -107,8 +107,10 @@ class Mixture(torch.nn.Module):
     """What the three mixings share: the PeftModel holding the experts (`experts`: their
     adapter names, in objective order), each row's `RowWeights` while `weighted` is entered
     (without it, equal weights), and what the engine reads of a causal LM (device, config,
-    generation_config). `forwards` is the cost of a token, in forwards of the base model."""
+    generation_config). `mixes` names what is mixed (the server's model card shows it);
+    `forwards` is the cost of a token, in forwards of the base model."""
 
+    mixes: str
     forwards: int = 1
     signed: bool = False  # whether negative weights are defined (MOD's reverse KL)
     divergences: bool = False  # whether a row may ask for an alpha-divergence (MOD)
@@ -158,6 +160,8 @@ class LogitMixture(Mixture):
     scores are log-probabilities up to a constant per row, so a row's temperature and top-p
     apply to them as to a model's logits."""
 
+    mixes = "log-probabilities"
+
     def __init__(self, model, experts: Sequence[str], combine, divergences: bool = False):
         super().__init__(model, experts)
         self.combine = combine
@@ -203,6 +207,8 @@ class OutputMixture(Mixture):
     Soups, which averages the weights: the two differ wherever a LoRA layer's input depends on
     an earlier one's)."""
 
+    mixes = "outputs"
+
     def __init__(self, model, experts: Sequence[str]):
         super().__init__(model, experts)
         from peft.tuners.lora import LoraLayer
@@ -245,6 +251,8 @@ class SoupMixture(Mixture):
     exact for LoRA deltas) and kept, up to `size` merged adapters (least recently used first
     out, never one the running batch needs); each row routed to its own in the batch's forward.
     The weights must be non-negative (an average)."""
+
+    mixes = "weights"
 
     def __init__(self, model, experts: Sequence[str], size: int = 16, decimals: int = 2):
         super().__init__(model, experts)
