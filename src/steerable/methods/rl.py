@@ -9,7 +9,7 @@ logs every objective separately.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -172,8 +172,8 @@ def load_rewards(stats: str | Path, trust_remote_code: bool = False) -> RewardSe
 
 
 def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) -> Path:
-    """Train one policy per weight vector (a stage each: OUT/stages/policy_I) and write the
-    method's steerable.json once every policy is trained."""
+    """Train one GRPO policy per weight vector (a stage each: OUT/stages/policy_I) and write the
+    method's steerable.json once every policy is trained (`write_policies`)."""
     rewards = load_rewards(config.stats, config.trust_remote_code)
     for weights in vectors:
         if len(weights) != len(rewards):
@@ -182,15 +182,38 @@ def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) ->
             )
     prompts = training_prompts(config)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    plan = {f"policy_{i}": policy_inputs(config, rewards, weights) for i, weights in enumerate(vectors)}
+
+    def train(stages: Stages, name: str, inputs: dict, weights: list[float]) -> dict:
+        return train_rl_policy(config, rewards, weights, stages, name, inputs, tokenizer)
+
+    grpo = {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards}
+    return write_policies(config, method, rewards, vectors, plan, train, prompts, grpo=grpo)
+
+
+def write_policies(
+    config,
+    method: str,
+    rewards: RewardSet,
+    vectors: list[list[float]],
+    plan: dict[str, dict],
+    train: Callable[[Stages, str, dict, list[float]], dict],
+    prompts: Sequence[str],
+    **recipe,
+) -> Path:
+    """The directory of a method with one policy per weight vector: `plan` names each policy's
+    stage (in `vectors`' order) with its inputs; every stage is checked first (a stale one is
+    refused before any trains), then `train(stages, name, inputs, weights)` trains each (or
+    returns the finished stage's info), and steerable.json lists the policies once all are
+    trained, with the `recipe` pinned (e.g. grpo=..., dpo=...) in its training record."""
     out = Path(config.output_dir)
     stages = Stages(out, f"train {method}")
-    plan = {f"policy_{i}": policy_inputs(config, rewards, weights) for i, weights in enumerate(vectors)}
     for name, inputs in plan.items():
         stages.done(name, inputs)  # refuse a stale policy before training any
     if is_main_process():
         (out / MANIFEST).unlink(missing_ok=True)  # written again once every policy is trained
     infos = {
-        name: train_rl_policy(config, rewards, weights, stages, name, inputs, tokenizer)
+        name: train(stages, name, inputs, weights)
         for (name, inputs), weights in zip(plan.items(), vectors, strict=True)
     }
     manifest = PolicyManifest(
@@ -203,11 +226,7 @@ def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) ->
         ],
         dtype=config.dtype,
         training=training_record(
-            config,
-            {name: fingerprint(inputs) for name, inputs in plan.items()},
-            infos,
-            prompts,
-            grpo={"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards},
+            config, {name: fingerprint(inputs) for name, inputs in plan.items()}, infos, prompts, **recipe
         ),
     )
     return write_model_directory(out, manifest)

@@ -67,6 +67,7 @@ import numpy as np
 from steerable.conditioning import PLACEMENTS, TagFormat, format_levels, tagged_messages
 from steerable.errors import SteerableError
 from steerable.manifest import MANIFEST, PolicyManifest, training_record, write_model_directory
+from steerable.methods.dpo import DPO_LOSS_TYPE, answer_pool, preferred_pair, train_dpo
 from steerable.methods.rl import (
     GRPO_LOSS_TYPE,
     RLConfig,
@@ -98,7 +99,6 @@ DEFAULT_LEVELS = 5
 MIN_STD = 0.05
 STATS_CALLBACK = "MOSLIMRewardStats"  # the checkpoint's trainer_state.json keeps them under this name
 LEGACY_STATS_FILE = "moslim_reward_stats.json"  # where the previous version kept them, in the checkpoint
-DPO_LOSS_TYPE = "sigmoid"  # DPO as published, pinned and recorded with the policy
 
 
 # --- the reward, as pure functions ------------------------------------------------------
@@ -233,13 +233,6 @@ def pool_stats(probs: np.ndarray, names: list[str], how: str = "level") -> Rewar
         levels = np.full((n, k), level)
         stats.update(target_probability(probs, levels, how), levels)
     return stats
-
-
-def preferred_pair(rewards: np.ndarray) -> tuple[int, int] | None:
-    """(chosen, rejected): the indices of the highest- and the lowest-rewarded answers (the first
-    of any tie), or None when every answer gets the same reward."""
-    best, worst = int(np.argmax(rewards)), int(np.argmin(rewards))
-    return None if rewards[best] == rewards[worst] else (best, worst)
 
 
 def mirrored_pair(rewards: np.ndarray, mirrored: np.ndarray) -> tuple[int, int] | None:
@@ -469,25 +462,6 @@ def training_rows(config: MOSLIMConfig, names: list[str], count: int, tokenizer)
     ]
 
 
-def answer_pool(path: str) -> dict[str, list[str]]:
-    """The DPO pool: each prompt's distinct answers, in file order, for the prompts that have at
-    least two (one answer has nothing to be preferred to)."""
-    from steerable.data import load_pairs
-
-    answers: dict[str, list[str]] = {}
-    for row in load_pairs(path):
-        mine = answers.setdefault(row["prompt"], [])
-        if row["response"] not in mine:
-            mine.append(row["response"])
-    pool = {prompt: mine for prompt, mine in answers.items() if len(mine) >= 2}
-    if not pool:
-        raise SteerableError(
-            f"--pool {path}: no prompt has two different answers, so there is nothing to rank; "
-            "give several answers per prompt (RiC's offline stage samples and cuts several)"
-        )
-    return pool
-
-
 def pool_rewards(config: MOSLIMConfig, rewards: RewardSet, rm, pool: dict[str, list[str]]):
     """What the reward reads of every pool answer, once: the RM's level probabilities [n, K, L]
     (mapped) or the normalised scores [n, K] (zscore), rows in pool order; and the pool's
@@ -548,54 +522,6 @@ def dpo_rows(
             "the tags drawn, so there is no preference to learn; give answers that differ in the objectives"
         )
     return rows
-
-
-def train_dpo(
-    config: MOSLIMConfig, stages: Stages, name: str, inputs: dict, tokenizer, rows: list[dict]
-) -> dict:
-    """TRL's DPO on `rows` (prompt/chosen/rejected chats): a LoRA policy on `config.model`,
-    reference = the starting policy (the adapter switched off), into stages/NAME/weights, resumed
-    from the stage's last complete checkpoint (`train_stage`); returns the compute record (the
-    caller finishes the stage). The pairs are kept as stages/NAME/pairs.jsonl."""
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
-    from steerable.data import write_table
-    from steerable.defaults import load_causal_lm
-    from steerable.training import checkpoint_args, device_args, lora_config, train_stage
-
-    def trainer_for(stage: Path):
-        if is_main_process():
-            write_table(stage / "pairs.jsonl", rows)
-        model, _ = load_causal_lm(config.model, config.dtype, trust_remote_code=config.trust_remote_code)
-        args = DPOConfig(
-            output_dir=str(stage / "checkpoints"),
-            max_steps=config.max_steps,
-            per_device_train_batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            beta=config.dpo_beta,
-            **config.dpo_loss,
-            seed=config.seed,
-            gradient_checkpointing=False,
-            # mirrored pairs stay next to each other, so each batch holds both tags of a prompt
-            train_sampling_strategy="sequential" if config.mirror_levels else "random",
-            **checkpoint_args(),
-            **device_args(),
-        )
-        return DPOTrainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(
-                [{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows]
-            ),
-            processing_class=tokenizer,
-            peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout),
-        )
-
-    def describe(trainer, result) -> dict:
-        return {"pairs": len(rows), "generated_completions": 0, "generated_tokens": 0}
-
-    return train_stage(stages, name, inputs, trainer_for, f"{name} DPO", describe, finish=False)[1]
 
 
 def moslim_reward_function(
@@ -688,7 +614,17 @@ def train_moslim(config: MOSLIMConfig) -> Path:
         if not config.grpo:
             read, stats = pool_rewards(config, rewards, rm, pool)
             rows = dpo_rows(config, rewards.names, count, pool, read, stats, tokenizer)
-            info = train_dpo(config, stages, "policy", inputs, tokenizer, rows)
+            info = train_dpo(
+                config,
+                stages,
+                "policy",
+                inputs,
+                tokenizer,
+                rows,
+                config.dpo_beta,
+                loss=config.dpo_loss,
+                sequential=config.mirror_levels,  # mirrored pairs share a batch
+            )
         else:
             stats = RewardStats(
                 rewards.names, count, decay=0.0 if config.normalisation == "batch" else config.ema_decay
