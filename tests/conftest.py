@@ -156,3 +156,40 @@ def scored_table(tmp_path_factory):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     rewards.save(folder / "stats.json")
     return data
+
+
+def write_experts(tiny_path, scored_table, out, method="soups", seeds=(1, 2)):
+    """A directory of `method` with one random LoRA adapter per objective (non-zero, so each
+    expert answers differently from the base and from the other)."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from steerable.manifest import PolicyManifest, write_model_directory
+
+    rewards = json.loads((scored_table.parent / "stats.json").read_text())
+    policies = []
+    for k, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_path)
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
+        model = get_peft_model(base, config)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.3)
+        model.save_pretrained(out / f"policies/{k}")
+        policies.append(
+            {"adapter": f"policies/{k}", "weights": [1.0 if j == k else 0.0 for j in range(len(seeds))]}
+        )
+    manifest = PolicyManifest(method=method, base_model=tiny_path, rewards=rewards, policies=policies)
+    return write_model_directory(out, manifest, AutoTokenizer.from_pretrained(tiny_path))
+
+
+@pytest.fixture(scope="session")
+def tiny_experts(tiny_path, scored_table, tmp_path_factory):
+    """A soups directory of two hand-made experts of the tiny model (random non-zero LoRA
+    adapters, one per default objective): what mod, lora-mix and soups all read."""
+    return write_experts(tiny_path, scored_table, tmp_path_factory.mktemp("experts") / "experts")
