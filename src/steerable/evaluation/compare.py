@@ -8,7 +8,9 @@ Every stage is cached under the output directory and records what produced it
     OUT/moslim_rm/  OUT/moslim/    MOSLIM's multi-head RM and policy directories
     OUT/np_rm/  OUT/np_dpo/        the few-shot NP-BTL run (its context encoder starts NP-DPO's)
                                    and the NP-DPO policy directory
-    OUT/soups/  OUT/morlhf/        the RL baselines' directories (their own stages inside)
+    OUT/soups/  OUT/morlhf/        the RL baselines' directories (their own stages inside); mod
+                                   and lora-mix train nothing: they are evaluated on OUT/soups
+    OUT/genarm/                    GenARM's reward models (one adapter per objective)
     OUT/stages/eval_METHOD/        result.json of each evaluated method (and front.json, its
                                    measured front, in each model directory: the playground plots it)
     OUT/report.md, front.png, summary.csv, points.csv, compare.json (the configuration)
@@ -22,7 +24,7 @@ which reads its sections below and what the methods before it made.
 The configuration (YAML, every key optional):
 
     model: smollm2
-    methods: [ric, moslim, np-dpo, soups, morlhf, prompting]
+    methods: [ric, moslim, np-dpo, soups, mod, lora-mix, genarm, morlhf, prompting]
     stats: null
     prompts: null   your prompt file (a prompt column, an optional split column): every method
            trains on its train split and is evaluated on its heldout split (eval's split);
@@ -34,6 +36,11 @@ The configuration (YAML, every key optional):
            per grid point (a simulated user with utility w . normalised objectives)
     ric: {...}      RiCConfig fields
     rl: {...}       RLConfig fields shared by soups, morlhf and moslim (the same RL budget)
+    soups: {...}    SoupsConfig fields over rl's: algo grpo (default) or dpo (pool defaults to
+           RiC's scored offline data); its experts are also mod's and lora-mix's, so either
+           without soups in the methods is refused
+    mod: {divergence: null}   MOD's alpha-divergence, in [0, 1] (null: reverse KL)
+    genarm: {...}   GenARMConfig fields (pool defaults to RiC's scored offline data)
     morlhf: {weight_vectors: ["1,0", "0.5,0.5", "0,1"]}
     moslim: {...}   MOSLIMConfig fields over rl's (algorithm dpo: pool defaults to RiC's scored
            offline data); without reward_model, the RM is trained:
@@ -111,6 +118,9 @@ class CompareConfig:
     moslim_rm: dict = field(default_factory=dict)
     np_dpo: dict = field(default_factory=dict)
     np_rm: dict = field(default_factory=dict)
+    soups: dict = field(default_factory=dict)
+    mod: dict = field(default_factory=dict)
+    genarm: dict = field(default_factory=dict)
     trust_remote_code: bool = False
 
     def __post_init__(self):
@@ -170,6 +180,13 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
         inputs.made_stats = inputs.made_stats or training.stats
         inputs.made_scored = inputs.made_scored or training.scored
         trainings[method.name] = training
+    for name, training in trainings.items():
+        if training.evaluates is not None and training.evaluates not in chosen:
+            raise SteerableError(
+                f"{name} trains nothing of its own: it is evaluated on the model directory "
+                f"{training.evaluates} trains; add {training.evaluates} to the methods "
+                f"(methods: [{training.evaluates}, {name}])"
+            )
     if trainings and config.prompts is not None:
         refuse_training_prompts(config.prompts, settings)
     return ComparePlan(chosen, settings, inputs.stats, trainings)
@@ -213,11 +230,16 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
     for name, training in plan.trainings.items():
         for step in training.steps:  # the last writes the model directory that is evaluated
             trained[name] = resolve(step.train)(step.config)
+    for name, training in plan.trainings.items():
+        if training.evaluates is not None:  # MOD, LoRA output mixing: soups' experts
+            trained[name] = trained[training.evaluates]
     statistics = fingerprint(load_rewards(plan.stats).to_dict())
     results = []
     for method in plan.methods:
         own = methods.get(method).own_directory  # evaluated on the directory it trained, or on the base model
         model = str(trained[method]) if own else config.model
+        training = plan.trainings.get(method)
+        options = dict(training.options or {}) if training is not None else {}
         inputs = {
             "method": method,
             "model": model_key(Path(model)) if own else model,
@@ -226,8 +248,10 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
         }
         if config.prompts is not None:  # by content; absent without a file, as before the option
             inputs["prompts"] = file_digest(config.prompts)
+        if options:  # absent without any, as before methods had evaluate options here
+            inputs["options"] = options
 
-        def work(folder, method=method, model=model):
+        def work(folder, method=method, model=model, options=options):
             from steerable.evaluation.evaluate import evaluate
 
             result = evaluate(
@@ -243,13 +267,15 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
                 prompt_split=prompt_source(plan.settings.split, config.prompts),
                 prompt_limit=plan.settings.limit,
                 examples=plan.settings.examples,
+                **options,
             )
             result.save(folder)
             return {"seconds": result.compute["eval_seconds"]}
 
         stages.run(f"eval_{method}", inputs, work)
         results.append(EvaluationResult.load(stages.path(f"eval_{method}")))
-        if own and Path(model).resolve().is_relative_to(out.resolve()):
+        wrote = own and (training is None or training.evaluates is None)  # not soups' experts as MOD
+        if wrote and Path(model).resolve().is_relative_to(out.resolve()):
             record_front(results[-1], model)  # a model this run trained carries its measured front
     write_report(results, out)
     atomic_write_text(out / "compare.json", json.dumps(asdict(config), indent=2) + "\n")
@@ -281,7 +307,7 @@ def compare_cost(config: CompareConfig, out: str | Path) -> Plan:
     generations, tokens, longest = swept, swept * settings.max_new_tokens, settings.max_new_tokens
     for method, training in reversed(plan.trainings.items()):
         cost_of = methods.get(method).plan
-        if cost_of is not None:
+        if cost_of is not None and training.steps:
             trains = resolve(cost_of)(training.steps[-1].config)
             generations, tokens = generations + trains.generations, tokens + trains.slots
             longest = max(longest, trains.max_new_tokens)

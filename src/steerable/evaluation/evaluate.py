@@ -10,7 +10,13 @@ entry's `sweep` (`steerable.methods`):
                (MOSLIM's floor)
     prompting  the base model, with the preference written into the system prompt (the floor
                every trained method must beat); needs the statistics of the comparison
-    soups      a Rewarded Soups directory: per-objective adapters interpolated with the weights
+    soups      a Rewarded Soups directory of experts (one LoRA adapter per objective): the
+               adapters averaged in weight space with each point's weights (merged ones cached)
+    mod        the same directory, its experts mixed per token: sum_k w_k log pi_k (MOD; K
+               forwards of the base model a token)
+    lora-mix   the same directory, every LoRA layer adding sum_k w_k B_k A_k x (one forward)
+    genarm     a GenARM directory: the base model's log-probabilities plus sum_k w_k those of
+               reward model k, at temperature 1 / (1 + sum_k w_k) (1 + K forwards a token)
     morlhf     a MORLHF directory: one policy per weight vector, so it is evaluated at its own
                vectors only (the grid does not apply)
     np-dpo     an NP-DPO directory: weights -> `examples` choices of a simulated user whose
@@ -41,8 +47,10 @@ from steerable.evaluation.sweep import (
     SweepPoint,
     check_samples,
     controllability,
+    mean_inner_product,
     preference_grid,
     requested_controllability,
+    seconds_per_token,
     summarise,
     sweep,
 )
@@ -75,21 +83,31 @@ def method_generator(
     examples: int = FEWSHOT_EXAMPLES,
     guidance: float | None = None,
     sampling_steps: int | None = None,
+    divergence: float | None = None,
 ) -> Generator:
     """What `evaluate` sweeps for one method, built by its registry entry (`methods.base.Method`):
     `adapter` evaluates another stage's adapter, e.g. DIR/stages/sft/weights for the model
     before online MORS; `mapping` (linf, l2, linear, quantile) overrides the model's stored mapping;
     `guidance` and `sampling_steps` override an image model's guidance scale and denoising
-    steps (each where the method takes it, else refused). `dtype` overrides the dtype a model
+    steps, `divergence` MOD's alpha-divergence (0: reverse KL; each where the method takes it,
+    else refused). `dtype` overrides the dtype a model
     directory records (float32 for the prompting floor); `trust_remote_code` lets models and the
     objectives' py: scorers run their own code. NP-DPO only: `examples` choices of the simulated
     user per grid point."""
     entry = methods.get(method)
-    given = {"adapter": adapter, "mapping": mapping, "guidance": guidance, "sampling_steps": sampling_steps}
+    given = {
+        "adapter": adapter,
+        "mapping": mapping,
+        "guidance": guidance,
+        "sampling_steps": sampling_steps,
+        "divergence": divergence,
+    }
     for option, value in given.items():
         if value is not None and option not in entry.evaluate_options:
-            takes = [
-                m.title for m in methods.METHODS.values() if m.trainable and option in m.evaluate_options
+            takes = [  # the methods whose models it applies to (not their untrained floors)
+                m.title
+                for m in methods.METHODS.values()
+                if (m.trainable or m.reads) and option in m.evaluate_options
             ]
             flag, who = "--" + option.replace("_", "-"), ", ".join(takes[:-1])
             who = f"{who} and {takes[-1]}" if who else takes[-1]
@@ -106,6 +124,7 @@ def method_generator(
         examples=examples,
         guidance=guidance,
         steps=sampling_steps,
+        **({} if divergence is None else {"divergence": divergence}),
     )
 
 
@@ -152,6 +171,7 @@ def evaluate(
     guidance: float | None = None,
     sampling_steps: int | None = None,
     images_to: str | Path | None = None,
+    divergence: float | None = None,
 ) -> EvaluationResult:
     """Sweep the grid, score with the shared objectives, and summarise; `samples` responses
     per prompt at each point. MOSLIM models (and their tags floor) are also swept level by level
@@ -165,7 +185,13 @@ def evaluate(
     A method that makes images: `guidance` and `sampling_steps` override the model's; each
     point keeps a thumbnail and writes its grid PNG under `images_to` (`evaluation.images`); a
     method with a base model (`Generator.baseline`) has it answer the same prompts and samples
-    from the same seed, recorded as the result's `baseline` beside the front."""
+    from the same seed, recorded as the result's `baseline` beside the front.
+
+    `divergence`: a MOD model's alpha-divergence (0: reverse KL, the default). The result
+    records, beside the training compute of the directory the model was loaded from (for MOD
+    and LoRA output mixing, the soups directory's experts), what generation cost: the forwards
+    of the base model a token takes (`Generator.forwards`) and the seconds per generated token
+    measured over the grid."""
     from dataclasses import asdict
 
     from steerable.progress import advance_to, stage_bar
@@ -179,7 +205,7 @@ def evaluate(
     images = methods.get(method).modality == "image"
     built = method_generator(
         method, model, sampling, stats, adapter, mapping, dtype, trust_remote_code, examples, guidance,
-        sampling_steps,
+        sampling_steps, divergence=divergence,
     )  # fmt: skip
     generate, rewards, tokenizer, manifest, dtype = built[:5]
     compute = compute_record(manifest)
@@ -264,9 +290,12 @@ def evaluate(
             )
         level_result = level_record(level_points, rewards.names, count, steering["others"])
     compute["eval_seconds"] = time.perf_counter() - started
+    if not images:
+        compute["forwards_per_token"] = built.forwards
+        compute["seconds_per_token"] = seconds_per_token(points)
     requested = requested_controllability(points, rewards.names)
     return EvaluationResult(
-        method=method if mapping is None else f"{method}-{mapping}",
+        method=labelled(method, mapping, divergence),
         model=str(model) if adapter is None else f"{model}, adapter {adapter}",
         names=rewards.names,
         rewards=rewards.to_dict(),
@@ -284,7 +313,16 @@ def evaluate(
         levels=level_result,
         requested_controllability=None if requested is None else {n: finite(v) for n, v in requested.items()},
         baseline=None if baseline is None else versus_baseline(baseline, points, rewards.to_dict()),
+        inner_product=mean_inner_product(points),
     )
+
+
+def labelled(method: str, mapping: str | None, divergence: float | None) -> str:
+    """How a result names its method: with the mapping or divergence it was evaluated at when
+    one was given (ric-linf, mod-alpha0.5), so that a report tells them apart."""
+    if mapping is not None:
+        return f"{method}-{mapping}"
+    return method if divergence is None else f"{method}-alpha{divergence:g}"
 
 
 def image_sampling(manifest, sampling: SamplingConfig, guidance: float | None, steps: int | None) -> dict:

@@ -22,7 +22,14 @@ import numpy as np
 
 from steerable.errors import SteerableError
 from steerable.evaluation.pareto import beats_base, hypervolume, non_dominated
-from steerable.evaluation.sweep import SweepPoint, points_to_rows, ranking_notes, requested_controllability
+from steerable.evaluation.sweep import (
+    SweepPoint,
+    mean_inner_product,
+    points_to_rows,
+    ranking_notes,
+    requested_controllability,
+    seconds_per_token,
+)
 from steerable.io import atomic_write, atomic_write_text
 
 RESULT_FILE = "result.json"
@@ -32,7 +39,7 @@ FRONT_FILE = "front.json"  # a model's measured front, beside it (`steerable ser
 # An image model's result records guidance and steps instead of the text settings.
 COMPARED_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "guidance", "steps")
 # Fields a result may lack and still be compared (added after results recorded their prompts).
-OPTIONAL = ("levels", "requested_controllability", "baseline")
+OPTIONAL = ("levels", "requested_controllability", "baseline", "inner_product")
 TOLERANCE_STD = 0.5  # what the front may lose on another objective and still beat the base point
 
 
@@ -55,6 +62,11 @@ class EvaluationResult:
         or level) against its mean; None for a method that asks nothing but the weights.
     baseline: the base model's point and how the front fares against it (`versus_baseline`);
         None for a method without one.
+    compute: train_seconds, trained_tokens, generated_tokens (the training record of the model
+        directory evaluated), eval_seconds, and, for a text method, forwards_per_token (forwards
+        of the base model a generated token takes) and seconds_per_token (measured over the grid).
+    inner_product: the grid's mean of weights . normalised mean rewards (`sweep.mean_inner_product`);
+        None where the rewards have no statistics (and in results written before it).
     """
 
     method: str
@@ -71,10 +83,11 @@ class EvaluationResult:
     prompt_split: str | None = None
     prompt_limit: int | None = None
     dtype: str = "float32"
-    compute: dict = field(default_factory=dict)  # train/eval seconds and tokens
+    compute: dict = field(default_factory=dict)  # train/eval seconds and tokens, generation cost
     levels: dict | None = None  # MOSLIM's level sweep (evaluation.levels.level_record)
     requested_controllability: dict[str, float | None] | None = None
     baseline: dict | None = None
+    inner_product: float | None = None
 
     @property
     def means(self) -> np.ndarray:
@@ -266,15 +279,20 @@ def notes_lines(rows: list[dict]) -> list[str]:
 
 
 def summary(results: list[EvaluationResult]) -> list[dict]:
-    """One row per method: hypervolume against the shared reference, front size, compute, and
-    `notes`: why a correlation has no value (an objective every answer scored the same, say)."""
+    """One row per method: hypervolume against the shared reference, front size,
+    controllability, the mean inner product of weights and normalised rewards, compute
+    (training; generation per token: forwards of the base model, measured seconds, and those
+    relative to the base model's row, prompting, where the results hold one), and `notes`: why a
+    correlation has no value (an objective every answer scored the same, say)."""
     check_comparable(results)
     ref = reference_point(results[0].rewards)
+    base_cost = next((seconds_per_token(r.points) for r in results if on_base_model(r.method)), None)
     rows = []
     for r in results:
         hv = hypervolume(r.means, ref)
         hours = r.compute.get("train_seconds", 0.0) / 3600
         requested = requested_controllability(r.points, r.names) or {}
+        cost = seconds_per_token(r.points)  # as evaluate records it; results before it have the points
         rows.append(
             {
                 "method": r.method,
@@ -283,16 +301,41 @@ def summary(results: list[EvaluationResult]) -> list[dict]:
                 "hypervolume": hv,
                 **{f"controllability_{n}": finite(v) for n, v in r.controllability.items()},
                 **{f"requested_{n}": finite(requested.get(n)) for n in r.names},
+                "inner_product": mean_inner_product(r.points),
                 "train_seconds": r.compute.get("train_seconds", 0.0),
                 "trained_tokens": r.compute.get("trained_tokens", 0),
                 "train_generated_tokens": r.compute.get("generated_tokens", 0),
                 "eval_seconds": sum(p.seconds for p in r.points),
+                "forwards_per_token": r.compute.get("forwards_per_token"),
+                "seconds_per_token": cost,
+                "relative_seconds_per_token": cost / base_cost if cost is not None and base_cost else None,
                 "hypervolume_per_train_hour": hv / hours if hours > 0 else None,
                 "base_hypervolume": None if r.baseline is None else r.baseline["hypervolume"],
                 "notes": undefined_notes(r),
             }
         )
     return rows
+
+
+def on_base_model(method: str) -> bool:
+    """Whether a result's method answers with the untrained base model (the prompting floor),
+    the row a comparison's generation cost is measured against."""
+    from steerable import methods
+
+    entry = methods.METHODS.get(method)
+    return entry is not None and not entry.own_directory
+
+
+def per_token(row: dict) -> list[str]:
+    """A summary row's generation cost as the tables show it: forwards of the base model per
+    token, measured ms per token, and that relative to the base model's row ('-': unknown)."""
+    forwards, cost, relative = (row[k] for k in ("forwards_per_token", "seconds_per_token",
+                                                 "relative_seconds_per_token"))  # fmt: skip
+    return [
+        "-" if forwards is None else str(forwards),
+        "-" if cost is None else f"{1000 * cost:.3g}",
+        "-" if relative is None else f"{relative:.2f}x",
+    ]
 
 
 def signed(value: float | None, undefined: bool = False) -> str:
@@ -436,14 +479,18 @@ def markdown(results: list[EvaluationResult]) -> str:
         + ".",
         "",
         "Controllability: Spearman, per objective, of the weight (and, for a model steered by tags, "
-        "of the target or level the tag asked for) against the achieved mean score over the grid.",
+        "of the target or level the tag asked for) against the achieved mean score over the grid. "
+        "w . z: the mean over the grid of each point's weights . its mean normalised scores (in "
+        "training standard deviations). Per token: forwards of the base model a generated token "
+        "takes, measured milliseconds per generated token over the grid, and those relative to the "
+        "base model's (prompting) row.",
         "",
         "| method | points | on front | hypervolume | "
         + " | ".join(f"controllability {n}" for n in names)
         + " | "
         + " | ".join(f"vs requested {n}" for n in names)
-        + " | train s | trained tokens | eval s |",
-        "|---|---|---|---|" + "---|" * (2 * len(names)) + "---|---|---|",
+        + " | w . z | train s | trained tokens | eval s | forwards / token | ms / token | vs base |",
+        "|---|---|---|---|" + "---|" * (2 * len(names)) + "---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
@@ -453,7 +500,10 @@ def markdown(results: list[EvaluationResult]) -> str:
             )
             + " | "
             + " | ".join(signed(row[f"requested_{n}"], f"requested_{n}" in row["notes"]) for n in names)
-            + f" | {row['train_seconds']:.0f} | {row['trained_tokens']} | {row['eval_seconds']:.0f} |"
+            + f" | {signed(row['inner_product'])}"
+            + f" | {row['train_seconds']:.0f} | {row['trained_tokens']} | {row['eval_seconds']:.0f} | "
+            + " | ".join(per_token(row))
+            + " |"
         )
     undefined = notes_lines(rows)
     if undefined:

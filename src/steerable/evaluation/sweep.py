@@ -121,6 +121,25 @@ def sweep(
     return points
 
 
+def mean_inner_product(points: Sequence[SweepPoint]) -> float | None:
+    """The mean, over the grid, of each point's weights . its mean normalised rewards (in units
+    of the training std): how far each point went where its weights pointed, whatever the
+    objectives' scales. None where a point has no weights (a base model's) or no normalised
+    means (an objective without statistics)."""
+    if not points or any(not p.weights or p.normalised_mean is None for p in points):
+        return None
+    weights = np.array([p.weights for p in points], dtype=float)  # (points, K)
+    achieved = np.array([p.normalised_mean for p in points], dtype=float)  # (points, K)
+    return float((weights * achieved).sum(axis=1).mean())
+
+
+def seconds_per_token(points: Sequence[SweepPoint]) -> float | None:
+    """Measured generation cost: the seconds the grid's `generate` calls took over the tokens
+    they generated (None where nothing was counted: images)."""
+    tokens = sum(p.generated_tokens for p in points)
+    return sum(p.seconds for p in points) / tokens if tokens > 0 else None
+
+
 def controllability(points: Sequence[SweepPoint], names: Sequence[str]) -> dict[str, float | None]:
     """Spearman correlation, per objective, between its requested weight and its achieved mean;
     None where there is no ranking to correlate (`no_ranking` says why)."""

@@ -208,7 +208,7 @@ def sweep(
     **_,
 ):
     """A directory of experts swept as `method` mixes them: each grid point's weights are every
-    row's (`divergence`: MOD's alpha)."""
+    row's (`divergence`: MOD's alpha). Its cost per token is the mixture's forwards."""
     from steerable.methods.base import Generator
     from steerable.policy import SteerablePolicy
 
@@ -222,4 +222,11 @@ def sweep(
             policy, prompts, sampling, system, False, preference=list(weights), divergence=divergence
         )
 
-    return Generator(generate, policy.rewards, policy.tokenizer, policy.manifest, policy.manifest.dtype)
+    return Generator(
+        generate,
+        policy.rewards,
+        policy.tokenizer,
+        policy.manifest,
+        policy.manifest.dtype,
+        forwards=policy.model.forwards,
+    )

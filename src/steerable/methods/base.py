@@ -169,6 +169,10 @@ class Comparing(NamedTuple):
         objectives: K, when its config names the objectives (the grid is built on K).
         points: K -> the grid points its evaluation sweeps (None: the whole grid).
         uncounted: what its training generates that the estimate leaves out.
+    A method that trains nothing of its own (MOD, LoRA output mixing: no `steps`):
+        evaluates: the method whose model directory it is evaluated on (one of its `reads`,
+            e.g. "soups"); the comparison refuses it unless that method is in it too.
+        options: the `evaluate` options its section gives (MOD's divergence; None: none).
     """
 
     steps: tuple[Step, ...]
@@ -177,6 +181,8 @@ class Comparing(NamedTuple):
     objectives: int | None = None
     points: Callable[[int], int] | None = None
     uncounted: str | None = None
+    evaluates: str | None = None
+    options: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -238,6 +244,8 @@ class Generator(NamedTuple):
             others, classify; None: it reads no levels.
         baseline: prompts -> what the model it was fine-tuned from makes for them, unsteered (RiC
             on images: the caption-only base model), evaluated beside the grid as its own point.
+        forwards: what a generated token costs, in forwards of the base model (a mixture of K
+            experts by log-probabilities: K; one model, or LoRA output mixing: 1).
     """
 
     generate: Callable[[list[str], Any], list[str]]
@@ -249,6 +257,7 @@ class Generator(NamedTuple):
     requested: Callable[[Any], list[float]] | None = None
     levels: dict | None = None
     baseline: Callable[[list[str]], list] | None = None
+    forwards: int = 1
 
 
 class Steering(Protocol):

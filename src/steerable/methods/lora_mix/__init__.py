@@ -15,4 +15,5 @@ METHOD = Method(
     mixture="steerable.experts.mixture:OutputMixture",
     check="steerable.methods.base:needs_policies",
     sweep="steerable.experts.steering:sweep",
+    compare="steerable.methods.lora_mix.compare:compare",
 )

@@ -15,5 +15,6 @@ METHOD = Method(
     mixture="steerable.experts.mixture:mod_mixture",
     check="steerable.methods.base:needs_policies",
     sweep="steerable.experts.steering:sweep",
+    compare="steerable.methods.mod.compare:compare",
     evaluate_options=("divergence",),
 )
