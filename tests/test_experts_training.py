@@ -65,6 +65,7 @@ def test_soups_dpo_trains_one_expert_per_objective_on_pairs_ranked_by_it(scored_
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "steerable.json").read_text())
     assert manifest["method"] == "soups"
+    assert (out / "tokenizer_config.json").is_file()  # a SteerablePolicy loads it from the directory
     assert manifest["policies"] == [
         {"weights": [1.0, 0.0], "adapter": "stages/policy_0/weights"},
         {"weights": [0.0, 1.0], "adapter": "stages/policy_1/weights"},
@@ -175,7 +176,7 @@ def test_genarm_trains_one_reward_model_per_objective_without_a_reference_forwar
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "steerable.json").read_text())
-    assert manifest["method"] == "genarm"
+    assert manifest["method"] == "genarm" and (out / "tokenizer_config.json").is_file()
     assert [p["weights"] for p in manifest["policies"]] == [[1.0, 0.0], [0.0, 1.0]]
     assert manifest["training"]["dpo"] == {
         "loss_type": ["sigmoid", "reference_free"],

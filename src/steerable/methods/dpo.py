@@ -203,4 +203,4 @@ def train_experts(config, method: str, beta: float, reference_free: bool = False
         return stages.finish(name, inputs, {"weights": list(weights), **info})
 
     recipe = {"dpo": {"loss_type": loss, "beta": beta, "reference_free": reference_free}}
-    return write_policies(config, method, rewards, vectors, plan, train, list(pool), **recipe)
+    return write_policies(config, method, rewards, vectors, plan, train, list(pool), tokenizer, **recipe)

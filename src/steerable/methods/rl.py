@@ -188,7 +188,7 @@ def train_policies(config: RLConfig, method: str, vectors: list[list[float]]) ->
         return train_rl_policy(config, rewards, weights, stages, name, inputs, tokenizer)
 
     grpo = {"loss_type": GRPO_LOSS_TYPE, "scale_rewards": config.scale_rewards}
-    return write_policies(config, method, rewards, vectors, plan, train, prompts, grpo=grpo)
+    return write_policies(config, method, rewards, vectors, plan, train, prompts, tokenizer, grpo=grpo)
 
 
 def write_policies(
@@ -199,13 +199,15 @@ def write_policies(
     plan: dict[str, dict],
     train: Callable[[Stages, str, dict, list[float]], dict],
     prompts: Sequence[str],
+    tokenizer,
     **recipe,
 ) -> Path:
     """The directory of a method with one policy per weight vector: `plan` names each policy's
     stage (in `vectors`' order) with its inputs; every stage is checked first (a stale one is
     refused before any trains), then `train(stages, name, inputs, weights)` trains each (or
     returns the finished stage's info), and steerable.json lists the policies once all are
-    trained, with the `recipe` pinned (e.g. grpo=..., dpo=...) in its training record."""
+    trained, with the `recipe` pinned (e.g. grpo=..., dpo=...) in its training record, beside the
+    tokenizer (a `SteerablePolicy` loads it from the directory)."""
     out = Path(config.output_dir)
     stages = Stages(out, f"train {method}")
     for name, inputs in plan.items():
@@ -229,7 +231,7 @@ def write_policies(
             config, {name: fingerprint(inputs) for name, inputs in plan.items()}, infos, prompts, **recipe
         ),
     )
-    return write_model_directory(out, manifest)
+    return write_model_directory(out, manifest, tokenizer)
 
 
 def stage_settings(config: RLConfig, exclude: Sequence[str]) -> dict:
