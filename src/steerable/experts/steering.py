@@ -212,18 +212,20 @@ def sweep(
     from steerable.methods.base import Generator
     from steerable.policy import SteerablePolicy
 
+    if divergence is not None:
+        check_alpha(divergence)  # before the experts load
     policy = SteerablePolicy.from_pretrained(
         model, dtype=dtype, trust_remote_code=trust_remote_code, method=method
     )
 
-    def generate(prompts, weights):
+    def answer(prompts, weights):  # not `generate`: it calls the module's
         system = policy.manifest.system
         return generate(
             policy, prompts, sampling, system, False, preference=list(weights), divergence=divergence
         )
 
     return Generator(
-        generate,
+        answer,
         policy.rewards,
         policy.tokenizer,
         policy.manifest,
