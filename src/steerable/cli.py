@@ -300,6 +300,10 @@ def evaluated_with(option: str) -> str:
 
 
 LEVELLED = "/".join(methods.names(lambda m: "levels" in m.steering))  # the methods swept level by level
+# the methods that load other methods' model directories, for --method's help
+READERS = ", ".join(
+    f"{m.name} reads {'/'.join(m.reads)} directories" for m in methods.METHODS.values() if m.reads
+)
 
 
 # The sampling options of `sample`, `generate` and `evaluate`: defined once, with the defaults
@@ -680,6 +684,13 @@ IMAGES_ONLY = titles(lambda m: m.modality == "image") + " only"
 def generate(
     ctx: typer.Context,
     model: Annotated[Path, typer.Option(help="Steerable model directory (any method; has steerable.json).")],
+    as_method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            help=f"Generate as this method (default: the one that wrote --model); {READERS}.",
+        ),
+    ] = None,
     prompts: Annotated[list[str] | None, typer.Argument(help="Prompt(s) to answer (or --prompts).")] = None,
     prompts_file: Annotated[
         str | None,
@@ -730,6 +741,13 @@ def generate(
             "per row."
         ),
     ] = None,
+    divergence: Annotated[
+        float | None,
+        typer.Option(
+            help=f"{steered_by('divergence')}: the alpha of the alpha-divergence family, in [0, 1] "
+            "(default 0: reverse KL, where negative weights are defined)."
+        ),
+    ] = None,
     max_new_tokens: MaxNewTokens = SAMPLING.max_new_tokens,
     temperature: Temperature = SAMPLING.temperature,
     top_p: TopP = SAMPLING.top_p,
@@ -749,15 +767,17 @@ def generate(
 ) -> None:
     """Generate steered responses from a trained model directory: RiC maps the preference to
     target tags and MOSLIM to intensity levels (or take --target / --levels as given); Rewarded
-    Soups interpolates its adapters; MORLHF answers at the weight vectors it was trained for;
-    NP-DPO follows the choices in --examples (without them, its prior). The steering applied is
+    Soups interpolates its adapters (--method mod or lora-mix mixes the same experts' next-token
+    log-probabilities or outputs instead); MORLHF answers at the weight vectors it was trained
+    for; NP-DPO follows the choices in --examples (without them, its prior). The steering applied is
     printed (and written in each --out row) as the server echoes it. An image model (RiC on
     images) makes --n images per prompt into the --out folder, with a grid and their scores."""
     from steerable.policy import load_manifest
 
     prompts = prompts_to_answer(prompts, prompts_file)
     manifest = load_manifest(model)
-    method = methods.get(manifest.method)
+    method = methods.get(as_method or manifest.method)
+    method.check_reads(manifest.method, model)
     image = method.modality == "image"
     refuse_options_of_other_modality(ctx, method.modality, f"{model} (a {method.name} model)")
     if image:
@@ -785,12 +805,15 @@ def generate(
         batch_size=batch_size,
         seed=seed,
     )
-    steering = steering_of_options(prefer, target, levels, mapping, examples)
+    steering = steering_of_options(prefer, target, levels, mapping, examples, divergence)
     for key in steering:
         if key not in method.steering:
-            takes = ", ".join(methods.names(lambda m, key=key: m.trainable and key in m.steering))
+            takes = ", ".join(
+                methods.names(lambda m, key=key: key in m.steering and (m.trainable or m.reads))
+            )
+            read_as = "" if method.name == manifest.method else f" (generating as {method.name})"
             raise SteerableError(
-                f"{STEERING_OPTIONS[key]} steers {takes} models; {model} is a {method.name} model"
+                f"{STEERING_OPTIONS[key]} steers {takes} models; {model} is a {manifest.method} model{read_as}"
             )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -801,7 +824,7 @@ def generate(
             )
         elif method.policy is not None:
             responses, applied = generate_with_policy(
-                model, prompts, steering, system, sampling, dtype, trust_remote_code
+                model, method.name, prompts, steering, system, sampling, dtype, trust_remote_code
             )
         else:
             responses, applied = generate_with_sweep(
@@ -833,10 +856,11 @@ STEERING_OPTIONS = {
     "targets": "--target",
     "levels": "--levels",
     "examples": "--examples",
+    "divergence": "--divergence",
 }
 
 
-def steering_of_options(prefer, target, levels, mapping, examples) -> dict:
+def steering_of_options(prefer, target, levels, mapping, examples, divergence=None) -> dict:
     """generate's options as one request `steering` (the keys of a served request), those given."""
     from steerable.conditioning import parse_levels_text
     from steerable.preferences import parse_targets
@@ -846,6 +870,7 @@ def steering_of_options(prefer, target, levels, mapping, examples) -> dict:
         "mapping": mapping,
         "targets": None if target is None else parse_targets(target),
         "levels": None if levels is None else parse_levels_text(levels),
+        "divergence": divergence,
     }
     if examples is not None:
         from steerable.data.loading import read_table
@@ -854,12 +879,14 @@ def steering_of_options(prefer, target, levels, mapping, examples) -> dict:
     return {key: value for key, value in steering.items() if value is not None}
 
 
-def generate_with_policy(model, prompts, steering, system, sampling, dtype, trust_remote_code):
-    """(responses, the steering applied) of a model a SteerablePolicy loads: the steering checked
-    by its method's `request`, as the server checks a request's, and its echo."""
+def generate_with_policy(model, method, prompts, steering, system, sampling, dtype, trust_remote_code):
+    """(responses, the steering applied) of a model a SteerablePolicy loads as `method`: the
+    steering checked by its method's `request`, as the server checks a request's, and its echo."""
     from steerable.policy import SteerablePolicy
 
-    policy = SteerablePolicy.from_pretrained(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    policy = SteerablePolicy.from_pretrained(
+        model, dtype=dtype, trust_remote_code=trust_remote_code, method=method
+    )
     _, _, applied = policy.request(steering)
     responses = policy.generate(
         prompts,
@@ -868,6 +895,7 @@ def generate_with_policy(model, prompts, steering, system, sampling, dtype, trus
         levels=steering.get("levels"),
         examples=steering.get("examples"),
         mapping=steering.get("mapping"),
+        divergence=steering.get("divergence"),
         system=system,
         sampling=sampling,
     )
@@ -1188,10 +1216,13 @@ def report(
 def _print_comparison(results, out: Path) -> None:
     from rich import box
 
-    from steerable.evaluation.report import notes_lines, signed, summary
+    from steerable.evaluation.report import notes_lines, per_token, reference_point, signed, summary
 
     names = results[0].names
     rows = summary(results)
+    reference = ", ".join(
+        f"{n}={v:.4g}" for n, v in zip(names, reference_point(results[0].rewards), strict=True)
+    )
     table = Table(
         "method",
         "points",
@@ -1199,13 +1230,19 @@ def _print_comparison(results, out: Path) -> None:
         "HV",
         *[f"ctrl {n}" for n in names],
         *[f"asked {n}" for n in names],
+        "w.z",
         "train s",
         "eval s",
+        "fwd/tok",
+        "ms/tok",
+        "vs base",
         title="comparison",
         box=box.SIMPLE_HEAD,
-        caption="HV: hypervolume (reference: 5% quantile of the training scores); front: points on "
-        "the front; ctrl: controllability (Spearman of weight vs. achieved score); asked: Spearman of "
-        "the requested target or level vs. achieved score (models steered by tags)",
+        caption=f"HV: hypervolume (reference: 5% quantile of the training scores, {reference}); front: "
+        "points on the front; ctrl: controllability (Spearman of weight vs. achieved score); asked: "
+        "Spearman of the requested target or level vs. achieved score (models steered by tags); w.z: "
+        "mean over the grid of weights . normalised scores; fwd/tok: forwards of the base model per "
+        "generated token; ms/tok: measured; vs base: ms/tok relative to the prompting row",
     )
     for row in rows:
         table.add_row(
@@ -1215,8 +1252,10 @@ def _print_comparison(results, out: Path) -> None:
             f"{row['hypervolume']:.4g}",
             *[signed(row[f"controllability_{n}"], f"controllability_{n}" in row["notes"]) for n in names],
             *[signed(row[f"requested_{n}"], f"requested_{n}" in row["notes"]) for n in names],
+            signed(row["inner_product"]),
             f"{row['train_seconds']:.0f}",
             f"{row['eval_seconds']:.0f}",
+            *per_token(row),
         )
     # not a terminal (a log file, CI): wide enough that no number is cut short
     wide = Console() if Console().is_terminal else Console(width=160)
@@ -1322,7 +1361,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def serve(
     models: Annotated[
         list[str],
-        typer.Argument(help="Trained model directories, or base models by id or alias (smollm2, tiny)."),
+        typer.Argument(
+            help="Trained model directories, or base models by id or alias (smollm2, tiny); METHOD=DIR "
+            f"serves a directory as another method that reads it ({READERS}), as model id DIRNAME:METHOD "
+            "(one directory may be served under several methods)."
+        ),
     ],
     host: Annotated[
         str, typer.Option(help="Address to bind (not loopback: reachable by others).")
@@ -1378,10 +1421,14 @@ def serve(
         check_value(option, value, ge=1)
     check_value("--port", port, ge=1, le=65535)
     check_value("--read-timeout", read_timeout, gt=0)
+    specs = [served_spec(m) for m in models]
     if upstream is not None:
         check_url("--upstream", upstream)
-        if len(models) != 1:
-            raise SteerableError("--upstream serves one model directory (the one the upstream serves merged)")
+        if len(models) != 1 or specs[0][1] is not None:
+            raise SteerableError(
+                "--upstream serves one model directory, as the method that wrote it (the upstream serves "
+                "it merged)"
+            )
     with listening_socket(host, port) as sock:  # taken before the models load: a busy port fails first
         if host not in LOOPBACK:
             _warn(
@@ -1391,11 +1438,15 @@ def serve(
         if upstream is not None:
             served = [ServedModel.proxy(models[0], upstream, upstream_model, max_queue)]
         else:
-            served = [ServedModel.load(m, max_batch, max_queue, trust_remote_code) for m in models]
+            served = [
+                ServedModel.load(path, max_batch, max_queue, trust_remote_code, method)
+                for path, method in specs
+            ]
         ids = [m.id for m in served]
         if len(set(ids)) != len(ids):
             raise SteerableError(
-                f"two models have the same id in {ids}; serve directories with different names"
+                f"two models have the same id in {ids}; serve each directory once per method, directories "
+                "of different names"
             )
         app_ = create_app(served, api_key=api_key, max_tokens_limit=max_tokens)
         for line in start_message([(m.id, m.method) for m in served], host, port):
@@ -1405,6 +1456,20 @@ def serve(
                 _warn(f"{model.id}: POST /v1/score will answer 403: {model.policy.rewards.refusal}")
         config = uvicorn_config(app_, host, port, limit_concurrency, timeout_keep_alive, read_timeout)
         uvicorn.Server(config).run(sockets=[sock])
+
+
+def served_spec(spec: str) -> tuple[str, str | None]:
+    """(the model, the method it is served as: None for its own) of a `serve` argument: DIR,
+    a base model, or METHOD=DIR (a path that exists as written is a path, "=" or not)."""
+    method, sep, path = spec.partition("=")
+    if not sep or Path(spec).exists():
+        return spec, None
+    if method not in methods.METHODS:
+        raise SteerableError(
+            f"{spec!r}: {method!r} is not a method; METHOD=DIR serves DIR as METHOD, one of "
+            f"{', '.join(methods.names())}"
+        )
+    return path, method
 
 
 # A wildcard bind listens on every address; a browser cannot open it, so its loopback is shown.

@@ -284,6 +284,7 @@ class SteerablePolicy(TargetSteering):
         progress: bool = False,
         levels: Mapping[str, int] | None = None,
         examples: Sequence[Mapping[str, str]] | None = None,
+        divergence: float | None = None,
         *,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
@@ -296,7 +297,8 @@ class SteerablePolicy(TargetSteering):
         to tags with `mapping`), by explicit normalised `targets` (RiC), by intensity `levels`
         for any subset of the objectives (MOSLIM, e.g. ``{"brief": 4}``), or by a user's own
         choices, `examples` = [{"prompt", "chosen", "rejected"}, ...] (NP-DPO; none: the
-        policy's prior); with none of them, equal weights. Sampling: `sampling`, or the options
+        policy's prior); with none of them, equal weights. `divergence`: MOD's alpha of the
+        alpha-divergence family, in [0, 1] (none: 0, reverse KL). Sampling: `sampling`, or the options
         `max_new_tokens` ... `seed` as keywords (as `steerable generate` takes them; the others at
         SamplingConfig's defaults), not both."""
         prompts = list(prompts)
@@ -312,6 +314,12 @@ class SteerablePolicy(TargetSteering):
             seed=seed,
         )
         system = system if system is not None else self.manifest.system
+        extra = {}  # a key only the methods that take it are given
+        if divergence is not None:
+            if "divergence" not in methods.get(self.method).steering:
+                takes = ", ".join(methods.names(lambda m: "divergence" in m.steering))
+                raise SteerableError(f"divergence applies to {takes} models; this is a {self.method} model")
+            extra["divergence"] = divergence
         return self.steering.generate(
             self,
             prompts,
@@ -323,6 +331,7 @@ class SteerablePolicy(TargetSteering):
             levels=levels,
             examples=examples,
             mapping=mapping,
+            **extra,
         )
 
     def request(self, steering: Mapping) -> tuple[dict | None, object, dict]:

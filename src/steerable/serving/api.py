@@ -5,11 +5,13 @@ models) with one `steering` field for every method, on FastAPI.
                                 (SSE, ending `data: [DONE]`; the usage chunk only with
                                 stream_options.include_usage), and `steering` (the openai client
                                 sends it through `extra_body`):
-                                  weights   a preference (by name or position)   RiC, MOSLIM
-                                  mapping   linf | l2 | linear                    RiC, MOSLIM
-                                  targets   normalised targets per objective      RiC
-                                  levels    levels 1..L for any objectives        MOSLIM
-                                  examples  [{prompt, chosen, rejected}, ...]     NP-DPO
+                                  weights     a preference (by name or position)  RiC, MOSLIM and
+                                                                                  the expert mixings
+                                  mapping     linf | l2 | linear                  RiC, MOSLIM
+                                  targets     normalised targets per objective    RiC
+                                  levels      levels 1..L for any objectives      MOSLIM
+                                  examples    [{prompt, chosen, rejected}, ...]   NP-DPO
+                                  divergence  alpha in [0, 1] (0: reverse KL)     MOD
                                 The response echoes what was applied: `steering` in the body
                                 (streamed: the first chunk) and the `x-steering` header (JSON),
                                 which clients that keep only the text can still read.
@@ -21,7 +23,10 @@ models) with one `steering` field for every method, on FastAPI.
                                 sampled together (`engine.ImageEngine`), each from its own seed.
     POST /v1/score              {model, prompt, responses}: each objective's raw and normalised
                                 score of each response (what the playground plots)
-    GET  /v1/models             each model's method, objectives, levels and accepted steering
+    GET  /v1/models             each model's method, objectives, levels and accepted steering; a
+                                text model's `mixing` (what its experts mix per request:
+                                log-probabilities, outputs or weights; null for one model) and
+                                `forwards_per_token` (a token's cost in base-model forwards)
     GET  /v1/models/{id}        one of them
     GET  /health
     GET  /                      the playground: two steerings of one prompt side by side
@@ -140,30 +145,46 @@ class ServedModel:
         )
 
     @classmethod
-    def load(cls, spec: str, max_batch: int = 32, max_queue: int = 256, trust_remote_code: bool = False):
+    def load(
+        cls,
+        spec: str,
+        max_batch: int = 32,
+        max_queue: int = 256,
+        trust_remote_code: bool = False,
+        method: str | None = None,
+    ):
+        """The model of `spec` (a model directory, or a base model by id or alias), its id the
+        directory's name; `method`: a directory served as another method that reads it (a soups
+        directory's experts as "mod" or "lora-mix"), its id then "NAME:METHOD", so that one
+        directory can be served under several mixings side by side."""
         from steerable.evaluation.report import read_front
         from steerable.policy import MANIFEST, SteerablePolicy, load_manifest
 
         path = Path(spec)
-        method = methods.get(load_manifest(path).method) if (path / MANIFEST).is_file() else None
-        if method is not None and method.modality == "image":  # its method's image policy loads it
-            policy = method.image_policy().from_pretrained(path, trust_remote_code=trust_remote_code)
-            served = cls(path.resolve().name, method.name, None, None, policy, modality="image",
-                         max_queue=max_queue)  # fmt: skip
+        written_by = load_manifest(path).method if (path / MANIFEST).is_file() else None
+        if method is not None and written_by is None:
+            raise SteerableError(
+                f"{spec} is not a steerable model directory (no {MANIFEST}); {method}={spec} serves a "
+                f"directory as {method}: give one that `steerable train` wrote"
+            )
+        record = None if written_by is None else methods.get(method or written_by)
+        if record is not None:
+            record.check_reads(written_by, path)
+        as_other = record is not None and record.name != written_by  # e.g. a soups directory as mod
+        name = path.resolve().name + (f":{record.name}" if as_other else "")
+        if record is not None and record.modality == "image":  # its method's image policy loads it
+            policy = record.image_policy().from_pretrained(path, trust_remote_code=trust_remote_code)
+            served = cls(name, record.name, None, None, policy, modality="image", max_queue=max_queue)
             served.front = read_front(path, policy.rewards)
             served.engine = ImageEngine(policy, max_batch, max_queue)
             return served
-        if method is not None:
-            policy = SteerablePolicy.from_pretrained(path, trust_remote_code=trust_remote_code)
-            served = cls(
-                path.resolve().name,
-                policy.manifest.method,
-                policy.model,
-                policy.tokenizer,
-                policy,
-                max_queue=max_queue,
+        if record is not None:
+            policy = SteerablePolicy.from_pretrained(
+                path, trust_remote_code=trust_remote_code, method=record.name
             )
-            served.front = read_front(path, policy.rewards)
+            served = cls(name, policy.method, policy.model, policy.tokenizer, policy, max_queue=max_queue)
+            if not as_other:  # the front recorded beside it measures the directory as its own method
+                served.front = read_front(path, policy.rewards)
         else:
             from steerable.defaults import load_causal_lm
 
@@ -193,6 +214,9 @@ class ServedModel:
             size = self.policy.size
             card.update(size=f"{size}x{size}", guidance_scale=self.policy.guidance,
                         num_inference_steps=self.policy.steps)  # fmt: skip
+        else:  # how a token is made: experts mixed per row (and at what cost), or one model
+            card["mixing"] = getattr(self.model, "mixes", None)
+            card["forwards_per_token"] = getattr(self.model, "forwards", 1)
         if self.policy is not None:
             card["objectives"] = self.policy.names
             card["levels"] = self.policy.levels
@@ -238,10 +262,23 @@ class ServedModel:
                            f"steering.{unknown[0]}", "invalid_steering")  # fmt: skip
         if self.policy is None:
             return None
-        # a refused value is reported on the first steering key given (the one it most likely is)
-        given = [k for k in allowed if k != "mapping" and steering.get(k) is not None]
-        param = f"steering.{given[0]}" if given else "steering"
-        return with_param(param, lambda: self.policy.request(steering))
+        try:
+            return self.policy.request(steering)
+        except SteerableError as err:
+            raise ApiError(400, str(err), self.refused_key(steering), "invalid_steering")
+
+    def refused_key(self, steering: dict) -> str:
+        """The field a refused `steering` names: of several keys, the first refused alone (MOD's
+        divergence beside valid weights), else the first given (a refusal of the keys together:
+        negative weights at a divergence that does not define them); `mapping` is read with the
+        weights, so a bad mapping names them."""
+        given = [k for k in self.accepts if k != "mapping" and steering.get(k) is not None]
+        for key in given if len(given) > 1 else ():
+            try:
+                self.policy.request({key: steering[key]})
+            except SteerableError:
+                return f"steering.{key}"
+        return f"steering.{given[0]}" if given else "steering"
 
     async def run(self, fn, *args):
         """`fn(*args)` on this model's own worker thread (vLLM gives each server its own

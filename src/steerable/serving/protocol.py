@@ -145,6 +145,7 @@ class Steering(Body):
     targets: dict[Text, float] | None = None
     levels: dict[Text, float] | None = None
     examples: list[Example] | None = None
+    divergence: float | None = None  # MOD's alpha; its range is the method's to check
 
 
 class StreamOptions(Body):
