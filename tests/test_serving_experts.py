@@ -209,11 +209,14 @@ def test_generate_refuses_what_the_method_does_not_take(tiny_experts, tmp_path, 
 
 
 def test_evaluate_sweeps_a_soups_directory_as_mod(tiny_experts, tmp_path):
-    out = tmp_path / "eval"
-    small = ["--limit", "2", "--resolution", "1", "--max-new-tokens", "4", "--yes"]
-    done = CliRunner().invoke(
-        app, ["evaluate", "--method", "mod", "--model", str(tiny_experts), "--out", str(out), *small]
-    )
+    def evaluate(method, out, *extra):
+        small = ["--limit", "2", "--resolution", "1", "--max-new-tokens", "4", "--yes", *extra]
+        command = ["evaluate", "--method", method, "--model", str(tiny_experts), "--out", str(out), *small]
+        return CliRunner().invoke(app, command)
+
+    done = evaluate("mod", tmp_path / "mod", "--divergence", "0.5")
     assert done.exit_code == 0, done.output
-    result = json.loads((out / "result.json").read_text())
-    assert result["method"] == "mod" and len(result["points"]) == 2
+    result = json.loads((tmp_path / "mod" / "result.json").read_text())
+    assert result["method"] == "mod-alpha0.5" and len(result["points"]) == 2
+    refused = evaluate("soups", tmp_path / "soups", "--divergence", "0.5")
+    assert refused.exit_code == 2 and "--divergence applies to MOD models only" in refused.output

@@ -1123,6 +1123,13 @@ def evaluate(
             help=f"{evaluated_with('sampling_steps')}: denoising steps per image (default: the model's)."
         ),
     ] = None,
+    divergence: Annotated[
+        float | None,
+        typer.Option(
+            help=f"{evaluated_with('divergence')}: the alpha of the alpha-divergence family, in [0, 1] "
+            "(default 0: reverse KL)."
+        ),
+    ] = None,
     max_new_tokens: MaxNewTokens = SAMPLING.max_new_tokens,
     temperature: Temperature = SAMPLING.temperature,
     top_p: TopP = SAMPLING.top_p,
@@ -1193,6 +1200,7 @@ def evaluate(
         guidance=guidance,
         sampling_steps=sampling_steps,
         images_to=out,
+        divergence=divergence,
     )
     result.save(out)
     report = write_report([result], out)
