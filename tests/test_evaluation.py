@@ -174,6 +174,44 @@ def test_report_from_a_fixed_result_set(tmp_path, fitted_rewards):
     assert EvaluationResult.load(tmp_path / "ric").means.tolist() == ric.means.tolist()
 
 
+def test_report_shows_the_inner_product_and_the_cost_per_token_against_prompting(tmp_path, fitted_rewards):
+    """w . z is the grid's mean of weights . normalised means; a token's cost is the forwards a
+    method records and the measured seconds, relative to the prompting row's."""
+    from dataclasses import asdict
+
+    from steerable.evaluation.report import EvaluationResult, markdown, summary
+    from steerable.evaluation.sweep import SweepPoint
+
+    def measured(method, seconds, forwards):
+        result = _result(method, [[2, -10], [5, -15]], fitted_rewards, weights=[[1.0, 0.0], [0.0, 1.0]])
+        result.points = [  # 50 tokens a point
+            SweepPoint([1.0, 0.0], [2, -10], [0.1, 0.1], 5, seconds, 50, normalised_mean=[1.0, -2.0]),
+            SweepPoint([0.0, 1.0], [5, -15], [0.1, 0.1], 5, seconds, 50, normalised_mean=[0.5, 0.5]),
+        ]
+        result.compute["forwards_per_token"] = forwards
+        return result
+
+    mod, floor = measured("mod", 2.0, 2), measured("prompting", 1.0, 1)
+    rows = {row["method"]: row for row in summary([mod, floor])}
+    assert rows["mod"]["inner_product"] == pytest.approx((1.0 + 0.5) / 2)
+    assert rows["mod"]["seconds_per_token"] == pytest.approx(0.04)
+    assert rows["mod"]["relative_seconds_per_token"] == pytest.approx(2.0)
+    assert rows["prompting"]["relative_seconds_per_token"] == pytest.approx(1.0)
+    text = markdown([mod, floor])
+    assert "| +0.750 | 10 | 0 | 4 | 2 | 40 | 2.00x |" in text
+    assert "| 1 | 20 | 1.00x |" in text
+    # a result written before these columns: read, its measured cost from its points, the rest '-'
+    old = asdict(measured("ric", 1.0, 1))
+    del old["inner_product"], old["compute"]["forwards_per_token"]
+    for point in old["points"]:
+        point["normalised_mean"] = None
+    (tmp_path / "result.json").write_text(json.dumps(old))
+    row = summary([EvaluationResult.load(tmp_path)])[0]
+    assert row["inner_product"] is None and row["forwards_per_token"] is None
+    assert row["seconds_per_token"] == pytest.approx(0.02) and row["relative_seconds_per_token"] is None
+    assert "| - | 10 | 0 | 2 | - | 20 | - |" in markdown([EvaluationResult.load(tmp_path)])
+
+
 def test_an_objective_that_does_not_vary_is_explained_not_nan(tmp_path, fitted_rewards):
     """Every grid point's mean b is 0.0: no ranking, so its controllability is null in the JSON,
     'n/a' in the tables, and the report says why instead of printing +nan."""
@@ -415,9 +453,15 @@ def test_evaluate_sweeps_a_generators_own_grid_and_records_its_requests(fitted_r
 
     trained_at = np.array([[1.0, 0.0], [0.3, 0.7]])
     built = Generator(generate, fitted_rewards, Tokenizer(), None, "float32", grid=trained_at,
-                      requested=lambda weights: [2 * weights[0], 2 * weights[1]])  # fmt: skip
+                      requested=lambda weights: [2 * weights[0], 2 * weights[1]], forwards=3)  # fmt: skip
     monkeypatch.setattr(evaluation, "method_generator", lambda *args, **kwargs: built)
     monkeypatch.setattr(evaluation, "refuse_trained_on", lambda prompts, model: None)
     result = evaluation.evaluate("morlhf", "dir", ["a", "b"], progress=False)
     assert [p.weights for p in result.points] == trained_at.tolist()
     assert [p.requested for p in result.points] == [[2.0, 0.0], [0.6, 1.4]]
+    # what a token costs: the generator's forwards, and the seconds measured over its tokens
+    assert result.compute["forwards_per_token"] == 3
+    tokens = sum(p.generated_tokens for p in result.points)
+    assert tokens == 2 * (11 + 4) and result.compute["seconds_per_token"] == pytest.approx(
+        sum(p.seconds for p in result.points) / tokens
+    )
