@@ -99,6 +99,8 @@ def test_soups_dpo_trains_one_expert_per_objective_on_pairs_ranked_by_it(scored_
 
     again = runner.invoke(app, command)  # every expert is done: nothing trains again
     assert again.exit_code == 0 and json.loads((out / "steerable.json").read_text())["policies"]
+    grpo_only = runner.invoke(app, [*command, "--num_generations", "8", "--temperature", "0.5"])
+    assert grpo_only.exit_code == 0, grpo_only.output  # settings DPO does not read leave the experts valid
     stale = runner.invoke(app, [*command, "--dpo_beta", "0.5"])
     assert stale.exit_code == 2 and "made with other inputs" in " ".join(stale.output.split())
 

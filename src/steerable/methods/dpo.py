@@ -17,6 +17,7 @@ reference forward runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -169,11 +170,15 @@ def train_dpo(
     return train_stage(stages, name, inputs, trainer_for, f"{name} DPO", describe, finish=False)[1]
 
 
-def train_experts(config, method: str, beta: float, reference_free: bool = False) -> Path:
+def train_experts(
+    config, method: str, beta: float, reference_free: bool = False, unread: Sequence[str] = ()
+) -> Path:
     """One LoRA expert per objective of `config.stats`, each by DPO on the pairs of `config.pool`
     ranked by its objective (`objective_pairs`), as the stages policy_0 .. policy_{K-1}, written as
     every per-objective directory is (`rl.write_policies`: one-hot weights, objective order) with
-    `method` in its steerable.json. The pool is scored once, when a stage is left to train."""
+    `method` in its steerable.json. `unread`: settings of `config` DPO does not read, left out of
+    the stages' inputs so that changing them does not make a trained expert stale. The pool is
+    scored once, when a stage is left to train."""
     from steerable.defaults import load_tokenizer
     from steerable.methods.rl import load_rewards, stage_settings, write_policies
 
@@ -182,7 +187,7 @@ def train_experts(config, method: str, beta: float, reference_free: bool = False
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     loss = [DPO_LOSS_TYPE, "reference_free"] if reference_free else [DPO_LOSS_TYPE]
     shared = {
-        **stage_settings(config, ("output_dir", "stats", "pool")),
+        **stage_settings(config, ("output_dir", "stats", "pool", *unread)),
         "rewards": fingerprint(rewards.to_dict()),
         "pool": file_digest(config.pool),
         "dpo": loss,

@@ -19,6 +19,11 @@ from steerable.errors import SteerableError
 from steerable.methods.rl import RLConfig, load_rewards, train_policies
 
 ALGOS = ("grpo", "dpo")
+# what only GRPO reads: an expert trained by DPO does not depend on them
+GRPO_SETTINGS = (
+    *("num_generations", "max_completion_length", "temperature", "beta", "scale_rewards"),
+    *("prompt_split", "prompt_limit"),
+)
 
 
 @dataclass
@@ -70,7 +75,7 @@ def train_soups(config: SoupsConfig) -> Path:
     if not config.grpo:
         from steerable.methods.dpo import train_experts
 
-        return train_experts(config, "soups", config.dpo_beta)
+        return train_experts(config, "soups", config.dpo_beta, unread=GRPO_SETTINGS)
     k = len(load_rewards(config.stats))
     return train_policies(config, "soups", [[1.0 if j == i else 0.0 for j in range(k)] for i in range(k)])
 
