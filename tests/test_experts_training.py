@@ -97,8 +97,12 @@ def test_soups_dpo_trains_one_expert_per_objective_on_pairs_ranked_by_it(scored_
         assert moved(stage / "weights")
     assert chosen["brief"] != chosen["positive"]  # each expert learns its own objective's ranking
 
-    again = runner.invoke(app, command)  # every expert is done: nothing trains again
+    first = (out / "stages/policy_0/done.json").read_text()
+    (out / "stages/policy_1/done.json").unlink()  # as if the run stopped while training expert 1
+    again = runner.invoke(app, command)
     assert again.exit_code == 0 and json.loads((out / "steerable.json").read_text())["policies"]
+    assert (out / "stages/policy_0/done.json").read_text() == first  # a finished expert is kept
+    assert (out / "stages/policy_1/done.json").is_file()
     grpo_only = runner.invoke(app, [*command, "--num_generations", "8", "--temperature", "0.5"])
     assert grpo_only.exit_code == 0, grpo_only.output  # settings DPO does not read leave the experts valid
     stale = runner.invoke(app, [*command, "--dpo_beta", "0.5"])
