@@ -220,3 +220,27 @@ def test_evaluate_sweeps_a_soups_directory_as_mod(tiny_experts, tmp_path):
     assert result["method"] == "mod-alpha0.5" and len(result["points"]) == 2
     refused = evaluate("soups", tmp_path / "soups", "--divergence", "0.5")
     assert refused.exit_code == 2 and "--divergence applies to MOD models only" in refused.output
+
+
+def test_the_playground_sets_each_mixings_weights_from_its_card(server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from test_playground import applied, finished, page, ready, set_field
+
+    _, served = server
+    with page(list(served.values())) as (driver, _):
+        ready(driver)
+        for method, mixing in MIXINGS.items():
+            Select(driver.find_element(By.ID, "model")).select_by_visible_text(served[method].id)
+            sliders = driver.find_elements(By.CSS_SELECTOR, "#panel-a input[data-objective]")
+            assert [s.get_attribute("data-objective") for s in sliders] == ["brief", "positive"]
+            cost = f"mixes its experts' {mixing}, {2 if method == 'mod' else 1} forward(s) a token"
+            assert driver.find_element(By.ID, "method").text == f"{method} · {cost}"
+            set_field(driver, "temperature", "0")
+            set_field(driver, "max_tokens", "6")
+            driver.find_element(By.ID, "go").click()
+            assert finished(driver) == "done", method
+            assert applied(driver, "a")["weights"] == {"brief": 1.0, "positive": 0.0}
+            assert applied(driver, "b")["weights"] == {"brief": 0.0, "positive": 1.0}
+            assert ("divergence" in applied(driver, "a")) == (method == "mod")
