@@ -213,3 +213,86 @@ def test_compare_names_the_eval_option_out_of_range_as_every_other(tmp_path, tin
     result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "config eval: --samples must be >= 1, got 0" in " ".join(result.output.split()), result.output
+
+
+EXPERTS_COMPARE = """
+model: {model}
+methods: [soups, mod, lora-mix, prompting]
+stats: {stats}
+eval: {{limit: 2, resolution: 2, max_new_tokens: 4}}
+soups: {{algo: dpo, pool: {pool}, max_steps: 1, batch_size: 2, lora_r: 4}}
+"""
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, tiny_path, scored_table):
+    """One comparison of the experts soups trains (DPO on the scored pool) as Rewarded Soups, MOD
+    and LoRA output mixing, beside the prompting floor."""
+    root = tmp_path_factory.mktemp("mixed")
+    config = root / "compare.yaml"
+    stats = scored_table.parent / "stats.json"
+    config.write_text(EXPERTS_COMPARE.format(model=tiny_path, stats=stats, pool=scored_table))
+    result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(root / "out")])
+    assert result.exit_code == 0, result.output
+    return root / "out", result
+
+
+def test_compare_evaluates_mod_and_lora_mix_on_the_experts_soups_trained(mixed):
+    out, result = mixed
+    report = (out / "report.md").read_text()
+    results = {
+        method: json.loads((out / "stages" / f"eval_{method}" / "result.json").read_text())
+        for method in ("soups", "mod", "lora-mix", "prompting")
+    }
+    for method, evaluated in results.items():
+        assert f"| {method} |" in report and evaluated["inner_product"] is not None
+        assert evaluated["compute"]["seconds_per_token"] > 0
+    assert {m: r["compute"]["forwards_per_token"] for m, r in results.items()} == {
+        "soups": 1,
+        "mod": 2,
+        "lora-mix": 1,
+        "prompting": 1,
+    }
+    # nothing trains for mod and lora-mix: the experts' training is theirs, and no folder of their own
+    assert results["soups"]["compute"]["train_seconds"] > 0
+    for method in ("mod", "lora-mix"):
+        assert results[method]["compute"]["train_seconds"] == results["soups"]["compute"]["train_seconds"]
+        assert results[method]["model"] == str(out / "soups") and not (out / method).exists()
+    # the soups directory carries soups' own front, not a mixing's
+    front = json.loads((out / "soups" / "front.json").read_text())
+    assert [p["mean"] for p in front["points"]] == [p["mean"] for p in results["soups"]["points"]]
+    summary = (out / "summary.csv").read_text().splitlines()
+    header = summary[0].split(",")
+    for column in ("inner_product", "forwards_per_token", "seconds_per_token", "relative_seconds_per_token"):
+        assert column in header
+    prompting = next(line.split(",") for line in summary[1:] if line.startswith("prompting,"))
+    assert float(prompting[header.index("relative_seconds_per_token")]) == pytest.approx(1.0)
+    printed = " ".join(result.output.split())
+    assert "fwd/tok" in printed and "reference: 5% quantile of the training scores, brief=" in printed
+
+
+def test_compare_refuses_mod_without_soups_before_anything_trains(tmp_path, tiny_path, scored_table):
+    from steerable.errors import SteerableError
+    from steerable.evaluation.compare import CompareConfig, plan_compare
+
+    stats = str(scored_table.parent / "stats.json")
+    config = tmp_path / "compare.yaml"
+    config.write_text(f"model: {tiny_path}\nmethods: [mod, prompting]\nstats: {stats}\n")
+    result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "mod trains nothing of its own: it is evaluated on the model directory soups trains; add soups " \
+        "to the methods" in " ".join(result.output.split()), result.output  # fmt: skip
+    assert not (tmp_path / "out" / "stages").exists()
+    with pytest.raises(SteerableError, match="lora-mix trains nothing of its own"):
+        plan_compare(CompareConfig(model="tiny", methods=["lora-mix"], stats=stats), tmp_path / "x")
+
+    # its divergence is checked with the plan, and given to its evaluation
+    def plan(divergence):
+        mod = {"divergence": divergence}
+        return plan_compare(CompareConfig(model="tiny", methods=["soups", "mod"], stats=stats, mod=mod), out)
+
+    out = tmp_path / "x"
+    with pytest.raises(SteerableError, match=r"config mod: --divergence must be in \[0, 1\], got 2.0"):
+        plan(2)
+    assert plan(0.5).trainings["mod"].evaluates == "soups"
+    assert plan(0.5).trainings["mod"].options == {"divergence": 0.5}
