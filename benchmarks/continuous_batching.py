@@ -34,7 +34,7 @@ from transformers import ContinuousBatchingConfig, GenerationConfig
 from steerable.data import load_prompts
 from steerable.generation import stop_token_ids
 from steerable.serving.api import ServedModel
-from steerable.serving.engine import Job
+from steerable.decoding import Job
 
 
 def steered_texts(model: ServedModel, count: int) -> list[str]:

@@ -1,6 +1,6 @@
 """Decode throughput of mixing K experts per request, against one expert alone, in one run: the
 same prompts (batch 32 by default, greedy, a fixed number of new tokens) decoded by the serving
-engine's loop (`serving.engine.run_batch`, the loop `evaluate` and `serve` use) for
+engine's loop (`decoding.run_batch`, the loop `evaluate` and `serve` use) for
 
     one expert   expert 0's adapter merged into the base: the cost of one model
     mod          MOD, K copies of every row in one mixed-batch forward (K forwards a token)
@@ -26,7 +26,7 @@ from steerable.data import load_prompts
 from steerable.experts.mixture import RowWeights
 from steerable.generation import format_chat
 from steerable.policy import SteerablePolicy, load_manifest
-from steerable.serving.engine import Job, Rows, RowStreamer
+from steerable.decoding import Job, Rows, RowStreamer
 
 METHODS = ("mod", "lora-mix", "soups")
 

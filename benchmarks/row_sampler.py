@@ -1,5 +1,5 @@
 """The serving engine's per-row sampler, one decode step: the batched inverse-CDF draw
-(`steerable.serving.engine.draw_tokens`) against the per-row loop it replaced (a top-k over the
+(`steerable.decoding.draw_tokens`) against the per-row loop it replaced (a top-k over the
 whole vocabulary, i.e. a full sort, per row), in one run.
 
     python benchmarks/row_sampler.py [--rows 32] [--vocab 49152] [--repeats 20]
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from steerable.serving.engine import draw_tokens
+from steerable.decoding import draw_tokens
 
 
 def per_row_loop(scores, temperature, top_p, generators):

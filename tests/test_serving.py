@@ -338,7 +338,7 @@ def test_each_row_draws_from_its_own_nucleus(top_p):
     first 64 candidates is still cut where it should be."""
     import torch
 
-    from steerable.serving.engine import draw_tokens
+    from steerable.decoding import draw_tokens
 
     rows = 40_000
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0] + [-30.0] * 195)
@@ -370,7 +370,7 @@ def test_each_row_draws_from_its_own_nucleus(top_p):
 def test_a_tiny_temperature_is_the_argmax_and_a_broken_row_does_not_crash_the_batch():
     import torch
 
-    from steerable.serving.engine import draw_tokens
+    from steerable.decoding import draw_tokens
 
     scores = torch.tensor([[5.0, 1.0, 0.0, -1.0], [0.0, 3.0, 1.0, 2.0], [float("nan")] * 4])
     for top_p in (1.0, 0.9):
@@ -385,7 +385,7 @@ def test_a_cached_prompt_prefix_gives_the_answers_a_full_prefill_gives(server):
     """The engine keeps the template's shared prefix (learnt at load) and every batch of distinct
     prompts teaches it theirs; a row laid out as [prefix | padding | rest] with the prefix's keys
     and values passed in draws the same tokens, sampled with its own seed, as a full prefill."""
-    from steerable.serving.engine import Job, common_prefix, run_batch
+    from steerable.decoding import Job, common_prefix, run_batch
 
     _, models = server
     served = models[0]
@@ -415,7 +415,7 @@ def test_a_cached_prompt_prefix_gives_the_answers_a_full_prefill_gives(server):
 def test_a_finished_row_leaves_the_batch_and_the_others_draw_as_they_would_alone(server):
     """Each step runs only the rows still going: a row at its max_tokens leaves, and the rows
     left (their cache, mask, positions and generators cut to match) draw what they draw alone."""
-    from steerable.serving.engine import Job, run_batch
+    from steerable.decoding import Job, run_batch
 
     _, models = server
     served = models[0]
@@ -446,7 +446,8 @@ def test_a_finished_row_leaves_the_batch_and_the_others_draw_as_they_would_alone
 def test_a_request_that_arrives_mid_batch_joins_at_the_next_step(server):
     """The worker takes in a job queued while its rows run (their caches merged, the shorter
     padded on the left), and each row still draws what it draws alone."""
-    from steerable.serving.engine import BatchEngine, Job, run_batch
+    from steerable.decoding import Job, run_batch
+    from steerable.serving.engine import BatchEngine
 
     _, models = server
     served = models[0]
@@ -489,7 +490,8 @@ def test_a_request_that_arrives_mid_batch_joins_at_the_next_step(server):
 def test_a_burst_is_prefilled_in_groups_of_similar_length_and_each_row_draws_as_alone(server):
     """Jobs that start together are prefilled `prefill_rows` at a time, shortest prompts first,
     and joined into one batch; each row still draws what it draws alone."""
-    from steerable.serving.engine import BatchEngine, Job, run_batch
+    from steerable.decoding import Job, run_batch
+    from steerable.serving.engine import BatchEngine
 
     _, models = server
     served = models[0]

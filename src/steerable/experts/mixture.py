@@ -16,7 +16,7 @@ Each is a torch module with the call the serving engine's decode loop makes (inp
 attention_mask, position_ids, cache, use_cache, logits_to_keep) and returns one row of scores
 per request; `weighted(rows)` sets every row's weights around a forward pass (the
 `Steering.conditioner` hook the engine enters). Generation, in `evaluate` and in the server
-alike, is the engine's own loop (`serving.engine.Rows`): per-row seeds, stops and temperature,
+alike, is the engine's own loop (`decoding.Rows`): per-row seeds, stops and temperature,
 and rows that leave or join mid-batch.
 """
 
