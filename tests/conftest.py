@@ -193,3 +193,11 @@ def tiny_experts(tiny_path, scored_table, tmp_path_factory):
     """A soups directory of two hand-made experts of the tiny model (random non-zero LoRA
     adapters, one per default objective): what mod, lora-mix and soups all read."""
     return write_experts(tiny_path, scored_table, tmp_path_factory.mktemp("experts") / "experts")
+
+
+@pytest.fixture(scope="session")
+def tiny_genarm(tiny_path, scored_table, tmp_path_factory):
+    """A genarm directory of two hand-made reward models of the tiny model (as `tiny_experts`)."""
+    return write_experts(
+        tiny_path, scored_table, tmp_path_factory.mktemp("genarm") / "genarm", "genarm", (3, 4)
+    )

@@ -16,16 +16,20 @@ from steerable.serving.api import ServedModel, create_app
 from steerable.serving.local import BackgroundServer as Server
 from steerable.serving.local import free_port
 
-MIXINGS = {"mod": "log-probabilities", "soups": "weights", "lora-mix": "outputs"}
+# each method's card: what it mixes, and a token's cost in forwards of the base model (K = 2 experts)
+MIXINGS = {
+    "mod": ("log-probabilities", 2),
+    "soups": ("weights", 1),
+    "lora-mix": ("outputs", 1),
+    "genarm": ("log-probabilities", 3),  # the base and each reward model
+}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_experts):
-    # the directory (written by soups) served as itself, as MOD and as LoRA output mixing
-    experts = [ServedModel.load(str(tiny_experts), max_batch=8, max_queue=64)]
-    experts += [
-        ServedModel.load(str(tiny_experts), max_batch=8, max_queue=64, method=m) for m in ("mod", "lora-mix")
-    ]
+def server(tiny_experts, tiny_genarm):
+    # the directory (written by soups) served as itself, as MOD and as LoRA output mixing; GenARM's own
+    experts = [ServedModel.load(str(tiny_experts), max_batch=8, method=m) for m in (None, "mod", "lora-mix")]
+    experts.append(ServedModel.load(str(tiny_genarm), max_batch=8))
     running = Server(create_app([*experts, ServedModel.load("tiny")], max_tokens_limit=64))
     yield running, {m.method: m for m in experts}
     running.stop()
@@ -50,19 +54,14 @@ def ask(client, model, steering=None, **kwargs):
 def test_one_directory_is_served_under_each_mixing_and_its_card_says_how(server, client, tiny_experts):
     _, served = server
     name = tiny_experts.resolve().name
-    assert {m: served[m].id for m in MIXINGS} == {
-        "soups": name,
-        "mod": f"{name}:mod",
-        "lora-mix": f"{name}:lora-mix",
-    }
+    ids = {m: served[m].id for m in MIXINGS}
+    assert ids == {"mod": f"{name}:mod", "soups": name, "lora-mix": f"{name}:lora-mix", "genarm": "genarm"}
     cards = {m.id: m.model_extra for m in client.models.list().data}
-    for method, mixing in MIXINGS.items():
+    for method, (mixing, forwards) in MIXINGS.items():
         card = cards[served[method].id]
-        assert card["method"] == method and card["mixing"] == mixing
+        assert (card["method"], card["mixing"], card["forwards_per_token"]) == (method, mixing, forwards)
         assert card["objectives"] == ["brief", "positive"]
-        assert card["forwards_per_token"] == (2 if method == "mod" else 1)  # MOD: one forward per expert
-    assert cards[served["mod"].id]["steering"] == ["weights", "divergence"]
-    assert cards[served["soups"].id]["steering"] == cards[served["lora-mix"].id]["steering"] == ["weights"]
+        assert card["steering"] == (["weights", "divergence"] if method == "mod" else ["weights"])
     assert cards["tiny"]["mixing"] is None and cards["tiny"]["forwards_per_token"] == 1
     one = httpx.get(f"{server[0].url}/v1/models/{served['mod'].id}").json()
     assert one["mixing"] == "log-probabilities" and one["id"] == served["mod"].id
@@ -124,6 +123,8 @@ def test_a_served_answer_is_the_one_the_python_api_gives(server, client):
         ("lora-mix", {"weights": {"kindness": 1}}, "steering.weights", "unknown objective"),
         ("soups", {"weights": [1.5, -0.5]}, "steering.weights", "negative"),
         ("lora-mix", {"weights": [1.5, -0.5]}, "steering.weights", "negative"),
+        ("genarm", {"weights": [1.5, -0.5]}, "steering.weights", "negative"),
+        ("genarm", {"weights": [1, 1], "divergence": 0.5}, "steering.divergence", "does not apply"),
         ("soups", {"weights": [1, 0], "divergence": 0.5}, "steering.divergence", "does not apply"),
         ("lora-mix", {"divergence": 0.0}, "steering.divergence", "does not apply"),
         ("mod", {"weights": [1, 1], "divergence": 1.5}, "steering.divergence", "[0, 1]"),
@@ -231,11 +232,11 @@ def test_the_playground_sets_each_mixings_weights_from_its_card(server):
     _, served = server
     with page(list(served.values())) as (driver, _):
         ready(driver)
-        for method, mixing in MIXINGS.items():
+        for method, (mixing, forwards) in MIXINGS.items():
             Select(driver.find_element(By.ID, "model")).select_by_visible_text(served[method].id)
             sliders = driver.find_elements(By.CSS_SELECTOR, "#panel-a input[data-objective]")
             assert [s.get_attribute("data-objective") for s in sliders] == ["brief", "positive"]
-            cost = f"mixes its experts' {mixing}, {2 if method == 'mod' else 1} forward(s) a token"
+            cost = f"mixes its experts' {mixing}, {forwards} forward(s) a token"
             assert driver.find_element(By.ID, "method").text == f"{method} · {cost}"
             set_field(driver, "temperature", "0")
             set_field(driver, "max_tokens", "6")
