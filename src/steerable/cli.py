@@ -300,9 +300,12 @@ def evaluated_with(option: str) -> str:
 
 
 LEVELLED = "/".join(methods.names(lambda m: "levels" in m.steering))  # the methods swept level by level
-# the methods that load other methods' model directories, for --method's help
-READERS = ", ".join(
-    f"{m.name} reads {'/'.join(m.reads)} directories" for m in methods.METHODS.values() if m.reads
+# the methods that load other methods' model directories, for --method's help: "mod and lora-mix
+# read soups directories"
+READ_BY = {d: methods.names(lambda m, d=d: d in m.reads) for m in methods.METHODS.values() for d in m.reads}
+READERS = "; ".join(
+    f"{' and '.join(names)} read{'s' if len(names) == 1 else ''} {d} directories"
+    for d, names in READ_BY.items()
 )
 
 
