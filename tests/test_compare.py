@@ -296,3 +296,19 @@ def test_compare_refuses_mod_without_soups_before_anything_trains(tmp_path, tiny
         plan(2)
     assert plan(0.5).trainings["mod"].evaluates == "soups"
     assert plan(0.5).trainings["mod"].options == {"divergence": 0.5}
+
+
+def test_compare_plans_genarm_on_rics_scored_data_and_counts_the_mixings_sweeps(tmp_path):
+    from steerable.cost import grid_points
+    from steerable.evaluation.compare import CompareConfig, compare_cost, plan_compare
+
+    out = tmp_path / "out"
+    config = CompareConfig(model="tiny", methods=["ric", "soups", "mod", "lora-mix", "genarm"],
+                           soups={"algo": "dpo"}, eval={"limit": 4, "resolution": 2})  # fmt: skip
+    plan = plan_compare(config, out)
+    scored = str((out / "ric/stages/offline/scored.jsonl").resolve())
+    assert plan.configs["genarm"].pool == scored and plan.configs["soups"].pool == scored
+    assert list(plan.configs) == ["ric", "soups", "genarm"]  # mod and lora-mix train nothing
+    assert plan.methods == ["ric", "soups", "mod", "lora-mix", "genarm"]
+    cost = compare_cost(config, out)
+    assert f"5 methods, {5 * grid_points(2, 2)} grid points x 4 prompts" in cost.what
