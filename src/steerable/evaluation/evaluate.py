@@ -124,7 +124,7 @@ def method_generator(
         examples=examples,
         guidance=guidance,
         steps=sampling_steps,
-        **({} if divergence is None else {"divergence": divergence}),
+        divergence=divergence,
     )
 
 

@@ -53,8 +53,10 @@ class Method:
 
     Comparison (`steerable compare`, `steerable demo`):
         compare: "module:attr" of `compare(inputs: CompareInputs) -> Comparing`: the stages that
-            train it inside a comparison, built (and so checked) from the comparison's shared
-            inputs before anything trains (None: a comparison does not train it).
+            train it inside a comparison (or, for one that trains nothing, the method whose
+            directory it is evaluated on: `Comparing.evaluates`), built (and so checked) from the
+            comparison's shared inputs before anything trains (None: a comparison does not train
+            it).
         uses_scored: its hook takes the scored data a method before it made (RiC's offline
             data) by default, so a comparison plans and trains it after the methods that do not.
 
@@ -71,8 +73,9 @@ class Method:
     Evaluation (`steerable evaluate --method NAME`):
         sweep: "module:attr" of `sweep(model, sampling, **options) -> Generator`; `options`
             are method (the name it was asked by, which a builder shared by several methods
-            checks the directory against), stats, adapter, mapping, dtype, trust_remote_code
-            and examples (each builder takes what applies to it and ignores the rest).
+            checks the directory against), stats, adapter, mapping, dtype, trust_remote_code,
+            examples, guidance, steps and divergence (each builder takes what applies to it and
+            ignores the rest).
         own_directory: `--model` is a model directory this method wrote (False: a base model,
             as for the prompting floor).
         evaluate_options: the evaluate options beyond the shared ones that apply to it
