@@ -1269,7 +1269,7 @@ def _print_comparison(results, out: Path) -> None:
             *per_token(row),
         )
     # not a terminal (a log file, CI): wide enough that no number is cut short
-    wide = Console() if Console().is_terminal else Console(width=160)
+    wide = Console() if Console().is_terminal else Console(width=200)
     wide.print(table)
     for line in notes_lines(rows):  # a correlation shown as n/a, and why
         wide.print(f"n/a: {line}", highlight=False)
