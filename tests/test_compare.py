@@ -108,7 +108,7 @@ def test_compare_bad_configurations(compared, tmp_path):
     no_stats = runner.invoke(app, ["compare", "--out", str(tmp_path / "z"), "--methods", "prompting"])
     assert no_stats.exit_code == 2 and "stats" in no_stats.output
     # a typo in a later section is found before the first method trains
-    for section, message in [("rl: {max_step: 1}", "config rl: unknown key(s) ['max_step']"),
+    for section, message in [("rl: {max_step: 1}", "config rl/soups: unknown key(s) ['max_step']"),
                              ("eval: {samples: 0}", "config eval: --samples must be >= 1, got 0"),
                              ("ric: {num_epochs: abc}", "num_epochs must be float"),
                              ("morlhf: {weight_vectors: ['1,-1']}", "negative")]:  # fmt: skip
