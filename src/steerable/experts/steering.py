@@ -165,8 +165,8 @@ def decode(
     """Each text continued with its row's weights, `sampling.batch_size` rows at a time (sorted
     by length), by the serving engine's decode loop: row i draws from its own generator, seeded
     by `sampling.seed` and i, so a row's answer does not depend on the rows beside it."""
-    from steerable.progress import active_bar, stage_bar
     from steerable.decoding import Job, run_batch
+    from steerable.progress import active_bar, stage_bar
 
     lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False).input_ids]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
