@@ -3,11 +3,28 @@ was trained for (its `Generator.grid`; the evaluation grid does not apply)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from steerable.errors import SteerableError
 from steerable.methods.base import Generator
-from steerable.methods.soups.sweep import load_policies
+
+
+def load_policies(directory: str, method: str, dtype: str | None, trust_remote_code: bool):
+    """(manifest, objectives, base model, tokenizer, adapter folders, their weight vectors,
+    dtype) of a directory written by `steerable train morlhf`."""
+    from steerable.defaults import load_causal_lm
+    from steerable.objectives import RewardSet
+    from steerable.policy import load_manifest
+
+    manifest = load_manifest(directory, method)
+    rewards = RewardSet.from_dict(manifest.rewards, where=str(directory), trust_remote_code=trust_remote_code)
+    dtype = dtype or manifest.dtype
+    base, tokenizer = load_causal_lm(manifest.base_model, dtype, trust_remote_code=trust_remote_code)
+    adapters = [Path(directory) / p["adapter"] for p in manifest.policies]
+    vectors = [p["weights"] for p in manifest.policies]
+    return manifest, rewards, base, tokenizer, adapters, vectors, dtype
 
 
 def sweep(model: str, sampling, dtype: str | None = None, trust_remote_code: bool = False, **_) -> Generator:
