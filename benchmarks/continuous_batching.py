@@ -32,9 +32,9 @@ import torch
 from transformers import ContinuousBatchingConfig, GenerationConfig
 
 from steerable.data import load_prompts
+from steerable.decoding import Job
 from steerable.generation import stop_token_ids
 from steerable.serving.api import ServedModel
-from steerable.decoding import Job
 
 
 def steered_texts(model: ServedModel, count: int) -> list[str]:

@@ -23,10 +23,10 @@ import time
 import torch
 
 from steerable.data import load_prompts
+from steerable.decoding import Job, run_batch
 from steerable.experts.mixture import RowWeights
 from steerable.generation import format_chat
 from steerable.policy import SteerablePolicy, load_manifest
-from steerable.decoding import Job, Rows, RowStreamer
 
 METHODS = ("mod", "lora-mix", "soups")
 
@@ -37,11 +37,8 @@ def decode(model, tokenizer, texts: list[str], rows: list | None) -> float:
     jobs = [Job(text, ARGS.tokens, temperature=0.0) for text in texts]
     for job, row in zip(jobs, rows or [None] * len(jobs), strict=True):
         job.condition = row
-    conditioned = None if rows is None else model.weighted
     started = time.perf_counter()
-    batch = Rows.prefill(model, tokenizer, jobs, RowStreamer(tokenizer, set()), conditioned)
-    while batch.jobs:
-        batch.step()
+    run_batch(model, tokenizer, jobs, None if rows is None else model.weighted, stops=set())
     return sum(job.completion_tokens for job in jobs) / (time.perf_counter() - started)
 
 
@@ -66,7 +63,7 @@ def main() -> None:
     policies = {m: SteerablePolicy.from_pretrained(ARGS.model, method=m) for m in METHODS}
     k = len(policies["mod"].names)
     # every row its own weights, spread over the simplex
-    rows = [RowWeights((w := (i % 11) / 10, *[(1 - w) / (k - 1)] * (k - 1))) for i in range(len(texts))]
+    rows = [RowWeights((w := (i % 11) / 10, *[(1 - w) / max(k - 1, 1)] * (k - 1))) for i in range(len(texts))]
     rates: dict[str, list[float]] = {name: [] for name in ("one expert", *METHODS)}
     decode(single, tokenizer, texts[:2], None)  # warm-up
     for _ in range(ARGS.repeats):  # interleaved, so drift in the machine's speed hits all alike

@@ -15,29 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from concurrent.futures import ThreadPoolExecutor
 
-import httpx
-
+from serving_throughput import run
 from steerable.data import load_prompts
 from steerable.serving.api import ServedModel, create_app
 from steerable.serving.local import BackgroundServer
-
-
-def run(url: str, bodies: list[dict], clients: int) -> tuple[float, int, list[float]]:
-    """(wall seconds, completion tokens, per-request latencies) with `clients` concurrent clients."""
-
-    def one(body):
-        started = time.perf_counter()
-        response = httpx.post(url, json=body, timeout=1800)
-        response.raise_for_status()
-        return time.perf_counter() - started, response.json()["usage"]["completion_tokens"]
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(one, bodies))
-    return time.perf_counter() - started, sum(n for _, n in results), [s for s, _ in results]
 
 
 def main() -> None:
@@ -56,7 +38,7 @@ def main() -> None:
             bodies.append({
                 "model": model.id, "max_tokens": ARGS.tokens, "seed": i, "temperature": 0.7,
                 "messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
-                "steering": {"weights": [w, *[(1 - w) / (k - 1)] * (k - 1)]},
+                "steering": {"weights": [w, *[(1 - w) / max(k - 1, 1)] * (k - 1)]},
             })  # fmt: skip
         run(url, bodies[:2], 2)  # warm-up (and Soups' first merges)
         rows = []

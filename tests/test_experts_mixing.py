@@ -72,7 +72,8 @@ def test_mod_scores_are_the_weighted_log_probabilities_and_their_power_mean():
     # an expert of weight 0 takes no part, even where it puts -inf
     blocked = logp.clone()
     blocked[0, 1, 0] = -math.inf
-    assert torch.isfinite(mod_scores(blocked, torch.tensor([[1.0, 0.0]]), torch.tensor([0.0]))).all()
+    for alpha in (0.0, 0.5):
+        assert torch.isfinite(mod_scores(blocked, torch.tensor([[1.0, 0.0]]), torch.tensor([alpha]))).all()
     # negative weights (reverse KL): "less of" expert 1
     signed = mod_scores(logp, torch.tensor([[1.5, -0.5]]), torch.tensor([0.0]))
     assert torch.allclose(signed, 1.5 * logp[:, 0] - 0.5 * logp[:, 1])
@@ -228,3 +229,32 @@ def test_directories_are_checked_before_mixing(experts, tiny_path, scored_table,
     config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": "gpt2"}))
     with pytest.raises(SteerableError, match="trained on 'gpt2'.*share one base model"):
         SteerablePolicy.from_pretrained(other, method="mod")
+
+
+def test_output_mixing_computes_the_weight_average(loaded):
+    """LoRA deltas are linear in every layer, so weighting each adapter's output and averaging
+    the adapters' weights give one function: equal answers at weights the soup cache keeps
+    exactly (two decimals)."""
+    for weights in ([0.3, 0.7], [0.9, 0.1]):
+        soup = loaded("soups").generate(PROMPTS, preference=weights, sampling=GREEDY)
+        assert loaded("lora-mix").generate(PROMPTS, preference=weights, sampling=GREEDY) == soup
+
+
+def test_experts_must_line_up_with_the_objectives(experts, tmp_path):
+    import shutil
+
+    from steerable.policy import SteerablePolicy
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(experts, swapped)
+    manifest = json.loads((swapped / "steerable.json").read_text())
+    manifest["policies"] = manifest["policies"][::-1]
+    (swapped / "steerable.json").write_text(json.dumps(manifest))
+    with pytest.raises(SteerableError, match=r"policies\[0\].weights is \[0.0, 1.0\], not objective 'brief'"):
+        SteerablePolicy.from_pretrained(swapped, method="mod")
+    manifest["policies"] = manifest["policies"][:1]
+    (swapped / "steerable.json").write_text(json.dumps(manifest))
+    with pytest.raises(SteerableError, match="1 experts in 'policies' for 2 objectives"):
+        SteerablePolicy.from_pretrained(swapped, method="lora-mix")
+    with pytest.raises(SteerableError, match="takes no other adapter"):
+        SteerablePolicy.from_pretrained(experts, method="mod", adapter=experts / "policies/0")

@@ -330,8 +330,8 @@ def test_an_lm_pair_encoder_is_loaded_once_per_process(tiny_path, monkeypatch):
 
 def test_the_server_batches_np_dpo_rows_each_with_its_own_z(tiny_np_dpo):
     """Rows with different examples share a batch; each keeps its own z while others leave."""
-    from steerable.serving.api import ServedModel
     from steerable.decoding import Job, run_batch
+    from steerable.serving.api import ServedModel
 
     out, _, _ = tiny_np_dpo
     served = ServedModel.load(str(out))

@@ -14,8 +14,8 @@ import httpx
 import openai
 import pytest
 
-from steerable.serving.api import ServedModel, create_app
 from steerable.decoding import Job, RowStreamer, run_batch
+from steerable.serving.api import ServedModel, create_app
 from steerable.serving.local import BackgroundServer as Server
 
 QUESTION = [{"role": "user", "content": "Tell me about cats."}]

@@ -1,6 +1,6 @@
 """Decoding many rows together, each with its own settings: the loop the server's engine
-(`serving.engine.BatchEngine`) runs across requests, and what `evaluate` decodes mixtures of
-experts with (`experts.steering.decode`), so a row answers the same in both.
+(`serving.engine.BatchEngine`) runs across requests, and the one `evaluate` and `generate`
+decode mixtures of experts with (`experts.steering.decode`).
 
 The decode loop is ours, not `model.generate`, because `generate` runs a batch until its
 longest row is done and takes no newcomers, while most answers end well before their
@@ -398,9 +398,13 @@ def run_batch(
     jobs: list[Job],
     conditioned: Conditioner | None = None,
     prefixes: PrefixCache | None = None,
+    stops: set[int] | None = None,
 ) -> None:
-    """Decode `jobs` together to the end (no newcomers): what the engine's worker does, in one call."""
-    streamer = RowStreamer(tokenizer, set(stop_token_ids(model, tokenizer)))
+    """Decode `jobs` together to the end (no newcomers): what the engine's worker does, in one
+    call. `stops`: the tokens that end a row (default: the model's end of turn and eos; an empty
+    set runs every row to its max_tokens)."""
+    stops = set(stop_token_ids(model, tokenizer)) if stops is None else stops
+    streamer = RowStreamer(tokenizer, stops)
     rows = Rows.prefill(model, tokenizer, jobs, streamer, conditioned, prefixes)
     while rows.jobs:
         rows.step()

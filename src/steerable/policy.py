@@ -189,6 +189,11 @@ class SteerablePolicy(TargetSteering):
         if record.mixture is not None:  # its experts, unmerged, mixed at every decoding step
             from steerable.experts.steering import load_experts
 
+            if adapter is not None:
+                raise SteerableError(
+                    f"a {record.name} model mixes every expert of {directory}; it takes no other adapter"
+                )
+
             experts = load_experts(directory, manifest, load, device or default_device())
             model = record.mix(experts, [str(k) for k in range(len(manifest.policies))])
         elif manifest.weights == "model":

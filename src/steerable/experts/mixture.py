@@ -1,5 +1,5 @@
 """K single-objective experts (LoRA adapters on one base) mixed per row at decode time, in one
-batched forward per step. Three ways of mixing, three different methods:
+batched forward per step. Three ways of mixing:
 
     LogitMixture   the experts' next-token log-probabilities (MOD: sum_k w_k log pi_k, or its
                    alpha-divergence power mean; GenARM: log pi_base + sum_k alpha_k log pi_ARM_k).
@@ -7,7 +7,11 @@ batched forward per step. Three ways of mixing, three different methods:
                    PEFT's mixed-batch forward (`adapter_names`) routes each copy to its adapter:
                    K forwards a token, in one pass. The copies share a `GroupedCache`.
     OutputMixture  the adapters' outputs: every LoRA layer adds sum_k w_k B_k A_k x, with the
-                   row's own w (one forward; K low-rank paths).
+                   row's own w (one forward; K low-rank paths). For LoRA experts this is the
+                   same function as the weight average below, at the exact (unrounded) weights:
+                   every layer's delta is linear, so averaging the deltas and averaging their
+                   outputs agree layer by layer. It differs in how it runs: nothing merged or
+                   cached, no rounding, K low-rank products a layer instead of one.
     SoupMixture    the adapters' weights (Rewarded Soups): the adapter theta_0 + sum_k w_k dtheta_k
                    is merged once per rounded weight vector and kept in a small cache; each row is
                    routed to its merged adapter (one forward).
@@ -23,6 +27,7 @@ and rows that leave or join mid-batch.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -70,7 +75,8 @@ def mod_scores(logp: torch.Tensor, weights: torch.Tensor, alpha: torch.Tensor) -
     linear = torch.where(w == 0, 0.0, w * logp).sum(dim=1)
     a = alpha.to(logp.dtype).view(-1, *extra)
     safe = torch.where(a > 0, a, 1.0)
-    power = -torch.logsumexp(torch.log(w.clamp(min=0)) - safe[:, None] * logp, dim=1) / safe
+    terms = torch.where(w > 0, torch.log(w.clamp(min=1e-30)) - safe[:, None] * logp, -math.inf)
+    power = -torch.logsumexp(terms, dim=1) / safe
     return torch.where(a > 0, power, linear)
 
 
@@ -93,14 +99,12 @@ def genarm_mixture(model, experts: Sequence[str]) -> LogitMixture:
 
 def genarm_scores(logp: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
     """GenARM's next-token score from `logp` [B, 1 + K, ..., V] (the base first, then the K
-    autoregressive reward models) and alphas [B, K]: the normalised mixture divided by
-    `genarm_temperature`, so that a row's own temperature applies on top of it."""
+    autoregressive reward models) and alphas [B, K]: log pi_base + sum_k alpha_k log pi_ARM_k,
+    which is the normalised mixture at `genarm_temperature`, so that a row's own temperature
+    applies on top of it."""
     extra = (1,) * (logp.dim() - 2)
-    a = alphas.to(logp.dtype)
-    mixture = (logp[:, 0] + (a.view(*a.shape, *extra) * logp[:, 1:]).sum(dim=1)) / (1 + a.sum(-1)).view(
-        -1, *extra
-    )
-    return mixture / genarm_temperature(a).view(-1, *extra)
+    a = alphas.to(logp.dtype).view(*alphas.shape, *extra)
+    return logp[:, 0] + torch.where(a == 0, 0.0, a * logp[:, 1:]).sum(dim=1)
 
 
 class Mixture(torch.nn.Module):
@@ -203,9 +207,8 @@ class LogitMixture(Mixture):
 
 class OutputMixture(Mixture):
     """Output mixing: every adapter active at once, each LoRA layer's adapter k's output scaled
-    by its row's w_k, so the layer adds sum_k w_k B_k A_k x (a different method from Rewarded
-    Soups, which averages the weights: the two differ wherever a LoRA layer's input depends on
-    an earlier one's)."""
+    by its row's w_k, so the layer adds sum_k w_k B_k A_k x: Rewarded Soups' weight average
+    computed without merging (`SoupMixture` merges it, at rounded weights)."""
 
     mixes = "outputs"
 
@@ -261,6 +264,7 @@ class SoupMixture(Mixture):
         self.made = 0  # adapters merged so far (each a new name)
 
     def key(self, weights: Sequence[float]) -> tuple[float, ...]:
+        """`weights` rounded to `decimals` (the cache's key; the merge divides it by its sum)."""
         return tuple(round(float(w), self.decimals) for w in weights)
 
     def adapter_for(self, weights: Sequence[float], keep: Sequence[tuple] = ()) -> str:
@@ -272,7 +276,10 @@ class SoupMixture(Mixture):
             return self.merged[key]
         name = f"soup-{self.made}"
         self.made += 1
-        self.model.add_weighted_adapter(self.experts, list(key), adapter_name=name, combination_type="cat")
+        total = sum(key)
+        self.model.add_weighted_adapter(
+            self.experts, [w / total for w in key], adapter_name=name, combination_type="cat"
+        )
         self.merged[key] = name
         for old in [k for k in self.merged if k != key and k not in keep][
             : max(0, len(self.merged) - self.size)

@@ -28,15 +28,27 @@ def attach(policy, directory) -> None:
 
 def load_experts(directory: str | Path, manifest, load: dict, device):
     """A PeftModel of the directory's base with every expert adapter of its manifest's
-    `policies` loaded unmerged, named "0", "1", ... in objective order, in eval mode. An
-    adapter that is missing, or that was trained on another base model than the manifest's,
-    is refused by name."""
+    `policies` loaded unmerged, named "0", "1", ... in objective order, in eval mode. Policy k
+    must be objective k's expert (one-hot weights on it); an adapter that is missing, or that
+    was trained on another base model than the manifest's, is refused by name."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from steerable.defaults import resolve_model
 
     directory = Path(directory)
+    names = [objective["name"] for objective in manifest.rewards["objectives"]]
+    if len(manifest.policies) != len(names):
+        raise SteerableError(
+            f"{directory}: {len(manifest.policies)} experts in 'policies' for {len(names)} objectives "
+            f"{names}; a mixture needs one expert per objective, in that order"
+        )
+    for k, policy in enumerate(manifest.policies):
+        if list(policy.get("weights", [])) != [1.0 if j == k else 0.0 for j in range(len(names))]:
+            raise SteerableError(
+                f"{directory}: policies[{k}].weights is {policy.get('weights')}, not objective "
+                f"{names[k]!r} alone; a mixture needs expert k to be objective k's (one-hot weights)"
+            )
     folders = [directory / p["adapter"] for p in manifest.policies]
     for k, folder in enumerate(folders):
         config = folder / "adapter_config.json"
@@ -192,9 +204,6 @@ def decode(
             bar.update(len(batch))
             if outer is not None:
                 outer.update(len(batch) * sampling.max_new_tokens)
-    for job in jobs:
-        if job.error is not None:
-            raise job.error
     return [job.output.strip() for job in jobs]
 
 
