@@ -6,6 +6,10 @@ engine's loop (`decoding.run_batch`, the loop `evaluate` and `serve` use) for
     mod          MOD, K copies of every row in one mixed-batch forward (K forwards a token)
     lora-mix     every adapter active, outputs weighted per row (one forward, K LoRA paths)
     soups        rows routed to their merged adapter (one forward, one LoRA path of rank sum r_k)
+    mod in generate   MOD the other way it could be built: a `LogitsProcessor` inside
+                 transformers' `generate`, whose own model (expert 0) still runs its forward
+                 every token while the processor runs the K experts on the new token with
+                 their own cache (K + 1 forwards a token)
 
 each row with its own weights (spread over the simplex), so nothing is shared but the batch.
 
@@ -21,6 +25,7 @@ import argparse
 import time
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from steerable.data import load_prompts
 from steerable.decoding import Job, run_batch
@@ -40,6 +45,42 @@ def decode(model, tokenizer, texts: list[str], rows: list | None) -> float:
     started = time.perf_counter()
     run_batch(model, tokenizer, jobs, None if rows is None else model.weighted, stops=set())
     return sum(job.completion_tokens for job in jobs) / (time.perf_counter() - started)
+
+
+class MODProcessor(LogitsProcessor):
+    """MOD's scores for `generate`: the mixture's forward on each new token (the whole prompt at
+    the first step), with its own KV cache, every row with its own weights."""
+
+    def __init__(self, mixture, mask: torch.Tensor, rows: list):
+        self.mixture, self.mask, self.rows, self.cache = mixture, mask, rows, None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.cache is None:
+            new, positions = input_ids, (self.mask.cumsum(-1) - 1).clamp(min=0)
+        else:
+            new = input_ids[:, -1:]
+            self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.mask), 1)], dim=-1)
+            positions = self.mask.sum(-1, keepdim=True) - 1
+        with self.mixture.weighted(self.rows):
+            out = self.mixture(
+                new, attention_mask=self.mask, position_ids=positions, cache=self.cache, logits_to_keep=1
+            )
+        self.cache = out.cache
+        return out.logits[:, -1]
+
+
+@torch.inference_mode()
+def generate_with_processor(single, mixture, tokenizer, texts: list[str], rows: list) -> float:
+    """Generated tokens per second of MOD as a processor inside `generate` (greedy, every row to
+    `--tokens`)."""
+    batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    processor = MODProcessor(mixture, batch["attention_mask"], rows)
+    started = time.perf_counter()
+    out = single.generate(
+        **batch, max_new_tokens=ARGS.tokens, min_new_tokens=ARGS.tokens, do_sample=False,
+        pad_token_id=tokenizer.pad_token_id, logits_processor=LogitsProcessorList([processor]),
+    )  # fmt: skip
+    return (out.shape[1] - batch["input_ids"].shape[1]) * len(texts) / (time.perf_counter() - started)
 
 
 def one_expert(directory: str):
@@ -64,12 +105,14 @@ def main() -> None:
     k = len(policies["mod"].names)
     # every row its own weights, spread over the simplex
     rows = [RowWeights((w := (i % 11) / 10, *[(1 - w) / max(k - 1, 1)] * (k - 1))) for i in range(len(texts))]
-    rates: dict[str, list[float]] = {name: [] for name in ("one expert", *METHODS)}
+    rates: dict[str, list[float]] = {name: [] for name in ("one expert", *METHODS, "mod in generate")}
     decode(single, tokenizer, texts[:2], None)  # warm-up
     for _ in range(ARGS.repeats):  # interleaved, so drift in the machine's speed hits all alike
         rates["one expert"].append(decode(single, tokenizer, texts, None))
         for method, policy in policies.items():
             rates[method].append(decode(policy.model, policy.tokenizer, texts, rows))
+        mod = policies["mod"].model
+        rates["mod in generate"].append(generate_with_processor(single, mod, tokenizer, texts, rows))
     base = max(rates["one expert"])
     print(f"K = {k} experts, batch {len(texts)}, {ARGS.tokens} tokens a row, best of {ARGS.repeats}")
     print("| decoding | forwards / token | tokens/s | vs one expert |")
@@ -78,6 +121,8 @@ def main() -> None:
     for method, policy in policies.items():
         rate = max(rates[method])
         print(f"| {method} | {policy.model.forwards} | {rate:.0f} | {rate / base:.2f}x |")
+    rate = max(rates["mod in generate"])
+    print(f"| mod in generate (LogitsProcessor) | {k + 1} | {rate:.0f} | {rate / base:.2f}x |")
 
 
 if __name__ == "__main__":
