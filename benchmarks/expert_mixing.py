@@ -3,6 +3,8 @@ same prompts (batch 32 by default, greedy, a fixed number of new tokens) decoded
 engine's loop (`decoding.run_batch`, the loop `evaluate` and `serve` use) for
 
     one expert   expert 0's adapter merged into the base: the cost of one model
+    one expert, unmerged   expert 0 as a PEFT adapter beside the base weights (the LoRA
+                 path each expert of a mixture runs unmerged too)
     mod          MOD, K copies of every row in one mixed-batch forward (K forwards a token)
     lora-mix     every adapter active, outputs weighted per row (one forward, K LoRA paths)
     soups        rows routed to their merged adapter (one forward, one LoRA path of rank sum r_k)
@@ -83,8 +85,8 @@ def generate_with_processor(single, mixture, tokenizer, texts: list[str], rows: 
     return (out.shape[1] - batch["input_ids"].shape[1]) * len(texts) / (time.perf_counter() - started)
 
 
-def one_expert(directory: str):
-    """Expert 0 alone: its adapter merged into the base."""
+def one_expert(directory: str, merged: bool = True):
+    """Expert 0 alone: its adapter merged into the base (or not)."""
     from peft import PeftModel
 
     from steerable.defaults import load_causal_lm
@@ -92,7 +94,7 @@ def one_expert(directory: str):
     manifest = load_manifest(directory)
     base, tokenizer = load_causal_lm(manifest.base_model, manifest.dtype)
     model = PeftModel.from_pretrained(base, f"{directory}/{manifest.policies[0]['adapter']}")
-    return model.merge_and_unload().eval(), tokenizer
+    return (model.merge_and_unload() if merged else model).eval(), tokenizer
 
 
 def main() -> None:
@@ -100,29 +102,34 @@ def main() -> None:
     prompts = load_prompts(split="heldout")
     prompts = (prompts * (ARGS.batch // len(prompts) + 1))[: ARGS.batch]
     single, tokenizer = one_expert(ARGS.model)
+    unmerged, _ = one_expert(ARGS.model, merged=False)
     texts = format_chat(tokenizer, prompts)
     policies = {m: SteerablePolicy.from_pretrained(ARGS.model, method=m) for m in METHODS}
     k = len(policies["mod"].names)
     # every row its own weights, spread over the simplex
     rows = [RowWeights((w := (i % 11) / 10, *[(1 - w) / max(k - 1, 1)] * (k - 1))) for i in range(len(texts))]
-    rates: dict[str, list[float]] = {name: [] for name in ("one expert", *METHODS, "mod in generate")}
+    names = ("one expert", "unmerged", *METHODS, "mod in generate")
+    rates: dict[str, list[float]] = {name: [] for name in names}
     decode(single, tokenizer, texts[:2], None)  # warm-up
     for _ in range(ARGS.repeats):  # interleaved, so drift in the machine's speed hits all alike
         rates["one expert"].append(decode(single, tokenizer, texts, None))
+        rates["unmerged"].append(decode(unmerged, tokenizer, texts, None))
         for method, policy in policies.items():
             rates[method].append(decode(policy.model, policy.tokenizer, texts, rows))
         mod = policies["mod"].model
         rates["mod in generate"].append(generate_with_processor(single, mod, tokenizer, texts, rows))
     base = max(rates["one expert"])
     print(f"K = {k} experts, batch {len(texts)}, {ARGS.tokens} tokens a row, best of {ARGS.repeats}")
-    print("| decoding | forwards / token | tokens/s | vs one expert |")
-    print("|---|---:|---:|---:|")
-    print(f"| one expert (merged) | 1 | {base:.0f} | 1.00x |")
-    for method, policy in policies.items():
+    lora = max(rates["unmerged"])
+    print("| decoding | forwards / token | tokens/s | vs one expert | vs one expert unmerged |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| one expert (merged) | 1 | {base:.0f} | 1.00x | {base / lora:.2f}x |")
+    print(f"| one expert (unmerged adapter) | 1 | {lora:.0f} | {lora / base:.2f}x | 1.00x |")
+    forwards = {**{m: p.model.forwards for m, p in policies.items()}, "mod in generate": k + 1}
+    for method, count in forwards.items():
         rate = max(rates[method])
-        print(f"| {method} | {policy.model.forwards} | {rate:.0f} | {rate / base:.2f}x |")
-    rate = max(rates["mod in generate"])
-    print(f"| mod in generate (LogitsProcessor) | {k + 1} | {rate:.0f} | {rate / base:.2f}x |")
+        name = "mod in generate (LogitsProcessor)" if method == "mod in generate" else method
+        print(f"| {name} | {count} | {rate:.0f} | {rate / base:.2f}x | {rate / lora:.2f}x |")
 
 
 if __name__ == "__main__":
