@@ -312,3 +312,11 @@ def test_compare_plans_genarm_on_rics_scored_data_and_counts_the_mixings_sweeps(
     assert plan.methods == ["ric", "soups", "mod", "lora-mix", "genarm"]
     cost = compare_cost(config, out)
     assert f"5 methods, {5 * grid_points(2, 2)} grid points x 4 prompts" in cost.what
+    assert "MOD 2 forwards a token, GenARM 3 forwards a token" in cost.what
+    # the estimate counts a mixture's sweep at its forwards: MOD's (K = 2) twice LoRA mixing's (1)
+    one, two = (
+        compare_cost(CompareConfig(**{**config.__dict__, "methods": ["ric", "soups", m]}), out)
+        for m in ("lora-mix", "mod")
+    )
+    swept = grid_points(2, 2) * 4 * plan.settings.samples * plan.settings.max_new_tokens
+    assert two.tokens - one.tokens == swept

@@ -34,8 +34,10 @@ def loaded(experts):
     cache = {}
 
     def load(method):
+        """`method`, or "mod-adapters": MOD with its experts as adapters on one base (merge=False)."""
         if method not in cache:
-            cache[method] = SteerablePolicy.from_pretrained(experts, method=method)
+            name, _, layout = method.partition("-adapters")
+            cache[method] = SteerablePolicy.from_pretrained(experts, method=name, merge=layout == "")
         return cache[method]
 
     return load
@@ -103,7 +105,7 @@ def test_grouped_cache_selects_whole_groups():
 # --- decoding ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["mod", "lora-mix", "soups"])
+@pytest.mark.parametrize("method", ["mod", "mod-adapters", "lora-mix", "soups"])
 def test_one_hot_weights_reproduce_each_experts_greedy_answers(experts, loaded, method):
     policy = loaded(method)
     answers = [policy.generate(PROMPTS, preference=[1 - k, k], sampling=GREEDY) for k in (0, 1)]
@@ -112,7 +114,7 @@ def test_one_hot_weights_reproduce_each_experts_greedy_answers(experts, loaded, 
     assert alone[0] != alone[1]  # the experts differ, so this says which one answered
 
 
-@pytest.mark.parametrize("method", ["mod", "lora-mix", "soups"])
+@pytest.mark.parametrize("method", ["mod", "mod-adapters", "lora-mix", "soups"])
 def test_a_batched_row_answers_as_it_does_alone(loaded, method):
     from steerable.experts.steering import decode
     from steerable.generation import format_chat
@@ -135,8 +137,9 @@ def test_a_batched_row_answers_as_it_does_alone(loaded, method):
     assert other != mixed
 
 
-def test_mod_score_with_the_cache_equals_a_recomputation_without_it(loaded):
-    policy = loaded("mod")
+@pytest.mark.parametrize("layout", ["mod", "mod-adapters"])
+def test_mod_score_with_the_cache_equals_a_recomputation_without_it(loaded, layout):
+    policy = loaded(layout)
     model, tokenizer = policy.model, policy.tokenizer
     ids = tokenizer(["Hello there, how are you"], return_tensors="pt").input_ids
     with torch.inference_mode(), model.weighted([RowWeights((0.3, 0.7))]):
@@ -147,6 +150,36 @@ def test_mod_score_with_the_cache_equals_a_recomputation_without_it(loaded):
             cache = step.cache
             full = model(input_ids=ids[:, : t + 1], use_cache=False)
             assert torch.allclose(step.logits[:, -1], full.logits[:, -1], atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["mod", "mod-adapters", "lora-mix", "soups"])
+def test_a_mixtures_cost_is_its_methods_stated_forwards(loaded, method):
+    from steerable import methods
+
+    assert methods.get(method.split("-adapters")[0]).forwards_per_token(2) == loaded(method).model.forwards
+
+
+def test_merged_and_adapter_layouts_give_one_mixture(loaded):
+    """MOD's experts merged into their own copies of the adapted layers score every token as
+    the adapters routed per row on one base do; the copies share every weight no adapter
+    changes, and merging them left the base's own weights as they were."""
+    merged, adapters = loaded("mod").model, loaded("mod-adapters").model
+    ids = merged.model.base_model.model.model.embed_tokens.weight
+    assert all(copy.model.embed_tokens.weight is ids for copy in merged.copies)
+    wrapped = merged.model.base_model.model.model.layers[0].self_attn.q_proj
+    assert merged.copies[0].model.layers[0].self_attn.q_proj.weight is not wrapped.base_layer.weight
+    delta = wrapped.get_delta_weight("0")
+    assert torch.allclose(
+        merged.copies[0].model.layers[0].self_attn.q_proj.weight, wrapped.base_layer.weight + delta
+    )
+    tokens = loaded("mod").tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    rows = [RowWeights((0.2, 0.8)), RowWeights((1.5, -0.5)), RowWeights((0.5, 0.5), alpha=0.5)]
+    with torch.inference_mode():
+        scores = []
+        for mixture in (merged, adapters):
+            with mixture.weighted(rows):
+                scores.append(mixture(**tokens, use_cache=False).logits)
+    assert torch.allclose(scores[0], scores[1], atol=1e-4)
 
 
 def test_soup_cache_returns_one_adapter_for_equal_rounded_weights(loaded):

@@ -162,10 +162,12 @@ class SteerablePolicy(TargetSteering):
         `Method.reads`). `adapter` swaps in another adapter trained for
         the same manifest (e.g. an intermediate stage: DIR/stages/sft/weights). `merge` folds a LoRA
         adapter into the base weights (faster generation), but the policy can then not be saved
-        or trained further as an adapter. `dtype` overrides the dtype recorded in steerable.json
-        (the one the model was trained in). `trust_remote_code` lets the base model run its own
-        code and the objectives' `py:` scorers run (both off: a directory someone else made
-        should not run their code unasked)."""
+        or trained further as an adapter; a policy mixing log-probabilities (MOD, GenARM) merges
+        each expert into its own copy of the layers it adapts (K times their memory; `merge=False`
+        keeps one base and routes rows to the adapters, slower). `dtype` overrides the dtype
+        recorded in steerable.json (the one the model was trained in). `trust_remote_code` lets
+        the base model run its own code and the objectives' `py:` scorers run (both off: a
+        directory someone else made should not run their code unasked)."""
         from transformers import AutoModelForCausalLM
 
         from steerable.defaults import default_device, load_tokenizer, resolve_model, torch_dtype
@@ -186,7 +188,7 @@ class SteerablePolicy(TargetSteering):
             manifest.dtype = dtype
         load = dict(dtype=torch_dtype(manifest.dtype), trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(str(directory), trust_remote_code)
-        if record.mixture is not None:  # its experts, unmerged, mixed at every decoding step
+        if record.mixture is not None:  # its experts, mixed at every decoding step
             from steerable.experts.steering import load_experts
 
             if adapter is not None:
@@ -195,7 +197,7 @@ class SteerablePolicy(TargetSteering):
                 )
 
             experts = load_experts(directory, manifest, load, device or default_device())
-            model = record.mix(experts, [str(k) for k in range(len(manifest.policies))])
+            model = record.mix(experts, [str(k) for k in range(len(manifest.policies))], merge=merge)
         elif manifest.weights == "model":
             model = AutoModelForCausalLM.from_pretrained(directory / "model", **load)
         else:

@@ -304,7 +304,12 @@ def compare_cost(config: CompareConfig, out: str | Path) -> Plan:
     samples = f"{settings.samples} sample{'s' * (settings.samples != 1)}"
     swept_points = sum(points.values())
     parts = [f"evaluation: {len(points)} methods, {swept_points} grid points x {prompts} prompts x {samples}"]
-    generations, tokens, longest = swept, swept * settings.max_new_tokens, settings.max_new_tokens
+    # a mixture's token costs its forwards of the base model (MOD: K), counted as that many tokens
+    forwards = {m: methods.get(m).forwards_per_token(k) for m in points}
+    several = [f"{methods.get(m).title} {n} forwards a token" for m, n in forwards.items() if n > 1]
+    parts += [", ".join(several)] if several else []
+    slots = sum(points[m] * forwards[m] for m in points) * prompts * settings.samples
+    generations, tokens, longest = swept, slots * settings.max_new_tokens, settings.max_new_tokens
     for method, training in reversed(plan.trainings.items()):
         cost_of = methods.get(method).plan
         if cost_of is not None and training.steps:

@@ -2,10 +2,16 @@
 batched forward per step. Three ways of mixing:
 
     LogitMixture   the experts' next-token log-probabilities (MOD: sum_k w_k log pi_k, or its
-                   alpha-divergence power mean; GenARM: log pi_base + sum_k alpha_k log pi_ARM_k).
-                   Every request is replicated once per expert, K rows next to each other, and
-                   PEFT's mixed-batch forward (`adapter_names`) routes each copy to its adapter:
-                   K forwards a token, in one pass. The copies share a `GroupedCache`.
+                   alpha-divergence power mean; GenARM: log pi_base + sum_k alpha_k log pi_ARM_k):
+                   K forwards a token, in one of two layouts. Merged (the default): each expert
+                   merged into its own copy of the layers its adapter changes (the others, such
+                   as the embeddings, shared), each copy with its own KV cache (`ExpertCaches`):
+                   each forward runs at one merged model's speed, for K times the memory of the
+                   adapted layers. Adapters: one base holding the K adapters, every request
+                   replicated once per expert, K rows next to each other, PEFT's mixed-batch
+                   forward (`adapter_names`) routing each copy to its adapter in one pass, the
+                   copies sharing a `GroupedCache`: the memory of one model, each forward an
+                   unmerged LoRA pass.
     OutputMixture  the adapters' outputs: every LoRA layer adds sum_k w_k B_k A_k x, with the
                    row's own w (one forward; K low-rank paths). For LoRA experts this is the
                    same function as the weight average below, at the exact (unrounded) weights:
@@ -63,6 +69,46 @@ class GroupedCache(DynamicCache):
         super().batch_select_indices((indices[:, None] * self.group + offsets).flatten())
 
 
+class ExpertCaches:
+    """The KV caches of K merged expert copies, one per copy, rows in request order in each:
+    selecting requests selects them in every copy's cache, and `layers` lists every copy's
+    layers (what the decode loop trims and joins, layer by layer)."""
+
+    def __init__(self, parts: Sequence[DynamicCache]):
+        self.parts = list(parts)
+
+    @property
+    def layers(self) -> list:
+        return [layer for part in self.parts for layer in part.layers]
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        for part in self.parts:
+            part.batch_select_indices(indices)
+
+    def get_seq_length(self) -> int:
+        return self.parts[0].get_seq_length()
+
+
+def merged_copies(model, adapters: Sequence[str]) -> list[torch.nn.Module]:
+    """For each adapter of the PeftModel `model`, a plain model with that adapter merged into
+    its own copy of the layers LoRA wraps (`BASE`: the bare base); every other weight and buffer
+    (embeddings, norms, output head, the layers no adapter touches) is shared with `model`, not
+    copied."""
+    import copy
+
+    from peft.tuners.lora import LoraLayer
+
+    wrapped = {id(m.base_layer.weight) for m in model.modules() if isinstance(m, LoraLayer)}
+    shared = [*model.parameters(), *model.buffers()]
+    copies = []
+    for name in adapters:
+        memo = {id(t): t for t in shared if name == BASE or id(t) not in wrapped}
+        twin = copy.deepcopy(model, memo)
+        twin = twin.unload() if name == BASE else twin.merge_and_unload(adapter_names=[name])
+        copies.append(twin.eval())
+    return copies
+
+
 def mod_scores(logp: torch.Tensor, weights: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """MOD's next-token score from the experts' log-probabilities `logp` [B, K, ..., V], per row
     b with weights [B, K] and alpha [B]:
@@ -72,12 +118,28 @@ def mod_scores(logp: torch.Tensor, weights: torch.Tensor, alpha: torch.Tensor) -
     where its log-probability is -inf)."""
     extra = (1,) * (logp.dim() - 2)
     w = weights.to(logp.dtype).view(*weights.shape, *extra)
-    linear = torch.where(w == 0, 0.0, w * logp).sum(dim=1)
+    linear = weighted_sum(logp, weights)
+    if not bool((alpha > 0).any()):  # the power mean costs passes over the vocabulary
+        return linear
     a = alpha.to(logp.dtype).view(-1, *extra)
     safe = torch.where(a > 0, a, 1.0)
     terms = torch.where(w > 0, torch.log(w.clamp(min=1e-30)) - safe[:, None] * logp, -math.inf)
     power = -torch.logsumexp(terms, dim=1) / safe
     return torch.where(a > 0, power, linear)
+
+
+def weighted_sum(logp: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k logp[:, k] for `logp` [B, K, ..., V] and weights [B, K], a term of weight 0
+    left out (even where its log-probability is -inf). Summed expert by expert: a reduction over
+    the expert axis of the stacked tensor is several times slower on a CPU."""
+    w = weights.to(logp.dtype).view(*weights.shape, *(1,) * (logp.dim() - 2))
+    total = None
+    for k in range(logp.shape[1]):
+        term = w[:, k] * logp[:, k]
+        if bool((w[:, k] == 0).any()):
+            term = torch.where(w[:, k] == 0, 0.0, term)
+        total = term if total is None else total.add_(term)
+    return total
 
 
 def genarm_temperature(alphas: torch.Tensor) -> torch.Tensor:
@@ -87,14 +149,16 @@ def genarm_temperature(alphas: torch.Tensor) -> torch.Tensor:
     return 1.0 / (1.0 + alphas.sum(dim=-1))
 
 
-def mod_mixture(model, experts: Sequence[str]) -> LogitMixture:
+def mod_mixture(model, experts: Sequence[str], merge: bool = True) -> LogitMixture:
     """MOD over the experts."""
-    return LogitMixture(model, experts, mod_scores, divergences=True)
+    return LogitMixture(model, experts, mod_scores, divergences=True, merge=merge)
 
 
-def genarm_mixture(model, experts: Sequence[str]) -> LogitMixture:
+def genarm_mixture(model, experts: Sequence[str], merge: bool = True) -> LogitMixture:
     """GenARM: the bare base and the autoregressive reward models; a row's weights are its alphas."""
-    return LogitMixture(model, [BASE, *experts], lambda logp, weights, alpha: genarm_scores(logp, weights))
+    return LogitMixture(
+        model, [BASE, *experts], lambda logp, weights, alpha: genarm_scores(logp, weights), merge=merge
+    )
 
 
 def genarm_scores(logp: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
@@ -102,9 +166,7 @@ def genarm_scores(logp: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
     autoregressive reward models) and alphas [B, K]: log pi_base + sum_k alpha_k log pi_ARM_k,
     which is the normalised mixture at `genarm_temperature`, so that a row's own temperature
     applies on top of it."""
-    extra = (1,) * (logp.dim() - 2)
-    a = alphas.to(logp.dtype).view(*alphas.shape, *extra)
-    return logp[:, 0] + torch.where(a == 0, 0.0, a * logp[:, 1:]).sum(dim=1)
+    return weighted_sum(logp[:, 1:], alphas).add_(logp[:, 0])
 
 
 class Mixture(torch.nn.Module):
@@ -112,14 +174,16 @@ class Mixture(torch.nn.Module):
     adapter names, in objective order), each row's `RowWeights` while `weighted` is entered
     (without it, equal weights), and what the engine reads of a causal LM (device, config,
     generation_config). `mixes` names what is mixed (the server's model card shows it);
-    `forwards` is the cost of a token, in forwards of the base model."""
+    `forwards` is the cost of a token, in forwards of the base model. `merge`: whether the
+    experts run merged into copies of the base where the mixing allows it (`LogitMixture`);
+    output mixing and the soup cache work on the adapters themselves and take it as given."""
 
     mixes: str
     forwards: int = 1
     signed: bool = False  # whether negative weights are defined (MOD's reverse KL)
     divergences: bool = False  # whether a row may ask for an alpha-divergence (MOD)
 
-    def __init__(self, model, experts: Sequence[str]):
+    def __init__(self, model, experts: Sequence[str], merge: bool = True):
         super().__init__()
         self.model, self.experts = model, list(experts)
         self.rows: list[RowWeights] | None = None
@@ -166,11 +230,12 @@ class LogitMixture(Mixture):
 
     mixes = "log-probabilities"
 
-    def __init__(self, model, experts: Sequence[str], combine, divergences: bool = False):
+    def __init__(self, model, experts: Sequence[str], combine, divergences: bool = False, merge: bool = True):
         super().__init__(model, experts)
         self.combine = combine
         self.forwards = len(self.experts)
         self.signed = self.divergences = divergences
+        self.copies = torch.nn.ModuleList(merged_copies(model, self.experts)) if merge else None
 
     def forward(
         self,
@@ -184,25 +249,35 @@ class LogitMixture(Mixture):
     ) -> CausalLMOutputWithPast:
         group, batch = len(self.experts), input_ids.shape[0]
         weights, alpha = self.row_weights(batch)
+        if self.copies is not None:  # merged: one forward per expert copy, each its own cache
+            parts = cache.parts if cache is not None else [None] * group
+            outs = [
+                copy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     cache=part, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+                for copy, part in zip(self.copies, parts, strict=True)
+            ]  # fmt: skip
+            logits = torch.stack([out.logits for out in outs], dim=1)
+            cache = ExpertCaches([out.cache for out in outs]) if use_cache else None
+        else:  # adapters: K copies of every row in one mixed-batch forward
 
-        def each(t):
-            return None if t is None else t.repeat_interleave(group, dim=0)
+            def each(t):
+                return None if t is None else t.repeat_interleave(group, dim=0)
 
-        if cache is None and use_cache:
-            cache = GroupedCache(group, config=self.model.config)
-        out = self.model(
-            input_ids=each(input_ids),
-            attention_mask=each(attention_mask),
-            position_ids=each(position_ids),
-            cache=cache,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            adapter_names=self.experts * batch,
-            **kwargs,
-        )
-        logp = torch.log_softmax(out.logits.float(), dim=-1)
-        scores = self.combine(logp.unflatten(0, (batch, group)), weights, alpha)
-        return CausalLMOutputWithPast(logits=scores, cache=out.cache if use_cache else None)
+            if cache is None and use_cache:
+                cache = GroupedCache(group, config=self.model.config)
+            out = self.model(
+                input_ids=each(input_ids),
+                attention_mask=each(attention_mask),
+                position_ids=each(position_ids),
+                cache=cache,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                adapter_names=self.experts * batch,
+                **kwargs,
+            )
+            logits, cache = out.logits.unflatten(0, (batch, group)), out.cache if use_cache else None
+        scores = self.combine(torch.log_softmax(logits.float(), dim=-1), weights, alpha)
+        return CausalLMOutputWithPast(logits=scores, cache=cache)
 
 
 class OutputMixture(Mixture):
@@ -212,7 +287,7 @@ class OutputMixture(Mixture):
 
     mixes = "outputs"
 
-    def __init__(self, model, experts: Sequence[str]):
+    def __init__(self, model, experts: Sequence[str], merge: bool = True):
         super().__init__(model, experts)
         from peft.tuners.lora import LoraLayer
 
@@ -257,7 +332,7 @@ class SoupMixture(Mixture):
 
     mixes = "weights"
 
-    def __init__(self, model, experts: Sequence[str], size: int = 16, decimals: int = 2):
+    def __init__(self, model, experts: Sequence[str], merge: bool = True, size: int = 16, decimals: int = 2):
         super().__init__(model, experts)
         self.size, self.decimals = size, decimals
         self.merged: OrderedDict[tuple[float, ...], str] = OrderedDict()

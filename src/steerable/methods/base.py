@@ -63,9 +63,12 @@ class Method:
     Model directories:
         reads: the other methods whose model directories it loads as its own (MOD, LoRA output
             mixing: the experts `steerable train soups` writes); `--method NAME --model DIR`.
-        mixture: "module:attr" of `mix(peft_model, expert_names) -> experts.mixture.Mixture`:
+        mixture: "module:attr" of `mix(peft_model, expert_names, merge) -> experts.mixture.Mixture`:
             its policy mixes the directory's experts (its `policies` adapters, loaded unmerged) at
             every decoding step instead of loading one adapter (None: one adapter, or none).
+        forwards: (a, b): a generated token costs a * K + b forwards of the base model with K
+            objectives (MOD: (1, 0); GenARM, the base besides: (1, 1); one model: (0, 1)); what
+            a comparison's estimate counts its sweep at.
         check: "module:attr" of `check(manifest, path)`, raising SteerableError for a
             steerable.json that lacks what this method needs (None: nothing beyond the shared
             checks of `policy.load_manifest`).
@@ -100,6 +103,7 @@ class Method:
     uses_scored: bool = False
     reads: tuple[str, ...] = ()
     mixture: str | None = None
+    forwards: tuple[int, int] = (0, 1)
     check: str | None = None
     own_directory: bool = True
     evaluate_options: tuple[str, ...] = ()
@@ -107,6 +111,10 @@ class Method:
     @property
     def trainable(self) -> bool:
         return self.recipe is not None
+
+    def forwards_per_token(self, k: int) -> int:
+        """Forwards of the base model a generated token costs with K objectives (`forwards`)."""
+        return self.forwards[0] * k + self.forwards[1]
 
     @property
     def modality(self) -> str:
@@ -133,11 +141,12 @@ class Method:
                 f"(use --method {written_by})"
             )
 
-    def mix(self, model, experts: list[str]):
-        """Its mixture of a directory's experts (`mixture`)."""
+    def mix(self, model, experts: list[str], merge: bool = True):
+        """Its mixture of a directory's experts (`mixture`); `merge`: run them merged where the
+        mixing allows it."""
         if self.mixture is None:
             raise SteerableError(f"a {self.name} model does not mix experts")
-        return resolve(self.mixture)(model, experts)
+        return resolve(self.mixture)(model, experts, merge=merge)
 
     def check_manifest(self, manifest, path) -> None:
         if self.check is not None:

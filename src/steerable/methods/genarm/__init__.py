@@ -18,6 +18,7 @@ METHOD = Method(
     recipe="steerable.methods.genarm.recipe:train_genarm",
     compare="steerable.methods.genarm.compare:compare",
     uses_scored=True,
+    forwards=(1, 1),
     check="steerable.methods.base:needs_policies",
     sweep="steerable.experts.steering:sweep",
 )

@@ -1,6 +1,6 @@
 """MOD (Shi et al. 2024): the experts of a Rewarded Soups directory mixed at decode time, next
-token scored by sum_k w_k log pi_k (or the alpha-divergence power mean), every request's K
-expert rows in one batched forward."""
+token scored by sum_k w_k log pi_k (or the alpha-divergence power mean): K forwards a token,
+each expert merged into its own copy of the layers it adapts (`experts.mixture.LogitMixture`)."""
 
 from steerable.methods.base import Method
 
@@ -13,6 +13,7 @@ METHOD = Method(
     policy="steerable.experts.steering",
     reads=("soups",),
     mixture="steerable.experts.mixture:mod_mixture",
+    forwards=(1, 0),
     check="steerable.methods.base:needs_policies",
     sweep="steerable.experts.steering:sweep",
     compare="steerable.methods.mod.compare:compare",
