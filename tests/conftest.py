@@ -201,3 +201,33 @@ def tiny_genarm(tiny_path, scored_table, tmp_path_factory):
     return write_experts(
         tiny_path, scored_table, tmp_path_factory.mktemp("genarm") / "genarm", "genarm", (3, 4)
     )
+
+
+# --- serving: a module's `server` fixture yields (running server, what it serves) ---------------
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """An OpenAI client of the module's running server."""
+    import openai
+
+    running, _ = server
+    return openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def ask(client):
+    """`ask(model, steering=None, via=None, **settings)`: one chat completion of "Tell me about
+    cats." from the module's server (or the client `via`), 8 greedy tokens unless `settings` say
+    otherwise, steered by `steering`."""
+
+    def chat(model, steering=None, via=None, **kwargs):
+        settings = {"max_tokens": 8, "temperature": 0, **kwargs}
+        return (via or client).chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Tell me about cats."}],
+            extra_body={"steering": steering} if steering is not None else None,
+            **settings,
+        )
+
+    return chat

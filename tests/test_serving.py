@@ -24,23 +24,6 @@ def server(tiny_ric):
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    running, _ = server
-    return openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
-
-
-def ask(client, model, steering=None, **kwargs):
-    settings = {"max_tokens": 8, "temperature": 0, **kwargs}
-    extra = {"steering": steering} if steering is not None else None
-    return client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": "Tell me about cats."}],
-        extra_body=extra,
-        **settings,
-    )
-
-
 def test_models_and_health_describe_what_is_served(server, client):
     running, models = server
     listed = {m.id: m.model_extra for m in client.models.list().data}
@@ -51,28 +34,28 @@ def test_models_and_health_describe_what_is_served(server, client):
     assert httpx.get(running.url + "/health").json()["status"] == "ok"
 
 
-def test_a_completion_echoes_the_steering_it_applied(server, client):
+def test_a_completion_echoes_the_steering_it_applied(server, client, ask):
     _, models = server
     policy = models[0].policy
-    plain = ask(client, models[0].id)
+    plain = ask(models[0].id)
     assert isinstance(plain.choices[0].message.content, str) and plain.usage.completion_tokens > 0
     assert plain.choices[0].finish_reason in ("stop", "length")
     equal = plain.model_extra["steering"]["targets"]
     assert equal == pytest.approx(policy.targets_for([1, 1]))
-    brief = ask(client, models[0].id, {"weights": {"brief": 1.0}})
+    brief = ask(models[0].id, {"weights": {"brief": 1.0}})
     steering = brief.model_extra["steering"]
     assert steering["targets"] == pytest.approx(policy.targets_for([1, 0]))
     assert steering["weights"] == {"brief": 1.0, "positive": 0.0} and steering["mapping"] == "linf"
-    explicit = ask(client, models[0].id, {"targets": {"brief": 0.5, "positive": -0.5}})
+    explicit = ask(models[0].id, {"targets": {"brief": 0.5, "positive": -0.5}})
     assert explicit.model_extra["steering"]["targets"] == {"brief": 0.5, "positive": -0.5}
 
 
-def test_the_answer_is_the_one_the_python_api_gives(server, client):
+def test_the_answer_is_the_one_the_python_api_gives(server, client, ask):
     from steerable.generation import SamplingConfig
 
     _, models = server
     policy = models[0].policy
-    served = ask(client, models[0].id, {"weights": [0.3, 0.7]}).choices[0].message.content
+    served = ask(models[0].id, {"weights": [0.3, 0.7]}).choices[0].message.content
     local = policy.generate(
         ["Tell me about cats."],
         preference=[0.3, 0.7],
@@ -81,12 +64,10 @@ def test_the_answer_is_the_one_the_python_api_gives(server, client):
     assert served.strip() == local
 
 
-def test_streamed_text_equals_the_non_streamed_text_under_a_seed(server, client):
+def test_streamed_text_equals_the_non_streamed_text_under_a_seed(server, client, ask):
     _, models = server
-    whole = ask(client, models[0].id, {"weights": [1, 0]}, temperature=0.9, seed=7, max_tokens=12)
-    chunks = list(
-        ask(client, models[0].id, {"weights": [1, 0]}, temperature=0.9, seed=7, max_tokens=12, stream=True)
-    )
+    whole = ask(models[0].id, {"weights": [1, 0]}, temperature=0.9, seed=7, max_tokens=12)
+    chunks = list(ask(models[0].id, {"weights": [1, 0]}, temperature=0.9, seed=7, max_tokens=12, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[0].model_extra["steering"]["targets"] == pytest.approx(
@@ -96,7 +77,7 @@ def test_streamed_text_equals_the_non_streamed_text_under_a_seed(server, client)
     assert finishes == [whole.choices[0].finish_reason]
 
 
-def test_batched_answers_equal_solo_answers(server, client):
+def test_batched_answers_equal_solo_answers(server, client, ask):
     _, models = server
     requests = [({"weights": [w, 1 - w]}, None) for w in (0.0, 0.25, 0.5, 0.75, 1.0)]
     requests += [({"weights": [1, 0]}, 3), ({"weights": [0, 1]}, 11)]  # sampled, with their own seeds
@@ -104,7 +85,7 @@ def test_batched_answers_equal_solo_answers(server, client):
     def one(item):
         steering, seed = item
         kwargs = {"temperature": 0.9, "seed": seed} if seed is not None else {}
-        return ask(client, models[0].id, steering, **kwargs).choices[0].message.content
+        return ask(models[0].id, steering, **kwargs).choices[0].message.content
 
     solo = [one(item) for item in requests]
     with ThreadPoolExecutor(len(requests)) as pool:
@@ -113,14 +94,14 @@ def test_batched_answers_equal_solo_answers(server, client):
     assert models[0].engine.largest_batch > 1  # they did share batches
 
 
-def test_n_choices_and_stop_strings(server, client):
+def test_n_choices_and_stop_strings(server, client, ask):
     _, models = server
-    many = ask(client, models[0].id, n=3, temperature=0.9, seed=1, max_tokens=10)
+    many = ask(models[0].id, n=3, temperature=0.9, seed=1, max_tokens=10)
     assert [c.index for c in many.choices] == [0, 1, 2]
     first = many.choices[0].message.content
     if len(first) > 2:
         cut = first[1:3]
-        stopped = ask(client, models[0].id, n=1, temperature=0.9, seed=1, max_tokens=10, stop=[cut])
+        stopped = ask(models[0].id, n=1, temperature=0.9, seed=1, max_tokens=10, stop=[cut])
         assert stopped.choices[0].message.content == first[: first.find(cut)]
         assert stopped.choices[0].finish_reason == "stop"
 
@@ -138,26 +119,26 @@ def test_n_choices_and_stop_strings(server, client):
         ({"weights": "lots"}, "steering.weights", "must be an object"),
     ],
 )
-def test_bad_steering_is_a_bad_request_naming_the_field(server, client, steering, param, message):
+def test_bad_steering_is_a_bad_request_naming_the_field(server, client, steering, param, message, ask):
     _, models = server
     with pytest.raises(openai.BadRequestError) as caught:
-        ask(client, models[0].id, steering)
+        ask(models[0].id, steering)
     error = caught.value.body
     assert (
         error["param"] == param and message in error["message"] and error["type"] == "invalid_request_error"
     )
 
 
-def test_bad_requests_get_the_openai_error_body(server, client):
+def test_bad_requests_get_the_openai_error_body(server, client, ask):
     running, models = server
     with pytest.raises(openai.NotFoundError):
-        ask(client, "no-such-model")
+        ask("no-such-model")
     with pytest.raises(openai.BadRequestError, match="max_tokens must be in"):
-        ask(client, models[0].id, max_tokens=10_000)
+        ask(models[0].id, max_tokens=10_000)
     with pytest.raises(openai.BadRequestError, match="temperature must be"):
-        ask(client, models[0].id, temperature="hot")
+        ask(models[0].id, temperature="hot")
     with pytest.raises(openai.BadRequestError, match="takes no steering"):
-        ask(client, models[1].id, {"weights": [1, 0]})
+        ask(models[1].id, {"weights": [1, 0]})
     url = running.url + "/v1/chat/completions"
     malformed = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
     assert malformed.status_code == 422 and "not valid JSON" in malformed.json()["error"]["message"]
@@ -254,7 +235,7 @@ def test_serve_refuses_bad_settings_and_unknown_models(tmp_path):
     assert missing.exit_code == 2 and "could not be loaded" in missing.output
 
 
-def test_proxy_mode_answers_through_a_transformers_serve_upstream(tiny_ric, tmp_path):
+def test_proxy_mode_answers_through_a_transformers_serve_upstream(tiny_ric, tmp_path, ask):
     import subprocess
     import sys
 
@@ -291,16 +272,16 @@ def test_proxy_mode_answers_through_a_transformers_serve_upstream(tiny_ric, tmp_
         running = Server(create_app([proxy]))
         try:
             client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
-            reply = ask(client, "model", {"weights": [1, 0]}, max_tokens=6)
+            reply = ask("model", {"weights": [1, 0]}, via=client, max_tokens=6)
             assert isinstance(reply.choices[0].message.content, str)
             assert reply.model_extra["steering"]["targets"] == pytest.approx(proxy.policy.targets_for([1, 0]))
             assert reply.model == "model"
-            chunks = list(ask(client, "model", {"weights": [0, 1]}, max_tokens=6, stream=True))
+            chunks = list(ask("model", {"weights": [0, 1]}, via=client, max_tokens=6, stream=True))
             assert chunks and chunks[0].model_extra["steering"]["targets"] == pytest.approx(
                 proxy.policy.targets_for([0, 1])
             )
             with pytest.raises(openai.BadRequestError):
-                ask(client, "model", {"weights": [-1, 1]})
+                ask("model", {"weights": [-1, 1]}, via=client)
         finally:
             running.stop()
     finally:
@@ -308,7 +289,7 @@ def test_proxy_mode_answers_through_a_transformers_serve_upstream(tiny_ric, tmp_
         upstream.wait(timeout=30)
 
 
-def test_a_client_that_leaves_mid_stream_frees_its_row(server):
+def test_a_client_that_leaves_mid_stream_frees_its_row(server, ask):
     running, models = server
     engine = models[0].engine
     before = engine.finish_reasons["cancelled"]
@@ -326,9 +307,8 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(server):
     while engine.finish_reasons["cancelled"] == before:
         assert time.time() < deadline, "the abandoned row was not stopped"
         time.sleep(0.1)
-    assert ask(
-        openai.OpenAI(base_url=running.url + "/v1", api_key="x"), models[0].id
-    ).choices  # still serving
+    still = openai.OpenAI(base_url=running.url + "/v1", api_key="x")
+    assert ask(models[0].id, via=still).choices  # still serving
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.8, 0.999])

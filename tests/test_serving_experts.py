@@ -35,22 +35,6 @@ def server(tiny_experts, tiny_genarm):
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    running, _ = server
-    return openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
-
-
-def ask(client, model, steering=None, **kwargs):
-    settings = {"max_tokens": 8, "temperature": 0, **kwargs}
-    return client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": "Tell me about cats."}],
-        extra_body={"steering": steering} if steering is not None else None,
-        **settings,
-    )
-
-
 def test_one_directory_is_served_under_each_mixing_and_its_card_says_how(server, client, tiny_experts):
     _, served = server
     name = tiny_experts.resolve().name
@@ -67,7 +51,7 @@ def test_one_directory_is_served_under_each_mixing_and_its_card_says_how(server,
     assert one["mixing"] == "log-probabilities" and one["id"] == served["mod"].id
 
 
-def test_mixed_weights_in_one_batch_answer_as_they_would_alone(server, client):
+def test_mixed_weights_in_one_batch_answer_as_they_would_alone(server, client, ask):
     _, served = server
     requests = [(m, {"weights": [w, 1 - w]}, None) for m in MIXINGS for w in (0.0, 0.3, 1.0)]
     requests += [(m, {"weights": [0.7, 0.3]}, seed) for m in MIXINGS for seed in (3, 11)]  # seeded sampling
@@ -79,7 +63,7 @@ def test_mixed_weights_in_one_batch_answer_as_they_would_alone(server, client):
     def one(item):
         method, steering, seed = item
         kwargs = {"temperature": 0.9, "seed": seed} if seed is not None else {}
-        reply = ask(client, served[method].id, steering, **kwargs)
+        reply = ask(served[method].id, steering, **kwargs)
         return reply.choices[0].message.content, reply.model_extra["steering"]
 
     alone = [one(item) for item in requests]
@@ -102,12 +86,12 @@ def test_mixed_weights_in_one_batch_answer_as_they_would_alone(server, client):
     }
 
 
-def test_a_served_answer_is_the_one_the_python_api_gives(server, client):
+def test_a_served_answer_is_the_one_the_python_api_gives(server, client, ask):
     from steerable.generation import SamplingConfig
 
     _, served = server
     for method in MIXINGS:
-        text = ask(client, served[method].id, {"weights": [0.3, 0.7]}).choices[0].message.content
+        text = ask(served[method].id, {"weights": [0.3, 0.7]}).choices[0].message.content
         local = served[method].policy.generate(
             ["Tell me about cats."],
             preference=[0.3, 0.7],
@@ -135,10 +119,10 @@ def test_a_served_answer_is_the_one_the_python_api_gives(server, client):
         ("mod", {"weights": [1, 0, 0]}, "steering.weights", "3 weight(s)"),
     ],
 )
-def test_bad_steering_is_a_400_naming_the_field(server, client, method, steering, param, message):
+def test_bad_steering_is_a_400_naming_the_field(server, client, method, steering, param, message, ask):
     _, served = server
     with pytest.raises(openai.BadRequestError) as caught:
-        ask(client, served[method].id, steering)
+        ask(served[method].id, steering)
     error = caught.value.body
     assert error["param"] == param and message in error["message"], error
     assert error["code"] == "invalid_steering"

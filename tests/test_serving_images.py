@@ -39,12 +39,6 @@ def server(image_dir):
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    running, _ = server
-    return openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
-
-
 def png_bytes(reply) -> list[bytes]:
     return [base64.b64decode(d.b64_json) for d in reply.data]
 
