@@ -5,7 +5,10 @@ engine's loop (`decoding.run_batch`, the loop `evaluate` and `serve` use) for
     one expert   expert 0's adapter merged into the base: the cost of one model
     one expert, unmerged   expert 0 as a PEFT adapter beside the base weights (the LoRA
                  path each expert of a mixture runs unmerged too)
-    mod          MOD, K copies of every row in one mixed-batch forward (K forwards a token)
+    mod          MOD, each expert merged into its own copy of the adapted layers, one forward
+                 per copy (K forwards a token; the default layout)
+    mod, adapters   MOD on one base holding the K adapters: K copies of every row in one
+                 PeftModel mixed-batch forward (K unmerged forwards a token; merge=False)
     lora-mix     every adapter active, outputs weighted per row (one forward, K LoRA paths)
     soups        rows routed to their merged adapter (one forward, one LoRA path of rank sum r_k)
     mod in generate   MOD the other way it could be built: a `LogitsProcessor` inside
@@ -18,12 +21,14 @@ each row with its own weights (spread over the simplex), so nothing is shared bu
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/expert_mixing.py SOUPS_DIR
         [--batch 32] [--tokens 48] [--repeats 2]
 
-Prints tokens/s per method and its ratio to one expert; MOD's floor is 1/K (the K forwards).
+Prints tokens/s per method (best of the repeats), its ratio to one expert, and the median over
+repeats of that ratio within each repeat ("paired"); MOD's floor is 1/K (the K forwards).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -35,7 +40,7 @@ from steerable.experts.mixture import RowWeights
 from steerable.generation import format_chat
 from steerable.policy import SteerablePolicy, load_manifest
 
-METHODS = ("mod", "lora-mix", "soups")
+METHODS = ("mod", "mod, adapters", "lora-mix", "soups")
 
 
 def decode(model, tokenizer, texts: list[str], rows: list | None) -> float:
@@ -104,7 +109,10 @@ def main() -> None:
     single, tokenizer = one_expert(ARGS.model)
     unmerged, _ = one_expert(ARGS.model, merged=False)
     texts = format_chat(tokenizer, prompts)
-    policies = {m: SteerablePolicy.from_pretrained(ARGS.model, method=m) for m in METHODS}
+    policies = {
+        m: SteerablePolicy.from_pretrained(ARGS.model, method=m.split(",")[0], merge=m != "mod, adapters")
+        for m in METHODS
+    }
     k = len(policies["mod"].names)
     # every row its own weights, spread over the simplex
     rows = [RowWeights((w := (i % 11) / 10, *[(1 - w) / max(k - 1, 1)] * (k - 1))) for i in range(len(texts))]
@@ -118,18 +126,30 @@ def main() -> None:
             rates[method].append(decode(policy.model, policy.tokenizer, texts, rows))
         mod = policies["mod"].model
         rates["mod in generate"].append(generate_with_processor(single, mod, tokenizer, texts, rows))
-    base = max(rates["one expert"])
+    base, lora = max(rates["one expert"]), max(rates["unmerged"])
+
+    def paired(method: str) -> float:
+        """The median over repeats of its rate / one expert's rate in the same repeat (the
+        machine's speed drifts between repeats; within one, the two ran minutes apart at most)."""
+        return statistics.median(m / one for m, one in zip(rates[method], rates["one expert"], strict=True))
+
     print(f"K = {k} experts, batch {len(texts)}, {ARGS.tokens} tokens a row, best of {ARGS.repeats}")
-    lora = max(rates["unmerged"])
-    print("| decoding | forwards / token | tokens/s | vs one expert | vs one expert unmerged |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| one expert (merged) | 1 | {base:.0f} | 1.00x | {base / lora:.2f}x |")
-    print(f"| one expert (unmerged adapter) | 1 | {lora:.0f} | {lora / base:.2f}x | 1.00x |")
+    print("| decoding | forwards / token | tokens/s | vs one expert | vs one expert unmerged | paired |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| one expert (merged) | 1 | {base:.0f} | 1.00x | {base / lora:.2f}x | 1.00x |")
+    unmerged = f"{lora:.0f} | {lora / base:.2f}x | 1.00x | {paired('unmerged'):.2f}x"
+    print(f"| one expert (unmerged adapter) | 1 | {unmerged} |")
     forwards = {**{m: p.model.forwards for m, p in policies.items()}, "mod in generate": k + 1}
     for method, count in forwards.items():
         rate = max(rates[method])
         name = "mod in generate (LogitsProcessor)" if method == "mod in generate" else method
-        print(f"| {name} | {count} | {rate:.0f} | {rate / base:.2f}x | {rate / lora:.2f}x |")
+        ratios = f"{rate / base:.2f}x | {rate / lora:.2f}x | {paired(method):.2f}x"
+        print(f"| {name} | {count} | {rate:.0f} | {ratios} |")
+    best = max(rates["mod"]) * k / base
+    print(
+        f"MOD (merged) against its floor, one expert's rate / K: best of each {best:.2f}, "
+        f"paired {paired('mod') * k:.2f} (1.00: no overhead beyond the K forwards)"
+    )
 
 
 if __name__ == "__main__":
