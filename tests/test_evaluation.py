@@ -197,8 +197,13 @@ def test_report_shows_the_inner_product_and_the_cost_per_token_against_prompting
     assert rows["mod"]["seconds_per_token"] == pytest.approx(0.04)
     assert rows["mod"]["relative_seconds_per_token"] == pytest.approx(2.0)
     assert rows["prompting"]["relative_seconds_per_token"] == pytest.approx(1.0)
+    # moves from the centres (0.5, 0.5) and (0.75, -0.75): m = +-(0.25, -1.25) for d = +-(0.5, -0.5),
+    # a slope of 0.75 / 0.5 and a sideways part +-(-0.5, -0.5): sin = sqrt(0.5) / sqrt(1.625)
+    assert rows["mod"]["gain"] == pytest.approx(1.5)
+    assert rows["mod"]["orthogonality"] == pytest.approx((0.5 / 1.625) ** 0.5)
+    assert rows["mod"]["miscalibration"] is None  # MOD is asked by weights alone
     text = markdown([mod, floor])
-    assert "| +0.750 | 10 | 0 | 4 | 2 | 40 | 2.00x |" in text
+    assert "| +0.750 | +1.500 | 0.555 | - | 10 | 0 | 4 | 2 | 40 | 2.00x |" in text
     assert "| 1 | 20 | 1.00x |" in text
     # a result written before these columns: read, its measured cost from its points, the rest '-'
     old = asdict(measured("ric", 1.0, 1))

@@ -74,11 +74,13 @@ def test_report_of_the_mixings_shows_the_new_columns(evaluated, tmp_path):
     assert rows["lora-mix"]["inner_product"] == pytest.approx(evaluated["lora-mix"].inner_product)
     write_report(results, tmp_path)
     text = (tmp_path / "report.md").read_text()
-    assert "| w . z | train s | trained tokens | eval s | forwards / token | ms / token | vs base |" in text
+    assert "| w . z | gain | orthogonality | miscalibration | train s | trained tokens | eval s |" in text
+    assert "| forwards / token | ms / token | vs base |" in text
     mod = next(line for line in text.splitlines() if line.startswith("| mod |"))
     cells = [c.strip() for c in mod.strip("|").split("|")]
+    assert cells[-10] == f"{rows['mod']['inner_product']:+.3f}"
     assert cells[-7:-3] == [
-        f"{rows['mod']['inner_product']:+.3f}",
+        "-",  # MOD is asked by weights alone: no miscalibration
         "42",
         "640",
         f"{rows['mod']['eval_seconds']:.0f}",

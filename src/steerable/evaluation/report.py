@@ -22,6 +22,7 @@ import numpy as np
 
 from steerable.errors import SteerableError
 from steerable.evaluation.pareto import beats_base, hypervolume, non_dominated
+from steerable.evaluation.steerability import steerability
 from steerable.evaluation.sweep import (
     SweepPoint,
     mean_inner_product,
@@ -280,7 +281,8 @@ def notes_lines(rows: list[dict]) -> list[str]:
 
 def summary(results: list[EvaluationResult]) -> list[dict]:
     """One row per method: hypervolume against the shared reference, front size,
-    controllability, the mean inner product of weights and normalised rewards, compute
+    controllability, the mean inner product of weights and normalised rewards, gain,
+    orthogonality and miscalibration (`steerability`), compute
     (training; generation per token: forwards of the base model, measured seconds, and those
     relative to the base model's row, prompting, where the results hold one), and `notes`: why a
     correlation has no value (an objective every answer scored the same, say)."""
@@ -302,6 +304,7 @@ def summary(results: list[EvaluationResult]) -> list[dict]:
                 **{f"controllability_{n}": finite(v) for n, v in r.controllability.items()},
                 **{f"requested_{n}": finite(requested.get(n)) for n in r.names},
                 "inner_product": mean_inner_product(r.points),
+                **steerability(r.points, targets=asks_targets(r.method)),
                 "train_seconds": r.compute.get("train_seconds", 0.0),
                 "trained_tokens": r.compute.get("trained_tokens", 0),
                 "train_generated_tokens": r.compute.get("generated_tokens", 0),
@@ -315,6 +318,15 @@ def summary(results: list[EvaluationResult]) -> list[dict]:
             }
         )
     return rows
+
+
+def asks_targets(method: str) -> bool:
+    """Whether a result's method records, at each point, the targets it asked for in units of
+    the training std (RiC), against which its miscalibration is measured."""
+    from steerable import methods
+
+    entry = methods.METHODS.get(method)
+    return entry is not None and "targets" in entry.steering
 
 
 def on_base_model(method: str) -> bool:
@@ -481,7 +493,13 @@ def markdown(results: list[EvaluationResult]) -> str:
         "Controllability: Spearman, per objective, of the weight (and, for a model steered by tags, "
         "of the target or level the tag asked for) against the achieved mean score over the grid. "
         "w . z: the mean over the grid of each point's weights . its mean normalised scores (in "
-        "training standard deviations). Per token: forwards of the base model a generated token "
+        "training standard deviations). Moves, each point's mean normalised scores relative to the "
+        "method's mean over the grid, against what the point asked relative to the grid's centre: "
+        "gain, training stds moved along the asked direction per unit of weight; orthogonality, "
+        "the mean share of a move that went sideways of the asked direction (0: none; 1: all); "
+        "miscalibration, for a method asked for targets, how much further (+) or less far (-) the "
+        "answers moved than the targets did ('-': asked by weights alone, no size of move to "
+        "miss). Per token: forwards of the base model a generated token "
         "takes, measured milliseconds per generated token over the grid, and those relative to the "
         "base model's (prompting) row.",
         "",
@@ -489,8 +507,9 @@ def markdown(results: list[EvaluationResult]) -> str:
         + " | ".join(f"controllability {n}" for n in names)
         + " | "
         + " | ".join(f"vs requested {n}" for n in names)
-        + " | w . z | train s | trained tokens | eval s | forwards / token | ms / token | vs base |",
-        "|---|---|---|---|" + "---|" * (2 * len(names)) + "---|---|---|---|---|---|---|",
+        + " | w . z | gain | orthogonality | miscalibration | train s | trained tokens | eval s | "
+        "forwards / token | ms / token | vs base |",
+        "|---|---|---|---|" + "---|" * (2 * len(names)) + "---|" * 10,
     ]
     for row in rows:
         lines.append(
@@ -500,7 +519,9 @@ def markdown(results: list[EvaluationResult]) -> str:
             )
             + " | "
             + " | ".join(signed(row[f"requested_{n}"], f"requested_{n}" in row["notes"]) for n in names)
-            + f" | {signed(row['inner_product'])}"
+            + f" | {signed(row['inner_product'])} | {signed(row['gain'])}"
+            + f" | {'-' if row['orthogonality'] is None else format(row['orthogonality'], '.3f')}"
+            + f" | {signed(row['miscalibration'])}"
             + f" | {row['train_seconds']:.0f} | {row['trained_tokens']} | {row['eval_seconds']:.0f} | "
             + " | ".join(per_token(row))
             + " |"
