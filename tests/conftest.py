@@ -174,7 +174,10 @@ def write_experts(tiny_path, scored_table, out, method="soups", seeds=(1, 2)):
     for k, seed in enumerate(seeds):
         torch.manual_seed(seed)
         base = AutoModelForCausalLM.from_pretrained(tiny_path)
-        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
+        # dropout as trained experts have it: a mixture must run every adapter (merged ones too) in eval mode
+        config = LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.05, target_modules=["q_proj", "v_proj", "up_proj"]
+        )
         model = get_peft_model(base, config)
         with torch.no_grad():
             for name, param in model.named_parameters():

@@ -207,6 +207,7 @@ def test_soups_per_request_equals_the_merged_soup(experts, loaded):
     peft = policy.model.model
     peft.add_weighted_adapter(["0", "1"], [0.3, 0.7], adapter_name="check", combination_type="cat")
     peft.set_adapter("check")
+    peft.eval()  # its dropout layers are made in training mode
     alone = generate_texts(
         peft, policy.tokenizer, format_chat(policy.tokenizer, PROMPTS), GREEDY, progress=False
     )
@@ -262,6 +263,15 @@ def test_directories_are_checked_before_mixing(experts, tiny_path, scored_table,
     config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": "gpt2"}))
     with pytest.raises(SteerableError, match="trained on 'gpt2'.*share one base model"):
         SteerablePolicy.from_pretrained(other, method="mod")
+    retokenised = tmp_path / "retokenised"
+    shutil.copytree(experts, retokenised)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(retokenised)
+    tokenizer.add_tokens(["<brevity>"])
+    tokenizer.save_pretrained(retokenised / "policies/1")
+    with pytest.raises(SteerableError, match=r"expert 1 \(policies/1\) was trained with another tokenizer"):
+        SteerablePolicy.from_pretrained(retokenised, method="mod")
 
 
 def test_output_mixing_computes_the_weight_average(loaded):

@@ -355,6 +355,7 @@ class SoupMixture(Mixture):
         self.model.add_weighted_adapter(
             self.experts, [w / total for w in key], adapter_name=name, combination_type="cat"
         )
+        self.model.eval()  # the new adapter's dropout layers are made in training mode
         self.merged[key] = name
         for old in [k for k in self.merged if k != key and k not in keep][
             : max(0, len(self.merged) - self.size)

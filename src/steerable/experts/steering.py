@@ -64,11 +64,31 @@ def load_experts(directory: str | Path, manifest, load: dict, device):
                 f"not on the directory's base model {manifest.base_model!r}; experts mixed at decode "
                 "time must share one base model and tokenizer"
             )
+    check_tokenizers(directory, folders, manifest, load.get("trust_remote_code", False))
     base = AutoModelForCausalLM.from_pretrained(resolve_model(manifest.base_model), **load)
     model = PeftModel.from_pretrained(base, folders[0], adapter_name="0")
     for k, folder in enumerate(folders[1:], start=1):
         model.load_adapter(folder, adapter_name=str(k))
     return model.to(device).eval()
+
+
+def check_tokenizers(directory: Path, folders: Sequence[Path], manifest, trust_remote_code: bool) -> None:
+    """Refuse an expert saved with a tokenizer (its trainer saves one beside the adapter) whose
+    vocabulary is not the directory's: its log-probabilities would be over other tokens."""
+    from transformers import AutoTokenizer
+
+    own = None
+    for k, folder in enumerate(folders):
+        if not (folder / "tokenizer_config.json").is_file():
+            continue
+        own = own or AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code).get_vocab()
+        theirs = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code).get_vocab()
+        if theirs != own:
+            raise SteerableError(
+                f"{directory}: expert {k} ({manifest.policies[k]['adapter']}) was trained with another "
+                f"tokenizer than the directory's ({len(theirs)} tokens against {len(own)}, or the same "
+                "tokens numbered otherwise); experts mixed at decode time must share one tokenizer"
+            )
 
 
 def same_model(a: str, b: str) -> bool:
