@@ -187,6 +187,54 @@ def saved_callback_state(checkpoint: str | Path, name: str) -> dict | None:
     return None if saved is None else saved["attributes"]
 
 
+RUNGS = "rungs"  # a stage's folder of its budget ladder's saves: rungs/step-N
+RUNG_FILE = "rung.json"
+
+
+def rung_saves(folder: Path, steps: Collection[int], checkpoint: str | None, counts=None):
+    """A callback that saves the model being trained at each of `steps` into
+    folder/rungs/step-N (an adapter, or the whole model) beside rung.json: the step, the seconds
+    trained so far (summed over resumed runs: every checkpoint keeps them), the tokens trained on,
+    and what `counts()` adds (GRPO: its generated completions and tokens; every process calls it).
+    These are the rungs of a budget ladder (`steerable compare`'s budgets): one training run,
+    evaluated at several budgets without training again."""
+
+    class RungSaves(CheckpointedState):
+        def __init__(self):
+            self.seconds, self.base, self.started = before, before, time.perf_counter()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            self.base, self.started = self.seconds, time.perf_counter()  # restored on a resume
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            now = self.base + time.perf_counter() - self.started
+            if control.should_save:  # before the checkpoint is written
+                self.seconds = now
+            if state.global_step not in wanted:
+                return
+            record = {
+                "step": state.global_step,
+                "seconds": now,
+                "trained_tokens": int(state.num_input_tokens_seen),
+            }
+            record.update(counts() if counts is not None else {})
+            if state.is_world_process_zero:
+                from steerable.io import atomic_write_text
+
+                target = folder / RUNGS / f"step-{state.global_step}"
+                model.save_pretrained(str(target))
+                atomic_write_text(target / RUNG_FILE, json.dumps(record, indent=2) + "\n")
+
+        def state(self) -> dict:
+            return {"args": {}, "attributes": {"seconds": float(self.seconds)}}
+
+    wanted = set(steps)
+    saved = None if checkpoint is None else saved_callback_state(checkpoint, "RungSaves")
+    before = 0.0 if saved is None else float(saved["seconds"])
+    return RungSaves()
+
+
 class StageBar(ProgressCallback):
     """transformers' training bar named after the stage, the loss shown as its postfix. A run
     resumed from a checkpoint says so first ("resuming sft from step 40")."""
@@ -242,6 +290,8 @@ def train_stage(
     save: Callable[[object, Path, dict], None] = save_model,
     drop_checkpoints: bool = False,
     finish: bool = True,
+    rungs: Collection[int] = (),
+    counts: Callable[[], dict] | None = None,
 ):
     """Train one stage of `stages` (a `steerable.stages.Stages`) and finish it; returns
     (trainer, the stage's info). Every process trains (under `accelerate launch`).
@@ -255,12 +305,15 @@ def train_stage(
     readers expect them (default: folder/weights) and may add to `info` what it measures on
     them. With `drop_checkpoints` the checkpoints are removed once the stage is marked finished:
     resuming a finished stage never happens, so they are spent. With `finish=False` the caller
-    finishes the stage, adding its own record to the info. The caller checks `stages.done`
-    first."""
+    finishes the stage, adding its own record to the info. `rungs`: steps at which the model is
+    also saved for a budget ladder (`rung_saves`, with `counts`). The caller checks
+    `stages.done` first."""
     started = time.perf_counter()
     folder = stages.start(name, inputs)
     trainer = trainer_for(folder)
     checkpoint = last_complete_checkpoint(folder / "checkpoints")
+    if rungs:
+        trainer.add_callback(rung_saves(folder, rungs, checkpoint, counts))
     result = stage_bar(trainer, label).train(resume_from_checkpoint=checkpoint)
     info = {"steps": trainer.state.global_step, "trained_tokens": int(trainer.state.num_input_tokens_seen)}
     info.update(describe(trainer, result) if describe is not None else {})

@@ -49,6 +49,10 @@ The configuration (YAML, every key optional):
     np_dpo: {...}   NPDPOConfig fields; data defaults to RiC's scored offline data, stats to the
            comparison's; without context_init, an NP-BTL run is trained first:
     np_rm: {...}    NPRMConfig fields (task scored, the same data, seed, types and conflicting)
+    budgets: {rl_steps: [...], sft_steps: [...]}   a budget ladder: every RL-trained policy
+           (and RiC's offline SFT) also saved at these steps, each save evaluated as a rung,
+           and hypervolume against compute written (`evaluation.ladder`: OUT/ladder.csv,
+           ladder.png, ladder.md)
     trust_remote_code: false   let hub models and py: objectives run their own code
 """
 
@@ -121,6 +125,7 @@ class CompareConfig:
     soups: dict = field(default_factory=dict)
     mod: dict = field(default_factory=dict)
     genarm: dict = field(default_factory=dict)
+    budgets: dict = field(default_factory=dict)
     trust_remote_code: bool = False
 
     def __post_init__(self):
@@ -128,6 +133,7 @@ class CompareConfig:
         bad = [m for m in self.methods if m not in METHOD_ORDER]
         if bad or not self.methods:
             raise SteerableError(f"unknown method(s) {bad}; choose from {list(METHOD_ORDER)}")
+        check_budgets(self.budgets)
         if self.stats is not None:
             self.stats = str(Path(self.stats).resolve())
         if self.prompts is not None:
@@ -147,6 +153,24 @@ class CompareConfig:
                 raise SteerableError(f"config {path}: expected a mapping")
         data.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return config_from_dict(cls, data, str(path or "command line"))
+
+
+BUDGETS = {
+    "rl_steps": "the RL (GRPO or DPO) steps per policy at which every RL-trained method is also saved",
+    "sft_steps": "the offline SFT steps at which RiC is also saved",
+}
+
+
+def check_budgets(budgets: dict) -> None:
+    """The budgets: section (`BUDGETS`): each a list of increasing positive steps at which the
+    methods it names are also saved, and evaluated as rungs of a budget ladder."""
+    unknown = sorted(set(budgets) - set(BUDGETS))
+    if unknown:
+        raise SteerableError(f"budgets: unknown key(s) {unknown}; budgets takes {', '.join(BUDGETS)}")
+    for key, steps in budgets.items():
+        valid = isinstance(steps, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+        if not valid or any(s < 1 for s in steps) or steps != sorted(set(steps)):
+            raise SteerableError(f"budgets.{key} must be increasing positive integers, got {steps!r}")
 
 
 @dataclass
@@ -234,12 +258,13 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
         if training.evaluates is not None:  # MOD, LoRA output mixing: soups' experts
             trained[name] = trained[training.evaluates]
     statistics = fingerprint(load_rewards(plan.stats).to_dict())
-    results = []
-    for method in plan.methods:
-        own = methods.get(method).own_directory  # evaluated on the directory it trained, or on the base model
-        model = str(trained[method]) if own else config.model
-        training = plan.trainings.get(method)
-        options = dict(training.options or {}) if training is not None else {}
+
+    def evaluated(
+        stage: str, method: str, model: str, own: bool, options: dict, rung: str | None = None, adapter=None
+    ):
+        """`method` evaluated on `model` (`adapter`: that adapter of it, a rung's) as the stage
+        `stage` (cached), its result loaded. A ladder's `rung` is named in the stage's inputs,
+        its adapter's path is not: the output directory can move."""
         inputs = {
             "method": method,
             "model": model_key(Path(model)) if own else model,
@@ -250,8 +275,11 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
             inputs["prompts"] = file_digest(config.prompts)
         if options:  # absent without any, as before methods had evaluate options here
             inputs["options"] = options
+        if rung is not None:  # a budget ladder's rung
+            inputs["rung"] = rung
+        given = {**options, **({"adapter": adapter} if adapter is not None else {})}
 
-        def work(folder, method=method, model=model, options=options):
+        def work(folder):
             from steerable.evaluation.evaluate import evaluate
 
             result = evaluate(
@@ -267,16 +295,28 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
                 prompt_split=prompt_source(plan.settings.split, config.prompts),
                 prompt_limit=plan.settings.limit,
                 examples=plan.settings.examples,
-                **options,
+                **given,
             )
             result.save(folder)
             return {"seconds": result.compute["eval_seconds"]}
 
-        stages.run(f"eval_{method}", inputs, work)
-        results.append(EvaluationResult.load(stages.path(f"eval_{method}")))
+        stages.run(stage, inputs, work)
+        return EvaluationResult.load(stages.path(stage))
+
+    results = []
+    for method in plan.methods:
+        own = methods.get(method).own_directory  # evaluated on the directory it trained, or on the base model
+        model = str(trained[method]) if own else config.model
+        training = plan.trainings.get(method)
+        options = dict(training.options or {}) if training is not None else {}
+        results.append(evaluated(f"eval_{method}", method, model, own, options))
         wrote = own and (training is None or training.evaluates is None)  # not soups' experts as MOD
         if wrote and Path(model).resolve().is_relative_to(out.resolve()):
             record_front(results[-1], model)  # a model this run trained carries its measured front
+    if config.budgets:
+        from steerable.evaluation.ladder import run_ladder
+
+        run_ladder(config, plan, results, trained, out, evaluated)
     write_report(results, out)
     atomic_write_text(out / "compare.json", json.dumps(asdict(config), indent=2) + "\n")
     return results

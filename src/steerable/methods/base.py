@@ -66,6 +66,10 @@ class Method:
         mixture: "module:attr" of `mix(peft_model, expert_names, merge) -> experts.mixture.Mixture`:
             its policy mixes the directory's experts (its `policies` adapters, loaded unmerged) at
             every decoding step instead of loading one adapter (None: one adapter, or none).
+        rungs: "module:attr" of `rungs(method, directory, out) -> list[evaluation.ladder.Rung]`:
+            the models its training saved on the way to the finished one, a budget ladder's
+            rungs (`evaluation.ladder`; None: the finished model only). A method evaluated on
+            another's directory (MOD on Soups') is evaluated on that method's rungs.
         forwards: (a, b): a generated token costs a * K + b forwards of the base model with K
             objectives (MOD: (1, 0); GenARM, the base besides: (1, 1); one model: (0, 1)); what
             a comparison's estimate counts its sweep at.
@@ -104,6 +108,7 @@ class Method:
     reads: tuple[str, ...] = ()
     mixture: str | None = None
     forwards: tuple[int, int] = (0, 1)
+    rungs: str | None = None
     check: str | None = None
     own_directory: bool = True
     evaluate_options: tuple[str, ...] = ()
@@ -238,8 +243,10 @@ class CompareInputs:
 
     def rl(self) -> dict:
         """The rl: section, shared by the GRPO-trained methods (the same RL budget), with the
-        comparison's statistics."""
-        return {**self.shared(**self.config.rl), "stats": self.stats}
+        comparison's statistics and its budget ladder's steps (`budgets: {rl_steps: [...]}`:
+        each policy is also saved there)."""
+        steps = self.config.budgets.get("rl_steps")
+        return {**self.shared(**self.config.rl), "stats": self.stats, **({"rungs": steps} if steps else {})}
 
 
 class Generator(NamedTuple):

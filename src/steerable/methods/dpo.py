@@ -167,7 +167,8 @@ def train_dpo(
     def describe(trainer, result) -> dict:
         return {"pairs": len(rows), "generated_completions": 0, "generated_tokens": 0}
 
-    return train_stage(stages, name, inputs, trainer_for, f"{name} DPO", describe, finish=False)[1]
+    label, rungs = f"{name} DPO", config.rungs
+    return train_stage(stages, name, inputs, trainer_for, label, describe, finish=False, rungs=rungs)[1]
 
 
 def train_experts(

@@ -70,6 +70,10 @@ class RLConfig(LoraArguments, ModelArguments):
     scale_rewards: what divides the group-centred rewards (TRL's option): group (each group's
         std, GRPO as published), batch (the whole batch's std, so a group whose rewards hardly
         differ gets small advantages instead of amplified noise) or none.
+    rungs: steps at which each policy is also saved, with the compute spent so far
+        (stages/policy_I/rungs/step-N): a budget ladder's rungs, evaluated by `steerable compare`
+        without training again. Not part of a stage's inputs: a finished stage is not trained
+        again for them.
     lora_r / lora_alpha / lora_dropout: LoRA shape of each policy (`LoraArguments`; 16 / 32 / 0.05).
     seed: random seed.
     """
@@ -102,6 +106,10 @@ class RLConfig(LoraArguments, ModelArguments):
     # Settings added after stages were first recorded, with their defaults: left out of a stage's
     # inputs while at them, so a stage trained before they existed still matches (scale_rewards
     # is in the inputs' "grpo" entry anyway). A recipe's config adds its own.
+    rungs: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Steps at which each policy is also saved (a budget ladder's rungs).", "ge": 1},
+    )
     later_fields: ClassVar[dict] = {"scale_rewards": "group", "prompts": None}
     lora_r: int = with_default(LoraArguments, "lora_r", 16)
     lora_alpha: int = with_default(LoraArguments, "lora_alpha", 32)
@@ -113,6 +121,12 @@ class RLConfig(LoraArguments, ModelArguments):
             raise SteerableError(
                 "--stats is required: the objectives and statistics to optimise, shared with the "
                 "methods this baseline is compared with (a stats JSON or a steerable model directory)"
+            )
+        beyond = [step for step in self.rungs if step > self.max_steps]
+        if beyond:
+            raise SteerableError(
+                f"--rungs {beyond} are beyond --max_steps ({self.max_steps}): a policy is saved at "
+                "its rungs on the way to its last step"
             )
         if self.grpo and self.batch_size % self.num_generations:
             raise SteerableError(
@@ -236,8 +250,10 @@ def write_policies(
 
 def stage_settings(config: RLConfig, exclude: Sequence[str]) -> dict:
     """The settings of `config` a stage depends on (`config_inputs`): every field but `exclude`,
-    its `later_fields` only where they differ from their default, the prompt file by content."""
-    return config_inputs(config, exclude=exclude, files=("prompts",), later=config.later_fields)
+    its `later_fields` only where they differ from their default, the prompt file by content.
+    The rungs are left out: saving the policy on the way does not change it (a stage finished
+    without a rung asked for now lacks that save, which the ladder reports)."""
+    return config_inputs(config, exclude=(*exclude, "rungs"), files=("prompts",), later=config.later_fields)
 
 
 def training_prompts(config: RLConfig) -> list[str]:
@@ -317,13 +333,16 @@ def train_grpo(
             callbacks=[*callbacks, generated],
         )
 
-    def describe(trainer, result) -> dict:
+    def describe(trainer=None, result=None) -> dict:
         # summed over the processes before saving, so nothing of the stage is written until
         # every step that needs all processes has passed
         completions, tokens = generated.total()
         return {"generated_completions": int(completions), "generated_tokens": int(tokens)}
 
-    return train_stage(stages, name, inputs, trainer_for, f"{name} GRPO", describe, finish=False)[1]
+    label = f"{name} GRPO"
+    return train_stage(
+        stages, name, inputs, trainer_for, label, describe, finish=False, rungs=config.rungs, counts=describe
+    )[1]
 
 
 def generated_counts(counter: dict, checkpoint: str | None):

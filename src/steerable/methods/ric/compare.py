@@ -9,7 +9,9 @@ def compare(inputs: CompareInputs) -> Comparing:
     from steerable.methods.ric.recipe import RiCConfig
 
     out = inputs.out / "ric"
-    section = inputs.shared(**inputs.config.ric, output_dir=str(out))
+    steps = inputs.config.budgets.get("sft_steps")  # a budget ladder's rungs in the offline SFT
+    rungs = {"sft_rungs": steps} if steps else {}
+    section = inputs.shared(**inputs.config.ric, output_dir=str(out), **rungs)
     config = config_from_dict(RiCConfig, section, "ric")
     return Comparing(
         steps=(Step("ric", config, "steerable.methods.ric.recipe:train_ric"),),

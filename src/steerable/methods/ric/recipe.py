@@ -154,6 +154,9 @@ class RiCConfig(LoraArguments, ModelArguments):
             similar length, so fewer tokens are padding than with random batches.
         save_steps: checkpoint every N optimiser steps; an interrupted stage resumes from its
             last checkpoint when the same command is run again.
+        sft_rungs: offline SFT steps at which the adapter is also saved, with the compute spent
+            so far (stages/sft/rungs/step-N): a budget ladder's rungs, evaluated by `steerable
+            compare` without training again (not part of the stage's inputs).
 
     Online MORS:
         online_iterations: how many MORS rounds after the offline stage (0 = none). One round
@@ -262,6 +265,10 @@ class RiCConfig(LoraArguments, ModelArguments):
     )
     save_steps: int = field(
         default=20, metadata={"help": "Checkpoint every N steps (resume point).", "ge": 1}
+    )
+    sft_rungs: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Offline SFT steps at which the adapter is also saved (ladder rungs).", "ge": 1},
     )
     online_iterations: int = field(default=1, metadata={"help": "MORS rounds after offline SFT.", "ge": 0})
     online_samples: int = field(default=128, metadata={"help": "Generations per MORS round.", "ge": 1})
@@ -416,7 +423,7 @@ ONLINE_DATA_FIELDS = (
     *SAMPLING_FIELDS,
 )
 ONLINE_TRAIN_FIELDS = ("online_learning_rate", "online_epochs")
-UNSTAGED_FIELDS = ("output_dir", "save_steps", "online_iterations", "mapping", "stop_after")
+UNSTAGED_FIELDS = ("output_dir", "save_steps", "sft_rungs", "online_iterations", "mapping", "stop_after")
 # Files, recorded by content: the --data table and the prompt file (offline) and the chat
 # template (SFT).
 CONTENT_FIELDS = {"data": "offline", "chat_template_path": "sft", "prompts": "offline"}
@@ -750,7 +757,13 @@ def run_sft(
 
     label = "offline SFT" if offline else f"{name} SFT"
     trainer, info = train_stage(
-        stages, name, inputs, trainer_for, label, describe=lambda *_: {"examples": len(examples)}
+        stages,
+        name,
+        inputs,
+        trainer_for,
+        label,
+        describe=lambda *_: {"examples": len(examples)},
+        rungs=config.sft_rungs if offline else (),
     )
     return trainer.model, info
 

@@ -1,0 +1,141 @@
+"""The budget ladder of `steerable compare` (`budgets:`) on the tiny configuration: each method
+evaluated at the saves along its one training run, hypervolume against compute written as a
+table, a CSV and a plot, and a run interrupted between rungs resuming to the same table."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from steerable.cli import app
+
+LADDER = """
+model: {model}
+methods: [ric, soups, mod, morlhf, prompting]
+eval: {{limit: 2, resolution: 2, max_new_tokens: 4}}
+ric:
+  prompt_limit: 6
+  samples_per_prompt: 2
+  max_new_tokens: 6
+  num_epochs: 1
+  batch_size: 4
+  lora_r: 4
+  lora_alpha: 8
+  online_samples: 8
+  online_quantile: 0.5
+  objectives: [brief=builtin:brevity, positive=builtin:sentiment]
+rl: {{max_steps: 3, batch_size: 4, num_generations: 2, max_completion_length: 4, prompt_limit: 4, lora_r: 4}}
+soups: {{algo: dpo, batch_size: 2, learning_rate: 1.0e-3}}
+morlhf: {{weight_vectors: ["1,0", "0,1"]}}
+budgets: {{rl_steps: [1, 2], sft_steps: [2]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def laddered(tmp_path_factory, tiny_path):
+    root = tmp_path_factory.mktemp("ladder")
+    config = root / "compare.yaml"
+    config.write_text(LADDER.format(model=tiny_path))
+    result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(root / "out")])
+    assert result.exit_code == 0, result.output
+    return root, config
+
+
+def test_every_method_is_evaluated_at_the_saves_along_its_run(laddered):
+    root, _ = laddered
+    out = root / "out"
+    table = pd.read_csv(out / "ladder.csv")
+    rungs = {m: list(group["rung"]) for m, group in table.groupby("method", sort=False)}
+    assert rungs["soups"] == rungs["mod"] == rungs["morlhf"] == ["step-1", "step-2", "final"]
+    assert rungs["ric"] == ["sft-step-2", "sft", "final"]
+    assert rungs["prompting"] == ["final"]
+    for method, group in table.groupby("method"):
+        assert group["seconds"].is_monotonic_increasing, method  # each rung costs more than the one before
+        assert group["trained_tokens"].is_monotonic_increasing, method
+    prompting = table[table["method"] == "prompting"].iloc[0]
+    assert prompting["seconds"] == 0 and prompting["flops"] == 0
+    # FLOPs: 6 N a trained token, 2 N a generated one, the tiny model's N
+    row = table[(table["method"] == "morlhf") & (table["rung"] == "step-2")].iloc[0]
+    from steerable.evaluation.ladder import base_parameters
+
+    n = base_parameters(json.loads((out / "compare.json").read_text())["model"])
+    assert row["flops"] == pytest.approx(n * (6 * row["trained_tokens"] + 2 * row["generated_tokens"]))
+    assert row["generated_tokens"] > 0  # GRPO's sampling counts
+    # MOD is evaluated on the experts' own rungs: the same compute as Soups at every rung
+    soups, mod = (table[table["method"] == m].reset_index() for m in ("soups", "mod"))
+    assert soups["seconds"].tolist() == mod["seconds"].tolist()
+    assert (out / "ladder.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out / "ladder.md").read_text()
+    assert "MORLHF's final hypervolume" in report
+    assert "RiC / MORLHF" in report or "- ric: not reached" in report
+
+
+def test_a_rung_is_the_policy_as_it_was_at_that_step(laddered):
+    from safetensors.torch import load_file
+
+    root, _ = laddered
+    policy = root / "out" / "morlhf" / "stages" / "policy_0"
+    saves = [load_file(policy / f"rungs/step-{n}/adapter_model.safetensors") for n in (1, 2)]
+    final = load_file(policy / "weights" / "adapter_model.safetensors")
+    changed = [name for name in final if "lora_B" in name]
+    assert changed
+    assert any(not (saves[0][k] == saves[1][k]).all() for k in changed)  # trained between the rungs
+    assert any(not (saves[1][k] == final[k]).all() for k in changed)
+    rung = json.loads((policy / "rungs/step-2/rung.json").read_text())
+    first = json.loads((policy / "rungs/step-1/rung.json").read_text())
+    assert rung["step"] == 2 and rung["seconds"] > first["seconds"] > 0
+    # the rung's model directory lists those saves as its policies, and loads
+    from steerable.policy import load_manifest
+
+    manifest = load_manifest(root / "out" / "ladder" / "morlhf" / "step-2")
+    assert all(p["adapter"].endswith("rungs/step-2") for p in manifest.policies)
+
+
+def test_a_ladder_interrupted_between_rungs_resumes_to_the_same_table(laddered, tmp_path, monkeypatch):
+    import steerable.evaluation.evaluate as evaluate_module
+
+    root, config = laddered
+    first = tmp_path / "first"
+    shutil.copytree(root / "out", first)
+    for stage in (first / "stages").glob("rung_*"):
+        shutil.rmtree(stage)  # every rung still to evaluate
+    for written in ("ladder.csv", "ladder.md", "ladder.png"):
+        (first / written).unlink()
+    real, calls = evaluate_module.evaluate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise RuntimeError("the machine stopped")  # after two rungs were evaluated
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", interrupted)
+    stopped = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(first)])
+    assert stopped.exit_code != 0 and not (first / "ladder.csv").exists()
+    assert len(list((first / "stages").glob("rung_*/done.json"))) == 2
+    monkeypatch.setattr(evaluate_module, "evaluate", real)
+    resumed = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(first)])
+    assert resumed.exit_code == 0, resumed.output
+    whole = pd.read_csv(root / "out" / "ladder.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(first / "ladder.csv"), whole)
+
+
+def test_budgets_are_checked_before_anything_trains(tmp_path, tiny_path):
+    from steerable import SteerableError
+    from steerable.evaluation.compare import CompareConfig
+
+    for budgets, message in (
+        ({"rl_steps": [2, 1]}, "increasing positive integers"),
+        ({"rl_steps": [0]}, "increasing positive integers"),
+        ({"epochs": [1]}, "unknown key"),
+    ):
+        with pytest.raises(SteerableError, match=message):
+            CompareConfig(model="tiny", methods=["soups"], budgets=budgets)
+    config = tmp_path / "c.yaml"
+    config.write_text(LADDER.format(model=tiny_path).replace("rl_steps: [1, 2]", "rl_steps: [1, 9]"))
+    result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "--rungs [9] are beyond --max_steps (3)" in " ".join(result.output.split())
+    assert not (tmp_path / "out" / "ric").exists()  # refused before RiC trained
