@@ -13,7 +13,7 @@ from steerable.cli import app
 
 LADDER = """
 model: {model}
-methods: [ric, soups, mod, morlhf, prompting]
+methods: [ric, moslim, soups, mod, morlhf, prompting]
 eval: {{limit: 2, resolution: 2, max_new_tokens: 4}}
 ric:
   prompt_limit: 6
@@ -29,6 +29,8 @@ ric:
 rl: {{max_steps: 3, batch_size: 4, num_generations: 2, max_completion_length: 4, prompt_limit: 4, lora_r: 4}}
 soups: {{algo: dpo, batch_size: 2, learning_rate: 1.0e-3}}
 morlhf: {{weight_vectors: ["1,0", "0,1"]}}
+moslim_rm: {{model: {model}, num_epochs: 1, batch_size: 4, max_length: 32}}
+moslim: {{algorithm: dpo}}
 budgets: {{rl_steps: [1, 2], sft_steps: [2]}}
 """
 
@@ -51,6 +53,12 @@ def test_every_method_is_evaluated_at_the_saves_along_its_run(laddered):
     assert rungs["soups"] == rungs["mod"] == rungs["morlhf"] == ["step-1", "step-2", "final"]
     assert rungs["ric"] == ["sft-step-2", "sft", "final"]
     assert rungs["prompting"] == ["final"]
+    assert rungs["moslim"] == ["policy-step-1", "policy-step-2", "final"]
+    # MOSLIM pays for its reward model at every rung
+    rm = json.loads((out / "moslim_rm" / "moslim_rm.json").read_text())["training"]["seconds"]
+    policy = json.loads((out / "moslim" / "stages" / "policy" / "done.json").read_text())["info"]["seconds"]
+    final = table[(table["method"] == "moslim") & (table["rung"] == "final")].iloc[0]
+    assert final["seconds"] == pytest.approx(rm + policy)
     for method, group in table.groupby("method"):
         assert group["seconds"].is_monotonic_increasing, method  # each rung costs more than the one before
         assert group["trained_tokens"].is_monotonic_increasing, method
@@ -93,16 +101,16 @@ def test_a_rung_is_the_policy_as_it_was_at_that_step(laddered):
     assert all(p["adapter"].endswith("rungs/step-2") for p in manifest.policies)
 
 
-def test_a_ladder_interrupted_between_rungs_resumes_to_the_same_table(laddered, tmp_path, monkeypatch):
+def test_a_ladder_interrupted_between_rungs_resumes_to_the_same_table(laddered, monkeypatch):
     import steerable.evaluation.evaluate as evaluate_module
 
     root, config = laddered
-    first = tmp_path / "first"
-    shutil.copytree(root / "out", first)
-    for stage in (first / "stages").glob("rung_*"):
-        shutil.rmtree(stage)  # every rung still to evaluate
+    out = root / "out"
+    whole = pd.read_csv(out / "ladder.csv")  # the uninterrupted run's
+    for stage in (out / "stages").glob("rung_*"):
+        shutil.rmtree(stage)  # every rung still to evaluate (the trained models stay)
     for written in ("ladder.csv", "ladder.md", "ladder.png"):
-        (first / written).unlink()
+        (out / written).unlink()
     real, calls = evaluate_module.evaluate, []
 
     def interrupted(*args, **kwargs):
@@ -112,14 +120,15 @@ def test_a_ladder_interrupted_between_rungs_resumes_to_the_same_table(laddered, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "evaluate", interrupted)
-    stopped = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(first)])
-    assert stopped.exit_code != 0 and not (first / "ladder.csv").exists()
-    assert len(list((first / "stages").glob("rung_*/done.json"))) == 2
+    stopped = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(out)])
+    assert isinstance(stopped.exception, RuntimeError), stopped.output
+    assert not (out / "ladder.csv").exists()
+    assert len(list((out / "stages").glob("rung_*/done.json"))) == 2
     monkeypatch.setattr(evaluate_module, "evaluate", real)
-    resumed = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(first)])
+    resumed = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(out)])
     assert resumed.exit_code == 0, resumed.output
-    whole = pd.read_csv(root / "out" / "ladder.csv")
-    pd.testing.assert_frame_equal(pd.read_csv(first / "ladder.csv"), whole)
+    assert "rung_ric_sft-step-2" in resumed.output.split("starting")[0]  # kept: evaluated before the stop
+    pd.testing.assert_frame_equal(pd.read_csv(out / "ladder.csv"), whole)
 
 
 def test_budgets_are_checked_before_anything_trains(tmp_path, tiny_path):

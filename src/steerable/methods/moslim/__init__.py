@@ -21,4 +21,5 @@ METHOD = Method(
     check="steerable.methods.moslim.steering:check_manifest",
     sweep="steerable.methods.tagged:trained_sweep",
     evaluate_options=("adapter", "mapping"),
+    rungs="steerable.methods.moslim.compare:ladder_rungs",
 )

@@ -39,3 +39,22 @@ def compare(inputs: CompareInputs) -> Comparing:
     config = config_from_dict(MOSLIMConfig, section, "rl/moslim")
     steps.append(Step("moslim", config, "steerable.methods.moslim.recipe:train_moslim"))
     return Comparing(steps=tuple(steps), uncounted="GRPO sampling")
+
+
+def ladder_rungs(method: str, directory, out) -> list:
+    """MOSLIM's rungs in a budget ladder (`evaluation.ladder.stage_rungs`: its policy's saves
+    on the way, then the finished policy), each also paying the training seconds of the
+    multi-head reward model its policy was trained against (its moslim_rm.json's record: the
+    reward model is part of what MOSLIM costs)."""
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from steerable.evaluation.ladder import stage_rungs
+    from steerable.policy import load_manifest
+    from steerable.reward_models.multihead import MANIFEST
+
+    record = Path(load_manifest(directory).moslim["reward_model"]) / MANIFEST
+    trained = json.loads(record.read_text()).get("training", {}) if record.is_file() else {}
+    seconds = float(trained.get("seconds", 0.0))
+    return [replace(rung, seconds=rung.seconds + seconds) for rung in stage_rungs(method, directory, out)]
