@@ -234,3 +234,19 @@ def ask(client):
         )
 
     return chat
+
+
+@pytest.fixture(scope="session")
+def tiny_compare_ric() -> str:
+    """The ric: section of a tiny comparison's YAML: RiC on the tiny model in seconds."""
+    return """ric:
+  prompt_limit: 6
+  samples_per_prompt: 2
+  max_new_tokens: 6
+  num_epochs: 1
+  batch_size: 4
+  lora_r: 4
+  lora_alpha: 8
+  online_samples: 8
+  online_quantile: 0.5
+  objectives: [brief=builtin:brevity, positive=builtin:sentiment]"""

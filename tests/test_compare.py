@@ -12,17 +12,7 @@ model: {model}
 methods: [ric, moslim, np-dpo, soups, morlhf, prompting]
 eval: {{limit: 2, resolution: 2, examples: 3, max_new_tokens: 4}}
 moslim_rm: {{model: {model}, num_epochs: 1, batch_size: 4, max_length: 32}}
-ric:
-  prompt_limit: 6
-  samples_per_prompt: 2
-  max_new_tokens: 6
-  num_epochs: 1
-  batch_size: 4
-  lora_r: 4
-  lora_alpha: 8
-  online_samples: 8
-  online_quantile: 0.5
-  objectives: [brief=builtin:brevity, positive=builtin:sentiment]
+{ric}
 rl: {{max_steps: 1, batch_size: 4, num_generations: 2, max_completion_length: 4, prompt_limit: 4, lora_r: 4}}
 np_rm: {{steps: 20, hidden: 16, latent_size: 4, heads: 2, targets: 6, max_context: 3, eval_tasks: 10,
         validation_tasks: 10, eval_every: 10}}
@@ -34,10 +24,10 @@ np_dpo: {{data: {data}, targets: 6, max_context: 3, tasks_per_batch: 2, max_step
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory, tiny_path, scored_table):
+def compared(tmp_path_factory, tiny_path, scored_table, tiny_compare_ric):
     root = tmp_path_factory.mktemp("compare")
     config = root / "compare.yaml"
-    config.write_text(TINY_COMPARE.format(model=tiny_path, data=scored_table))
+    config.write_text(TINY_COMPARE.format(model=tiny_path, data=scored_table, ric=tiny_compare_ric))
     result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(root / "out")])
     assert result.exit_code == 0, result.output
     return root, config, result

@@ -13,21 +13,12 @@ from steerable.cli import app
 
 LADDER = """
 model: {model}
-methods: [ric, moslim, soups, mod, morlhf, prompting]
+methods: [ric, moslim, soups, mod, genarm, morlhf, prompting]
 eval: {{limit: 2, resolution: 2, max_new_tokens: 4}}
-ric:
-  prompt_limit: 6
-  samples_per_prompt: 2
-  max_new_tokens: 6
-  num_epochs: 1
-  batch_size: 4
-  lora_r: 4
-  lora_alpha: 8
-  online_samples: 8
-  online_quantile: 0.5
-  objectives: [brief=builtin:brevity, positive=builtin:sentiment]
+{ric}
 rl: {{max_steps: 3, batch_size: 4, num_generations: 2, max_completion_length: 4, prompt_limit: 4, lora_r: 4}}
 soups: {{algo: dpo, batch_size: 2, learning_rate: 1.0e-3}}
+genarm: {{max_steps: 3, batch_size: 2, lora_r: 4, lora_alpha: 8}}
 morlhf: {{weight_vectors: ["1,0", "0,1"]}}
 moslim_rm: {{model: {model}, num_epochs: 1, batch_size: 4, max_length: 32}}
 moslim: {{algorithm: dpo}}
@@ -36,10 +27,10 @@ budgets: {{rl_steps: [1, 2], sft_steps: [2]}}
 
 
 @pytest.fixture(scope="module")
-def laddered(tmp_path_factory, tiny_path):
+def laddered(tmp_path_factory, tiny_path, tiny_compare_ric):
     root = tmp_path_factory.mktemp("ladder")
     config = root / "compare.yaml"
-    config.write_text(LADDER.format(model=tiny_path))
+    config.write_text(LADDER.format(model=tiny_path, ric=tiny_compare_ric))
     result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(root / "out")])
     assert result.exit_code == 0, result.output
     return root, config
@@ -51,6 +42,7 @@ def test_every_method_is_evaluated_at_the_saves_along_its_run(laddered):
     table = pd.read_csv(out / "ladder.csv")
     rungs = {m: list(group["rung"]) for m, group in table.groupby("method", sort=False)}
     assert rungs["soups"] == rungs["mod"] == rungs["morlhf"] == ["step-1", "step-2", "final"]
+    assert rungs["genarm"] == ["step-1", "step-2", "final"]  # its reward models at the same steps
     assert rungs["ric"] == ["sft-step-2", "sft", "final"]
     assert rungs["prompting"] == ["final"]
     assert rungs["moslim"] == ["policy-step-1", "policy-step-2", "final"]
@@ -76,8 +68,9 @@ def test_every_method_is_evaluated_at_the_saves_along_its_run(laddered):
     assert soups["seconds"].tolist() == mod["seconds"].tolist()
     assert (out / "ladder.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "ladder.md").read_text()
-    assert "MORLHF's final hypervolume" in report
-    assert "RiC / MORLHF" in report or "- ric: not reached" in report
+    assert "morlhf's final hypervolume" in report
+    assert "x morlhf's" in report or "- ric: not reached" in report  # RiC's cost over MORLHF's, or none
+    assert "Rank at equal compute" in report and "- moslim: " in report
 
 
 def test_a_rung_is_the_policy_as_it_was_at_that_step(laddered):
@@ -131,7 +124,7 @@ def test_a_ladder_interrupted_between_rungs_resumes_to_the_same_table(laddered, 
     pd.testing.assert_frame_equal(pd.read_csv(out / "ladder.csv"), whole)
 
 
-def test_budgets_are_checked_before_anything_trains(tmp_path, tiny_path):
+def test_budgets_are_checked_before_anything_trains(tmp_path, tiny_path, tiny_compare_ric):
     from steerable import SteerableError
     from steerable.evaluation.compare import CompareConfig
 
@@ -139,12 +132,60 @@ def test_budgets_are_checked_before_anything_trains(tmp_path, tiny_path):
         ({"rl_steps": [2, 1]}, "increasing positive integers"),
         ({"rl_steps": [0]}, "increasing positive integers"),
         ({"epochs": [1]}, "unknown key"),
+        ({"baseline": "ppo"}, "budgets.baseline must be one of"),
     ):
         with pytest.raises(SteerableError, match=message):
             CompareConfig(model="tiny", methods=["soups"], budgets=budgets)
     config = tmp_path / "c.yaml"
-    config.write_text(LADDER.format(model=tiny_path).replace("rl_steps: [1, 2]", "rl_steps: [1, 9]"))
+    ladder = LADDER.format(model=tiny_path, ric=tiny_compare_ric)
+    config.write_text(ladder.replace("rl_steps: [1, 2]", "rl_steps: [1, 9]"))
     result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "--rungs [9] are beyond --max_steps (3)" in " ".join(result.output.split())
     assert not (tmp_path / "out" / "ric").exists()  # refused before RiC trained
+
+
+SEEDED = """
+model: {model}
+methods: [soups, morlhf, prompting]
+stats: {stats}
+eval: {{limit: 2, resolution: 2, max_new_tokens: 4}}
+rl: {{max_steps: 2, batch_size: 4, num_generations: 2, max_completion_length: 4, prompt_limit: 4, lora_r: 4}}
+morlhf: {{weight_vectors: ["1,0", "0,1"]}}
+budgets: {{rl_steps: [1]}}
+seeds: [0, 1]
+"""
+
+
+def test_a_comparison_over_two_training_seeds_reports_their_spread(tmp_path, tiny_path, scored_table):
+    from safetensors.torch import load_file
+
+    from steerable.evaluation.compare import CompareConfig, seeded
+
+    config = tmp_path / "seeds.yaml"
+    config.write_text(SEEDED.format(model=tiny_path, stats=scored_table.parent / "stats.json"))
+    result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "seeds.md" in result.output and "ladder.md" in result.output
+    out = tmp_path / "out"
+    for seed in (0, 1):
+        assert all((out / f"seed-{seed}" / name).is_file() for name in ("report.md", "ladder.csv"))
+    # the seeds trained differently (the evaluation's sampling seed did not change)
+    policy = "morlhf/stages/policy_0/weights/adapter_model.safetensors"
+    saves = [load_file(out / f"seed-{s}" / policy) for s in (0, 1)]
+    assert any(not (saves[0][k] == saves[1][k]).all() for k in saves[0])
+    spread = pd.read_csv(out / "seeds.csv")
+    hv = spread[(spread["method"] == "morlhf") & (spread["number"] == "hypervolume")].iloc[0]
+    assert hv["mean"] == pytest.approx((hv["seed_0"] + hv["seed_1"]) / 2)
+    assert hv["stderr"] == pytest.approx(abs(hv["seed_0"] - hv["seed_1"]) / 2)  # two seeds: |a - b| / 2
+    assert "| morlhf | hypervolume |" in (out / "seeds.md").read_text()
+    ladder = pd.read_csv(out / "ladder.csv")
+    assert set(ladder["seeds"]) == {2} and "hypervolume_stderr" in ladder
+    rung = ladder[(ladder["method"] == "morlhf") & (ladder["rung"] == "step-1")].iloc[0]
+    each = [pd.read_csv(out / f"seed-{s}" / "ladder.csv") for s in (0, 1)]
+    volumes = [t[(t["method"] == "morlhf") & (t["rung"] == "step-1")].iloc[0]["hypervolume"] for t in each]
+    assert rung["hypervolume"] == pytest.approx(sum(volumes) / 2)
+    # every section with a training seed gets the seed; the evaluation's stays
+    two = seeded(CompareConfig(model="tiny", methods=["ric"], eval={"seed": 5}), 1)
+    assert two.ric["seed"] == two.rl["seed"] == two.moslim_rm["seed"] == two.np_dpo["seed"] == 1
+    assert two.eval == {"seed": 5} and two.seeds == []

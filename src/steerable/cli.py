@@ -1303,7 +1303,13 @@ def compare(
     confirm_cost(compare_cost(settings, out), yes)
     claim(out, {"--config": config}, directory=True)
     results = run_compare(settings, out)
-    _print_comparison(results, out)
+    if settings.seeds:  # the first seed's table; the spread over the seeds is in seeds.md
+        _print_comparison(results, out / f"seed-{settings.seeds[0]}")
+        Console().print(f"over seeds {settings.seeds}: {out / 'seeds.md'}", highlight=False)
+    else:
+        _print_comparison(results, out)
+    if settings.budgets:
+        Console().print(f"hypervolume against compute: {out / 'ladder.md'}   plot: {out / 'ladder.png'}")
 
 
 @command

@@ -149,3 +149,13 @@ def write_model_directory(
         write_manifest(out, manifest)
     wait_for_everyone()
     return out
+
+
+def compute_record(manifest) -> dict:
+    """Training compute of a model directory, summed over its stages (zero for no training)."""
+    compute = manifest.training.get("compute", {}) if manifest is not None else {}
+    return {
+        "train_seconds": float(sum(compute.get("seconds", {}).values())),
+        "trained_tokens": compute.get("trained_tokens", 0),
+        "generated_tokens": compute.get("generated_tokens", 0),
+    }

@@ -191,6 +191,16 @@ RUNGS = "rungs"  # a stage's folder of its budget ladder's saves: rungs/step-N
 RUNG_FILE = "rung.json"
 
 
+def check_rungs(rungs: Collection[int], max_steps: int) -> None:
+    """Refuse rungs a run never reaches (beyond its last step)."""
+    beyond = [step for step in rungs if step > max_steps]
+    if beyond:
+        raise SteerableError(
+            f"--rungs {beyond} are beyond --max_steps ({max_steps}): a model is saved at its rungs on "
+            "the way to its last step"
+        )
+
+
 def rung_saves(folder: Path, steps: Collection[int], checkpoint: str | None, counts=None):
     """A callback that saves the model being trained at each of `steps` into
     folder/rungs/step-N (an adapter, or the whole model) beside rung.json: the step, the seconds

@@ -49,6 +49,9 @@ The configuration (YAML, every key optional):
     np_dpo: {...}   NPDPOConfig fields; data defaults to RiC's scored offline data, stats to the
            comparison's; without context_init, an NP-BTL run is trained first:
     np_rm: {...}    NPRMConfig fields (task scored, the same data, seed, types and conflicting)
+    seeds: [0, 1]   the whole comparison once per training seed (OUT/seed-S/, each as above),
+           then the spread of every number over the seeds (OUT/seeds.md, seeds.csv; with
+           budgets, ladder.csv/md/png of the seeds' mean and standard error)
     budgets: {rl_steps: [...], sft_steps: [...]}   a budget ladder: every RL-trained policy
            (and RiC's offline SFT) also saved at these steps, each save evaluated as a rung,
            and hypervolume against compute written (`evaluation.ladder`: OUT/ladder.csv,
@@ -126,6 +129,7 @@ class CompareConfig:
     mod: dict = field(default_factory=dict)
     genarm: dict = field(default_factory=dict)
     budgets: dict = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list, metadata=SEED)
     trust_remote_code: bool = False
 
     def __post_init__(self):
@@ -134,6 +138,8 @@ class CompareConfig:
         if bad or not self.methods:
             raise SteerableError(f"unknown method(s) {bad}; choose from {list(METHOD_ORDER)}")
         check_budgets(self.budgets)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise SteerableError(f"seeds must be distinct, got {self.seeds}")
         if self.stats is not None:
             self.stats = str(Path(self.stats).resolve())
         if self.prompts is not None:
@@ -158,16 +164,23 @@ class CompareConfig:
 BUDGETS = {
     "rl_steps": "the RL (GRPO or DPO) steps per policy at which every RL-trained method is also saved",
     "sft_steps": "the offline SFT steps at which RiC is also saved",
+    "baseline": "the method whose final hypervolume the compute claims are measured against (morlhf)",
 }
 
 
 def check_budgets(budgets: dict) -> None:
-    """The budgets: section (`BUDGETS`): each a list of increasing positive steps at which the
-    methods it names are also saved, and evaluated as rungs of a budget ladder."""
+    """The budgets: section (`BUDGETS`): rl_steps and sft_steps, each a list of increasing
+    positive steps at which the methods it names are also saved and evaluated as rungs of a
+    budget ladder; baseline, a method name."""
     unknown = sorted(set(budgets) - set(BUDGETS))
     if unknown:
         raise SteerableError(f"budgets: unknown key(s) {unknown}; budgets takes {', '.join(BUDGETS)}")
+    baseline = budgets.get("baseline")
+    if baseline is not None and baseline not in METHOD_ORDER:
+        raise SteerableError(f"budgets.baseline must be one of {list(METHOD_ORDER)}, got {baseline!r}")
     for key, steps in budgets.items():
+        if key == "baseline":
+            continue
         valid = isinstance(steps, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
         if not valid or any(s < 1 for s in steps) or steps != sorted(set(steps)):
             raise SteerableError(f"budgets.{key} must be increasing positive integers, got {steps!r}")
@@ -239,8 +252,51 @@ def refuse_training_prompts(path: str, settings: EvalSettings) -> None:
     )
 
 
+# the sections whose config has a training seed (soups, morlhf and moslim take rl's)
+SEEDED = ("ric", "rl", "moslim_rm", "np_rm", "np_dpo", "genarm")
+
+
+def seeded(config: CompareConfig, seed: int) -> CompareConfig:
+    """`config` with every method trained at `seed` (the evaluation's sampling seed unchanged)."""
+    from dataclasses import replace
+
+    sections = {name: {**getattr(config, name), "seed": seed} for name in SEEDED}
+    over_rl = {
+        n: {**getattr(config, n), "seed": seed}
+        for n in ("soups", "morlhf", "moslim")
+        if "seed" in getattr(config, n)
+    }
+    return replace(config, seeds=[], **sections, **over_rl)
+
+
+def seed_folder(out: Path, seed: int) -> Path:
+    return Path(out) / f"seed-{seed}"
+
+
 def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
-    """Train (cached), evaluate (cached) and report every method of `config`."""
+    """Train (cached), evaluate (cached) and report every method of `config`; with `seeds`, the
+    whole comparison once per training seed (OUT/seed-S/), then their spread (`write_seeds`).
+    Returns the (first seed's) results."""
+    if config.seeds:
+        from steerable.evaluation.seeds import write_seeds
+        from steerable.io import atomic_write_text
+        from steerable.stages import Stages
+
+        Stages(Path(out), "compare")  # refuses another command's directory before anything trains
+        for seed in config.seeds:
+            plan_compare(seeded(config, seed), seed_folder(out, seed))  # every seed checked first
+        runs = {seed: run_compare(seeded(config, seed), seed_folder(out, seed)) for seed in config.seeds}
+        from steerable.evaluation.ladder import base_parameters
+
+        parameters = base_parameters(config.model, config.trust_remote_code) if config.budgets else 0
+        write_seeds(runs, Path(out), {seed: seed_folder(out, seed) for seed in config.seeds}, parameters)
+        atomic_write_text(Path(out) / "compare.json", json.dumps(asdict(config), indent=2) + "\n")
+        return runs[config.seeds[0]]
+    return run_one(config, out)
+
+
+def run_one(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
+    """One comparison: train (cached), evaluate (cached) and report every method of `config`."""
     from steerable.data.prompts import load_prompts, prompt_source
     from steerable.io import atomic_write_text
     from steerable.methods.rl import load_rewards
@@ -325,9 +381,18 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
 def compare_cost(config: CompareConfig, out: str | Path) -> Plan:
     """What `compare` (and `demo`) generate: what each method's training generates (its `plan`,
     RiC's offline data and MORS rounds), and every method's sweep of the grid on the held-out
-    prompts. What a method's training generates without a plan (GRPO's sampling) is named, not
-    counted: its step bars show it."""
+    prompts (with `seeds`, all of it once per seed). What a method's training generates without
+    a plan (GRPO's sampling) is named, not counted: its step bars show it. A budget ladder's
+    rungs are not counted either: each costs a sweep of its own."""
     from steerable.data import load_prompts
+
+    if config.seeds:
+        each = compare_cost(seeded(config, config.seeds[0]), seed_folder(out, config.seeds[0]))
+        times = len(config.seeds)
+        return Plan(
+            each.generations * times, each.max_new_tokens, each.model, f"{times} seeds, each: {each.what}",
+            each.note, None if each.tokens is None else each.tokens * times, trains=True,
+        )  # fmt: skip
 
     plan = plan_compare(config, Path(out))
     settings = plan.settings

@@ -55,20 +55,11 @@ from steerable.evaluation.sweep import (
     sweep,
 )
 from steerable.generation import SamplingConfig, count_tokens
+from steerable.manifest import compute_record
 from steerable.methods.base import Generator, resolve
 from steerable.methods.np_dpo.steering import EXAMPLES as FEWSHOT_EXAMPLES
 
 Generate = Callable[[list[str], np.ndarray], list[str]]
-
-
-def compute_record(manifest) -> dict:
-    """Training compute of a model directory, summed over its stages (zero for no training)."""
-    compute = manifest.training.get("compute", {}) if manifest is not None else {}
-    return {
-        "train_seconds": float(sum(compute.get("seconds", {}).values())),
-        "trained_tokens": compute.get("trained_tokens", 0),
-        "generated_tokens": compute.get("generated_tokens", 0),
-    }
 
 
 def method_generator(

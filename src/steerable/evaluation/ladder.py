@@ -1,8 +1,10 @@
 """Hypervolume against compute: every method of a comparison evaluated at several budgets along
 its one training run (a budget ladder), so a user can read off which method gives the best front
-for what they can spend. A rung is a model the run saved on its way: a per-policy method's
-policies at step N (`training.rung_saves`: `steerable compare` asks for them with `budgets:
-{rl_steps: [...]}`), RiC after each of its stages, and every method's finished model. Each rung
+for what they can spend. A rung is a model the run saved on its way (`training.rung_saves`, at
+the steps `steerable compare`'s `budgets: {rl_steps: [...], sft_steps: [...]}` name): a
+per-policy method's policies at step N, MOSLIM's policy at step N (paying its reward model too),
+RiC's offline SFT at step N and after each of its stages; and every method's finished model
+(the registry's `Method.rungs` says which a method has). Each rung
 is evaluated as the finished model is (same prompts, grid, statistics, reference point), as a
 stage of its own, so an interrupted ladder resumes where it stopped.
 
@@ -19,138 +21,16 @@ data a method takes from another (a pool of scored answers) is counted where it 
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from steerable.errors import SteerableError
-from steerable.training import RUNG_FILE, RUNGS
+from steerable.rungs import FINAL, Rung, final_rung
 
-FINAL = "final"
-
-
-@dataclass
-class Rung:
-    """One budget of a method: the model directory `model` (with `adapter`: that adapter of it
-    instead of its own, RiC's earlier stages) and the compute that made it."""
-
-    method: str
-    name: str
-    model: str
-    seconds: float
-    trained_tokens: int
-    generated_tokens: int
-    adapter: str | None = None
-
-    def flops(self, parameters: int) -> float:
-        return float(parameters) * (6.0 * self.trained_tokens + 2.0 * self.generated_tokens)
-
-
-def final_rung(method: str, directory: Path) -> Rung:
-    """The finished model, with the training record of its directory."""
-    from steerable.evaluation.evaluate import compute_record
-    from steerable.policy import load_manifest
-
-    compute = compute_record(load_manifest(directory))
-    return Rung(
-        method,
-        FINAL,
-        str(directory),
-        compute["train_seconds"],
-        int(compute["trained_tokens"]),
-        int(compute["generated_tokens"]),
-    )
-
-
-def policy_rungs(method: str, directory: Path, out: Path) -> list[Rung]:
-    """A per-policy directory's rungs (Rewarded Soups' experts, MORLHF's policies): the steps
-    every policy saved (stages/policy_I/rungs/step-N), each written as a model directory in
-    OUT/ladder/METHOD/step-N whose policies are those saves, with the compute of all of them
-    (the policies train one after another); then the finished model."""
-    from steerable.defaults import load_tokenizer
-    from steerable.manifest import write_model_directory
-    from steerable.policy import load_manifest
-
-    manifest = load_manifest(directory)
-    folders = [directory / Path(p["adapter"]).parent for p in manifest.policies]
-    saved = [{int(r.parent.name.removeprefix("step-")) for r in (f / RUNGS).glob(f"*/{RUNG_FILE}")}
-             for f in folders]  # fmt: skip
-    steps = sorted(set.intersection(*saved)) if saved else []
-    rungs = []
-    for step in steps:
-        records = [json.loads((f / RUNGS / f"step-{step}" / RUNG_FILE).read_text()) for f in folders]
-        target = out / "ladder" / method / f"step-{step}"
-        if not (target / "steerable.json").is_file():
-            policies = [
-                {**p, "adapter": os.path.relpath(f / RUNGS / f"step-{step}", target)}
-                for p, f in zip(manifest.policies, folders, strict=True)
-            ]
-            training = {
-                **manifest.training,
-                "rung": step,
-                "compute": {
-                    "seconds": {f"policy_{i}": r["seconds"] for i, r in enumerate(records)},
-                    "trained_tokens": sum(r["trained_tokens"] for r in records),
-                    "generated_tokens": sum(r.get("generated_tokens", 0) for r in records),
-                },
-            }
-            rung = replace(manifest, policies=policies, training=training)
-            write_model_directory(target, rung, load_tokenizer(str(directory)))
-        rungs.append(
-            Rung(
-                method,
-                f"step-{step}",
-                str(target),
-                sum(r["seconds"] for r in records),
-                sum(r["trained_tokens"] for r in records),
-                sum(r.get("generated_tokens", 0) for r in records),
-            )
-        )
-    return [*rungs, final_rung(method, directory)]
-
-
-def stage_rungs(method: str, directory: Path, out: Path) -> list[Rung]:
-    """A staged method's rungs (RiC): in each stage, in the order its training record lists
-    them, the saves on the way (stages/NAME/rungs/step-N: RiC's offline SFT at `sft_rungs`),
-    then the stage's own weights, each evaluated with that adapter at the compute of the stages
-    before it and of the stage so far; the last is the finished model."""
-    from steerable.policy import load_manifest
-
-    manifest = load_manifest(directory)
-    seconds = manifest.training.get("compute", {}).get("seconds", {})
-    rungs, spent, trained, generated = [], 0.0, 0, 0
-    for name, stage_seconds in seconds.items():
-        folder = directory / "stages" / name
-        for save in sorted((folder / RUNGS).glob(f"*/{RUNG_FILE}"), key=lambda f: int(f.parent.name[5:])):
-            record = json.loads(save.read_text())
-            rungs.append(
-                Rung(
-                    method,
-                    f"{name}-{save.parent.name}",
-                    str(directory),
-                    spent + record["seconds"],
-                    trained + record["trained_tokens"],
-                    generated + record.get("generated_tokens", 0),
-                    adapter=str(save.parent),
-                )
-            )
-        info = (
-            json.loads((folder / "done.json").read_text())["info"] if (folder / "done.json").is_file() else {}
-        )
-        spent += float(stage_seconds)
-        trained += int(info.get("trained_tokens", 0))
-        generated += int(info.get("generated_tokens", 0))
-        if (folder / "weights" / "adapter_config.json").is_file():
-            rungs.append(
-                Rung(method, name, str(directory), spent, trained, generated, adapter=str(folder / "weights"))
-            )
-    if rungs and rungs[-1].adapter == str(directory / "stages" / list(seconds)[-1] / "weights"):
-        rungs = rungs[:-1]  # the last stage's weights are the finished model's
-    return [*rungs, final_rung(method, directory)]
+CLAIMS_BASELINE = "morlhf"  # the seed papers' compute claims (RiC's, MOSLIM's) are against MORLHF
 
 
 def rungs_for(method: str, directory: Path, out: Path) -> list[Rung]:
@@ -181,12 +61,15 @@ def base_parameters(model: str, trust_remote_code: bool = False) -> int:
 
 @dataclass
 class RungResult:
-    """A rung and what its evaluation measured."""
+    """A rung and what its evaluation measured (over several training seeds: their means, and
+    the hypervolume's standard error over them)."""
 
     rung: Rung
     hypervolume: float
     flops: float
     steerability: dict
+    hypervolume_stderr: float | None = None
+    seeds: int = 1
 
 
 def ladder_rows(results: Sequence[RungResult]) -> list[dict]:
@@ -199,6 +82,7 @@ def ladder_rows(results: Sequence[RungResult]) -> list[dict]:
             "generated_tokens": r.rung.generated_tokens,
             "flops": r.flops,
             "hypervolume": r.hypervolume,
+            **({"hypervolume_stderr": r.hypervolume_stderr, "seeds": r.seeds} if r.seeds > 1 else {}),
             **r.steerability,
         }
         for r in results
@@ -218,37 +102,38 @@ def best_within(results: Sequence[RungResult], method: str, budget: float, cost:
     return max(found) if found else None
 
 
-def claims(results: Sequence[RungResult], cost: str = "seconds") -> list[str]:
-    """The seed papers' compute claims as this ladder answers them, in sentences: the cost at
-    which each method first reaches MORLHF's final hypervolume, RiC's over MORLHF's, and
-    MOSLIM's rank at each of its rungs' costs against every method's best at no more cost."""
+def claims(results: Sequence[RungResult], baseline: str, cost: str = "seconds") -> list[str]:
+    """The seed papers' compute claims as this ladder answers them, in lines: `baseline`'s final
+    hypervolume (MORLHF's by default: RiC and MOSLIM each claim a front as good for less), the
+    cost at which each method first reaches it and that cost over the baseline's; then each
+    method's rank at each of its rungs, among every method's best front at no more cost."""
     rows = ladder_rows(results)
-    methods_here = list(dict.fromkeys(r["method"] for r in rows))
-    lines = []
+    names = list(dict.fromkeys(r["method"] for r in rows))
     unit = "s" if cost == "seconds" else " FLOPs"
-    morlhf = [r for r in rows if r["method"] == "morlhf"]
-    if morlhf:
-        final = max(morlhf, key=lambda r: r[cost])
+    lines = []
+    theirs = [r for r in rows if r["method"] == baseline]
+    if theirs:
+        final = max(theirs, key=lambda r: r[cost])
         target, spent = final["hypervolume"], final[cost]
-        lines.append(f"MORLHF's final hypervolume: {target:.4g}, at {spent:.4g}{unit}.")
-        for method in methods_here:
+        lines.append(f"{baseline}'s final hypervolume: {target:.4g}, at {spent:.4g}{unit}. Reached:")
+        for method in names:
             at = first_reaching(results, method, target, cost)
             budget = max(r[cost] for r in rows if r["method"] == method)
-            missed = f"not reached within {budget:.4g}{unit}"
-            said = f"reached at {at:.4g}{unit}" if at is not None else missed
-            lines.append(f"- {method}: {said}")
-        ric = first_reaching(results, "ric", target, cost) if "ric" in methods_here else None
-        if ric is not None and spent > 0:
-            lines.append(f"RiC / MORLHF, the cost of reaching MORLHF's final hypervolume: {ric / spent:.3g}.")
-    if "moslim" in methods_here:
-        for row in (r for r in rows if r["method"] == "moslim"):
-            best = {m: best_within(results, m, row[cost], cost) for m in methods_here}
-            ranked = sorted((v for v in best.values() if v is not None), reverse=True)
-            rank = ranked.index(row["hypervolume"]) + 1 if row["hypervolume"] in ranked else None
-            lines.append(
-                f"MOSLIM at {row[cost]:.4g}{unit} ({row['rung']}): rank {rank} of {len(ranked)} methods "
-                "with a rung at no more cost"
-            )
+            if at is None:
+                lines.append(f"- {method}: not reached within {budget:.4g}{unit}")
+            else:
+                ratio = f", {at / spent:.3g}x {baseline}'s" if spent > 0 else ""
+                lines.append(f"- {method}: at {at:.4g}{unit}{ratio}")
+        lines.append("")
+    lines.append("Rank at equal compute (1: no method has a better front for no more compute):")
+    for method in names:
+        ranks = []
+        for row in (r for r in rows if r["method"] == method):
+            others = [best_within(results, m, row[cost], cost) for m in names if m != method]
+            present = [v for v in others if v is not None]
+            rank = 1 + sum(v > row["hypervolume"] for v in present)
+            ranks.append(f"{rank}/{1 + len(present)} at {row[cost]:.3g}{unit} ({row['rung']})")
+        lines.append(f"- {method}: " + ", ".join(ranks))
     return lines
 
 
@@ -268,7 +153,10 @@ def plot_ladder(results: Sequence[RungResult], path: Path) -> None:
         for method in dict.fromkeys(r["method"] for r in rows):
             mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r[cost])
             xs = [max(r[cost], 1e-9) for r in mine]
-            ax.plot(xs, [r["hypervolume"] for r in mine], marker="o", label=method)
+            errors = [r.get("hypervolume_stderr") or 0.0 for r in mine]
+            ax.errorbar(
+                xs, [r["hypervolume"] for r in mine], yerr=errors, marker="o", capsize=3, label=method
+            )
         ax.set_xscale("symlog" if cost == "seconds" else "log")
         ax.set_xlabel(label)
         ax.set_ylabel("hypervolume")
@@ -285,8 +173,10 @@ def write_ladder(
     parameters: int,
     reference: Sequence[float],
     notes: Sequence[str] = (),
+    baseline: str = CLAIMS_BASELINE,
 ) -> Path:
-    """OUT/ladder.csv, ladder.png and ladder.md (the table, `notes` and the claims)."""
+    """OUT/ladder.csv, ladder.png and ladder.md (the table, `notes` and the claims against
+    `baseline`'s final hypervolume)."""
     import pandas as pd
 
     from steerable.io import atomic_write, atomic_write_text
@@ -306,21 +196,28 @@ def write_ladder(
         "",
         f"Every rung evaluated on the same prompts, grid and statistics; hypervolume reference point "
         f"{', '.join(f'{v:.4g}' for v in reference)}. FLOPs: 6 N per trained token + 2 N per generated "
-        f"token, N = {parameters:,} parameters of the base model.",
+        f"token, N = {parameters:,} parameters of the base model."
+        + (
+            f" Means over {rows[0]['seeds']} training seeds; hypervolume ± its standard error."
+            if "seeds" in rows[0]
+            else ""
+        ),
         "",
         "| method | rung | train s | trained tokens | generated tokens | FLOPs | hypervolume | gain | "
         "orthogonality |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        spread = row.get("hypervolume_stderr")
+        volume = f"{row['hypervolume']:.4g}" + ("" if spread is None else f" ± {spread:.2g}")
         lines.append(
-            f"| {row['method']} | {row['rung']} | {row['seconds']:.0f} | {row['trained_tokens']} | "
-            f"{row['generated_tokens']} | {row['flops']:.3g} | {row['hypervolume']:.4g} | "
+            f"| {row['method']} | {row['rung']} | {row['seconds']:.0f} | {row['trained_tokens']:.0f} | "
+            f"{row['generated_tokens']:.0f} | {row['flops']:.3g} | {volume} | "
             f"{cell(row['gain'], '+.3f')} | {cell(row['orthogonality'], '.3f')} |"
         )
     lines += ["", *[f"- {note}" for note in notes]] if notes else []
     for cost, title in (("seconds", "wall seconds"), ("flops", "estimated FLOPs")):
-        said = claims(results, cost)
+        said = claims(results, baseline, cost)
         if said:
             lines += ["", f"## The compute claims, in {title}", "", *said]
     atomic_write_text(out / "ladder.md", "\n".join(lines) + "\n")
@@ -367,4 +264,5 @@ def run_ladder(config, plan, results, trained: dict, out: Path, evaluated) -> Pa
                     steerability(measured.points, targets=asks_targets(method)),
                 )
             )
-    return write_ladder(found, out, parameters, reference, notes)
+    baseline = config.budgets.get("baseline", CLAIMS_BASELINE)
+    return write_ladder(found, out, parameters, reference, notes, baseline)

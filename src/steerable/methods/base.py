@@ -66,7 +66,7 @@ class Method:
         mixture: "module:attr" of `mix(peft_model, expert_names, merge) -> experts.mixture.Mixture`:
             its policy mixes the directory's experts (its `policies` adapters, loaded unmerged) at
             every decoding step instead of loading one adapter (None: one adapter, or none).
-        rungs: "module:attr" of `rungs(method, directory, out) -> list[evaluation.ladder.Rung]`:
+        rungs: "module:attr" of `rungs(method, directory, out) -> list[rungs.Rung]`:
             the models its training saved on the way to the finished one, a budget ladder's
             rungs (`evaluation.ladder`; None: the finished model only). A method evaluated on
             another's directory (MOD on Soups') is evaluated on that method's rungs.

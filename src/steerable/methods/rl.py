@@ -32,6 +32,7 @@ from steerable.training import (
     CheckpointedState,
     LoraArguments,
     ModelArguments,
+    check_rungs,
     checkpoint_args,
     config_inputs,
     device_args,
@@ -122,12 +123,7 @@ class RLConfig(LoraArguments, ModelArguments):
                 "--stats is required: the objectives and statistics to optimise, shared with the "
                 "methods this baseline is compared with (a stats JSON or a steerable model directory)"
             )
-        beyond = [step for step in self.rungs if step > self.max_steps]
-        if beyond:
-            raise SteerableError(
-                f"--rungs {beyond} are beyond --max_steps ({self.max_steps}): a policy is saved at "
-                "its rungs on the way to its last step"
-            )
+        check_rungs(self.rungs, self.max_steps)
         if self.grpo and self.batch_size % self.num_generations:
             raise SteerableError(
                 f"--batch_size ({self.batch_size}) must be a multiple of --num_generations "

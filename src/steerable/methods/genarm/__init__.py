@@ -21,4 +21,5 @@ METHOD = Method(
     forwards=(1, 1),
     check="steerable.methods.base:needs_policies",
     sweep="steerable.experts.steering:sweep",
+    rungs="steerable.rungs:policy_rungs",
 )

@@ -11,6 +11,8 @@ def compare(inputs: CompareInputs) -> Comparing:
     given = getattr(inputs.config, "genarm", {})  # a config without a genarm: section: the defaults
     section = {**inputs.shared(**given), "stats": inputs.stats, "output_dir": str(inputs.out / "genarm")}
     section.pop("prompts", None)  # it trains on the pool's prompts
+    steps = inputs.config.budgets.get("rl_steps")  # a budget ladder's rungs: the reward models' steps
+    section.update({"rungs": steps} if steps else {})
     section["pool"] = inputs.scored(
         section.get("pool"),
         "genarm ranks a pool of answers: set genarm: {pool: TABLE} (prompt/response rows, several per "

@@ -23,7 +23,7 @@ from typing import ClassVar
 from steerable.configs import SEED, check_config
 from steerable.defaults import absolute_if_local
 from steerable.errors import SteerableError
-from steerable.training import LoraArguments, ModelArguments, with_default
+from steerable.training import LoraArguments, ModelArguments, check_rungs, with_default
 
 
 @dataclass
@@ -41,6 +41,8 @@ class GenARMConfig(LoraArguments, ModelArguments):
     max_steps / batch_size / learning_rate: each reward model's DPO budget (pairs per step).
     lora_r / lora_alpha / lora_dropout: the LoRA shape of each reward model.
     seed: random seed.
+    rungs: steps at which each reward model is also saved, with the compute spent so far (a
+        budget ladder's rungs; not part of a stage's inputs).
     """
 
     output_dir: str = field(default="runs/genarm", metadata={"help": "Output directory."})
@@ -58,6 +60,10 @@ class GenARMConfig(LoraArguments, ModelArguments):
     lora_r: int = with_default(LoraArguments, "lora_r", 8)
     lora_alpha: int = with_default(LoraArguments, "lora_alpha", 16)
     seed: int = field(default=0, metadata={"help": "Random seed.", **SEED})
+    rungs: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Steps at which each reward model is also saved (ladder rungs).", "ge": 1},
+    )
     later_fields: ClassVar[dict] = {}
 
     def __post_init__(self):
@@ -72,6 +78,7 @@ class GenARMConfig(LoraArguments, ModelArguments):
                 "--pool is required: a table of prompt/response rows (several answers per prompt) for "
                 "each objective to rank, e.g. RiC's runs/ric/stages/offline/scored.jsonl"
             )
+        check_rungs(self.rungs, self.max_steps)
         self.model = absolute_if_local(self.model)
         self.stats = str(Path(self.stats).resolve())
         self.pool = str(Path(self.pool).resolve())

@@ -13,5 +13,5 @@ METHOD = Method(
     compare="steerable.methods.morlhf.compare:compare",
     check="steerable.methods.base:needs_policies",
     sweep="steerable.methods.morlhf.sweep:sweep",
-    rungs="steerable.evaluation.ladder:policy_rungs",
+    rungs="steerable.rungs:policy_rungs",
 )

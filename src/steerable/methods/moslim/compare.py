@@ -50,9 +50,9 @@ def ladder_rungs(method: str, directory, out) -> list:
     from dataclasses import replace
     from pathlib import Path
 
-    from steerable.evaluation.ladder import stage_rungs
     from steerable.policy import load_manifest
     from steerable.reward_models.multihead import MANIFEST
+    from steerable.rungs import stage_rungs
 
     record = Path(load_manifest(directory).moslim["reward_model"]) / MANIFEST
     trained = json.loads(record.read_text()).get("training", {}) if record.is_file() else {}

@@ -20,5 +20,5 @@ METHOD = Method(
     plan="steerable.cost:ric_plan",
     sweep="steerable.methods.tagged:trained_sweep",
     evaluate_options=("adapter", "mapping"),
-    rungs="steerable.evaluation.ladder:stage_rungs",
+    rungs="steerable.rungs:stage_rungs",
 )

@@ -19,5 +19,5 @@ METHOD = Method(
     mixture="steerable.experts.mixture:SoupMixture",
     check="steerable.methods.base:needs_policies",
     sweep="steerable.experts.steering:sweep",
-    rungs="steerable.evaluation.ladder:policy_rungs",
+    rungs="steerable.rungs:policy_rungs",
 )

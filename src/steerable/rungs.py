@@ -1,0 +1,137 @@
+"""What a training run saves on its way, read back as the rungs of a budget ladder: the models
+`training.rung_saves` wrote at chosen steps (stages/NAME/rungs/step-N, each with rung.json: the
+step, the training seconds so far, the tokens trained on and generated), each stage's own
+weights, and the finished model, each with the compute that made it. A method's registry entry
+names the reader that fits its directory (`Method.rungs`); `evaluation.ladder` evaluates them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from steerable.training import RUNG_FILE, RUNGS
+
+FINAL = "final"
+
+
+@dataclass
+class Rung:
+    """One budget of a method: the model directory `model` (with `adapter`: that adapter of it
+    instead of its own, RiC's earlier stages) and the compute that made it."""
+
+    method: str
+    name: str
+    model: str
+    seconds: float
+    trained_tokens: int
+    generated_tokens: int
+    adapter: str | None = None
+
+    def flops(self, parameters: int) -> float:
+        return float(parameters) * (6.0 * self.trained_tokens + 2.0 * self.generated_tokens)
+
+
+def final_rung(method: str, directory: Path) -> Rung:
+    """The finished model, with the training record of its directory."""
+    from steerable.manifest import compute_record
+    from steerable.policy import load_manifest
+
+    compute = compute_record(load_manifest(directory))
+    return Rung(
+        method,
+        FINAL,
+        str(directory),
+        compute["train_seconds"],
+        int(compute["trained_tokens"]),
+        int(compute["generated_tokens"]),
+    )
+
+
+def policy_rungs(method: str, directory: Path, out: Path) -> list[Rung]:
+    """A per-policy directory's rungs (Rewarded Soups' experts, MORLHF's policies): the steps
+    every policy saved (stages/policy_I/rungs/step-N), each written as a model directory in
+    OUT/ladder/METHOD/step-N whose policies are those saves, with the compute of all of them
+    (the policies train one after another); then the finished model."""
+    from steerable.defaults import load_tokenizer
+    from steerable.manifest import write_model_directory
+    from steerable.policy import load_manifest
+
+    manifest = load_manifest(directory)
+    folders = [directory / Path(p["adapter"]).parent for p in manifest.policies]
+    saved = [{int(r.parent.name.removeprefix("step-")) for r in (f / RUNGS).glob(f"*/{RUNG_FILE}")}
+             for f in folders]  # fmt: skip
+    steps = sorted(set.intersection(*saved)) if saved else []
+    rungs = []
+    for step in steps:
+        records = [json.loads((f / RUNGS / f"step-{step}" / RUNG_FILE).read_text()) for f in folders]
+        target = out / "ladder" / method / f"step-{step}"
+        if not (target / "steerable.json").is_file():
+            policies = [
+                {**p, "adapter": os.path.relpath(f / RUNGS / f"step-{step}", target)}
+                for p, f in zip(manifest.policies, folders, strict=True)
+            ]
+            training = {
+                **manifest.training,
+                "rung": step,
+                "compute": {
+                    "seconds": {f"policy_{i}": r["seconds"] for i, r in enumerate(records)},
+                    "trained_tokens": sum(r["trained_tokens"] for r in records),
+                    "generated_tokens": sum(r.get("generated_tokens", 0) for r in records),
+                },
+            }
+            rung = replace(manifest, policies=policies, training=training)
+            write_model_directory(target, rung, load_tokenizer(str(directory)))
+        rungs.append(
+            Rung(
+                method,
+                f"step-{step}",
+                str(target),
+                sum(r["seconds"] for r in records),
+                sum(r["trained_tokens"] for r in records),
+                sum(r.get("generated_tokens", 0) for r in records),
+            )
+        )
+    return [*rungs, final_rung(method, directory)]
+
+
+def stage_rungs(method: str, directory: Path, out: Path) -> list[Rung]:
+    """A staged method's rungs (RiC): in each stage, in the order its training record lists
+    them, the saves on the way (stages/NAME/rungs/step-N: RiC's offline SFT at `sft_rungs`),
+    then the stage's own weights, each evaluated with that adapter at the compute of the stages
+    before it and of the stage so far; the last is the finished model."""
+    from steerable.policy import load_manifest
+
+    manifest = load_manifest(directory)
+    seconds = manifest.training.get("compute", {}).get("seconds", {})
+    rungs, spent, trained, generated = [], 0.0, 0, 0
+    for name, stage_seconds in seconds.items():
+        folder = directory / "stages" / name
+        for save in sorted((folder / RUNGS).glob(f"*/{RUNG_FILE}"), key=lambda f: int(f.parent.name[5:])):
+            record = json.loads(save.read_text())
+            rungs.append(
+                Rung(
+                    method,
+                    f"{name}-{save.parent.name}",
+                    str(directory),
+                    spent + record["seconds"],
+                    trained + record["trained_tokens"],
+                    generated + record.get("generated_tokens", 0),
+                    adapter=str(save.parent),
+                )
+            )
+        info = (
+            json.loads((folder / "done.json").read_text())["info"] if (folder / "done.json").is_file() else {}
+        )
+        spent += float(stage_seconds)
+        trained += int(info.get("trained_tokens", 0))
+        generated += int(info.get("generated_tokens", 0))
+        if (folder / "weights" / "adapter_config.json").is_file():
+            rungs.append(
+                Rung(method, name, str(directory), spent, trained, generated, adapter=str(folder / "weights"))
+            )
+    if rungs and rungs[-1].adapter == str(directory / "stages" / list(seconds)[-1] / "weights"):
+        rungs = rungs[:-1]  # the last stage's weights are the finished model's
+    return [*rungs, final_rung(method, directory)]
