@@ -133,9 +133,15 @@ def test_budgets_are_checked_before_anything_trains(tmp_path, tiny_path, tiny_co
         ({"rl_steps": [0]}, "increasing positive integers"),
         ({"epochs": [1]}, "unknown key"),
         ({"baseline": "ppo"}, "budgets.baseline must be one of"),
+        ({"baseline": "morlhf"}, "budgets.baseline 'morlhf' is not among the methods"),
+        ({"sft_steps": [5]}, "budgets.sft_steps saves ric on the way; none is among the methods"),
     ):
         with pytest.raises(SteerableError, match=message):
             CompareConfig(model="tiny", methods=["soups"], budgets=budgets)
+    with pytest.raises(
+        SteerableError, match="seeds: every seed must be measured under one set of statistics"
+    ):
+        CompareConfig(model="tiny", methods=["ric"], seeds=[0, 1])
     config = tmp_path / "c.yaml"
     ladder = LADDER.format(model=tiny_path, ric=tiny_compare_ric)
     config.write_text(ladder.replace("rl_steps: [1, 2]", "rl_steps: [1, 9]"))

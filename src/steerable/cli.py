@@ -1296,7 +1296,7 @@ def compare(
 ) -> None:
     """Train and evaluate several methods on one configuration; one report with overlaid fronts,
     hypervolume, controllability and compute per method. Re-runs skip finished stages."""
-    from steerable.evaluation.compare import CompareConfig, compare_cost, run_compare
+    from steerable.evaluation.compare import CompareConfig, compare_cost, run_compare, seed_folder
 
     overrides = {"model": model, "methods": methods.split(",") if methods else None}
     settings = CompareConfig.from_yaml(config, overrides)
@@ -1304,7 +1304,7 @@ def compare(
     claim(out, {"--config": config}, directory=True)
     results = run_compare(settings, out)
     if settings.seeds:  # the first seed's table; the spread over the seeds is in seeds.md
-        _print_comparison(results, out / f"seed-{settings.seeds[0]}")
+        _print_comparison(results, seed_folder(out, settings.seeds[0]))
         Console().print(f"over seeds {settings.seeds}: {out / 'seeds.md'}", highlight=False)
     else:
         _print_comparison(results, out)

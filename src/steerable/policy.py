@@ -163,7 +163,7 @@ class SteerablePolicy(TargetSteering):
         the same manifest (e.g. an intermediate stage: DIR/stages/sft/weights). `merge` folds a LoRA
         adapter into the base weights (faster generation), but the policy can then not be saved
         or trained further as an adapter; a policy mixing log-probabilities (MOD, GenARM) merges
-        each expert into its own copy of the layers it adapts (K times their memory; `merge=False`
+        each expert into its own copy of the layers it adapts (K copies more; `merge=False`
         keeps one base and routes rows to the adapters, slower). `dtype` overrides the dtype
         recorded in steerable.json (the one the model was trained in). `trust_remote_code` lets
         the base model run its own code and the objectives' `py:` scorers run (both off: a

@@ -50,6 +50,17 @@ def final_rung(method: str, directory: Path) -> Rung:
     )
 
 
+def saves(folder: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every save `training.rung_saves` made in a stage's folder, by step: the
+    adapters only (a run that trains the whole model saves no rungs a stage can load)."""
+    found = [
+        (int(path.parent.name.removeprefix("step-")), path.parent)
+        for path in (folder / RUNGS).glob(f"step-*/{RUNG_FILE}")
+        if (path.parent / "adapter_config.json").is_file()
+    ]
+    return sorted(found)
+
+
 def policy_rungs(method: str, directory: Path, out: Path) -> list[Rung]:
     """A per-policy directory's rungs (Rewarded Soups' experts, MORLHF's policies): the steps
     every policy saved (stages/policy_I/rungs/step-N), each written as a model directory in
@@ -61,29 +72,28 @@ def policy_rungs(method: str, directory: Path, out: Path) -> list[Rung]:
 
     manifest = load_manifest(directory)
     folders = [directory / Path(p["adapter"]).parent for p in manifest.policies]
-    saved = [{int(r.parent.name.removeprefix("step-")) for r in (f / RUNGS).glob(f"*/{RUNG_FILE}")}
-             for f in folders]  # fmt: skip
+    saved = [{step for step, _ in saves(f)} for f in folders]
     steps = sorted(set.intersection(*saved)) if saved else []
     rungs = []
     for step in steps:
         records = [json.loads((f / RUNGS / f"step-{step}" / RUNG_FILE).read_text()) for f in folders]
         target = out / "ladder" / method / f"step-{step}"
-        if not (target / "steerable.json").is_file():
-            policies = [
-                {**p, "adapter": os.path.relpath(f / RUNGS / f"step-{step}", target)}
-                for p, f in zip(manifest.policies, folders, strict=True)
-            ]
-            training = {
-                **manifest.training,
-                "rung": step,
-                "compute": {
-                    "seconds": {f"policy_{i}": r["seconds"] for i, r in enumerate(records)},
-                    "trained_tokens": sum(r["trained_tokens"] for r in records),
-                    "generated_tokens": sum(r.get("generated_tokens", 0) for r in records),
-                },
-            }
-            rung = replace(manifest, policies=policies, training=training)
-            write_model_directory(target, rung, load_tokenizer(str(directory)))
+        # written every time: the experts may have been trained again into the same OUT
+        policies = [
+            {**p, "adapter": os.path.relpath(f / RUNGS / f"step-{step}", target)}
+            for p, f in zip(manifest.policies, folders, strict=True)
+        ]
+        training = {
+            **manifest.training,
+            "rung": step,
+            "compute": {
+                "seconds": {f"policy_{i}": r["seconds"] for i, r in enumerate(records)},
+                "trained_tokens": sum(r["trained_tokens"] for r in records),
+                "generated_tokens": sum(r.get("generated_tokens", 0) for r in records),
+            },
+        }
+        rung = replace(manifest, policies=policies, training=training)
+        write_model_directory(target, rung, load_tokenizer(str(directory)))
         rungs.append(
             Rung(
                 method,
@@ -109,17 +119,17 @@ def stage_rungs(method: str, directory: Path, out: Path) -> list[Rung]:
     rungs, spent, trained, generated = [], 0.0, 0, 0
     for name, stage_seconds in seconds.items():
         folder = directory / "stages" / name
-        for save in sorted((folder / RUNGS).glob(f"*/{RUNG_FILE}"), key=lambda f: int(f.parent.name[5:])):
-            record = json.loads(save.read_text())
+        for _, save in saves(folder):
+            record = json.loads((save / RUNG_FILE).read_text())
             rungs.append(
                 Rung(
                     method,
-                    f"{name}-{save.parent.name}",
+                    f"{name}-{save.name}",
                     str(directory),
                     spent + record["seconds"],
                     trained + record["trained_tokens"],
                     generated + record.get("generated_tokens", 0),
-                    adapter=str(save.parent),
+                    adapter=str(save),
                 )
             )
         info = (

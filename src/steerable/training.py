@@ -210,12 +210,15 @@ def rung_saves(folder: Path, steps: Collection[int], checkpoint: str | None, cou
     evaluated at several budgets without training again."""
 
     class RungSaves(CheckpointedState):
+        carried = 0.0  # the seconds of the runs before this one (a resume's checkpoint keeps them)
+
         def __init__(self):
             self.seconds, self.base, self.started = before, before, time.perf_counter()
 
         def on_train_begin(self, args, state, control, **kwargs):
             super().on_train_begin(args, state, control, **kwargs)
             self.base, self.started = self.seconds, time.perf_counter()  # restored on a resume
+            type(self).carried = self.seconds
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             now = self.base + time.perf_counter() - self.started
@@ -242,6 +245,9 @@ def rung_saves(folder: Path, steps: Collection[int], checkpoint: str | None, cou
     wanted = set(steps)
     saved = None if checkpoint is None else saved_callback_state(checkpoint, "RungSaves")
     before = 0.0 if saved is None else float(saved["seconds"])
+    RungSaves.carried = before
+    # transformers replaces a restored callback with a new instance of its class, so what the
+    # stage reads at the end (`carried`) is kept on the class
     return RungSaves()
 
 
@@ -322,13 +328,16 @@ def train_stage(
     folder = stages.start(name, inputs)
     trainer = trainer_for(folder)
     checkpoint = last_complete_checkpoint(folder / "checkpoints")
-    if rungs:
-        trainer.add_callback(rung_saves(folder, rungs, checkpoint, counts))
+    saver = rung_saves(folder, rungs, checkpoint, counts) if rungs else None
+    if saver is not None:
+        trainer.add_callback(saver)
     result = stage_bar(trainer, label).train(resume_from_checkpoint=checkpoint)
     info = {"steps": trainer.state.global_step, "trained_tokens": int(trainer.state.num_input_tokens_seen)}
     info.update(describe(trainer, result) if describe is not None else {})
     save(trainer, folder, info)
-    info["seconds"] = time.perf_counter() - started
+    # with rungs, the seconds of the runs before a resume too (the checkpoint keeps them), so the
+    # finished model never costs less than a rung on its way
+    info["seconds"] = time.perf_counter() - started + (saver.carried if saver is not None else 0.0)
     if not finish:
         return trainer, info
     info = stages.finish(name, inputs, info)

@@ -138,8 +138,25 @@ class CompareConfig:
         if bad or not self.methods:
             raise SteerableError(f"unknown method(s) {bad}; choose from {list(METHOD_ORDER)}")
         check_budgets(self.budgets)
+        baseline = self.budgets.get("baseline")
+        if baseline is not None and baseline not in self.methods:
+            raise SteerableError(
+                f"budgets.baseline {baseline!r} is not among the methods {self.methods}: the compute "
+                "claims are read against its final hypervolume"
+            )
+        read = {key for method in self.methods for key in methods.get(method).budgets}
+        for key in sorted(set(self.budgets) - read - {"baseline"}):
+            readers = methods.names(lambda m, key=key: key in m.budgets)
+            raise SteerableError(
+                f"budgets.{key} saves {', '.join(readers)} on the way; none is among the methods"
+            )
         if len(set(self.seeds)) != len(self.seeds):
             raise SteerableError(f"seeds must be distinct, got {self.seeds}")
+        if self.seeds and self.stats is None:
+            raise SteerableError(
+                "seeds: every seed must be measured under one set of statistics (RiC's would differ from "
+                "seed to seed); set stats: to a stats JSON or a model directory"
+            )
         if self.stats is not None:
             self.stats = str(Path(self.stats).resolve())
         if self.prompts is not None:
@@ -286,10 +303,13 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
         for seed in config.seeds:
             plan_compare(seeded(config, seed), seed_folder(out, seed))  # every seed checked first
         runs = {seed: run_compare(seeded(config, seed), seed_folder(out, seed)) for seed in config.seeds}
-        from steerable.evaluation.ladder import base_parameters
+        from steerable.evaluation.ladder import CLAIMS_BASELINE, base_parameters
 
-        parameters = base_parameters(config.model, config.trust_remote_code) if config.budgets else 0
-        write_seeds(runs, Path(out), {seed: seed_folder(out, seed) for seed in config.seeds}, parameters)
+        ladder = None
+        if config.budgets:
+            parameters = base_parameters(config.model, config.trust_remote_code)
+            ladder = {"parameters": parameters, "baseline": config.budgets.get("baseline", CLAIMS_BASELINE)}
+        write_seeds(runs, Path(out), {seed: seed_folder(out, seed) for seed in config.seeds}, ladder)
         atomic_write_text(Path(out) / "compare.json", json.dumps(asdict(config), indent=2) + "\n")
         return runs[config.seeds[0]]
     return run_one(config, out)
@@ -423,6 +443,7 @@ def compare_cost(config: CompareConfig, out: str | Path) -> Plan:
             longest = max(longest, trains.max_new_tokens)
             parts.insert(0, f"{methods.get(method).title} {trains.what}")
     parts += sorted({f"{t.uncounted} not counted" for t in trainings if t.uncounted is not None})
+    parts += ["the budget ladder's rungs not counted (each a sweep of its own)"] if config.budgets else []
     note = coarser_lattice(k, settings.resolution, "eval: {{resolution: {}}}")
     return Plan(generations, longest, config.model, "; ".join(parts), note, tokens, trains=True)
 

@@ -152,12 +152,13 @@ def plot_ladder(results: Sequence[RungResult], path: Path) -> None:
     for ax, (cost, label) in zip(axes, labels.items(), strict=True):
         for method in dict.fromkeys(r["method"] for r in rows):
             mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r[cost])
-            xs = [max(r[cost], 1e-9) for r in mine]
+            xs = [r[cost] for r in mine]
             errors = [r.get("hypervolume_stderr") or 0.0 for r in mine]
             ax.errorbar(
                 xs, [r["hypervolume"] for r in mine], yerr=errors, marker="o", capsize=3, label=method
             )
-        ax.set_xscale("symlog" if cost == "seconds" else "log")
+        positive = [r[cost] for r in rows if r[cost] > 0]
+        ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)  # a rung at no cost stays on
         ax.set_xlabel(label)
         ax.set_ylabel("hypervolume")
         ax.grid(alpha=0.3)

@@ -73,10 +73,13 @@ def seeds_markdown(rows: list[dict], seeds: list[int], reference) -> str:
 
 
 def write_seeds(
-    runs: Mapping[int, list[EvaluationResult]], out: Path, folders: Mapping[int, Path], parameters: int = 0
+    runs: Mapping[int, list[EvaluationResult]],
+    out: Path,
+    folders: Mapping[int, Path],
+    ladder: dict | None = None,
 ) -> None:
-    """seeds.csv and seeds.md, and, where every seed wrote a budget ladder, the ladder of their
-    means (`write_ladder`, `parameters`: the base model's) in `out`."""
+    """seeds.csv and seeds.md in `out`, and with a budget ladder (`ladder`: the base model's
+    `parameters` and the claims' `baseline`) the ladder of the seeds' means (`write_ladder`)."""
     import pandas as pd
 
     from steerable.io import atomic_write, atomic_write_text
@@ -85,12 +88,12 @@ def write_seeds(
     reference = reference_point(next(iter(runs.values()))[0].rewards)
     atomic_write(out / "seeds.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
     atomic_write_text(out / "seeds.md", seeds_markdown(rows, list(runs), reference))
-    ladders = [folder / "ladder.csv" for folder in folders.values()]
-    if all(path.is_file() for path in ladders):
-        write_mean_ladder([pd.read_csv(path) for path in ladders], out, reference, parameters)
+    if ladder is not None:
+        tables = [pd.read_csv(folder / "ladder.csv") for folder in folders.values()]
+        write_mean_ladder(tables, out, reference, **ladder)
 
 
-def write_mean_ladder(tables: list, out: Path, reference, parameters: int) -> None:
+def write_mean_ladder(tables: list, out: Path, reference, parameters: int, baseline: str) -> None:
     """The seeds' ladders averaged rung by rung (a rung every seed has), written as one ladder
     whose hypervolume carries its standard error over the seeds."""
     import pandas as pd
@@ -124,4 +127,4 @@ def write_mean_ladder(tables: list, out: Path, reference, parameters: int) -> No
                 len(tables),
             )  # fmt: skip
         )
-    write_ladder(found, out, parameters, reference)
+    write_ladder(found, out, parameters, reference, baseline=baseline)

@@ -17,7 +17,8 @@ where d_i = w_i - mean w is what point i asks relative to the grid's centre and 
 where its answers went relative to the method's own centre. Moves are measured from the centres,
 as Chang et al. measure them from the text they started from: a constant offset from the targets
 (every answer one std short, say) is accuracy, not steering, and is not counted here. A method
-asked by weights alone states no size of move, so its miscalibration is undefined ("n/a").
+asked by weights alone states no size of move, so its miscalibration is undefined (None; the
+report shows "-").
 
 The mean inner product of weights and normalised rewards (PARM's MIP) is
 `sweep.mean_inner_product`; PARM and UniARM scale each objective to [0, 1] over every method's

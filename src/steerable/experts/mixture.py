@@ -6,12 +6,12 @@ batched forward per step. Three ways of mixing:
                    K forwards a token, in one of two layouts. Merged (the default): each expert
                    merged into its own copy of the layers its adapter changes (the others, such
                    as the embeddings, shared), each copy with its own KV cache (`ExpertCaches`):
-                   each forward runs at one merged model's speed, for K times the memory of the
-                   adapted layers. Adapters: one base holding the K adapters, every request
-                   replicated once per expert, K rows next to each other, PEFT's mixed-batch
-                   forward (`adapter_names`) routing each copy to its adapter in one pass, the
-                   copies sharing a `GroupedCache`: the memory of one model, each forward an
-                   unmerged LoRA pass.
+                   each forward runs at one merged model's speed, for K more copies of the
+                   adapted layers beside the base the adapters sit on. Adapters: one base
+                   holding the K adapters, every request replicated once per expert, K rows
+                   next to each other, PEFT's mixed-batch forward (`adapter_names`) routing
+                   each copy to its adapter in one pass, the copies sharing a `GroupedCache`:
+                   the memory of one model, each forward an unmerged LoRA pass.
     OutputMixture  the adapters' outputs: every LoRA layer adds sum_k w_k B_k A_k x, with the
                    row's own w (one forward; K low-rank paths). For LoRA experts this is the
                    same function as the weight average below, at the exact (unrounded) weights:
@@ -174,16 +174,17 @@ class Mixture(torch.nn.Module):
     adapter names, in objective order), each row's `RowWeights` while `weighted` is entered
     (without it, equal weights), and what the engine reads of a causal LM (device, config,
     generation_config). `mixes` names what is mixed (the server's model card shows it);
-    `forwards` is the cost of a token, in forwards of the base model. `merge`: whether the
-    experts run merged into copies of the base where the mixing allows it (`LogitMixture`);
-    output mixing and the soup cache work on the adapters themselves and take it as given."""
+    `forwards` is the cost of a token, in forwards of the base model. Every mixture is made as
+    `mix(peft_model, experts, merge=...)` (`Method.mix`); only `LogitMixture` runs its experts
+    merged, output mixing and the soup cache work on the adapters themselves (their `merge` is
+    accepted so that every mixture is made alike, and does nothing)."""
 
     mixes: str
     forwards: int = 1
     signed: bool = False  # whether negative weights are defined (MOD's reverse KL)
     divergences: bool = False  # whether a row may ask for an alpha-divergence (MOD)
 
-    def __init__(self, model, experts: Sequence[str], merge: bool = True):
+    def __init__(self, model, experts: Sequence[str]):
         super().__init__()
         self.model, self.experts = model, list(experts)
         self.rows: list[RowWeights] | None = None
@@ -287,7 +288,7 @@ class OutputMixture(Mixture):
 
     mixes = "outputs"
 
-    def __init__(self, model, experts: Sequence[str], merge: bool = True):
+    def __init__(self, model, experts: Sequence[str], *, merge: bool = True):
         super().__init__(model, experts)
         from peft.tuners.lora import LoraLayer
 
@@ -332,7 +333,9 @@ class SoupMixture(Mixture):
 
     mixes = "weights"
 
-    def __init__(self, model, experts: Sequence[str], merge: bool = True, size: int = 16, decimals: int = 2):
+    def __init__(
+        self, model, experts: Sequence[str], size: int = 16, decimals: int = 2, *, merge: bool = True
+    ):
         super().__init__(model, experts)
         self.size, self.decimals = size, decimals
         self.merged: OrderedDict[tuple[float, ...], str] = OrderedDict()

@@ -70,6 +70,8 @@ class Method:
             the models its training saved on the way to the finished one, a budget ladder's
             rungs (`evaluation.ladder`; None: the finished model only). A method evaluated on
             another's directory (MOD on Soups') is evaluated on that method's rungs.
+        budgets: the keys of a comparison's `budgets:` section its training reads (the steps at
+            which it saves itself: rl_steps, sft_steps).
         forwards: (a, b): a generated token costs a * K + b forwards of the base model with K
             objectives (MOD: (1, 0); GenARM, the base besides: (1, 1); one model: (0, 1)); what
             a comparison's estimate counts its sweep at.
@@ -109,6 +111,7 @@ class Method:
     mixture: str | None = None
     forwards: tuple[int, int] = (0, 1)
     rungs: str | None = None
+    budgets: tuple[str, ...] = ()
     check: str | None = None
     own_directory: bool = True
     evaluate_options: tuple[str, ...] = ()

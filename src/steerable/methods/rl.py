@@ -104,13 +104,13 @@ class RLConfig(LoraArguments, ModelArguments):
     scale_rewards: str = field(
         default="group", metadata={"help": "Std that scales the advantages.", "choices": SCALE_REWARDS}
     )
-    # Settings added after stages were first recorded, with their defaults: left out of a stage's
-    # inputs while at them, so a stage trained before they existed still matches (scale_rewards
-    # is in the inputs' "grpo" entry anyway). A recipe's config adds its own.
     rungs: list[int] = field(
         default_factory=list,
         metadata={"help": "Steps at which each policy is also saved (a budget ladder's rungs).", "ge": 1},
     )
+    # Settings added after stages were first recorded, with their defaults: left out of a stage's
+    # inputs while at them, so a stage trained before they existed still matches (scale_rewards
+    # is in the inputs' "grpo" entry anyway). A recipe's config adds its own.
     later_fields: ClassVar[dict] = {"scale_rewards": "group", "prompts": None}
     lora_r: int = with_default(LoraArguments, "lora_r", 16)
     lora_alpha: int = with_default(LoraArguments, "lora_alpha", 32)
@@ -329,15 +329,18 @@ def train_grpo(
             callbacks=[*callbacks, generated],
         )
 
-    def describe(trainer=None, result=None) -> dict:
+    def describe(trainer, result) -> dict:
         # summed over the processes before saving, so nothing of the stage is written until
         # every step that needs all processes has passed
         completions, tokens = generated.total()
         return {"generated_completions": int(completions), "generated_tokens": int(tokens)}
 
-    label = f"{name} GRPO"
+    def counts() -> dict:
+        return describe(None, None)
+
+    label, rungs = f"{name} GRPO", config.rungs
     return train_stage(
-        stages, name, inputs, trainer_for, label, describe, finish=False, rungs=config.rungs, counts=describe
+        stages, name, inputs, trainer_for, label, describe, finish=False, rungs=rungs, counts=counts
     )[1]
 
 

@@ -22,4 +22,5 @@ METHOD = Method(
     check="steerable.methods.base:needs_policies",
     sweep="steerable.experts.steering:sweep",
     rungs="steerable.rungs:policy_rungs",
+    budgets=("rl_steps",),
 )

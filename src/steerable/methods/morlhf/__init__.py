@@ -14,4 +14,5 @@ METHOD = Method(
     check="steerable.methods.base:needs_policies",
     sweep="steerable.methods.morlhf.sweep:sweep",
     rungs="steerable.rungs:policy_rungs",
+    budgets=("rl_steps",),
 )

@@ -22,4 +22,5 @@ METHOD = Method(
     sweep="steerable.methods.tagged:trained_sweep",
     evaluate_options=("adapter", "mapping"),
     rungs="steerable.methods.moslim.compare:ladder_rungs",
+    budgets=("rl_steps",),
 )

@@ -45,7 +45,8 @@ def ladder_rungs(method: str, directory, out) -> list:
     """MOSLIM's rungs in a budget ladder (`evaluation.ladder.stage_rungs`: its policy's saves
     on the way, then the finished policy), each also paying the training seconds of the
     multi-head reward model its policy was trained against (its moslim_rm.json's record: the
-    reward model is part of what MOSLIM costs)."""
+    reward model is part of what MOSLIM costs; its FLOPs are not estimated, its tokens are not
+    recorded)."""
     import json
     from dataclasses import replace
     from pathlib import Path
@@ -54,7 +55,8 @@ def ladder_rungs(method: str, directory, out) -> list:
     from steerable.reward_models.multihead import MANIFEST
     from steerable.rungs import stage_rungs
 
-    record = Path(load_manifest(directory).moslim["reward_model"]) / MANIFEST
-    trained = json.loads(record.read_text()).get("training", {}) if record.is_file() else {}
+    reward_model = load_manifest(directory).moslim.get("reward_model")
+    record = None if reward_model is None else Path(reward_model) / MANIFEST  # none: z-score rewards
+    trained = json.loads(record.read_text()).get("training", {}) if record and record.is_file() else {}
     seconds = float(trained.get("seconds", 0.0))
     return [replace(rung, seconds=rung.seconds + seconds) for rung in stage_rungs(method, directory, out)]

@@ -21,4 +21,5 @@ METHOD = Method(
     sweep="steerable.methods.tagged:trained_sweep",
     evaluate_options=("adapter", "mapping"),
     rungs="steerable.rungs:stage_rungs",
+    budgets=("sft_steps",),
 )
