@@ -24,12 +24,15 @@ NUMBERS = ("hypervolume", "inner_product", "gain", "orthogonality", "miscalibrat
 
 
 def mean_stderr(values) -> tuple[float | None, float | None]:
-    """Mean and standard error (ddof 1) of the values that are not None; (None, None) without
-    any, stderr None with one."""
-    found = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if not len(found):
+    """`fewshot.mean_and_stderr` of the values that are not None or NaN, with None (a blank in the
+    CSV) where it has no value: (None, None) without any value, stderr None with one."""
+    from steerable.evaluation.fewshot import mean_and_stderr
+
+    found = [v for v in values if v is not None and np.isfinite(v)]
+    if not found:
         return None, None
-    return float(found.mean()), (float(found.std(ddof=1) / np.sqrt(len(found))) if len(found) > 1 else None)
+    mean, stderr = mean_and_stderr(np.array(found, dtype=float))
+    return mean, stderr if np.isfinite(stderr) else None
 
 
 def seed_rows(runs: Mapping[int, list[EvaluationResult]]) -> list[dict]:
