@@ -147,7 +147,8 @@ def test_budgets_are_checked_before_anything_trains(tmp_path, tiny_path, tiny_co
     config.write_text(ladder.replace("rl_steps: [1, 2]", "rl_steps: [1, 9]"))
     result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert "--rungs [9] are beyond --max_steps (3)" in " ".join(result.output.split())
+    said = " ".join(result.output.split())
+    assert "--rungs [9] (in a comparison: budgets.rl_steps) are beyond --max_steps (3)" in said
     assert not (tmp_path / "out" / "ric").exists()  # refused before RiC trained
 
 

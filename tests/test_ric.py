@@ -1,5 +1,6 @@
 import json
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -357,6 +358,13 @@ def test_an_interrupted_sft_resumes_from_its_last_complete_checkpoint(
     checkpoints = out / "stages/sft/checkpoints"
     shutil.copytree(checkpoints / "checkpoint-4", checkpoints / "checkpoint-6")
     (checkpoints / "checkpoint-6/trainer_state.json").unlink()
+    # the seconds trained before the interruption, as the checkpoint keeps them: made large, so
+    # the finished stage's record shows it counts them
+    state_file = checkpoints / "checkpoint-4/trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["stateful_callbacks"]["StageClock"]["attributes"]["seconds"] > 0
+    state["stateful_callbacks"]["StageClock"]["attributes"]["seconds"] = 1000.0
+    state_file.write_text(json.dumps(state))
     monkeypatch.undo()
     from trl import SFTTrainer
 
@@ -365,9 +373,13 @@ def test_an_interrupted_sft_resumes_from_its_last_complete_checkpoint(
     monkeypatch.setattr(
         SFTTrainer, "training_step", lambda self, *a, **k: steps_run.append(1) or original(self, *a, **k)
     )
+    started = time.perf_counter()
     train_ric(config)
-    total = json.loads((out / "stages/sft/done.json").read_text())["info"]["steps"]
+    resumed_seconds = time.perf_counter() - started
+    info = json.loads((out / "stages/sft/done.json").read_text())["info"]
+    total = info["steps"]
     assert total > 6 and len(steps_run) == total - 4  # resumed at step 4, the last complete one
+    assert 1000 < info["seconds"] < 1000 + resumed_seconds  # the run before the resume counted too
     assert (out / "steerable.json").is_file()
     resumed, uninterrupted = adapter_weights(out), adapter_weights(tmp_path / "whole")
     assert resumed.keys() == uninterrupted.keys()

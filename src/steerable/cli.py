@@ -1242,6 +1242,9 @@ def _print_comparison(results, out: Path) -> None:
         *[f"ctrl {n}" for n in names],
         *[f"asked {n}" for n in names],
         "w.z",
+        "gain",
+        "orth",
+        "miscal",
         "train s",
         "eval s",
         "fwd/tok",
@@ -1252,7 +1255,9 @@ def _print_comparison(results, out: Path) -> None:
         caption=f"HV: hypervolume (reference: 5% quantile of the training scores, {reference}); front: "
         "points on the front; ctrl: controllability (Spearman of weight vs. achieved score); asked: "
         "Spearman of the requested target or level vs. achieved score (models steered by tags); w.z: "
-        "mean over the grid of weights . normalised scores; fwd/tok: forwards of the base model per "
+        "mean over the grid of weights . normalised scores; gain: training stds moved along the asked "
+        "direction per unit of weight; orth: the share of each move off the asked direction; miscal: "
+        "the slope against the requested targets minus 1 (+ overshoot); fwd/tok: forwards of the base model per "
         "generated token; ms/tok: measured; vs base: ms/tok relative to the prompting row",
     )
     for row in rows:
@@ -1264,6 +1269,9 @@ def _print_comparison(results, out: Path) -> None:
             *[signed(row[f"controllability_{n}"], f"controllability_{n}" in row["notes"]) for n in names],
             *[signed(row[f"requested_{n}"], f"requested_{n}" in row["notes"]) for n in names],
             signed(row["inner_product"]),
+            signed(row["gain"]),
+            "-" if row["orthogonality"] is None else f"{row['orthogonality']:.3f}",
+            signed(row["miscalibration"]),
             f"{row['train_seconds']:.0f}",
             f"{row['eval_seconds']:.0f}",
             *per_token(row),

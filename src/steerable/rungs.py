@@ -1,5 +1,5 @@
 """What a training run saves on its way, read back as the rungs of a budget ladder: the models
-`training.rung_saves` wrote at chosen steps (stages/NAME/rungs/step-N, each with rung.json: the
+`training.stage_clock` wrote at chosen steps (stages/NAME/rungs/step-N, each with rung.json: the
 step, the training seconds so far, the tokens trained on and generated), each stage's own
 weights, and the finished model, each with the compute that made it. A method's registry entry
 names the reader that fits its directory (`Method.rungs`); `evaluation.ladder` evaluates them.
@@ -33,6 +33,35 @@ class Rung:
     def flops(self, parameters: int) -> float:
         return float(parameters) * (6.0 * self.trained_tokens + 2.0 * self.generated_tokens)
 
+    @classmethod
+    def spending(cls, method: str, name: str, model: str, spent: Spent, adapter: str | None = None) -> Rung:
+        return cls(method, name, model, spent.seconds, spent.trained_tokens, spent.generated_tokens, adapter)
+
+
+@dataclass(frozen=True)
+class Spent:
+    """Training compute: wall seconds, tokens trained on, tokens generated; summed with +."""
+
+    seconds: float = 0.0
+    trained_tokens: int = 0
+    generated_tokens: int = 0
+
+    @classmethod
+    def read(cls, record: dict, seconds: float | None = None) -> Spent:
+        """From a rung.json record or a stage's done.json info (`seconds`: instead of its own)."""
+        return cls(
+            float(record.get("seconds", 0.0) if seconds is None else seconds),
+            int(record.get("trained_tokens", 0)),
+            int(record.get("generated_tokens", 0)),
+        )
+
+    def __add__(self, other: Spent) -> Spent:
+        return Spent(
+            self.seconds + other.seconds,
+            self.trained_tokens + other.trained_tokens,
+            self.generated_tokens + other.generated_tokens,
+        )
+
 
 def final_rung(method: str, directory: Path) -> Rung:
     """The finished model, with the training record of its directory."""
@@ -51,7 +80,7 @@ def final_rung(method: str, directory: Path) -> Rung:
 
 
 def saves(folder: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every save `training.rung_saves` made in a stage's folder, by step: the
+    """(step, folder) of every save `training.stage_clock` made in a stage's folder, by step: the
     adapters only (a run that trains the whole model saves no rungs a stage can load)."""
     found = [
         (int(path.parent.name.removeprefix("step-")), path.parent)
@@ -83,27 +112,19 @@ def policy_rungs(method: str, directory: Path, out: Path) -> list[Rung]:
             {**p, "adapter": os.path.relpath(f / RUNGS / f"step-{step}", target)}
             for p, f in zip(manifest.policies, folders, strict=True)
         ]
+        spent = sum(map(Spent.read, records), Spent())
         training = {
             **manifest.training,
             "rung": step,
             "compute": {
                 "seconds": {f"policy_{i}": r["seconds"] for i, r in enumerate(records)},
-                "trained_tokens": sum(r["trained_tokens"] for r in records),
-                "generated_tokens": sum(r.get("generated_tokens", 0) for r in records),
+                "trained_tokens": spent.trained_tokens,
+                "generated_tokens": spent.generated_tokens,
             },
         }
         rung = replace(manifest, policies=policies, training=training)
         write_model_directory(target, rung, load_tokenizer(str(directory)))
-        rungs.append(
-            Rung(
-                method,
-                f"step-{step}",
-                str(target),
-                sum(r["seconds"] for r in records),
-                sum(r["trained_tokens"] for r in records),
-                sum(r.get("generated_tokens", 0) for r in records),
-            )
-        )
+        rungs.append(Rung.spending(method, f"step-{step}", str(target), spent))
     return [*rungs, final_rung(method, directory)]
 
 
@@ -116,32 +137,17 @@ def stage_rungs(method: str, directory: Path, out: Path) -> list[Rung]:
 
     manifest = load_manifest(directory)
     seconds = manifest.training.get("compute", {}).get("seconds", {})
-    rungs, spent, trained, generated = [], 0.0, 0, 0
+    rungs, spent = [], Spent()
     for name, stage_seconds in seconds.items():
         folder = directory / "stages" / name
         for _, save in saves(folder):
-            record = json.loads((save / RUNG_FILE).read_text())
-            rungs.append(
-                Rung(
-                    method,
-                    f"{name}-{save.name}",
-                    str(directory),
-                    spent + record["seconds"],
-                    trained + record["trained_tokens"],
-                    generated + record.get("generated_tokens", 0),
-                    adapter=str(save),
-                )
-            )
-        info = (
-            json.loads((folder / "done.json").read_text())["info"] if (folder / "done.json").is_file() else {}
-        )
-        spent += float(stage_seconds)
-        trained += int(info.get("trained_tokens", 0))
-        generated += int(info.get("generated_tokens", 0))
+            so_far = spent + Spent.read(json.loads((save / RUNG_FILE).read_text()))
+            rungs.append(Rung.spending(method, f"{name}-{save.name}", str(directory), so_far, str(save)))
+        done = folder / "done.json"
+        info = json.loads(done.read_text())["info"] if done.is_file() else {}
+        spent = spent + Spent.read(info, seconds=float(stage_seconds))
         if (folder / "weights" / "adapter_config.json").is_file():
-            rungs.append(
-                Rung(method, name, str(directory), spent, trained, generated, adapter=str(folder / "weights"))
-            )
+            rungs.append(Rung.spending(method, name, str(directory), spent, str(folder / "weights")))
     if rungs and rungs[-1].adapter == str(directory / "stages" / list(seconds)[-1] / "weights"):
         rungs = rungs[:-1]  # the last stage's weights are the finished model's
     return [*rungs, final_rung(method, directory)]

@@ -196,20 +196,21 @@ def check_rungs(rungs: Collection[int], max_steps: int) -> None:
     beyond = [step for step in rungs if step > max_steps]
     if beyond:
         raise SteerableError(
-            f"--rungs {beyond} are beyond --max_steps ({max_steps}): a model is saved at its rungs on "
-            "the way to its last step"
+            f"--rungs {beyond} (in a comparison: budgets.rl_steps) are beyond --max_steps ({max_steps}): "
+            "a model is saved at its rungs on the way to its last step; lower the rungs or raise max_steps"
         )
 
 
-def rung_saves(folder: Path, steps: Collection[int], checkpoint: str | None, counts=None):
-    """A callback that saves the model being trained at each of `steps` into
-    folder/rungs/step-N (an adapter, or the whole model) beside rung.json: the step, the seconds
-    trained so far (summed over resumed runs: every checkpoint keeps them), the tokens trained on,
-    and what `counts()` adds (GRPO: its generated completions and tokens; every process calls it).
-    These are the rungs of a budget ladder (`steerable compare`'s budgets): one training run,
+def stage_clock(folder: Path, checkpoint: str | None, rungs: Collection[int] = (), counts=None):
+    """A callback that counts the seconds a stage has trained, summed over resumed runs (every
+    checkpoint keeps them; `carried`: those of the runs before this one), and saves the model
+    being trained at each of `rungs` into folder/rungs/step-N (an adapter, or the whole model)
+    beside rung.json: the step, the seconds trained so far, the tokens trained on, and what
+    `counts()` adds (GRPO: its generated completions and tokens; every process calls it). These
+    are the rungs of a budget ladder (`steerable compare`'s budgets): one training run,
     evaluated at several budgets without training again."""
 
-    class RungSaves(CheckpointedState):
+    class StageClock(CheckpointedState):
         carried = 0.0  # the seconds of the runs before this one (a resume's checkpoint keeps them)
 
         def __init__(self):
@@ -242,13 +243,15 @@ def rung_saves(folder: Path, steps: Collection[int], checkpoint: str | None, cou
         def state(self) -> dict:
             return {"args": {}, "attributes": {"seconds": float(self.seconds)}}
 
-    wanted = set(steps)
-    saved = None if checkpoint is None else saved_callback_state(checkpoint, "RungSaves")
+    wanted = set(rungs)
+    # RungSaves: its name while it ran only with rungs (checkpoints of runs started then)
+    names = ("StageClock", "RungSaves") if checkpoint is not None else ()
+    saved = next(filter(None, (saved_callback_state(checkpoint, name) for name in names)), None)
     before = 0.0 if saved is None else float(saved["seconds"])
-    RungSaves.carried = before
+    StageClock.carried = before
     # transformers replaces a restored callback with a new instance of its class, so what the
     # stage reads at the end (`carried`) is kept on the class
-    return RungSaves()
+    return StageClock()
 
 
 class StageBar(ProgressCallback):
@@ -322,22 +325,21 @@ def train_stage(
     them. With `drop_checkpoints` the checkpoints are removed once the stage is marked finished:
     resuming a finished stage never happens, so they are spent. With `finish=False` the caller
     finishes the stage, adding its own record to the info. `rungs`: steps at which the model is
-    also saved for a budget ladder (`rung_saves`, with `counts`). The caller checks
-    `stages.done` first."""
+    also saved for a budget ladder (`stage_clock`, with `counts`). The seconds count the runs
+    before a resume too (`stage_clock`: the checkpoint keeps them), so a stage interrupted and
+    resumed records what it cost in all, and its finished model never less than a rung on its
+    way. The caller checks `stages.done` first."""
     started = time.perf_counter()
     folder = stages.start(name, inputs)
     trainer = trainer_for(folder)
     checkpoint = last_complete_checkpoint(folder / "checkpoints")
-    saver = rung_saves(folder, rungs, checkpoint, counts) if rungs else None
-    if saver is not None:
-        trainer.add_callback(saver)
+    clock = stage_clock(folder, checkpoint, rungs, counts)
+    trainer.add_callback(clock)
     result = stage_bar(trainer, label).train(resume_from_checkpoint=checkpoint)
     info = {"steps": trainer.state.global_step, "trained_tokens": int(trainer.state.num_input_tokens_seen)}
     info.update(describe(trainer, result) if describe is not None else {})
     save(trainer, folder, info)
-    # with rungs, the seconds of the runs before a resume too (the checkpoint keeps them), so the
-    # finished model never costs less than a rung on its way
-    info["seconds"] = time.perf_counter() - started + (saver.carried if saver is not None else 0.0)
+    info["seconds"] = time.perf_counter() - started + clock.carried
     if not finish:
         return trainer, info
     info = stages.finish(name, inputs, info)

@@ -1,6 +1,6 @@
 """Hypervolume against compute: every method of a comparison evaluated at several budgets along
 its one training run (a budget ladder), so a user can read off which method gives the best front
-for what they can spend. A rung is a model the run saved on its way (`training.rung_saves`, at
+for what they can spend. A rung is a model the run saved on its way (`training.stage_clock`, at
 the steps `steerable compare`'s `budgets: {rl_steps: [...], sft_steps: [...]}` name): a
 per-policy method's policies at step N, MOSLIM's policy at step N (paying its reward model too),
 RiC's offline SFT at step N and after each of its stages; and every method's finished model
