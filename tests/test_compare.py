@@ -259,6 +259,7 @@ def test_compare_evaluates_mod_and_lora_mix_on_the_experts_soups_trained(mixed):
     assert float(prompting[header.index("relative_seconds_per_token")]) == pytest.approx(1.0)
     printed = " ".join(result.output.split())
     assert "fwd/tok" in printed and "reference: 5% quantile of the training scores, brief=" in printed
+    assert "w.z gain orth miscal train s" in printed  # the steerability columns, in the console too
 
 
 def test_compare_refuses_mod_without_soups_before_anything_trains(tmp_path, tiny_path, scored_table):
@@ -310,3 +311,40 @@ def test_compare_plans_genarm_on_rics_scored_data_and_counts_the_mixings_sweeps(
     )
     swept = grid_points(2, 2) * 4 * plan.settings.samples * plan.settings.max_new_tokens
     assert two.tokens - one.tokens == swept
+
+
+def test_variants_are_checked_before_anything_trains(tmp_path):
+    from steerable.errors import SteerableError
+    from steerable.evaluation.compare import CompareConfig, plan_compare
+
+    grpo = {"method": "moslim", "moslim": {"algorithm": "grpo"}}
+    for variants, methods, message in (
+        ({"moslim": grpo}, ["moslim"], "'moslim' cannot name a variant"),
+        ({"Moslim GRPO": grpo}, ["ric"], "'Moslim GRPO' cannot name a variant"),
+        ({"seed-1": grpo}, ["ric"], "'seed-1' cannot name a variant"),
+        ({"x": {"method": "ppo"}}, ["ric"], r"variants.x.method must be one of \[.*\], got 'ppo'"),
+        ({"x": {"method": "moslim", "moslm": {}}}, ["ric"], r"variants.x: unknown key\(s\) \['moslm'\]"),
+        ({"x": {"method": "moslim", "moslim": "grpo"}}, ["ric"], "variants.x.moslim must be a mapping"),
+        ({}, ["ric", "moslim-grpo"], r"unknown method\(s\) \['moslim-grpo'\]"),
+        ({"x": grpo}, ["ric", "x", "x"], "methods: each method once"),
+    ):
+        with pytest.raises(SteerableError, match=message):
+            CompareConfig(model="tiny", methods=methods, variants=variants)
+    # a variant's section is checked as its method's own, before anything trains
+    bad = {"x": {"method": "moslim", "moslim": {"algorithm": "ppo"}}}
+    config = CompareConfig(model="tiny", methods=["ric", "moslim", "x"], variants=bad)
+    with pytest.raises(SteerableError, match="algorithm"):
+        plan_compare(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # each variant trains into its own folder, its method's settings under its own
+    dpo = {"algorithm": "dpo"}
+    config = CompareConfig(model="tiny", methods=["x", "ric", "moslim"], moslim=dpo, variants={"x": grpo})
+    plan = plan_compare(config, tmp_path / "out")
+    assert plan.methods == ["ric", "moslim", "x"] and plan.method("x") == "moslim"
+    steps = {step.name: step.config for step in plan.trainings["x"].steps}
+    assert steps["moslim"].algorithm == "grpo"
+    assert steps["moslim"].output_dir == str(tmp_path / "out/x/moslim")
+    assert steps["moslim_rm"].output_dir == str(tmp_path / "out/x/moslim_rm")
+    mine = {step.name: step.config for step in plan.trainings["moslim"].steps}
+    assert mine["moslim"].algorithm == "dpo"  # the comparison's section, under the variant's
+    assert mine["moslim"].output_dir == str(tmp_path / "out/moslim")

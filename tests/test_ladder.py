@@ -13,7 +13,7 @@ from steerable.cli import app
 
 LADDER = """
 model: {model}
-methods: [ric, moslim, soups, mod, genarm, morlhf, prompting]
+methods: [ric, moslim, moslim-grpo, soups, mod, genarm, morlhf, prompting]
 eval: {{limit: 2, resolution: 2, max_new_tokens: 4}}
 {ric}
 rl: {{max_steps: 3, batch_size: 4, num_generations: 2, max_completion_length: 4, prompt_limit: 4, lora_r: 4}}
@@ -22,6 +22,7 @@ genarm: {{max_steps: 3, batch_size: 2, lora_r: 4, lora_alpha: 8}}
 morlhf: {{weight_vectors: ["1,0", "0,1"]}}
 moslim_rm: {{model: {model}, num_epochs: 1, batch_size: 4, max_length: 32}}
 moslim: {{algorithm: dpo}}
+variants: {{moslim-grpo: {{method: moslim, moslim: {{algorithm: grpo}}}}}}
 budgets: {{rl_steps: [1, 2], sft_steps: [2]}}
 """
 
@@ -71,6 +72,29 @@ def test_every_method_is_evaluated_at_the_saves_along_its_run(laddered):
     assert "morlhf's final hypervolume" in report
     assert "x morlhf's" in report or "- ric: not reached" in report  # RiC's cost over MORLHF's, or none
     assert "Rank at equal compute" in report and "- moslim: " in report
+
+
+def test_a_variant_is_its_method_trained_again_under_its_own_settings(laddered):
+    """variants: MOSLIM's GRPO recipe beside its DPO one, each with its own directories, rungs
+    and report rows."""
+    from steerable.policy import load_manifest
+
+    root, _ = laddered
+    out = root / "out"
+    assert load_manifest(out / "moslim").moslim["algorithm"] == "dpo"
+    variant = load_manifest(out / "moslim-grpo" / "moslim")
+    assert variant.method == "moslim" and variant.moslim["algorithm"] == "grpo"
+    assert (out / "moslim-grpo" / "moslim_rm" / "moslim_rm.json").is_file()  # its own reward model
+    table = pd.read_csv(out / "ladder.csv")
+    grpo = table[table["method"] == "moslim-grpo"]
+    assert list(grpo["rung"]) == ["policy-step-1", "policy-step-2", "final"]
+    assert (grpo["generated_tokens"] > 0).all()  # GRPO samples; the DPO recipe does not
+    assert (table[table["method"] == "moslim"]["generated_tokens"] == 0).all()
+    result = json.loads((out / "stages" / "eval_moslim-grpo" / "result.json").read_text())
+    assert result["method"] == "moslim" and result["variant"] == "moslim-grpo"
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"moslim", "moslim-grpo"} <= set(summary["method"])
+    assert "## moslim-grpo (" in (out / "report.md").read_text()
 
 
 def test_a_rung_is_the_policy_as_it_was_at_that_step(laddered):

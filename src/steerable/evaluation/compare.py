@@ -49,6 +49,12 @@ The configuration (YAML, every key optional):
     np_dpo: {...}   NPDPOConfig fields; data defaults to RiC's scored offline data, stats to the
            comparison's; without context_init, an NP-BTL run is trained first:
     np_rm: {...}    NPRMConfig fields (task scored, the same data, seed, types and conflicting)
+    variants: {moslim-grpo: {method: moslim, moslim: {algorithm: grpo}}}   a method again under
+           other settings, as a method of its own (name it in methods:): each variant names its
+           method and the sections it sets over the comparison's (ric, rl, morlhf, moslim,
+           moslim_rm, np_dpo, np_rm, soups, mod, genarm; a section's keys replace the same keys);
+           it trains into OUT/VARIANT/ (its reward models too) and is evaluated, reported and
+           laddered under its name
     seeds: [0, 1]   the whole comparison once per training seed (OUT/seed-S/, each as above),
            then the spread of every number over the seeds (OUT/seeds.md, seeds.csv; with
            budgets, ladder.csv/md/png of the seeds' mean and standard error)
@@ -62,7 +68,8 @@ The configuration (YAML, every key optional):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from steerable import methods
@@ -76,6 +83,9 @@ from steerable.methods.base import CompareInputs, Comparing, resolve
 
 # every method a comparison trains, or evaluates on the base model (the prompting floor)
 METHOD_ORDER = tuple(methods.names(lambda m: m.compare is not None or not m.own_directory))
+# the sections a method's compare hook reads, which a variant may set over the comparison's
+SECTIONS = ("ric", "rl", "morlhf", "moslim", "moslim_rm", "np_dpo", "np_rm", "soups", "mod", "genarm")
+VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
 @dataclass
@@ -129,14 +139,19 @@ class CompareConfig:
     mod: dict = field(default_factory=dict)
     genarm: dict = field(default_factory=dict)
     budgets: dict = field(default_factory=dict)
+    variants: dict = field(default_factory=dict)
     seeds: list[int] = field(default_factory=list, metadata=SEED)
     trust_remote_code: bool = False
 
     def __post_init__(self):
         check_config(self)
-        bad = [m for m in self.methods if m not in METHOD_ORDER]
+        check_variants(self.variants)
+        bad = [m for m in self.methods if m not in METHOD_ORDER and m not in self.variants]
         if bad or not self.methods:
-            raise SteerableError(f"unknown method(s) {bad}; choose from {list(METHOD_ORDER)}")
+            defined = f", or a variant of variants: ({', '.join(self.variants)})" if self.variants else ""
+            raise SteerableError(f"unknown method(s) {bad}; choose from {list(METHOD_ORDER)}{defined}")
+        if len(set(self.methods)) != len(self.methods):
+            raise SteerableError(f"methods: each method once, got {self.methods}")
         check_budgets(self.budgets)
         baseline = self.budgets.get("baseline")
         if baseline is not None and baseline not in self.methods:
@@ -144,7 +159,7 @@ class CompareConfig:
                 f"budgets.baseline {baseline!r} is not among the methods {self.methods}: the compute "
                 "claims are read against its final hypervolume"
             )
-        read = {key for method in self.methods for key in methods.get(method).budgets}
+        read = {key for label in self.methods for key in methods.get(self.method_of(label)).budgets}
         for key in sorted(set(self.budgets) - read - {"baseline"}):
             readers = methods.names(lambda m, key=key: key in m.budgets)
             raise SteerableError(
@@ -161,6 +176,15 @@ class CompareConfig:
             self.stats = str(Path(self.stats).resolve())
         if self.prompts is not None:
             self.prompts = str(Path(self.prompts).resolve())
+
+    def method_of(self, label: str) -> str:
+        """The registered method a name in `methods` is: itself, or the method a variant varies."""
+        return self.variants[label]["method"] if label in self.variants else label
+
+    def variant(self, label: str) -> CompareConfig:
+        """This configuration with the variant `label`'s sections over its own."""
+        given = {name: section for name, section in self.variants[label].items() if name != "method"}
+        return replace(self, **{name: {**getattr(self, name), **section} for name, section in given.items()})
 
     @classmethod
     def from_yaml(cls, path: str | Path | None, overrides: dict | None = None) -> CompareConfig:
@@ -203,15 +227,49 @@ def check_budgets(budgets: dict) -> None:
             raise SteerableError(f"budgets.{key} must be increasing positive integers, got {steps!r}")
 
 
+def check_variants(variants: dict) -> None:
+    """The variants: section: each a new name (lowercase letters, digits, - and _; not a method's
+    nor a folder's of the comparison) for a `method` under `SECTIONS` set over the comparison's."""
+    from steerable.methods import METHODS
+
+    if not isinstance(variants, dict):
+        raise SteerableError(f"variants must map names to {{method: M, SECTION: {{...}}}}, got {variants!r}")
+    taken = {*METHODS, *SECTIONS, "stages", "ladder"}
+    for name, body in variants.items():
+        named = isinstance(name, str) and VARIANT_NAME.fullmatch(name) is not None
+        if not named or name in taken or name.startswith("seed-"):
+            raise SteerableError(
+                f"variants: {name!r} cannot name a variant; give it a new name of lowercase letters, digits, "
+                "- and _ (not a method's, a section's, stages, ladder or seed-N), e.g. moslim-grpo"
+            )
+        if not isinstance(body, dict) or body.get("method") not in METHOD_ORDER:
+            got = body.get("method") if isinstance(body, dict) else body
+            raise SteerableError(f"variants.{name}.method must be one of {list(METHOD_ORDER)}, got {got!r}")
+        unknown = sorted(set(body) - {"method", *SECTIONS})
+        if unknown:
+            raise SteerableError(
+                f"variants.{name}: unknown key(s) {unknown}; a variant takes method and the sections "
+                f"{', '.join(SECTIONS)}"
+            )
+        for section, value in body.items():
+            if section != "method" and not isinstance(value, dict):
+                raise SteerableError(f"variants.{name}.{section} must be a mapping, got {value!r}")
+
+
 @dataclass
 class ComparePlan:
     """Every stage's configuration, built (and so checked) before anything trains: `trainings`,
     how each method of the comparison that trains is trained, in the order they train."""
 
-    methods: list[str]
+    methods: list[str]  # the methods' names: registered methods and variants
     settings: EvalSettings
     stats: str
     trainings: dict[str, Comparing] = field(default_factory=dict)
+    variants: dict[str, str] = field(default_factory=dict)  # a variant's name: the method it varies
+
+    def method(self, name: str) -> str:
+        """The registered method `name` (in `methods`) is."""
+        return self.variants.get(name, name)
 
     @property
     def configs(self) -> dict[str, object]:
@@ -222,18 +280,25 @@ class ComparePlan:
 def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
     """Check every section of `config` and build the configurations of its stages: each method's
     `compare` hook, given what the methods before it made (statistics, scored data), in registry
-    order with those that use another's scored data last."""
-    chosen = [m for m in METHOD_ORDER if m in config.methods]
+    order with those that use another's scored data last; each variant after its method, on its
+    configuration (`CompareConfig.variant`) and into its own folder."""
+
+    def place(name):  # registry order, a method's variants after it (in the order given)
+        return METHOD_ORDER.index(config.method_of(name)), name in config.variants
+
+    chosen = sorted(config.methods, key=place)
     settings = config_from_dict(EvalSettings, config.eval, "eval")
     inputs = CompareInputs(config, out)
     trainings = {}
-    for method in sorted(map(methods.get, chosen), key=lambda method: method.uses_scored):
+    for name in sorted(chosen, key=lambda name: methods.get(config.method_of(name)).uses_scored):
+        method = methods.get(config.method_of(name))
         if method.compare is None:
             continue
-        training = resolve(method.compare)(inputs)
+        mine = inputs if name == method.name else replace(inputs, config=config.variant(name), variant=name)
+        training = resolve(method.compare)(mine)
         inputs.made_stats = inputs.made_stats or training.stats
         inputs.made_scored = inputs.made_scored or training.scored
-        trainings[method.name] = training
+        trainings[name] = training
     for name, training in trainings.items():
         if training.evaluates is not None and training.evaluates not in chosen:
             raise SteerableError(
@@ -243,7 +308,8 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
             )
     if trainings and config.prompts is not None:
         refuse_training_prompts(config.prompts, settings)
-    return ComparePlan(chosen, settings, inputs.stats, trainings)
+    variants = {name: config.method_of(name) for name in chosen if name in config.variants}
+    return ComparePlan(chosen, settings, inputs.stats, trainings, variants)
 
 
 def refuse_training_prompts(path: str, settings: EvalSettings) -> None:
@@ -283,7 +349,11 @@ def seeded(config: CompareConfig, seed: int) -> CompareConfig:
         for n in ("soups", "morlhf", "moslim")
         if "seed" in getattr(config, n)
     }
-    return replace(config, seeds=[], **sections, **over_rl)
+    variants = {  # a variant's sections that set a seed are set to this one too
+        name: {k: {**v, "seed": seed} if isinstance(v, dict) and "seed" in v else v for k, v in body.items()}
+        for name, body in config.variants.items()
+    }
+    return replace(config, seeds=[], variants=variants, **sections, **over_rl)
 
 
 def seed_folder(out: Path, seed: int) -> Path:
@@ -336,11 +406,13 @@ def run_one(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
     statistics = fingerprint(load_rewards(plan.stats).to_dict())
 
     def evaluated(
-        stage: str, method: str, model: str, own: bool, options: dict, rung: str | None = None, adapter=None
+        stage: str, name: str, model: str, own: bool, options: dict, rung: str | None = None, adapter=None
     ):
-        """`method` evaluated on `model` (`adapter`: that adapter of it, a rung's) as the stage
-        `stage` (cached), its result loaded. A ladder's `rung` is named in the stage's inputs,
-        its adapter's path is not: the output directory can move."""
+        """The method `name` (a variant's: its method) evaluated on `model` (`adapter`: that
+        adapter of it, a rung's) as the stage `stage` (cached), its result loaded. A ladder's
+        `rung` is named in the stage's inputs, its adapter's path is not: the output directory
+        can move."""
+        method = plan.method(name)
         inputs = {
             "method": method,
             "model": model_key(Path(model)) if own else model,
@@ -353,6 +425,8 @@ def run_one(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
             inputs["options"] = options
         if rung is not None:  # a budget ladder's rung
             inputs["rung"] = rung
+        if name != method:
+            inputs["variant"] = name
         given = {**options, **({"adapter": adapter} if adapter is not None else {})}
 
         def work(folder):
@@ -373,6 +447,7 @@ def run_one(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
                 examples=plan.settings.examples,
                 **given,
             )
+            result.variant = None if name == method else name
             result.save(folder)
             return {"seconds": result.compute["eval_seconds"]}
 
@@ -380,12 +455,13 @@ def run_one(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
         return EvaluationResult.load(stages.path(stage))
 
     results = []
-    for method in plan.methods:
-        own = methods.get(method).own_directory  # evaluated on the directory it trained, or on the base model
-        model = str(trained[method]) if own else config.model
-        training = plan.trainings.get(method)
+    for name in plan.methods:
+        # evaluated on the directory it trained, or on the base model
+        own = methods.get(plan.method(name)).own_directory
+        model = str(trained[name]) if own else config.model
+        training = plan.trainings.get(name)
         options = dict(training.options or {}) if training is not None else {}
-        results.append(evaluated(f"eval_{method}", method, model, own, options))
+        results.append(evaluated(f"eval_{name}", name, model, own, options))
         wrote = own and (training is None or training.evaluates is None)  # not soups' experts as MOD
         if wrote and Path(model).resolve().is_relative_to(out.resolve()):
             record_front(results[-1], model)  # a model this run trained carries its measured front
@@ -421,27 +497,29 @@ def compare_cost(config: CompareConfig, out: str | Path) -> Plan:
     given_k = next((t.objectives for t in trainings if t.objectives is not None), None)
     k = given_k or objective_count(plan.stats) or 2
     points = {}
-    for method in plan.methods:
-        training = plan.trainings.get(method)
+    for name in plan.methods:
+        training = plan.trainings.get(name)
         own = training.points if training is not None else None
-        points[method] = own(k) if own is not None else grid_points(k, settings.resolution)
+        points[name] = own(k) if own is not None else grid_points(k, settings.resolution)
     swept = sum(points.values()) * prompts * settings.samples
     samples = f"{settings.samples} sample{'s' * (settings.samples != 1)}"
     swept_points = sum(points.values())
     parts = [f"evaluation: {len(points)} methods, {swept_points} grid points x {prompts} prompts x {samples}"]
     # a mixture's token costs its forwards of the base model (MOD: K), counted as that many tokens
-    forwards = {m: methods.get(m).forwards_per_token(k) for m in points}
-    several = [f"{methods.get(m).title} {n} forwards a token" for m, n in forwards.items() if n > 1]
+    forwards = {m: methods.get(plan.method(m)).forwards_per_token(k) for m in points}
+    titles = {m: methods.get(plan.method(m)).title for m in points}
+    titles.update({m: f"{titles[m]} ({m})" for m in plan.variants})  # a variant named beside its method
+    several = [f"{titles[m]} {n} forwards a token" for m, n in forwards.items() if n > 1]
     parts += [", ".join(several)] if several else []
     slots = sum(points[m] * forwards[m] for m in points) * prompts * settings.samples
     generations, tokens, longest = swept, slots * settings.max_new_tokens, settings.max_new_tokens
-    for method, training in reversed(plan.trainings.items()):
-        cost_of = methods.get(method).plan
-        if cost_of is not None and training.steps:
-            trains = resolve(cost_of)(training.steps[-1].config)
+    for name, training in reversed(plan.trainings.items()):
+        method = methods.get(plan.method(name))
+        if method.plan is not None and training.steps:
+            trains = resolve(method.plan)(training.steps[-1].config)
             generations, tokens = generations + trains.generations, tokens + trains.slots
             longest = max(longest, trains.max_new_tokens)
-            parts.insert(0, f"{methods.get(method).title} {trains.what}")
+            parts.insert(0, f"{titles.get(name, method.title)} {trains.what}")
     parts += sorted({f"{t.uncounted} not counted" for t in trainings if t.uncounted is not None})
     parts += ["the budget ladder's rungs not counted (each a sweep of its own)"] if config.budgets else []
     note = coarser_lattice(k, settings.resolution, "eval: {{resolution: {}}}")

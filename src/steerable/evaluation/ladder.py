@@ -239,8 +239,8 @@ def run_ladder(config, plan, results, trained: dict, out: Path, evaluated) -> Pa
     reference = reference_point(results[0].rewards)
     parameters = base_parameters(config.model, config.trust_remote_code)
     found, notes = [], []
-    for method, result in zip(plan.methods, results, strict=True):
-        if not methods.get(method).own_directory:
+    for method, result in zip(plan.methods, results, strict=True):  # a variant: by its name
+        if not methods.get(plan.method(method)).own_directory:
             rungs = [Rung(method, FINAL, config.model, 0.0, 0, 0)]
         else:
             rungs = rungs_for(method, Path(trained[method]), out)
@@ -262,7 +262,7 @@ def run_ladder(config, plan, results, trained: dict, out: Path, evaluated) -> Pa
                     rung,
                     hypervolume(measured.means, reference),
                     rung.flops(parameters),
-                    steerability(measured.points, targets=asks_targets(method)),
+                    steerability(measured.points, targets=asks_targets(plan.method(method))),
                 )
             )
     baseline = config.budgets.get("baseline", CLAIMS_BASELINE)

@@ -40,7 +40,7 @@ FRONT_FILE = "front.json"  # a model's measured front, beside it (`steerable ser
 # An image model's result records guidance and steps instead of the text settings.
 COMPARED_SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "guidance", "steps")
 # Fields a result may lack and still be compared (added after results recorded their prompts).
-OPTIONAL = ("levels", "requested_controllability", "baseline", "inner_product")
+OPTIONAL = ("levels", "requested_controllability", "baseline", "inner_product", "variant")
 TOLERANCE_STD = 0.5  # what the front may lose on another objective and still beat the base point
 
 
@@ -68,6 +68,8 @@ class EvaluationResult:
         of the base model a generated token takes) and seconds_per_token (measured over the grid).
     inner_product: the grid's mean of weights . normalised mean rewards (`sweep.mean_inner_product`);
         None where the rewards have no statistics (and in results written before it).
+    variant: the name a comparison gave this evaluation of `method` under other settings (its
+        `variants:`); None for the method as such. Reports show `label`, the variant or the method.
     """
 
     method: str
@@ -89,6 +91,11 @@ class EvaluationResult:
     requested_controllability: dict[str, float | None] | None = None
     baseline: dict | None = None
     inner_product: float | None = None
+    variant: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.variant or self.method
 
     @property
     def means(self) -> np.ndarray:
@@ -227,17 +234,17 @@ def check_comparable(results: list[EvaluationResult]) -> None:
     for other in results[1:]:
         if other.names != first.names:
             raise SteerableError(
-                f"cannot compare {first.method} (objectives {first.names}) with "
-                f"{other.method} (objectives {other.names})"
+                f"cannot compare {first.label} (objectives {first.names}) with "
+                f"{other.label} (objectives {other.names})"
             )
         if other.stats_key() != first.stats_key():
             raise SteerableError(
-                f"cannot compare {first.method} and {other.method}: their objective specs or "
+                f"cannot compare {first.label} and {other.label}: their objective specs or "
                 "normalisation statistics differ; evaluate every method with the same statistics"
             )
         if other.prompts_sha256 != first.prompts_sha256:
             raise SteerableError(
-                f"cannot compare {first.method} and {other.method}: they were evaluated on other prompts "
+                f"cannot compare {first.label} and {other.label}: they were evaluated on other prompts "
                 f"({describe_prompts(first)} vs {describe_prompts(other)}); evaluate every method on the "
                 "same prompts"
             )
@@ -245,7 +252,7 @@ def check_comparable(results: list[EvaluationResult]) -> None:
         for name, mine, theirs in [*settings, ("samples per prompt", first.samples, other.samples)]:
             if mine != theirs:
                 raise SteerableError(
-                    f"cannot compare {first.method} and {other.method}: {name} differs ({mine} vs "
+                    f"cannot compare {first.label} and {other.label}: {name} differs ({mine} vs "
                     f"{theirs}); evaluate every method with the same sampling settings"
                 )
 
@@ -297,7 +304,7 @@ def summary(results: list[EvaluationResult]) -> list[dict]:
         cost = seconds_per_token(r.points)  # as evaluate records it; results before it have the points
         rows.append(
             {
-                "method": r.method,
+                "method": r.label,
                 "points": len(r.points),
                 "front": int(non_dominated(r.means).sum()),
                 "hypervolume": hv,
@@ -401,7 +408,7 @@ def front_figure(results: list[EvaluationResult]):
                 fmt="o",
                 ms=4,
                 alpha=0.8,
-                label=r.method,
+                label=r.label,
                 capsize=2,
             )
             if len(names) == 2:
@@ -418,7 +425,7 @@ def front_figure(results: list[EvaluationResult]):
             if r.base is not None:
                 ax.errorbar(*np.array(r.base.mean)[[i, j]], xerr=r.base.stderr[i], yerr=r.base.stderr[j],
                             fmt="*", ms=12, color=drawn.lines[0].get_color(), mec="k", capsize=2,
-                            label=f"{r.method}: base model")  # fmt: skip
+                            label=f"{r.label}: base model")  # fmt: skip
             if pictured:
                 draw_thumbnails(ax, r, i, j, results.index(r) if len(pairs) == 1 else None)
         ax.plot(ref[i], ref[j], "kx", label="HV reference")
@@ -541,9 +548,9 @@ def markdown(results: list[EvaluationResult]) -> str:
 
         lines += ["", "## Controllability by requested level", ""]
         for r in levelled:
-            lines += [*level_markdown(r.method, r.levels), ""]
+            lines += [*level_markdown(r.label, r.levels), ""]
     for r in results:
-        lines += ["", f"## {r.method} ({r.model}, {r.dtype})", ""]
+        lines += ["", f"## {r.label} ({r.model}, {r.dtype})", ""]
         pictured = any(p.images is not None for p in r.points)
         lines.append(
             "| "
@@ -569,7 +576,7 @@ def baseline_markdown(result: EvaluationResult) -> list[str]:
         f"{n} {m:.4g} ± {e:.2g}" for n, m, e in zip(result.names, base.mean, base.stderr, strict=True)
     )
     lines = [
-        f"{result.method}: the base model scores {scores} ({base.n} answers). Hypervolume against the "
+        f"{result.label}: the base model scores {scores} ({base.n} answers). Hypervolume against the "
         f"same reference: base point {record['hypervolume']:.4g}, front {record['front_hypervolume']:.4g}.",
         "",
     ]
@@ -600,6 +607,6 @@ def write_report(results: list[EvaluationResult], directory: str | Path) -> Path
         {**row, "notes": "; ".join(f"{k}: {v}" for k, v in row["notes"].items())} for row in summary(results)
     ]
     atomic_write(directory / "summary.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
-    points = [{"method": r.method, **row} for r in results for row in points_to_rows(r.points, r.names)]
+    points = [{"method": r.label, **row} for r in results for row in points_to_rows(r.points, r.names)]
     atomic_write(directory / "points.csv", lambda tmp: pd.DataFrame(points).to_csv(tmp, index=False))
     return directory / "report.md"

@@ -41,7 +41,7 @@ def seed_rows(runs: Mapping[int, list[EvaluationResult]]) -> list[dict]:
     first = next(iter(runs.values()))
     columns = [*NUMBERS[:1], *[f"controllability_{n}" for n in first[0].names], *NUMBERS[1:]]
     rows = []
-    for method in [r.method for r in first]:
+    for method in [r.label for r in first]:
         for column in columns:
             values = {seed: table[method].get(column) for seed, table in tables.items() if method in table}
             mean, stderr = mean_stderr(values.values())

@@ -208,13 +208,21 @@ class Comparing(NamedTuple):
 @dataclass
 class CompareInputs:
     """What a comparison shares with each method's `compare` hook: its configuration (`model`,
-    `prompts`, `trust_remote_code` and the sections), its output directory, and what the
-    methods before it gave (`made_stats`, `made_scored`)."""
+    `prompts`, `trust_remote_code` and the sections; a variant's, with its sections over them),
+    its output directory, the folder the hook writes into (`folder`), and what the methods
+    before it gave (`made_stats`, `made_scored`)."""
 
     config: Any  # evaluation.compare.CompareConfig
     out: Path
     made_stats: str | None = None
     made_scored: str | None = None
+    variant: str | None = None  # a variant's name: its folders are OUT/VARIANT/NAME
+
+    def folder(self, name: str) -> Path:
+        """Where the hook's directory `name` (its model directory, a reward model's) goes:
+        OUT/NAME, or OUT/VARIANT/NAME for a variant, so a variant never trains into the
+        directories of the method it varies."""
+        return self.out / name if self.variant is None else self.out / self.variant / name
 
     @property
     def stats(self) -> str:

@@ -9,7 +9,7 @@ def compare(inputs: CompareInputs) -> Comparing:
     from steerable.methods.genarm.recipe import GenARMConfig
 
     given = getattr(inputs.config, "genarm", {})  # a config without a genarm: section: the defaults
-    section = {**inputs.shared(**given), "stats": inputs.stats, "output_dir": str(inputs.out / "genarm")}
+    section = {**inputs.shared(**given), "stats": inputs.stats, "output_dir": str(inputs.folder("genarm"))}
     section.pop("prompts", None)  # it trains on the pool's prompts
     steps = inputs.config.budgets.get("rl_steps")  # a budget ladder's rungs: the reward models' steps
     section.update({"rungs": steps} if steps else {})

@@ -8,7 +8,7 @@ from steerable.methods.base import CompareInputs, Comparing, Step
 def compare(inputs: CompareInputs) -> Comparing:
     from steerable.methods.morlhf.recipe import MORLHFConfig
 
-    section = {**inputs.rl(), **inputs.config.morlhf, "output_dir": str(inputs.out / "morlhf")}
+    section = {**inputs.rl(), **inputs.config.morlhf, "output_dir": str(inputs.folder("morlhf"))}
     config = config_from_dict(MORLHFConfig, section, "rl/morlhf")
     return Comparing(
         steps=(Step("morlhf", config, "steerable.methods.morlhf.recipe:train_morlhf"),),

@@ -11,7 +11,7 @@ def compare(inputs: CompareInputs) -> Comparing:
     from steerable.methods.moslim.recipe import MOSLIMConfig
 
     steps = []
-    section = {**inputs.rl(), **inputs.config.moslim, "output_dir": str(inputs.out / "moslim")}
+    section = {**inputs.rl(), **inputs.config.moslim, "output_dir": str(inputs.folder("moslim"))}
     if section.get("reward", "mapped") == "mapped" and section.get("reward_model") is None:
         from steerable.reward_models.multihead import MOSLIMRMConfig
 
@@ -23,7 +23,7 @@ def compare(inputs: CompareInputs) -> Comparing:
         )
         fixed = {
             "data": data,
-            "output_dir": str(inputs.out / "moslim_rm"),
+            "output_dir": str(inputs.folder("moslim_rm")),
             "trust_remote_code": inputs.config.trust_remote_code,
         }
         rm = config_from_dict(MOSLIMRMConfig, {**given, **fixed}, "moslim_rm")

@@ -19,7 +19,7 @@ def compare(inputs: CompareInputs) -> Comparing:
             "to the methods to use its scored offline data",
         ),
         "stats": given.get("stats") or inputs.stats,
-        "output_dir": str(inputs.out / "np_dpo"),
+        "output_dir": str(inputs.folder("np_dpo")),
         "trust_remote_code": inputs.config.trust_remote_code,
     }
     section, steps, rm = {**given, **fixed}, [], None
@@ -35,7 +35,7 @@ def compare(inputs: CompareInputs) -> Comparing:
             **shared,
             "task": "scored",
             "data": fixed["data"],
-            "output_dir": str(inputs.out / "np_rm"),
+            "output_dir": str(inputs.folder("np_rm")),
         }
         rm = config_from_dict(NPRMConfig, values, "np_rm")
         steps.append(Step("np_rm", rm, "steerable.evaluation.fewshot:run_np_rm"))

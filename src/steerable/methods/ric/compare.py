@@ -8,7 +8,7 @@ from steerable.methods.base import CompareInputs, Comparing, Step
 def compare(inputs: CompareInputs) -> Comparing:
     from steerable.methods.ric.recipe import RiCConfig
 
-    out = inputs.out / "ric"
+    out = inputs.folder("ric")
     steps = inputs.config.budgets.get("sft_steps")  # a budget ladder's rungs in the offline SFT
     rungs = {"sft_rungs": steps} if steps else {}
     section = inputs.shared(**inputs.config.ric, output_dir=str(out), **rungs)

@@ -10,7 +10,7 @@ def compare(inputs: CompareInputs) -> Comparing:
     from steerable.methods.soups.recipe import SoupsConfig
 
     # a comparison config without a soups: section trains it as every GRPO baseline
-    section = {**inputs.rl(), **getattr(inputs.config, "soups", {}), "output_dir": str(inputs.out / "soups")}
+    section = {**inputs.rl(), **inputs.config.soups, "output_dir": str(inputs.folder("soups"))}
     if section.get("algo") == "dpo":
         section.pop("prompts", None)  # DPO trains on the pool's prompts
         section["pool"] = inputs.scored(
