@@ -220,3 +220,38 @@ def test_a_comparison_over_two_training_seeds_reports_their_spread(tmp_path, tin
     two = seeded(CompareConfig(model="tiny", methods=["ric"], eval={"seed": 5}), 1)
     assert two.ric["seed"] == two.rl["seed"] == two.moslim_rm["seed"] == two.np_dpo["seed"] == 1
     assert two.eval == {"seed": 5} and two.seeds == []
+
+
+def test_the_compute_claims_read_off_a_hand_built_ladder():
+    from steerable.evaluation.ladder import RungResult, claims
+    from steerable.rungs import Rung
+
+    steer = {"gain": None, "orthogonality": None, "miscalibration": None}
+
+    def at(method, name, seconds, volume, stderr=None):
+        rung = Rung(method, name, "", seconds, 0, 0)
+        return RungResult(rung, volume, 6.0 * seconds, steer, stderr, 1 if stderr is None else 2)
+
+    ladder = [
+        at("morlhf", "step-1", 100, 2.0),
+        at("morlhf", "step-2", 200, 5.0),
+        at("morlhf", "final", 400, 6.0),
+        at("ric", "sft", 20, 4.0),
+        at("ric", "final", 40, 7.0),
+        at("prompting", "final", 0, 1.0),
+    ]
+    text = "\n".join(claims(ladder, "morlhf"))
+    assert "morlhf's final hypervolume: 6, at 400s." in text
+    assert "one training seed: no standard error to tell a plateau by" in text
+    assert "morlhf's compute over each method's final: 10x ric's." in text  # prompting cost nothing
+    assert "- ric: at 40s, 0.1x morlhf's" in text  # its first rung (4.0) falls short of 6
+    assert "- prompting: not reached within 0s" in text
+    assert "- ric: 1/2 at 20s (sft), 1/2 at 40s (final)" in text  # no MORLHF rung that cheap
+    assert "- morlhf: 2/3 at 100s (step-1), 2/3 at 200s (step-2), 2/3 at 400s (final)" in text
+    flops = "\n".join(claims(ladder, "morlhf", "flops"))
+    assert "at 2400 FLOPs" in flops and "- ric: at 240 FLOPs, 0.1x morlhf's" in flops
+    # over seeds, the last two rungs within one standard error: it stopped rising; else not
+    seeded = [at("morlhf", "step-2", 200, 5.0, 0.5), at("morlhf", "final", 400, 5.3, 0.4)]
+    assert "within one standard error (0.5): it stopped rising" in "\n".join(claims(seeded, "morlhf"))
+    rising = [at("morlhf", "step-2", 200, 5.0, 0.5), at("morlhf", "final", 400, 6.0, 0.2)]
+    assert "+1, beyond one standard error (0.5): still rising" in "\n".join(claims(rising, "morlhf"))

@@ -102,9 +102,33 @@ def best_within(results: Sequence[RungResult], method: str, budget: float, cost:
     return max(found) if found else None
 
 
+def plateau(results: Sequence[RungResult], method: str, cost: str) -> str | None:
+    """Whether `method`'s hypervolume stopped rising: its last two rungs within one standard
+    error of each other (the larger of the two; over training seeds), in a sentence. None with
+    fewer than two rungs."""
+    rows = sorted((r for r in ladder_rows(results) if r["method"] == method), key=lambda r: r[cost])
+    if len(rows) < 2:
+        return None
+    before, last = rows[-2], rows[-1]
+    said = (
+        f"its last two rungs: {before['hypervolume']:.4g} ({before['rung']}), "
+        f"{last['hypervolume']:.4g} ({last['rung']})"
+    )
+    errors = [before.get("hypervolume_stderr"), last.get("hypervolume_stderr")]
+    if any(e is None or not np.isfinite(e) for e in errors):
+        return f"{said}; one training seed: no standard error to tell a plateau by"
+    step, error = last["hypervolume"] - before["hypervolume"], max(errors)
+    if abs(step) <= error:
+        return f"{said}, within one standard error ({error:.2g}): it stopped rising"
+    return f"{said}, {step:+.3g}, beyond one standard error ({error:.2g}): " + (
+        "still rising" if step > 0 else "falling"
+    )
+
+
 def claims(results: Sequence[RungResult], baseline: str, cost: str = "seconds") -> list[str]:
     """The seed papers' compute claims as this ladder answers them, in lines: `baseline`'s final
-    hypervolume (MORLHF's by default: RiC and MOSLIM each claim a front as good for less), the
+    hypervolume (MORLHF's by default: RiC and MOSLIM each claim a front as good for less),
+    whether it had stopped rising (`plateau`) and its compute over each method's final; the
     cost at which each method first reaches it and that cost over the baseline's; then each
     method's rank at each of its rungs, among every method's best front at no more cost."""
     rows = ladder_rows(results)
@@ -115,7 +139,13 @@ def claims(results: Sequence[RungResult], baseline: str, cost: str = "seconds") 
     if theirs:
         final = max(theirs, key=lambda r: r[cost])
         target, spent = final["hypervolume"], final[cost]
-        lines.append(f"{baseline}'s final hypervolume: {target:.4g}, at {spent:.4g}{unit}. Reached:")
+        lines.append(f"{baseline}'s final hypervolume: {target:.4g}, at {spent:.4g}{unit}.")
+        stopped = plateau(results, baseline, cost)
+        lines += [f"{baseline}, {stopped}."] if stopped else []
+        finals = {m: max(r[cost] for r in rows if r["method"] == m) for m in names if m != baseline}
+        over = [f"{spent / c:.3g}x {m}'s" for m, c in finals.items() if c > 0]
+        lines += [f"{baseline}'s compute over each method's final: {', '.join(over)}."] if over else []
+        lines.append(f"The compute at which each method first reaches {baseline}'s final hypervolume:")
         for method in names:
             at = first_reaching(results, method, target, cost)
             budget = max(r[cost] for r in rows if r["method"] == method)
