@@ -255,3 +255,29 @@ def test_the_compute_claims_read_off_a_hand_built_ladder():
     assert "within one standard error (0.5): it stopped rising" in "\n".join(claims(seeded, "morlhf"))
     rising = [at("morlhf", "step-2", 200, 5.0, 0.5), at("morlhf", "final", 400, 6.0, 0.2)]
     assert "+1, beyond one standard error (0.5): still rising" in "\n".join(claims(rising, "morlhf"))
+
+
+def test_each_method_is_measured_as_soon_as_it_has_trained(
+    tmp_path, tiny_path, tiny_compare_ric, monkeypatch
+):
+    """A comparison stopped while a later method trains has already evaluated the methods
+    trained before it, with their rungs: a long ladder split over several runs shows its
+    numbers as it goes."""
+    import steerable.methods.morlhf.recipe as morlhf_recipe
+
+    config = tmp_path / "compare.yaml"
+    ladder = LADDER.format(model=tiny_path, ric=tiny_compare_ric)
+    methods = "methods: [ric, moslim, moslim-grpo, soups, mod, genarm, morlhf, prompting]"
+    assert methods in ladder
+    config.write_text(ladder.replace(methods, "methods: [ric, morlhf, prompting]"))
+
+    def stopped(config):
+        raise RuntimeError("the machine stopped")
+
+    monkeypatch.setattr(morlhf_recipe, "train_morlhf", stopped)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(out)])
+    assert isinstance(result.exception, RuntimeError), result.output
+    done = sorted(p.parent.name for p in (out / "stages").glob("*/done.json"))
+    assert done == ["eval_ric", "rung_ric_sft", "rung_ric_sft-step-2"]  # RiC and its rungs; MORLHF next
+    assert not (out / "ladder.csv").exists() and not (out / "report.md").exists()

@@ -397,13 +397,18 @@ def run_one(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
     plan = plan_compare(config, out)
     prompts = load_prompts(plan.settings.split, plan.settings.limit, config.prompts)
     trained: dict[str, Path] = {}
-    for name, training in plan.trainings.items():
-        for step in training.steps:  # the last writes the model directory that is evaluated
-            trained[name] = resolve(step.train)(step.config)
-    for name, training in plan.trainings.items():
-        if training.evaluates is not None:  # MOD, LoRA output mixing: soups' experts
-            trained[name] = trained[training.evaluates]
-    statistics = fingerprint(load_rewards(plan.stats).to_dict())
+
+    def train(name: str) -> Path:
+        """`name` trained (cached): its steps, the last writing the model directory evaluated."""
+        if name not in trained:
+            training = plan.trainings[name]
+            if training.evaluates is not None:  # MOD, LoRA output mixing: soups' experts
+                trained[name] = train(training.evaluates)
+            for step in training.steps:
+                trained[name] = resolve(step.train)(step.config)
+        return trained[name]
+
+    statistics = None  # read once the methods that make them (RiC) have trained
 
     def evaluated(
         stage: str, name: str, model: str, own: bool, options: dict, rung: str | None = None, adapter=None
@@ -412,6 +417,8 @@ def run_one(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
         adapter of it, a rung's) as the stage `stage` (cached), its result loaded. A ladder's
         `rung` is named in the stage's inputs, its adapter's path is not: the output directory
         can move."""
+        nonlocal statistics
+        statistics = statistics or fingerprint(load_rewards(plan.stats).to_dict())
         method = plan.method(name)
         inputs = {
             "method": method,
@@ -454,21 +461,27 @@ def run_one(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
         stages.run(stage, inputs, work)
         return EvaluationResult.load(stages.path(stage))
 
-    results = []
-    for name in plan.methods:
+    # each method evaluated (and its budget ladder's rungs) as soon as it has trained, so a run
+    # stopped part way has measured every method trained before the stop; those on the base
+    # model last
+    from steerable.evaluation.ladder import climb, run_ladder
+
+    measured, climbed = {}, []
+    for name in [*plan.trainings, *(m for m in plan.methods if m not in plan.trainings)]:
+        training = plan.trainings.get(name)
         # evaluated on the directory it trained, or on the base model
         own = methods.get(plan.method(name)).own_directory
-        model = str(trained[name]) if own else config.model
-        training = plan.trainings.get(name)
+        model = str(train(name)) if own else config.model
         options = dict(training.options or {}) if training is not None else {}
-        results.append(evaluated(f"eval_{name}", name, model, own, options))
+        measured[name] = evaluated(f"eval_{name}", name, model, own, options)
         wrote = own and (training is None or training.evaluates is None)  # not soups' experts as MOD
         if wrote and Path(model).resolve().is_relative_to(out.resolve()):
-            record_front(results[-1], model)  # a model this run trained carries its measured front
+            record_front(measured[name], model)  # a model this run trained carries its measured front
+        if config.budgets:
+            climbed.append(climb(config, plan, name, measured[name], trained, out, evaluated))
+    results = [measured[name] for name in plan.methods]
     if config.budgets:
-        from steerable.evaluation.ladder import run_ladder
-
-        run_ladder(config, plan, results, trained, out, evaluated)
+        run_ladder(config, plan, climbed, out)
     write_report(results, out)
     atomic_write_text(out / "compare.json", json.dumps(asdict(config), indent=2) + "\n")
     return results

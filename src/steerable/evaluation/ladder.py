@@ -255,45 +255,68 @@ def write_ladder(
     return out / "ladder.md"
 
 
-def run_ladder(config, plan, results, trained: dict, out: Path, evaluated) -> Path:
-    """Every compared method's rungs evaluated with `evaluated(stage, method, model, own,
-    options, rung)` (compare's cached evaluation; the finished models' `results` are reused),
-    and the ladder written (`write_ladder`). A method on the base model (prompting) is one rung
-    at no training compute."""
+@dataclass
+class Climbed:
+    """One method's rungs and what each one's evaluation measured (the finished model's
+    evaluation for its final rung), and a note when it had no saves on the way."""
+
+    method: str
+    rungs: list[tuple[Rung, object]]  # (rung, its EvaluationResult)
+    note: str | None = None
+
+
+def climb(config, plan, method: str, result, trained: dict, out: Path, evaluated) -> Climbed:
+    """`method`'s rungs (a variant's by its name) evaluated with `evaluated(stage, method,
+    model, own, options, rung, adapter)`, compare's cached evaluation; the finished model's
+    `result` is its final rung's. A method on the base model (prompting) is one rung at no
+    training compute. Called as each method finishes, so an interrupted comparison has
+    evaluated the rungs of every method trained before the stop."""
     from steerable import methods
+    from steerable.policy import load_manifest
+
+    note = None
+    if not methods.get(plan.method(method)).own_directory:
+        rungs = [Rung(method, FINAL, config.model, 0.0, 0, 0)]
+    else:
+        rungs = rungs_for(method, Path(trained[method]), out)
+        if len(rungs) == 1 and methods.get(load_manifest(trained[method]).method).rungs is not None:
+            note = (
+                f"{method}: no saves on the way to its finished model: its training finished before "
+                "these budgets were asked (the saves are made while it trains); train it into a fresh "
+                "output directory to have them"
+            )
+    training = plan.trainings.get(method)
+    options = dict(training.options or {}) if training is not None else {}
+    measured = []
+    for rung in rungs:
+        if rung.name == FINAL:
+            measured.append((rung, result))
+            continue
+        stage = f"rung_{method}_{rung.name}"
+        measured.append((rung, evaluated(stage, method, rung.model, True, options, rung.name, rung.adapter)))
+    return Climbed(method, measured, note)
+
+
+def run_ladder(config, plan, climbed: Sequence[Climbed], out: Path) -> Path:
+    """The ladder of every method's evaluated rungs (`climb`), in the comparison's order, on one
+    reference point: hypervolume, FLOPs and steerability per rung, written (`write_ladder`)."""
     from steerable.evaluation.pareto import hypervolume
     from steerable.evaluation.report import asks_targets, reference_point
     from steerable.evaluation.steerability import steerability
-    from steerable.policy import load_manifest
 
-    reference = reference_point(results[0].rewards)
+    climbed = sorted(climbed, key=lambda c: plan.methods.index(c.method))
+    reference = reference_point(climbed[0].rungs[0][1].rewards)
     parameters = base_parameters(config.model, config.trust_remote_code)
-    found, notes = [], []
-    for method, result in zip(plan.methods, results, strict=True):  # a variant: by its name
-        if not methods.get(plan.method(method)).own_directory:
-            rungs = [Rung(method, FINAL, config.model, 0.0, 0, 0)]
-        else:
-            rungs = rungs_for(method, Path(trained[method]), out)
-            if len(rungs) == 1 and methods.get(load_manifest(trained[method]).method).rungs is not None:
-                notes.append(
-                    f"{method}: no saves on the way to its finished model: its training finished before "
-                    "these budgets were asked (the saves are made while it trains); train it into a fresh "
-                    "output directory to have them"
-                )
-        training = plan.trainings.get(method)
-        options = dict(training.options or {}) if training is not None else {}
-        for rung in rungs:
-            measured = result
-            if rung.name != FINAL:
-                stage = f"rung_{method}_{rung.name}"
-                measured = evaluated(stage, method, rung.model, True, options, rung.name, rung.adapter)
-            found.append(
-                RungResult(
-                    rung,
-                    hypervolume(measured.means, reference),
-                    rung.flops(parameters),
-                    steerability(measured.points, targets=asks_targets(plan.method(method))),
-                )
-            )
+    found = [
+        RungResult(
+            rung,
+            hypervolume(result.means, reference),
+            rung.flops(parameters),
+            steerability(result.points, targets=asks_targets(plan.method(c.method))),
+        )
+        for c in climbed
+        for rung, result in c.rungs
+    ]
+    notes = [c.note for c in climbed if c.note is not None]
     baseline = config.budgets.get("baseline", CLAIMS_BASELINE)
     return write_ladder(found, out, parameters, reference, notes, baseline)
