@@ -322,7 +322,11 @@ def test_variants_are_checked_before_anything_trains(tmp_path):
         ({"moslim": grpo}, ["moslim"], "'moslim' cannot name a variant"),
         ({"Moslim GRPO": grpo}, ["ric"], "'Moslim GRPO' cannot name a variant"),
         ({"seed-1": grpo}, ["ric"], "'seed-1' cannot name a variant"),
-        ({"x": {"method": "ppo"}}, ["ric"], r"variants.x.method must be one of \[.*\], got 'ppo'"),
+        ({"x": {"method": "ppo"}}, ["ric"], r"variants.x.method must be one of \[.*\] \(a method a"),
+        ({"x": {"method": "prompting"}}, ["ric"], "variants.x.method must be one of"),
+        ({"x": {"moslim": {}}}, ["ric"], "variants.x needs method: M"),
+        ({"lora_mix": grpo}, ["ric"], "'lora_mix' cannot name a variant"),
+        ({"x": grpo}, ["ric"], r"variants \['x'\] are not among the methods"),
         ({"x": {"method": "moslim", "moslm": {}}}, ["ric"], r"variants.x: unknown key\(s\) \['moslm'\]"),
         ({"x": {"method": "moslim", "moslim": "grpo"}}, ["ric"], "variants.x.moslim must be a mapping"),
         ({}, ["ric", "moslim-grpo"], r"unknown method\(s\) \['moslim-grpo'\]"),
@@ -330,6 +334,14 @@ def test_variants_are_checked_before_anything_trains(tmp_path):
     ):
         with pytest.raises(SteerableError, match=message):
             CompareConfig(model="tiny", methods=methods, variants=variants)
+    # a variant can be the compute claims' baseline
+    longer = {"method": "morlhf", "rl": {"max_steps": 5}}
+    CompareConfig(methods=["morlhf", "x"], variants={"x": longer}, budgets={"baseline": "x", "rl_steps": [1]})
+    # a variant whose sections its method never reads is refused: it would be its method again
+    idle = {"x": {"method": "moslim", "ric": {"num_epochs": 2}}}
+    with pytest.raises(SteerableError, match="variants.x trains and evaluates exactly as its method"):
+        idling = CompareConfig(model="tiny", methods=["ric", "moslim", "x"], variants=idle)
+        plan_compare(idling, tmp_path / "o")
     # a variant's section is checked as its method's own, before anything trains
     bad = {"x": {"method": "moslim", "moslim": {"algorithm": "ppo"}}}
     config = CompareConfig(model="tiny", methods=["ric", "moslim", "x"], variants=bad)
@@ -348,3 +360,20 @@ def test_variants_are_checked_before_anything_trains(tmp_path):
     mine = {step.name: step.config for step in plan.trainings["moslim"].steps}
     assert mine["moslim"].algorithm == "dpo"  # the comparison's section, under the variant's
     assert mine["moslim"].output_dir == str(tmp_path / "out/moslim")
+
+
+def test_every_seed_trains_a_variant_at_that_seed(tmp_path):
+    from steerable.evaluation.compare import CompareConfig, plan_compare, seeded
+
+    variants = {
+        "x": {"method": "moslim", "moslim": {"algorithm": "grpo"}},
+        "y": {"method": "moslim", "moslim": {"algorithm": "grpo"}, "rl": {"seed": 7, "max_steps": 5}},
+    }
+    config = CompareConfig(
+        model="tiny", methods=["ric", "moslim", "x", "y"], moslim={"algorithm": "dpo"}, variants=variants
+    )
+    plan = plan_compare(seeded(config, 3), tmp_path / "out")
+    for name in ("moslim", "x", "y"):
+        steps = {step.name: step.config for step in plan.trainings[name].steps}
+        assert steps["moslim"].seed == steps["moslim_rm"].seed == 3, name
+    assert {step.name: step.config for step in plan.trainings["y"].steps}["moslim"].max_steps == 5

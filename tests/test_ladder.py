@@ -23,7 +23,7 @@ morlhf: {{weight_vectors: ["1,0", "0,1"]}}
 moslim_rm: {{model: {model}, num_epochs: 1, batch_size: 4, max_length: 32}}
 moslim: {{algorithm: dpo}}
 variants: {{moslim-grpo: {{method: moslim, moslim: {{algorithm: grpo}}}}}}
-budgets: {{rl_steps: [1, 2], sft_steps: [2]}}
+budgets: {{rl_steps: [1, 2, 3], sft_steps: [2]}}
 """
 
 
@@ -42,6 +42,8 @@ def test_every_method_is_evaluated_at_the_saves_along_its_run(laddered):
     out = root / "out"
     table = pd.read_csv(out / "ladder.csv")
     rungs = {m: list(group["rung"]) for m, group in table.groupby("method", sort=False)}
+    # saved at steps 1, 2 and 3, the last step: that save is the finished model, one rung
+    assert (out / "morlhf" / "stages" / "policy_0" / "rungs" / "step-3").is_dir()
     assert rungs["soups"] == rungs["mod"] == rungs["morlhf"] == ["step-1", "step-2", "final"]
     assert rungs["genarm"] == ["step-1", "step-2", "final"]  # its reward models at the same steps
     assert rungs["ric"] == ["sft-step-2", "sft", "final"]
@@ -156,7 +158,8 @@ def test_budgets_are_checked_before_anything_trains(tmp_path, tiny_path, tiny_co
         ({"rl_steps": [2, 1]}, "increasing positive integers"),
         ({"rl_steps": [0]}, "increasing positive integers"),
         ({"epochs": [1]}, "unknown key"),
-        ({"baseline": "ppo"}, "budgets.baseline must be one of"),
+        ({"baseline": "ppo"}, "budgets.baseline 'ppo' is not among the methods"),
+        ({"baseline": 3}, "budgets.baseline must name one of the methods"),
         ({"baseline": "morlhf"}, "budgets.baseline 'morlhf' is not among the methods"),
         ({"sft_steps": [5]}, "budgets.sft_steps saves ric on the way; none is among the methods"),
     ):
@@ -168,11 +171,11 @@ def test_budgets_are_checked_before_anything_trains(tmp_path, tiny_path, tiny_co
         CompareConfig(model="tiny", methods=["ric"], seeds=[0, 1])
     config = tmp_path / "c.yaml"
     ladder = LADDER.format(model=tiny_path, ric=tiny_compare_ric)
-    config.write_text(ladder.replace("rl_steps: [1, 2]", "rl_steps: [1, 9]"))
+    config.write_text(ladder.replace("rl_steps: [1, 2, 3]", "rl_steps: [1, 9]"))
     result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     said = " ".join(result.output.split())
-    assert "--rungs [9] (in a comparison: budgets.rl_steps) are beyond --max_steps (3)" in said
+    assert "--rungs [9] are beyond --max_steps (3) (in a comparison: budgets.rl_steps beyond" in said
     assert not (tmp_path / "out" / "ric").exists()  # refused before RiC trained
 
 
@@ -269,7 +272,9 @@ def test_each_method_is_measured_as_soon_as_it_has_trained(
     ladder = LADDER.format(model=tiny_path, ric=tiny_compare_ric)
     methods = "methods: [ric, moslim, moslim-grpo, soups, mod, genarm, morlhf, prompting]"
     assert methods in ladder
-    config.write_text(ladder.replace(methods, "methods: [ric, morlhf, prompting]"))
+    variants = "variants: {moslim-grpo: {method: moslim, moslim: {algorithm: grpo}}}"
+    assert variants in ladder
+    config.write_text(ladder.replace(methods, "methods: [ric, morlhf, prompting]").replace(variants, ""))
 
     def stopped(config):
         raise RuntimeError("the machine stopped")

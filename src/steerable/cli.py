@@ -1296,7 +1296,7 @@ def compare(
             # evaluation.compare.METHOD_ORDER, without importing it here
             help="Comma-separated methods: "
             + ", ".join(methods.names(lambda m: m.compare is not None or not m.own_directory))
-            + "."
+            + ", or a variant the config names (variants:)."
         ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Base model for every method.")] = None,

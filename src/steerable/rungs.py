@@ -81,13 +81,17 @@ def final_rung(method: str, directory: Path) -> Rung:
 
 def saves(folder: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every save `training.stage_clock` made in a stage's folder, by step: the
-    adapters only (a run that trains the whole model saves no rungs a stage can load)."""
+    adapters only (a run that trains the whole model saves no rungs a stage can load), and not
+    a save at the stage's last step (a rung at max_steps): that is the stage's own model, a
+    rung of its own already, and a ladder would read the two as a plateau."""
+    done = folder / "done.json"
+    last = json.loads(done.read_text())["info"].get("steps") if done.is_file() else None
     found = [
         (int(path.parent.name.removeprefix("step-")), path.parent)
         for path in (folder / RUNGS).glob(f"step-*/{RUNG_FILE}")
         if (path.parent / "adapter_config.json").is_file()
     ]
-    return sorted(found)
+    return sorted((step, save) for step, save in found if last is None or step < last)
 
 
 def policy_rungs(method: str, directory: Path, out: Path) -> list[Rung]:

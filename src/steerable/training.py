@@ -196,8 +196,9 @@ def check_rungs(rungs: Collection[int], max_steps: int) -> None:
     beyond = [step for step in rungs if step > max_steps]
     if beyond:
         raise SteerableError(
-            f"--rungs {beyond} (in a comparison: budgets.rl_steps) are beyond --max_steps ({max_steps}): "
-            "a model is saved at its rungs on the way to its last step; lower the rungs or raise max_steps"
+            f"--rungs {beyond} are beyond --max_steps ({max_steps}) (in a comparison: budgets.rl_steps "
+            "beyond the max_steps of rl: or of the method's own section): a model is saved at its rungs on "
+            "the way to its last step; lower the rungs or raise max_steps"
         )
 
 
@@ -325,10 +326,10 @@ def train_stage(
     them. With `drop_checkpoints` the checkpoints are removed once the stage is marked finished:
     resuming a finished stage never happens, so they are spent. With `finish=False` the caller
     finishes the stage, adding its own record to the info. `rungs`: steps at which the model is
-    also saved for a budget ladder (`stage_clock`, with `counts`). The seconds count the runs
-    before a resume too (`stage_clock`: the checkpoint keeps them), so a stage interrupted and
-    resumed records what it cost in all, and its finished model never less than a rung on its
-    way. The caller checks `stages.done` first."""
+    also saved for a budget ladder (`stage_clock`, with `counts`). The seconds count the
+    training of the runs before a resume too, up to the checkpoint resumed from (`stage_clock`:
+    the checkpoint keeps them; not those runs' setup, nor their steps after it), so a finished
+    model never costs less than a rung on its way. The caller checks `stages.done` first."""
     started = time.perf_counter()
     folder = stages.start(name, inputs)
     trainer = trainer_for(folder)

@@ -86,6 +86,8 @@ METHOD_ORDER = tuple(methods.names(lambda m: m.compare is not None or not m.own_
 # the sections a method's compare hook reads, which a variant may set over the comparison's
 SECTIONS = ("ric", "rl", "morlhf", "moslim", "moslim_rm", "np_dpo", "np_rm", "soups", "mod", "genarm")
 VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+# the methods a variant may vary: those a comparison trains (prompting has no settings to vary)
+TRAINED = tuple(methods.names(lambda m: m.compare is not None))
 
 
 @dataclass
@@ -152,6 +154,12 @@ class CompareConfig:
             raise SteerableError(f"unknown method(s) {bad}; choose from {list(METHOD_ORDER)}{defined}")
         if len(set(self.methods)) != len(self.methods):
             raise SteerableError(f"methods: each method once, got {self.methods}")
+        unused = [name for name in self.variants if name not in self.methods]
+        if unused:
+            raise SteerableError(
+                f"variants {unused} are not among the methods {self.methods}: list them in methods: "
+                "(or remove them)"
+            )
         check_budgets(self.budgets)
         baseline = self.budgets.get("baseline")
         if baseline is not None and baseline not in self.methods:
@@ -212,13 +220,13 @@ BUDGETS = {
 def check_budgets(budgets: dict) -> None:
     """The budgets: section (`BUDGETS`): rl_steps and sft_steps, each a list of increasing
     positive steps at which the methods it names are also saved and evaluated as rungs of a
-    budget ladder; baseline, a method name."""
+    budget ladder; baseline, the name of one of the comparison's methods (checked there)."""
     unknown = sorted(set(budgets) - set(BUDGETS))
     if unknown:
         raise SteerableError(f"budgets: unknown key(s) {unknown}; budgets takes {', '.join(BUDGETS)}")
     baseline = budgets.get("baseline")
-    if baseline is not None and baseline not in METHOD_ORDER:
-        raise SteerableError(f"budgets.baseline must be one of {list(METHOD_ORDER)}, got {baseline!r}")
+    if baseline is not None and not isinstance(baseline, str):
+        raise SteerableError(f"budgets.baseline must name one of the methods, got {baseline!r}")
     for key, steps in budgets.items():
         if key == "baseline":
             continue
@@ -234,17 +242,21 @@ def check_variants(variants: dict) -> None:
 
     if not isinstance(variants, dict):
         raise SteerableError(f"variants must map names to {{method: M, SECTION: {{...}}}}, got {variants!r}")
-    taken = {*METHODS, *SECTIONS, "stages", "ladder"}
+    taken = {n.replace("_", "-") for n in (*METHODS, *SECTIONS, "stages", "ladder")}
     for name, body in variants.items():
         named = isinstance(name, str) and VARIANT_NAME.fullmatch(name) is not None
-        if not named or name in taken or name.startswith("seed-"):
+        if not named or name.replace("_", "-") in taken or name.startswith("seed-"):
             raise SteerableError(
                 f"variants: {name!r} cannot name a variant; give it a new name of lowercase letters, digits, "
                 "- and _ (not a method's, a section's, stages, ladder or seed-N), e.g. moslim-grpo"
             )
-        if not isinstance(body, dict) or body.get("method") not in METHOD_ORDER:
-            got = body.get("method") if isinstance(body, dict) else body
-            raise SteerableError(f"variants.{name}.method must be one of {list(METHOD_ORDER)}, got {got!r}")
+        if not isinstance(body, dict) or "method" not in body:
+            raise SteerableError(f"variants.{name} needs method: M, the method it varies, got {body!r}")
+        if body["method"] not in TRAINED:
+            raise SteerableError(
+                f"variants.{name}.method must be one of {list(TRAINED)} (a method a comparison trains), "
+                f"got {body['method']!r}"
+            )
         unknown = sorted(set(body) - {"method", *SECTIONS})
         if unknown:
             raise SteerableError(
@@ -296,6 +308,8 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
             continue
         mine = inputs if name == method.name else replace(inputs, config=config.variant(name), variant=name)
         training = resolve(method.compare)(mine)
+        if name != method.name:
+            refuse_idle_variant(name, training, resolve(method.compare)(replace(inputs, variant=name)))
         inputs.made_stats = inputs.made_stats or training.stats
         inputs.made_scored = inputs.made_scored or training.scored
         trainings[name] = training
@@ -310,6 +324,22 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
         refuse_training_prompts(config.prompts, settings)
     variants = {name: config.method_of(name) for name in chosen if name in config.variants}
     return ComparePlan(chosen, settings, inputs.stats, trainings, variants)
+
+
+def refuse_idle_variant(name: str, training: Comparing, plain: Comparing) -> None:
+    """Refuse the variant `name` when it trains and evaluates exactly as its method does
+    (`plain`: its method's training, into the variant's folder): its sections set nothing that
+    method reads (a ric: section on moslim, a soups: section on mod, which mixes the comparison's
+    own soups experts)."""
+
+    def settings(t: Comparing):
+        return [asdict(step.config) for step in t.steps], dict(t.options or {})
+
+    if settings(training) == settings(plain):
+        raise SteerableError(
+            f"variants.{name} trains and evaluates exactly as its method: its sections set nothing that "
+            "method reads; set the method's own section (or rl: for soups, morlhf and moslim)"
+        )
 
 
 def refuse_training_prompts(path: str, settings: EvalSettings) -> None:
