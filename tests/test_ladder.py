@@ -23,7 +23,7 @@ morlhf: {{weight_vectors: ["1,0", "0,1"]}}
 moslim_rm: {{model: {model}, num_epochs: 1, batch_size: 4, max_length: 32}}
 moslim: {{algorithm: dpo}}
 variants: {{moslim-grpo: {{method: moslim, moslim: {{algorithm: grpo}}}}}}
-budgets: {{rl_steps: [1, 2, 3], sft_steps: [2]}}
+budgets: {{rl_steps: [1, 2, 3], sft_steps: [1]}}
 """
 
 
@@ -46,7 +46,7 @@ def test_every_method_is_evaluated_at_the_saves_along_its_run(laddered):
     assert (out / "morlhf" / "stages" / "policy_0" / "rungs" / "step-3").is_dir()
     assert rungs["soups"] == rungs["mod"] == rungs["morlhf"] == ["step-1", "step-2", "final"]
     assert rungs["genarm"] == ["step-1", "step-2", "final"]  # its reward models at the same steps
-    assert rungs["ric"] == ["sft-step-2", "sft", "final"]
+    assert rungs["ric"] == ["sft-step-1", "sft", "final"]
     assert rungs["prompting"] == ["final"]
     assert rungs["moslim"] == ["policy-step-1", "policy-step-2", "final"]
     # MOSLIM pays for its reward model at every rung
@@ -146,7 +146,7 @@ def test_a_ladder_interrupted_between_rungs_resumes_to_the_same_table(laddered, 
     monkeypatch.setattr(evaluate_module, "evaluate", real)
     resumed = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(out)])
     assert resumed.exit_code == 0, resumed.output
-    assert "rung_ric_sft-step-2" in resumed.output.split("starting")[0]  # kept: evaluated before the stop
+    assert "rung_ric_sft-step-1" in resumed.output.split("starting")[0]  # kept: evaluated before the stop
     pd.testing.assert_frame_equal(pd.read_csv(out / "ladder.csv"), whole)
 
 
@@ -284,5 +284,5 @@ def test_each_method_is_measured_as_soon_as_it_has_trained(
     result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(out)])
     assert isinstance(result.exception, RuntimeError), result.output
     done = sorted(p.parent.name for p in (out / "stages").glob("*/done.json"))
-    assert done == ["eval_ric", "rung_ric_sft", "rung_ric_sft-step-2"]  # RiC and its rungs; MORLHF next
+    assert done == ["eval_ric", "rung_ric_sft", "rung_ric_sft-step-1"]  # RiC and its rungs; MORLHF next
     assert not (out / "ladder.csv").exists() and not (out / "report.md").exists()
