@@ -286,3 +286,48 @@ def test_each_method_is_measured_as_soon_as_it_has_trained(
     done = sorted(p.parent.name for p in (out / "stages").glob("*/done.json"))
     assert done == ["eval_ric", "rung_ric_sft", "rung_ric_sft-step-1"]  # RiC and its rungs; MORLHF next
     assert not (out / "ladder.csv").exists() and not (out / "report.md").exists()
+
+
+NP_LADDER = """
+model: {model}
+methods: [np-dpo, prompting]
+stats: {stats}
+eval: {{limit: 2, resolution: 2, examples: 3, max_new_tokens: 4}}
+np_rm: {{steps: 20, hidden: 16, latent_size: 4, heads: 2, targets: 6, max_context: 3, eval_tasks: 10,
+        validation_tasks: 10, eval_every: 10}}
+np_dpo: {{data: {data}, targets: 6, max_context: 3, tasks_per_batch: 2, max_steps: 3, lora_r: 4,
+         lora_alpha: 8, max_completion_length: 8, eval_tasks: 2, eval_prompts: 2, eval_contexts: 1,
+         max_new_tokens: 4, eval_context_size: 2}}
+budgets: {{rl_steps: [1, 2]}}
+"""
+
+
+def test_np_dpo_is_evaluated_at_its_saves_with_their_context_encoders(tmp_path, tiny_path, scored_table):
+    from steerable.policy import load_manifest
+    from steerable.stages import file_digest
+
+    config = tmp_path / "compare.yaml"
+    stats = scored_table.parent / "stats.json"
+    config.write_text(NP_LADDER.format(model=tiny_path, stats=stats, data=scored_table))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compare", "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "ladder.csv")
+    mine = table[table["method"] == "np-dpo"].reset_index()
+    assert list(mine["rung"]) == ["step-1", "step-2", "final"]
+    # each rung's directory steers with that save's context encoder and the finished run's pairs
+    saves = out / "np_dpo" / "stages" / "policy" / "rungs"
+    for step in (1, 2):
+        rung = out / "ladder" / "np-dpo" / f"step-{step}"
+        fewshot = load_manifest(rung).fewshot
+        assert (rung / fewshot["context"]).resolve() == (saves / f"step-{step}" / "fewshot").resolve()
+        assert (rung / fewshot["heldout_pairs"]).is_file()
+    assert file_digest(saves / "step-1" / "fewshot") != file_digest(saves / "step-2" / "fewshot")  # trained
+    # every rung pays the NP-BTL run its encoder started from; the tokens, the run's share
+    started_from = json.loads((out / "np_rm" / "stages" / "np" / "done.json").read_text())["info"]["seconds"]
+    policy = json.loads((out / "np_dpo" / "stages" / "policy" / "done.json").read_text())["info"]
+    assert started_from > 0
+    assert mine["seconds"].iloc[-1] == pytest.approx(policy["seconds"] + started_from)
+    assert mine["seconds"].iloc[0] > started_from
+    assert mine["trained_tokens"].iloc[0] == round(policy["trained_tokens"] / 3)
+    assert mine["trained_tokens"].is_monotonic_increasing

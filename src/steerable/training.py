@@ -202,14 +202,17 @@ def check_rungs(rungs: Collection[int], max_steps: int) -> None:
         )
 
 
-def stage_clock(folder: Path, checkpoint: str | None, rungs: Collection[int] = (), counts=None):
+def stage_clock(
+    folder: Path, checkpoint: str | None, rungs: Collection[int] = (), counts=None, save_rung=None
+):
     """A callback that counts the seconds a stage has trained, summed over resumed runs (every
     checkpoint keeps them; `carried`: those of the runs before this one), and saves the model
     being trained at each of `rungs` into folder/rungs/step-N (an adapter, or the whole model)
     beside rung.json: the step, the seconds trained so far, the tokens trained on, and what
-    `counts()` adds (GRPO: its generated completions and tokens; every process calls it). These
-    are the rungs of a budget ladder (`steerable compare`'s budgets): one training run,
-    evaluated at several budgets without training again."""
+    `counts()` adds (GRPO: its generated completions and tokens; every process calls it);
+    `save_rung(model, folder)` saves a model that is not a PEFT model alone (NP-DPO's adapter and
+    context encoder). These are the rungs of a budget ladder (`steerable compare`'s budgets):
+    one training run, evaluated at several budgets without training again."""
 
     class StageClock(CheckpointedState):
         carried = 0.0  # the seconds of the runs before this one (a resume's checkpoint keeps them)
@@ -238,7 +241,10 @@ def stage_clock(folder: Path, checkpoint: str | None, rungs: Collection[int] = (
                 from steerable.io import atomic_write_text
 
                 target = folder / RUNGS / f"step-{state.global_step}"
-                model.save_pretrained(str(target))
+                if save_rung is not None:
+                    save_rung(model, target)
+                else:
+                    model.save_pretrained(str(target))
                 atomic_write_text(target / RUNG_FILE, json.dumps(record, indent=2) + "\n")
 
         def state(self) -> dict:
@@ -312,6 +318,7 @@ def train_stage(
     finish: bool = True,
     rungs: Collection[int] = (),
     counts: Callable[[], dict] | None = None,
+    save_rung: Callable[[object, Path], None] | None = None,
 ):
     """Train one stage of `stages` (a `steerable.stages.Stages`) and finish it; returns
     (trainer, the stage's info). Every process trains (under `accelerate launch`).
@@ -326,7 +333,7 @@ def train_stage(
     them. With `drop_checkpoints` the checkpoints are removed once the stage is marked finished:
     resuming a finished stage never happens, so they are spent. With `finish=False` the caller
     finishes the stage, adding its own record to the info. `rungs`: steps at which the model is
-    also saved for a budget ladder (`stage_clock`, with `counts`). The seconds count the
+    also saved for a budget ladder (`stage_clock`, with `counts` and `save_rung`). The seconds count the
     training of the runs before a resume too, up to the checkpoint resumed from (`stage_clock`:
     the checkpoint keeps them; not those runs' setup, nor their steps after it), so a finished
     model never costs less than a rung on its way. The caller checks `stages.done` first."""
@@ -334,7 +341,7 @@ def train_stage(
     folder = stages.start(name, inputs)
     trainer = trainer_for(folder)
     checkpoint = last_complete_checkpoint(folder / "checkpoints")
-    clock = stage_clock(folder, checkpoint, rungs, counts)
+    clock = stage_clock(folder, checkpoint, rungs, counts, save_rung)
     trainer.add_callback(clock)
     result = stage_bar(trainer, label).train(resume_from_checkpoint=checkpoint)
     info = {"steps": trainer.state.global_step, "trained_tokens": int(trainer.state.num_input_tokens_seen)}

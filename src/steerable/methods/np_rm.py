@@ -19,6 +19,7 @@ and is reused only when they match.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -191,12 +192,14 @@ def split_record(config: TaskConfig) -> dict:
 
 
 def fitted(stages: Stages, name: str, inputs: dict, fit) -> NPRewardModel:
-    """A model stage: trained by `fit()` and saved once, loaded after."""
+    """A model stage: trained by `fit()` and saved once, loaded after; its record holds the
+    seconds it took (what NP-DPO started from it pays in a budget ladder)."""
 
     def work(folder: Path) -> dict:
+        started = time.perf_counter()
         model = fit()
         model.save(folder / "model")
-        return {"validation_accuracy": model.validation_accuracy}
+        return {"validation_accuracy": model.validation_accuracy, "seconds": time.perf_counter() - started}
 
     stages.run(name, inputs, work)
     return NPRewardModel.load(stages.path(name) / "model")

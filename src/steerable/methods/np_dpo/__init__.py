@@ -17,6 +17,8 @@ METHOD = Method(
     # `train np-dpo` trains, then evaluates (implicit-reward accuracy and generation effects)
     recipe="steerable.evaluation.fewshot:run_np_dpo",
     compare="steerable.methods.np_dpo.compare:compare",
+    rungs="steerable.methods.np_dpo.compare:ladder_rungs",
+    budgets=("rl_steps",),
     uses_scored=True,
     report=("steerable.evaluation.fewshot:np_dpo_result", "steerable.evaluation.fewshot:effects_table"),
     check="steerable.methods.np_dpo.steering:check_manifest",

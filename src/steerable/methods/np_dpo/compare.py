@@ -1,6 +1,7 @@
 """NP-DPO inside a comparison: by default on the scored data of a method before it (RiC's
 offline data) and the comparison's statistics. Without a context_init, an NP-BTL run (np_rm:)
-on the same pairs, split the same way, is trained first and starts its context encoder."""
+on the same pairs, split the same way, is trained first and starts its context encoder. In a
+budget ladder its policy is saved at the budgets' rl_steps (DPO steps) too (`ladder_rungs`)."""
 
 from steerable.configs import config_from_dict
 from steerable.errors import SteerableError
@@ -21,6 +22,7 @@ def compare(inputs: CompareInputs) -> Comparing:
         "stats": given.get("stats") or inputs.stats,
         "output_dir": str(inputs.folder("np_dpo")),
         "trust_remote_code": inputs.config.trust_remote_code,
+        **({"rungs": inputs.config.budgets["rl_steps"]} if "rl_steps" in inputs.config.budgets else {}),
     }
     section, steps, rm = {**given, **fixed}, [], None
     if section.get("context_init") is None:
@@ -48,3 +50,40 @@ def compare(inputs: CompareInputs) -> Comparing:
         )
     steps.append(Step("np_dpo", config, "steerable.evaluation.fewshot:run_np_dpo"))
     return Comparing(steps=tuple(steps))
+
+
+def ladder_rungs(method: str, directory, out) -> list:
+    """NP-DPO's rungs in a budget ladder: its policy's saves on the way (adapter and context
+    encoder, stages/policy/rungs/step-N), each written as a model directory
+    (`rungs.policy_rungs`) whose context encoder is that save's and whose held-out pairs (the
+    simulated users' choices) are the finished model's; then the finished model. Every rung also
+    pays the seconds of the NP-BTL its context encoder started from (context_init's np stage; 0
+    for a run without one, or one recorded before its seconds were). The tokens a save trained
+    on are estimated as the run's, in proportion to its steps."""
+    import json
+    import os
+    from dataclasses import replace
+    from pathlib import Path
+
+    from steerable.fewshot.policy import FEWSHOT_DIR
+    from steerable.manifest import write_manifest
+    from steerable.policy import load_manifest
+    from steerable.rungs import policy_rungs
+
+    context_init = load_manifest(directory).training.get("config", {}).get("context_init")
+    done = None if context_init is None else Path(context_init) / "stages" / "np" / "done.json"
+    started_from = 0.0
+    if done is not None and done.is_file():
+        started_from = float(json.loads(done.read_text())["info"].get("seconds", 0.0))
+    rungs = [replace(r, seconds=r.seconds + started_from) for r in policy_rungs(method, directory, out)]
+    for rung in rungs[:-1]:  # the last is the finished model, as it is
+        target = Path(rung.model)
+        manifest = load_manifest(target)
+        save = target / manifest.policies[0]["adapter"]
+        fewshot = {
+            **manifest.fewshot,
+            "context": os.path.relpath(save / FEWSHOT_DIR, target),
+            "heldout_pairs": os.path.relpath(Path(directory) / manifest.fewshot["heldout_pairs"], target),
+        }
+        write_manifest(target, replace(manifest, fewshot=fewshot))
+    return rungs

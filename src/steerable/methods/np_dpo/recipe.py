@@ -59,6 +59,7 @@ from steerable.stages import Stages, file_digest, fingerprint
 from steerable.training import (
     LoraArguments,
     ModelArguments,
+    check_rungs,
     config_inputs,
     device_args,
     lora_config,
@@ -98,6 +99,10 @@ class NPDPOConfig(TaskConfig, ModelArguments):
         lora_r / lora_alpha: the LoRA shape (`LoraArguments`; 16 / 32, and no dropout: DPO
             trains without it, as TRL's does).
         save_steps: steps between checkpoints (an interrupted run resumes from the last).
+        rungs: steps at which the policy (adapter and context encoder) is also saved, with the
+            compute spent so far (stages/policy/rungs/step-N: a budget ladder's rungs; the
+            tokens trained on so far estimated as the run's in proportion to its steps). Not
+            part of the stage's inputs.
     Evaluation:
         eval_tasks: held-out tasks per context size for the implicit-reward accuracy.
         eval_prompts: held-out prompts generated for (the embedded heldout split).
@@ -130,6 +135,10 @@ class NPDPOConfig(TaskConfig, ModelArguments):
     lora_r: int = with_default(LoraArguments, "lora_r", 16)
     lora_alpha: int = with_default(LoraArguments, "lora_alpha", 32)
     save_steps: int = field(default=10, metadata={"help": "Steps between checkpoints.", "ge": 1})
+    rungs: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Steps at which the policy is also saved (a budget ladder's rungs).", "ge": 1},
+    )
     eval_tasks: int = field(default=40, metadata={"help": "Held-out tasks per context size.", "ge": 1})
     eval_prompts: int = field(default=32, metadata={"help": "Held-out prompts for generations.", "ge": 1})
     eval_contexts: int = field(default=4, metadata={"help": "Contexts per type for generations.", "ge": 1})
@@ -159,6 +168,7 @@ class NPDPOConfig(TaskConfig, ModelArguments):
             )
         if not 0 <= self.eval_context_size <= self.max_context:
             raise SteerableError(f"--eval_context_size must be in 0..max_context ({self.max_context})")
+        check_rungs(self.rungs, self.max_steps)
         self.model = absolute_if_local(self.model)
         self.stats = str(Path(self.stats).resolve())
         if self.context_init is not None:
@@ -427,6 +437,7 @@ def policy_stage(config, stages, inputs, source, tasks, encoded, reference, toke
     info = stages.done("policy", inputs)
     if info is not None:
         return info
+    made = {}
 
     def trainer_for(stage: Path):
         torch.manual_seed(config.seed)
@@ -452,7 +463,7 @@ def policy_stage(config, stages, inputs, source, tasks, encoded, reference, toke
             label_names=[],
             **{k: v for k, v in device_args().items() if k != "include_num_input_tokens_seen"},
         )
-        return dpo_trainer_class()(
+        made["trainer"] = dpo_trainer_class()(
             model=module,
             args=args,
             train_dataset=tasks,
@@ -460,6 +471,7 @@ def policy_stage(config, stages, inputs, source, tasks, encoded, reference, toke
             beta=config.beta,
             sft_weight=config.sft_weight,
         )
+        return made["trainer"]
 
     def describe(trainer, result) -> dict:
         losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
@@ -470,12 +482,22 @@ def policy_stage(config, stages, inputs, source, tasks, encoded, reference, toke
             "trained_tokens": trained_tokens(tasks, encoded),
         }
 
-    def save(trainer, stage: Path, info: dict) -> None:
+    def save_policy(module, folder: Path) -> None:
         """The adapter, and the context encoder beside it."""
-        trainer.model.lm.save_pretrained(stage / "weights")
-        trainer.model.path.save(stage / "weights" / FEWSHOT_DIR)
+        module.lm.save_pretrained(folder)
+        module.path.save(folder / FEWSHOT_DIR)
 
-    return train_stage(stages, "policy", inputs, trainer_for, "NP-DPO policy", describe, save)[1]
+    def save(trainer, stage: Path, info: dict) -> None:
+        save_policy(trainer.model, stage / "weights")
+
+    def counts() -> dict:  # the collator builds the rows: the tokens so far, as the run's share
+        step = made["trainer"].state.global_step
+        return {"trained_tokens": round(trained_tokens(tasks, encoded) * step / config.max_steps)}
+
+    return train_stage(
+        stages, "policy", inputs, trainer_for, "NP-DPO policy", describe, save,
+        rungs=config.rungs, counts=counts, save_rung=save_policy,
+    )[1]  # fmt: skip
 
 
 def run_inputs(config: NPDPOConfig) -> tuple[dict, dict]:
@@ -488,6 +510,7 @@ def run_inputs(config: NPDPOConfig) -> tuple[dict, dict]:
     }
     evaluation_only = (
         "output_dir",
+        "rungs",
         "stats",
         "eval_tasks",
         "eval_prompts",
