@@ -74,6 +74,11 @@ def test_every_method_is_evaluated_at_the_saves_along_its_run(laddered):
     assert "morlhf's final hypervolume" in report
     assert "x morlhf's" in report or "- ric: not reached" in report  # RiC's cost over MORLHF's, or none
     assert "Rank at equal compute" in report and "- moslim: " in report
+    # each rung's command: the comparison's, and the stage that holds the rung's evaluation
+    assert f"Made by `steerable compare --config {root / 'compare.yaml'} --out {out}`" in report
+    for row in table.itertuples():
+        assert (out / "stages" / row.stage / "result.json").is_file(), row.stage
+    assert set(table[table["rung"] == "final"]["stage"]) == {f"eval_{m}" for m in rungs}
 
 
 def test_a_variant_is_its_method_trained_again_under_its_own_settings(laddered):

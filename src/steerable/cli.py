@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -1310,7 +1311,10 @@ def compare(
     settings = CompareConfig.from_yaml(config, overrides)
     confirm_cost(compare_cost(settings, out), yes)
     claim(out, {"--config": config}, directory=True)
-    results = run_compare(settings, out)
+    line = ["steerable", "compare"]  # what made the run, recorded with its budget ladder
+    for option, value in (("--config", config), ("--methods", methods), ("--model", model)):
+        line += [option, str(value)] if value is not None else []
+    results = run_compare(settings, out, shlex.join([*line, "--out", str(out)]))
     if settings.seeds:  # the first seed's table; the spread over the seeds is in seeds.md
         _print_comparison(results, seed_folder(out, settings.seeds[0]))
         Console().print(f"over seeds {settings.seeds}: {out / 'seeds.md'}", highlight=False)

@@ -390,10 +390,11 @@ def seed_folder(out: Path, seed: int) -> Path:
     return Path(out) / f"seed-{seed}"
 
 
-def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
+def run_compare(config: CompareConfig, out: str | Path, command: str | None = None) -> list[EvaluationResult]:
     """Train (cached), evaluate (cached) and report every method of `config`; with `seeds`, the
     whole comparison once per training seed (OUT/seed-S/), then their spread (`write_seeds`).
-    Returns the (first seed's) results."""
+    `command`: the command line that runs it, recorded in the budget ladder. Returns the (first
+    seed's) results."""
     if config.seeds:
         from steerable.evaluation.seeds import write_seeds
         from steerable.io import atomic_write_text
@@ -402,20 +403,21 @@ def run_compare(config: CompareConfig, out: str | Path) -> list[EvaluationResult
         Stages(Path(out), "compare")  # refuses another command's directory before anything trains
         for seed in config.seeds:
             plan_compare(seeded(config, seed), seed_folder(out, seed))  # every seed checked first
-        runs = {seed: run_compare(seeded(config, seed), seed_folder(out, seed)) for seed in config.seeds}
+        runs = {seed: run_one(seeded(config, seed), seed_folder(out, seed), command) for seed in config.seeds}
         from steerable.evaluation.ladder import CLAIMS_BASELINE, base_parameters
 
         ladder = None
         if config.budgets:
             parameters = base_parameters(config.model, config.trust_remote_code)
-            ladder = {"parameters": parameters, "baseline": config.budgets.get("baseline", CLAIMS_BASELINE)}
+            baseline = config.budgets.get("baseline", CLAIMS_BASELINE)
+            ladder = {"parameters": parameters, "baseline": baseline, "command": command}
         write_seeds(runs, Path(out), {seed: seed_folder(out, seed) for seed in config.seeds}, ladder)
         atomic_write_text(Path(out) / "compare.json", json.dumps(asdict(config), indent=2) + "\n")
         return runs[config.seeds[0]]
-    return run_one(config, out)
+    return run_one(config, out, command)
 
 
-def run_one(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
+def run_one(config: CompareConfig, out: str | Path, command: str | None = None) -> list[EvaluationResult]:
     """One comparison: train (cached), evaluate (cached) and report every method of `config`."""
     from steerable.data.prompts import load_prompts, prompt_source
     from steerable.io import atomic_write_text
@@ -511,7 +513,7 @@ def run_one(config: CompareConfig, out: str | Path) -> list[EvaluationResult]:
             climbed.append(climb(config, plan, name, measured[name], trained, out, evaluated))
     results = [measured[name] for name in plan.methods]
     if config.budgets:
-        run_ladder(config, plan, climbed, out)
+        run_ladder(config, plan, climbed, out, command)
     write_report(results, out)
     atomic_write_text(out / "compare.json", json.dumps(asdict(config), indent=2) + "\n")
     return results

@@ -72,11 +72,20 @@ class RungResult:
     seeds: int = 1
 
 
+def rung_stage(rung: Rung) -> str:
+    """The comparison's stage that holds `rung`'s evaluation (OUT/stages/STAGE/result.json, its
+    inputs in done.json): the finished model's, or the rung's own."""
+    return f"eval_{rung.method}" if rung.name == FINAL else f"rung_{rung.method}_{rung.name}"
+
+
 def ladder_rows(results: Sequence[RungResult]) -> list[dict]:
     return [
         {
             "method": r.rung.method,
             "rung": r.rung.name,
+            "stage": rung_stage(r.rung),
+            "model": r.rung.model,
+            "adapter": r.rung.adapter or "",
             "seconds": r.rung.seconds,
             "trained_tokens": r.rung.trained_tokens,
             "generated_tokens": r.rung.generated_tokens,
@@ -205,9 +214,10 @@ def write_ladder(
     reference: Sequence[float],
     notes: Sequence[str] = (),
     baseline: str = CLAIMS_BASELINE,
+    command: str | None = None,
 ) -> Path:
     """OUT/ladder.csv, ladder.png and ladder.md (the table, `notes` and the claims against
-    `baseline`'s final hypervolume)."""
+    `baseline`'s final hypervolume; `command`, the one that made it, to run again)."""
     import pandas as pd
 
     from steerable.io import atomic_write, atomic_write_text
@@ -225,6 +235,16 @@ def write_ladder(
     lines = [
         "# Hypervolume against compute",
         "",
+        *(
+            [
+                f"Made by `{command}` (its configuration: compare.json). Each rung's evaluation is the "
+                "stage its row of ladder.csv names (stages/STAGE/result.json, its inputs in done.json); "
+                "the same command resumes or re-reads them.",
+                "",
+            ]
+            if command
+            else []
+        ),
         f"Every rung evaluated on the same prompts, grid and statistics; hypervolume reference point "
         f"{', '.join(f'{v:.4g}' for v in reference)}. FLOPs: 6 N per trained token + 2 N per generated "
         f"token, N = {parameters:,} parameters of the base model."
@@ -292,12 +312,13 @@ def climb(config, plan, method: str, result, trained: dict, out: Path, evaluated
         if rung.name == FINAL:
             measured.append((rung, result))
             continue
-        stage = f"rung_{method}_{rung.name}"
-        measured.append((rung, evaluated(stage, method, rung.model, True, options, rung.name, rung.adapter)))
+        measured.append(
+            (rung, evaluated(rung_stage(rung), method, rung.model, True, options, rung.name, rung.adapter))
+        )
     return Climbed(method, measured, note)
 
 
-def run_ladder(config, plan, climbed: Sequence[Climbed], out: Path) -> Path:
+def run_ladder(config, plan, climbed: Sequence[Climbed], out: Path, command: str | None = None) -> Path:
     """The ladder of every method's evaluated rungs (`climb`), in the comparison's order, on one
     reference point: hypervolume, FLOPs and steerability per rung, written (`write_ladder`)."""
     from steerable.evaluation.pareto import hypervolume
@@ -319,4 +340,4 @@ def run_ladder(config, plan, climbed: Sequence[Climbed], out: Path) -> Path:
     ]
     notes = [c.note for c in climbed if c.note is not None]
     baseline = config.budgets.get("baseline", CLAIMS_BASELINE)
-    return write_ladder(found, out, parameters, reference, notes, baseline)
+    return write_ladder(found, out, parameters, reference, notes, baseline, command)

@@ -96,7 +96,9 @@ def write_seeds(
         write_mean_ladder(tables, out, reference, **ladder)
 
 
-def write_mean_ladder(tables: list, out: Path, reference, parameters: int, baseline: str) -> None:
+def write_mean_ladder(
+    tables: list, out: Path, reference, parameters: int, baseline: str, command: str | None = None
+) -> None:
     """The seeds' ladders averaged rung by rung (a rung every seed has), written as one ladder
     whose hypervolume carries its standard error over the seeds."""
     import pandas as pd
@@ -130,4 +132,4 @@ def write_mean_ladder(tables: list, out: Path, reference, parameters: int, basel
                 len(tables),
             )  # fmt: skip
         )
-    write_ladder(found, out, parameters, reference, baseline=baseline)
+    write_ladder(found, out, parameters, reference, baseline=baseline, command=command)
