@@ -314,6 +314,9 @@ def test_compare_plans_genarm_on_rics_scored_data_and_counts_the_mixings_sweeps(
 
 
 def test_variants_are_checked_before_anything_trains(tmp_path):
+    from dataclasses import replace
+    from pathlib import Path
+
     from steerable.errors import SteerableError
     from steerable.evaluation.compare import CompareConfig, plan_compare
 
@@ -334,9 +337,24 @@ def test_variants_are_checked_before_anything_trains(tmp_path):
     ):
         with pytest.raises(SteerableError, match=message):
             CompareConfig(model="tiny", methods=methods, variants=variants)
-    # a variant can be the compute claims' baseline
-    longer = {"method": "morlhf", "rl": {"max_steps": 5}}
-    CompareConfig(methods=["morlhf", "x"], variants={"x": longer}, budgets={"baseline": "x", "rl_steps": [1]})
+    # a variant can be the compute claims' baseline, and budgets its method alone could not take
+    longer = {"method": "morlhf", "rl": {"max_steps": 60}}
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    chosen = CompareConfig(
+        model="tiny",
+        stats=str(benchmarks / "ladder-stats.json"),
+        methods=["morlhf", "x"],
+        variants={"x": longer},
+        budgets={"baseline": "x", "rl_steps": [50]},
+    )
+    with pytest.raises(SteerableError, match=r"--rungs \[50\] are beyond --max_steps \(30\)"):
+        plan_compare(chosen, tmp_path / "o")  # morlhf itself, at its default 30 steps
+    plan = plan_compare(replace(chosen, methods=["x"]), tmp_path / "o")
+    assert plan.trainings["x"].steps[0].config.max_steps == 60
+    # methods named on the command line leave out the file's variants they do not name
+    ladder = benchmarks / "ladder.yaml"
+    assert "moslim-grpo" in CompareConfig.from_yaml(ladder).variants
+    assert CompareConfig.from_yaml(ladder, {"methods": ["ric", "morlhf", "prompting"]}).variants == {}
     # a variant whose sections its method never reads is refused: it would be its method again
     idle = {"x": {"method": "moslim", "ric": {"num_epochs": 2}}}
     with pytest.raises(SteerableError, match="variants.x trains and evaluates exactly as its method"):

@@ -207,6 +207,9 @@ class CompareConfig:
             if not isinstance(data, dict):
                 raise SteerableError(f"config {path}: expected a mapping")
         data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        if (overrides or {}).get("methods") is not None and isinstance(data.get("variants"), dict):
+            # methods given on the command line: the file's variants they leave out are not run
+            data["variants"] = {k: v for k, v in data["variants"].items() if k in data["methods"]}
         return config_from_dict(cls, data, str(path or "command line"))
 
 
@@ -309,7 +312,12 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
         mine = inputs if name == method.name else replace(inputs, config=config.variant(name), variant=name)
         training = resolve(method.compare)(mine)
         if name != method.name:
-            refuse_idle_variant(name, training, resolve(method.compare)(replace(inputs, variant=name)))
+            try:  # its method as the comparison's sections train it (which may not hold alone)
+                plain = resolve(method.compare)(replace(inputs, variant=name))
+            except SteerableError:
+                plain = None  # e.g. budgets beyond the method's own max_steps: the variant differs
+            if plain is not None:
+                refuse_idle_variant(name, training, plain)
         inputs.made_stats = inputs.made_stats or training.stats
         inputs.made_scored = inputs.made_scored or training.scored
         trainings[name] = training

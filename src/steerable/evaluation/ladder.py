@@ -3,7 +3,9 @@ its one training run (a budget ladder), so a user can read off which method give
 for what they can spend. A rung is a model the run saved on its way (`training.stage_clock`, at
 the steps `steerable compare`'s `budgets: {rl_steps: [...], sft_steps: [...]}` name): a
 per-policy method's policies at step N, MOSLIM's policy at step N (paying its reward model too),
-RiC's offline SFT at step N and after each of its stages; and every method's finished model
+NP-DPO's policy and context encoder at step N (paying the NP-BTL it started from), RiC's
+offline SFT at step N and after each of its stages; and every method's finished model (a save
+at a stage's last step is that model, not a rung of its own)
 (the registry's `Method.rungs` says which a method has). Each rung
 is evaluated as the finished model is (same prompts, grid, statistics, reference point), as a
 stage of its own, so an interrupted ladder resumes where it stopped.
@@ -21,6 +23,7 @@ data a method takes from another (a pool of scored answers) is counted where it 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +86,12 @@ def ladder_rows(results: Sequence[RungResult]) -> list[dict]:
         {
             "method": r.rung.method,
             "rung": r.rung.name,
-            "stage": rung_stage(r.rung),
-            "model": r.rung.model,
-            "adapter": r.rung.adapter or "",
+            # where its evaluation is kept (not for the seeds' mean ladder: each seed has its own)
+            **(
+                {"stage": rung_stage(r.rung), "model": r.rung.model, "adapter": r.rung.adapter or ""}
+                if r.rung.model
+                else {}
+            ),
             "seconds": r.rung.seconds,
             "trained_tokens": r.rung.trained_tokens,
             "generated_tokens": r.rung.generated_tokens,
@@ -225,25 +231,31 @@ def write_ladder(
     if not results:
         raise SteerableError("a budget ladder needs at least one evaluated rung")
     rows = ladder_rows(results)
-    atomic_write(out / "ladder.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+
+    def within_out(path: str) -> str:  # a directory it trained, relative to OUT (which can move)
+        return os.path.relpath(path, out) if path and Path(path).exists() else path
+
+    table = [{**row, **{k: within_out(row[k]) for k in ("model", "adapter") if k in row}} for row in rows]
+    atomic_write(out / "ladder.csv", lambda tmp: pd.DataFrame(table).to_csv(tmp, index=False))
     plot_ladder(results, out / "ladder.png")
 
     def cell(value, form):
         missing = value is None or (isinstance(value, float) and not np.isfinite(value))
         return "-" if missing else format(value, form)
 
+    made = [f"Made by `{command}` (its configuration: compare.json); run again, it resumes.", ""]
     lines = [
         "# Hypervolume against compute",
         "",
+        *(made if command else []),
         *(
             [
-                f"Made by `{command}` (its configuration: compare.json). Each rung's evaluation is the "
-                "stage its row of ladder.csv names (stages/STAGE/result.json, its inputs in done.json); "
-                "the same command resumes or re-reads them.",
+                "Each rung's evaluation is the stage its row of ladder.csv names (stages/STAGE/result.json, "
+                "its inputs in done.json).",
                 "",
             ]
-            if command
-            else []
+            if "stage" in rows[0]
+            else ["Each seed's own ladder, with the stages of its rungs: seed-S/ladder.csv.", ""]
         ),
         f"Every rung evaluated on the same prompts, grid and statistics; hypervolume reference point "
         f"{', '.join(f'{v:.4g}' for v in reference)}. FLOPs: 6 N per trained token + 2 N per generated "
@@ -301,9 +313,10 @@ def climb(config, plan, method: str, result, trained: dict, out: Path, evaluated
         rungs = rungs_for(method, Path(trained[method]), out)
         if len(rungs) == 1 and methods.get(load_manifest(trained[method]).method).rungs is not None:
             note = (
-                f"{method}: no saves on the way to its finished model: its training finished before "
-                "these budgets were asked (the saves are made while it trains); train it into a fresh "
-                "output directory to have them"
+                f"{method}: no saves on the way to its finished model: none of the budgets' steps falls "
+                "before its last step (a save at the last step is the finished model), or its training "
+                "finished before these budgets were asked (the saves are made while it trains; train it "
+                "into a fresh output directory to have them)"
             )
     training = plan.trainings.get(method)
     options = dict(training.options or {}) if training is not None else {}
