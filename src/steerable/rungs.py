@@ -79,6 +79,12 @@ def final_rung(method: str, directory: Path) -> Rung:
     )
 
 
+def paying(rungs: list[Rung], seconds: float) -> list[Rung]:
+    """`rungs`, each also paying `seconds`: what its method trained before its own run (MOSLIM's
+    reward model, the NP-BTL that starts NP-DPO's encoder)."""
+    return [replace(rung, seconds=rung.seconds + seconds) for rung in rungs]
+
+
 def saves(folder: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every save `training.stage_clock` made in a stage's folder, by step: the
     adapters only (a run that trains the whole model saves no rungs a stage can load), and not
