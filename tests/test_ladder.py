@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from steerable.cli import app
+from steerable.policy import load_manifest
 
 LADDER = """
 model: {model}
@@ -49,11 +50,23 @@ def test_every_method_is_evaluated_at_the_saves_along_its_run(laddered):
     assert rungs["ric"] == ["sft-step-1", "sft", "final"]
     assert rungs["prompting"] == ["final"]
     assert rungs["moslim"] == ["policy-step-1", "policy-step-2", "final"]
-    # MOSLIM pays for its reward model at every rung
+    # MOSLIM pays for its reward model and for RiC's scored answers (the pool both train on)
+    pool = json.loads((out / "ric" / "stages" / "offline" / "done.json").read_text())["info"]
+    assert pool["seconds"] > 0 and pool["generated_tokens"] > 0
     rm = json.loads((out / "moslim_rm" / "moslim_rm.json").read_text())["training"]["seconds"]
-    policy = json.loads((out / "moslim" / "stages" / "policy" / "done.json").read_text())["info"]["seconds"]
+    policy = json.loads((out / "moslim" / "stages" / "policy" / "done.json").read_text())["info"]
     final = table[(table["method"] == "moslim") & (table["rung"] == "final")].iloc[0]
-    assert final["seconds"] == pytest.approx(rm + policy)
+    assert final["seconds"] == pytest.approx(rm + policy["seconds"] + pool["seconds"])
+    assert final["generated_tokens"] == pool["generated_tokens"]  # DPO samples nothing itself
+    # so do Rewarded Soups' DPO experts at every rung; MORLHF samples its own answers
+    soups = load_manifest(out / "soups").training["compute"]
+    final = table[(table["method"] == "soups") & (table["rung"] == "final")].iloc[0]
+    assert final["seconds"] == pytest.approx(sum(soups["seconds"].values()) + pool["seconds"])
+    first = table[table["method"] == "soups"].iloc[0]
+    assert first["generated_tokens"] == pool["generated_tokens"] and first["seconds"] > pool["seconds"]
+    morlhf = load_manifest(out / "morlhf").training["compute"]
+    final = table[(table["method"] == "morlhf") & (table["rung"] == "final")].iloc[0]
+    assert final["seconds"] == pytest.approx(sum(morlhf["seconds"].values()))
     for method, group in table.groupby("method"):
         assert group["seconds"].is_monotonic_increasing, method  # each rung costs more than the one before
         assert group["trained_tokens"].is_monotonic_increasing, method
@@ -84,7 +97,6 @@ def test_every_method_is_evaluated_at_the_saves_along_its_run(laddered):
 def test_a_variant_is_its_method_trained_again_under_its_own_settings(laddered):
     """variants: MOSLIM's GRPO recipe beside its DPO one, each with its own directories, rungs
     and report rows."""
-    from steerable.policy import load_manifest
 
     root, _ = laddered
     out = root / "out"
@@ -95,8 +107,10 @@ def test_a_variant_is_its_method_trained_again_under_its_own_settings(laddered):
     table = pd.read_csv(out / "ladder.csv")
     grpo = table[table["method"] == "moslim-grpo"]
     assert list(grpo["rung"]) == ["policy-step-1", "policy-step-2", "final"]
-    assert (grpo["generated_tokens"] > 0).all()  # GRPO samples; the DPO recipe does not
-    assert (table[table["method"] == "moslim"]["generated_tokens"] == 0).all()
+    # GRPO samples beyond the pool its reward model trained on; the DPO recipe only pays the pool
+    pool = json.loads((out / "ric" / "stages" / "offline" / "done.json").read_text())["info"]
+    assert (grpo["generated_tokens"] > pool["generated_tokens"]).all()
+    assert (table[table["method"] == "moslim"]["generated_tokens"] == pool["generated_tokens"]).all()
     result = json.loads((out / "stages" / "eval_moslim-grpo" / "result.json").read_text())
     assert result["method"] == "moslim" and result["variant"] == "moslim-grpo"
     summary = pd.read_csv(out / "summary.csv")
@@ -119,7 +133,6 @@ def test_a_rung_is_the_policy_as_it_was_at_that_step(laddered):
     first = json.loads((policy / "rungs/step-1/rung.json").read_text())
     assert rung["step"] == 2 and rung["seconds"] > first["seconds"] > 0
     # the rung's model directory lists those saves as its policies, and loads
-    from steerable.policy import load_manifest
 
     manifest = load_manifest(root / "out" / "ladder" / "morlhf" / "step-2")
     assert all(p["adapter"].endswith("rungs/step-2") for p in manifest.policies)
@@ -308,7 +321,6 @@ budgets: {{rl_steps: [1, 2]}}
 
 
 def test_np_dpo_is_evaluated_at_its_saves_with_their_context_encoders(tmp_path, tiny_path, scored_table):
-    from steerable.policy import load_manifest
     from steerable.stages import file_digest
 
     config = tmp_path / "compare.yaml"

@@ -79,10 +79,27 @@ def final_rung(method: str, directory: Path) -> Rung:
     )
 
 
-def paying(rungs: list[Rung], seconds: float) -> list[Rung]:
-    """`rungs`, each also paying `seconds`: what its method trained before its own run (MOSLIM's
-    reward model, the NP-BTL that starts NP-DPO's encoder)."""
-    return [replace(rung, seconds=rung.seconds + seconds) for rung in rungs]
+def paying(rungs: list[Rung], spent: Spent) -> list[Rung]:
+    """`rungs`, each also paying `spent`: what its method needed before its own run (MOSLIM's
+    reward model, the NP-BTL that starts NP-DPO's encoder, the pool of scored answers it trains
+    on, `made`)."""
+    return [
+        replace(
+            rung,
+            seconds=rung.seconds + spent.seconds,
+            trained_tokens=rung.trained_tokens + spent.trained_tokens,
+            generated_tokens=rung.generated_tokens + spent.generated_tokens,
+        )
+        for rung in rungs
+    ]
+
+
+def made(path: str | Path) -> Spent:
+    """What the stage that wrote `path` spent (the done.json in its folder: RiC's offline
+    stage for its scored.jsonl, sampling and scoring the pool); nothing for a file no stage
+    wrote (a user's own table)."""
+    done = Path(path).parent / "done.json"
+    return Spent.read(json.loads(done.read_text())["info"]) if done.is_file() else Spent()
 
 
 def saves(folder: Path) -> list[tuple[int, Path]]:

@@ -281,6 +281,9 @@ class ComparePlan:
     stats: str
     trainings: dict[str, Comparing] = field(default_factory=dict)
     variants: dict[str, str] = field(default_factory=dict)  # a variant's name: the method it varies
+    # a method's name: the scored data it trains on that a method before it made (RiC's offline
+    # data), which its budget ladder pays for (`evaluation.ladder.climb`)
+    pools: dict[str, str] = field(default_factory=dict)
 
     def method(self, name: str) -> str:
         """The registered method `name` (in `methods`) is."""
@@ -304,7 +307,7 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
     chosen = sorted(config.methods, key=place)
     settings = config_from_dict(EvalSettings, config.eval, "eval")
     inputs = CompareInputs(config, out)
-    trainings = {}
+    trainings, pools = {}, {}
     for name in sorted(chosen, key=lambda name: methods.get(config.method_of(name)).uses_scored):
         method = methods.get(config.method_of(name))
         if method.compare is None:
@@ -318,6 +321,8 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
                 plain = None  # e.g. budgets beyond the method's own max_steps: the variant differs
             if plain is not None:
                 refuse_idle_variant(name, training, plain)
+        if inputs.made_scored is not None and reads_file(training, inputs.made_scored):
+            pools[name] = inputs.made_scored
         inputs.made_stats = inputs.made_stats or training.stats
         inputs.made_scored = inputs.made_scored or training.scored
         trainings[name] = training
@@ -331,7 +336,16 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
     if trainings and config.prompts is not None:
         refuse_training_prompts(config.prompts, settings)
     variants = {name: config.method_of(name) for name in chosen if name in config.variants}
-    return ComparePlan(chosen, settings, inputs.stats, trainings, variants)
+    return ComparePlan(chosen, settings, inputs.stats, trainings, variants, pools)
+
+
+def reads_file(training: Comparing, path: str) -> bool:
+    """Whether a stage of `training` is configured to read `path` (a field of its config)."""
+    return any(
+        isinstance(value, str | Path) and str(value) == path
+        for step in training.steps
+        for value in vars(step.config).values()
+    )
 
 
 def refuse_idle_variant(name: str, training: Comparing, plain: Comparing) -> None:

@@ -13,8 +13,10 @@ stage of its own, so an interrupted ladder resumes where it stopped.
 Compute per rung: the wall seconds its training took on this machine (summed over the policies
 or stages it needed), the tokens it trained on and generated, and FLOPs estimated from them,
 6 N per trained token and 2 N per generated one for a base model of N parameters (a LoRA run
-still runs the whole model forward and backward; its optimiser touches only the adapter). The
-data a method takes from another (a pool of scored answers) is counted where it was made.
+still runs the whole model forward and backward; its optimiser touches only the adapter). A
+method trained on the scored answers of a method before it (Rewarded Soups' and MOSLIM's DPO on
+RiC's offline data, MOSLIM's reward model, NP-DPO) pays for that pool at every rung: the seconds
+and generated tokens of the stage that sampled and scored it.
 
     OUT/ladder/METHOD/step-N/      a per-policy method's rung, as a model directory
     OUT/stages/rung_METHOD_NAME/   each rung's result.json
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from steerable.errors import SteerableError
-from steerable.rungs import FINAL, Rung, final_rung
+from steerable.rungs import FINAL, Rung, final_rung, made, paying
 
 CLAIMS_BASELINE = "morlhf"  # the seed papers' compute claims (RiC's, MOSLIM's) are against MORLHF
 
@@ -320,6 +322,9 @@ def climb(config, plan, method: str, result, trained: dict, out: Path, evaluated
             )
     training = plan.trainings.get(method)
     options = dict(training.options or {}) if training is not None else {}
+    pool = plan.pools.get(training.evaluates or method) if training is not None else None
+    if pool is not None:  # the scored answers it trains on are part of what it costs
+        rungs = paying(rungs, made(pool))
     measured = []
     for rung in rungs:
         if rung.name == FINAL:

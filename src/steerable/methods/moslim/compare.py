@@ -52,10 +52,10 @@ def ladder_rungs(method: str, directory, out) -> list:
 
     from steerable.policy import load_manifest
     from steerable.reward_models.multihead import MANIFEST
-    from steerable.rungs import paying, stage_rungs
+    from steerable.rungs import Spent, paying, stage_rungs
 
     reward_model = load_manifest(directory).moslim.get("reward_model")
     record = None if reward_model is None else Path(reward_model) / MANIFEST  # none: z-score rewards
     trained = json.loads(record.read_text()).get("training", {}) if record and record.is_file() else {}
     seconds = float(trained.get("seconds", 0.0))
-    return paying(stage_rungs(method, directory, out), seconds)
+    return paying(stage_rungs(method, directory, out), Spent(seconds))

@@ -68,14 +68,14 @@ def ladder_rungs(method: str, directory, out) -> list:
     from steerable.fewshot.policy import FEWSHOT_DIR
     from steerable.manifest import write_manifest
     from steerable.policy import load_manifest
-    from steerable.rungs import paying, policy_rungs
+    from steerable.rungs import Spent, paying, policy_rungs
 
     context_init = load_manifest(directory).training.get("config", {}).get("context_init")
     done = None if context_init is None else Path(context_init) / "stages" / "np" / "done.json"
     started_from = 0.0
     if done is not None and done.is_file():
         started_from = float(json.loads(done.read_text())["info"].get("seconds", 0.0))
-    rungs = paying(policy_rungs(method, directory, out), started_from)
+    rungs = paying(policy_rungs(method, directory, out), Spent(started_from))
     for rung in rungs[:-1]:  # the last is the finished model, as it is
         target = Path(rung.model)
         manifest = load_manifest(target)
