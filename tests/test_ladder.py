@@ -4,6 +4,7 @@ table, a CSV and a plot, and a run interrupted between rungs resuming to the sam
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -348,3 +349,17 @@ def test_np_dpo_is_evaluated_at_its_saves_with_their_context_encoders(tmp_path, 
     assert mine["seconds"].iloc[0] > started_from and mine["seconds"].is_monotonic_increasing
     assert mine["trained_tokens"].iloc[0] == round(policy["trained_tokens"] / 3)
     assert mine["trained_tokens"].is_monotonic_increasing
+
+
+def test_the_methods_trained_on_rics_answers_pay_for_them_under_a_relative_out(
+    tmp_path, tiny_path, tiny_compare_ric, monkeypatch
+):
+    """Their configs hold the pool's path resolved; the plan still knows it as RiC's."""
+    from steerable.evaluation.compare import CompareConfig, plan_compare
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "compare.yaml"
+    config.write_text(LADDER.format(model=tiny_path, ric=tiny_compare_ric))
+    plan = plan_compare(CompareConfig.from_yaml(config), Path("out"))
+    pool = str(Path("out") / "ric" / "stages" / "offline" / "scored.jsonl")
+    assert plan.pools == {m: pool for m in ("moslim", "moslim-grpo", "soups", "genarm")}

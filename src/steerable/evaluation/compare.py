@@ -340,9 +340,10 @@ def plan_compare(config: CompareConfig, out: Path) -> ComparePlan:
 
 
 def reads_file(training: Comparing, path: str) -> bool:
-    """Whether a stage of `training` is configured to read `path` (a field of its config)."""
+    """Whether a stage of `training` is configured to read `path` (a field of its config, which
+    may hold it resolved)."""
     return any(
-        isinstance(value, str | Path) and str(value) == path
+        isinstance(value, str | Path) and Path(value).resolve() == Path(path).resolve()
         for step in training.steps
         for value in vars(step.config).values()
     )
